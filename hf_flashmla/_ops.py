@@ -1,0 +1,41 @@
+"""Loads the compiled extension (if built) and gives its custom ops fake implementations.
+
+The extension registers, in the `hf_flashmla` torch.library namespace:
+  mla_decode(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens,
+             Tensor tile_scheduler_metadata, Tensor num_splits, float softmax_scale, bool causal,
+             int head_dim_v) -> (Tensor out, Tensor lse)
+    q [b, s_q, h_q, 576], k_cache [num_blocks, 64, 1, 576] (bf16 or fp16, contiguous),
+    block_table int32 [b, max_blocks], cache_seqlens int32 [b], metadata from hf_flashmla.schedule.
+    out [b, s_q, h_q, head_dim_v] (q's dtype), lse float32 [b, h_q, s_q].
+The fake (meta) implementation lets torch.compile trace calls without running the kernel.
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    from hf_flashmla import _C  # noqa: F401  (registers torch.ops.hf_flashmla.*)
+    EXTENSION_ERROR: str | None = None
+except ImportError as error:  # CPU-only installs have no compiled extension
+    _C = None
+    EXTENSION_ERROR = str(error)
+
+
+def extension_available() -> bool:
+    return _C is not None
+
+
+if _C is not None:
+    @torch.library.register_fake("hf_flashmla::mla_decode")
+    def _mla_decode_fake(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+                         softmax_scale, causal, head_dim_v):
+        batch, s_q, h_q, _ = q.shape
+        out = q.new_empty((batch, s_q, h_q, head_dim_v))
+        lse = q.new_empty((batch, h_q, s_q), dtype=torch.float32)
+        return out, lse
+
+
+def mla_decode(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+               softmax_scale: float, causal: bool, head_dim_v: int):
+    return torch.ops.hf_flashmla.mla_decode(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata,
+                                            num_splits, softmax_scale, causal, head_dim_v)
