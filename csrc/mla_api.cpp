@@ -1,0 +1,118 @@
+// torch.library registration of the compiled ops. Python-side validation (hf_flashmla/validation.py)
+// gives the user-facing errors; the TORCH_CHECKs here guard the kernel's own assumptions so that a
+// direct torch.ops call can never launch it on memory it would misread.
+#include <Python.h>
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+#include <torch/torch.h>
+
+#include <cstdlib>
+
+#include "mla_decode.h"
+
+namespace hf_flashmla {
+namespace {
+
+void check_cuda_contiguous(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+int v_descriptor_swap() {
+  // Debug switch for the V operand's descriptor strides (see MlaDecodeParams); 0 in normal use.
+  static const int swap = [] {
+    const char* env = std::getenv("HF_FLASHMLA_V_DESC_SWAP");
+    return env != nullptr ? std::atoi(env) : 0;
+  }();
+  return swap;
+}
+
+std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Tensor& k_cache,
+                                              const at::Tensor& block_table, const at::Tensor& cache_seqlens,
+                                              const at::Tensor& tile_scheduler_metadata,
+                                              const at::Tensor& num_splits, double softmax_scale, bool causal,
+                                              int64_t head_dim_v) {
+  check_cuda_contiguous(q, "q");
+  check_cuda_contiguous(k_cache, "k_cache");
+  check_cuda_contiguous(block_table, "block_table");
+  check_cuda_contiguous(cache_seqlens, "cache_seqlens");
+  check_cuda_contiguous(tile_scheduler_metadata, "tile_scheduler_metadata");
+  check_cuda_contiguous(num_splits, "num_splits");
+  TORCH_CHECK(q.dim() == 4 && q.size(3) == kHeadDim, "q must be [b, s_q, h_q, 576]");
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.size(1) == kPageSize && k_cache.size(2) == 1 &&
+                  k_cache.size(3) == kHeadDim,
+              "k_cache must be [num_blocks, 64, 1, 576]");
+  TORCH_CHECK(head_dim_v == kHeadDimV, "head_dim_v must be 512");
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kHalf, "q must be bfloat16 or float16");
+  TORCH_CHECK(k_cache.scalar_type() == dtype, "k_cache must have q's dtype");
+  TORCH_CHECK(block_table.scalar_type() == at::kInt && cache_seqlens.scalar_type() == at::kInt &&
+                  tile_scheduler_metadata.scalar_type() == at::kInt && num_splits.scalar_type() == at::kInt,
+              "block_table, cache_seqlens, tile_scheduler_metadata and num_splits must be int32");
+  const int64_t batch = q.size(0), s_q = q.size(1), h_q = q.size(2);
+  TORCH_CHECK(block_table.dim() == 2 && block_table.size(0) == batch, "block_table must be [b, max_blocks]");
+  TORCH_CHECK(cache_seqlens.dim() == 1 && cache_seqlens.size(0) == batch, "cache_seqlens must be [b]");
+  TORCH_CHECK(num_splits.dim() == 1 && num_splits.size(0) == batch + 1, "num_splits must be [b + 1]");
+  TORCH_CHECK(tile_scheduler_metadata.dim() == 2 && tile_scheduler_metadata.size(1) == kMetadataWidth,
+              "tile_scheduler_metadata must be [num_parts, 8]");
+  const int64_t rows_total = s_q * h_q;
+  const int64_t num_m_blocks = (rows_total + kTileRows - 1) / kTileRows;
+  const int64_t num_parts = tile_scheduler_metadata.size(0);
+
+  c10::cuda::CUDAGuard guard(q.device());
+  auto out = at::empty({batch, s_q, h_q, kHeadDimV}, q.options());
+  auto lse = at::empty({batch, h_q, s_q}, q.options().dtype(at::kFloat));
+  if (batch == 0 || rows_total == 0) return {out, lse};
+  // Each part boundary adds at most one split to the sequences it cuts.
+  const int64_t max_splits = batch + num_parts;
+  auto o_accum = at::empty({max_splits, rows_total, kHeadDimV}, q.options().dtype(at::kFloat));
+  auto lse_accum = at::empty({max_splits, rows_total}, q.options().dtype(at::kFloat));
+
+  MlaDecodeParams p{};
+  p.q = q.data_ptr();
+  p.k_cache = k_cache.data_ptr();
+  p.block_table = block_table.data_ptr<int>();
+  p.cache_seqlens = cache_seqlens.data_ptr<int>();
+  p.sched_metadata = tile_scheduler_metadata.data_ptr<int>();
+  p.num_splits = num_splits.data_ptr<int>();
+  p.out = out.data_ptr();
+  p.lse = lse.data_ptr<float>();
+  p.o_accum = o_accum.data_ptr<float>();
+  p.lse_accum = lse_accum.data_ptr<float>();
+  p.batch = static_cast<int>(batch);
+  p.s_q = static_cast<int>(s_q);
+  p.h_q = static_cast<int>(h_q);
+  p.num_blocks = static_cast<int>(k_cache.size(0));
+  p.block_table_stride = static_cast<int>(block_table.stride(0));
+  p.num_parts = static_cast<int>(num_parts);
+  p.num_m_blocks = static_cast<int>(num_m_blocks);
+  p.softmax_scale = static_cast<float>(softmax_scale);
+  p.causal = causal;
+  p.is_bf16 = dtype == at::kBFloat16;
+  p.v_leading_byte_offset = v_descriptor_swap() ? 1024 : kTileRows * 128;
+  p.v_stride_byte_offset = v_descriptor_swap() ? kTileRows * 128 : 1024;
+  const char* error = mla_decode_launch(p, at::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(error == nullptr, "hf_flashmla decode launch failed: ", error == nullptr ? "" : error);
+  return {out, lse};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(hf_flashmla, m) {
+  m.def(
+      "mla_decode(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens, "
+      "Tensor tile_scheduler_metadata, Tensor num_splits, float softmax_scale, bool causal, int head_dim_v) "
+      "-> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(hf_flashmla, CUDA, m) { m.impl("mla_decode", &mla_decode); }
+
+}  // namespace hf_flashmla
+
+// A module init so that `import hf_flashmla._C` loads the library (the ops register on load).
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "hf_flashmla compiled ops", -1, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,41 @@
+// Host-side contract between the torch binding (mla_api.cpp) and the CUDA kernels. No torch headers,
+// no device code: the .cu files include this and build with plain nvcc (CI compiles them for sm_90a).
+#pragma once
+#include <cuda_runtime.h>
+
+namespace hf_flashmla {
+
+constexpr int kHeadDim = 576;    // 512 latent + 64 rope
+constexpr int kHeadDimV = 512;   // V is the first 512 values of each cached token
+constexpr int kPageSize = 64;
+constexpr int kTileRows = 64;    // query rows (s_q * h_q folded) per CTA
+constexpr int kMetadataWidth = 8;
+
+struct MlaDecodeParams {
+  const void* q;               // [b, s_q, h_q, 576], contiguous
+  const void* k_cache;         // [num_blocks, 64, 1, 576], contiguous
+  const int* block_table;      // [b, block_table_stride]
+  const int* cache_seqlens;    // [b]
+  const int* sched_metadata;   // [num_parts, 8]
+  const int* num_splits;       // [b + 1], exclusive prefix of splits per sequence
+  void* out;                   // [b, s_q, h_q, 512], q's dtype
+  float* lse;                  // [b, h_q, s_q]
+  float* o_accum;              // [max_splits, s_q * h_q, 512] partial outputs (normalised)
+  float* lse_accum;            // [max_splits, s_q * h_q] partial lse (natural log)
+  int batch, s_q, h_q, num_blocks, block_table_stride;
+  int num_parts, num_m_blocks;
+  float softmax_scale;
+  bool causal;
+  bool is_bf16;
+  // Shared-memory descriptor strides of the V operand (MN-major, 128B swizzle), in bytes; kept as
+  // parameters so a layout hypothesis can be checked on the device without a rebuild.
+  int v_leading_byte_offset, v_stride_byte_offset;
+};
+
+// Launches the split-KV decode kernel and the combine kernel on `stream`.
+// Returns a message on failure (static storage), nullptr on success.
+const char* mla_decode_launch(const MlaDecodeParams& params, cudaStream_t stream);
+
+size_t mla_decode_smem_bytes();
+
+}  // namespace hf_flashmla

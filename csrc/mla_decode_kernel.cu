@@ -1,0 +1,486 @@
+// Split-KV MLA decode kernel for Hopper (sm_90a) and the combine kernel that merges its partials.
+//
+// One CTA = one 64-row query tile (s_q * h_q rows folded) x one SM part of the tile schedule.
+// Warpgroups 0 and 1 compute; warpgroup 2 is the TMA producer (one thread).
+// Per KV page (64 tokens x 576), consumer warpgroup w:
+//   S_w  = Q[64 x 576] . K[32w .. 32w+32)^T        (wgmma m64n32k16, both operands from smem)
+//   row max exchanged through smem, P = exp(S - m) written to smem as bf16/fp16 (both halves)
+//   O_w += P[64 x 64] . V[64 x 256w .. 256w+256)     (wgmma m64n256k16, V read MN-major)
+// Each warpgroup holds half of the 64 x 512 fp32 output (128 registers per thread) and does half of
+// both matrix products, so the two stay balanced. Pages stream through two TMA stages.
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cudaTypedefs.h>
+
+#include <cmath>
+#include <cstdint>
+#include <mutex>
+
+#include "mla_decode.h"
+#include "ptx_helpers.cuh"
+#include "wgmma_ops.cuh"
+
+namespace hf_flashmla {
+namespace {
+
+constexpr int kChunkCols = 64;                               // columns per 128-byte swizzle tile
+constexpr int kNumChunks = kHeadDim / kChunkCols;            // 9
+constexpr int kChunkBytes = kTileRows * kChunkCols * 2;      // 8192
+constexpr int kTileBytes = kNumChunks * kChunkBytes;         // 73728: a Q tile or a KV page
+constexpr int kNumStages = 2;
+constexpr int kConsumerThreads = 256;
+constexpr int kThreads = 384;
+constexpr int kTokensPerWarpgroup = kPageSize / 2;           // 32 columns of S per warpgroup
+constexpr int kOutColsPerWarpgroup = kHeadDimV / 2;          // 256
+
+struct SharedLayout {
+  static constexpr int q = 0;
+  static constexpr int kv = q + kTileBytes;
+  static constexpr int p = kv + kNumStages * kTileBytes;
+  static constexpr int row_max = p + kChunkBytes;            // float [2][64]
+  static constexpr int row_sum = row_max + 2 * kTileRows * 4;  // float [2][64]
+  static constexpr int barriers = row_sum + 2 * kTileRows * 4;
+  // q_full, q_empty, kv_full[2], kv_empty[2]
+  static constexpr int total = barriers + 8 * 8;
+};
+constexpr int kSmemBytes = SharedLayout::total + 1024;  // + alignment slack for the 1024-byte swizzle atoms
+
+struct BarrierAddrs {
+  uint32_t q_full, q_empty, kv_full[kNumStages], kv_empty[kNumStages];
+  __device__ explicit BarrierAddrs(uint32_t base) {
+    q_full = base;
+    q_empty = base + 8;
+    for (int s = 0; s < kNumStages; ++s) {
+      kv_full[s] = base + 16 + 8 * s;
+      kv_empty[s] = base + 16 + 8 * kNumStages + 8 * s;
+    }
+  }
+};
+
+// One (sequence, page range) item of a part's work, as the schedule defines it.
+struct WorkItem {
+  int batch, start_block, stop_block, split_index;
+};
+
+struct PartWalker {
+  int begin_batch, begin_block, end_batch, end_block, begin_split;
+  const int* cache_seqlens;
+  __device__ PartWalker(const int* row, const int* seqlens)
+      : begin_batch(row[0]), begin_block(row[1]), end_batch(row[2]), end_block(row[3]), begin_split(row[4]),
+        cache_seqlens(seqlens) {}
+  __device__ WorkItem item(int batch) const {
+    int num_blocks = (max(cache_seqlens[batch], 0) + kPageSize - 1) / kPageSize;
+    WorkItem w;
+    w.batch = batch;
+    w.start_block = batch == begin_batch ? begin_block : 0;
+    w.stop_block = batch == end_batch ? end_block : num_blocks;
+    w.split_index = batch == begin_batch ? begin_split : 0;
+    return w;
+  }
+};
+
+template <typename Elem>
+struct ElemTraits;
+template <>
+struct ElemTraits<__nv_bfloat16> {
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ void mma_qk(float (&d)[16], uint64_t a, uint64_t b, int scale_d) {
+    wgmma_m64n32k16_ss_bf16(d, a, b, scale_d);
+  }
+  static __device__ __forceinline__ void mma_pv(float (&d)[128], uint64_t a, uint64_t b) {
+    wgmma_m64n256k16_ss_bf16_tb(d, a, b, 1);
+  }
+};
+template <>
+struct ElemTraits<__half> {
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ void mma_qk(float (&d)[16], uint64_t a, uint64_t b, int scale_d) {
+    wgmma_m64n32k16_ss_f16(d, a, b, scale_d);
+  }
+  static __device__ __forceinline__ void mma_pv(float (&d)[128], uint64_t a, uint64_t b) {
+    wgmma_m64n256k16_ss_f16_tb(d, a, b, 1);
+  }
+};
+
+__device__ __forceinline__ void producer_loop(const MlaDecodeParams& p, const CUtensorMap* q_map,
+                                              const CUtensorMap* kv_map, const PartWalker& walker,
+                                              const BarrierAddrs& bars, uint32_t q_smem, uint32_t kv_smem,
+                                              int m_block) {
+  int item_count = 0, page_count = 0;
+  for (int batch = walker.begin_batch; batch <= walker.end_batch; ++batch) {
+    WorkItem w = walker.item(batch);
+    if (w.stop_block <= w.start_block) continue;
+    mbarrier_wait(bars.q_empty, (item_count & 1) ^ 1);
+    mbarrier_arrive_expect_tx(bars.q_full, kTileBytes);
+#pragma unroll
+    for (int c = 0; c < kNumChunks; ++c)
+      tma_load_3d(q_smem + c * kChunkBytes, q_map, bars.q_full, c * kChunkCols, m_block * kTileRows, batch);
+    ++item_count;
+    const int* table_row = p.block_table + static_cast<int64_t>(batch) * p.block_table_stride;
+    for (int blk = w.start_block; blk < w.stop_block; ++blk, ++page_count) {
+      int stage = page_count & 1;
+      mbarrier_wait(bars.kv_empty[stage], ((page_count >> 1) & 1) ^ 1);
+      int page = __ldg(table_row + blk);
+      uint32_t dst = kv_smem + stage * kTileBytes;
+      mbarrier_arrive_expect_tx(bars.kv_full[stage], kTileBytes);
+#pragma unroll
+      for (int c = 0; c < kNumChunks; ++c)
+        tma_load_2d(dst + c * kChunkBytes, kv_map, bars.kv_full[stage], c * kChunkCols, page * kPageSize);
+    }
+  }
+}
+
+template <typename Elem>
+__device__ __forceinline__ void consumer_loop(const MlaDecodeParams& p, const PartWalker& walker,
+                                              const BarrierAddrs& bars, uint8_t* smem, uint32_t smem_base,
+                                              int m_block) {
+  using Traits = ElemTraits<Elem>;
+  const int tid = threadIdx.x;               // 0..255
+  const int wg = tid / 128;                  // consumer warpgroup: which 32 tokens of S, which 256 columns of O
+  const int warp_in_wg = (tid % 128) / 32;
+  const int lane = tid % 32;
+  const int row0 = warp_in_wg * 16 + lane / 4;  // this thread's two tile rows: row0 and row0 + 8
+  const int quad_col = 2 * (lane % 4);
+
+  const uint32_t q_smem = smem_base + SharedLayout::q;
+  const uint32_t kv_smem = smem_base + SharedLayout::kv;
+  const uint32_t p_smem = smem_base + SharedLayout::p;
+  float* row_max_smem = reinterpret_cast<float*>(smem + SharedLayout::row_max);
+  float* row_sum_smem = reinterpret_cast<float*>(smem + SharedLayout::row_sum);
+
+  const int rows_total = p.s_q * p.h_q;
+  const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
+  const uint64_t q_desc = smem_desc_sw128(q_smem, 16, 1024);
+  const uint64_t p_desc = smem_desc_sw128(p_smem, 16, 1024);
+
+  int item_count = 0, page_count = 0;
+  for (int batch = walker.begin_batch; batch <= walker.end_batch; ++batch) {
+    WorkItem w = walker.item(batch);
+    if (w.stop_block <= w.start_block) continue;
+    const int seqlen = p.cache_seqlens[batch];
+    // Number of keys each of this thread's rows may see (causal: the queries are the last s_q tokens).
+    int key_limit[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      int grow = m_block * kTileRows + row0 + 8 * h;
+      int token = min(grow, rows_total - 1) / p.h_q;
+      key_limit[h] = p.causal ? seqlen - p.s_q + token + 1 : seqlen;
+    }
+    const int min_limit = p.causal ? seqlen - p.s_q + 1 : seqlen;
+
+    float o[128];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) o[i] = 0.f;
+    float row_m[2] = {-INFINITY, -INFINITY};
+    float row_l[2] = {0.f, 0.f};
+
+    mbarrier_wait(bars.q_full, item_count & 1);
+    ++item_count;
+
+    for (int blk = w.start_block; blk < w.stop_block; ++blk, ++page_count) {
+      const int stage = page_count & 1;
+      const uint32_t kv_stage = kv_smem + stage * kTileBytes;
+      mbarrier_wait(bars.kv_full[stage], (page_count >> 1) & 1);
+
+      float s[16];
+      wgmma_fence();
+      {
+        const uint64_t k_desc = smem_desc_sw128(kv_stage + wg * kTokensPerWarpgroup * 128, 16, 1024);
+#pragma unroll
+        for (int c = 0; c < kNumChunks; ++c) {
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk) {
+            const uint32_t off = (c * kChunkBytes + kk * 32) >> 4;
+            Traits::mma_qk(s, q_desc + off, k_desc + off, (c | kk) != 0);
+          }
+        }
+      }
+      wgmma_commit();
+      wgmma_wait<0>();  // also completes the previous page's PV product
+      fence_accumulators(s);
+      fence_accumulators(o);
+      if (blk > w.start_block && lane == 0) mbarrier_arrive(bars.kv_empty[stage ^ 1]);
+      if (blk == w.stop_block - 1 && lane == 0) mbarrier_arrive(bars.q_empty);
+
+      // Mask keys past the sequence end and, for causal, past each row's last visible key.
+      const int token_base = blk * kPageSize + wg * kTokensPerWarpgroup;
+      if (token_base + kTokensPerWarpgroup > min_limit) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            int token = token_base + 8 * j + quad_col + (e & 1);
+            if (token >= key_limit[e >> 1]) s[4 * j + e] = -INFINITY;
+          }
+      }
+
+      float local_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) local_max[e >> 1] = fmaxf(local_max[e >> 1], s[4 * j + e]);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        local_max[h] = fmaxf(local_max[h], __shfl_xor_sync(0xffffffff, local_max[h], 1));
+        local_max[h] = fmaxf(local_max[h], __shfl_xor_sync(0xffffffff, local_max[h], 2));
+      }
+      if (lane % 4 == 0) {
+        row_max_smem[wg * kTileRows + row0] = local_max[0];
+        row_max_smem[wg * kTileRows + row0 + 8] = local_max[1];
+      }
+      named_barrier_sync(1, kConsumerThreads);
+
+      float rescale[2], m_scaled[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        int r = row0 + 8 * h;
+        float page_max = fmaxf(row_max_smem[r], row_max_smem[kTileRows + r]);
+        float m_new = fmaxf(row_m[h], page_max);
+        // A row that has seen no key yet keeps m = -inf; exponentiate against 0 so that exp(-inf) = 0.
+        rescale[h] = m_new == -INFINITY ? 1.f : exp2f((row_m[h] - m_new) * scale_log2);
+        m_scaled[h] = m_new == -INFINITY ? 0.f : m_new * scale_log2;
+        row_m[h] = m_new;
+      }
+      float page_sum[2] = {0.f, 0.f};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[4 * j + e] = exp2f(s[4 * j + e] * scale_log2 - m_scaled[e >> 1]);
+          page_sum[e >> 1] += s[4 * j + e];
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int chunk = wg * 4 + j;  // 16-byte chunk of the 128-byte P row
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          int r = row0 + 8 * h;
+          uint32_t addr = p_smem + swizzle_128b_offset(r, chunk) + quad_col * 2;
+          uint32_t packed = Traits::pack(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]);
+          asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(packed) : "memory");
+        }
+      }
+      fence_proxy_async_smem();
+#pragma unroll
+      for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * rescale[h] + page_sum[h];
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        o[4 * j + 0] *= rescale[0];
+        o[4 * j + 1] *= rescale[0];
+        o[4 * j + 2] *= rescale[1];
+        o[4 * j + 3] *= rescale[1];
+      }
+      named_barrier_sync(2, kConsumerThreads);
+
+      wgmma_fence();
+      {
+        const uint64_t v_desc = smem_desc_sw128(kv_stage + wg * 4 * kChunkBytes, p.v_leading_byte_offset,
+                                                p.v_stride_byte_offset);
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          Traits::mma_pv(o, p_desc + ((kk * 32) >> 4), v_desc + ((kk * 16 * 128) >> 4));
+      }
+      wgmma_commit();
+    }
+
+    // Epilogue: finish the last PV product, release its stage, merge the two warpgroups' row sums.
+    wgmma_wait<0>();
+    fence_accumulators(o);
+    if (lane == 0) mbarrier_arrive(bars.kv_empty[(page_count - 1) & 1]);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      row_l[h] += __shfl_xor_sync(0xffffffff, row_l[h], 1);
+      row_l[h] += __shfl_xor_sync(0xffffffff, row_l[h], 2);
+    }
+    if (lane % 4 == 0) {
+      row_sum_smem[wg * kTileRows + row0] = row_l[0];
+      row_sum_smem[wg * kTileRows + row0 + 8] = row_l[1];
+    }
+    named_barrier_sync(1, kConsumerThreads);
+
+    const int split_base = p.num_splits[batch];
+    const bool direct = p.num_splits[batch + 1] - split_base == 1;
+    const int split_row = split_base + w.split_index;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = row0 + 8 * h;
+      const int grow = m_block * kTileRows + r;
+      if (grow >= rows_total) continue;
+      const float total = row_sum_smem[r] + row_sum_smem[kTileRows + r];
+      const float inv = total > 0.f ? 1.f / total : 0.f;
+      float lse_value;
+      if (total > 0.f) lse_value = (row_m[h] * scale_log2 + log2f(total)) * 0.6931471805599453f;
+      else lse_value = direct ? INFINITY : -INFINITY;  // partials with no keys carry no weight
+      const int col_base = wg * kOutColsPerWarpgroup + quad_col;
+      if (direct) {
+        Elem* out_row = static_cast<Elem*>(p.out) + (static_cast<int64_t>(batch) * rows_total + grow) * kHeadDimV;
+#pragma unroll
+        for (int j = 0; j < 32; ++j)
+          *reinterpret_cast<uint32_t*>(out_row + col_base + 8 * j) =
+              Traits::pack(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
+        if (wg == 0 && lane % 4 == 0) {
+          const int token = grow / p.h_q, head = grow % p.h_q;
+          p.lse[(static_cast<int64_t>(batch) * p.h_q + head) * p.s_q + token] = lse_value;
+        }
+      } else {
+        float* acc_row = p.o_accum + (static_cast<int64_t>(split_row) * rows_total + grow) * kHeadDimV;
+#pragma unroll
+        for (int j = 0; j < 32; ++j)
+          *reinterpret_cast<float2*>(acc_row + col_base + 8 * j) =
+              make_float2(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
+        if (wg == 0 && lane % 4 == 0) p.lse_accum[static_cast<int64_t>(split_row) * rows_total + grow] = lse_value;
+      }
+    }
+  }
+}
+
+template <typename Elem>
+__global__ void __launch_bounds__(kThreads, 1)
+    mla_decode_kernel(const __grid_constant__ MlaDecodeParams params, const __grid_constant__ CUtensorMap q_map,
+                      const __grid_constant__ CUtensorMap kv_map) {
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t raw_base = smem_addr(smem_raw);
+  const uint32_t smem_base = (raw_base + 1023) & ~1023u;
+  uint8_t* smem = smem_raw + (smem_base - raw_base);
+  BarrierAddrs bars(smem_base + SharedLayout::barriers);
+
+  const int m_block = blockIdx.x;
+  const int part = blockIdx.y;
+  PartWalker walker(params.sched_metadata + part * kMetadataWidth, params.cache_seqlens);
+
+  if (threadIdx.x == 0) {
+    mbarrier_init(bars.q_full, 1);
+    mbarrier_init(bars.q_empty, kConsumerThreads / 32);
+    for (int s = 0; s < kNumStages; ++s) {
+      mbarrier_init(bars.kv_full[s], 1);
+      mbarrier_init(bars.kv_empty[s], kConsumerThreads / 32);
+    }
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+
+  if (threadIdx.x >= kConsumerThreads) {
+    setmaxnreg_dec<40>();
+    if (threadIdx.x == kConsumerThreads) {
+      prefetch_tensor_map(&q_map);
+      prefetch_tensor_map(&kv_map);
+      producer_loop(params, &q_map, &kv_map, walker, bars, smem_base + SharedLayout::q, smem_base + SharedLayout::kv,
+                    m_block);
+    }
+  } else {
+    setmaxnreg_inc<232>();
+    consumer_loop<Elem>(params, walker, bars, smem, smem_base, m_block);
+  }
+}
+
+// Merges the partial results of split sequences; writes empty sequences (no split) as out = 0, lse = +inf.
+template <typename Elem>
+__global__ void __launch_bounds__(128) mla_combine_kernel(const MlaDecodeParams p) {
+  const int grow = blockIdx.x;
+  const int batch = blockIdx.y;
+  const int rows_total = p.s_q * p.h_q;
+  const int split_base = p.num_splits[batch];
+  const int num_splits = p.num_splits[batch + 1] - split_base;
+  if (num_splits == 1) return;  // the decode kernel wrote this row directly
+
+  float max_lse = -INFINITY;
+  for (int k = 0; k < num_splits; ++k)
+    max_lse = fmaxf(max_lse, p.lse_accum[static_cast<int64_t>(split_base + k) * rows_total + grow]);
+  float sum = 0.f;
+  if (max_lse != -INFINITY)
+    for (int k = 0; k < num_splits; ++k)
+      sum += __expf(p.lse_accum[static_cast<int64_t>(split_base + k) * rows_total + grow] - max_lse);
+  const bool empty = num_splits == 0 || max_lse == -INFINITY;
+  const float lse_value = empty ? INFINITY : max_lse + __logf(sum);
+
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  const int col = threadIdx.x * 4;
+  if (!empty) {
+    for (int k = 0; k < num_splits; ++k) {
+      const int64_t row = static_cast<int64_t>(split_base + k) * rows_total + grow;
+      const float weight = __expf(p.lse_accum[row] - lse_value);
+      const float4 part = *reinterpret_cast<const float4*>(p.o_accum + row * kHeadDimV + col);
+      acc.x += weight * part.x;
+      acc.y += weight * part.y;
+      acc.z += weight * part.z;
+      acc.w += weight * part.w;
+    }
+  }
+  Elem* out_row = static_cast<Elem*>(p.out) + (static_cast<int64_t>(batch) * rows_total + grow) * kHeadDimV + col;
+  uint2 packed = make_uint2(ElemTraits<Elem>::pack(acc.x, acc.y), ElemTraits<Elem>::pack(acc.z, acc.w));
+  *reinterpret_cast<uint2*>(out_row) = packed;
+  if (threadIdx.x == 0) {
+    const int token = grow / p.h_q, head = grow % p.h_q;
+    p.lse[(static_cast<int64_t>(batch) * p.h_q + head) * p.s_q + token] = lse_value;
+  }
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 encoder = nullptr;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult status;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &status) ==
+            cudaSuccess &&
+        status == cudaDriverEntryPointSuccess)
+      encoder = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  });
+  return encoder;
+}
+
+// A 64 x 64 box of 128-byte-swizzled elements over `rank` dims (innermost first).
+bool encode_tile_map(CUtensorMap* map, const void* base, bool is_bf16, int rank, const cuuint64_t* dims,
+                     const cuuint64_t* byte_strides) {
+  auto encode = tensor_map_encoder();
+  if (encode == nullptr) return false;
+  cuuint32_t box[3] = {static_cast<cuuint32_t>(kChunkCols), static_cast<cuuint32_t>(kTileRows), 1};
+  cuuint32_t elem_strides[3] = {1, 1, 1};
+  CUresult res = encode(map, is_bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, rank,
+                        const_cast<void*>(base), dims, byte_strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return res == CUDA_SUCCESS;
+}
+
+template <typename Elem>
+const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
+  const int rows_total = p.s_q * p.h_q;
+  CUtensorMap q_map, kv_map;
+  const cuuint64_t q_dims[3] = {kHeadDim, static_cast<cuuint64_t>(rows_total), static_cast<cuuint64_t>(p.batch)};
+  const cuuint64_t q_strides[2] = {kHeadDim * 2, static_cast<cuuint64_t>(rows_total) * kHeadDim * 2};
+  if (!encode_tile_map(&q_map, p.q, p.is_bf16, 3, q_dims, q_strides)) return "cuTensorMapEncodeTiled failed for q";
+  const cuuint64_t kv_dims[2] = {kHeadDim, static_cast<cuuint64_t>(p.num_blocks) * kPageSize};
+  const cuuint64_t kv_strides[1] = {kHeadDim * 2};
+  if (!encode_tile_map(&kv_map, p.k_cache, p.is_bf16, 2, kv_dims, kv_strides))
+    return "cuTensorMapEncodeTiled failed for k_cache";
+
+  static std::once_flag attr_once;
+  std::call_once(attr_once, [] {
+    cudaFuncSetAttribute(mla_decode_kernel<Elem>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+  });
+  dim3 grid(p.num_m_blocks, p.num_parts);
+  mla_decode_kernel<Elem><<<grid, kThreads, kSmemBytes, stream>>>(p, q_map, kv_map);
+  if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
+  mla_combine_kernel<Elem><<<dim3(rows_total, p.batch), 128, 0, stream>>>(p);
+  if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
+  return nullptr;
+}
+
+}  // namespace
+
+size_t mla_decode_smem_bytes() { return kSmemBytes; }
+
+const char* mla_decode_launch(const MlaDecodeParams& params, cudaStream_t stream) {
+  return params.is_bf16 ? launch_typed<__nv_bfloat16>(params, stream) : launch_typed<__half>(params, stream);
+}
+
+}  // namespace hf_flashmla
