@@ -3,7 +3,7 @@
 // direct torch.ops call can never launch it on memory it would misread.
 #include <Python.h>
 
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 #include <torch/torch.h>
@@ -93,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
   p.is_bf16 = dtype == at::kBFloat16;
   p.v_leading_byte_offset = v_descriptor_swap() ? 1024 : kTileRows * 128;
   p.v_stride_byte_offset = v_descriptor_swap() ? kTileRows * 128 : 1024;
-  const char* error = mla_decode_launch(p, at::cuda::getCurrentCUDAStream());
+  const char* error = mla_decode_launch(p, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(error == nullptr, "hf_flashmla decode launch failed: ", error == nullptr ? "" : error);
   return {out, lse};
 }
