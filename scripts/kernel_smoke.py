@@ -1,0 +1,89 @@
+"""Quick device check of the compiled op: correctness on edge cases, then a few timings.
+
+The full matrix lives in tests/test_kernel_gpu.py and the full benchmark in scripts/bench_kernel.py;
+this is the first thing to run after a kernel change (one device call, a minute)."""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from hf_flashmla import _ops, schedule  # noqa: E402
+from hf_flashmla.reference import mla_decode_reference  # noqa: E402
+
+
+def make_inputs(lengths, s_q, h_q, dtype, device="cuda", pool_slack=3):
+    batch = len(lengths)
+    max_blocks = max(1, max(-(-L // 64) for L in lengths))
+    num_blocks = batch * max_blocks + pool_slack
+    perm = torch.randperm(num_blocks, device=device)[: batch * max_blocks].to(torch.int32)
+    block_table = perm.view(batch, max_blocks).contiguous()
+    k_cache = torch.randn(num_blocks, 64, 1, 576, device=device, dtype=dtype)
+    q = torch.randn(batch, s_q, h_q, 576, device=device, dtype=dtype)
+    seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    return q, k_cache, block_table, seqlens
+
+
+def run_kernel(q, k_cache, block_table, seqlens, causal):
+    s_q, h_q = q.shape[1], q.shape[2]
+    meta, splits = schedule.compute_schedule(seqlens, s_q * h_q, 1)
+    return _ops.mla_decode(q, k_cache, block_table, seqlens, meta, splits, 576 ** -0.5, causal, 512)
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def check(lengths, s_q, h_q, causal, dtype):
+    q, k_cache, block_table, seqlens = make_inputs(lengths, s_q, h_q, dtype)
+    out, lse = run_kernel(q, k_cache, block_table, seqlens, causal)
+    ref_out, ref_lse = mla_decode_reference(q, k_cache, block_table, seqlens, 512, 576 ** -0.5, causal)
+    torch.cuda.synchronize()
+    finite = torch.isfinite(ref_lse)
+    err_out = rel_err(out, ref_out)
+    lse_ok = torch.equal(torch.isfinite(lse), finite) and (
+        not finite.any() or (lse[finite] - ref_lse[finite]).abs().max().item() < 1e-2)
+    ok = err_out < 1e-2 and lse_ok and not torch.isnan(out).any().item()
+    print(f"{'ok  ' if ok else 'FAIL'} b={len(lengths)} s_q={s_q} h_q={h_q} causal={int(causal)} {str(dtype)[6:]} "
+          f"lens={lengths[:6]}{'...' if len(lengths) > 6 else ''} out_err={err_out:.2e} lse_ok={lse_ok}")
+    return ok
+
+
+def bench(batch, length, s_q, h_q):
+    import triton.testing
+    q, k_cache, block_table, seqlens = make_inputs([length] * batch, s_q, h_q, torch.bfloat16)
+    meta, splits = schedule.compute_schedule(seqlens, s_q * h_q, 1)
+    fn = lambda: _ops.mla_decode(q, k_cache, block_table, seqlens, meta, splits, 576 ** -0.5, True, 512)
+    ms = triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median")
+    total = batch * length
+    flops = 2 * s_q * h_q * total * (576 + 512)
+    bytes_ = 2 * (total * 576 + batch * s_q * h_q * (576 + 512))
+    print(f"b={batch:4d} L={length:6d} s_q={s_q} h_q={h_q:3d}: {ms * 1e3:8.1f} us "
+          f"{flops / ms / 1e9:6.0f} TFLOP/s {bytes_ / ms / 1e6:6.0f} GB/s")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--check-only", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    results = []
+    for dtype in (torch.bfloat16, torch.float16):
+        for s_q, h_q in ((1, 16), (2, 64), (1, 128), (4, 16), (2, 128)):
+            for causal in (False, True):
+                results.append(check([0, 1, 63, 64, 65, 300, 1000], s_q, h_q, causal, dtype))
+    results.append(check([4641, 45118, 1730, 1696], 4, 16, True, torch.bfloat16))
+    results.append(check([8192] * 8, 1, 128, True, torch.bfloat16))
+    results.append(check([32768] * 2, 2, 64, True, torch.bfloat16))
+    print(f"correctness: {sum(results)}/{len(results)} ok")
+    if args.check_only or not all(results):
+        return
+    for batch, length in ((64, 4096), (128, 16384)):
+        for s_q, h_q in ((1, 16), (1, 32), (2, 16), (1, 64), (1, 128), (2, 128)):
+            bench(batch, length, s_q, h_q)
+
+
+if __name__ == "__main__":
+    main()
