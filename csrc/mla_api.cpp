@@ -8,7 +8,6 @@
 #include <torch/library.h>
 #include <torch/torch.h>
 
-#include <cstdlib>
 
 #include "mla_decode.h"
 
@@ -18,15 +17,6 @@ namespace {
 void check_cuda_contiguous(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-}
-
-int v_descriptor_swap() {
-  // Debug switch for the V operand's descriptor strides (see MlaDecodeParams); 0 in normal use.
-  static const int swap = [] {
-    const char* env = std::getenv("HF_FLASHMLA_V_DESC_SWAP");
-    return env != nullptr ? std::atoi(env) : 0;
-  }();
-  return swap;
 }
 
 std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Tensor& k_cache,
@@ -91,8 +81,6 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
   p.softmax_scale = static_cast<float>(softmax_scale);
   p.causal = causal;
   p.is_bf16 = dtype == at::kBFloat16;
-  p.v_leading_byte_offset = v_descriptor_swap() ? 1024 : kTileRows * 128;
-  p.v_stride_byte_offset = v_descriptor_swap() ? kTileRows * 128 : 1024;
   const char* error = mla_decode_launch(p, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(error == nullptr, "hf_flashmla decode launch failed: ", error == nullptr ? "" : error);
   return {out, lse};

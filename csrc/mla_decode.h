@@ -27,9 +27,6 @@ struct MlaDecodeParams {
   float softmax_scale;
   bool causal;
   bool is_bf16;
-  // Shared-memory descriptor strides of the V operand (MN-major, 128B swizzle), in bytes; kept as
-  // parameters so a layout hypothesis can be checked on the device without a rebuild.
-  int v_leading_byte_offset, v_stride_byte_offset;
 };
 
 // Launches the split-KV decode kernel and the combine kernel on `stream`.

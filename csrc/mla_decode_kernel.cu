@@ -203,10 +203,8 @@ __device__ __forceinline__ void consumer_loop(const MlaDecodeParams& p, const Pa
         }
       }
       wgmma_commit();
-      wgmma_wait<0>();  // also completes the previous page's PV product
+      wgmma_wait<0>();
       fence_accumulators(s);
-      fence_accumulators(o);
-      if (blk > w.start_block && lane == 0) mbarrier_arrive(bars.kv_empty[stage ^ 1]);
       if (blk == w.stop_block - 1 && lane == 0) mbarrier_arrive(bars.q_empty);
 
       // Mask keys past the sequence end and, for causal, past each row's last visible key.
@@ -282,19 +280,23 @@ __device__ __forceinline__ void consumer_loop(const MlaDecodeParams& p, const Pa
 
       wgmma_fence();
       {
-        const uint64_t v_desc = smem_desc_sw128(kv_stage + wg * 4 * kChunkBytes, p.v_leading_byte_offset,
-                                                p.v_stride_byte_offset);
+        // V is read MN-major: 8-token groups of 128-byte rows 1024 bytes apart (stride offset), and
+        // the next 64 output columns in the next swizzle tile of the page (leading offset).
+        const uint64_t v_desc = smem_desc_sw128(kv_stage + wg * 4 * kChunkBytes, kChunkBytes, 1024);
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk)
           Traits::mma_pv(o, p_desc + ((kk * 32) >> 4), v_desc + ((kk * 16 * 128) >> 4));
       }
       wgmma_commit();
+      // Free the stage as soon as its last reader is done: the producer can then load page n + 2
+      // while page n + 1 is computed, so a whole page of work hides each load (with two stages,
+      // releasing only after the next page's QK^T left the load latency exposed).
+      wgmma_wait<0>();
+      fence_accumulators(o);
+      if (lane == 0) mbarrier_arrive(bars.kv_empty[stage]);
     }
 
-    // Epilogue: finish the last PV product, release its stage, merge the two warpgroups' row sums.
-    wgmma_wait<0>();
-    fence_accumulators(o);
-    if (lane == 0) mbarrier_arrive(bars.kv_empty[(page_count - 1) & 1]);
+    // Epilogue: merge the two warpgroups' row sums, normalise, write.
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       row_l[h] += __shfl_xor_sync(0xffffffff, row_l[h], 1);

@@ -67,7 +67,15 @@ def bench(batch, length, s_q, h_q):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--check-only", action="store_true")
+    parser.add_argument("--profile-one", default=None, help="b,L,s_q,h_q: run that config a few times (for ncu)")
     args = parser.parse_args()
+    if args.profile_one:
+        batch, length, s_q, h_q = (int(v) for v in args.profile_one.split(","))
+        q, k_cache, block_table, seqlens = make_inputs([length] * batch, s_q, h_q, torch.bfloat16)
+        for _ in range(3):
+            run_kernel(q, k_cache, block_table, seqlens, True)
+        torch.cuda.synchronize()
+        return
     torch.manual_seed(0)
     results = []
     for dtype in (torch.bfloat16, torch.float16):
