@@ -1,0 +1,159 @@
+"""FlashMLA-compatible public API: get_mla_metadata and flash_mla_with_kvcache.
+
+Both generations of FlashMLA's calling convention are accepted unchanged:
+
+  first generation (explicit schedule tensors):
+    tile_scheduler_metadata, num_splits = get_mla_metadata(cache_seqlens, s_q * h_q // h_kv, h_kv)
+    out, lse = flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 512,
+                                      tile_scheduler_metadata, num_splits, causal=True)
+  newest generation (schedule computed lazily and cached):
+    sched_meta, _ = get_mla_metadata()
+    out, lse = flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 512, sched_meta, None,
+                                      causal=True)
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from hf_flashmla import _ops, schedule, validation
+from hf_flashmla.backend import KERNEL, backend
+from hf_flashmla.reference import mla_decode_reference
+
+CHECK_VALUES_ENV_VAR = "HF_FLASHMLA_CHECK_VALUES"
+
+
+class FlashMLASchedMeta:
+    """Newest-generation schedule holder: empty until the first flash_mla_with_kvcache call, which
+    computes the schedule and records what it was computed for. Later calls must pass the same
+    shapes (b, s_q, h_q, h_kv), the same device and the same cache_seqlens, or they raise ValueError.
+
+    cache_seqlens are compared by value (against a clone kept at the first call) on CPU, and on CUDA
+    when value checks are on (check_values=True or HF_FLASHMLA_CHECK_VALUES=1; this costs a sync).
+    Otherwise, on CUDA, the comparison is by identity: the same tensor (data_ptr, shape) whose
+    version counter has not moved, i.e. no in-place write through PyTorch since the first call. A
+    reference to that tensor is kept so that its memory cannot be handed to another tensor meanwhile.
+    Writes that bypass PyTorch's version counter (raw kernels, CUDA graph replays of other code)
+    are not detected without check_values. Use one FlashMLASchedMeta per batch state, e.g. one per
+    decoding step shared by all layers.
+    """
+
+    def __init__(self):
+        self.tile_scheduler_metadata: torch.Tensor | None = None
+        self.num_splits: torch.Tensor | None = None
+        self.shapes: dict | None = None
+        self._seqlens_tensor: torch.Tensor | None = None
+        self._seqlens_identity: tuple | None = None
+        self._seqlens_values: torch.Tensor | None = None
+
+    @property
+    def initialized(self) -> bool:
+        return self.tile_scheduler_metadata is not None
+
+    def __repr__(self):
+        if not self.initialized:
+            return "FlashMLASchedMeta(not yet computed)"
+        return (f"FlashMLASchedMeta({self.shapes}, num_sm_parts={self.tile_scheduler_metadata.shape[0]})")
+
+    def schedule_for(self, q: torch.Tensor, k_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+                     compare_values: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, s_q, h_q, _ = q.shape
+        h_kv = k_cache.shape[2]
+        shapes = {"b": batch, "s_q": s_q, "h_q": h_q, "h_kv": h_kv, "device": q.device}
+        identity = (cache_seqlens.data_ptr(), tuple(cache_seqlens.shape), cache_seqlens._version)
+        if not self.initialized:
+            self.tile_scheduler_metadata, self.num_splits = schedule.compute_schedule(
+                cache_seqlens, s_q * h_q // h_kv, h_kv)
+            self.shapes = shapes
+            self._seqlens_tensor = cache_seqlens
+            self._seqlens_identity = identity
+            self._seqlens_values = cache_seqlens.clone()
+            return self.tile_scheduler_metadata, self.num_splits
+
+        if shapes != self.shapes:
+            raise ValueError(f"tile_scheduler_metadata: this FlashMLASchedMeta was computed for {self.shapes}, "
+                             f"got {shapes}; call get_mla_metadata() again for a new batch")
+        if compare_values:
+            same = torch.equal(self._seqlens_values, cache_seqlens)
+            what = "values"
+        else:
+            same = identity == self._seqlens_identity
+            what = "tensor (compared by identity and version; pass check_values=True to compare values)"
+        if not same:
+            raise ValueError(f"cache_seqlens: differs from the {what} this FlashMLASchedMeta was computed for; "
+                             f"call get_mla_metadata() again for a new batch")
+        return self.tile_scheduler_metadata, self.num_splits
+
+
+def get_mla_metadata(cache_seqlens: torch.Tensor | None = None, num_q_tokens_per_head_k: int | None = None,
+                     num_heads_k: int | None = None):
+    """First generation: get_mla_metadata(cache_seqlens, s_q * h_q // h_kv, h_kv) returns
+    (tile_scheduler_metadata int32 [num_sm_parts, 8], num_splits int32 [b + 1]) on cache_seqlens'
+    device, without a host sync (see hf_flashmla.schedule for the format).
+    Newest generation: get_mla_metadata() returns (FlashMLASchedMeta(), None)."""
+    if cache_seqlens is None and num_q_tokens_per_head_k is None and num_heads_k is None:
+        return FlashMLASchedMeta(), None
+    if num_q_tokens_per_head_k is None or num_heads_k is None:
+        missing = "num_q_tokens_per_head_k" if num_q_tokens_per_head_k is None else "num_heads_k"
+        raise TypeError(f"{missing}: expected an int (first generation: get_mla_metadata(cache_seqlens, "
+                        f"s_q * h_q // h_kv, h_kv); newest generation: get_mla_metadata() with no arguments)")
+    validation.check_metadata_args(cache_seqlens, num_q_tokens_per_head_k, num_heads_k)
+    return schedule.compute_schedule(cache_seqlens, num_q_tokens_per_head_k, num_heads_k)
+
+
+def _value_checks_requested(check_values: bool | None) -> bool:
+    if check_values is None:
+        return os.environ.get(CHECK_VALUES_ENV_VAR, "0").strip().lower() in ("1", "true", "yes", "on")
+    if not isinstance(check_values, bool):
+        raise TypeError(f"check_values: expected a bool or None, got {type(check_values).__name__}")
+    return check_values
+
+
+def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor,
+                           cache_seqlens: torch.Tensor, head_dim_v: int, tile_scheduler_metadata,
+                           num_splits: torch.Tensor | None, softmax_scale: float | None = None,
+                           causal: bool = False, *, check_values: bool | None = None):
+    """Paged MLA decoding attention.
+
+    q [b, s_q, h_q, 576]; k_cache [num_blocks, 64, h_kv, 576]; block_table int32 [b, max_blocks];
+    cache_seqlens int32 [b]; head_dim_v = 512 (V is the first 512 values of K); bf16 or fp16
+    (float32 is accepted on the reference path). tile_scheduler_metadata / num_splits come from
+    get_mla_metadata (either generation). softmax_scale defaults to 576 ** -0.5.
+    With causal, query token t of a sequence of length L sees keys 0 .. L - s_q + t.
+    Returns out [b, s_q, h_q, 512] in q's dtype and lse float32 [b, h_q, s_q]; a query that sees no
+    key gets out = 0, lse = +inf.
+
+    check_values: also run the checks that read tensor values (cache_seqlens range, block ids of the
+    pages in use, metadata computed for this batch). They always run on CPU; on CUDA they cost a
+    device->host sync, so they run only when check_values is True (default: HF_FLASHMLA_CHECK_VALUES=1).
+    """
+    if not isinstance(q, torch.Tensor):
+        raise TypeError(f"q: expected a torch.Tensor, got {type(q).__name__}")
+    choice = backend(q)
+    for_kernel = choice.name == KERNEL
+    validation.check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                            for_kernel=for_kernel)
+    read_values = _value_checks_requested(check_values) or q.device.type == "cpu"
+    if read_values:
+        validation.check_cache_values(k_cache, block_table, cache_seqlens)
+
+    batch, s_q, h_q, head_dim = q.shape
+    h_kv = k_cache.shape[2]
+    if isinstance(tile_scheduler_metadata, FlashMLASchedMeta):
+        if num_splits is not None:
+            raise ValueError("num_splits: expected None with a FlashMLASchedMeta (newest generation), got "
+                             f"{type(num_splits).__name__}")
+        metadata, splits = tile_scheduler_metadata.schedule_for(q, k_cache, cache_seqlens, read_values)
+    else:
+        validation.check_schedule_tensors(tile_scheduler_metadata, num_splits, batch, q.device)
+        metadata, splits = tile_scheduler_metadata, num_splits
+        if read_values:
+            validation.check_schedule_values(metadata, splits, cache_seqlens, s_q * h_q // h_kv, h_kv)
+
+    if softmax_scale is None:
+        softmax_scale = head_dim ** -0.5
+    if for_kernel:
+        return _ops.mla_decode(q, k_cache, block_table, cache_seqlens, metadata, splits, float(softmax_scale),
+                               causal, head_dim_v)
+    return mla_decode_reference(q, k_cache, block_table, cache_seqlens, head_dim_v, float(softmax_scale), causal)

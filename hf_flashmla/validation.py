@@ -1,0 +1,197 @@
+"""Input checks for the public API. Each failure raises TypeError (wrong kind of object or dtype) or
+ValueError (wrong shape, device, layout or value) whose message starts with the argument's name and
+says what was expected.
+
+Structural checks (check_inputs, check_schedule_tensors, check_metadata_args) read only shapes,
+dtypes, strides and devices: they never synchronise with the GPU.
+Value checks (check_cache_values, check_schedule_values) read tensor contents; on CUDA tensors that
+costs a device->host sync, so flash_mla_with_kvcache runs them on CUDA only when asked
+(check_values=True or HF_FLASHMLA_CHECK_VALUES=1). On CPU tensors they always run.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from hf_flashmla import schedule
+
+HEAD_DIM = 576
+HEAD_DIM_V = 512
+PAGE_SIZE = schedule.PAGE_SIZE
+KERNEL_DTYPES = (torch.bfloat16, torch.float16)
+REFERENCE_DTYPES = KERNEL_DTYPES + (torch.float32,)
+KERNEL_NUM_KV_HEADS = 1  # the compiled op's contract (see hf_flashmla/_ops.py)
+
+
+def _require_tensor(name, value):
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+
+
+def _require_rank(name, tensor, rank, layout):
+    if tensor.dim() != rank:
+        raise ValueError(f"{name}: expected a rank-{rank} tensor {layout}, got shape {tuple(tensor.shape)}")
+
+
+def _require_dtype(name, tensor, dtypes, why=""):
+    if tensor.dtype not in dtypes:
+        allowed = " or ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name}: expected dtype {allowed}{why}, got {str(tensor.dtype).replace('torch.', '')}")
+
+
+def _require_device(name, tensor, device):
+    if tensor.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device} (the device of q), got one on {tensor.device}")
+
+
+def _require_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+
+
+def check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, *,
+                 for_kernel: bool) -> None:
+    """Shapes, dtypes, layouts and devices of flash_mla_with_kvcache's inputs (no sync)."""
+    for name, value in (("q", q), ("k_cache", k_cache), ("block_table", block_table),
+                        ("cache_seqlens", cache_seqlens)):
+        _require_tensor(name, value)
+
+    _require_rank("q", q, 4, "[batch, s_q, h_q, head_dim]")
+    batch, s_q, h_q, head_dim = q.shape
+    if batch < 1 or s_q < 1 or h_q < 1:
+        raise ValueError(f"q: expected batch, s_q and h_q >= 1, got shape {tuple(q.shape)}")
+    if head_dim != HEAD_DIM:
+        raise ValueError(f"q: expected head_dim (last dim) {HEAD_DIM}, got {head_dim}")
+    dtypes = KERNEL_DTYPES if for_kernel else REFERENCE_DTYPES
+    _require_dtype("q", q, dtypes, " (float32 only on the reference path)" if for_kernel else "")
+    if not q.is_contiguous():
+        raise ValueError(f"q: expected a contiguous tensor (the kernel reads it densely), got strides "
+                         f"{q.stride()}; call q.contiguous()")
+    device = q.device
+
+    _require_rank("k_cache", k_cache, 4, "[num_blocks, page_size, h_kv, head_dim]")
+    _require_device("k_cache", k_cache, device)
+    _require_dtype("k_cache", k_cache, (q.dtype,), " (the dtype of q)")
+    num_blocks, page_size, h_kv, k_head_dim = k_cache.shape
+    if page_size != PAGE_SIZE:
+        raise ValueError(f"k_cache: expected page size (dim 1) {PAGE_SIZE}, got {page_size}")
+    if k_head_dim != HEAD_DIM:
+        raise ValueError(f"k_cache: expected head_dim (last dim) {HEAD_DIM}, got {k_head_dim}")
+    if h_kv < 1 or h_q % h_kv != 0:
+        raise ValueError(f"k_cache: expected h_kv (dim 2) >= 1 dividing h_q = {h_q}, got h_kv = {h_kv}")
+    if for_kernel and h_kv != KERNEL_NUM_KV_HEADS:
+        raise ValueError(f"k_cache: the sm_90 kernel expects h_kv = {KERNEL_NUM_KV_HEADS}, got {h_kv}; "
+                         f"set HF_FLASHMLA_BACKEND=reference to use the reference")
+    if not k_cache.is_contiguous():
+        raise ValueError(f"k_cache: expected a contiguous tensor (pages are addressed by block id), got "
+                         f"strides {k_cache.stride()}")
+
+    _require_rank("block_table", block_table, 2, "[batch, max_blocks_per_seq]")
+    _require_device("block_table", block_table, device)
+    _require_dtype("block_table", block_table, (torch.int32,))
+    if block_table.shape[0] != batch:
+        raise ValueError(f"block_table: expected {batch} rows (the batch size of q), got shape "
+                         f"{tuple(block_table.shape)}")
+    if block_table.shape[1] > 0 and block_table.stride(-1) != 1:
+        raise ValueError(f"block_table: expected last-dim stride 1, got strides {block_table.stride()}")
+
+    _require_rank("cache_seqlens", cache_seqlens, 1, "[batch]")
+    _require_device("cache_seqlens", cache_seqlens, device)
+    _require_dtype("cache_seqlens", cache_seqlens, (torch.int32,))
+    if cache_seqlens.shape[0] != batch:
+        raise ValueError(f"cache_seqlens: expected shape ({batch},) (the batch size of q), got "
+                         f"{tuple(cache_seqlens.shape)}")
+    if not cache_seqlens.is_contiguous():
+        raise ValueError(f"cache_seqlens: expected a contiguous tensor, got strides {cache_seqlens.stride()}")
+
+    _require_int("head_dim_v", head_dim_v)
+    if head_dim_v != HEAD_DIM_V:
+        raise ValueError(f"head_dim_v: expected {HEAD_DIM_V} (V is the first {HEAD_DIM_V} values of K), "
+                         f"got {head_dim_v}")
+    if softmax_scale is not None:
+        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
+            raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
+        if not math.isfinite(softmax_scale):
+            raise ValueError(f"softmax_scale: expected a finite float, got {softmax_scale}")
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
+
+
+def check_schedule_tensors(tile_scheduler_metadata, num_splits, batch: int, device: torch.device) -> None:
+    """First-generation metadata: shapes, dtypes and devices consistent with this batch (no sync)."""
+    _require_tensor("tile_scheduler_metadata", tile_scheduler_metadata)
+    _require_tensor("num_splits", num_splits)
+    _require_dtype("tile_scheduler_metadata", tile_scheduler_metadata, (torch.int32,))
+    if (tile_scheduler_metadata.dim() != 2 or tile_scheduler_metadata.shape[0] < 1
+            or tile_scheduler_metadata.shape[1] != schedule.METADATA_WIDTH):
+        raise ValueError(f"tile_scheduler_metadata: expected shape [num_sm_parts >= 1, {schedule.METADATA_WIDTH}], "
+                         f"got {tuple(tile_scheduler_metadata.shape)}")
+    if not tile_scheduler_metadata.is_contiguous():
+        raise ValueError("tile_scheduler_metadata: expected a contiguous tensor")
+    _require_device("tile_scheduler_metadata", tile_scheduler_metadata, device)
+    _require_dtype("num_splits", num_splits, (torch.int32,))
+    if tuple(num_splits.shape) != (batch + 1,):
+        raise ValueError(f"num_splits: expected shape ({batch + 1},) (batch + 1), got {tuple(num_splits.shape)}; "
+                         f"was the metadata computed for another batch?")
+    if not num_splits.is_contiguous():
+        raise ValueError("num_splits: expected a contiguous tensor")
+    _require_device("num_splits", num_splits, device)
+
+
+def check_metadata_args(cache_seqlens, num_q_tokens_per_head_k, num_heads_k) -> None:
+    """Arguments of the first-generation get_mla_metadata (no sync)."""
+    _require_tensor("cache_seqlens", cache_seqlens)
+    _require_rank("cache_seqlens", cache_seqlens, 1, "[batch]")
+    _require_dtype("cache_seqlens", cache_seqlens, (torch.int32,))
+    if cache_seqlens.shape[0] < 1:
+        raise ValueError("cache_seqlens: expected batch >= 1, got an empty tensor")
+    _require_int("num_q_tokens_per_head_k", num_q_tokens_per_head_k)
+    if num_q_tokens_per_head_k < 1:
+        raise ValueError(f"num_q_tokens_per_head_k: expected s_q * h_q // h_kv >= 1, got {num_q_tokens_per_head_k}")
+    _require_int("num_heads_k", num_heads_k)
+    if num_heads_k < 1:
+        raise ValueError(f"num_heads_k: expected h_kv >= 1, got {num_heads_k}")
+
+
+def check_cache_values(k_cache, block_table, cache_seqlens) -> None:
+    """cache_seqlens within [0, max_blocks * 64]; block ids of used pages within [0, num_blocks).
+    Only the first ceil(len / 64) entries of each block_table row are read, so padding such as -1 in
+    the rest is fine. Reads tensor values: a device->host sync on CUDA."""
+    max_blocks = block_table.shape[1]
+    lengths = cache_seqlens.to(torch.int64)
+    too_short = lengths < 0
+    if bool(too_short.any()):
+        i = int(too_short.nonzero()[0, 0])
+        raise ValueError(f"cache_seqlens: expected values >= 0, got {int(lengths[i])} at index {i}")
+    too_long = lengths > max_blocks * PAGE_SIZE
+    if bool(too_long.any()):
+        i = int(too_long.nonzero()[0, 0])
+        raise ValueError(f"cache_seqlens: expected values <= max_blocks_per_seq * {PAGE_SIZE} = "
+                         f"{max_blocks * PAGE_SIZE} (what block_table covers), got {int(lengths[i])} at index {i}")
+    num_blocks = k_cache.shape[0]
+    pages_used = (lengths + PAGE_SIZE - 1) // PAGE_SIZE
+    used = torch.arange(max_blocks, device=block_table.device)[None, :] < pages_used[:, None]
+    out_of_pool = used & ((block_table < 0) | (block_table >= num_blocks))
+    if bool(out_of_pool.any()):
+        i, j = (int(v) for v in out_of_pool.nonzero()[0])
+        raise ValueError(f"block_table: expected block ids in [0, {num_blocks}) (the pages of k_cache) for the "
+                         f"pages in use, got {int(block_table[i, j])} at [{i}, {j}]")
+
+
+def check_schedule_values(tile_scheduler_metadata, num_splits, cache_seqlens, num_q_tokens_per_head_k: int,
+                          num_heads_k: int) -> None:
+    """The metadata equals the schedule of this cache_seqlens (same number of SM parts).
+    Reads tensor values: a device->host sync on CUDA."""
+    num_parts = tile_scheduler_metadata.shape[0]
+    num_m_blocks = -(-num_q_tokens_per_head_k // schedule.ROWS_PER_TILE)
+    # compute_schedule derives the part count from an SM count; this one reproduces num_parts.
+    expected_metadata, expected_splits = schedule.compute_schedule(
+        cache_seqlens, num_q_tokens_per_head_k, num_heads_k, num_sms=num_parts * num_heads_k * num_m_blocks)
+    if not torch.equal(num_splits, expected_splits):
+        raise ValueError("num_splits: does not match this cache_seqlens; was the metadata computed for another "
+                         "batch? Call get_mla_metadata(cache_seqlens, s_q * h_q // h_kv, h_kv) again")
+    if not torch.equal(tile_scheduler_metadata, expected_metadata):
+        raise ValueError("tile_scheduler_metadata: does not match this cache_seqlens; was it computed for "
+                         "another batch? Call get_mla_metadata(cache_seqlens, s_q * h_q // h_kv, h_kv) again")

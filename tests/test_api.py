@@ -1,0 +1,167 @@
+"""Public API: both FlashMLA generations, the newest generation's cached schedule, backend choice
+and dispatch."""
+import importlib
+
+import pytest
+import torch
+
+import hf_flashmla
+from hf_flashmla import _ops, interface, schedule
+from hf_flashmla.backend import BACKEND_ENV_VAR, BackendChoice
+from hf_flashmla.testing import make_paged_inputs
+
+# The package exports the function `backend`, which shadows the submodule of the same name.
+backend_module = importlib.import_module("hf_flashmla.backend")
+
+
+def first_generation(inputs, causal, **kwargs):
+    _, s_q, h_q, _ = inputs.q.shape
+    metadata, num_splits = hf_flashmla.get_mla_metadata(inputs.cache_seqlens, s_q * h_q // 1, 1)
+    return hf_flashmla.flash_mla_with_kvcache(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens,
+                                              512, metadata, num_splits, causal=causal, **kwargs)
+
+
+def newest_generation(inputs, sched_meta, causal=True, **kwargs):
+    return hf_flashmla.flash_mla_with_kvcache(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens,
+                                              512, sched_meta, None, causal=causal, **kwargs)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("lengths,s_q,h_q", [([70], 1, 16), ([0, 300, 64, 1], 2, 64), ([5] * 8, 4, 128)])
+def test_both_generations_give_identical_results(lengths, s_q, h_q, causal):
+    inputs = make_paged_inputs(lengths, s_q, h_q, dtype=torch.bfloat16, seed=len(lengths))
+    out_first, lse_first = first_generation(inputs, causal)
+    sched_meta, none = hf_flashmla.get_mla_metadata()
+    assert none is None and isinstance(sched_meta, hf_flashmla.FlashMLASchedMeta)
+    out_newest, lse_newest = newest_generation(inputs, sched_meta, causal)
+    assert torch.equal(out_first, out_newest) and torch.equal(lse_first, lse_newest)
+
+
+def test_newest_generation_computes_the_schedule_once_and_reuses_it():
+    inputs = make_paged_inputs([0, 300, 64, 1], 2, 16, seed=2)
+    sched_meta, _ = hf_flashmla.get_mla_metadata()
+    assert not sched_meta.initialized
+    first = newest_generation(inputs, sched_meta)
+    metadata = sched_meta.tile_scheduler_metadata
+    expected = hf_flashmla.get_mla_metadata(inputs.cache_seqlens, 2 * 16, 1)
+    assert torch.equal(metadata, expected[0]) and torch.equal(sched_meta.num_splits, expected[1])
+    # A later layer: same batch, new q and cache contents.
+    inputs.q.normal_()
+    second = newest_generation(inputs, sched_meta)
+    assert sched_meta.tile_scheduler_metadata is metadata
+    assert not torch.equal(first[0], second[0])
+    # Equal values in a fresh tensor are the same batch state.
+    inputs.cache_seqlens = inputs.cache_seqlens.clone()
+    newest_generation(inputs, sched_meta)
+
+
+def mismatched_calls():
+    def other_batch_size(inputs):
+        return make_paged_inputs([0, 300, 64], 2, 16, seed=3)
+
+    def other_s_q(inputs):
+        return make_paged_inputs([0, 300, 64, 1], 1, 16, seed=3)
+
+    def other_h_q(inputs):
+        return make_paged_inputs([0, 300, 64, 1], 2, 32, seed=3)
+
+    def other_lengths(inputs):
+        # Still within each sequence's pages, so only the schedule check can object.
+        inputs.cache_seqlens = torch.tensor([0, 299, 64, 1], dtype=torch.int32)
+        return inputs
+
+    def lengths_written_in_place(inputs):
+        inputs.cache_seqlens[1] -= 1
+        return inputs
+
+    return {"batch_size": (other_batch_size, "tile_scheduler_metadata"),
+            "s_q": (other_s_q, "tile_scheduler_metadata"),
+            "h_q": (other_h_q, "tile_scheduler_metadata"),
+            "lengths": (other_lengths, "cache_seqlens"),
+            "lengths_in_place": (lengths_written_in_place, "cache_seqlens")}
+
+
+@pytest.mark.parametrize("name", sorted(mismatched_calls()))
+def test_newest_generation_mismatch_raises(name):
+    change, argument = mismatched_calls()[name]
+    inputs = make_paged_inputs([0, 300, 64, 1], 2, 16, seed=3)
+    sched_meta, _ = hf_flashmla.get_mla_metadata()
+    newest_generation(inputs, sched_meta)
+    with pytest.raises(ValueError, match=f"^{argument}:"):
+        newest_generation(change(inputs), sched_meta)
+
+
+def test_identity_comparison_used_when_values_are_not_read():
+    # What CUDA tensors get without check_values: same tensor and version, or an error.
+    inputs = make_paged_inputs([10, 70], 1, 16, seed=4)
+    sched_meta = interface.FlashMLASchedMeta()
+    sched_meta.schedule_for(inputs.q, inputs.k_cache, inputs.cache_seqlens, compare_values=False)
+    sched_meta.schedule_for(inputs.q, inputs.k_cache, inputs.cache_seqlens, compare_values=False)
+    with pytest.raises(ValueError, match="^cache_seqlens:.*check_values=True"):
+        sched_meta.schedule_for(inputs.q, inputs.k_cache, inputs.cache_seqlens.clone(), compare_values=False)
+    # ... which the value comparison accepts.
+    sched_meta.schedule_for(inputs.q, inputs.k_cache, inputs.cache_seqlens.clone(), compare_values=True)
+    inputs.cache_seqlens[0] = 10  # same value, but an in-place write
+    with pytest.raises(ValueError, match="^cache_seqlens:"):
+        sched_meta.schedule_for(inputs.q, inputs.k_cache, inputs.cache_seqlens, compare_values=False)
+
+
+def test_backend_reports_reference_on_cpu_with_a_reason(monkeypatch):
+    monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
+    for where in (torch.zeros(1), "cpu", torch.device("cpu")):
+        choice = hf_flashmla.backend(where)
+        assert isinstance(choice, BackendChoice)
+        assert choice.name == "reference" and "not a CUDA device" in choice.reason
+    if not torch.cuda.is_available():
+        assert hf_flashmla.backend().name == "reference"
+
+
+def test_backend_environment_override(monkeypatch):
+    monkeypatch.setenv(BACKEND_ENV_VAR, "reference")
+    assert hf_flashmla.backend("cpu") == BackendChoice("reference", f"forced by {BACKEND_ENV_VAR}=reference")
+    monkeypatch.setenv(BACKEND_ENV_VAR, "cuda_sm90")
+    with pytest.raises(RuntimeError, match="not a CUDA device"):
+        hf_flashmla.backend("cpu")
+    monkeypatch.setenv(BACKEND_ENV_VAR, "fast")
+    with pytest.raises(ValueError, match=f"^{BACKEND_ENV_VAR}:"):
+        hf_flashmla.backend("cpu")
+
+
+def test_backend_without_extension_says_so(monkeypatch):
+    monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(_ops, "extension_available", lambda: False)
+    choice = backend_module.backend(torch.device("cuda", 0))
+    assert choice.name == "reference" and "not built" in choice.reason
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert "8.0" in backend_module.backend(torch.device("cuda", 0)).reason
+
+
+@pytest.mark.parametrize("generation", ["first", "newest"])
+def test_kernel_backend_receives_the_schedule_and_defaults(monkeypatch, generation):
+    calls = []
+
+    def fake_kernel(*args):
+        calls.append(args)
+        return torch.zeros(1), torch.zeros(1)
+
+    monkeypatch.setattr(interface, "backend", lambda tensor: BackendChoice("cuda_sm90", "test"))
+    monkeypatch.setattr(_ops, "mla_decode", fake_kernel)
+    inputs = make_paged_inputs([100, 3], 2, 16, dtype=torch.float16, seed=5)
+    if generation == "first":
+        first_generation(inputs, causal=True)
+    else:
+        newest_generation(inputs, hf_flashmla.get_mla_metadata()[0], causal=True)
+    (q, k_cache, block_table, cache_seqlens, metadata, num_splits, scale, causal, head_dim_v), = calls
+    assert q is inputs.q and k_cache is inputs.k_cache and block_table is inputs.block_table
+    assert cache_seqlens is inputs.cache_seqlens
+    expected_metadata, expected_splits = schedule.compute_schedule(inputs.cache_seqlens, 2 * 16, 1)
+    assert torch.equal(metadata, expected_metadata) and torch.equal(num_splits, expected_splits)
+    assert scale == pytest.approx(576 ** -0.5) and isinstance(scale, float)
+    assert causal is True and head_dim_v == 512
+
+
+def test_package_exports():
+    assert hf_flashmla.__version__ == "0.1.0"
+    for name in ("get_mla_metadata", "flash_mla_with_kvcache", "backend", "mla_decode_reference"):
+        assert callable(getattr(hf_flashmla, name))
