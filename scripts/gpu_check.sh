@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The one script to run on the GPU machine, from the repo root:   bash scripts/gpu_check.sh
+#   (device call: carry [".whl"] for the SGLang peer's wheel; results land in $OUT)
+# A device command may run 600 s at most: all four stages may not fit in one call; split them, e.g.
+#   STAGES="build tests" bash scripts/gpu_check.sh   then   STAGES="build sanitize bench" ...
+# (build is needed in every fresh machine: the extension is built in place.)
+# Stages, chosen by STAGES (default "build tests sanitize bench"); each runs even if an earlier one failed:
+#   build     HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace  -> $OUT/build.log (+ ptxas summary)
+#   tests     python3 -m pytest -q -m gpu tests/test_kernel_gpu.py            -> $OUT/gpu_tests.log ($PYTEST_ARGS)
+#   sanitize  compute-sanitizer memcheck + racecheck on scripts/sanitize_case.py -> $OUT/sanitize_*.log
+#             (each under timeout $SANITIZE_TIMEOUT, default 300 s)
+#   bench     python3 scripts/bench_kernel.py $BENCH_ARGS (default --quick)   -> $OUT/bench.{log,json,png}
+set -u
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/gpu_check_out}
+mkdir -p "$OUT"
+STAGES=${STAGES:-"build tests sanitize bench"}
+BENCH_ARGS=${BENCH_ARGS:---quick}
+PYTEST_ARGS=${PYTEST_ARGS:-}
+ROOT=$(pwd)
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+SUMMARY=()
+note() { SUMMARY+=("$1"); echo "### $1"; }
+has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
+t0=$(date +%s)
+
+echo "### gpu_check: stages [$STAGES] OUT=$OUT"
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,driver_version --format=csv,noheader 2>&1 | head -4
+python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1
+nvcc --version 2>&1 | tail -1
+
+# Carried wheels (other than sglang's, which scripts/peers/sglang_triton.py reads straight from the wheel).
+shopt -s nullglob
+wheels=()
+for w in .whl/*.whl; do [[ $(basename "$w") == sglang-* ]] || wheels+=("$w"); done
+if (( ${#wheels[@]} )); then
+  if python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}"; then
+    export PYTHONPATH="/tmp/site:$PYTHONPATH"; note "wheels: installed ${#wheels[@]} into /tmp/site"
+  else
+    note "wheels: install FAILED"
+  fi
+fi
+ls .whl/sglang-*.whl >/dev/null 2>&1 && echo "### sglang wheel: $(ls .whl/sglang-*.whl)" || echo "### no sglang wheel in .whl (the sglang peer will report unavailable)"
+
+if has_stage build; then
+  s=$(date +%s)
+  echo "### build: HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace"
+  if HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+    note "build: ok ($(( $(date +%s) - s )) s)"
+  else
+    note "build: FAILED (rc $?, see build.log)"; grep -E "error|Error" "$OUT/build.log" | head -30
+  fi
+  echo "### ptxas resource usage (registers / smem / spills):"
+  grep -E "ptxas info\s*: (Compiling|Function properties|Used)|bytes stack frame|spill" "$OUT/build.log" \
+    | sed 's/^.*ptxas info\s*: //' | head -60
+  grep -qE "[1-9][0-9]* bytes spill (stores|loads)" "$OUT/build.log" && note "build: WARNING register spills (see ptxas lines)"
+  python3 -c "import hf_flashmla, torch; print('### backend:', hf_flashmla.backend(torch.device('cuda')))" 2>&1 | tail -3
+fi
+
+if has_stage tests; then
+  s=$(date +%s)
+  python3 -m pytest -q -m gpu -rs $PYTEST_ARGS tests/test_kernel_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -60
+  rc=${PIPESTATUS[0]}
+  line=$(grep -E "[0-9]+ (passed|failed|skipped|error)" "$OUT/gpu_tests.log" | tail -1)
+  if [[ $rc == 0 && $line != *passed* ]]; then note "tests: NOTHING RAN (kernel not usable?): $line"
+  elif [[ $rc == 0 ]]; then note "tests: ok: $line ($(( $(date +%s) - s )) s)"; else note "tests: FAILED (rc $rc): $line"; fi
+fi
+
+if has_stage sanitize; then
+  if command -v compute-sanitizer >/dev/null 2>&1; then
+    for tool in memcheck racecheck; do
+      s=$(date +%s)
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZE_TIMEOUT:-300}" compute-sanitizer --tool $tool --print-limit 20 \
+        python3 scripts/sanitize_case.py > "$OUT/sanitize_$tool.log" 2>&1
+      rc=$?
+      echo "### sanitize $tool (rc $rc, $(( $(date +%s) - s )) s):"
+      grep -E "^case |sanitize_case:|ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race reported|hazard" "$OUT/sanitize_$tool.log" | head -30
+      summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitize_$tool.log" | tail -1)
+      if [[ $rc == 0 ]]; then note "sanitize $tool: ok: $summary"; else note "sanitize $tool: FAILED (rc $rc): ${summary:-see sanitize_$tool.log}"; tail -5 "$OUT/sanitize_$tool.log"; fi
+    done
+  else
+    note "sanitize: compute-sanitizer not found"
+  fi
+fi
+
+if has_stage bench; then
+  s=$(date +%s)
+  # shellcheck disable=SC2086
+  python3 scripts/bench_kernel.py $BENCH_ARGS --json "$OUT/bench.json" --plot "$OUT/bench.png" 2>&1 | tee "$OUT/bench.log"
+  rc=${PIPESTATUS[0]}
+  if [[ $rc == 0 ]]; then note "bench: ok ($(( $(date +%s) - s )) s)"; else note "bench: FAILED (rc $rc)"; fi
+  while IFS= read -r l; do SUMMARY+=("bench: $l"); done < <(grep -E "geomean speed ratio|max GB/s|max TFLOP/s|ours vs |incorrect results|errors:" "$OUT/bench.log" | sed 's/^ *//')
+fi
+
+echo
+echo "### gpu_check summary ($(( $(date +%s) - t0 )) s):"
+for line in "${SUMMARY[@]}"; do echo "  $line"; done

@@ -1,0 +1,217 @@
+"""The sm90 CUDA kernel (through the public API) against hf_flashmla.mla_decode_reference on the GPU.
+
+Skipped (tests/conftest.py) unless a CUDA device of compute capability 9.0 is present and the extension is
+built, i.e. hf_flashmla.backend(cuda).name == 'cuda_sm90'. Run on the GPU machine:
+    python3 -m pytest -q -m gpu tests/test_kernel_gpu.py
+"""
+import itertools
+
+import pytest
+import torch
+
+import hf_flashmla
+from hf_flashmla import flash_mla_with_kvcache, get_mla_metadata, mla_decode_reference
+from hf_flashmla.testing import make_paged_inputs
+
+pytestmark = pytest.mark.gpu
+
+DV = 512
+# Relative Frobenius error of out against the float32 reference. The kernel rounds the softmax
+# probabilities to the input dtype before the P.V product (as FlashMLA does) and rounds out once.
+OUT_TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+LSE_ATOL, LSE_RTOL = 1e-3, 1e-4
+
+VARLEN_BY_BATCH = {
+    1: [65],
+    3: [0, 64, 130],
+    8: [63, 0, 1, 64, 65, 257, 7, 128],
+}
+BATCHES, QUERY_LENGTHS, QUERY_HEADS = (1, 3, 8), (1, 2, 4), (16, 32, 64, 128)
+DTYPES = (torch.bfloat16, torch.float16)
+
+
+def poison_allocator():
+    """Fill memory the caching allocator will hand out next with NaN, in both of its pools, so that any
+    output element or workspace entry the kernel fails to write shows up as NaN (or a wrong value)."""
+    small = [torch.full((128 * 1024,), float("nan"), device="cuda") for _ in range(32)]  # 512 KB each
+    large = torch.full((64 * 1024 * 1024,), float("nan"), device="cuda")  # 256 MB
+    torch.cuda.synchronize()
+    del small, large
+
+
+def run_kernel(inputs, causal, softmax_scale=None):
+    batch, s_q, h_q, _ = inputs.q.shape
+    h_kv = inputs.k_cache.shape[2]
+    metadata, num_splits = get_mla_metadata(inputs.cache_seqlens, s_q * h_q // h_kv, h_kv)
+    return flash_mla_with_kvcache(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens, DV,
+                                  metadata, num_splits, softmax_scale=softmax_scale, causal=causal)
+
+
+def run_reference(inputs, causal, softmax_scale=None):
+    scale = inputs.q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    return mla_decode_reference(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens, DV, scale,
+                                causal)
+
+
+def assert_close_to_reference(out, lse, inputs, causal, softmax_scale=None):
+    batch, s_q, h_q, _ = inputs.q.shape
+    assert out.shape == (batch, s_q, h_q, DV) and out.dtype == inputs.q.dtype and out.is_cuda
+    assert lse.shape == (batch, h_q, s_q) and lse.dtype == torch.float32
+    ref_out, ref_lse = run_reference(inputs, causal, softmax_scale)
+    unseen = torch.isinf(ref_lse)  # queries that see no key: out = 0, lse = +inf
+    assert torch.equal(torch.isinf(lse), unseen), "lse: +inf pattern differs from the reference"
+    assert torch.all(lse[unseen] == float("inf"))
+    assert torch.all(out.permute(0, 2, 1, 3)[unseen] == 0), "out: queries that see no key must be 0"
+    assert torch.isfinite(out).all(), "out: non-finite values"
+    assert not torch.isnan(lse).any(), "lse: NaN"
+    if (~unseen).any():
+        lse_error = (lse - ref_lse)[~unseen].abs()
+        lse_bound = LSE_ATOL + LSE_RTOL * ref_lse[~unseen].abs()
+        assert torch.all(lse_error <= lse_bound), f"lse: max abs error {lse_error.max().item():.3g}"
+        error = ((out.float() - ref_out.float()).norm() / ref_out.float().norm()).item()
+        assert error < OUT_TOLERANCE[inputs.q.dtype], f"out: relative error {error:.3g}"
+
+
+def check_case(lengths, s_q, h_q, dtype, causal, seed=0, softmax_scale=None):
+    # A first call on other data of the same shapes, and NaN-filled free memory, then the real one.
+    stale = make_paged_inputs(lengths, s_q, h_q, dtype=dtype, device="cuda", seed=seed + 7919)
+    run_kernel(stale, causal, softmax_scale)
+    poison_allocator()
+    inputs = make_paged_inputs(lengths, s_q, h_q, dtype=dtype, device="cuda", seed=seed)
+    out, lse = run_kernel(inputs, causal, softmax_scale)
+    torch.cuda.synchronize()
+    assert_close_to_reference(out, lse, inputs, causal, softmax_scale)
+
+
+def test_backend_is_the_kernel():
+    assert hf_flashmla.backend(torch.device("cuda")).name == "cuda_sm90"
+
+
+MATRIX = list(itertools.product(BATCHES, QUERY_LENGTHS, QUERY_HEADS, DTYPES, (False, True)))
+
+
+def matrix_id(case):
+    batch, s_q, h_q, dtype, causal = case
+    return f"b{batch}-sq{s_q}-hq{h_q}-{str(dtype).replace('torch.', '')}-{'causal' if causal else 'full'}"
+
+
+@pytest.mark.parametrize("case", MATRIX, ids=[matrix_id(c) for c in MATRIX])
+def test_matrix(case):
+    batch, s_q, h_q, dtype, causal = case
+    check_case(VARLEN_BY_BATCH[batch], s_q, h_q, dtype, causal, seed=batch * 100 + s_q * 10 + h_q)
+
+
+@pytest.mark.parametrize("length", [0, 1, 2, 63, 64, 65, 127, 128, 129, 1000, 4097])
+@pytest.mark.parametrize("s_q", [1, 2, 4])
+def test_single_lengths(length, s_q):
+    check_case([length], s_q, 128, torch.bfloat16, causal=True, seed=length)
+
+
+@pytest.mark.parametrize("h_q", [16, 128])
+@pytest.mark.parametrize("s_q", [1, 2])
+def test_batch_128_varlen(s_q, h_q):
+    generator = torch.Generator().manual_seed(s_q * 1000 + h_q)
+    lengths = torch.normal(4096.0, 1024.0, size=(128,), generator=generator).round().clamp_min(1).long().tolist()
+    lengths[5] = 0
+    lengths[17] = 1
+    check_case(lengths, s_q, h_q, torch.bfloat16, causal=True, seed=3)
+
+
+@pytest.mark.parametrize("lengths", [
+    [32768, 1, 17000, 32000],
+    [32768] * 8,
+    [4641, 45118, 1730, 1696],  # the uneven speculative-decoding workload of BENCHMARKS.md
+], ids=["mixed32K", "eight32K", "uneven"])
+@pytest.mark.parametrize("s_q,h_q", [(1, 16), (1, 128), (2, 64), (4, 16)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
+def test_long_contexts(lengths, s_q, h_q, dtype):
+    check_case(lengths, s_q, h_q, dtype, causal=True, seed=11)
+
+
+def test_many_short_sequences():
+    lengths = [(i * 37) % 300 for i in range(128)]  # includes 0 and lengths below one page
+    check_case(lengths, 2, 16, torch.bfloat16, causal=True, seed=5)
+
+
+def test_softmax_scale():
+    check_case([300, 64, 1], 2, 32, torch.bfloat16, causal=True, softmax_scale=0.1, seed=9)
+
+
+def test_deterministic():
+    inputs = make_paged_inputs([5000, 70, 1, 12000], 2, 64, device="cuda", seed=21)
+    first = run_kernel(inputs, True)
+    second = run_kernel(inputs, True)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_newest_generation_metadata():
+    inputs = make_paged_inputs([700, 64, 3000], 1, 128, device="cuda", seed=4)
+    sched_meta, _ = get_mla_metadata()
+    out, lse = flash_mla_with_kvcache(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens, DV,
+                                      sched_meta, None, causal=True)
+    assert_close_to_reference(out, lse, inputs, True)
+
+
+@pytest.mark.parametrize("s_q,h_q", [(1, 128), (2, 16)])
+def test_cuda_graph_replay_with_new_data(s_q, h_q):
+    """Capture the schedule and the kernel in one CUDA graph, then replay it after writing new cache
+    contents, new lengths and a new block table into the same static tensors."""
+    capacity_pages = 40
+    first = make_paged_inputs([1000, 64, 2500, 1], s_q, h_q, device="cuda", seed=1, spare_blocks=0,
+                              spare_columns=0)
+    pool_blocks = first.k_cache.shape[0]
+    static_q = first.q.clone()
+    static_k = torch.randn(max(pool_blocks, 4 * capacity_pages), 64, 1, 576, device="cuda", dtype=first.q.dtype)
+    static_table = torch.zeros(4, capacity_pages, dtype=torch.int32, device="cuda")
+    static_table[:, :first.block_table.shape[1]] = first.block_table.clamp_min(0)
+    static_k[:pool_blocks] = first.k_cache
+    static_lengths = first.cache_seqlens.clone()
+
+    def step():
+        metadata, num_splits = get_mla_metadata(static_lengths, s_q * h_q, 1)
+        return flash_mla_with_kvcache(static_q, static_k, static_table, static_lengths, DV, metadata, num_splits,
+                                      causal=True)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out, static_lse = step()
+
+    for trial, lengths in enumerate(([2500, 0, 64, 1], [1, 2559, 640, 1700], [capacity_pages * 64] * 4)):
+        generator = torch.Generator().manual_seed(100 + trial)
+        pages = torch.randperm(static_k.shape[0], generator=generator)[:4 * capacity_pages]
+        static_table.copy_(pages.view(4, capacity_pages).to(torch.int32))
+        static_k.copy_(torch.randn(static_k.shape, generator=generator).to(static_k.dtype))
+        static_q.copy_(torch.randn(static_q.shape, generator=generator).to(static_q.dtype))
+        static_lengths.copy_(torch.tensor(lengths, dtype=torch.int32))
+        graph.replay()
+        torch.cuda.synchronize()
+
+        class Inputs:  # the reference reads the same static tensors
+            q, k_cache, block_table, cache_seqlens = static_q, static_k, static_table, static_lengths
+        assert_close_to_reference(static_out, static_lse, Inputs, True)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    inputs = make_paged_inputs([900, 1, 4000, 65], 2, 64, device="cuda", seed=8)
+    metadata, num_splits = get_mla_metadata(inputs.cache_seqlens, 2 * 64, 1)
+
+    def attend(q, k_cache, block_table, cache_seqlens, metadata, num_splits):
+        out, lse = flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, DV, metadata, num_splits,
+                                          causal=True)
+        return out * 2, lse
+
+    torch._dynamo.reset()
+    compiled = torch.compile(attend, fullgraph=True)
+    args = (inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens, metadata, num_splits)
+    got_out, got_lse = compiled(*args)
+    eager_out, eager_lse = attend(*args)
+    torch.cuda.synchronize()
+    assert torch.equal(got_out, eager_out)
+    assert torch.equal(got_lse, eager_lse)
+    assert_close_to_reference(eager_out / 2, eager_lse, inputs, True)
