@@ -76,8 +76,9 @@ def check_case(lengths, s_q, h_q, dtype, causal, seed=0, softmax_scale=None):
     # A first call on other data of the same shapes, and NaN-filled free memory, then the real one.
     stale = make_paged_inputs(lengths, s_q, h_q, dtype=dtype, device="cuda", seed=seed + 7919)
     run_kernel(stale, causal, softmax_scale)
-    poison_allocator()
     inputs = make_paged_inputs(lengths, s_q, h_q, dtype=dtype, device="cuda", seed=seed)
+    del stale
+    poison_allocator()  # after the inputs are allocated, so the kernel's outputs and workspace get NaN memory
     out, lse = run_kernel(inputs, causal, softmax_scale)
     torch.cuda.synchronize()
     assert_close_to_reference(out, lse, inputs, causal, softmax_scale)
