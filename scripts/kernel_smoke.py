@@ -82,6 +82,10 @@ def main():
         for s_q, h_q in ((1, 16), (2, 64), (1, 128), (4, 16), (2, 128)):
             for causal in (False, True):
                 results.append(check([0, 1, 63, 64, 65, 300, 1000], s_q, h_q, causal, dtype))
+    gen = torch.Generator().manual_seed(1)
+    many_short = torch.randint(0, 400, (128,), generator=gen).tolist()  # several sequences per SM part
+    for s_q, h_q in ((2, 16), (1, 128), (3, 64)):
+        results.append(check(many_short, s_q, h_q, True, torch.bfloat16))
     results.append(check([4641, 45118, 1730, 1696], 4, 16, True, torch.bfloat16))
     results.append(check([8192] * 8, 1, 128, True, torch.bfloat16))
     results.append(check([32768] * 2, 2, 64, True, torch.bfloat16))
