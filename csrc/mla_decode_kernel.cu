@@ -592,6 +592,10 @@ __device__ __forceinline__ void consumer_loop_seesaw(const MlaDecodeParams& p, c
           pending_stage = stage_a;
         }
       } else if (has_b) {
+        // Free the previous pair's page b first: page b of this pair is loaded into that same stage.
+        wgmma_wait<0>();
+        fence_accumulators(o);
+        if (pending_stage >= 0 && t.lane == 0) mbarrier_arrive(bars.kv_empty[pending_stage]);
         if (i == 0) mbarrier_wait(bars.q_full, q_parity);
         mbarrier_wait(bars.kv_full[stage_b], ((page_count + 1) >> 1) & 1);
         qk_full_page<Elem>(s, q_desc, kv_b);
@@ -601,16 +605,13 @@ __device__ __forceinline__ void consumer_loop_seesaw(const MlaDecodeParams& p, c
           row_m[h] = exchange[0 * kTileRows + t.row0 + 8 * h];
           rescale[h] = exchange[1 * kTileRows + t.row0 + 8 * h];
         }
-        // The previous PV_b must finish before O is rescaled. Waiting for all (Q K_b^T too) rather than
-        // all-but-one: the number of groups in flight differs between the first and later pairs, and
-        // ptxas then serialises every wgmma of the kernel (C7514). Q K_b^T shares the tensor cores with
-        // warpgroup 0's work anyway, so little is lost.
+        // Waiting for all groups rather than all-but-one keeps the count of groups in flight the same
+        // on every path; otherwise ptxas serialises every wgmma of the kernel (C7514).
         wgmma_wait<0>();
+        fence_accumulators(s);
         fence_accumulators(o);
-        if (pending_stage >= 0 && t.lane == 0) mbarrier_arrive(bars.kv_empty[pending_stage]);
         scale_rows(o, row_l, rescale);
         pv_half<Elem>(o, kv_a, 1);
-        fence_accumulators(s);
         const bool last_b = i + 1 == (num_pages & ~1) - 1;  // warpgroup 1's last Q K^T of this item
         if (last_b && t.lane == 0) mbarrier_arrive(bars.q_empty);
         softmax_page<Elem>(s, t, token_b, scale_log2, row_m, m_new, rescale, page_sum, kv_b);
