@@ -15,10 +15,7 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <mutex>
-#include <string>
-#include <type_traits>
 
 #include "mla_decode.h"
 #include "ptx_helpers.cuh"
@@ -44,21 +41,20 @@ struct SharedLayout {
   static constexpr int row_max = p + kChunkBytes;            // float [2][64]
   static constexpr int row_sum = row_max + 2 * kTileRows * 4;  // float [2][64]
   static constexpr int barriers = row_sum + 2 * kTileRows * 4;
-  // q_full, q_empty, kv_full[2], kv_empty[2]
-  static constexpr int total = barriers + 8 * 8;
+  // q_full, q_empty, kv_full[2][9] (one per 64-column chunk), kv_empty[2]
+  static constexpr int total = barriers + 8 * (2 + kNumStages * kNumChunks + kNumStages);
 };
 constexpr int kSmemBytes = SharedLayout::total + 1024;  // + alignment slack for the 1024-byte swizzle atoms
 
+// A page lands as nine 64-column chunks, each on its own barrier, so Q K^T starts on the first chunk
+// while the rest are still in flight (with two stages the load of a page is otherwise exposed).
 struct BarrierAddrs {
-  uint32_t q_full, q_empty, kv_full[kNumStages], kv_empty[kNumStages];
-  __device__ explicit BarrierAddrs(uint32_t base) {
-    q_full = base;
-    q_empty = base + 8;
-    for (int s = 0; s < kNumStages; ++s) {
-      kv_full[s] = base + 16 + 8 * s;
-      kv_empty[s] = base + 16 + 8 * kNumStages + 8 * s;
-    }
-  }
+  uint32_t q_full, q_empty, kv_full_base, kv_empty_base;
+  __device__ explicit BarrierAddrs(uint32_t base)
+      : q_full(base), q_empty(base + 8), kv_full_base(base + 16),
+        kv_empty_base(base + 16 + 8 * kNumStages * kNumChunks) {}
+  __device__ uint32_t kv_full(int stage, int chunk) const { return kv_full_base + 8 * (stage * kNumChunks + chunk); }
+  __device__ uint32_t kv_empty(int stage) const { return kv_empty_base + 8 * stage; }
 };
 
 // One (sequence, page range) item of a part's work, as the schedule defines it.
@@ -129,13 +125,14 @@ __device__ __forceinline__ void producer_loop(const MlaDecodeParams& p, const CU
     const int* table_row = p.block_table + static_cast<int64_t>(batch) * p.block_table_stride;
     for (int blk = w.start_block; blk < w.stop_block; ++blk, ++page_count) {
       int stage = page_count & 1;
-      mbarrier_wait(bars.kv_empty[stage], ((page_count >> 1) & 1) ^ 1);
+      mbarrier_wait(bars.kv_empty(stage), ((page_count >> 1) & 1) ^ 1);
       int page = __ldg(table_row + blk);
       uint32_t dst = kv_smem + stage * kTileBytes;
-      mbarrier_arrive_expect_tx(bars.kv_full[stage], kTileBytes);
 #pragma unroll
-      for (int c = 0; c < kNumChunks; ++c)
-        tma_load_2d(dst + c * kChunkBytes, kv_map, bars.kv_full[stage], c * kChunkCols, page * kPageSize);
+      for (int c = 0; c < kNumChunks; ++c) {
+        mbarrier_arrive_expect_tx(bars.kv_full(stage, c), kChunkBytes);
+        tma_load_2d(dst + c * kChunkBytes, kv_map, bars.kv_full(stage, c), c * kChunkCols, page * kPageSize);
+      }
     }
   }
 }
@@ -190,7 +187,7 @@ __device__ __forceinline__ void consumer_loop(const MlaDecodeParams& p, const Pa
     for (int blk = w.start_block; blk < w.stop_block; ++blk, ++page_count) {
       const int stage = page_count & 1;
       const uint32_t kv_stage = kv_smem + stage * kTileBytes;
-      mbarrier_wait(bars.kv_full[stage], (page_count >> 1) & 1);
+      const uint32_t stage_parity = (page_count >> 1) & 1;
 
       float s[16];
       wgmma_fence();
@@ -198,6 +195,7 @@ __device__ __forceinline__ void consumer_loop(const MlaDecodeParams& p, const Pa
         const uint64_t k_desc = smem_desc_sw128(kv_stage + wg * kTokensPerWarpgroup * 128, 16, 1024);
 #pragma unroll
         for (int c = 0; c < kNumChunks; ++c) {
+          mbarrier_wait(bars.kv_full(stage, c), stage_parity);
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk) {
             const uint32_t off = (c * kChunkBytes + kk * 32) >> 4;
@@ -296,7 +294,7 @@ __device__ __forceinline__ void consumer_loop(const MlaDecodeParams& p, const Pa
       // releasing only after the next page's QK^T left the load latency exposed).
       wgmma_wait<0>();
       fence_accumulators(o);
-      if (lane == 0) mbarrier_arrive(bars.kv_empty[stage]);
+      if (lane == 0) mbarrier_arrive(bars.kv_empty(stage));
     }
 
     // Epilogue: merge the two warpgroups' row sums, normalise, write.
@@ -347,329 +345,7 @@ __device__ __forceinline__ void consumer_loop(const MlaDecodeParams& p, const Pa
   }
 }
 
-// ---------------------------------------------------------------------------------------------------
-// "Seesaw" consumer schedule (FlashMLA's published idea, written here for this kernel's layout):
-// pages go in pairs (a, b). Warpgroup 0 computes S_a = Q K_a^T and its softmax while warpgroup 1
-// computes S_b; warpgroup 1 then finishes softmax(S_b) against the max warpgroup 0 published, while
-// warpgroup 0 already multiplies P_a into its half of O. Each warpgroup's CUDA-core work thus overlaps
-// the other's tensor-core work, and each page's Q K^T is computed once (N = 64, Q read once per page).
-// P of a page is written into that page's rope chunk (columns 512..575 of the stage), which is dead
-// once its Q K^T is done: no extra shared memory.
-// ---------------------------------------------------------------------------------------------------
-constexpr int kRopeChunk = kNumChunks - 1;
-constexpr uint32_t kBarrierEpilogue = 1, kBarrierAReady = 2, kBarrierBReady = 3;
-
-__device__ __forceinline__ void named_barrier_arrive(uint32_t id, uint32_t threads) {
-  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
-
-struct ThreadRows {
-  int row0, quad_col, lane;
-  int key_limit[2];
-  int min_limit;
-};
-
 template <typename Elem>
-__device__ __forceinline__ void qk_full_page(float (&s)[32], uint64_t q_desc, uint32_t kv_stage) {
-  const uint64_t k_desc = smem_desc_sw128(kv_stage, 16, 1024);
-  wgmma_fence();
-#pragma unroll
-  for (int c = 0; c < kNumChunks; ++c)
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      const uint32_t off = (c * kChunkBytes + kk * 32) >> 4;
-      if constexpr (std::is_same<Elem, __nv_bfloat16>::value)
-        wgmma_m64n64k16_ss_bf16(s, q_desc + off, k_desc + off, (c | kk) != 0);
-      else
-        wgmma_m64n64k16_ss_f16(s, q_desc + off, k_desc + off, (c | kk) != 0);
-    }
-  wgmma_commit();
-}
-
-template <typename Elem>
-__device__ __forceinline__ void pv_half(float (&o)[128], uint32_t kv_stage, int wg) {
-  const uint64_t p_desc = smem_desc_sw128(kv_stage + kRopeChunk * kChunkBytes, 16, 1024);
-  const uint64_t v_desc = smem_desc_sw128(kv_stage + wg * 4 * kChunkBytes, kChunkBytes, 1024);
-  fence_accumulators(o);  // the rescale of O must be done before the fence, not moved past it
-  wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) ElemTraits<Elem>::mma_pv(o, p_desc + ((kk * 32) >> 4), v_desc + ((kk * 2048) >> 4));
-  wgmma_commit();
-}
-
-// Masks S, folds its row max into m_prev, turns S into P in place and stores P (as Elem) into the
-// page's rope chunk. Returns the new max, the rescale factor of older contributions and P's row sums.
-template <typename Elem>
-__device__ __forceinline__ void softmax_page(float (&s)[32], const ThreadRows& t, int page_token0, float scale_log2,
-                                             const float (&m_prev)[2], float (&m_new)[2], float (&rescale)[2],
-                                             float (&page_sum)[2], uint32_t kv_stage) {
-  if (page_token0 + kPageSize > t.min_limit) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        if (page_token0 + 8 * j + t.quad_col + (e & 1) >= t.key_limit[e >> 1]) s[4 * j + e] = -INFINITY;
-  }
-  float mx[2] = {m_prev[0], m_prev[1]};
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[4 * j + e]);
-  float m_scaled[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffff, mx[h], 1));
-    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffff, mx[h], 2));
-    m_new[h] = mx[h];
-    // A row that has seen no key yet keeps m = -inf; exponentiate against 0 so that exp(-inf) = 0.
-    rescale[h] = mx[h] == -INFINITY ? 1.f : exp2f((m_prev[h] - mx[h]) * scale_log2);
-    m_scaled[h] = mx[h] == -INFINITY ? 0.f : mx[h] * scale_log2;
-    page_sum[h] = 0.f;
-  }
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      s[4 * j + e] = exp2f(s[4 * j + e] * scale_log2 - m_scaled[e >> 1]);
-      page_sum[e >> 1] += s[4 * j + e];
-    }
-  const uint32_t p_smem = kv_stage + kRopeChunk * kChunkBytes;
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = t.row0 + 8 * h;
-      const uint32_t addr = p_smem + swizzle_128b_offset(r, j) + t.quad_col * 2;
-      const uint32_t packed = ElemTraits<Elem>::pack(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]);
-      asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(packed) : "memory");
-    }
-  fence_proxy_async_smem();
-}
-
-__device__ __forceinline__ void scale_rows(float (&o)[128], float (&l)[2], const float (&rescale)[2]) {
-#pragma unroll
-  for (int j = 0; j < 32; ++j) {
-    o[4 * j + 0] *= rescale[0];
-    o[4 * j + 1] *= rescale[0];
-    o[4 * j + 2] *= rescale[1];
-    o[4 * j + 3] *= rescale[1];
-  }
-  l[0] *= rescale[0];
-  l[1] *= rescale[1];
-}
-
-template <typename Elem>
-__device__ __forceinline__ void write_output(const MlaDecodeParams& p, const WorkItem& w, int m_block, int wg,
-                                             const ThreadRows& t, float (&o)[128], const float (&row_m)[2],
-                                             const float* row_sum_smem, float scale_log2) {
-  const int rows_total = p.s_q * p.h_q;
-  const int split_base = p.num_splits[w.batch];
-  const bool direct = p.num_splits[w.batch + 1] - split_base == 1;
-  const int split_row = split_base + w.split_index;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int r = t.row0 + 8 * h;
-    const int grow = m_block * kTileRows + r;
-    if (grow >= rows_total) continue;
-    const float total = row_sum_smem[r] + row_sum_smem[kTileRows + r];
-    const float inv = total > 0.f ? 1.f / total : 0.f;
-    float lse_value;
-    if (total > 0.f) lse_value = (row_m[h] * scale_log2 + log2f(total)) * 0.6931471805599453f;
-    else lse_value = direct ? INFINITY : -INFINITY;  // partials with no keys carry no weight
-    const int col_base = wg * kOutColsPerWarpgroup + t.quad_col;
-    if (direct) {
-      Elem* out_row = static_cast<Elem*>(p.out) + (static_cast<int64_t>(w.batch) * rows_total + grow) * kHeadDimV;
-#pragma unroll
-      for (int j = 0; j < 32; ++j)
-        *reinterpret_cast<uint32_t*>(out_row + col_base + 8 * j) =
-            ElemTraits<Elem>::pack(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
-      if (wg == 0 && t.lane % 4 == 0) {
-        const int token = grow / p.h_q, head = grow % p.h_q;
-        p.lse[(static_cast<int64_t>(w.batch) * p.h_q + head) * p.s_q + token] = lse_value;
-      }
-    } else {
-      float* acc_row = p.o_accum + (static_cast<int64_t>(split_row) * rows_total + grow) * kHeadDimV;
-#pragma unroll
-      for (int j = 0; j < 32; ++j)
-        *reinterpret_cast<float2*>(acc_row + col_base + 8 * j) =
-            make_float2(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
-      if (wg == 0 && t.lane % 4 == 0) p.lse_accum[static_cast<int64_t>(split_row) * rows_total + grow] = lse_value;
-    }
-  }
-}
-
-template <typename Elem>
-__device__ __forceinline__ void consumer_loop_seesaw(const MlaDecodeParams& p, const PartWalker& walker,
-                                                     const BarrierAddrs& bars, uint8_t* smem, uint32_t smem_base,
-                                                     int m_block) {
-  const int tid = threadIdx.x;
-  // Broadcast from lane 0 so the compiler knows the role is warp-uniform: wgmma in a path it thinks
-  // divergent gets serialised (ptxas C7520).
-  const int wg = __shfl_sync(0xffffffff, tid / 128, 0);
-  ThreadRows t;
-  t.lane = tid % 32;
-  t.row0 = ((tid % 128) / 32) * 16 + t.lane / 4;
-  t.quad_col = 2 * (t.lane % 4);
-
-  const uint32_t q_smem = smem_base + SharedLayout::q;
-  const uint32_t kv_smem = smem_base + SharedLayout::kv;
-  // Per-row exchange between the warpgroups: [0] max after page a, [1] its rescale, [2] max after b, [3] its rescale.
-  float* exchange = reinterpret_cast<float*>(smem + SharedLayout::p);
-  float* row_sum_smem = reinterpret_cast<float*>(smem + SharedLayout::row_sum);
-  const int rows_total = p.s_q * p.h_q;
-  const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
-  const uint64_t q_desc = smem_desc_sw128(q_smem, 16, 1024);
-  const bool quad_leader = t.lane % 4 == 0;
-
-  int item_count = 0, page_count = 0;
-  for (int batch = walker.begin_batch; batch <= walker.end_batch; ++batch) {
-    WorkItem w = walker.item(batch);
-    if (w.stop_block <= w.start_block) continue;
-    const int seqlen = p.cache_seqlens[batch];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      int grow = m_block * kTileRows + t.row0 + 8 * h;
-      int token = min(grow, rows_total - 1) / p.h_q;
-      t.key_limit[h] = p.causal ? seqlen - p.s_q + token + 1 : seqlen;
-    }
-    t.min_limit = p.causal ? seqlen - p.s_q + 1 : seqlen;
-
-    float o[128];
-#pragma unroll
-    for (int i = 0; i < 128; ++i) o[i] = 0.f;
-    float row_m[2] = {-INFINITY, -INFINITY};
-    float row_l[2] = {0.f, 0.f};
-    const int num_pages = w.stop_block - w.start_block;
-    const uint32_t q_parity = item_count & 1;
-    ++item_count;
-    if (wg == 1 && num_pages == 1 && t.lane == 0) mbarrier_arrive(bars.q_empty);  // no Q K^T for warpgroup 1
-    int pending_stage = -1;  // stage whose PV product this warpgroup has issued but not yet waited for
-
-    for (int i = 0; i < num_pages; i += 2, page_count += 2) {
-      const bool has_b = i + 1 < num_pages;
-      const int stage_a = page_count & 1, stage_b = stage_a ^ 1;
-      const uint32_t kv_a = kv_smem + stage_a * kTileBytes, kv_b = kv_smem + stage_b * kTileBytes;
-      const int token_a = (w.start_block + i) * kPageSize, token_b = token_a + kPageSize;
-      const bool last_qk = i + 2 >= num_pages;  // warpgroup 0's last Q K^T of this item
-      float s[32], m_new[2], rescale[2], page_sum[2];
-      if (wg == 0) {
-        if (i == 0) mbarrier_wait(bars.q_full, q_parity);
-        mbarrier_wait(bars.kv_full[stage_a], (page_count >> 1) & 1);
-        qk_full_page<Elem>(s, q_desc, kv_a);
-        wgmma_wait<0>();  // also completes the previous pair's PV_b
-        fence_accumulators(s);
-        fence_accumulators(o);
-        if (pending_stage >= 0 && t.lane == 0) mbarrier_arrive(bars.kv_empty[pending_stage]);
-        if (last_qk && t.lane == 0) mbarrier_arrive(bars.q_empty);
-        softmax_page<Elem>(s, t, token_a, scale_log2, row_m, m_new, rescale, page_sum, kv_a);
-        if (quad_leader)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            exchange[0 * kTileRows + t.row0 + 8 * h] = m_new[h];
-            exchange[1 * kTileRows + t.row0 + 8 * h] = rescale[h];
-          }
-        named_barrier_arrive(kBarrierAReady, kConsumerThreads);
-        scale_rows(o, row_l, rescale);
-        row_l[0] += page_sum[0];
-        row_l[1] += page_sum[1];
-        row_m[0] = m_new[0];
-        row_m[1] = m_new[1];
-        pv_half<Elem>(o, kv_a, 0);
-        if (has_b) {
-          named_barrier_sync(kBarrierBReady, kConsumerThreads);
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            row_m[h] = exchange[2 * kTileRows + t.row0 + 8 * h];
-            rescale[h] = exchange[3 * kTileRows + t.row0 + 8 * h];
-          }
-          wgmma_wait<0>();
-          fence_accumulators(o);
-          if (t.lane == 0) mbarrier_arrive(bars.kv_empty[stage_a]);
-          scale_rows(o, row_l, rescale);
-          pv_half<Elem>(o, kv_b, 0);
-          pending_stage = stage_b;
-        } else {
-          pending_stage = stage_a;
-        }
-      } else if (has_b) {
-        // Free the previous pair's page b first: page b of this pair is loaded into that same stage.
-        wgmma_wait<0>();
-        fence_accumulators(o);
-        if (pending_stage >= 0 && t.lane == 0) mbarrier_arrive(bars.kv_empty[pending_stage]);
-        if (i == 0) mbarrier_wait(bars.q_full, q_parity);
-        mbarrier_wait(bars.kv_full[stage_b], ((page_count + 1) >> 1) & 1);
-        qk_full_page<Elem>(s, q_desc, kv_b);
-        named_barrier_sync(kBarrierAReady, kConsumerThreads);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          row_m[h] = exchange[0 * kTileRows + t.row0 + 8 * h];
-          rescale[h] = exchange[1 * kTileRows + t.row0 + 8 * h];
-        }
-        // Waiting for all groups rather than all-but-one keeps the count of groups in flight the same
-        // on every path; otherwise ptxas serialises every wgmma of the kernel (C7514).
-        wgmma_wait<0>();
-        fence_accumulators(s);
-        fence_accumulators(o);
-        scale_rows(o, row_l, rescale);
-        pv_half<Elem>(o, kv_a, 1);
-        const bool last_b = i + 1 == (num_pages & ~1) - 1;  // warpgroup 1's last Q K^T of this item
-        if (last_b && t.lane == 0) mbarrier_arrive(bars.q_empty);
-        softmax_page<Elem>(s, t, token_b, scale_log2, row_m, m_new, rescale, page_sum, kv_b);
-        if (quad_leader)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            exchange[2 * kTileRows + t.row0 + 8 * h] = m_new[h];
-            exchange[3 * kTileRows + t.row0 + 8 * h] = rescale[h];
-          }
-        named_barrier_arrive(kBarrierBReady, kConsumerThreads);
-        wgmma_wait<0>();
-        fence_accumulators(o);
-        if (t.lane == 0) mbarrier_arrive(bars.kv_empty[stage_a]);
-        scale_rows(o, row_l, rescale);
-        row_l[0] += page_sum[0];
-        row_l[1] += page_sum[1];
-        row_m[0] = m_new[0];
-        row_m[1] = m_new[1];
-        pv_half<Elem>(o, kv_b, 1);
-        pending_stage = stage_b;
-      } else {  // a lone last page: warpgroup 1 only multiplies P_a into its half of O
-        named_barrier_sync(kBarrierAReady, kConsumerThreads);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          row_m[h] = exchange[0 * kTileRows + t.row0 + 8 * h];
-          rescale[h] = exchange[1 * kTileRows + t.row0 + 8 * h];
-        }
-        wgmma_wait<0>();
-        fence_accumulators(o);
-        if (pending_stage >= 0 && t.lane == 0) mbarrier_arrive(bars.kv_empty[pending_stage]);
-        scale_rows(o, row_l, rescale);
-        pv_half<Elem>(o, kv_a, 1);
-        pending_stage = stage_a;
-      }
-    }
-    if (num_pages & 1) --page_count;  // the loop stepped two stages past a lone last page
-
-    // Epilogue: finish the last PV product, free its stage, merge the row sums, write.
-    wgmma_wait<0>();
-    fence_accumulators(o);
-    if (t.lane == 0) mbarrier_arrive(bars.kv_empty[pending_stage]);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      row_l[h] += __shfl_xor_sync(0xffffffff, row_l[h], 1);
-      row_l[h] += __shfl_xor_sync(0xffffffff, row_l[h], 2);
-    }
-    if (quad_leader) {
-      row_sum_smem[wg * kTileRows + t.row0] = row_l[0];
-      row_sum_smem[wg * kTileRows + t.row0 + 8] = row_l[1];
-    }
-    named_barrier_sync(kBarrierEpilogue, kConsumerThreads);
-    write_output<Elem>(p, w, m_block, wg, t, o, row_m, row_sum_smem, scale_log2);
-    // The next item's first exchange must not overwrite row sums the other warpgroup still reads.
-    named_barrier_sync(kBarrierEpilogue, kConsumerThreads);
-  }
-}
-
-template <typename Elem, bool kSeesaw>
 __global__ void __launch_bounds__(kThreads, 1)
     mla_decode_kernel(const __grid_constant__ MlaDecodeParams params, const __grid_constant__ CUtensorMap q_map,
                       const __grid_constant__ CUtensorMap kv_map) {
@@ -687,8 +363,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbarrier_init(bars.q_full, 1);
     mbarrier_init(bars.q_empty, kConsumerThreads / 32);
     for (int s = 0; s < kNumStages; ++s) {
-      mbarrier_init(bars.kv_full[s], 1);
-      mbarrier_init(bars.kv_empty[s], kConsumerThreads / 32);
+      for (int c = 0; c < kNumChunks; ++c) mbarrier_init(bars.kv_full(s, c), 1);
+      mbarrier_init(bars.kv_empty(s), kConsumerThreads / 32);
     }
     fence_mbarrier_init();
   }
@@ -704,10 +380,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   } else {
     setmaxnreg_inc<232>();
-    if constexpr (kSeesaw)
-      consumer_loop_seesaw<Elem>(params, walker, bars, smem, smem_base, m_block);
-    else
-      consumer_loop<Elem>(params, walker, bars, smem, smem_base, m_block);
+    consumer_loop<Elem>(params, walker, bars, smem, smem_base, m_block);
   }
 }
 
@@ -781,17 +454,6 @@ bool encode_tile_map(CUtensorMap* map, const void* base, bool is_bf16, int rank,
   return res == CUDA_SUCCESS;
 }
 
-enum class ConsumerSchedule { kSeesaw, kSplitTokens };
-
-// HF_FLASHMLA_CONSUMER=split selects the older split-tokens schedule (kept to compare side by side).
-ConsumerSchedule consumer_schedule() {
-  static const ConsumerSchedule schedule = [] {
-    const char* env = std::getenv("HF_FLASHMLA_CONSUMER");
-    return env != nullptr && std::string(env) == "split" ? ConsumerSchedule::kSplitTokens : ConsumerSchedule::kSeesaw;
-  }();
-  return schedule;
-}
-
 template <typename Elem>
 const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
   const int rows_total = p.s_q * p.h_q;
@@ -806,14 +468,10 @@ const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
 
   static std::once_flag attr_once;
   std::call_once(attr_once, [] {
-    cudaFuncSetAttribute(mla_decode_kernel<Elem, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
-    cudaFuncSetAttribute(mla_decode_kernel<Elem, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+    cudaFuncSetAttribute(mla_decode_kernel<Elem>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
   });
   dim3 grid(p.num_m_blocks, p.num_parts);
-  if (consumer_schedule() == ConsumerSchedule::kSplitTokens)
-    mla_decode_kernel<Elem, false><<<grid, kThreads, kSmemBytes, stream>>>(p, q_map, kv_map);
-  else
-    mla_decode_kernel<Elem, true><<<grid, kThreads, kSmemBytes, stream>>>(p, q_map, kv_map);
+  mla_decode_kernel<Elem><<<grid, kThreads, kSmemBytes, stream>>>(p, q_map, kv_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
   mla_combine_kernel<Elem><<<dim3(rows_total, p.batch), 128, 0, stream>>>(p);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
