@@ -76,6 +76,7 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
   p.h_q = static_cast<int>(h_q);
   p.num_blocks = static_cast<int>(k_cache.size(0));
   p.block_table_stride = static_cast<int>(block_table.stride(0));
+  p.max_blocks_per_seq = static_cast<int>(block_table.size(1));
   p.num_parts = static_cast<int>(num_parts);
   p.num_m_blocks = static_cast<int>(num_m_blocks);
   p.softmax_scale = static_cast<float>(softmax_scale);

@@ -22,7 +22,7 @@ struct MlaDecodeParams {
   float* lse;                  // [b, h_q, s_q]
   float* o_accum;              // [max_splits, s_q * h_q, 512] partial outputs (normalised)
   float* lse_accum;            // [max_splits, s_q * h_q] partial lse (natural log)
-  int batch, s_q, h_q, num_blocks, block_table_stride;
+  int batch, s_q, h_q, num_blocks, block_table_stride, max_blocks_per_seq;
   int num_parts, num_m_blocks;
   float softmax_scale;
   bool causal;

@@ -126,7 +126,9 @@ __device__ __forceinline__ void producer_loop(const MlaDecodeParams& p, const CU
     for (int blk = w.start_block; blk < w.stop_block; ++blk, ++page_count) {
       int stage = page_count & 1;
       mbarrier_wait(bars.kv_empty(stage), ((page_count >> 1) & 1) ^ 1);
-      int page = __ldg(table_row + blk);
+      // Never read past the block table's row (lengths beyond it are a caller error the Python layer
+      // reports when value checks are on); an out-of-pool page id makes TMA fill zeros, not fault.
+      int page = blk < p.max_blocks_per_seq ? __ldg(table_row + blk) : -1;
       uint32_t dst = kv_smem + stage * kTileBytes;
 #pragma unroll
       for (int c = 0; c < kNumChunks; ++c) {
