@@ -216,3 +216,18 @@ def test_torch_compile_fullgraph_matches_eager():
     assert torch.equal(got_out, eager_out)
     assert torch.equal(got_lse, eager_lse)
     assert_close_to_reference(eager_out / 2, eager_lse, inputs, True)
+
+
+def test_unchecked_bad_values_do_not_fault():
+    """Without check_values the kernel trusts block ids and lengths; bad ones must still not fault or hang:
+    TMA zero-fills pages outside the pool and the producer never reads past a block-table row."""
+    inputs = make_paged_inputs([200, 130], 1, 16, dtype=torch.bfloat16, device="cuda", seed=7)
+    bad_table = inputs.block_table.clone()
+    bad_table[0, 0] = inputs.k_cache.shape[0] + 5
+    bad_table[1, 1] = -3
+    too_long = torch.full_like(inputs.cache_seqlens, bad_table.shape[1] * 64 + 100)
+    metadata, num_splits = get_mla_metadata(too_long, 16, 1)
+    out, lse = flash_mla_with_kvcache(inputs.q, inputs.k_cache, bad_table, too_long, DV, metadata, num_splits,
+                                      causal=True)
+    torch.cuda.synchronize()
+    assert out.shape == (2, 1, 16, DV) and torch.isfinite(out).all()
