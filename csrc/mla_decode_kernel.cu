@@ -30,10 +30,7 @@ constexpr int kChunkBytes = kTileRows * kChunkCols * 2;      // 8192
 constexpr int kTileBytes = kNumChunks * kChunkBytes;         // 73728: a Q tile or a KV page
 constexpr int kNumStages = 2;
 constexpr int kConsumerThreads = 256;
-// Two consumer warpgroups and a producer warpgroup (one thread issues the TMA copies); setmaxnreg
-// moves registers from the producer to the consumers. (A lone producer warp, 288 threads, was tried:
-// ptxas then sizes wgmma kernels as if for 384 threads anyway and spills heavily.)
-constexpr int kThreads = kConsumerThreads + 128;
+constexpr int kThreads = 384;
 constexpr int kTokensPerWarpgroup = kPageSize / 2;           // 32 columns of S per warpgroup
 constexpr int kOutColsPerWarpgroup = kHeadDimV / 2;          // 256
 
@@ -189,39 +186,31 @@ __device__ __forceinline__ void consumer_loop(const MlaDecodeParams& p, const Pa
     mbarrier_wait(bars.q_full, item_count & 1);
     ++item_count;
 
-    // Q K^T of one page for this warpgroup's 32 tokens, each 64-column chunk as soon as it lands.
-    auto issue_qk = [&](float (&s)[16], int stage, uint32_t stage_parity) {
+    for (int blk = w.start_block; blk < w.stop_block; ++blk, ++page_count) {
+      const int stage = page_count & 1;
       const uint32_t kv_stage = kv_smem + stage * kTileBytes;
-      const uint64_t k_desc = smem_desc_sw128(kv_stage + wg * kTokensPerWarpgroup * 128, 16, 1024);
+      const uint32_t stage_parity = (page_count >> 1) & 1;
+
+      float s[16];
       wgmma_fence();
+      {
+        const uint64_t k_desc = smem_desc_sw128(kv_stage + wg * kTokensPerWarpgroup * 128, 16, 1024);
 #pragma unroll
-      for (int c = 0; c < kNumChunks; ++c) {
-        mbarrier_wait(bars.kv_full(stage, c), stage_parity);
+        for (int c = 0; c < kNumChunks; ++c) {
+          mbarrier_wait(bars.kv_full(stage, c), stage_parity);
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          const uint32_t off = (c * kChunkBytes + kk * 32) >> 4;
-          Traits::mma_qk(s, q_desc + off, k_desc + off, (c | kk) != 0);
+          for (int kk = 0; kk < 4; ++kk) {
+            const uint32_t off = (c * kChunkBytes + kk * 32) >> 4;
+            Traits::mma_qk(s, q_desc + off, k_desc + off, (c | kk) != 0);
+          }
         }
       }
       wgmma_commit();
-    };
+      wgmma_wait<0>();
+      fence_accumulators(s);
+      if (blk == w.stop_block - 1 && lane == 0) mbarrier_arrive(bars.q_empty);
 
-    // O[:, this warpgroup's 256 columns] += P . V of one page.
-    auto issue_pv = [&](int stage) {
-      // V is read MN-major: 8-token groups of 128-byte rows 1024 bytes apart (stride offset), and
-      // the next 64 output columns in the next swizzle tile of the page (leading offset).
-      const uint64_t v_desc = smem_desc_sw128(kv_smem + stage * kTileBytes + wg * 4 * kChunkBytes, kChunkBytes, 1024);
-      fence_accumulators(o);  // the rescale of O must stay before the fence
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        Traits::mma_pv(o, p_desc + ((kk * 32) >> 4), v_desc + ((kk * 16 * 128) >> 4));
-      wgmma_commit();
-    };
-
-    // Online softmax of one page: masks S, merges the row max with the other warpgroup, writes
-    // P = exp(S - m) to shared memory for both warpgroups' PV product and rescales O and l.
-    auto softmax_to_p = [&](float (&s)[16], int blk) {
+      // Mask keys past the sequence end and, for causal, past each row's last visible key.
       const int token_base = blk * kPageSize + wg * kTokensPerWarpgroup;
       if (token_base + kTokensPerWarpgroup > min_limit) {
 #pragma unroll
@@ -232,6 +221,7 @@ __device__ __forceinline__ void consumer_loop(const MlaDecodeParams& p, const Pa
             if (token >= key_limit[e >> 1]) s[4 * j + e] = -INFINITY;
           }
       }
+
       float local_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int j = 0; j < 4; ++j)
@@ -261,12 +251,13 @@ __device__ __forceinline__ void consumer_loop(const MlaDecodeParams& p, const Pa
       }
       float page_sum[2] = {0.f, 0.f};
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
+      for (int j = 0; j < 4; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           s[4 * j + e] = exp2f(s[4 * j + e] * scale_log2 - m_scaled[e >> 1]);
           page_sum[e >> 1] += s[4 * j + e];
         }
+      }
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int chunk = wg * 4 + j;  // 16-byte chunk of the 128-byte P row
@@ -281,47 +272,31 @@ __device__ __forceinline__ void consumer_loop(const MlaDecodeParams& p, const Pa
       fence_proxy_async_smem();
 #pragma unroll
       for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * rescale[h] + page_sum[h];
-      // Once a row's max has settled (most pages) its factor is exactly 1: skip the 128 multiplies.
-      if (__any_sync(0xffffffff, rescale[0] != 1.f || rescale[1] != 1.f)) {
 #pragma unroll
-        for (int j = 0; j < 32; ++j) {
-          o[4 * j + 0] *= rescale[0];
-          o[4 * j + 1] *= rescale[0];
-          o[4 * j + 2] *= rescale[1];
-          o[4 * j + 3] *= rescale[1];
-        }
+      for (int j = 0; j < 32; ++j) {
+        o[4 * j + 0] *= rescale[0];
+        o[4 * j + 1] *= rescale[0];
+        o[4 * j + 2] *= rescale[1];
+        o[4 * j + 3] *= rescale[1];
       }
       named_barrier_sync(2, kConsumerThreads);
-    };
 
-    // Software pipeline: Q K^T of page n + 1 is issued right behind P V of page n, so the tensor
-    // cores go from one to the other without a gap; the stage of page n is freed as soon as its
-    // P V is done (the producer then loads page n + 2 into it). The last page is peeled off so that
-    // every iteration has the same wgmma groups in flight (ptxas serialises wgmma otherwise).
-    float s[16];
-    issue_qk(s, page_count & 1, (page_count >> 1) & 1);
-    for (int blk = w.start_block; blk < w.stop_block - 1; ++blk, ++page_count) {
-      const int stage = page_count & 1;
-      wgmma_wait<0>();
-      fence_accumulators(s);
-      softmax_to_p(s, blk);
-      issue_pv(stage);
-      issue_qk(s, stage ^ 1, ((page_count + 1) >> 1) & 1);
-      wgmma_wait<1>();
-      fence_accumulators(o);
-      if (lane == 0) mbarrier_arrive(bars.kv_empty(stage));
-    }
-    {
-      const int stage = page_count & 1;
-      wgmma_wait<0>();
-      fence_accumulators(s);
-      if (lane == 0) mbarrier_arrive(bars.q_empty);  // the item's last Q K^T is done
-      softmax_to_p(s, w.stop_block - 1);
-      issue_pv(stage);
+      wgmma_fence();
+      {
+        // V is read MN-major: 8-token groups of 128-byte rows 1024 bytes apart (stride offset), and
+        // the next 64 output columns in the next swizzle tile of the page (leading offset).
+        const uint64_t v_desc = smem_desc_sw128(kv_stage + wg * 4 * kChunkBytes, kChunkBytes, 1024);
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          Traits::mma_pv(o, p_desc + ((kk * 32) >> 4), v_desc + ((kk * 16 * 128) >> 4));
+      }
+      wgmma_commit();
+      // Free the stage as soon as its last reader is done: the producer can then load page n + 2
+      // while page n + 1 is computed, so a whole page of work hides each load (with two stages,
+      // releasing only after the next page's QK^T left the load latency exposed).
       wgmma_wait<0>();
       fence_accumulators(o);
       if (lane == 0) mbarrier_arrive(bars.kv_empty(stage));
-      ++page_count;
     }
 
     // Epilogue: merge the two warpgroups' row sums, normalise, write.
@@ -398,7 +373,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
 
   if (threadIdx.x >= kConsumerThreads) {
-    setmaxnreg_dec<24>();
+    setmaxnreg_dec<40>();
     if (threadIdx.x == kConsumerThreads) {
       prefetch_tensor_map(&q_map);
       prefetch_tensor_map(&kv_map);
@@ -406,7 +381,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                     m_block);
     }
   } else {
-    setmaxnreg_inc<240>();
+    setmaxnreg_inc<232>();
     consumer_loop<Elem>(params, walker, bars, smem, smem_base, m_block);
   }
 }
