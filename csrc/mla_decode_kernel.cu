@@ -272,15 +272,12 @@ __device__ __forceinline__ void consumer_loop(const MlaDecodeParams& p, const Pa
       fence_proxy_async_smem();
 #pragma unroll
       for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * rescale[h] + page_sum[h];
-      // Once a row's max has settled (most pages) its factor is exactly 1: skip the 128 multiplies.
-      if (__any_sync(0xffffffff, rescale[0] != 1.f || rescale[1] != 1.f)) {
 #pragma unroll
-        for (int j = 0; j < 32; ++j) {
-          o[4 * j + 0] *= rescale[0];
-          o[4 * j + 1] *= rescale[0];
-          o[4 * j + 2] *= rescale[1];
-          o[4 * j + 3] *= rescale[1];
-        }
+      for (int j = 0; j < 32; ++j) {
+        o[4 * j + 0] *= rescale[0];
+        o[4 * j + 1] *= rescale[0];
+        o[4 * j + 2] *= rescale[1];
+        o[4 * j + 3] *= rescale[1];
       }
       named_barrier_sync(2, kConsumerThreads);
 
