@@ -26,7 +26,10 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
                                               int64_t head_dim_v) {
   check_cuda_contiguous(q, "q");
   check_cuda_contiguous(k_cache, "k_cache");
-  check_cuda_contiguous(block_table, "block_table");
+  // Rows may be strided (a slice of a wider table): the kernel reads block_table_stride.
+  TORCH_CHECK(block_table.is_cuda(), "block_table must be a CUDA tensor");
+  TORCH_CHECK(block_table.dim() != 2 || block_table.size(1) <= 1 || block_table.stride(1) == 1,
+              "block_table must have last-dim stride 1");
   check_cuda_contiguous(cache_seqlens, "cache_seqlens");
   check_cuda_contiguous(tile_scheduler_metadata, "tile_scheduler_metadata");
   check_cuda_contiguous(num_splits, "num_splits");
