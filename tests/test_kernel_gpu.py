@@ -231,3 +231,18 @@ def test_unchecked_bad_values_do_not_fault():
                                       causal=True)
     torch.cuda.synchronize()
     assert out.shape == (2, 1, 16, DV) and torch.isfinite(out).all()
+
+
+def test_row_strided_block_table_matches_contiguous():
+    """A block table that is a column slice of a wider one (rows strided) reads the same pages."""
+    inputs = make_paged_inputs([700, 65, 1], 2, 64, dtype=torch.bfloat16, device="cuda", seed=11)
+    wide = torch.full((3, inputs.block_table.shape[1] + 7), -1, dtype=torch.int32, device="cuda")
+    wide[:, :inputs.block_table.shape[1]] = inputs.block_table
+    strided = wide[:, :inputs.block_table.shape[1]]
+    assert not strided.is_contiguous()
+    metadata, num_splits = get_mla_metadata(inputs.cache_seqlens, 2 * 64, 1)
+    out, lse = flash_mla_with_kvcache(inputs.q, inputs.k_cache, strided, inputs.cache_seqlens, DV, metadata,
+                                      num_splits, causal=True)
+    ref_out, ref_lse = flash_mla_with_kvcache(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens,
+                                              DV, metadata, num_splits, causal=True)
+    assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
