@@ -7,7 +7,9 @@
 //   row max exchanged through smem, P = exp(S - m) written to smem as bf16/fp16 (both halves)
 //   O_w += P[64 x 64] . V[64 x 256w .. 256w+256)     (wgmma m64n256k16, V read MN-major)
 // Each warpgroup holds half of the 64 x 512 fp32 output (128 registers per thread) and does half of
-// both matrix products, so the two stay balanced. Pages stream through two TMA stages.
+// both matrix products, so the two stay balanced. Pages stream through two TMA stages (the Q tile and
+// two 72 KB pages fill the 227 KB of shared memory). FlashMLA's "seesaw" split (warpgroups alternate
+// pages) was tried and measured slower here: notes/KERNEL_LOG.md.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
