@@ -400,7 +400,11 @@ def run_config(cfg, impls, peers, ours, reference, timer, device, dtype, seed, c
         del variant_sets
     del all_inputs, inputs
     if device.type == "cuda":
-        torch.cuda.empty_cache()
+        try:  # a fault of an asynchronous launch can surface only here; keep the rows measured before it
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+        except Exception as error:
+            result["error"] = f"after the last implementation: {short_error(error)}"
     return result
 
 

@@ -113,7 +113,11 @@ def make(inputs):
     for i, length in enumerate(inputs["lengths"]):
         positions = torch.arange(length, device=device)
         pieces.append(inputs["block_table"][i, positions // page].to(torch.int64) * page + positions % page)
-    kv_indices = torch.cat(pieces).to(torch.int32) if pieces else torch.zeros(0, dtype=torch.int32)
+    # The kernel multiplies a loaded token index by the token stride (576) in the index's own type:
+    # int32 indices overflow past 2**31 / 576 = 3.7M tokens (the 32K sweep has 4.2M) and fault, so
+    # use int64 there and int32, as serving frameworks do, below that.
+    index_dtype = torch.int64 if k_cache.shape[0] * page * d >= 2 ** 31 else torch.int32
+    kv_indices = torch.cat(pieces).to(index_dtype) if pieces else torch.zeros(0, dtype=index_dtype, device=device)
     k_buffer = k_cache.view(-1, 1, d)
     v_buffer = k_buffer[..., :dv]
     q3 = q.view(batch, h_q, d)
