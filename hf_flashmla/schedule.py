@@ -60,7 +60,8 @@ def compute_schedule(cache_seqlens: torch.Tensor, num_q_rows_per_kv_head: int, n
     payload = (total + num_parts - 1) // num_parts
 
     # Part boundaries in cost space: x_p = min(p * payload, total), p = 0..P.
-    bounds = torch.minimum(torch.arange(num_parts + 1, device=device, dtype=torch.int64) * payload, total)
+    part_index = torch.arange(num_parts + 1, device=device, dtype=torch.int64)
+    bounds = torch.minimum(part_index * payload, total)
     seq_of_bound = torch.searchsorted(cost_end, bounds, right=True).clamp_max(batch - 1)
     block_of_bound = (bounds - cost_begin[seq_of_bound] - SEQUENCE_OVERHEAD_PAGES)
     block_of_bound = torch.minimum(block_of_bound.clamp_min(0), num_blocks[seq_of_bound])
@@ -68,20 +69,14 @@ def compute_schedule(cache_seqlens: torch.Tensor, num_q_rows_per_kv_head: int, n
     # Splits of sequence i: parts that intersect its page region [S_i + F, C_i) in cost space.
     first_part = (cost_begin + SEQUENCE_OVERHEAD_PAGES) // payload
     last_part = (cost_end - 1) // payload
-    splits = torch.where(num_blocks > 0, last_part - first_part + 1, torch.zeros_like(num_blocks))
-    num_splits = torch.zeros(batch + 1, dtype=torch.int64, device=device)
-    num_splits[1:] = torch.cumsum(splits, 0)
+    splits = torch.where(num_blocks > 0, last_part - first_part + 1, 0)
+    num_splits = torch.nn.functional.pad(torch.cumsum(splits, 0), (1, 0))
 
     begin_seq = seq_of_bound[:-1]
-    parts = torch.arange(num_parts, device=device, dtype=torch.int64)
-    begin_split = (parts - first_part[begin_seq]).clamp_min(0)
-
-    metadata = torch.zeros(num_parts, METADATA_WIDTH, dtype=torch.int64, device=device)
-    metadata[:, 0] = begin_seq
-    metadata[:, 1] = block_of_bound[:-1]
-    metadata[:, 2] = seq_of_bound[1:]
-    metadata[:, 3] = block_of_bound[1:]
-    metadata[:, 4] = begin_split
+    begin_split = (part_index[:-1] - first_part[begin_seq]).clamp_min(0)
+    # Few, larger ops on purpose: on a GPU each op is a launch, and this runs once per decode step.
+    columns = torch.stack([begin_seq, block_of_bound[:-1], seq_of_bound[1:], block_of_bound[1:], begin_split], dim=1)
+    metadata = torch.nn.functional.pad(columns, (0, METADATA_WIDTH - columns.shape[1]))
     return metadata.to(torch.int32), num_splits.to(torch.int32)
 
 
