@@ -1,0 +1,321 @@
+"""Portable Triton kernel for paged MLA decoding: the path for CUDA GPUs where the sm_90 kernel does not
+apply (Ampere, Ada, Blackwell, or Hopper without the built extension), and selectable anywhere with
+HF_FLASHMLA_BACKEND=triton (on the CPU only under TRITON_INTERPRET=1, for tests).
+
+Same semantics as hf_flashmla.reference (see README's API table): q [b, s_q, h_q, 576],
+k_cache [num_blocks, 64, h_kv, 576], V = the first 512 values of each K vector; causal query token t
+of a sequence of length L sees keys 0 .. L - s_q + t; a query that sees no key gets out = 0, lse = +inf.
+
+Design (split-KV, two launches):
+  1. _split_kernel, grid (row blocks, splits, b * h_kv). A program takes BLOCK_M query rows that share
+     one KV head (rows = s_q * h_q / h_kv: every query token and head of the group) and one contiguous
+     range of the sequence's pages. Each K/V tile is loaded once for all those rows, which is what makes
+     the kernel memory-efficient for MLA (h_kv = 1): with BLOCK_M >= h_q * s_q the cache is read once.
+     Scores are two dot products, 512 latent + 64 rope columns (no padding to 1024), and P V reuses
+     the latent part of the same tile as V. Online softmax in float32 (exp2 domain).
+  2. _combine_kernel merges the splits of each row by their lse. With one split, (1) writes the final
+     out / lse itself and (2) is not launched.
+The split count comes from the SM count and the shapes only (no device->host sync), so that small
+batches with long contexts still fill the GPU. Tile sizes come from a fixed table (_tile_config), not
+from autotuning: autotuning would time every new shape on first use (each decode batch size) and its
+choice would differ between runs; the table is what the shapes need (see the comments there).
+
+Robustness without value checks: a program reads only block-table entries below
+min(ceil(L / 64), max_blocks) of its own row, and clamps block ids into [0, num_blocks), so bad
+lengths or ids give wrong numbers but never a memory fault.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.errors import OutOfResources
+
+PAGE_SIZE = 64
+D_LATENT = 512  # = head_dim_v: V is the latent part of K
+D_ROPE = 64
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+MAX_SPLITS = 64
+MIN_PAGES_PER_SPLIT = 4  # below this a split's partial output (rows x 2 KB) costs more than it hides
+INTERPRETER_SMS = 4  # stands in for the SM count under TRITON_INTERPRET, so that CPU tests split
+
+
+@triton.jit
+def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ b with float32 accumulation. UPCAST (Triton's CPU interpreter only): its dot multiplies
+    bfloat16 operands as raw uint16 bits, so the operands go through float32 there; on the GPU the
+    16-bit operands feed the tensor cores directly."""
+    if UPCAST:
+        result = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        result = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    return result
+
+
+@triton.jit
+def _split_kernel(Q, KV, BLOCK_TABLE, SEQLENS, OUT, LSE, O_PART, LSE_PART,
+                  stride_qb, stride_qt, stride_qh,
+                  stride_kv_page, stride_kv_tok, stride_kv_head,
+                  stride_bt, max_blocks, num_blocks,
+                  s_q, group, h_q, scale_log2,
+                  NUM_SPLITS: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, PAGE: tl.constexpr, D_V: tl.constexpr,
+                  D_PE: tl.constexpr):
+    pid_m = tl.program_id(0)
+    split = tl.program_id(1)
+    pid_bk = tl.program_id(2)  # batch * h_kv + kv head
+    h_kv = h_q // group
+    batch = pid_bk // h_kv
+    kv_head = pid_bk % h_kv
+    rows = s_q * group
+
+    # Row r of this KV head = query token r // group, query head kv_head * group + r % group.
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < rows
+    token = offs_m // group
+    head = kv_head * group + offs_m % group
+    offs_v = tl.arange(0, D_V)
+    offs_pe = D_V + tl.arange(0, D_PE)
+
+    # Lengths beyond the block-table row are clamped so no entry past the row is ever read.
+    length = tl.minimum(tl.maximum(tl.load(SEQLENS + batch), 0), max_blocks * PAGE)
+    # Last visible key of each row (inclusive); rows past the block see nothing.
+    if CAUSAL:
+        last_key = length - s_q + token
+    else:
+        last_key = tl.zeros([BLOCK_M], dtype=tl.int32) + (length - 1)
+    last_key = tl.where(row_ok, last_key, -1)
+
+    # This split's pages: an equal share of the sequence's own pages (varlen batches split per sequence).
+    num_pages = tl.cdiv(length, PAGE)
+    pages_per_split = tl.cdiv(num_pages, NUM_SPLITS)
+    key_start = split * pages_per_split * PAGE
+    key_end = tl.minimum(key_start + pages_per_split * PAGE, length)
+    key_end = tl.minimum(key_end, tl.max(last_key, axis=0) + 1)  # causal: nothing past the block's last key
+
+    q_ptr = Q + batch.to(tl.int64) * stride_qb + token * stride_qt + head * stride_qh
+    q_latent = tl.load(q_ptr[:, None] + offs_v[None, :], mask=row_ok[:, None], other=0.0)
+    q_rope = tl.load(q_ptr[:, None] + offs_pe[None, :], mask=row_ok[:, None], other=0.0)
+
+    row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # log2 domain
+    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D_V], dtype=tl.float32)
+    bt_row = BLOCK_TABLE + batch.to(tl.int64) * stride_bt
+    kv_base = KV + kv_head * stride_kv_head
+    # The block id of each tile is loaded one iteration ahead (a loop-carried value, not a load feeding
+    # the K load in the same iteration): Triton's pipeliner then gives the K/V loads their own stages
+    # instead of splitting the pipeline depth between the two levels of indirection.
+    block = tl.load(bt_row + key_start // PAGE, mask=key_start < key_end, other=0)
+    for start in range(key_start, key_end, BLOCK_N):
+        # BLOCK_N divides the page size and splits start on page boundaries: one page per tile.
+        next_start = start + BLOCK_N
+        next_block = tl.load(bt_row + next_start // PAGE, mask=next_start < key_end, other=0)
+        block = tl.minimum(tl.maximum(block, 0), num_blocks - 1).to(tl.int64)
+        offs_n = start + tl.arange(0, BLOCK_N)
+        key_ok = offs_n < key_end
+        k_ptr = kv_base + block * stride_kv_page + (offs_n % PAGE) * stride_kv_tok
+        k_latent = tl.load(k_ptr[:, None] + offs_v[None, :], mask=key_ok[:, None], other=0.0)  # also V
+        k_rope = tl.load(k_ptr[:, None] + offs_pe[None, :], mask=key_ok[:, None], other=0.0)
+
+        scores = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        scores = _mma(q_latent, tl.trans(k_latent), scores, DOT_PRECISION, UPCAST)
+        scores = _mma(q_rope, tl.trans(k_rope), scores, DOT_PRECISION, UPCAST)
+        scores = scores * scale_log2
+        visible = (offs_n[None, :] <= last_key[:, None]) & key_ok[None, :]
+        scores = tl.where(visible, scores, float("-inf"))
+
+        new_max = tl.maximum(row_max, tl.max(scores, axis=1))
+        # Rows that have seen no key yet keep max = -inf; shift by 0 there to avoid inf - inf.
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        probs = tl.math.exp2(scores - shift[:, None])
+        rescale = tl.math.exp2(row_max - shift)
+        row_sum = row_sum * rescale + tl.sum(probs, axis=1)
+        acc = acc * rescale[:, None]
+        acc = _mma(probs.to(k_latent.dtype), k_latent, acc, DOT_PRECISION, UPCAST)
+        row_max = new_max
+        block = next_block
+
+    seen = row_sum > 0
+    out = acc / tl.where(seen, row_sum, 1.0)[:, None]
+    lse = (row_max + tl.math.log2(tl.where(seen, row_sum, 1.0))) * 0.6931471805599453
+    if NUM_SPLITS == 1:
+        o_ptr = OUT + ((batch.to(tl.int64) * s_q + token) * h_q + head) * D_V
+        tl.store(o_ptr[:, None] + offs_v[None, :], out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(LSE + (batch.to(tl.int64) * h_q + head) * s_q + token, tl.where(seen, lse, float("inf")),
+                 mask=row_ok)
+    else:
+        part_row = (pid_bk.to(tl.int64) * NUM_SPLITS + split) * rows + offs_m
+        tl.store(O_PART + part_row[:, None] * D_V + offs_v[None, :], out, mask=row_ok[:, None])
+        tl.store(LSE_PART + part_row, tl.where(seen, lse, float("-inf")), mask=row_ok)
+
+
+@triton.jit
+def _combine_kernel(OUT, LSE, O_PART, LSE_PART, s_q, group, h_q,
+                    NUM_SPLITS: tl.constexpr, SPLITS_POW2: tl.constexpr, D_V: tl.constexpr):
+    row = tl.program_id(0)
+    pid_bk = tl.program_id(1)
+    h_kv = h_q // group
+    batch = pid_bk // h_kv
+    token = row // group
+    head = (pid_bk % h_kv) * group + row % group
+    rows = s_q * group
+
+    offs_s = tl.arange(0, SPLITS_POW2)
+    part_row = (pid_bk.to(tl.int64) * NUM_SPLITS) * rows + row
+    split_lse = tl.load(LSE_PART + part_row + offs_s * rows, mask=offs_s < NUM_SPLITS, other=float("-inf"))
+    top = tl.max(split_lse, axis=0)
+    seen = top > float("-inf")  # some split saw a key
+    shift = tl.where(seen, top, 0.0)
+    total = tl.sum(tl.exp(split_lse - shift), axis=0)
+    lse = tl.where(seen, shift + tl.log(tl.where(seen, total, 1.0)), float("inf"))
+
+    offs_v = tl.arange(0, D_V)
+    acc = tl.zeros([D_V], dtype=tl.float32)
+    for s in range(NUM_SPLITS):
+        weight = tl.exp(tl.load(LSE_PART + part_row + s * rows) - lse)  # 0 for empty splits and unseen rows
+        acc += weight * tl.load(O_PART + (part_row + s * rows) * D_V + offs_v)
+    o_ptr = OUT + ((batch.to(tl.int64) * s_q + token) * h_q + head) * D_V
+    tl.store(o_ptr + offs_v, acc.to(OUT.dtype.element_ty))
+    tl.store(LSE + (batch.to(tl.int64) * h_q + head) * s_q + token, lse)
+
+
+# Under TRITON_INTERPRET=1 (at import) triton.jit returns an InterpretedFunction instead of a JITFunction.
+INTERPRETED = not isinstance(_split_kernel, triton.runtime.jit.JITFunction)
+
+
+class TileConfig(NamedTuple):
+    block_m: int          # query rows per program (tl.dot needs M >= 16)
+    block_n: int          # keys per loop step (divides the page size)
+    num_warps: int
+    num_stages: int       # software-pipeline depth: num_stages - 1 K tiles buffered in shared memory
+    programs_per_sm: int  # residency the table aims for; only sizes the split count
+
+
+def tile_config(rows: int, dtype: torch.dtype) -> TileConfig:
+    """Fixed table by rows per KV head (s_q * h_q / h_kv); sizes from offline compiles for sm_80/sm_90.
+
+    Up to 32 rows the work is memory-bound: one program covers every row, so the cache is read once.
+    4 warps (mma.sync: M = 16 / 32 is below wgmma's 64), 32-key tiles (36 KB of K in bf16), 3 stages:
+    one tile loads while another is consumed; ~91 / 110 KB of shared memory and <= 255 registers
+    per thread let two programs share an H100 SM (4 warps at 32 rows: 8 warps would need 162 registers
+    x 256 threads, one program per SM). Above 32 rows, 64-row blocks with 8 warps (wgmma on sm_90)
+    bound the re-reads of the cache to rows / 64 while the [64, 512] float32 accumulator stays at
+    128 registers per thread. float32 inputs (interpreter tests, rare on GPU) halve the key tile."""
+    if rows <= 16:
+        config = TileConfig(16, 32, 4, 3, 2)
+    elif rows <= 32:
+        config = TileConfig(32, 32, 4, 3, 2)
+    else:
+        config = TileConfig(64, 32, 8, 3, 1)
+    if dtype == torch.float32:
+        config = config._replace(block_n=16, num_stages=2)
+    return config
+
+
+def _fallbacks(config: TileConfig):
+    """config, then smaller pipelines for GPUs with less shared memory (e.g. 100 KB on sm_86/sm_89)."""
+    yield config
+    if config.num_stages > 2:
+        yield config._replace(num_stages=2)
+    if config.block_n > 16:
+        yield config._replace(block_n=16, num_stages=2)
+
+
+def _shared_bytes(config: TileConfig, element_size: int) -> int:
+    """Q tile + buffered K tiles (+1 KB reserved per block): matches the compiled kernels' figures."""
+    return (config.block_m + (config.num_stages - 1) * config.block_n) * 576 * element_size + 1024
+
+
+@functools.lru_cache(maxsize=None)
+def _device_limits(device: torch.device) -> tuple[int, int]:
+    """(SM count, shared memory per SM); fixed stand-ins under the interpreter so CPU tests split."""
+    if device.type != "cuda":
+        return INTERPRETER_SMS, 1 << 30
+    props = torch.cuda.get_device_properties(device)
+    return props.multi_processor_count, getattr(props, "shared_memory_per_multiprocessor", 0) or 100 * 1024
+
+
+def choose_num_splits(work_items: int, max_pages: int, num_sms: int, programs_per_sm: int) -> int:
+    """Smallest split count whose waves are nearly full (within 85% of the best wave efficiency), bounded
+    so that a split keeps >= MIN_PAGES_PER_SPLIT pages of the longest sequence the block table allows.
+    work_items = programs per split (row blocks * b * h_kv); max_pages = block_table's width.
+    Uses shapes only, so it never waits for the GPU and a CUDA graph replays the same grid."""
+    slots = num_sms * programs_per_sm
+    limit = max(1, min(MAX_SPLITS, max_pages // MIN_PAGES_PER_SPLIT))
+    if work_items >= 0.8 * slots or limit == 1:
+        return 1
+
+    def efficiency(splits):
+        programs = work_items * splits
+        return programs / (-(-programs // slots) * slots)
+
+    best = max(efficiency(s) for s in range(1, limit + 1))
+    return next(s for s in range(1, limit + 1) if efficiency(s) >= 0.85 * best)
+
+
+# (device, table config) -> the config that compiled within the device's resources.
+_WORKING_CONFIG: dict = {}
+
+
+def mla_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor,
+                      cache_seqlens: torch.Tensor, head_dim_v: int, softmax_scale: float, causal: bool,
+                      num_splits: int | None = None,
+                      config: TileConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs as validated by hf_flashmla.flash_mla_with_kvcache (q, k_cache contiguous; block_table
+    last-dim stride 1). Returns out [b, s_q, h_q, 512] in q's dtype and lse float32 [b, h_q, s_q].
+    num_splits and config override the heuristics (tests, tuning runs)."""
+    batch, s_q, h_q, head_dim = q.shape
+    num_blocks, page_size, h_kv, _ = k_cache.shape
+    assert head_dim == D_LATENT + D_ROPE and head_dim_v == D_LATENT and page_size == PAGE_SIZE
+    group = h_q // h_kv
+    rows = s_q * group
+    config = config or tile_config(rows, q.dtype)
+    config = _WORKING_CONFIG.get((q.device, config), config)
+    row_blocks = triton.cdiv(rows, config.block_m)
+    max_blocks = block_table.shape[1]
+    if num_splits is None:
+        num_sms, shared_per_sm = _device_limits(q.device)
+        resident = max(1, min(config.programs_per_sm, shared_per_sm // _shared_bytes(config, q.element_size())))
+        num_splits = choose_num_splits(row_blocks * batch * h_kv, max_blocks, num_sms, resident)
+
+    out = torch.empty(batch, s_q, h_q, D_LATENT, dtype=q.dtype, device=q.device)
+    lse = torch.empty(batch, h_q, s_q, dtype=torch.float32, device=q.device)
+    if num_splits > 1:
+        o_part = torch.empty(batch * h_kv, num_splits, rows, D_LATENT, dtype=torch.float32, device=q.device)
+        lse_part = torch.empty(batch * h_kv, num_splits, rows, dtype=torch.float32, device=q.device)
+    else:
+        o_part, lse_part = out, lse  # not read: the split kernel writes out / lse itself
+    if max_blocks == 0 or num_blocks == 0:  # no pages: every query sees nothing; give the kernel a row to point at
+        block_table, max_blocks = torch.zeros(batch, 1, dtype=torch.int32, device=q.device), 0
+
+    def launch(tiles: TileConfig):
+        _split_kernel[(triton.cdiv(rows, tiles.block_m), num_splits, batch * h_kv)](
+            q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part,
+            q.stride(0), q.stride(1), q.stride(2),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            block_table.stride(0), max_blocks, max(num_blocks, 1),
+            s_q, group, h_q, softmax_scale * LOG2E,
+            NUM_SPLITS=num_splits, CAUSAL=causal, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
+            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # ignored for 16-bit inputs
+            UPCAST=INTERPRETED and q.dtype == torch.bfloat16,
+            PAGE=PAGE_SIZE, D_V=D_LATENT, D_PE=D_ROPE, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+
+    for tiles in _fallbacks(config):
+        try:
+            launch(tiles)  # OutOfResources is raised when loading the compiled kernel, before it runs
+        except OutOfResources:
+            if tiles.num_stages == 2 and tiles.block_n == 16:
+                raise
+            continue
+        if tiles != config:
+            _WORKING_CONFIG[(q.device, config)] = tiles
+        break
+    if num_splits > 1:
+        _combine_kernel[(rows, batch * h_kv)](
+            out, lse, o_part, lse_part, s_q, group, h_q,
+            NUM_SPLITS=num_splits, SPLITS_POW2=triton.next_power_of_2(num_splits), D_V=D_LATENT, num_warps=4)
+    return out, lse
