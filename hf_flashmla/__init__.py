@@ -1,13 +1,21 @@
 """FlashMLA-compatible multi-head latent attention decoding for Hopper, packaged for Transformers."""
 from hf_flashmla.backend import BackendChoice, backend
 from hf_flashmla.interface import FlashMLASchedMeta, flash_mla_with_kvcache, get_mla_metadata
+from hf_flashmla.latent_cache import LatentCacheFullError, LatentPagedCache
 from hf_flashmla.reference import mla_decode_reference
+
+from hf_flashmla.transformers_integration import register as _register_transformers_integration
+
+# attn_implementation="flash_mla" for DeepSeek-V2/V3 (no-op without transformers).
+_register_transformers_integration()
 
 __version__ = "0.1.0"  # keep in step with setup.py
 
 __all__ = [
     "BackendChoice",
     "FlashMLASchedMeta",
+    "LatentCacheFullError",
+    "LatentPagedCache",
     "__version__",
     "backend",
     "flash_mla_with_kvcache",

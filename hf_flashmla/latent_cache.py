@@ -1,0 +1,498 @@
+"""Paged latent KV cache for multi-head latent attention (DeepSeek-V2/V3) under Transformers' generate().
+
+Per token and layer it stores only the latent: the normalised c_kv (kv_lora_rank values, 512 for the
+real models) followed by the roped k_pe (qk_rope_head_dim, 64), i.e. one row of 576 values, in pages of
+64 tokens. Each layer has one pool `[num_pages, 64, 1, latent_dim]` on that layer's device (layers may
+live on different devices under device_map); pools of all layers have the same number of pages and
+page `p` of every pool holds the same tokens, so the per-sequence lengths and block tables are shared
+by all layers and mirrored once per device.
+
+Bookkeeping is on the host (Python ints): the cache knows how many tokens each sequence holds without
+reading device memory. Padding tokens (zeros of the attention mask) are not stored: a sequence's length
+counts only its real tokens. Reading the mask costs one device->host copy; that happens when a chunk
+may contain padding (the first chunk, chunks longer than one token, CPU tensors, or with
+HF_FLASHMLA_CHECK_VALUES=1). A one-token step of an already started batch is taken as all real tokens,
+which is what generate() always passes.
+
+Page 0 of every pool is a scratch page: padding tokens are written there (so the write needs no
+host-side compaction), and unused block-table entries point at it. It is never read as a real token.
+
+The pool grows as needed (doubling), or is fixed by the user (`max_pages`); when a step does not fit,
+`LatentCacheFullError` is raised before anything is written, and the cache stays usable.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+try:  # the cache is a transformers Cache so that generate() and the masking utilities accept it
+    from transformers.cache_utils import Cache as _TransformersCache
+except ImportError:  # transformers is optional for the kernel API; the cache still works standalone
+    _TransformersCache = object
+
+PAGE_SIZE = 64
+SCRATCH_PAGE = 0
+CHECK_VALUES_ENV_VAR = "HF_FLASHMLA_CHECK_VALUES"
+
+
+class LatentCacheFullError(RuntimeError):
+    """The step needs more pages than the user-sized pool has free; nothing was written."""
+
+
+def _check_values_requested() -> bool:
+    return os.environ.get(CHECK_VALUES_ENV_VAR, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+class _DeviceStep:
+    """The step's shared tensors on one device: built once, used by every layer on that device."""
+
+    def __init__(self):
+        self.block_table: torch.Tensor | None = None      # int32 [b, max_pages]
+        self.seqlens_before: torch.Tensor | None = None   # int32 [b]
+        self.seqlens: torch.Tensor | None = None          # int32 [b], after this step's tokens
+        self.write_slots: torch.Tensor | None = None      # int64 [b * s], flat row in the pool
+        self.token_mask: torch.Tensor | None = None       # bool [b, s] or None (all real)
+        self.metadata: dict = {}                          # (num_heads) -> get_mla_metadata output
+
+
+class _Step:
+    """One forward pass: which tokens it adds, per sequence, and which layers have written them."""
+
+    def __init__(self, step_id, query_length, lengths_before, lengths_after, logical_before, token_mask,
+                 left_padded):
+        self.step_id = step_id
+        self.query_length = query_length
+        self.lengths_before = lengths_before
+        self.lengths_after = lengths_after
+        self.logical_before = logical_before
+        self.token_mask = token_mask          # host or device bool [b, s]; None: every token is real
+        self.left_padded = left_padded        # real tokens of every row are contiguous at its end
+        self.layers_written: set[int] = set()
+        self.devices: dict[torch.device, _DeviceStep] = {}
+
+
+class LatentPagedCache(_TransformersCache):
+    """Paged latent cache; see the module docstring.
+
+    config: the model config (gives the number of layers and the latent width); or pass
+    num_hidden_layers / latent_dim directly. max_pages: fixed pool size in pages per layer (excluding
+    the scratch page); None grows as needed. initial_pages: first pool size when growing.
+    """
+
+    def __init__(self, config=None, *, num_hidden_layers: int | None = None, latent_dim: int | None = None,
+                 max_pages: int | None = None, initial_pages: int = 64):
+        # Not calling Cache.__init__: its per-layer objects do not apply to a shared paged pool, and its
+        # signature differs between transformers releases. The attributes generate() reads are set here.
+        self.layers = []
+        self.layer_class_to_replicate = None
+        self.offloading = False
+        if config is not None:
+            text_config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+            num_hidden_layers = num_hidden_layers or text_config.num_hidden_layers
+            kv_lora_rank = getattr(text_config, "kv_lora_rank", None)
+            rope_dim = getattr(text_config, "qk_rope_head_dim", None)
+            if kv_lora_rank is None or rope_dim is None:
+                raise ValueError(f"config: LatentPagedCache needs an MLA model config (kv_lora_rank and "
+                                 f"qk_rope_head_dim); {type(config).__name__} has none")
+            latent_dim = latent_dim or kv_lora_rank + rope_dim
+        if max_pages is not None and (isinstance(max_pages, bool) or not isinstance(max_pages, int) or max_pages < 1):
+            raise ValueError(f"max_pages: expected a positive int or None, got {max_pages!r}")
+        if isinstance(initial_pages, bool) or not isinstance(initial_pages, int) or initial_pages < 1:
+            raise ValueError(f"initial_pages: expected a positive int, got {initial_pages!r}")
+        self.num_hidden_layers = num_hidden_layers
+        self.latent_dim = latent_dim
+        self.max_pages = max_pages
+        # Pages per pool, scratch page included.
+        self._capacity = (max_pages if max_pages is not None else initial_pages) + 1
+        self._pools: dict[int, torch.Tensor] = {}
+        self.reset()
+
+    # ----------------------------------------------------------------------------------------- state
+    def reset(self):
+        """Forget every sequence; the pools are kept for reuse."""
+        self._lengths: list[int] = []           # real tokens stored, per sequence
+        self._pages: list[list[int]] = []       # page ids, per sequence
+        self._free: list[int] = list(range(self._capacity - 1, SCRATCH_PAGE, -1))  # pop() gives low ids first
+        self._logical_length = 0                # tokens seen per row, padding included (the mask's width)
+        self._table = torch.zeros((0, 0), dtype=torch.int32)
+        self._table_version = 0
+        self._device_tables: dict[torch.device, tuple[int, torch.Tensor]] = {}
+        self._step: _Step | None = None
+        self._step_counter = 0
+
+    @property
+    def batch_size(self) -> int:
+        return len(self._lengths) if self._lengths or self._logical_length else -1
+
+    @property
+    def sequence_lengths(self) -> list[int]:
+        """Real tokens stored per sequence (padding excluded)."""
+        self._settle()
+        return list(self._lengths)
+
+    @property
+    def num_pages_in_use(self) -> int:
+        return sum(len(pages) for pages in self._pages)
+
+    @property
+    def pool_pages(self) -> int:
+        """Pages per layer pool, the scratch page included."""
+        return self._capacity
+
+    def pool(self, layer_idx: int) -> torch.Tensor | None:
+        return self._pools.get(layer_idx)
+
+    def nbytes(self) -> int:
+        """Bytes held by the pools of all layers."""
+        return sum(pool.numel() * pool.element_size() for pool in self._pools.values())
+
+    def used_bytes(self) -> int:
+        """Bytes of the stored tokens themselves (real tokens x layers x latent row)."""
+        self._settle()
+        return sum(self._lengths) * sum(pool.shape[-1] * pool.element_size() for pool in self._pools.values())
+
+    def __repr__(self):
+        return (f"LatentPagedCache(batch={len(self._lengths)}, lengths={self._lengths}, layers={len(self._pools)}, "
+                f"pool_pages={self._capacity}, pages_in_use={self.num_pages_in_use})")
+
+    def __len__(self):
+        return self.num_hidden_layers or len(self._pools)
+
+    # ------------------------------------------------------------------ transformers Cache interface
+    # These are asked before a forward pass, never between its layers: an unfinished step seen here
+    # belongs to a forward pass that raised, so it is rolled back first.
+    def get_seq_length(self, layer_idx: int | None = 0) -> int:
+        self._settle()
+        return self._logical_length
+
+    def get_query_offset(self, layer_idx: int = 0) -> int:
+        self._settle()
+        return self._logical_length
+
+    def get_mask_sizes(self, query_length, layer_idx: int = 0) -> tuple[int, int]:
+        if isinstance(query_length, torch.Tensor):  # older releases pass cache_position
+            query_length = query_length.shape[0]
+        self._settle()
+        return self._logical_length + query_length, 0
+
+    def get_max_length(self, layer_idx: int | None = None) -> int:
+        return -1
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        return -1
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+    @property
+    def is_initialized(self) -> bool:
+        return bool(self._pools)
+
+    @property
+    def is_croppable(self) -> bool:
+        return True
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * len(self)
+
+    @property
+    def is_linear(self) -> list[bool]:
+        return [False] * len(self)
+
+    @property
+    def is_dummy(self) -> list[bool]:
+        return [False] * len(self)
+
+    def update(self, *args, **kwargs):
+        raise NotImplementedError(
+            "LatentPagedCache holds paged MLA latents written by attn_implementation='flash_mla'; it cannot serve "
+            "the stock attention's cache.update. Load the model with attn_implementation='flash_mla' (after "
+            "`import hf_flashmla`), or pass a DynamicCache for other attention implementations.")
+
+    def early_initialization(self, *args, **kwargs):
+        raise NotImplementedError("LatentPagedCache is not a static cache: it grows as needed "
+                                  "(size it with max_pages instead)")
+
+    def activate_past_recording(self):
+        pass
+
+    def is_recording_past(self, layer_idx: int) -> bool:
+        return False
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Negative n removes |n| tokens from every sequence (transformers >= 5.x); a positive n keeps the
+        first n tokens of the padded width (the older convention)."""
+        if isinstance(tokens_to_remove, torch.Tensor) and tokens_to_remove.numel() == 1 and \
+                not tokens_to_remove.is_floating_point():
+            tokens_to_remove = int(tokens_to_remove)  # some releases pass a 0-dim tensor
+        if isinstance(tokens_to_remove, bool) or not isinstance(tokens_to_remove, int):
+            raise TypeError(f"tokens_to_remove: expected an int, got {type(tokens_to_remove).__name__}")
+        self._settle()
+        remove = -tokens_to_remove if tokens_to_remove <= 0 else max(self._logical_length - tokens_to_remove, 0)
+        if remove == 0:
+            return
+        if remove > self._logical_length:
+            raise ValueError(f"tokens_to_remove: the cache holds {self._logical_length} positions, cannot remove "
+                             f"{remove}")
+        self._logical_length -= remove
+        # Cropped tokens are the most recent ones, which are real tokens (generate() never pads on the right).
+        self._lengths = [max(length - remove, 0) for length in self._lengths]
+        self._release_unused_pages()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        """Sequence i takes the contents of sequence beam_idx[i] (beam search)."""
+        self._select(beam_idx, "beam_idx")
+
+    def batch_select_indices(self, indices: torch.Tensor):
+        self._select(indices, "indices")
+
+    def batch_repeat_interleave(self, repeats: int):
+        order = [i for i in range(len(self._lengths)) for _ in range(repeats)]
+        self._select(order, "repeats")
+
+    # ------------------------------------------------------------------------------ page management
+    def _release_unused_pages(self):
+        changed = False
+        for seq, length in enumerate(self._lengths):
+            keep = -(-length // PAGE_SIZE)
+            pages = self._pages[seq]
+            if len(pages) > keep:
+                self._free.extend(reversed(pages[keep:]))
+                del pages[keep:]
+                changed = True
+        if changed:
+            self._rebuild_table()
+
+    def _ensure_free(self, needed: int):
+        """Makes `needed` pages free, growing the pools' capacity, or raises LatentCacheFullError."""
+        if needed <= len(self._free):
+            return
+        short = needed - len(self._free)
+        if self.max_pages is not None:
+            raise LatentCacheFullError(
+                f"LatentPagedCache: this step needs {needed} free pages of {PAGE_SIZE} tokens but only "
+                f"{len(self._free)} of max_pages={self.max_pages} are free (lengths {self._lengths}); nothing was "
+                f"written. Create the cache with a larger max_pages, or crop()/reset() it.")
+        new_capacity = max(self._capacity * 2, self._capacity + short)
+        self._free = list(range(new_capacity - 1, self._capacity - 1, -1)) + self._free
+        self._capacity = new_capacity  # pools follow lazily, each on its own device at its next write
+
+    def _allocate_to(self, seq: int, length: int):
+        pages = self._pages[seq]
+        while len(pages) * PAGE_SIZE < length:
+            pages.append(self._free.pop())
+
+    def _pages_needed(self, lengths: list[int]) -> int:
+        return sum(max(-(-length // PAGE_SIZE) - len(pages), 0) for length, pages in zip(lengths, self._pages))
+
+    def _rebuild_table(self):
+        width = max((len(pages) for pages in self._pages), default=0)
+        table = torch.full((len(self._pages), max(width, 1)), SCRATCH_PAGE, dtype=torch.int32)
+        for seq, pages in enumerate(self._pages):
+            if pages:
+                table[seq, :len(pages)] = torch.tensor(pages, dtype=torch.int32)
+        self._table = table
+        self._table_version += 1
+
+    def _device_table(self, device: torch.device) -> torch.Tensor:
+        cached = self._device_tables.get(device)
+        if cached is not None and cached[0] == self._table_version:
+            return cached[1]
+        table = self._table.to(device, non_blocking=True)
+        self._device_tables[device] = (self._table_version, table)
+        return table
+
+    def _select(self, indices, name: str):
+        self._settle()
+        if isinstance(indices, torch.Tensor):
+            indices = indices.tolist()  # beam search only: one small device->host copy per step
+        indices = [int(i) for i in indices]
+        batch = len(self._lengths)
+        if any(i < 0 or i >= batch for i in indices):
+            raise ValueError(f"{name}: expected indices in [0, {batch}), got {indices}")
+        if indices == list(range(batch)):
+            return
+        new_lengths = [self._lengths[i] for i in indices]
+        sources = [self._pages[i][:-(-self._lengths[i] // PAGE_SIZE)] for i in indices]
+        needed = sum(len(src) for src in sources)
+        # Fresh pages for the new rows, then the old rows' pages go back: the copy never overwrites a source.
+        self._ensure_free(needed)
+        old_pages = self._pages
+        self._pages = [[] for _ in indices]
+        for seq, length in enumerate(new_lengths):
+            self._allocate_to(seq, length)
+        src_ids = [page for src in sources for page in src]
+        dst_ids = [page for pages in self._pages for page in pages]
+        for layer_idx, pool in list(self._pools.items()):
+            pool = self._grown_pool(layer_idx)
+            if src_ids:
+                src = torch.tensor(src_ids, dtype=torch.long).to(pool.device, non_blocking=True)
+                dst = torch.tensor(dst_ids, dtype=torch.long).to(pool.device, non_blocking=True)
+                pool.index_copy_(0, dst, pool.index_select(0, src))
+        for pages in old_pages:
+            self._free.extend(reversed(pages))
+        self._lengths = new_lengths
+        self._rebuild_table()
+
+    def _grown_pool(self, layer_idx: int) -> torch.Tensor:
+        pool = self._pools[layer_idx]
+        if pool.shape[0] < self._capacity:
+            grown = pool.new_zeros((self._capacity,) + tuple(pool.shape[1:]))
+            grown[:pool.shape[0]].copy_(pool)
+            self._pools[layer_idx] = pool = grown
+        return pool
+
+    # ------------------------------------------------------------------------------------ the steps
+    def _settle(self):
+        """Closes the current step; a step that did not reach every layer (an exception mid-forward) is
+        rolled back so that the cache stays consistent."""
+        step = self._step
+        if step is None:
+            return
+        self._step = None
+        expected = self.num_hidden_layers
+        if expected is not None and len(step.layers_written) < expected:
+            self._lengths = list(step.lengths_before)
+            self._logical_length = step.logical_before
+            self._release_unused_pages()
+
+    def _begin_step(self, batch: int, query_length: int, token_mask: torch.Tensor | None) -> _Step:
+        self._settle()
+        if not self._lengths and self._logical_length == 0:
+            self._lengths = [0] * batch
+            self._pages = [[] for _ in range(batch)]
+            self._rebuild_table()
+        if batch != len(self._lengths):
+            raise ValueError(f"hidden_states: batch size {batch} differs from the {len(self._lengths)} sequences "
+                             f"in this LatentPagedCache; use a new cache (or reset()) for a new batch")
+
+        host_mask = None
+        left_padded = True
+        if token_mask is not None:
+            read = (query_length > 1 or self._logical_length == 0 or token_mask.device.type == "cpu"
+                    or _check_values_requested())
+            if read:
+                host_mask = token_mask.to("cpu", torch.bool)
+                counts = host_mask.sum(dim=1).tolist()
+                # Real tokens at the end of each row (left padding) keep the kernel's causal rule exact.
+                first_real = query_length - torch.tensor(counts)
+                columns = torch.arange(query_length)
+                left_padded = bool(torch.equal(host_mask, columns[None, :] >= first_real[:, None]))
+                if self._logical_length > 0 and query_length == 1 and not all(counts):
+                    raise ValueError("attention_mask: a padding token after the first forward pass of a batch is "
+                                     "not supported by LatentPagedCache (generate() never passes one)")
+                if all(count == query_length for count in counts):
+                    token_mask = None
+            else:
+                counts = [query_length] * batch
+                token_mask = None
+        else:
+            counts = [query_length] * batch
+
+        lengths_before = list(self._lengths)
+        lengths_after = [length + count for length, count in zip(lengths_before, counts)]
+        self._ensure_free(self._pages_needed(lengths_after))  # raises before anything changes
+        grew = False
+        for seq, length in enumerate(lengths_after):
+            before = len(self._pages[seq])
+            self._allocate_to(seq, length)
+            grew |= len(self._pages[seq]) != before
+        if grew:
+            self._rebuild_table()
+        self._step_counter += 1
+        step = _Step(self._step_counter, query_length, lengths_before, lengths_after, self._logical_length,
+                     token_mask if host_mask is None else host_mask, left_padded)
+        self._lengths = lengths_after
+        self._logical_length += query_length
+        self._step = step
+        return step
+
+    def _device_step(self, step: _Step, device: torch.device) -> _DeviceStep:
+        state = step.devices.get(device)
+        if state is not None:
+            return state
+        state = _DeviceStep()
+        state.block_table = self._device_table(device)
+        state.seqlens_before = torch.tensor(step.lengths_before, dtype=torch.int32).to(device, non_blocking=True)
+        state.seqlens = torch.tensor(step.lengths_after, dtype=torch.int32).to(device, non_blocking=True)
+        s = step.query_length
+        if step.token_mask is None:
+            rank = torch.arange(s, device=device, dtype=torch.int32)[None, :].expand(len(step.lengths_before), s)
+            real = None
+        else:
+            real = step.token_mask.to(device, non_blocking=True)
+            rank = real.to(torch.int32).cumsum(dim=1, dtype=torch.int32) - 1
+        position = state.seqlens_before[:, None] + rank.clamp(min=0)
+        page_col = (position // PAGE_SIZE).clamp(max=state.block_table.shape[1] - 1).to(torch.long)
+        slots = state.block_table.gather(1, page_col).to(torch.long) * PAGE_SIZE + (position % PAGE_SIZE).to(torch.long)
+        if real is not None:
+            slots = torch.where(real, slots, torch.full_like(slots, SCRATCH_PAGE * PAGE_SIZE))
+        state.write_slots = slots.reshape(-1)
+        state.token_mask = real
+        step.devices[device] = state
+        return state
+
+    def step_for(self, layer_idx: int, batch: int, query_length: int, token_mask: torch.Tensor | None) -> _Step:
+        """The step (forward pass) this layer's tokens belong to: a layer that already wrote in the current
+        step opens the next one (lengths, page allocation: once per forward pass, not per layer)."""
+        step = self._step
+        if step is None or layer_idx in step.layers_written:
+            return self._begin_step(batch, query_length, token_mask)
+        if step.query_length != query_length or len(step.lengths_before) != batch:
+            raise ValueError(f"hidden_states: layer {layer_idx} got batch {batch} with {query_length} tokens within a "
+                             f"forward pass whose first layer had batch {len(step.lengths_before)} with "
+                             f"{step.query_length} tokens")
+        return step
+
+    def write(self, layer_idx: int, latent: torch.Tensor, token_mask: torch.Tensor | None = None):
+        """Stores this layer's latent rows of the current forward pass.
+
+        latent [b, s, latent_dim]; token_mask bool [b, s] (False: padding, not stored) or None.
+        The first layer of a forward pass opens a step (lengths, page allocation); later layers reuse it.
+        Returns (pool [num_pages, 64, 1, latent_dim], step, device_step).
+        """
+        if latent.dim() != 3:
+            raise ValueError(f"latent: expected [batch, seq, latent_dim], got shape {tuple(latent.shape)}")
+        batch, s, dim = latent.shape
+        if self.latent_dim is None:
+            self.latent_dim = dim
+        if dim != self.latent_dim:
+            raise ValueError(f"latent: expected latent_dim {self.latent_dim}, got {dim}")
+        if self.num_hidden_layers is not None and not 0 <= layer_idx < self.num_hidden_layers:
+            raise ValueError(f"layer_idx: expected 0 <= layer_idx < {self.num_hidden_layers}, got {layer_idx}")
+        step = self.step_for(layer_idx, batch, s, token_mask)
+
+        pool = self._pools.get(layer_idx)
+        if pool is None:
+            pool = latent.new_zeros((self._capacity, PAGE_SIZE, 1, dim))
+            self._pools[layer_idx] = pool
+        else:
+            if pool.device != latent.device or pool.dtype != latent.dtype:
+                raise ValueError(f"latent: layer {layer_idx}'s pool is {pool.dtype} on {pool.device}, got "
+                                 f"{latent.dtype} on {latent.device}")
+            pool = self._grown_pool(layer_idx)
+        state = self._device_step(step, latent.device)
+        pool.view(-1, dim).index_copy_(0, state.write_slots, latent.reshape(-1, dim))
+        step.layers_written.add(layer_idx)
+        return pool, step, state
+
+    def gather(self, layer_idx: int, state: _DeviceStep, max_length: int) -> torch.Tensor:
+        """The stored latent rows of every sequence, [b, max_length, latent_dim] (rows past a sequence's
+        length hold scratch data; mask them with the lengths)."""
+        pool = self._pools[layer_idx]
+        position = torch.arange(max_length, device=pool.device)
+        page_col = (position // PAGE_SIZE).clamp(max=state.block_table.shape[1] - 1)
+        slots = state.block_table[:, page_col].to(torch.long) * PAGE_SIZE + position % PAGE_SIZE
+        return pool.view(-1, pool.shape[-1])[slots]
+
+
+def cache_bytes_per_token_per_layer(latent_dim: int, dtype: torch.dtype) -> int:
+    return latent_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def pages_for(num_tokens: int) -> int:
+    return math.ceil(num_tokens / PAGE_SIZE)

@@ -1,0 +1,154 @@
+"""attn_implementation="flash_mla" for DeepSeek-V2/V3 in Transformers (5.17 .. 5.24 tested).
+
+`register()` (run by `import hf_flashmla` when transformers is installed) does, once:
+- registers "flash_mla" in AttentionInterface (so the name is accepted by from_pretrained and
+  set_attn_implementation) and its mask function in AttentionMaskInterface (the 2D padding mask is
+  passed through to the attention, which needs nothing else);
+- makes DeepseekV2Attention / DeepseekV3Attention run the absorbed, paged forward
+  (hf_flashmla.transformers_integration.attention) when their config says "flash_mla". The stock
+  forward expands the whole latent history through kv_b_proj at every step before any attention
+  function is called, so a registered attention function alone cannot avoid that cost; the class'
+  forward dispatches on the config instead, so eager/sdpa models are untouched. (register_patch_mapping
+  would swap classes only inside from_pretrained and for every attention implementation.)
+- makes generate() of DeepSeek-V2/V3 models with "flash_mla" create a LatentPagedCache instead of a
+  DynamicCache, and refuses what cannot be served (continuous batching, static caches);
+- keeps Transformers from trying to import a flash-attn package for a name that contains "flash".
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+
+from hf_flashmla.transformers_integration.attention import ATTN_IMPLEMENTATION, call_counts, reset_call_counts
+
+_MODELS = ("deepseek_v2", "deepseek_v3")
+_registered = False
+
+
+def flash_mla_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
+                   attention_mask=None, **kwargs):
+    """AttentionMaskInterface entry: the 2D padding mask (bool [b, kv_length]) as is, or None. The
+    attention takes causality from the cache lengths and padding from this mask; no 4D mask is built."""
+    if attention_mask is None:
+        return None
+    return attention_mask[:, -kv_length:]
+
+
+def _unsupported_attention(module, query, key, value, attention_mask, **kwargs):
+    raise ValueError(
+        f"attn_implementation='flash_mla' serves only multi-head latent attention (DeepSeek-V2/V3-architecture "
+        f"models loaded as deepseek_v2 / deepseek_v3); {type(module).__name__} is not one. Use 'sdpa' or 'eager'.")
+
+
+def _dispatching_forward(original):
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def forward(self, *args, **kwargs):
+        if self.config._attn_implementation != ATTN_IMPLEMENTATION:
+            return original(self, *args, **kwargs)
+        from hf_flashmla.transformers_integration.attention import flash_mla_forward
+        if len(args) > 1:  # positional call: V2 and V3 order their parameters differently
+            bound = signature.bind(self, *args, **kwargs)
+            arguments = dict(bound.arguments)
+            arguments.pop("self")
+            extra = arguments.pop("kwargs", {})
+            return flash_mla_forward(self, **arguments, **extra)
+        return flash_mla_forward(self, *args, **kwargs)
+
+    forward._hf_flashmla_original = original
+    return forward
+
+
+def _cache_preparing(original):
+    @functools.wraps(original)
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        if self.config._attn_implementation != ATTN_IMPLEMENTATION:
+            return original(self, generation_config, model_kwargs, *args, **kwargs)
+        implementation = getattr(generation_config, "cache_implementation", None)
+        if implementation not in (None, "dynamic"):
+            raise ValueError(f"cache_implementation: attn_implementation='flash_mla' keeps its own paged latent cache "
+                             f"(hf_flashmla.LatentPagedCache); got cache_implementation={implementation!r}. Leave it "
+                             f"unset, or pass cache=hf_flashmla.LatentPagedCache(model.config, max_pages=...)")
+        result = original(self, generation_config, model_kwargs, *args, **kwargs)
+        from transformers.cache_utils import DynamicCache
+
+        from hf_flashmla.latent_cache import LatentPagedCache
+        for name in ("cache", "past_key_values"):
+            cache = model_kwargs.get(name)
+            if type(cache) is DynamicCache and not getattr(cache, "_is_user_defined", False):
+                model_kwargs[name] = LatentPagedCache(self.config)
+        return result
+
+    _prepare_cache_for_generation._hf_flashmla_original = original
+    return _prepare_cache_for_generation
+
+
+def _refusing(original, what):
+    @functools.wraps(original)
+    def method(self, *args, **kwargs):
+        if self.config._attn_implementation == ATTN_IMPLEMENTATION:
+            raise NotImplementedError(
+                f"{what}: Transformers' continuous batching runs its own paged cache and attention kernels, which "
+                f"attn_implementation='flash_mla' does not plug into. Use model.generate() (padded batches are "
+                f"supported), or set_attn_implementation('sdpa') for continuous batching.")
+        return original(self, *args, **kwargs)
+
+    method._hf_flashmla_original = original
+    return method
+
+
+def _patch(cls, name, wrapper_factory, *extra):
+    current = getattr(cls, name, None)
+    if current is None or hasattr(current, "_hf_flashmla_original"):
+        return
+    setattr(cls, name, wrapper_factory(current, *extra))
+
+
+def _guard_flash_imports():
+    """Names containing "flash" make from_pretrained/set_attn_implementation import a flash-attn package
+    (lazy_import_flash_attention); flash_mla needs none."""
+    import transformers.modeling_flash_attention_utils as fa_utils
+    import transformers.modeling_utils as modeling_utils
+
+    for module in (modeling_utils, fa_utils):
+        original = getattr(module, "lazy_import_flash_attention", None)
+        if original is None or hasattr(original, "_hf_flashmla_original"):
+            continue
+
+        def guarded(implementation=None, *args, _original=original, **kwargs):
+            if implementation == ATTN_IMPLEMENTATION:
+                return (None, None, None, None, None), (dict, dict)
+            return _original(implementation, *args, **kwargs)
+
+        guarded._hf_flashmla_original = original
+        module.lazy_import_flash_attention = guarded
+
+
+def register() -> bool:
+    """Idempotent. Returns False when transformers (or its DeepSeek models) cannot be imported."""
+    global _registered
+    if _registered:
+        return True
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface
+    except ImportError:
+        return False
+    AttentionInterface.register(ATTN_IMPLEMENTATION, _unsupported_attention)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, flash_mla_mask)
+    _guard_flash_imports()
+    for model in _MODELS:
+        modeling = importlib.import_module(f"transformers.models.{model}.modeling_{model}")
+        prefix = "DeepseekV2" if model == "deepseek_v2" else "DeepseekV3"
+        _patch(getattr(modeling, f"{prefix}Attention"), "forward", _dispatching_forward)
+        causal_lm = getattr(modeling, f"{prefix}ForCausalLM")
+        _patch(causal_lm, "_prepare_cache_for_generation", _cache_preparing)
+        for method in ("generate_batch", "init_continuous_batching", "continuous_batching_context_manager"):
+            _patch(causal_lm, method, _refusing, method)
+    _registered = True
+    return True
+
+
+__all__ = ["ATTN_IMPLEMENTATION", "call_counts", "flash_mla_mask", "register", "reset_call_counts"]
