@@ -3,6 +3,8 @@
 // direct torch.ops call can never launch it on memory it would misread.
 #include <Python.h>
 
+#include <limits>
+
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -10,6 +12,7 @@
 
 
 #include "mla_decode.h"
+#include "mla_metadata.h"
 
 namespace hf_flashmla {
 namespace {
@@ -90,6 +93,34 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
   return {out, lse};
 }
 
+std::tuple<at::Tensor, at::Tensor> mla_metadata(const at::Tensor& cache_seqlens, int64_t num_sm_parts,
+                                                int64_t page_size, int64_t sequence_overhead_pages) {
+  TORCH_CHECK(cache_seqlens.is_cuda(), "cache_seqlens must be a CUDA tensor");
+  TORCH_CHECK(cache_seqlens.scalar_type() == at::kInt, "cache_seqlens must be int32");
+  TORCH_CHECK(cache_seqlens.dim() == 1 && cache_seqlens.size(0) >= 1, "cache_seqlens must be [b] with b >= 1");
+  TORCH_CHECK(cache_seqlens.size(0) < std::numeric_limits<int>::max() - 1024, "cache_seqlens: batch too large");
+  TORCH_CHECK(num_sm_parts >= 1 && num_sm_parts <= std::numeric_limits<int>::max() - 1, "num_sm_parts must be >= 1");
+  TORCH_CHECK(page_size >= 1 && page_size <= std::numeric_limits<int>::max(), "page_size must be >= 1");
+  TORCH_CHECK(sequence_overhead_pages >= 1 && sequence_overhead_pages <= std::numeric_limits<int>::max(),
+              "sequence_overhead_pages must be >= 1");
+  const int64_t batch = cache_seqlens.size(0);
+  c10::cuda::CUDAGuard guard(cache_seqlens.device());
+  auto metadata = at::empty({num_sm_parts, kMetadataWidth}, cache_seqlens.options());
+  auto num_splits = at::empty({batch + 1}, cache_seqlens.options());
+  MlaMetadataParams p{};
+  p.cache_seqlens = cache_seqlens.data_ptr<int>();
+  p.seqlens_stride = cache_seqlens.stride(0);
+  p.tile_scheduler_metadata = metadata.data_ptr<int>();
+  p.num_splits = num_splits.data_ptr<int>();
+  p.batch = static_cast<int>(batch);
+  p.num_parts = static_cast<int>(num_sm_parts);
+  p.page_size = static_cast<int>(page_size);
+  p.sequence_overhead_pages = static_cast<int>(sequence_overhead_pages);
+  const char* error = mla_metadata_launch(p, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(error == nullptr, "hf_flashmla metadata launch failed: ", error == nullptr ? "" : error);
+  return {metadata, num_splits};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(hf_flashmla, m) {
@@ -97,9 +128,15 @@ TORCH_LIBRARY(hf_flashmla, m) {
       "mla_decode(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens, "
       "Tensor tile_scheduler_metadata, Tensor num_splits, float softmax_scale, bool causal, int head_dim_v) "
       "-> (Tensor, Tensor)");
+  m.def(
+      "mla_metadata(Tensor cache_seqlens, int num_sm_parts, int page_size, int sequence_overhead_pages) "
+      "-> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(hf_flashmla, CUDA, m) { m.impl("mla_decode", &mla_decode); }
+TORCH_LIBRARY_IMPL(hf_flashmla, CUDA, m) {
+  m.impl("mla_decode", &mla_decode);
+  m.impl("mla_metadata", &mla_metadata);
+}
 
 }  // namespace hf_flashmla
 

@@ -7,7 +7,11 @@ The extension registers, in the `hf_flashmla` torch.library namespace:
     q [b, s_q, h_q, 576], k_cache [num_blocks, 64, 1, 576] (bf16 or fp16, contiguous),
     block_table int32 [b, max_blocks], cache_seqlens int32 [b], metadata from hf_flashmla.schedule.
     out [b, s_q, h_q, head_dim_v] (q's dtype), lse float32 [b, h_q, s_q].
-The fake (meta) implementation lets torch.compile trace calls without running the kernel.
+  mla_metadata(Tensor cache_seqlens, int num_sm_parts, int page_size, int sequence_overhead_pages)
+             -> (Tensor tile_scheduler_metadata, Tensor num_splits)
+    the split-KV schedule of hf_flashmla.schedule (int32 [num_sm_parts, 8] and int32 [b + 1]) from one
+    single-CTA kernel (csrc/mla_metadata_kernel.cu); cache_seqlens int32 [b], any stride.
+The fake (meta) implementations let torch.compile trace calls without running the kernels.
 """
 from __future__ import annotations
 
@@ -25,6 +29,11 @@ def extension_available() -> bool:
     return _C is not None
 
 
+def metadata_kernel_available() -> bool:
+    """The schedule kernel is in the built extension (an extension built before it existed lacks it)."""
+    return _C is not None and hasattr(torch.ops.hf_flashmla, "mla_metadata")
+
+
 if _C is not None:
     @torch.library.register_fake("hf_flashmla::mla_decode")
     def _mla_decode_fake(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
@@ -39,3 +48,15 @@ def mla_decode(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, 
                softmax_scale: float, causal: bool, head_dim_v: int):
     return torch.ops.hf_flashmla.mla_decode(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata,
                                             num_splits, softmax_scale, causal, head_dim_v)
+
+
+if metadata_kernel_available():
+    @torch.library.register_fake("hf_flashmla::mla_metadata")
+    def _mla_metadata_fake(cache_seqlens, num_sm_parts, page_size, sequence_overhead_pages):
+        metadata = cache_seqlens.new_empty((num_sm_parts, 8), dtype=torch.int32)
+        num_splits = cache_seqlens.new_empty((cache_seqlens.shape[0] + 1,), dtype=torch.int32)
+        return metadata, num_splits
+
+
+def mla_metadata(cache_seqlens, num_sm_parts: int, page_size: int, sequence_overhead_pages: int):
+    return torch.ops.hf_flashmla.mla_metadata(cache_seqlens, num_sm_parts, page_size, sequence_overhead_pages)

@@ -19,16 +19,30 @@ Format (same shapes and meaning as FlashMLA's first-generation metadata):
 Balancing: each sequence costs ceil(len/64) pages plus a fixed overhead of SEQUENCE_OVERHEAD_PAGES
 (loading Q, the epilogue, the combine), placed before its pages. The total cost is cut into
 num_sm_parts equal contiguous pieces, so long and short sequences share SMs evenly.
+
+Two implementations give the same tensors bit for bit: compute_schedule_torch (vectorised PyTorch
+ops, any device; the ground truth) and the compiled single-CTA kernel torch.ops.hf_flashmla.mla_metadata
+(csrc/mla_metadata_kernel.cu: one launch instead of ~46 ops). compute_schedule takes the kernel for
+CUDA tensors on an sm_90 device when the extension has it, else PyTorch. HF_FLASHMLA_SCHEDULE (or the
+`implementation` argument) overrides: "auto" (default), "torch" (always PyTorch, e.g. to compare),
+"kernel" (require the kernel: RuntimeError instead of falling back).
 """
 from __future__ import annotations
 
+import os
+
 import torch
+
+from hf_flashmla import _ops
 
 PAGE_SIZE = 64
 ROWS_PER_TILE = 64  # query rows (s_q * h_q / h_kv folded) per CTA tile
 SEQUENCE_OVERHEAD_PAGES = 5
 METADATA_WIDTH = 8
 DEFAULT_NUM_SMS = 132  # H100 SXM; used where no CUDA device says otherwise
+SCHEDULE_ENV_VAR = "HF_FLASHMLA_SCHEDULE"
+AUTO, TORCH, KERNEL = "auto", "torch", "kernel"
+KERNEL_CAPABILITY = (9, 0)  # the extension is compiled for sm_90a only
 
 
 def num_sms_of(device: torch.device) -> int:
@@ -42,13 +56,52 @@ def num_sm_parts_for(num_q_rows_per_kv_head: int, num_heads_k: int, num_sms: int
     return max(1, num_sms // (num_heads_k * num_m_blocks))
 
 
+def _kernel_unavailable_reason(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return f"device {device} is not a CUDA device"
+    if not _ops.metadata_kernel_available():
+        return f"the CUDA extension has no mla_metadata op: {_ops.EXTENSION_ERROR or 'built without it'}"
+    capability = tuple(torch.cuda.get_device_capability(device))
+    if capability != KERNEL_CAPABILITY:
+        return f"device {device} has compute capability {capability[0]}.{capability[1]}, the kernel is built for sm_90a"
+    return None
+
+
+def schedule_implementation(device: torch.device, implementation: str | None = None) -> str:
+    """TORCH or KERNEL: what compute_schedule runs for tensors on `device` (see the module docstring)."""
+    requested = implementation if implementation is not None else os.environ.get(SCHEDULE_ENV_VAR, AUTO)
+    requested = requested.strip().lower() or AUTO
+    if requested == TORCH:
+        return TORCH
+    if requested not in (AUTO, KERNEL):
+        what = "implementation" if implementation is not None else SCHEDULE_ENV_VAR
+        raise ValueError(f"{what}: expected one of '{AUTO}', '{TORCH}', '{KERNEL}', got {requested!r}")
+    reason = _kernel_unavailable_reason(device)
+    if reason is None:
+        return KERNEL
+    if requested == KERNEL:
+        raise RuntimeError(f"{SCHEDULE_ENV_VAR}={KERNEL} (or implementation='{KERNEL}') requires the schedule kernel, "
+                           f"but {reason}")
+    return TORCH
+
+
 def compute_schedule(cache_seqlens: torch.Tensor, num_q_rows_per_kv_head: int, num_heads_k: int,
-                     num_sms: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (tile_scheduler_metadata [P, 8] int32, num_splits [b + 1] int32) on cache_seqlens' device."""
+                     num_sms: int | None = None, *, implementation: str | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (tile_scheduler_metadata [P, 8] int32, num_splits [b + 1] int32) on cache_seqlens' device,
+    from the kernel or the PyTorch ops (identical results; see the module docstring)."""
     device = cache_seqlens.device
     if num_sms is None:
         num_sms = num_sms_of(device)
     num_parts = num_sm_parts_for(num_q_rows_per_kv_head, num_heads_k, num_sms)
+    if schedule_implementation(device, implementation) == KERNEL:
+        return _ops.mla_metadata(cache_seqlens, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES)
+    return compute_schedule_torch(cache_seqlens, num_parts)
+
+
+def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The schedule with vectorised PyTorch ops on cache_seqlens' device (the ground truth)."""
+    device = cache_seqlens.device
     batch = cache_seqlens.shape[0]
 
     lengths = cache_seqlens.to(torch.int64).clamp_min(0)

@@ -1,0 +1,124 @@
+// Per-thread arithmetic of the split-KV schedule kernel (csrc/mla_metadata_kernel.cu), kept free of CUDA
+// headers so that a host harness (tests/harness/mla_metadata_host.cpp, built with the system C++ compiler)
+// runs the very same code and the CPU tests compare it with hf_flashmla/schedule.py. The kernel adds
+// only what the host cannot share: loads, block-wide scans, barriers.
+//
+// Cost model and balancing rule (schedule.py's, integer for integer):
+//   pages_i = ceil(max(len_i, 0) / page_size), cost_i = pages_i + overhead,
+//   C_i = cost_0 + .. + cost_i (cost_end), S_i = C_i - cost_i (cost_begin), total = C_{b-1},
+//   payload = ceil(total / num_parts), bound_p = min(p * payload, total) for p = 0..num_parts,
+//   seq(p) = min(#{i : C_i <= bound_p}, b - 1)       (torch.searchsorted(C, bound, right=True))
+//   block(p) = clamp(bound_p - S_seq - overhead, 0, pages_seq)
+//   first_part_i = (S_i + overhead) // payload, splits_i = pages_i ? (C_i - 1) // payload - first_part_i + 1 : 0
+//   row p = [seq(p), block(p), seq(p+1), block(p+1), max(p - first_part_seq(p), 0), 0, 0, 0]
+//   num_splits = [0, splits_0, splits_0 + splits_1, ...]
+// All sums are 64-bit (b * max pages overflows 32 bits); outputs are truncated to int32 as torch's .to(int32).
+#pragma once
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define HF_FLASHMLA_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define HF_FLASHMLA_HOST_DEVICE inline
+#endif
+
+namespace hf_flashmla {
+namespace schedule_core {
+
+constexpr int kRowWidth = 8;  // tile_scheduler_metadata columns
+
+struct Shape {  // whole-batch quantities, fixed once the total cost is known
+  int64_t total;
+  int64_t payload;
+  int batch;
+  int num_parts;
+  int overhead;  // fixed cost of a sequence, in pages
+};
+
+// The part of the batch one block-wide pass covers: sequences base .. base + count - 1, whose cost_end
+// values (global, i.e. including `carry`) sit in ends[0 .. count). carry = cost_end of sequence base - 1.
+struct Chunk {
+  const int64_t* ends;
+  int64_t carry;
+  int base;
+  int count;
+  bool last;  // holds sequence b - 1: bounds at the total (the clamp of searchsorted) belong to it
+};
+
+constexpr int kMaxThreads = 1024;
+
+// Threads of the kernel's single CTA: one per sequence (fewer passes for big batches) and at least one per
+// part bound, a multiple of the warp size.
+inline int launch_threads(int batch, int num_parts) {
+  int wanted = batch > num_parts ? batch : num_parts + 1;
+  if (wanted > kMaxThreads) wanted = kMaxThreads;
+  return (wanted + 31) / 32 * 32;
+}
+
+HF_FLASHMLA_HOST_DEVICE int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+HF_FLASHMLA_HOST_DEVICE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+HF_FLASHMLA_HOST_DEVICE int64_t sequence_pages(int length, int page_size) {
+  const int64_t clamped = length < 0 ? 0 : length;
+  return (clamped + page_size - 1) / page_size;
+}
+
+HF_FLASHMLA_HOST_DEVICE Shape make_shape(int64_t total, int batch, int num_parts, int overhead) {
+  return Shape{total, (total + num_parts - 1) / num_parts, batch, num_parts, overhead};
+}
+
+HF_FLASHMLA_HOST_DEVICE int64_t first_part(int64_t cost_begin, const Shape& s) {
+  return (cost_begin + s.overhead) / s.payload;
+}
+
+// Number of parts that touch the pages of a sequence (its page region is [S + overhead, C) in cost space).
+HF_FLASHMLA_HOST_DEVICE int64_t sequence_splits(int64_t pages, int64_t cost_begin, int64_t cost_end, const Shape& s) {
+  if (pages == 0) return 0;
+  return (cost_end - 1) / s.payload - first_part(cost_begin, s) + 1;
+}
+
+// Bound p opens row p (columns 0, 1, 4..7) and closes row p - 1 (columns 2, 3); every bound is placed by
+// exactly one thread, so no two threads write the same word.
+HF_FLASHMLA_HOST_DEVICE void write_bound(int* metadata, int p, int seq, int64_t block, int64_t begin_split,
+                                         const Shape& s) {
+  if (p < s.num_parts) {
+    int* row = metadata + static_cast<int64_t>(p) * kRowWidth;
+    row[0] = seq;
+    row[1] = static_cast<int>(block);
+    row[4] = static_cast<int>(begin_split);
+    row[5] = 0;
+    row[6] = 0;
+    row[7] = 0;
+  }
+  if (p > 0) {
+    int* row = metadata + static_cast<int64_t>(p - 1) * kRowWidth;
+    row[2] = seq;
+    row[3] = static_cast<int>(block);
+  }
+}
+
+// Places the bounds p = thread, thread + num_threads, .. <= num_parts that fall in this chunk's cost range
+// [carry, ends[count - 1]) (for the last chunk also those at or past the total). seq(p) is found by a
+// binary search of the chunk's cost_end values: the first sequence whose cost_end exceeds the bound.
+HF_FLASHMLA_HOST_DEVICE void place_chunk_bounds(int* metadata, const Chunk& chunk, const Shape& s, int thread,
+                                                int num_threads) {
+  const int64_t chunk_end = chunk.ends[chunk.count - 1];
+  for (int p = thread; p <= s.num_parts; p += num_threads) {
+    const int64_t bound = min64(static_cast<int64_t>(p) * s.payload, s.total);
+    if (bound < chunk.carry || (bound >= chunk_end && !chunk.last)) continue;
+    int lo = 0, hi = chunk.count;  // first j in [0, count) with ends[j] > bound, else count
+    while (lo < hi) {
+      const int mid = (lo + hi) >> 1;
+      if (chunk.ends[mid] > bound) hi = mid; else lo = mid + 1;
+    }
+    const int local = lo < chunk.count ? lo : chunk.count - 1;  // the clamp to b - 1 (last chunk only)
+    const int64_t cost_begin = local > 0 ? chunk.ends[local - 1] : chunk.carry;
+    const int64_t pages = chunk.ends[local] - cost_begin - s.overhead;
+    const int64_t block = min64(max64(bound - cost_begin - s.overhead, 0), pages);
+    const int64_t begin_split = max64(p - first_part(cost_begin, s), 0);
+    write_bound(metadata, p, chunk.base + local, block, begin_split, s);
+  }
+}
+
+}  // namespace schedule_core
+}  // namespace hf_flashmla

@@ -1,0 +1,110 @@
+// The split-KV tile schedule (hf_flashmla/schedule.py, bit for bit) as one single-CTA kernel, so that
+// get_mla_metadata costs one launch per decode step instead of ~46 PyTorch ops (0.5-0.9 ms on an H100).
+//
+// Two passes over the batch, T sequences per step (T = blockDim.x, one sequence per thread):
+//   1. sum of the costs -> total and payload (every later quantity needs the payload);
+//   2. per chunk of T sequences: block scan of the costs (cost_end C_i), each sequence's split count, block
+//      scan of the split counts (num_splits), then each part bound p is placed by thread p % T, in the
+//      chunk whose cost range holds it (binary search of the chunk's C_i in shared memory).
+// Bounds are spread over threads rather than owned by sequences so that one long sequence (all parts cut
+// it) does not leave a single thread writing every row. The arithmetic lives in mla_metadata_core.h,
+// shared with a host harness that the CPU tests compare against schedule.py.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "mla_decode.h"
+#include "mla_metadata.h"
+#include "mla_metadata_core.h"
+
+namespace hf_flashmla {
+namespace {
+
+namespace core = schedule_core;
+static_assert(core::kRowWidth == kMetadataWidth, "schedule row width");
+
+constexpr int kMaxThreads = core::kMaxThreads;
+constexpr int kMaxWarps = kMaxThreads / 32;
+
+__device__ __forceinline__ int64_t warp_inclusive_scan(int64_t value, int lane) {
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const int64_t other = __shfl_up_sync(0xffffffffu, value, offset);
+    if (lane >= offset) value += other;
+  }
+  return value;
+}
+
+// Inclusive scan of one value per thread over the block; block_total gets the sum. One barrier: the
+// warp totals are read after it, so a caller must not hand the same `warp_totals` to the next call
+// (a thread may still be reading them); the kernel alternates two buffers, and every call between two
+// uses of one buffer has a barrier that all of its readers pass first.
+__device__ __forceinline__ int64_t block_inclusive_scan(int64_t value, int64_t* warp_totals, int64_t& block_total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, num_warps = blockDim.x >> 5;
+  value = warp_inclusive_scan(value, lane);
+  if (lane == 31) warp_totals[warp] = value;
+  __syncthreads();
+  int64_t before = 0, total = 0;
+  for (int w = 0; w < num_warps; ++w) {
+    const int64_t t = warp_totals[w];
+    before += w < warp ? t : 0;
+    total += t;
+  }
+  block_total = total;
+  return before + value;
+}
+
+__global__ void __launch_bounds__(kMaxThreads) mla_metadata_kernel(const MlaMetadataParams p) {
+  __shared__ int64_t chunk_ends[kMaxThreads];  // cost_end of the chunk's sequences
+  __shared__ int64_t cost_totals[kMaxWarps];   // warp totals: cost scans
+  __shared__ int64_t other_totals[kMaxWarps];  // warp totals: the pass-1 sum, then the split scans
+  const int tid = threadIdx.x, num_threads = blockDim.x;
+  const int batch = p.batch, overhead = p.sequence_overhead_pages;
+  auto length_at = [&](int i) { return p.cache_seqlens[static_cast<int64_t>(i) * p.seqlens_stride]; };
+
+  int64_t my_cost = 0;
+  for (int i = tid; i < batch; i += num_threads) my_cost += core::sequence_pages(length_at(i), p.page_size) + overhead;
+  int64_t total;
+  block_inclusive_scan(my_cost, other_totals, total);
+  const core::Shape shape = core::make_shape(total, batch, p.num_parts, overhead);
+
+  if (tid == 0) p.num_splits[0] = 0;
+  int64_t carry_cost = 0, carry_splits = 0;
+  int next_length = tid < batch ? length_at(tid) : 0;
+  for (int base = 0; base < batch; base += num_threads) {
+    const int i = base + tid;
+    const bool valid = i < batch;
+    const int length = next_length;
+    if (valid && i + num_threads < batch) next_length = length_at(i + num_threads);
+
+    const int64_t pages = valid ? core::sequence_pages(length, p.page_size) : 0;
+    const int64_t cost = valid ? pages + overhead : 0;
+    int64_t chunk_cost;
+    const int64_t cost_end = carry_cost + block_inclusive_scan(cost, cost_totals, chunk_cost);
+    chunk_ends[tid] = cost_end;  // readers of the previous chunk's values passed the barrier above
+
+    const int64_t splits = valid ? core::sequence_splits(pages, cost_end - cost, cost_end, shape) : 0;
+    int64_t chunk_splits;
+    // This scan's barrier also publishes chunk_ends.
+    const int64_t splits_through = carry_splits + block_inclusive_scan(splits, other_totals, chunk_splits);
+    if (valid) p.num_splits[i + 1] = static_cast<int>(splits_through);
+
+    const int count = batch - base < num_threads ? batch - base : num_threads;
+    const core::Chunk chunk{chunk_ends, carry_cost, base, count, base + num_threads >= batch};
+    core::place_chunk_bounds(p.tile_scheduler_metadata, chunk, shape, tid, num_threads);
+    carry_cost += chunk_cost;
+    carry_splits += chunk_splits;
+  }
+}
+
+}  // namespace
+
+const char* mla_metadata_launch(const MlaMetadataParams& p, cudaStream_t stream) {
+  if (p.batch < 1 || p.num_parts < 1 || p.page_size < 1 || p.sequence_overhead_pages < 1 || p.seqlens_stride < 0)
+    return "mla_metadata: batch, num_parts, page_size and sequence_overhead_pages must be >= 1";
+  mla_metadata_kernel<<<1, core::launch_threads(p.batch, p.num_parts), 0, stream>>>(p);
+  const cudaError_t error = cudaGetLastError();
+  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
+}
+
+}  // namespace hf_flashmla

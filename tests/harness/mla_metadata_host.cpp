@@ -1,0 +1,82 @@
+// Host mirror of csrc/mla_metadata_kernel.cu: the same per-thread code (csrc/mla_metadata_core.h) with the
+// block scans done serially, chunk by chunk as the kernel walks the batch, for any thread count. Used by
+// tests/test_schedule_kernel_host.py to compare the kernel's arithmetic with hf_flashmla/schedule.py
+// without a GPU. Every word of the outputs starts as a sentinel, so a word no thread writes shows up.
+//
+// stdin:  number of cases, then per case: num_threads num_parts page_size overhead batch len_0 .. len_{b-1}
+//         (num_threads 0: as many as the kernel's launcher picks)
+// stdout: per case one line: the num_parts * 8 metadata values, then the batch + 1 num_splits values.
+#include <cstdint>
+#include <cstdio>
+#include <vector>
+
+#include "mla_metadata_core.h"
+
+namespace core = hf_flashmla::schedule_core;
+
+namespace {
+
+constexpr int kSentinel = -12345;
+
+void run_case(int num_threads, int num_parts, int page_size, int overhead, const std::vector<int>& lengths,
+              std::vector<int>& metadata, std::vector<int>& num_splits) {
+  const int batch = static_cast<int>(lengths.size());
+  metadata.assign(static_cast<size_t>(num_parts) * core::kRowWidth, kSentinel);
+  num_splits.assign(batch + 1, kSentinel);
+
+  int64_t total = 0;  // pass 1, summed per thread as the kernel strides
+  for (int tid = 0; tid < num_threads; ++tid)
+    for (int i = tid; i < batch; i += num_threads) total += core::sequence_pages(lengths[i], page_size) + overhead;
+  const core::Shape shape = core::make_shape(total, batch, num_parts, overhead);
+
+  num_splits[0] = 0;
+  int64_t carry_cost = 0, carry_splits = 0;
+  std::vector<int64_t> ends(num_threads), pages(num_threads), costs(num_threads);
+  for (int base = 0; base < batch; base += num_threads) {
+    int64_t running = 0;
+    for (int tid = 0; tid < num_threads; ++tid) {
+      const int i = base + tid;
+      const bool valid = i < batch;
+      pages[tid] = valid ? core::sequence_pages(lengths[i], page_size) : 0;
+      costs[tid] = valid ? pages[tid] + overhead : 0;
+      running += costs[tid];
+      ends[tid] = carry_cost + running;
+    }
+    const int64_t chunk_cost = running;
+    int64_t running_splits = 0;
+    for (int tid = 0; tid < num_threads; ++tid) {
+      const int i = base + tid;
+      const bool valid = i < batch;
+      const int64_t splits = valid ? core::sequence_splits(pages[tid], ends[tid] - costs[tid], ends[tid], shape) : 0;
+      running_splits += splits;
+      if (valid) num_splits[i + 1] = static_cast<int>(carry_splits + running_splits);
+    }
+    const int count = batch - base < num_threads ? batch - base : num_threads;
+    const core::Chunk chunk{ends.data(), carry_cost, base, count, base + num_threads >= batch};
+    for (int tid = 0; tid < num_threads; ++tid)
+      core::place_chunk_bounds(metadata.data(), chunk, shape, tid, num_threads);
+    carry_cost += chunk_cost;
+    carry_splits += running_splits;
+  }
+}
+
+}  // namespace
+
+int main() {
+  int num_cases = 0;
+  if (std::scanf("%d", &num_cases) != 1) return 2;
+  std::vector<int> lengths, metadata, num_splits;
+  for (int c = 0; c < num_cases; ++c) {
+    int num_threads, num_parts, page_size, overhead, batch;
+    if (std::scanf("%d %d %d %d %d", &num_threads, &num_parts, &page_size, &overhead, &batch) != 5) return 2;
+    if (num_threads == 0) num_threads = core::launch_threads(batch, num_parts);
+    lengths.resize(batch);
+    for (int& length : lengths)
+      if (std::scanf("%d", &length) != 1) return 2;
+    run_case(num_threads, num_parts, page_size, overhead, lengths, metadata, num_splits);
+    for (int v : metadata) std::printf("%d ", v);
+    for (int v : num_splits) std::printf("%d ", v);
+    std::printf("\n");
+  }
+  return 0;
+}

@@ -1,0 +1,143 @@
+"""The schedule kernel's arithmetic (csrc/mla_metadata_core.h, run by the host harness
+tests/harness/mla_metadata_host.cpp exactly as the kernel's threads run it, with serial block scans)
+gives schedule.py's PyTorch schedule bit for bit; and compute_schedule's choice between the kernel and
+PyTorch. The harness needs a host C++ compiler (skipped without one); the kernel itself is compared on
+the GPU by tests/test_schedule_gpu.py."""
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_flashmla import schedule
+from hf_flashmla.schedule import PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES
+
+ROOT = Path(__file__).resolve().parent.parent
+HARNESS = ROOT / "tests" / "harness" / "mla_metadata_host.cpp"
+INT32_MAX = 2**31 - 1
+
+
+def find_cxx():
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    cxx = find_cxx()
+    if cxx is None:
+        pytest.skip("no host C++ compiler")
+    binary = tmp_path_factory.mktemp("schedule_harness") / "mla_metadata_host"
+    build = subprocess.run([cxx, "-std=c++17", "-O2", "-Wall", "-Werror", f"-I{ROOT / 'csrc'}", str(HARNESS),
+                            "-o", str(binary)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-4000:]
+    return binary
+
+
+def run_harness(binary, cases):
+    """cases: (num_threads, num_parts, page_size, overhead, lengths); yields (metadata, num_splits)."""
+    lines = [str(len(cases))]
+    for num_threads, num_parts, page_size, overhead, lengths in cases:
+        lines.append(f"{num_threads} {num_parts} {page_size} {overhead} {len(lengths)} " + " ".join(map(str, lengths)))
+    result = subprocess.run([str(binary)], input="\n".join(lines) + "\n", capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    outputs = result.stdout.splitlines()
+    assert len(outputs) == len(cases)
+    for (_, num_parts, _, _, lengths), line in zip(cases, outputs):
+        values = torch.tensor([int(v) for v in line.split()], dtype=torch.int32)
+        split = num_parts * schedule.METADATA_WIDTH
+        yield values[:split].view(num_parts, schedule.METADATA_WIDTH), values[split:]
+
+
+def random_lengths(rng, batch):
+    kind = rng.choice(["uniform", "short", "zeros", "mostly_zero", "page_edges", "skewed", "one_huge", "extreme"])
+    if kind == "uniform":
+        return [rng.randint(0, 100_000) for _ in range(batch)]
+    if kind == "short":
+        return [rng.randint(0, 200) for _ in range(batch)]
+    if kind == "zeros":
+        return [0] * batch
+    if kind == "mostly_zero":
+        return [rng.randint(1, 100_000) if rng.random() < 0.05 else 0 for _ in range(batch)]
+    if kind == "page_edges":
+        return [max(0, PAGE_SIZE * rng.randint(0, 1600) + rng.choice([-1, 0, 1])) for _ in range(batch)]
+    if kind == "skewed":
+        return [min(100_000, int(rng.paretovariate(0.7) * 40)) for _ in range(batch)]
+    if kind == "one_huge":
+        lengths = [rng.randint(0, 300) for _ in range(batch)]
+        lengths[rng.randrange(batch)] = rng.randint(100_000, 2_000_000)
+        return lengths
+    # Values schedule.py clamps (negative) or must not overflow on (int32 max): 64-bit sums.
+    return [rng.choice([-5, -INT32_MAX - 1, 0, 1, INT32_MAX, rng.randint(0, INT32_MAX)]) for _ in range(batch)]
+
+
+def random_case(rng):
+    batch = min(5000, int(2 ** rng.uniform(0, 12.3)))
+    rows = rng.choice([16, 32, 64, 100, 128, 192, 256])
+    h_kv = rng.choice([1, 1, 1, 2])
+    num_sms = rng.choice([132, 132, 114, 7, 1, 264])
+    num_parts = schedule.num_sm_parts_for(rows, h_kv, num_sms)
+    num_threads = rng.choice([0, 0, 32, 64, 96, 1024])  # 0: the launcher's choice
+    return num_threads, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, random_lengths(rng, batch)
+
+
+def assert_same_as_torch(binary, cases):
+    for case, (metadata, num_splits) in zip(cases, run_harness(binary, cases)):
+        num_threads, num_parts, _, _, lengths = case
+        expected_metadata, expected_splits = schedule.compute_schedule_torch(
+            torch.tensor(lengths, dtype=torch.int32), num_parts)
+        where = f"threads {num_threads}, parts {num_parts}, b {len(lengths)}, lengths {lengths[:8]}..."
+        assert torch.equal(metadata, expected_metadata), f"metadata differs ({where})"
+        assert torch.equal(num_splits, expected_splits), f"num_splits differs ({where})"
+
+
+def test_harness_matches_torch_on_random_inputs(harness):
+    rng = random.Random(20261125)
+    assert_same_as_torch(harness, [random_case(rng) for _ in range(300)])
+
+
+@pytest.mark.parametrize("num_threads", [0, 32, 64, 1024])
+def test_harness_matches_torch_on_edge_batches(harness, num_threads):
+    # Chunk edges (b = T - 1, T, T + 1 for the thread counts used), a part bound landing exactly on the
+    # total, more parts than cost units, one sequence cut by every part.
+    cases = []
+    for batch in (1, 2, 31, 32, 33, 63, 64, 65, 1023, 1024, 1025, 2048, 2049):
+        for lengths in ([0] * batch, [1] * batch, [64] * batch, [65 + 7 * i for i in range(batch)]):
+            for num_parts in (1, 2, 66, 132, 1500):
+                cases.append((num_threads, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, lengths))
+    cases.append((num_threads, 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [64 * 61]))  # total 66 = one unit per part
+    cases.append((num_threads, 132, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [131072]))
+    assert_same_as_torch(harness, cases)
+
+
+def test_compute_schedule_is_torch_on_cpu_whatever_is_requested_but_kernel(monkeypatch):
+    cache_seqlens = torch.tensor([5, 0, 700], dtype=torch.int32)
+    expected = schedule.compute_schedule_torch(cache_seqlens, schedule.num_sm_parts_for(256, 1, 132))
+    for value in ("", "auto", "torch", " Torch "):
+        monkeypatch.setenv(schedule.SCHEDULE_ENV_VAR, value)
+        assert schedule.schedule_implementation(cache_seqlens.device) == schedule.TORCH
+        metadata, num_splits = schedule.compute_schedule(cache_seqlens, 256, 1, num_sms=132)
+        assert torch.equal(metadata, expected[0]) and torch.equal(num_splits, expected[1])
+
+
+def test_kernel_request_on_cpu_raises(monkeypatch):
+    cache_seqlens = torch.tensor([5], dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="not a CUDA device"):
+        schedule.compute_schedule(cache_seqlens, 128, 1, implementation="kernel")
+    monkeypatch.setenv(schedule.SCHEDULE_ENV_VAR, "kernel")
+    with pytest.raises(RuntimeError, match=schedule.SCHEDULE_ENV_VAR):
+        schedule.compute_schedule(cache_seqlens, 128, 1)
+
+
+def test_unknown_implementation_raises(monkeypatch):
+    cache_seqlens = torch.tensor([5], dtype=torch.int32)
+    with pytest.raises(ValueError, match="^implementation: "):
+        schedule.compute_schedule(cache_seqlens, 128, 1, implementation="cuda")
+    monkeypatch.setenv(schedule.SCHEDULE_ENV_VAR, "fast")
+    with pytest.raises(ValueError, match=f"^{schedule.SCHEDULE_ENV_VAR}: "):
+        schedule.compute_schedule(cache_seqlens, 128, 1)
