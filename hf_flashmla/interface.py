@@ -18,7 +18,7 @@ import os
 import torch
 
 from hf_flashmla import _ops, schedule, validation
-from hf_flashmla.backend import KERNEL, backend
+from hf_flashmla.backend import KERNEL, TRITON, backend
 from hf_flashmla.reference import mla_decode_reference
 
 CHECK_VALUES_ENV_VAR = "HF_FLASHMLA_CHECK_VALUES"
@@ -156,4 +156,8 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
     if for_kernel:
         return _ops.mla_decode(q, k_cache, block_table, cache_seqlens, metadata, splits, float(softmax_scale),
                                causal, head_dim_v)
+    if choice.name == TRITON:
+        from hf_flashmla import triton_decode  # imported on first use: Triton is optional and slow to import
+        return triton_decode.mla_decode_triton(q, k_cache, block_table, cache_seqlens, head_dim_v,
+                                               float(softmax_scale), causal)
     return mla_decode_reference(q, k_cache, block_table, cache_seqlens, head_dim_v, float(softmax_scale), causal)

@@ -44,6 +44,20 @@ MIN_PAGES_PER_SPLIT = 4  # below this a split's partial output (rows x 2 KB) cos
 INTERPRETER_SMS = 4  # stands in for the SM count under TRITON_INTERPRET, so that CPU tests split
 
 
+# The kernels call only Triton builtins and the helpers below, not triton.language's own @jit helpers
+# (tl.max, tl.sum, tl.cdiv, tl.zeros): those are compiled-mode objects unless TRITON_INTERPRET=1 was set
+# before Triton was first imported, and the tests interpret a copy of this module inside a process
+# that may also run the compiled kernels. tl.max / tl.sum are the same reductions.
+@triton.jit
+def _maximum(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
 @triton.jit
 def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """acc + a @ b with float32 accumulation. UPCAST (Triton's CPU interpreter only): its dot multiplies
@@ -87,23 +101,23 @@ def _split_kernel(Q, KV, BLOCK_TABLE, SEQLENS, OUT, LSE, O_PART, LSE_PART,
     if CAUSAL:
         last_key = length - s_q + token
     else:
-        last_key = tl.zeros([BLOCK_M], dtype=tl.int32) + (length - 1)
+        last_key = tl.full([BLOCK_M], 0, dtype=tl.int32) + (length - 1)
     last_key = tl.where(row_ok, last_key, -1)
 
     # This split's pages: an equal share of the sequence's own pages (varlen batches split per sequence).
-    num_pages = tl.cdiv(length, PAGE)
-    pages_per_split = tl.cdiv(num_pages, NUM_SPLITS)
+    num_pages = (length + PAGE - 1) // PAGE
+    pages_per_split = (num_pages + NUM_SPLITS - 1) // NUM_SPLITS
     key_start = split * pages_per_split * PAGE
     key_end = tl.minimum(key_start + pages_per_split * PAGE, length)
-    key_end = tl.minimum(key_end, tl.max(last_key, axis=0) + 1)  # causal: nothing past the block's last key
+    key_end = tl.minimum(key_end, tl.reduce(last_key, 0, _maximum) + 1)  # causal: nothing past the block's last key
 
     q_ptr = Q + batch.to(tl.int64) * stride_qb + token * stride_qt + head * stride_qh
     q_latent = tl.load(q_ptr[:, None] + offs_v[None, :], mask=row_ok[:, None], other=0.0)
     q_rope = tl.load(q_ptr[:, None] + offs_pe[None, :], mask=row_ok[:, None], other=0.0)
 
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # log2 domain
-    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D_V], dtype=tl.float32)
+    row_sum = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+    acc = tl.full([BLOCK_M, D_V], 0.0, dtype=tl.float32)
     bt_row = BLOCK_TABLE + batch.to(tl.int64) * stride_bt
     kv_base = KV + kv_head * stride_kv_head
     # The block id of each tile is loaded one iteration ahead (a loop-carried value, not a load feeding
@@ -121,19 +135,19 @@ def _split_kernel(Q, KV, BLOCK_TABLE, SEQLENS, OUT, LSE, O_PART, LSE_PART,
         k_latent = tl.load(k_ptr[:, None] + offs_v[None, :], mask=key_ok[:, None], other=0.0)  # also V
         k_rope = tl.load(k_ptr[:, None] + offs_pe[None, :], mask=key_ok[:, None], other=0.0)
 
-        scores = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        scores = tl.full([BLOCK_M, BLOCK_N], 0.0, dtype=tl.float32)
         scores = _mma(q_latent, tl.trans(k_latent), scores, DOT_PRECISION, UPCAST)
         scores = _mma(q_rope, tl.trans(k_rope), scores, DOT_PRECISION, UPCAST)
         scores = scores * scale_log2
         visible = (offs_n[None, :] <= last_key[:, None]) & key_ok[None, :]
         scores = tl.where(visible, scores, float("-inf"))
 
-        new_max = tl.maximum(row_max, tl.max(scores, axis=1))
+        new_max = tl.maximum(row_max, tl.reduce(scores, 1, _maximum))
         # Rows that have seen no key yet keep max = -inf; shift by 0 there to avoid inf - inf.
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)
         probs = tl.math.exp2(scores - shift[:, None])
         rescale = tl.math.exp2(row_max - shift)
-        row_sum = row_sum * rescale + tl.sum(probs, axis=1)
+        row_sum = row_sum * rescale + tl.reduce(probs, 1, _add)
         acc = acc * rescale[:, None]
         acc = _mma(probs.to(k_latent.dtype), k_latent, acc, DOT_PRECISION, UPCAST)
         row_max = new_max
@@ -167,14 +181,14 @@ def _combine_kernel(OUT, LSE, O_PART, LSE_PART, s_q, group, h_q,
     offs_s = tl.arange(0, SPLITS_POW2)
     part_row = (pid_bk.to(tl.int64) * NUM_SPLITS) * rows + row
     split_lse = tl.load(LSE_PART + part_row + offs_s * rows, mask=offs_s < NUM_SPLITS, other=float("-inf"))
-    top = tl.max(split_lse, axis=0)
+    top = tl.reduce(split_lse, 0, _maximum)
     seen = top > float("-inf")  # some split saw a key
     shift = tl.where(seen, top, 0.0)
-    total = tl.sum(tl.exp(split_lse - shift), axis=0)
+    total = tl.reduce(tl.exp(split_lse - shift), 0, _add)
     lse = tl.where(seen, shift + tl.log(tl.where(seen, total, 1.0)), float("inf"))
 
     offs_v = tl.arange(0, D_V)
-    acc = tl.zeros([D_V], dtype=tl.float32)
+    acc = tl.full([D_V], 0.0, dtype=tl.float32)
     for s in range(NUM_SPLITS):
         weight = tl.exp(tl.load(LSE_PART + part_row + s * rows) - lse)  # 0 for empty splits and unseen rows
         acc += weight * tl.load(O_PART + (part_row + s * rows) * D_V + offs_v)
@@ -204,16 +218,15 @@ def tile_config(rows: int, dtype: torch.dtype) -> TileConfig:
     per thread let two programs share an H100 SM (4 warps at 32 rows: 8 warps would need 162 registers
     x 256 threads, one program per SM). Above 32 rows, 64-row blocks with 8 warps (wgmma on sm_90)
     bound the re-reads of the cache to rows / 64 while the [64, 512] float32 accumulator stays at
-    128 registers per thread. float32 inputs (interpreter tests, rare on GPU) halve the key tile."""
-    if rows <= 16:
-        config = TileConfig(16, 32, 4, 3, 2)
-    elif rows <= 32:
-        config = TileConfig(32, 32, 4, 3, 2)
-    else:
-        config = TileConfig(64, 32, 8, 3, 1)
+    128 registers per thread. float32 inputs (rare on GPU; exact "ieee" dots run on FMA units, whose
+    larger tiles spill) take 16-row, 16-key tiles."""
     if dtype == torch.float32:
-        config = config._replace(block_n=16, num_stages=2)
-    return config
+        return TileConfig(16, 16, 4, 2, 2)
+    if rows <= 16:
+        return TileConfig(16, 32, 4, 3, 2)
+    if rows <= 32:
+        return TileConfig(32, 32, 4, 3, 2)
+    return TileConfig(64, 32, 8, 3, 1)
 
 
 def _fallbacks(config: TileConfig):
@@ -307,13 +320,14 @@ def mla_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch
     for tiles in _fallbacks(config):
         try:
             launch(tiles)  # OutOfResources is raised when loading the compiled kernel, before it runs
-        except OutOfResources:
-            if tiles.num_stages == 2 and tiles.block_n == 16:
-                raise
+        except OutOfResources as error:
+            out_of_resources = error
             continue
         if tiles != config:
             _WORKING_CONFIG[(q.device, config)] = tiles
         break
+    else:
+        raise out_of_resources
     if num_splits > 1:
         _combine_kernel[(rows, batch * h_kv)](
             out, lse, o_part, lse_part, s_q, group, h_q,

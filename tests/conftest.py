@@ -1,6 +1,7 @@
 """Registers the `gpu` marker. Tests marked gpu run only where the sm90 CUDA kernel is usable (a CUDA
 device of compute capability 9.0 and the built extension: hf_flashmla.backend(cuda).name == 'cuda_sm90');
-everywhere else they are skipped with the reason."""
+everywhere else they are skipped with the reason. Likewise `triton_gpu`: a CUDA device where the Triton
+kernel can run (compute capability >= 8.0, Triton importable), whatever the automatic choice."""
 import functools
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs an sm90 CUDA device and the built hf_flashmla._C extension")
+    config.addinivalue_line("markers", "triton_gpu: needs a CUDA device of compute capability >= 8.0 and Triton")
 
 
 @functools.lru_cache(maxsize=None)
@@ -25,12 +27,29 @@ def _kernel_unavailable_reason():
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def _triton_gpu_unavailable_reason():
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            return "no CUDA device"
+        import importlib
+        backend = importlib.import_module("hf_flashmla.backend")  # the package's `backend` is a function
+        if torch.cuda.get_device_capability() < backend.TRITON_MIN_CAPABILITY:
+            return f"compute capability {torch.cuda.get_device_capability()} < {backend.TRITON_MIN_CAPABILITY}"
+        error = backend.triton_import_error()
+        if error:
+            return f"Triton not importable: {error}"
+    except Exception as error:  # an import error skips the tests with the reason
+        return f"Triton kernel not usable: {error!r}"
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
-    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
-    if not gpu_items:
-        return
-    reason = _kernel_unavailable_reason()
-    if reason:
-        skip = pytest.mark.skip(reason=reason)
-        for item in gpu_items:
-            item.add_marker(skip)
+    for marker, unavailable in (("gpu", _kernel_unavailable_reason), ("triton_gpu", _triton_gpu_unavailable_reason)):
+        marked = [item for item in items if item.get_closest_marker(marker)]
+        reason = unavailable() if marked else None
+        if reason:
+            skip = pytest.mark.skip(reason=reason)
+            for item in marked:
+                item.add_marker(skip)

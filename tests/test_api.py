@@ -131,6 +131,7 @@ def test_backend_without_extension_says_so(monkeypatch):
     monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(_ops, "extension_available", lambda: False)
+    monkeypatch.setattr(backend_module, "triton_import_error", lambda: "no triton")  # else Triton is chosen
     choice = backend_module.backend(torch.device("cuda", 0))
     assert choice.name == "reference" and "not built" in choice.reason
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))

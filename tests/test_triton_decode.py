@@ -1,0 +1,301 @@
+"""The Triton decode kernel (hf_flashmla/triton_decode.py) against hf_flashmla.mla_decode_reference.
+
+CPU: small shapes through Triton's interpreter (a copy of the module imported under TRITON_INTERPRET=1,
+so a GPU process keeps its compiled kernels). GPU (marker triton_gpu, any CUDA device of compute
+capability >= 8.0 with Triton): the full matrix, long contexts, CUDA graphs. Run on the GPU machine:
+    HF_FLASHMLA_BACKEND=triton python3 -m pytest -q tests/test_triton_decode.py
+Skipped as a whole where Triton is not installed.
+"""
+import importlib
+import importlib.util
+import itertools
+import os
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import hf_flashmla  # noqa: E402
+from hf_flashmla import _ops, mla_decode_reference  # noqa: E402
+from hf_flashmla.backend import BACKEND_ENV_VAR, BackendChoice  # noqa: E402
+from hf_flashmla.testing import make_paged_inputs  # noqa: E402
+
+backend_module = importlib.import_module("hf_flashmla.backend")  # the package's `backend` is a function
+DV = 512
+# Relative Frobenius error of out against the float32 reference (P is rounded to the input dtype
+# before P V, as in the CUDA kernel); lse is computed in float32 throughout.
+OUT_TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-5}
+LSE_ATOL, LSE_RTOL = 1e-3, 1e-4
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    """hf_flashmla/triton_decode.py imported again under TRITON_INTERPRET=1 (triton.jit decides at
+    decoration time), under a private name."""
+    origin = importlib.util.find_spec("hf_flashmla.triton_decode").origin
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        spec = importlib.util.spec_from_file_location("hf_flashmla._triton_decode_interpreted", origin)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+    assert module.INTERPRETED
+    return module
+
+
+def reference(inputs, causal, softmax_scale=None):
+    scale = inputs.q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    return mla_decode_reference(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens, DV, scale, causal)
+
+
+def assert_matches_reference(out, lse, inputs, causal, softmax_scale=None, expected=None):
+    batch, s_q, h_q, _ = inputs.q.shape
+    assert out.shape == (batch, s_q, h_q, DV) and out.dtype == inputs.q.dtype and out.device == inputs.q.device
+    assert lse.shape == (batch, h_q, s_q) and lse.dtype == torch.float32
+    ref_out, ref_lse = expected or reference(inputs, causal, softmax_scale)
+    out, lse, ref_out, ref_lse = out.cpu(), lse.cpu(), ref_out.cpu(), ref_lse.cpu()
+    unseen = torch.isinf(ref_lse)  # queries that see no key: out = 0, lse = +inf
+    assert torch.equal(torch.isinf(lse), unseen), "lse: +inf pattern differs from the reference"
+    assert torch.all(lse[unseen] == float("inf"))
+    assert torch.all(out.permute(0, 2, 1, 3)[unseen] == 0), "out: queries that see no key must be 0"
+    assert torch.isfinite(out).all() and not torch.isnan(lse).any()
+    if (~unseen).any():
+        lse_error = (lse - ref_lse)[~unseen].abs()
+        assert torch.all(lse_error <= LSE_ATOL + LSE_RTOL * ref_lse[~unseen].abs()), \
+            f"lse: max abs error {lse_error.max().item():.3g}"
+        error = ((out.float() - ref_out.float()).norm() / ref_out.float().norm()).item()
+        assert error < OUT_TOLERANCE[inputs.q.dtype], f"out: relative error {error:.3g}"
+
+
+# ------------------------------------------------------------------------------------ CPU (interpreter)
+# (lengths, s_q, h_q, h_kv, dtype, causal, num_splits): every tile shape (16 / 32 / 64 rows, several row
+# blocks), empty and partial pages, causal rows that see nothing, more splits than pages, h_kv > 1.
+INTERPRETER_CASES = [
+    ([70], 1, 16, 1, torch.bfloat16, True, None),
+    ([0, 300, 64, 1], 2, 16, 1, torch.bfloat16, True, 3),
+    ([0, 300, 64, 1], 2, 16, 1, torch.float16, False, 1),
+    ([5, 130], 4, 32, 1, torch.float16, True, None),
+    ([1, 65], 4, 8, 1, torch.bfloat16, True, 7),
+    ([200], 2, 64, 1, torch.bfloat16, False, 2),
+    ([129, 3], 1, 64, 1, torch.float32, True, None),
+    ([100, 65], 3, 8, 2, torch.float32, True, 5),
+]
+
+
+@pytest.mark.parametrize("lengths,s_q,h_q,h_kv,dtype,causal,num_splits", INTERPRETER_CASES,
+                         ids=[f"L{'-'.join(map(str, c[0]))}_sq{c[1]}_h{c[2]}_kv{c[3]}_{str(c[4])[6:]}"
+                              f"_{'causal' if c[5] else 'full'}_splits{c[6]}" for c in INTERPRETER_CASES])
+def test_interpreter_matches_reference(interpreted, lengths, s_q, h_q, h_kv, dtype, causal, num_splits):
+    inputs = make_paged_inputs(lengths, s_q, h_q, h_kv, dtype=dtype, seed=len(lengths) + s_q)
+    scale = 0.07 if h_kv > 1 else None  # a non-default scale once
+    out, lse = interpreted.mla_decode_triton(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens,
+                                             DV, scale or 576 ** -0.5, causal, num_splits=num_splits)
+    assert_matches_reference(out, lse, inputs, causal, scale)
+
+
+def test_interpreter_through_the_public_api(interpreted, monkeypatch):
+    """HF_FLASHMLA_BACKEND=triton + TRITON_INTERPRET=1 routes both generations to the Triton kernel."""
+    monkeypatch.setenv(BACKEND_ENV_VAR, "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setitem(sys.modules, "hf_flashmla.triton_decode", interpreted)
+    monkeypatch.setattr(hf_flashmla, "triton_decode", interpreted, raising=False)
+    calls = []
+    launcher = interpreted.mla_decode_triton
+    monkeypatch.setattr(interpreted, "mla_decode_triton", lambda *a, **k: calls.append(1) or launcher(*a, **k))
+    assert hf_flashmla.backend("cpu").name == "triton"
+    inputs = make_paged_inputs([0, 130, 64], 2, 16, dtype=torch.bfloat16, seed=3)
+    metadata, num_splits = hf_flashmla.get_mla_metadata(inputs.cache_seqlens, 2 * 16, 1)
+    args = (inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens, DV)
+    out, lse = hf_flashmla.flash_mla_with_kvcache(*args, metadata, num_splits, causal=True)
+    assert_matches_reference(out, lse, inputs, True)
+    out2, lse2 = hf_flashmla.flash_mla_with_kvcache(*args, hf_flashmla.get_mla_metadata()[0], None, causal=True)
+    assert torch.equal(out, out2) and torch.equal(lse, lse2) and len(calls) == 2
+
+
+def test_interpreter_clamps_bad_values_instead_of_reading_outside(interpreted):
+    """Unchecked bad values (CUDA without check_values): lengths past the block-table row are cut to the
+    row, block ids are clamped into the pool. Wrong numbers, but nothing outside the tensors is read."""
+    inputs = make_paged_inputs([100, 64], 1, 16, dtype=torch.float16, seed=4, spare_columns=0)
+    num_blocks = inputs.k_cache.shape[0]
+    bad = make_paged_inputs([100, 64], 1, 16, dtype=torch.float16, seed=4, spare_columns=0)
+    bad.cache_seqlens = torch.tensor([100, 10_000], dtype=torch.int32)  # row 1 has one page: 64 keys
+    bad.block_table[0, 1] = num_blocks + 5                               # clamps to the last block
+    bad.block_table[0, 0] = -7                                           # clamps to block 0
+    out, lse = interpreted.mla_decode_triton(bad.q, bad.k_cache, bad.block_table, bad.cache_seqlens, DV,
+                                             576 ** -0.5, False)
+    # What was read: row 0's ids clamped; row 1 cut to its row (2 pages), its padding id -1 clamped to 0.
+    assert inputs.block_table[1, 1] == -1
+    inputs.block_table[0, 1], inputs.block_table[0, 0], inputs.block_table[1, 1] = num_blocks - 1, 0, 0
+    inputs.cache_seqlens = torch.tensor([100, 128], dtype=torch.int32)
+    assert_matches_reference(out, lse, inputs, False)
+
+
+def test_interpreter_without_pages(interpreted):
+    """A batch whose block table has no columns (all lengths 0): out = 0, lse = +inf, nothing read."""
+    q = torch.randn(2, 1, 16, 576, dtype=torch.bfloat16)
+    k_cache = torch.randn(0, 64, 1, 576, dtype=torch.bfloat16)
+    block_table = torch.zeros(2, 0, dtype=torch.int32)
+    out, lse = interpreted.mla_decode_triton(q, k_cache, block_table, torch.zeros(2, dtype=torch.int32), DV,
+                                             576 ** -0.5, True)
+    assert torch.all(out == 0) and torch.all(lse == float("inf"))
+
+
+def test_interpreter_row_strided_block_table(interpreted):
+    inputs = make_paged_inputs([130, 64], 1, 16, dtype=torch.bfloat16, seed=6)
+    wide = torch.full((2, inputs.block_table.shape[1] + 5), -1, dtype=torch.int32)
+    wide[:, :inputs.block_table.shape[1]] = inputs.block_table
+    strided = wide[:, :inputs.block_table.shape[1]]
+    assert not strided.is_contiguous()
+    out, lse = interpreted.mla_decode_triton(inputs.q, inputs.k_cache, strided, inputs.cache_seqlens, DV,
+                                             576 ** -0.5, True, num_splits=2)
+    assert_matches_reference(out, lse, inputs, True)
+
+
+# ----------------------------------------------------------------------------------- heuristics, backend
+def test_num_splits_fill_the_gpu_from_shapes_only(interpreted):
+    choose = interpreted.choose_num_splits
+    assert choose(128, 256, 132, 2) == 2          # b128 L16K h16: 128 programs -> 256 of 264 slots
+    assert choose(64, 256, 132, 2) == 4           # b64: 256 of 264 slots
+    assert choose(4096, 256, 132, 2) == 1         # enough programs already
+    assert choose(1, 256, 132, 2) >= 0.85 * interpreted.MAX_SPLITS  # one long sequence: ~as many as allowed
+    assert choose(1, 9, 132, 2) == 2              # ... but >= MIN_PAGES_PER_SPLIT pages each
+    assert choose(1, 0, 132, 2) == 1
+
+
+def test_tile_table(interpreted):
+    for rows, dtype in itertools.product((1, 16, 17, 32, 33, 64, 128, 512),
+                                         (torch.bfloat16, torch.float16, torch.float32)):
+        config = interpreted.tile_config(rows, dtype)
+        assert config.block_m >= 16 and 64 % config.block_n == 0 and config.num_stages >= 2
+        if dtype != torch.float32:
+            assert config.block_m >= min(rows, 64)  # one program covers every row up to 64
+        for fallback in interpreted._fallbacks(config):
+            assert 64 % fallback.block_n == 0 and fallback.block_n >= 16
+
+
+def test_backend_chooses_triton_where_the_sm90_kernel_does_not_apply(monkeypatch):
+    monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
+    monkeypatch.setattr(backend_module, "triton_import_error", lambda: None)
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    choice = hf_flashmla.backend(cuda)
+    assert choice.name == "triton" and "8.9" in choice.reason and "Triton kernel runs instead" in choice.reason
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(_ops, "extension_available", lambda: False)
+    choice = hf_flashmla.backend(cuda)
+    assert choice.name == "triton" and "not built" in choice.reason
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    choice = hf_flashmla.backend(cuda)
+    assert choice.name == "reference" and ">= 8.0" in choice.reason
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(backend_module, "triton_import_error", lambda: "ImportError: no triton")
+    choice = hf_flashmla.backend(cuda)
+    assert choice.name == "reference" and "no triton" in choice.reason
+    assert hf_flashmla.backend("cpu") == BackendChoice("reference", "device cpu is not a CUDA device")
+
+
+def test_backend_forced_triton(monkeypatch):
+    monkeypatch.setenv(BACKEND_ENV_VAR, "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        hf_flashmla.backend("cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert hf_flashmla.backend("cpu") == BackendChoice("triton", f"forced by {BACKEND_ENV_VAR}=triton")
+    monkeypatch.setattr(backend_module, "triton_import_error", lambda: "ImportError: no triton")
+    with pytest.raises(RuntimeError, match="not importable: ImportError: no triton"):
+        hf_flashmla.backend("cpu")
+    monkeypatch.setenv(BACKEND_ENV_VAR, "fast")
+    with pytest.raises(ValueError, match="'triton'"):
+        hf_flashmla.backend("cpu")
+
+
+# ------------------------------------------------------------------------------------------------- GPU
+VARLEN_BY_BATCH = {1: [65], 3: [0, 64, 130], 8: [63, 0, 1, 64, 65, 257, 7, 128]}
+BATCHES, QUERY_LENGTHS, QUERY_HEADS = (1, 3, 8), (1, 2, 4), (16, 32, 64, 128)
+
+
+def run_public_api(inputs, causal, softmax_scale=None):
+    batch, s_q, h_q, _ = inputs.q.shape
+    h_kv = inputs.k_cache.shape[2]
+    metadata, num_splits = hf_flashmla.get_mla_metadata(inputs.cache_seqlens, s_q * h_q // h_kv, h_kv)
+    return hf_flashmla.flash_mla_with_kvcache(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens, DV,
+                                              metadata, num_splits, softmax_scale=softmax_scale, causal=causal)
+
+
+@pytest.fixture
+def force_triton(monkeypatch):
+    monkeypatch.setenv(BACKEND_ENV_VAR, "triton")
+    assert hf_flashmla.backend(torch.device("cuda")).name == "triton"
+
+
+@pytest.mark.triton_gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("batch,s_q,h_q", list(itertools.product(BATCHES, QUERY_LENGTHS, QUERY_HEADS)))
+def test_gpu_matrix(force_triton, batch, s_q, h_q, causal, dtype):
+    inputs = make_paged_inputs(VARLEN_BY_BATCH[batch], s_q, h_q, dtype=dtype, device="cuda", seed=batch * 31 + s_q)
+    out, lse = run_public_api(inputs, causal)
+    torch.cuda.synchronize()
+    assert_matches_reference(out, lse, inputs, causal)
+
+
+@pytest.mark.triton_gpu
+@pytest.mark.parametrize("lengths,s_q,h_q,h_kv,dtype", [
+    ([4096 + 17, 31, 1000], 1, 16, 1, torch.bfloat16),
+    ([32768, 5], 2, 128, 1, torch.bfloat16),
+    ([16384] * 4, 1, 32, 1, torch.float16),
+    ([300, 700], 2, 32, 4, torch.bfloat16),     # h_kv > 1 (reference-only semantics)
+    ([300, 77], 2, 16, 1, torch.float32),       # float32 (ieee dots)
+])
+def test_gpu_long_and_unusual(force_triton, lengths, s_q, h_q, h_kv, dtype):
+    inputs = make_paged_inputs(lengths, s_q, h_q, h_kv, dtype=dtype, device="cuda", seed=len(lengths))
+    out, lse = run_public_api(inputs, True, softmax_scale=0.05)
+    torch.cuda.synchronize()
+    assert_matches_reference(out, lse, inputs, True, 0.05)
+
+
+@pytest.mark.triton_gpu
+@pytest.mark.parametrize("num_splits", [1, 2, 5, 64])
+def test_gpu_any_split_count(num_splits):
+    from hf_flashmla import triton_decode
+    inputs = make_paged_inputs([0, 1, 700, 64 * 9], 2, 64, dtype=torch.bfloat16, device="cuda", seed=num_splits)
+    out, lse = triton_decode.mla_decode_triton(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens,
+                                               DV, 576 ** -0.5, True, num_splits=num_splits)
+    torch.cuda.synchronize()
+    assert_matches_reference(out, lse, inputs, True)
+
+
+@pytest.mark.triton_gpu
+def test_gpu_bad_values_neither_fault_nor_hang(force_triton):
+    inputs = make_paged_inputs([100, 64], 1, 16, dtype=torch.bfloat16, device="cuda", seed=9, spare_columns=0)
+    inputs.cache_seqlens = torch.tensor([1 << 30, -5], dtype=torch.int32, device="cuda")
+    inputs.block_table[0, 0] = 1 << 30
+    inputs.block_table[0, 1] = -(1 << 30)
+    out, lse = run_public_api(inputs, True)
+    torch.cuda.synchronize()
+    assert out.shape == (2, 1, 16, DV) and lse[1].eq(float("inf")).all()
+
+
+@pytest.mark.triton_gpu
+def test_gpu_cuda_graph_replay_with_new_cache_contents(force_triton):
+    inputs = make_paged_inputs([700, 64, 3000], 1, 16, dtype=torch.bfloat16, device="cuda", seed=11)
+    run_public_api(inputs, True)  # compile outside the capture
+    metadata, num_splits = hf_flashmla.get_mla_metadata(inputs.cache_seqlens, 16, 1)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = hf_flashmla.flash_mla_with_kvcache(inputs.q, inputs.k_cache, inputs.block_table,
+                                                      inputs.cache_seqlens, DV, metadata, num_splits, causal=True)
+    for seed in range(2):
+        torch.manual_seed(seed)
+        inputs.q.normal_()
+        inputs.k_cache.normal_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_matches_reference(out, lse, inputs, True)
