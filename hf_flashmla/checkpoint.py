@@ -56,7 +56,7 @@ def make_config(architecture: str = "deepseek_v3", base: dict | None = None, **o
     return config
 
 
-def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.08) -> torch.nn.Module:
+def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.15) -> torch.nn.Module:
     """Deterministic random weights with enough spread for varied greedy tokens; norms stay at one."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

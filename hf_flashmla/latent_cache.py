@@ -362,7 +362,10 @@ class LatentPagedCache(_TransformersCache):
 
     def _begin_step(self, batch: int, query_length: int, token_mask: torch.Tensor | None) -> _Step:
         self._settle()
-        if not self._lengths and self._logical_length == 0:
+        if self._logical_length == 0 and len(self._lengths) != batch:
+            # An empty cache takes any batch size (also after a first step that raised).
+            for pages in self._pages:
+                self._free.extend(reversed(pages))
             self._lengths = [0] * batch
             self._pages = [[] for _ in range(batch)]
             self._rebuild_table()

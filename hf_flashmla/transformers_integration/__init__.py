@@ -26,6 +26,13 @@ _MODELS = ("deepseek_v2", "deepseek_v3")
 _registered = False
 
 
+def cache_kwarg() -> str:
+    """The name generate() and the models take the cache under: "cache" from 5.24 on, "past_key_values"
+    before (ALL_CACHE_NAMES[0] of the installed release)."""
+    from transformers.generation.utils import ALL_CACHE_NAMES
+    return ALL_CACHE_NAMES[0]
+
+
 def flash_mla_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
                    attention_mask=None, **kwargs):
     """AttentionMaskInterface entry: the 2D padding mask (bool [b, kv_length]) as is, or None. The
@@ -151,4 +158,4 @@ def register() -> bool:
     return True
 
 
-__all__ = ["ATTN_IMPLEMENTATION", "call_counts", "flash_mla_mask", "register", "reset_call_counts"]
+__all__ = ["ATTN_IMPLEMENTATION", "cache_kwarg", "call_counts", "flash_mla_mask", "register", "reset_call_counts"]

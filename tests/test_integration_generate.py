@@ -1,0 +1,288 @@
+"""attn_implementation="flash_mla" against eager on tiny random DeepSeek-V2/V3 models (CPU, fp32).
+
+The latent keeps the kernel's shape (512 + 64) so the public API (flash_mla_with_kvcache, reference
+path on CPU) is what runs; one config uses a tiny latent, which goes to the reference directly.
+"""
+import pytest
+import torch
+
+import hf_flashmla
+from hf_flashmla import LatentCacheFullError, LatentPagedCache
+from hf_flashmla.checkpoint import TINY, make_config, random_model
+from hf_flashmla.transformers_integration import cache_kwarg, call_counts, reset_call_counts
+
+CACHE = cache_kwarg()
+
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256, "beta_fast": 32.0,
+        "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}
+
+CONFIGS = {
+    "v3": ("deepseek_v3", {}),
+    "v3_no_interleave": ("deepseek_v3", {"rope_interleave": False}),
+    "v3_no_q_lora": ("deepseek_v3", {"q_lora_rank": None}),
+    "v3_yarn": ("deepseek_v3", {"rope_scaling": YARN}),
+    "v2": ("deepseek_v2", {}),
+    "v2_no_q_lora_yarn": ("deepseek_v2", {"q_lora_rank": None, "rope_scaling": YARN}),
+    "v3_tiny_latent": ("deepseek_v3", {"kv_lora_rank": 32, "qk_rope_head_dim": 16}),
+}
+
+_models = {}
+
+
+def tiny_model(name):
+    if name not in _models:
+        architecture, overrides = CONFIGS[name]
+        _models[name] = random_model(make_config(architecture, base=TINY, **overrides), seed=1)
+    return _models[name]
+
+
+def prompts(batch=3, length=20, pads=(0, 7, 13), seed=0):
+    ids = torch.randint(3, TINY["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones_like(ids)
+    for row, pad in enumerate(pads[:batch]):
+        mask[row, :pad] = 0
+        ids[row, :pad] = 0
+    return ids, mask
+
+
+def generate(model, implementation, ids, mask=None, **kwargs):
+    model.set_attn_implementation(implementation)
+    kwargs.setdefault("max_new_tokens", 12)
+    kwargs.setdefault("do_sample", False)
+    out = model.generate(ids, attention_mask=mask, return_dict_in_generate=True, output_scores=True, **kwargs)
+    return out
+
+
+def assert_same_generation(model, ids, mask=None, **kwargs):
+    eager = generate(model, "eager", ids, mask, **kwargs)
+    reset_call_counts()
+    flash = generate(model, "flash_mla", ids, mask, **kwargs)
+    assert call_counts["paged_reference"] + call_counts["paged_kernel"] > 0
+    assert torch.equal(flash.sequences, eager.sequences)
+    if not kwargs.get("num_beams"):
+        eager_scores, flash_scores = torch.stack(eager.scores), torch.stack(flash.scores)
+        assert torch.allclose(flash_scores, eager_scores, rtol=1e-4, atol=1e-4)
+    return flash
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_greedy_left_padded_batch_matches_eager(name):
+    ids, mask = prompts()
+    out = assert_same_generation(tiny_model(name), ids, mask)
+    assert isinstance(out.get(CACHE), LatentPagedCache)
+
+
+@pytest.mark.parametrize("name", ["v3", "v2"])
+def test_greedy_single_sequence_and_long_prefill(name):
+    model = tiny_model(name)
+    ids, _ = prompts(batch=1, length=40, pads=(0,))  # 40 > DECODE_MAX_QUERY: the prefill runs dense
+    reset_call_counts()
+    assert_same_generation(model, ids)
+    assert call_counts["dense"] > 0
+
+
+@pytest.mark.parametrize("name", ["v3", "v2_no_q_lora_yarn"])
+def test_beam_search_matches_eager(name):
+    ids, mask = prompts(batch=2, pads=(0, 6))
+    assert_same_generation(tiny_model(name), ids, mask, num_beams=3, max_new_tokens=8)
+
+
+@pytest.mark.parametrize("name", ["v3", "v2"])
+def test_prompt_lookup_decoding_matches_eager(name):
+    ids, _ = prompts(batch=1, length=30, pads=(0,))
+    ids[0, 15:25] = ids[0, 3:13]  # repetition so that candidates get accepted and rejected
+    assert_same_generation(tiny_model(name), ids, None, prompt_lookup_num_tokens=4, max_new_tokens=16)
+
+
+def test_page_boundaries_and_cache_bytes():
+    model = tiny_model("v3")
+    ids, mask = prompts(batch=2, length=60, pads=(0, 30))
+    out = assert_same_generation(model, ids, mask, max_new_tokens=75)  # crosses tokens 64 and 128
+    cache = out.get(CACHE)
+    assert cache.sequence_lengths == [60 + 74, 30 + 74]  # padding not stored; the last token is not fed back
+    dtype_size = torch.empty((), dtype=torch.float32).element_size()
+    for layer in range(model.config.num_hidden_layers):
+        pool = cache.pool(layer)
+        assert pool.shape[1:] == (64, 1, 576)
+        assert pool.shape[-1] * pool.element_size() == 576 * dtype_size
+    assert cache.used_bytes() == sum(cache.sequence_lengths) * model.config.num_hidden_layers * 576 * dtype_size
+
+
+def test_repeated_generate_with_user_cache_matches_eager():
+    from transformers import DynamicCache
+
+    model = tiny_model("v3")
+    ids, mask = prompts(batch=2, length=12, pads=(0, 4))
+    runs = {}
+    for implementation, cache in (("eager", DynamicCache(config=model.config)),
+                                  ("flash_mla", LatentPagedCache(model.config, max_pages=16))):
+        first = generate(model, implementation, ids, mask, max_new_tokens=6, **{CACHE: cache})
+        follow = torch.randint(3, 90, (2, 5), generator=torch.Generator().manual_seed(3))
+        ids2 = torch.cat([first.sequences, follow], dim=1)
+        mask2 = torch.cat([mask, torch.ones(2, ids2.shape[1] - mask.shape[1], dtype=mask.dtype)], dim=1)
+        second = generate(model, implementation, ids2, mask2, max_new_tokens=6, **{CACHE: cache})
+        runs[implementation] = second.sequences
+    assert torch.equal(runs["flash_mla"], runs["eager"])
+
+
+def test_sampling_runs_and_is_reproducible():
+    model = tiny_model("v3")
+    ids, mask = prompts()
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        outs.append(generate(model, "flash_mla", ids, mask, do_sample=True, top_k=5).sequences)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_forward_without_cache_matches_eager_logits():
+    model = tiny_model("v3_no_q_lora")
+    ids, mask = prompts()
+    logits = {}
+    for implementation in ("eager", "flash_mla"):
+        model.set_attn_implementation(implementation)
+        with torch.no_grad():
+            logits[implementation] = model(ids, attention_mask=mask, use_cache=False).logits
+    real = mask.bool()
+    assert torch.allclose(logits["flash_mla"][real], logits["eager"][real], rtol=1e-4, atol=1e-4)
+
+
+def test_dynamic_cache_passed_by_user_is_served_dense(recwarn):
+    from transformers import DynamicCache
+
+    model = tiny_model("v3")
+    ids, mask = prompts(batch=2, pads=(0, 5))
+    eager = generate(model, "eager", ids, mask)
+    reset_call_counts()
+    flash = generate(model, "flash_mla", ids, mask, **{CACHE: DynamicCache(config=model.config)})
+    assert torch.equal(flash.sequences, eager.sequences)
+    assert call_counts["dense_other_cache"] > 0
+
+
+def test_pool_exhaustion_raises_and_cache_stays_usable():
+    model = tiny_model("v3")
+    model.set_attn_implementation("flash_mla")
+    cache = LatentPagedCache(model.config, max_pages=2)
+    ids, mask = prompts(batch=2, length=70, pads=(0, 0))
+    with pytest.raises(LatentCacheFullError, match="max_pages=2"):
+        model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, **{CACHE: cache})
+    assert cache.get_seq_length() == 0
+    small, small_mask = prompts(batch=1, length=20, pads=(0,))
+    out = model.generate(small, attention_mask=small_mask, max_new_tokens=30, do_sample=False, **{CACHE: cache})
+    model.set_attn_implementation("eager")
+    assert torch.equal(out, model.generate(small, attention_mask=small_mask, max_new_tokens=30, do_sample=False))
+    # A decode step that needs a third page fails cleanly too.
+    model.set_attn_implementation("flash_mla")
+    with pytest.raises(LatentCacheFullError):
+        model.generate(out, max_new_tokens=100, do_sample=False, **{CACHE: cache})
+
+
+def test_pool_grows_when_unsized():
+    model = tiny_model("v3")
+    model.set_attn_implementation("flash_mla")
+    cache = LatentPagedCache(model.config, initial_pages=1)
+    ids, mask = prompts(batch=3, length=70)
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False, **{CACHE: cache})
+    assert cache.pool_pages >= 1 + sum(-(-n // 64) for n in cache.sequence_lengths)
+    model.set_attn_implementation("eager")
+    assert torch.equal(out, model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False))
+
+
+def test_cache_crop_and_reorder_unit():
+    cache = LatentPagedCache(num_hidden_layers=1, latent_dim=8, initial_pages=1)
+    latent = torch.arange(2 * 70 * 8, dtype=torch.float32).view(2, 70, 8)
+    mask = torch.ones(2, 70, dtype=torch.bool)
+    mask[1, :10] = False
+    cache.write(0, latent, mask)
+    assert cache.sequence_lengths == [70, 60]
+    cache.crop(-5)
+    assert cache.sequence_lengths == [65, 55] and cache.get_seq_length() == 65
+    cache.reorder_cache(torch.tensor([1, 1]))
+    assert cache.sequence_lengths == [55, 55]
+    _, step, state = cache.write(0, torch.zeros(2, 1, 8), None)
+    stored = cache.gather(0, state, 56)
+    assert torch.equal(stored[0, :55], latent[1, 10:65]) and torch.equal(stored[1, :55], latent[1, 10:65])
+    with pytest.raises(ValueError, match="beam_idx"):
+        cache.reorder_cache(torch.tensor([0, 2]))
+
+
+def test_non_mla_model_raises():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    model = LlamaForCausalLM(config)
+    model.set_attn_implementation("flash_mla")
+    with pytest.raises(ValueError, match="multi-head latent attention"):
+        model(torch.tensor([[1, 2, 3]]))
+    with pytest.raises(ValueError, match="kv_lora_rank"):
+        LatentPagedCache(config)
+
+
+def test_kernel_path_rejects_non_576_latent(monkeypatch):
+    from hf_flashmla.backend import KERNEL, BackendChoice
+    from hf_flashmla.transformers_integration import attention
+
+    monkeypatch.setattr(attention, "backend", lambda *_: BackendChoice(KERNEL, "pretend sm90 for the test"))
+    model = tiny_model("v3_tiny_latent")
+    ids, mask = prompts(batch=1, length=5, pads=(0,))
+    model.set_attn_implementation("flash_mla")
+    with pytest.raises(ValueError, match="kv_lora_rank=512"):
+        model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
+
+
+def test_unservable_modes_raise():
+    model = tiny_model("v3")
+    model.set_attn_implementation("flash_mla")
+    ids, mask = prompts(batch=1, pads=(0,))
+    with pytest.raises(ValueError, match="cache_implementation"):
+        model.generate(ids, attention_mask=mask, max_new_tokens=2, cache_implementation="static")
+    with pytest.raises(NotImplementedError, match="continuous batching"):
+        model.generate_batch(inputs=[[1, 2, 3]])
+    with pytest.raises(ValueError, match="output_attentions"):
+        model(ids, output_attentions=True)
+    with pytest.raises(NotImplementedError, match="flash_mla"):
+        LatentPagedCache(model.config).update(torch.zeros(1, 1, 1, 512), torch.zeros(1, 1, 1, 64), 0)
+
+
+def test_from_pretrained_with_flash_mla(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model("v3")
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="flash_mla", dtype=torch.float32)
+    assert loaded.config._attn_implementation == "flash_mla"
+    ids, mask = prompts()
+    reset_call_counts()
+    out = loaded.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    assert call_counts["paged_reference"] > 0
+    model.set_attn_implementation("eager")
+    assert torch.equal(out, model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False))
+
+
+def test_fp8_kv_b_proj_is_dequantized_once():
+    from hf_flashmla.transformers_integration.absorbed import dense_weight
+
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("no float8 dtype in this torch")
+    weight = torch.randn(256, 192)
+    scale = torch.rand(2, 2) + 0.5
+
+    class FP8Linear(torch.nn.Module):
+        block_size = (128, 128)
+
+    layer = FP8Linear()
+    layer.weight = torch.nn.Parameter((weight / scale.repeat_interleave(128, 0).repeat_interleave(128, 1)[:, :192])
+                                      .to(torch.float8_e4m3fn), requires_grad=False)
+    layer.weight_scale_inv = torch.nn.Parameter(scale, requires_grad=False)
+    dense = dense_weight(layer, torch.float32)
+    assert torch.allclose(dense, weight, rtol=0.07, atol=0.02)
+
+
+def test_import_registers_everything():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    assert "flash_mla" in AttentionInterface._global_mapping
+    assert "flash_mla" in AttentionMaskInterface._global_mapping
+    assert hf_flashmla.transformers_integration.register() is True
