@@ -41,8 +41,8 @@ D_QK, D_V, PAGE, H_KV = 576, 512, 64, 1
 L2_BYTES = 50 * 1024 * 1024
 FIGURES_PATH = os.path.join(SCRIPTS, "flashmla_reference_figures.json")
 FLASHINFER_REASON = "not run (wheel 62 MB + deps exceed the 64 MiB per-call carry limit)"
-PEER_MODULES = {"sglang": "peers.sglang_triton", "torch": "peers.torch_gather"}
-ALL_IMPLS = ("ours", "sglang", "torch", "flashinfer")
+PEER_MODULES = {"sglang": "peers.sglang_triton", "torch": "peers.torch_gather", "triton": "peers.triton_ours"}
+ALL_IMPLS = ("ours", "sglang", "torch", "triton", "flashinfer")
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -520,8 +520,10 @@ def summarize(results, figures, impls, log):
             mine, theirs = best.get("ours"), best.get(impl)
             if mine and theirs and mine["ms"] and theirs["ms"] and mine["ok"] is not False and theirs["ok"] is not False:
                 speedups.append((theirs["ms"] / mine["ms"], r["name"]))
+        memory_bound = [s for s, name in speedups if _rows(results, name) <= 32]
         peers[impl] = dict(configs=len(speedups), geomean=geomean([s for s, _ in speedups]),
-                           min=min(speedups) if speedups else None)
+                           min=min(speedups) if speedups else None,
+                           memory_bound_configs=len(memory_bound), memory_bound_geomean=geomean(memory_bound))
     summary["peers"] = peers
     wrong = [(r["name"], row["variant"]) for r in results for row in r["rows"] if row["ok"] is False]
     errors = [(r["name"], row["variant"], row["error"]) for r in results for row in r["rows"]
@@ -548,7 +550,9 @@ def summarize(results, figures, impls, log):
             continue
         mn = info["min"]
         log(f"   ours vs {impl}: geomean speedup {fmt(info['geomean'], '.2f')}x over {info['configs']} configs"
-            + (f", min {mn[0]:.2f}x at {mn[1]}" if mn else ""))
+            + (f", min {mn[0]:.2f}x at {mn[1]}" if mn else "")
+            + (f"; memory-bound (h_q*s_q<=32) {fmt(info['memory_bound_geomean'], '.2f')}x over "
+               f"{info['memory_bound_configs']}" if info["memory_bound_configs"] else ""))
     extras = [r for r in results if r["group"] == "extra"]
     if extras:
         log("   extra workloads (ours us / published FlashMLA us / best published us):")
