@@ -102,9 +102,15 @@ __global__ void __launch_bounds__(kMaxThreads) mla_metadata_kernel(const MlaMeta
 const char* mla_metadata_launch(const MlaMetadataParams& p, cudaStream_t stream) {
   if (p.batch < 1 || p.num_parts < 1 || p.page_size < 1 || p.sequence_overhead_pages < 1 || p.seqlens_stride < 0)
     return "mla_metadata: batch, num_parts, page_size and sequence_overhead_pages must be >= 1";
-  mla_metadata_kernel<<<1, core::launch_threads(p.batch, p.num_parts), 0, stream>>>(p);
-  const cudaError_t error = cudaGetLastError();
-  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
+  // cudaLaunchKernel rather than <<<>>> so that the CPU tests can build this file with a host compiler and
+  // an emulated runtime (tests/harness/emulated_cuda) that runs the kernel's threads for real.
+  MlaMetadataParams params = p;
+  void* args[] = {&params};
+  const dim3 grid(1), block(core::launch_threads(p.batch, p.num_parts));
+  const cudaError_t error = cudaLaunchKernel(mla_metadata_kernel, grid, block, args, 0, stream);
+  if (error == cudaSuccess) return nullptr;
+  cudaGetLastError();  // clear it: the caller raises, later CUDA calls must not see it again
+  return cudaGetErrorString(error);
 }
 
 }  // namespace hf_flashmla
