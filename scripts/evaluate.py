@@ -35,6 +35,7 @@ Usage:
   python scripts/evaluate.py /path/to/checkpoint --text corpus.txt --json eval.json
   python scripts/evaluate.py /path/to/checkpoint --tokens ids.pt --dtype bfloat16
   python scripts/evaluate.py                  # demo checkpoint, random token ids
+  python scripts/evaluate.py --preset deepseek-v3 --dtype bfloat16   # DeepSeek-V3 attention shapes, random
 """
 from __future__ import annotations
 
@@ -77,6 +78,9 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("checkpoint", nargs="?", default=None, help="local checkpoint folder (default: demo checkpoint)")
     p.add_argument("--demo-dir", default=None, help=f"where the demo checkpoint is built (default {DEMO_DIR})")
+    p.add_argument("--preset", default=None, choices=sorted(e2e_model.PRESETS),
+                   help="instead of a checkpoint: a random model built in memory (scripts/e2e_model.py)")
+    p.add_argument("--layers", type=int, default=None, help="with --preset: decoder layers")
     data = p.add_mutually_exclusive_group()
     data.add_argument("--text", default=None, help="text file, tokenized with the checkpoint's tokenizer")
     data.add_argument("--tokens", default=None, help="token-id file: .txt ints, .json list(s), .pt tensor/list")
@@ -114,6 +118,8 @@ def parse_args(argv=None):
     args.prompt_len = args.prompt_len if args.prompt_len is not None else max(args.seq_len // 2, 1)
     if not 1 <= args.prompt_len <= args.seq_len:
         p.error(f"--prompt-len: must be in [1, --seq-len={args.seq_len}]")
+    if args.preset and args.checkpoint:
+        p.error("give a checkpoint or --preset, not both")
     names = [args.reference, args.candidate] + args.baseline_list
     if len(set(names)) != len(names):
         p.error(f"--reference, --candidate and --baselines must all differ, got {names}")
@@ -303,14 +309,21 @@ def main(argv=None) -> int:
             reason = rt.attn_unavailable_reason(impl)
             if reason:
                 raise UsageError(f"{impl}: unavailable: {reason}")
-        checkpoint = args.checkpoint or demo_checkpoint(args.demo_dir or DEMO_DIR)
-        print(f"evaluate: checkpoint {checkpoint}, {device} {rt.dtype_name(dtype)}", flush=True)
-        model = load_model(checkpoint, dtype, device, args.reference)
+        if args.preset:
+            checkpoint = f"random {args.preset} model (seed {args.seed})"
+            config = e2e_model.deepseek_v3_config(args.preset, max_positions=4 * args.seq_len + args.new_tokens,
+                                                  num_hidden_layers=args.layers)
+            model = e2e_model.build_random_model(config, dtype, device, args.reference, seed=args.seed)
+        else:
+            checkpoint = args.checkpoint or demo_checkpoint(args.demo_dir or DEMO_DIR)
+            model = load_model(checkpoint, dtype, device, args.reference)
+        print(f"evaluate: {checkpoint}, {device} {rt.dtype_name(dtype)}", flush=True)
         for impl in impls:
             reason = rt.use_attn(model, impl)
             if reason:
                 raise UsageError(f"{impl}: unavailable for this model: {reason}")
-        windows, source = load_data(args, e2e_tokens.load_tokenizer(checkpoint), model.config.vocab_size)
+        tokenizer = None if args.preset else e2e_tokens.load_tokenizer(checkpoint)
+        windows, source = load_data(args, tokenizer, model.config.vocab_size)
     except (UsageError, e2e_tokens.DataError, ValueError, OSError) as error:
         print(f"evaluate: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,129 @@
+"""scripts/evaluate.py on a tiny random DeepSeek-V3 checkpoint on the CPU: exit codes 0 / 1 / 2, the JSON
+report, token-file formats and the near-tie rule of the greedy comparison."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+sys.path.insert(0, SCRIPTS)
+
+import e2e_model  # noqa: E402
+import e2e_runtime as rt  # noqa: E402
+import e2e_tokens  # noqa: E402
+import evaluate  # noqa: E402
+from e2e_metrics import greedy_agreement  # noqa: E402
+
+SMALL = ["--device", "cpu", "--dtype", "float32", "--seq-len", "12", "--max-windows", "2", "--batch-size", "2",
+         "--prompts", "2", "--new-tokens", "4", "--random-tokens", "64"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return e2e_model.save_random_checkpoint(str(tmp_path_factory.mktemp("ckpt")), preset="tiny")
+
+
+def test_stock_against_stock_passes_and_writes_json(checkpoint, tmp_path, capsys):
+    path = tmp_path / "eval.json"
+    code = evaluate.main([checkpoint, "--candidate", "sdpa", "--baselines", "", "--json", str(path)] + SMALL)
+    assert code == 0
+    report = json.loads(path.read_text())
+    assert report["result"] == "PASS" and report["exit_code"] == 0
+    logits = report["results"]["sdpa"]["logits"]
+    assert logits["prefill"]["tokens"] == 2 * 6 and logits["decode"]["tokens"] == 2 * 6
+    assert report["results"]["sdpa"]["greedy"]["tokens"] == 2 * 4
+    assert "RESULT: PASS" in capsys.readouterr().out
+
+
+def test_flash_mla_matches_eager_in_fp32(checkpoint, capsys):
+    reason = rt.attn_unavailable_reason("flash_mla")
+    if reason:
+        assert evaluate.main([checkpoint] + SMALL) == 2  # unavailable is a setup error
+        pytest.skip(reason)
+    assert evaluate.main([checkpoint, "--step-tokens", "2"] + SMALL) == 0
+    out = capsys.readouterr().out
+    assert "flash_mla (candidate)" in out and "decode positions" in out and "RESULT: PASS" in out
+
+
+def test_disagreement_beyond_tolerance_exits_1(checkpoint, capsys):
+    code = evaluate.main([checkpoint, "--candidate", "sdpa", "--baselines", "", "--tol-mean-rel", "-1"] + SMALL)
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "FAIL  logits mean_rel" in out and "RESULT: FAIL" in out
+
+
+def test_baseline_factor_relaxes_a_check_relative_to_the_stock_baselines():
+    tol = evaluate.TOLERANCES["bfloat16"]
+
+    def result(mean_rel, unexplained):
+        return {"logits": {"all": {"max_rel": 0.0, "mean_rel": mean_rel}}, "ppl_rel": 0.0,
+                "greedy": {"unexplained_divergences": unexplained}}
+
+    results = {"flash_mla": result(0.1, 2), "sdpa": result(0.08, 1)}
+    rows = {r["name"]: r for r in evaluate.checks(results, "flash_mla", ["sdpa"], tol, baseline_factor=2.0)}
+    assert rows["logits mean_rel"]["ok"] and rows["logits mean_rel"]["baseline_limit"] == pytest.approx(0.16)
+    assert rows["greedy divergences not near-ties"]["ok"]
+    rows = {r["name"]: r for r in evaluate.checks(results, "flash_mla", ["sdpa"], tol, baseline_factor=0)}
+    assert not rows["logits mean_rel"]["ok"] and not rows["greedy divergences not near-ties"]["ok"]
+    rows = {r["name"]: r for r in evaluate.checks(results, "flash_mla", [], tol, baseline_factor=2.0)}
+    assert not rows["logits mean_rel"]["ok"]
+    failed = evaluate.checks({"flash_mla": {"error": "RuntimeError: boom"}}, "flash_mla", [], tol, 2.0)
+    assert failed == [{"name": "runs", "value": "RuntimeError: boom", "limit": "no exception", "ok": False}]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--text", "missing.txt"], "--text: no such file"),
+    (["--candidate", "no_such_attention"], "not registered"),
+    (["--tokens", "__write_bad_ids__"], "outside [0, 256)"),
+    (["--seq-len", "4096"], "fewer than one window"),
+])
+def test_usage_errors_exit_2(checkpoint, tmp_path, capsys, extra, message):
+    if "__write_bad_ids__" in extra:
+        bad = tmp_path / "ids.txt"
+        bad.write_text("1 2 3 999999\n" * 8)
+        extra = ["--tokens", str(bad)]
+    assert evaluate.main([checkpoint] + SMALL + extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_text_without_tokenizer_and_missing_checkpoint_exit_2(checkpoint, tmp_path, capsys):
+    text = tmp_path / "corpus.txt"
+    text.write_text("hello world\n")
+    assert evaluate.main([checkpoint, "--text", str(text)] + SMALL) == 2
+    assert "no tokenizer" in capsys.readouterr().err
+    assert evaluate.main([str(tmp_path / "nowhere")] + SMALL) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_argument_errors_exit_2():
+    for argv in (["--seq-len", "0"], ["--prefill-len", "99", "--seq-len", "8"], ["--candidate", "eager"]):
+        with pytest.raises(SystemExit) as excinfo:
+            evaluate.parse_args(argv)
+        assert excinfo.value.code == 2
+
+
+def test_token_files(tmp_path):
+    (tmp_path / "a.txt").write_text("1 2, 3\n4 5\n")
+    (tmp_path / "b.json").write_text(json.dumps([[1, 2, 3], [4, 5]]))
+    torch.save(torch.tensor([[1, 2, 3, 4, 5]]), tmp_path / "c.pt")
+    for name in ("a.txt", "b.json", "c.pt"):
+        assert e2e_tokens.read_token_file(str(tmp_path / name)) == [1, 2, 3, 4, 5]
+    torch.save(torch.rand(3), tmp_path / "d.pt")
+    with pytest.raises(e2e_tokens.DataError, match="integer token ids"):
+        e2e_tokens.read_token_file(str(tmp_path / "d.pt"))
+    w = e2e_tokens.windows(list(range(10)), seq_len=4, max_windows=8, vocab_size=16)
+    assert w.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_greedy_divergence_is_a_near_tie_only_when_the_reference_logits_say_so():
+    ref = torch.tensor([[5, 6, 7]])
+    cand = torch.tensor([[5, 6, 8]])
+    logits = torch.zeros(1, 3, 10)
+    logits[0, 2, 7], logits[0, 2, 8] = 10.0, 9.99  # gap 0.01 of a largest logit of 10
+    tie = greedy_agreement(ref, logits, cand, tie_rel=2e-3)
+    assert tie["unexplained_divergences"] == 0 and tie["match_rate"] == pytest.approx(2 / 3)
+    assert tie["divergences"][0]["step"] == 2 and tie["prefix_match"] == pytest.approx(2 / 3)
+    strict = greedy_agreement(ref, logits, cand, tie_rel=1e-4)
+    assert strict["unexplained_divergences"] == 1
