@@ -14,9 +14,15 @@ _FP8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e
 _DEFAULT_FP8_BLOCK = (128, 128)
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a tensor-parallel DTensor parameter (tp_plan), or the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 def dense_weight(linear: torch.nn.Module, compute_dtype: torch.dtype) -> torch.Tensor:
-    """kv_b_proj's weight [out, in] in compute_dtype; FP8 weights are multiplied by their scales."""
-    weight = linear.weight
+    """kv_b_proj's weight [out, in] in compute_dtype (this rank's rows under tensor parallelism); FP8
+    weights are multiplied by their scales."""
+    weight = _local(linear.weight)
     if weight.dtype not in _FP8_DTYPES:
         return weight.detach().to(compute_dtype)
     scale = None
@@ -29,7 +35,7 @@ def dense_weight(linear: torch.nn.Module, compute_dtype: torch.dtype) -> torch.T
                          f"cannot dequantize it for flash_mla")
     out_features, in_features = weight.shape
     dense = weight.detach().to(torch.float32)
-    scale = scale.detach().to(torch.float32)
+    scale = _local(scale).detach().to(torch.float32)
     if scale.numel() == 1:
         dense = dense * scale.reshape(())
     elif scale.dim() == 1 and scale.shape[0] == out_features:  # per output channel
@@ -48,10 +54,12 @@ class AbsorbedWeights:
 
     def __init__(self, module: torch.nn.Module, dtype: torch.dtype, device: torch.device):
         weight = dense_weight(module.kv_b_proj, dtype).to(device)
-        heads = module.num_heads
         nope, v_dim, rank = module.qk_nope_head_dim, module.v_head_dim, module.kv_lora_rank
-        if tuple(weight.shape) != (heads * (nope + v_dim), rank):
-            raise ValueError(f"kv_b_proj: expected weight shape ({heads * (nope + v_dim)}, {rank}), got "
+        # Heads from the weight, not module.num_heads: a tp_plan that shards kv_b_proj colwise (DeepSeek-V2's)
+        # leaves each rank a whole number of heads' rows.
+        heads = weight.shape[0] // (nope + v_dim)
+        if weight.dim() != 2 or heads < 1 or tuple(weight.shape) != (heads * (nope + v_dim), rank):
+            raise ValueError(f"kv_b_proj: expected weight shape (heads * {nope + v_dim}, {rank}), got "
                              f"{tuple(weight.shape)}")
         blocks = weight.view(heads, nope + v_dim, rank)
         self.w_uk = blocks[:, :nope, :].contiguous()
@@ -60,7 +68,7 @@ class AbsorbedWeights:
 
 
 def _weight_key(module, dtype, device):
-    weight = module.kv_b_proj.weight
+    weight = _local(module.kv_b_proj.weight)
     return (weight.data_ptr(), weight._version, weight.dtype, dtype, device)
 
 

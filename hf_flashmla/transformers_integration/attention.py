@@ -75,9 +75,10 @@ def _expand(module, latent):
     """latent [b, n, rank + rope] -> key [b, h, n, nope + rope], value [b, h, n, v] (transient)."""
     batch, n, _ = latent.shape
     c_kv, k_pe = torch.split(latent, [module.kv_lora_rank, module.qk_rope_head_dim], dim=-1)
-    kv = module.kv_b_proj(c_kv).view(batch, n, module.num_heads, module.qk_nope_head_dim + module.v_head_dim)
+    # -1 heads: this rank's share when a tp_plan shards kv_b_proj colwise (module.num_heads is the total)
+    kv = module.kv_b_proj(c_kv).view(batch, n, -1, module.qk_nope_head_dim + module.v_head_dim)
     k_nope, value = torch.split(kv.transpose(1, 2), [module.qk_nope_head_dim, module.v_head_dim], dim=-1)
-    key = torch.cat((k_nope, k_pe[:, None, :, :].expand(-1, module.num_heads, -1, -1).to(k_nope.dtype)), dim=-1)
+    key = torch.cat((k_nope, k_pe[:, None, :, :].expand(-1, k_nope.shape[1], -1, -1).to(k_nope.dtype)), dim=-1)
     return key, value
 
 
@@ -111,6 +112,9 @@ def _paged_attention(module, q_nope, q_pe, cache, layer_idx, latent, token_mask)
     pool, step, state = cache.write(layer_idx, latent, token_mask)
     weights = absorbed_weights(module, q_nope.dtype, q_nope.device)
     batch, s, heads, _ = q_nope.shape
+    if weights.w_uk.shape[0] != heads:
+        raise ValueError(f"kv_b_proj: holds {weights.w_uk.shape[0]} heads but the query projection gives {heads}; a "
+                         f"tp_plan must shard q_proj/q_b_proj and kv_b_proj alike (colwise)")
     # [h, b*s, nope] @ [h, nope, rank] -> [b, s, h, rank]
     q_abs = torch.bmm(q_nope.reshape(batch * s, heads, -1).transpose(0, 1), weights.w_uk)
     q_abs = q_abs.transpose(0, 1).reshape(batch, s, heads, -1)
