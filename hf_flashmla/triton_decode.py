@@ -75,8 +75,8 @@ def _split_kernel(Q, KV, BLOCK_TABLE, SEQLENS, OUT, LSE, O_PART, LSE_PART,
                   stride_qb, stride_qt, stride_qh,
                   stride_kv_page, stride_kv_tok, stride_kv_head,
                   stride_bt, max_blocks, num_blocks,
-                  s_q, group, h_q, scale_log2,
-                  NUM_SPLITS: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  s_q, group, h_q, scale_log2, num_splits,
+                  DIRECT_OUT: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, PAGE: tl.constexpr, D_V: tl.constexpr,
                   D_PE: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -106,7 +106,7 @@ def _split_kernel(Q, KV, BLOCK_TABLE, SEQLENS, OUT, LSE, O_PART, LSE_PART,
 
     # This split's pages: an equal share of the sequence's own pages (varlen batches split per sequence).
     num_pages = (length + PAGE - 1) // PAGE
-    pages_per_split = (num_pages + NUM_SPLITS - 1) // NUM_SPLITS
+    pages_per_split = (num_pages + num_splits - 1) // num_splits
     key_start = split * pages_per_split * PAGE
     key_end = tl.minimum(key_start + pages_per_split * PAGE, length)
     key_end = tl.minimum(key_end, tl.reduce(last_key, 0, _maximum) + 1)  # causal: nothing past the block's last key
@@ -156,20 +156,20 @@ def _split_kernel(Q, KV, BLOCK_TABLE, SEQLENS, OUT, LSE, O_PART, LSE_PART,
     seen = row_sum > 0
     out = acc / tl.where(seen, row_sum, 1.0)[:, None]
     lse = (row_max + tl.math.log2(tl.where(seen, row_sum, 1.0))) * 0.6931471805599453
-    if NUM_SPLITS == 1:
+    if DIRECT_OUT:  # a single split: write the final result, no combine launch
         o_ptr = OUT + ((batch.to(tl.int64) * s_q + token) * h_q + head) * D_V
         tl.store(o_ptr[:, None] + offs_v[None, :], out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
         tl.store(LSE + (batch.to(tl.int64) * h_q + head) * s_q + token, tl.where(seen, lse, float("inf")),
                  mask=row_ok)
     else:
-        part_row = (pid_bk.to(tl.int64) * NUM_SPLITS + split) * rows + offs_m
+        part_row = (pid_bk.to(tl.int64) * num_splits + split) * rows + offs_m
         tl.store(O_PART + part_row[:, None] * D_V + offs_v[None, :], out, mask=row_ok[:, None])
         tl.store(LSE_PART + part_row, tl.where(seen, lse, float("-inf")), mask=row_ok)
 
 
 @triton.jit
-def _combine_kernel(OUT, LSE, O_PART, LSE_PART, s_q, group, h_q,
-                    NUM_SPLITS: tl.constexpr, SPLITS_POW2: tl.constexpr, D_V: tl.constexpr):
+def _combine_kernel(OUT, LSE, O_PART, LSE_PART, s_q, group, h_q, num_splits,
+                    SPLITS_POW2: tl.constexpr, D_V: tl.constexpr):
     row = tl.program_id(0)
     pid_bk = tl.program_id(1)
     h_kv = h_q // group
@@ -179,8 +179,8 @@ def _combine_kernel(OUT, LSE, O_PART, LSE_PART, s_q, group, h_q,
     rows = s_q * group
 
     offs_s = tl.arange(0, SPLITS_POW2)
-    part_row = (pid_bk.to(tl.int64) * NUM_SPLITS) * rows + row
-    split_lse = tl.load(LSE_PART + part_row + offs_s * rows, mask=offs_s < NUM_SPLITS, other=float("-inf"))
+    part_row = (pid_bk.to(tl.int64) * num_splits) * rows + row
+    split_lse = tl.load(LSE_PART + part_row + offs_s * rows, mask=offs_s < num_splits, other=float("-inf"))
     top = tl.reduce(split_lse, 0, _maximum)
     seen = top > float("-inf")  # some split saw a key
     shift = tl.where(seen, top, 0.0)
@@ -189,7 +189,7 @@ def _combine_kernel(OUT, LSE, O_PART, LSE_PART, s_q, group, h_q,
 
     offs_v = tl.arange(0, D_V)
     acc = tl.full([D_V], 0.0, dtype=tl.float32)
-    for s in range(NUM_SPLITS):
+    for s in range(num_splits):
         weight = tl.exp(tl.load(LSE_PART + part_row + s * rows) - lse)  # 0 for empty splits and unseen rows
         acc += weight * tl.load(O_PART + (part_row + s * rows) * D_V + offs_v)
     o_ptr = OUT + ((batch.to(tl.int64) * s_q + token) * h_q + head) * D_V
@@ -311,8 +311,8 @@ def mla_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch
             q.stride(0), q.stride(1), q.stride(2),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             block_table.stride(0), max_blocks, max(num_blocks, 1),
-            s_q, group, h_q, softmax_scale * LOG2E,
-            NUM_SPLITS=num_splits, CAUSAL=causal, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
+            s_q, group, h_q, softmax_scale * LOG2E, num_splits,
+            DIRECT_OUT=num_splits == 1, CAUSAL=causal, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # ignored for 16-bit inputs
             UPCAST=INTERPRETED and q.dtype == torch.bfloat16,
             PAGE=PAGE_SIZE, D_V=D_LATENT, D_PE=D_ROPE, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
@@ -330,6 +330,6 @@ def mla_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch
         raise out_of_resources
     if num_splits > 1:
         _combine_kernel[(rows, batch * h_kv)](
-            out, lse, o_part, lse_part, s_q, group, h_q,
-            NUM_SPLITS=num_splits, SPLITS_POW2=triton.next_power_of_2(num_splits), D_V=D_LATENT, num_warps=4)
+            out, lse, o_part, lse_part, s_q, group, h_q, num_splits,
+            SPLITS_POW2=triton.next_power_of_2(num_splits), D_V=D_LATENT, num_warps=4)
     return out, lse
