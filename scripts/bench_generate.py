@@ -71,7 +71,7 @@ def parse_args(argv=None):
                    help="bare decode forwards timed after each run (0: skip the overhead measurement)")
     p.add_argument("--quick", action="store_true", help="32 new tokens, batches 1 and 8, 8 overhead steps")
     p.add_argument("--all", action="store_true", help="also try stock configs predicted to run out of memory")
-    p.add_argument("--time-budget-s", type=float, default=480.0,
+    p.add_argument("--time-budget-s", type=float, default=420.0,
                    help="start no run after this many seconds from launch (rows left: 'skipped: time budget')")
     p.add_argument("--preset", default="deepseek-v3", choices=sorted(e2e_model.PRESETS))
     p.add_argument("--layers", type=int, default=None, help="decoder layers (preset: 2)")
@@ -191,12 +191,15 @@ def measure(model, attn, context, batch, args, device, progress) -> dict:
         ids, mask = make_prompt(model.config, context, batch, device, args.seed)
         rt.free_memory(device)
         rt.reset_peak(device)
+        calls_before = rt.flash_mla_call_counts()
         clock.begin()
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.new_tokens, do_sample=False,
                              logits_processor=[clock], return_dict_in_generate=True, **args.gen_kwargs)
         rt.synchronize(device)
         total = time.perf_counter() - clock.start
         peak = rt.peak_bytes(device)
+        if attn == "flash_mla":
+            row["flash_mla_calls"] = rt.count_delta(calls_before, rt.flash_mla_call_counts())
         cache = rt.output_cache(out)
         generated = out.sequences.shape[1] - context
         kv_bytes, kv_method = rt.kv_cache_bytes(cache)
@@ -308,6 +311,11 @@ def main(argv=None) -> int:
              f"{args.new_tokens} new tokens greedy, {meta['device']}, transformers {transformers.__version__}")
     print(f"\n{title}\n")
     print(e2e_report.main_table(rows))
+    targets = e2e_report.targets_summary(rows, TARGETS, CAPABILITY)
+    if targets:
+        print("\nTargets (issue 5):\n" + "\n".join("  " + line for line in targets))
+    meta["targets"] = targets
+    e2e_report.write_json(args.json, meta, rows)
     if args.overhead_steps > 0:
         print(f"\nPer-step overhead: generate() step vs {args.overhead_steps} bare decode forwards on the same cache "
               "(host ms/step ~ bare forward ms/step means the step is bound by Python and kernel launches)\n")

@@ -23,9 +23,11 @@ def row_line(row) -> str:
     head = f"{row['attn']:>9} ctx {row['context']:>6} x b {row['batch']:>2}"
     if row["status"] != "ok":
         return f"{head}: {status_text(row)}"
-    return (f"{head}: ttft {fmt(row['ttft_s'], '.3f')} s, decode {fmt(row['decode_ms_per_step'], '.2f')} ms/step "
-            f"= {fmt(row['decode_tok_s'], '.1f')} tok/s, peak {fmt(row['peak_gb'], '.2f')} GB, "
-            f"kv {fmt(row['kv_mb'], '.1f')} MB ({row.get('cache_class')})")
+    calls = row.get("flash_mla_calls")
+    paths = "" if not calls else ", paths " + " ".join(f"{k}={v}" for k, v in sorted(calls.items()))
+    return (f"{head}: ttft {fmt(row['ttft_s'], '.3f')} s, decode {fmt(row.get('decode_ms_per_step'), '.2f')} ms/step "
+            f"= {fmt(row.get('decode_tok_s'), '.1f')} tok/s, peak {fmt(row['peak_gb'], '.2f')} GB, "
+            f"kv {fmt(row['kv_mb'], '.1f')} MB ({row.get('cache_class')}){paths}")
 
 
 MAIN_COLUMNS = [
@@ -104,6 +106,48 @@ def add_comparisons(rows, stock=("sdpa", "eager")):
         elif peers:
             row["ratio_note"] = "stock " + "/".join(sorted({r["status"] for r in peers}))
     return rows
+
+
+def targets_summary(rows, ratio_targets, capability_targets, stock=("sdpa", "eager"), goal=10.0) -> list[str]:
+    """Issue 5's targets, one line each: the decode speed-up at ratio_targets, and whether flash_mla runs
+    (and stock does not) at capability_targets."""
+    lines = []
+
+    def find(attn, context, batch):
+        return next((r for r in rows if (r["attn"], r["context"], r["batch"]) == (attn, context, batch)), None)
+
+    def stock_text(context, batch):
+        parts = []
+        for attn in stock:
+            r = find(attn, context, batch)
+            if r is not None:
+                parts.append(f"{attn} {fmt(r.get('decode_tok_s'), '.1f')} tok/s" if r["status"] == "ok"
+                             else f"{attn} {status_text(r)}")
+        return "; ".join(parts) or "stock not run"
+
+    for context, batch in ratio_targets:
+        row = find("flash_mla", context, batch)
+        if row is None:
+            continue
+        head = f"{context // 1024}K x {batch}: "
+        if row["status"] != "ok":
+            lines.append(head + f"flash_mla {status_text(row)} ({stock_text(context, batch)}): target NOT MET")
+            continue
+        ratio = row.get("ratio_vs_best_stock")
+        verdict = ("met" if ratio >= goal else "NOT MET") if ratio is not None else "no stock figure"
+        lines.append(head + f"flash_mla {row['decode_tok_s']:.1f} tok/s, {fmt(ratio, '.1f')}x best stock "
+                     f"({stock_text(context, batch)}); target >= {goal:g}x: {verdict}")
+    for context, batch in capability_targets:
+        row = find("flash_mla", context, batch)
+        if row is None:
+            continue
+        head = f"{context // 1024}K x {batch}: "
+        if row["status"] == "ok":
+            lines.append(head + f"flash_mla runs: {row['decode_tok_s']:.1f} tok/s, peak {fmt(row.get('peak_gb'), '.1f')} "
+                         f"GB ({stock_text(context, batch)})")
+        else:
+            lines.append(head + f"flash_mla {status_text(row)}: target NOT MET ({stock_text(context, batch)})")
+    return lines
 
 
 def write_json(path, meta, rows):

@@ -82,6 +82,22 @@ def flash_mla_backend(device: torch.device) -> str:
         return f"unknown ({type(error).__name__}: {error})"
 
 
+def flash_mla_call_counts() -> dict | None:
+    """A copy of the integration's per-path call counters (paged_kernel, paged_reference, dense, ...), or None
+    where this hf_flashmla keeps none. Differences of two copies say which paths a run took."""
+    import sys
+
+    module = sys.modules.get("hf_flashmla.transformers_integration.attention")
+    counts = getattr(module, "call_counts", None)
+    return dict(counts) if isinstance(counts, dict) else None
+
+
+def count_delta(before: dict | None, after: dict | None) -> dict | None:
+    if before is None or after is None:
+        return None
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
+
+
 def output_cache(output):
     """The cache a generate() / forward() output carries (`cache` from 5.24, `past_key_values` before)."""
     for name in ("cache", "past_key_values"):
@@ -180,8 +196,8 @@ def is_oom(error: BaseException) -> bool:
 
 
 def free_memory(device: torch.device):
-    gc.collect()
-    if device.type == "cuda":
+    if device.type == "cuda":  # on the CPU nothing is measured, and a full collection per run is slow
+        gc.collect()
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
 

@@ -103,6 +103,8 @@ def parse_args(argv=None):
                        help=f"override the dtype's {name} tolerance")
     p.add_argument("--baseline-factor", type=float, default=2.0,
                    help="a check also passes within this factor of the stock baselines' own value (0: off)")
+    p.add_argument("--require-kernel", action="store_true",
+                   help="fail unless flash_mla's decode ran on the compiled kernel (paged_kernel calls > 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the full report here")
     args = p.parse_args(argv)
@@ -174,6 +176,7 @@ def measure(model, args, windows, impls, device) -> dict:
     results = {impl: {"perplexity": Perplexity()} for impl in impls}
     errors = {impl: LogitErrors() for impl in impls[1:]}
     failed = {}
+    calls_before = rt.flash_mla_call_counts()
     for start in range(0, windows.shape[0], args.batch_size):
         ids = windows[start:start + args.batch_size].to(device)
         ref_logits = None
@@ -210,6 +213,8 @@ def measure(model, args, windows, impls, device) -> dict:
                 continue
             results[impl]["greedy_tokens"] = tokens.tolist()
             results[impl]["greedy"] = greedy_agreement(ref_tokens, ref_logits, tokens, args.tol["tie_rel"])
+    if "flash_mla" in results:  # which paths flash_mla took (its counters see only flash_mla forwards)
+        results["flash_mla"]["flash_mla_calls"] = rt.count_delta(calls_before, rt.flash_mla_call_counts())
     for impl in impls:
         results[impl]["perplexity"] = results[impl]["perplexity"].value
         if impl in errors:
@@ -286,12 +291,15 @@ def print_report(results, impls, reference, candidate, check_rows, tol, dtype, b
             if g:
                 print(f"{'  ' + group + ' positions':<24}{_g(g['max_abs'], width=10)}{_g(g['max_rel'], width=10)}"
                       f"{_g(g['mean_rel'], width=10)}{_g(g['top1_agreement'], '.1%', 8)}   ({g['tokens']} tokens)")
+    calls = results.get("flash_mla", {}).get("flash_mla_calls")
+    if calls is not None:
+        print("\nflash_mla attention paths taken: " + (", ".join(f"{k} {v}" for k, v in sorted(calls.items())) or "none"))
     print(f"\nchecks on {candidate} ({rt.dtype_name(dtype)} tolerances: "
           + ", ".join(f"{k} {v:g}" for k, v in tol.items())
           + (f"; or within {baseline_factor:g}x the stock baselines" if baseline_factor > 0 else "") + ")")
     for c in check_rows:
         value = c["value"] if isinstance(c["value"], str) else format(c["value"], ".3g")
-        how = f"limit {c['limit']:g}" if not isinstance(c["limit"], str) else c["limit"]
+        how = f"limit {c['limit']:g}" if not isinstance(c["limit"], str) else f"limit {c['limit']}"
         if "baseline_limit" in c:
             how += f"; baseline limit {c['baseline_limit']:.3g}"
         print(f"  {'PASS' if c['ok'] else 'FAIL'}  {c['name']}: {value} ({how})")
@@ -337,6 +345,10 @@ def main(argv=None) -> int:
         if results[impl].get("perplexity") and ref_ppl:
             results[impl]["ppl_rel"] = abs(results[impl]["perplexity"] / ref_ppl - 1)
     check_rows = checks(results, args.candidate, args.baseline_list, args.tol, args.baseline_factor)
+    if args.require_kernel:
+        calls = (results.get("flash_mla") or {}).get("flash_mla_calls") or {}
+        check_rows.append({"name": "flash_mla decode on the compiled kernel (paged_kernel calls)",
+                           "value": calls.get("paged_kernel", 0), "limit": "> 0", "ok": calls.get("paged_kernel", 0) > 0})
     ok = all(c["ok"] for c in check_rows)
     print()
     print_report(results, impls, args.reference, args.candidate, check_rows, args.tol, dtype, args.baseline_factor)

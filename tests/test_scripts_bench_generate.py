@@ -16,6 +16,16 @@ import e2e_model  # noqa: E402
 import e2e_report  # noqa: E402
 import e2e_runtime as rt  # noqa: E402
 
+
+@pytest.fixture(autouse=True)
+def one_cpu_thread():
+    """The tiny model's matrices are too small for threads to pay; on a busy CI machine they cost 3x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 TINY_ARGS = ["--device", "cpu", "--dtype", "float32", "--preset", "tiny", "--contexts", "8,16", "--batches", "1,2",
              "--long-contexts", "", "--new-tokens", "3", "--overhead-steps", "2", "--progress", "none"]
 LATENT_FP32_BYTES = (512 + 64) * 4
@@ -132,3 +142,20 @@ def test_bad_arguments_exit_2():
     assert excinfo.value.code == 2
     with pytest.raises(SystemExit):
         bench_generate.parse_args(["--new-tokens", "1"])
+
+
+def test_targets_summary_reports_ratio_and_capability():
+    def row(attn, context, batch, status="ok", tok_s=None, **extra):
+        return {"attn": attn, "context": context, "batch": batch, "status": status, "decode_tok_s": tok_s,
+                "peak_gb": 5.0, **extra}
+
+    rows = [row("flash_mla", 16384, 8, tok_s=1500.0), row("sdpa", 16384, 8, tok_s=116.0),
+            row("eager", 16384, 8, "skipped", note="certain OOM: prefill needs >= 900 GB"),
+            row("flash_mla", 32768, 1, tok_s=300.0), row("sdpa", 32768, 1, tok_s=40.0),
+            row("flash_mla", 32768, 8, tok_s=900.0), row("sdpa", 32768, 8, "OOM", note="OutOfMemoryError")]
+    e2e_report.add_comparisons(rows)
+    lines = e2e_report.targets_summary(rows, bench_generate.TARGETS, bench_generate.CAPABILITY)
+    assert lines[0].startswith("16K x 8: flash_mla 1500.0 tok/s, 12.9x best stock") and lines[0].endswith(": met")
+    assert lines[1].startswith("32K x 1:") and "7.5x" in lines[1] and lines[1].endswith("NOT MET")
+    assert lines[2].startswith("32K x 8: flash_mla runs") and "sdpa OOM" in lines[2]
+    assert len(lines) == 3  # no 128K row was run

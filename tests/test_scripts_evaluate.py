@@ -16,6 +16,16 @@ import e2e_tokens  # noqa: E402
 import evaluate  # noqa: E402
 from e2e_metrics import greedy_agreement  # noqa: E402
 
+
+@pytest.fixture(autouse=True)
+def one_cpu_thread():
+    """The tiny model's matrices are too small for threads to pay; on a busy CI machine they cost 3x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 SMALL = ["--device", "cpu", "--dtype", "float32", "--seq-len", "12", "--max-windows", "2", "--batch-size", "2",
          "--prompts", "2", "--new-tokens", "4", "--random-tokens", "64"]
 
@@ -45,6 +55,9 @@ def test_flash_mla_matches_eager_in_fp32(checkpoint, capsys):
     assert evaluate.main([checkpoint, "--step-tokens", "2"] + SMALL) == 0
     out = capsys.readouterr().out
     assert "flash_mla (candidate)" in out and "decode positions" in out and "RESULT: PASS" in out
+    if not torch.cuda.is_available():  # the CPU runs the reference decode, so requiring the kernel fails
+        assert evaluate.main([checkpoint, "--require-kernel", "--baselines", ""] + SMALL) == 1
+        assert "FAIL  flash_mla decode on the compiled kernel" in capsys.readouterr().out
 
 
 def test_disagreement_beyond_tolerance_exits_1(checkpoint, capsys):
