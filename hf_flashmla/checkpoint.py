@@ -7,6 +7,7 @@ greedy decoding does not collapse onto one token (which would make token compari
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -56,16 +57,20 @@ def make_config(architecture: str = "deepseek_v3", base: dict | None = None, **o
     return config
 
 
-def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.15) -> torch.nn.Module:
-    """Deterministic random weights with enough spread for varied greedy tokens; norms stay at one."""
+def randomize(model: torch.nn.Module, seed: int = 0, gain: float = 0.5, head_gain: float = 8.0) -> torch.nn.Module:
+    """Deterministic random weights: matrices N(0, gain^2 / fan_in) (activations stay O(1), so bf16 runs
+    stay within ~1e-2 of fp32), embeddings N(0, 1), lm_head scaled by head_gain so that greedy decoding
+    gives varied tokens. Norm weights and biases keep their init."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if parameter.dim() == 1:
-                continue  # norm weights / biases keep their init
-            values = torch.randn(parameter.shape, generator=generator, dtype=torch.float32) * std
-            if "embed_tokens" in name or "lm_head" in name:
-                values = values * 8
+                continue
+            values = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
+            if "embed_tokens" not in name:
+                values = values * (gain / math.sqrt(parameter.shape[-1]))
+            if "lm_head" in name:
+                values = values * head_gain
             parameter.copy_(values.to(parameter.dtype))
     return model
 

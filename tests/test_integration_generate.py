@@ -286,3 +286,21 @@ def test_import_registers_everything():
     assert "flash_mla" in AttentionInterface._global_mapping
     assert "flash_mla" in AttentionMaskInterface._global_mapping
     assert hf_flashmla.transformers_integration.register() is True
+
+
+def test_metadata_once_per_forward_pass_not_per_layer(monkeypatch):
+    from hf_flashmla import interface
+
+    calls = {"n": 0}
+    original = interface.get_mla_metadata
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(interface, "get_mla_metadata", counting)
+    model = tiny_model("v3")  # 2 layers
+    model.set_attn_implementation("flash_mla")
+    ids, mask = prompts(batch=2, length=10, pads=(0, 3))
+    model.generate(ids, attention_mask=mask, max_new_tokens=9, min_new_tokens=9, do_sample=False)
+    assert calls["n"] == 9  # the 10-token prefill (paged: <= 16 tokens) and 8 decode steps

@@ -1,0 +1,141 @@
+"""flash_mla against a baseline attention on one model: greedy tokens, logits, kernel calls, speed.
+
+Used by scripts/gpu_generate_check.py, the GPU integration tests and the main job's checks.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import torch
+
+from hf_flashmla import _ops
+from hf_flashmla.transformers_integration import cache_kwarg, call_counts, reset_call_counts
+
+
+@torch.no_grad()
+def teacher_forced_logits(model, implementation, ids, mask, forced_tokens):
+    """Last-position logits [b, 1 + n, vocab] (float32) of a prefill of ids, then one decode step per
+    column of forced_tokens [b, n], through the implementation's own cache (LatentPagedCache for
+    flash_mla), with positions and padding handled as generate() does. Both implementations see the
+    same tokens, so their logits compare at every step, whatever either would have chosen."""
+    from transformers import DynamicCache
+
+    from hf_flashmla.latent_cache import LatentPagedCache
+
+    model.set_attn_implementation(implementation)
+    cache = LatentPagedCache(model.config) if implementation == "flash_mla" else DynamicCache(config=model.config)
+    name = cache_kwarg()
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{name: cache})
+    logits = [out.logits[:, -1].float()]
+    for step in range(forced_tokens.shape[1]):
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        position = mask.long().sum(dim=-1, keepdim=True) - 1
+        out = model(input_ids=forced_tokens[:, step:step + 1], attention_mask=mask, position_ids=position,
+                    use_cache=True, **{name: cache})
+        logits.append(out.logits[:, -1].float())
+    return torch.stack(logits, dim=1)
+
+
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((value.float() - reference.float()).norm() / reference.float().norm()).item()
+
+
+@dataclass
+class Comparison:
+    match_rate: float            # fraction of generated tokens identical to the baseline's
+    identical: bool
+    logits_rel_error: float      # teacher-forced: ||flash - baseline|| / ||baseline|| over prefill + every step
+    baseline_logits_rel_error_vs_fp32: float | None  # the baseline's own error against its fp32 run (noise floor)
+    flash_logits_rel_error_vs_fp32: float | None
+    kernel_calls: int            # torch.ops.hf_flashmla.mla_decode calls during the flash_mla run
+    paged_calls: dict            # hf_flashmla.transformers_integration.call_counts of the flash_mla run
+    flash_tokens_per_s: float
+    baseline_tokens_per_s: float
+    flash_cache_bytes: int
+    flash_tokens: torch.Tensor
+    baseline_tokens: torch.Tensor
+
+
+@contextlib.contextmanager
+def count_kernel_calls():
+    """Counts calls into the compiled op through hf_flashmla._ops.mla_decode (what the API calls)."""
+    counter = {"calls": 0}
+    original = _ops.mla_decode
+
+    def counting(*args, **kwargs):
+        counter["calls"] += 1
+        return original(*args, **kwargs)
+
+    _ops.mla_decode = counting
+    try:
+        yield counter
+    finally:
+        _ops.mla_decode = original
+
+
+def left_padded_prompts(batch: int, length: int, vocab_size: int, pad_token_id: int = 0, seed: int = 0,
+                        device="cpu"):
+    """Random prompts; row r is left-padded by r * length / (2 * batch) tokens (row 0 unpadded)."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab_size, (batch, length), generator=generator)
+    mask = torch.ones_like(ids)
+    for row in range(1, batch):
+        pad = min(row * length // (2 * batch), length - 1)
+        mask[row, :pad] = 0
+        ids[row, :pad] = pad_token_id
+    return ids.to(device), mask.to(device)
+
+
+def _timed_generate(model, implementation, ids, mask, max_new_tokens, **kwargs):
+    model.set_attn_implementation(implementation)
+    if ids.device.type == "cuda":
+        torch.cuda.synchronize(ids.device)
+    start = time.perf_counter()
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                         do_sample=False, return_dict_in_generate=True, output_scores=True, **kwargs)
+    if ids.device.type == "cuda":
+        torch.cuda.synchronize(ids.device)
+    seconds = time.perf_counter() - start
+    return out, seconds
+
+
+def compare(model, ids, mask, max_new_tokens: int, baseline: str = "eager", warmup: bool = True,
+            fp32_reference: bool = True) -> Comparison:
+    """Greedy generate() with flash_mla and the baseline (match rate, speed), then teacher-forced logits
+    on the baseline's tokens (relative error at every step; with fp32_reference also both against the
+    baseline run in float32 on a copy of the model)."""
+    if warmup:
+        for implementation in ("flash_mla", baseline):
+            _timed_generate(model, implementation, ids[:, -4:], mask[:, -4:], 2)
+    base, base_seconds = _timed_generate(model, baseline, ids, mask, max_new_tokens)
+    reset_call_counts()
+    with count_kernel_calls() as kernel:
+        flash, flash_seconds = _timed_generate(model, "flash_mla", ids, mask, max_new_tokens)
+    paged = dict(call_counts)
+    prompt = ids.shape[1]
+    flash_tokens, base_tokens = flash.sequences[:, prompt:], base.sequences[:, prompt:]
+    same = flash_tokens == base_tokens
+    cache = flash.get(cache_kwarg())
+
+    forced = base_tokens[:, :-1]
+    flash_logits = teacher_forced_logits(model, "flash_mla", ids, mask, forced)
+    base_logits = teacher_forced_logits(model, baseline, ids, mask, forced)
+    flash_vs_fp32 = base_vs_fp32 = None
+    if fp32_reference and model.dtype != torch.float32:
+        import copy
+        reference_model = copy.deepcopy(model).float()
+        fp32_logits = teacher_forced_logits(reference_model, baseline, ids, mask, forced)
+        del reference_model
+        flash_vs_fp32 = relative_error(flash_logits, fp32_logits)
+        base_vs_fp32 = relative_error(base_logits, fp32_logits)
+    return Comparison(
+        match_rate=same.float().mean().item(), identical=bool(same.all()),
+        logits_rel_error=relative_error(flash_logits, base_logits),
+        baseline_logits_rel_error_vs_fp32=base_vs_fp32, flash_logits_rel_error_vs_fp32=flash_vs_fp32,
+        kernel_calls=kernel["calls"], paged_calls=paged,
+        flash_tokens_per_s=flash_tokens.numel() / flash_seconds, baseline_tokens_per_s=base_tokens.numel() / base_seconds,
+        flash_cache_bytes=cache.used_bytes() if hasattr(cache, "used_bytes") else -1,
+        flash_tokens=flash_tokens, baseline_tokens=base_tokens)

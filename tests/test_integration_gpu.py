@@ -1,0 +1,78 @@
+"""flash_mla generate() on the Hopper kernel, bf16, against eager (run on an sm90 device with the built
+extension; skipped elsewhere by tests/conftest.py)."""
+import pytest
+import torch
+
+import hf_flashmla
+from hf_flashmla import LatentPagedCache
+from hf_flashmla.checkpoint import make_config, random_model
+from hf_flashmla.generation_check import compare, count_kernel_calls, left_padded_prompts
+from hf_flashmla.transformers_integration import cache_kwarg, call_counts, reset_call_counts
+
+pytestmark = pytest.mark.gpu
+
+DEVICE = torch.device("cuda")
+
+
+def bf16_model(architecture="deepseek_v3", heads=16, layers=3, **overrides):
+    config = make_config(architecture, num_attention_heads=heads, num_key_value_heads=heads, num_hidden_layers=layers,
+                         first_k_dense_replace=layers, **overrides)  # dense MLP: no bf16 routing flips
+    return random_model(config, dtype=torch.float32).to(torch.bfloat16).to(DEVICE).eval()
+
+
+@pytest.mark.parametrize("architecture,heads,overrides", [
+    ("deepseek_v3", 16, {}),
+    ("deepseek_v3", 128, {"rope_interleave": False, "q_lora_rank": None}),
+    ("deepseek_v2", 32, {}),
+    ("deepseek_v3", 64, {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024,
+                                          "mscale": 1.0, "mscale_all_dim": 1.0, "beta_fast": 32.0,
+                                          "beta_slow": 1.0}}),
+])
+def test_bf16_generate_close_to_eager_on_the_kernel(architecture, heads, overrides):
+    model = bf16_model(architecture, heads, **overrides)
+    ids, mask = left_padded_prompts(4, 150, model.config.vocab_size, device=DEVICE)
+    result = compare(model, ids, mask, max_new_tokens=80)  # 150 + 80 crosses pages 64, 128 and 192
+    print(f"\n{architecture} h={heads} {overrides}: greedy match rate {result.match_rate:.3f}, logits rel err "
+          f"{result.logits_rel_error:.2e} (vs fp32: flash {result.flash_logits_rel_error_vs_fp32:.2e}, eager "
+          f"{result.baseline_logits_rel_error_vs_fp32:.2e}), kernel calls {result.kernel_calls}, {result.paged_calls}")
+    assert result.kernel_calls > 0
+    assert result.kernel_calls == result.paged_calls["paged_kernel"]
+    assert result.paged_calls["paged_reference"] == 0
+    assert result.logits_rel_error < 1e-2
+    assert result.match_rate > 0.5
+
+
+def test_bf16_beam_search_and_prompt_lookup_run_on_the_kernel():
+    model = bf16_model()
+    model.set_attn_implementation("flash_mla")
+    ids, mask = left_padded_prompts(2, 40, model.config.vocab_size, device=DEVICE)
+    with count_kernel_calls() as kernel:
+        beams = model.generate(ids, attention_mask=mask, num_beams=3, max_new_tokens=20, do_sample=False)
+        single = model.generate(ids[:1], attention_mask=mask[:1], prompt_lookup_num_tokens=4, max_new_tokens=20,
+                                do_sample=False)
+    assert kernel["calls"] > 0
+    assert beams.shape == (2, 60) and single.shape[1] == 60
+
+
+def test_metadata_once_per_step_and_cache_bytes_bf16():
+    model = bf16_model(layers=4)
+    model.set_attn_implementation("flash_mla")
+    ids, mask = left_padded_prompts(3, 10, model.config.vocab_size, device=DEVICE)
+    calls = {"n": 0}
+    original = hf_flashmla.interface.get_mla_metadata
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    hf_flashmla.interface.get_mla_metadata = counting
+    try:
+        cache = LatentPagedCache(model.config)
+        model.generate(ids, attention_mask=mask, max_new_tokens=20, min_new_tokens=20, do_sample=False,
+                       **{cache_kwarg(): cache})
+    finally:
+        hf_flashmla.interface.get_mla_metadata = original
+    assert calls["n"] == 20  # one per forward pass (the 10-token prefill and 19 decode steps), not per layer
+    for layer in range(4):
+        assert cache.pool(layer).dtype == torch.bfloat16 and cache.pool(layer).shape[-1] == 576
+    assert cache.used_bytes() == sum(cache.sequence_lengths) * 4 * 576 * 2
