@@ -470,10 +470,23 @@ const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
   if (!encode_tile_map(&kv_map, p.k_cache, p.is_bf16, 2, kv_dims, kv_strides))
     return "cuTensorMapEncodeTiled failed for k_cache";
 
-  static std::once_flag attr_once;
-  std::call_once(attr_once, [] {
-    cudaFuncSetAttribute(mla_decode_kernel<Elem>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
-  });
+  {
+    // The shared-memory opt-in belongs to the kernel in each device's context, so it is set once per device:
+    // under device_map one process launches this kernel on several GPUs (mla_api.cpp's guard made q's current).
+    constexpr int kMaxAttrDevices = 64;
+    static bool attr_set[kMaxAttrDevices] = {};
+    static std::mutex attr_mutex;
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxAttrDevices)
+      return "mla_decode: cannot tell the current CUDA device (or its index is >= 64)";
+    std::lock_guard<std::mutex> lock(attr_mutex);
+    if (!attr_set[device]) {
+      if (cudaFuncSetAttribute(mla_decode_kernel<Elem>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) !=
+          cudaSuccess)
+        return cudaGetErrorString(cudaGetLastError());
+      attr_set[device] = true;
+    }
+  }
   dim3 grid(p.num_m_blocks, p.num_parts);
   mla_decode_kernel<Elem><<<grid, kThreads, kSmemBytes, stream>>>(p, q_map, kv_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
