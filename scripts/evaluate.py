@@ -19,9 +19,11 @@ Checks on the candidate (tolerances per dtype, override with --tol-*):
 
   dtype     max_rel  mean_rel  ppl_rel  tie_rel
   float32   1e-3     1e-4      1e-3     1e-4
-  bfloat16  5e-2     1e-2      1e-2     2e-2
-  float16   2e-2     5e-3      5e-3     1e-2
+  bfloat16  1.5e-1   1e-2      1e-2     2e-2
+  float16   5e-2     5e-3      5e-3     1e-2
 
+  mean_rel is the main figure (bf16: sdpa vs eager gives ~5e-3 on the demo checkpoint); max_rel, the worst
+  single token, catches a broken position (stock vs stock reaches ~0.11 there in bf16).
   max_rel <= tol, mean_rel <= tol, |ppl_cand / ppl_ref - 1| <= ppl_rel, no unexplained greedy divergence.
   A check that misses its tolerance still passes when the candidate stays within --baseline-factor
   (default 2) x the largest value of the stock baselines in the same run: a badly conditioned model (e.g.
@@ -63,10 +65,21 @@ EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 TOLERANCES = {
     "float32": {"max_rel": 1e-3, "mean_rel": 1e-4, "ppl_rel": 1e-3, "tie_rel": 1e-4},
-    "bfloat16": {"max_rel": 5e-2, "mean_rel": 1e-2, "ppl_rel": 1e-2, "tie_rel": 2e-2},
-    "float16": {"max_rel": 2e-2, "mean_rel": 5e-3, "ppl_rel": 5e-3, "tie_rel": 1e-2},
+    "bfloat16": {"max_rel": 1.5e-1, "mean_rel": 1e-2, "ppl_rel": 1e-2, "tie_rel": 2e-2},
+    "float16": {"max_rel": 5e-2, "mean_rel": 5e-3, "ppl_rel": 5e-3, "tie_rel": 1e-2},
 }
-DEMO_DIR = os.path.join(os.path.expanduser("~"), ".cache", "hf_flashmla", "evaluate-demo-deepseek-v3")
+# Where this checkout has no `python -m hf_flashmla` (which builds ./hf_flashmla_demo_checkpoint).
+FALLBACK_DEMO_DIR = os.path.join(os.path.expanduser("~"), ".cache", "hf_flashmla", "evaluate-demo-deepseek-v3")
+
+
+def default_demo_dir() -> str:
+    """The main job's demo checkpoint folder, so that both use (and build at most once) the same model."""
+    try:
+        from hf_flashmla.__main__ import DEFAULT_PATH
+
+        return DEFAULT_PATH
+    except Exception:  # an hf_flashmla without the main job
+        return FALLBACK_DEMO_DIR
 
 
 class UsageError(Exception):
@@ -77,7 +90,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("checkpoint", nargs="?", default=None, help="local checkpoint folder (default: demo checkpoint)")
-    p.add_argument("--demo-dir", default=None, help=f"where the demo checkpoint is built (default {DEMO_DIR})")
+    p.add_argument("--demo-dir", default=None,
+                   help="where the demo checkpoint is (built on first use; default: python -m hf_flashmla's folder, "
+                        "./hf_flashmla_demo_checkpoint)")
     p.add_argument("--preset", default=None, choices=sorted(e2e_model.PRESETS),
                    help="instead of a checkpoint: a random model built in memory (scripts/e2e_model.py)")
     p.add_argument("--layers", type=int, default=None, help="with --preset: decoder layers")
@@ -323,7 +338,7 @@ def main(argv=None) -> int:
                                                   num_hidden_layers=args.layers)
             model = e2e_model.build_random_model(config, dtype, device, args.reference, seed=args.seed)
         else:
-            checkpoint = args.checkpoint or demo_checkpoint(args.demo_dir or DEMO_DIR)
+            checkpoint = args.checkpoint or demo_checkpoint(args.demo_dir or default_demo_dir())
             model = load_model(checkpoint, dtype, device, args.reference)
         print(f"evaluate: {checkpoint}, {device} {rt.dtype_name(dtype)}", flush=True)
         for impl in impls:
