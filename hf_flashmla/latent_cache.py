@@ -483,13 +483,14 @@ class LatentPagedCache(_TransformersCache):
         step.layers_written.add(layer_idx)
         return pool, step, state
 
-    def gather(self, layer_idx: int, state: _DeviceStep, max_length: int) -> torch.Tensor:
-        """The stored latent rows of every sequence, [b, max_length, latent_dim] (rows past a sequence's
-        length hold scratch data; mask them with the lengths)."""
+    def gather(self, layer_idx: int, state: _DeviceStep, max_length: int, rows: slice | None = None) -> torch.Tensor:
+        """The stored latent rows of every sequence (or of `rows`), [b, max_length, latent_dim]; rows past a
+        sequence's length hold scratch data (mask them with the lengths)."""
         pool = self._pools[layer_idx]
+        table = state.block_table if rows is None else state.block_table[rows]
         position = torch.arange(max_length, device=pool.device)
-        page_col = (position // PAGE_SIZE).clamp(max=state.block_table.shape[1] - 1)
-        slots = state.block_table[:, page_col].to(torch.long) * PAGE_SIZE + position % PAGE_SIZE
+        page_col = (position // PAGE_SIZE).clamp(max=table.shape[1] - 1)
+        slots = table[:, page_col].to(torch.long) * PAGE_SIZE + position % PAGE_SIZE
         return pool.view(-1, pool.shape[-1])[slots]
 
 

@@ -108,7 +108,8 @@ def test_page_boundaries_and_cache_bytes():
     assert cache.used_bytes() == sum(cache.sequence_lengths) * model.config.num_hidden_layers * 576 * dtype_size
 
 
-def test_repeated_generate_with_user_cache_matches_eager():
+@pytest.mark.parametrize("follow_length", [5, 25])  # 25 > DECODE_MAX_QUERY: dense over stored history
+def test_repeated_generate_with_user_cache_matches_eager(follow_length):
     from transformers import DynamicCache
 
     model = tiny_model("v3")
@@ -117,7 +118,7 @@ def test_repeated_generate_with_user_cache_matches_eager():
     for implementation, cache in (("eager", DynamicCache(config=model.config)),
                                   ("flash_mla", LatentPagedCache(model.config, max_pages=16))):
         first = generate(model, implementation, ids, mask, max_new_tokens=6, **{CACHE: cache})
-        follow = torch.randint(3, 90, (2, 5), generator=torch.Generator().manual_seed(3))
+        follow = torch.randint(3, 90, (2, follow_length), generator=torch.Generator().manual_seed(3))
         ids2 = torch.cat([first.sequences, follow], dim=1)
         mask2 = torch.cat([mask, torch.ones(2, ids2.shape[1] - mask.shape[1], dtype=mask.dtype)], dim=1)
         second = generate(model, implementation, ids2, mask2, max_new_tokens=6, **{CACHE: cache})
@@ -304,3 +305,18 @@ def test_metadata_once_per_forward_pass_not_per_layer(monkeypatch):
     ids, mask = prompts(batch=2, length=10, pads=(0, 3))
     model.generate(ids, attention_mask=mask, max_new_tokens=9, min_new_tokens=9, do_sample=False)
     assert calls["n"] == 9  # the 10-token prefill (paged: <= 16 tokens) and 8 decode steps
+
+
+def test_right_padded_prefill_logits_match_eager():
+    model = tiny_model("v2")
+    ids, _ = prompts(batch=2, length=24, pads=(0, 0))
+    mask = torch.ones_like(ids)
+    mask[1, 17:] = 0  # right padding: takes the masked path
+    logits = {}
+    for implementation in ("eager", "flash_mla"):
+        model.set_attn_implementation(implementation)
+        cache = LatentPagedCache(model.config) if implementation == "flash_mla" else None
+        with torch.no_grad():
+            logits[implementation] = model(ids, attention_mask=mask, use_cache=True, **{CACHE: cache}).logits
+    real = mask.bool()
+    assert torch.allclose(logits["flash_mla"][real], logits["eager"][real], rtol=1e-4, atol=1e-4)

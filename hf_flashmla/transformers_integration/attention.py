@@ -139,26 +139,47 @@ def _paged_attention(module, q_nope, q_pe, cache, layer_idx, latent, token_mask)
     return attn.transpose(0, 1).reshape(batch, s, heads, -1)
 
 
+def _causal(s, device):
+    return torch.ones(s, s, dtype=torch.bool, device=device).tril()
+
+
 def _prefill_attention(module, q_nope, q_pe, cache, layer_idx, latent, token_mask):
     batch, s = q_nope.shape[:2]
     device = q_nope.device
-    causal = torch.ones(s, s, dtype=torch.bool, device=device).tril()
+    call_counts["dense"] += 1
     if cache is None:
         key, value = _expand(module, latent)
-        visible = None if token_mask is None else causal[None] & token_mask[:, None, :]
-        call_counts["dense"] += 1
+        visible = None if token_mask is None else _causal(s, device)[None] & token_mask[:, None, :]
         return _dense_attention(module, q_nope, q_pe, key, value, visible)
 
     _, step, state = cache.write(layer_idx, latent, token_mask)
-    call_counts["dense"] += 1
-    if not any(step.lengths_before):
-        # Nothing stored before this chunk: attend to the chunk itself (padding masked as keys).
-        key, value = _expand(module, latent)
-        if state.token_mask is None:
-            return _dense_attention(module, q_nope, q_pe, key, value, None)
-        real = state.token_mask
-        return _dense_attention(module, q_nope, q_pe, key, value, causal[None] & real[:, None, :])
-    # Earlier tokens live in the pages: gather every sequence's stored latent (this chunk included).
+    if not step.left_padded:
+        return _masked_prefill(module, q_nope, q_pe, cache, layer_idx, latent, step, state)
+    # Row by row over the real tokens only (they are each row's last `count` tokens): no mask is built,
+    # SDPA takes its causal kernels, and K/V are expanded for one row at a time.
+    out = q_nope.new_zeros(batch, s, module.num_heads, module.v_head_dim)
+    for row in range(batch):
+        before, after = step.lengths_before[row], step.lengths_after[row]
+        count = after - before
+        if count == 0:
+            continue
+        q_nope_row, q_pe_row = q_nope[row:row + 1, s - count:], q_pe[row:row + 1, s - count:]
+        if before == 0:
+            key, value = _expand(module, latent[row:row + 1, s - count:])
+            out[row, s - count:] = _dense_attention(module, q_nope_row, q_pe_row, key, value, None)[0]
+            continue
+        stored = cache.gather(layer_idx, state, after, rows=slice(row, row + 1))
+        key, value = _expand(module, stored)
+        # Query i of the chunk is token before + i: it sees keys 0 .. before + i.
+        visible = torch.ones(count, after, dtype=torch.bool, device=device).tril(diagonal=before)
+        out[row, s - count:] = _dense_attention(module, q_nope_row, q_pe_row, key, value, visible[None])[0]
+    return out
+
+
+def _masked_prefill(module, q_nope, q_pe, cache, layer_idx, latent, step, state):
+    """Any padding pattern (e.g. right padding): one masked SDPA over every row's stored tokens."""
+    batch, s = q_nope.shape[:2]
+    device = q_nope.device
     max_length = max(step.lengths_after)
     stored = cache.gather(layer_idx, state, max_length)
     key, value = _expand(module, stored)
