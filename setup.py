@@ -49,5 +49,6 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "transformers>=4.46", "accelerate", "safetensors"],
     extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["hf-flashmla=hf_flashmla.__main__:main"]},
     **extension_setup_args(),
 )
