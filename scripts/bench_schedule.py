@@ -10,12 +10,15 @@ hf_flashmla.schedule.compute_schedule. Printed per path, medians over the repeat
 Each kernel result is checked against the PyTorch one (bit for bit).
 """
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import torch
 
-from hf_flashmla import schedule
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+from hf_flashmla import schedule  # noqa: E402
 
 
 def time_calls(fn, reps):
@@ -44,6 +47,8 @@ def main():
     parser.add_argument("--max-len", type=int, default=32768)
     parser.add_argument("--reps", type=int, default=200)
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_schedule: needs a CUDA device")
 
     device = torch.device("cuda")
     print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, rows {args.rows}, "
