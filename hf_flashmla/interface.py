@@ -158,6 +158,11 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
                                causal, head_dim_v)
     if choice.name == TRITON:
         from hf_flashmla import triton_decode  # imported on first use: Triton is optional and slow to import
-        return triton_decode.mla_decode_triton(q, k_cache, block_table, cache_seqlens, head_dim_v,
-                                               float(softmax_scale), causal)
+        if q.device.type != "cuda":  # TRITON_INTERPRET on the CPU
+            return triton_decode.mla_decode_triton(q, k_cache, block_table, cache_seqlens, head_dim_v,
+                                                   float(softmax_scale), causal)
+        # Triton launches on the current device and stream: make them q's (device_map puts layers on several GPUs).
+        with torch.cuda.device(q.device):
+            return triton_decode.mla_decode_triton(q, k_cache, block_table, cache_seqlens, head_dim_v,
+                                                   float(softmax_scale), causal)
     return mla_decode_reference(q, k_cache, block_table, cache_seqlens, head_dim_v, float(softmax_scale), causal)
