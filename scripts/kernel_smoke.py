@@ -146,7 +146,8 @@ def main():
     parser.add_argument("--check-only", action="store_true")
     parser.add_argument("--profile-one", default=None, help="b,L,s_q,h_q: run that config a few times (for ncu)")
     parser.add_argument("--variants", default=None,
-                        help="comma list of HF_FLASHMLA_CLUSTER values, each optionally @num_sms (e.g. 0,2,4@128)")
+                        help="comma list of CLUSTER[pMODE][@SMS]: HF_FLASHMLA_CLUSTER value, optional "
+                             "HF_FLASHMLA_PROFILE_MODE (timing aid), optional SM count for the schedule (e.g. 0,2,0p1,2@128)")
     parser.add_argument("--compare", action="store_true", help="time FlashMLA's 45 configs under every variant")
     parser.add_argument("--warmup-ms", type=float, default=10)
     parser.add_argument("--rep-ms", type=float, default=50)
