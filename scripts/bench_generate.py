@@ -177,8 +177,10 @@ def make_prompt(config, context, batch, device, seed):
 
 
 def warm_up(model, args, device):
-    """One short generate() per attention implementation: kernels, cuBLAS handles, lazy imports."""
-    ids, mask = make_prompt(model.config, 128, 1, device, args.seed)
+    """One short generate() per attention implementation (kernels, cuBLAS handles, lazy imports), with a
+    prompt long enough to take the long-prefill path too, so the first measured row's TTFT is not a cold start."""
+    length = min(1024, max(args.context_list + args.long_list))
+    ids, mask = make_prompt(model.config, length, 2, device, args.seed)
     model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, **args.gen_kwargs)
     rt.synchronize(device)
 

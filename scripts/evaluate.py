@@ -31,7 +31,7 @@ Checks on the candidate (tolerances per dtype, override with --tol-*):
 
 Exit codes: 0 all checks pass; 1 the candidate disagrees beyond a tolerance (or fails while running);
 2 usage or setup error (bad arguments, unreadable checkpoint or data, text without a tokenizer, an
-implementation that is not available here).
+implementation that is not available here, the reference itself failing, e.g. out of memory).
 
 Usage:
   python scripts/evaluate.py /path/to/checkpoint --text corpus.txt --json eval.json
@@ -112,6 +112,7 @@ def parse_args(argv=None):
     p.add_argument("--candidate", default="flash_mla")
     p.add_argument("--baselines", default="sdpa", help="comma list, reported only ('' for none)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--device-map", default=None, help="passed to from_pretrained (e.g. auto) for models larger than one GPU")
     p.add_argument("--dtype", default="auto", help="auto = bfloat16 on CUDA, float32 on CPU")
     for name in ("max_rel", "mean_rel", "ppl_rel", "tie_rel"):
         p.add_argument(f"--tol-{name.replace('_', '-')}", dest=f"tol_{name}", type=float, default=None,
@@ -156,13 +157,16 @@ def demo_checkpoint(path: str) -> str:
     return e2e_model.save_random_checkpoint(path, preset="tiny")
 
 
-def load_model(path, dtype, device, attn):
+def load_model(path, dtype, device, attn, device_map=None):
     from transformers import AutoModelForCausalLM
 
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise UsageError(f"checkpoint: {path} has no config.json (a local Transformers checkpoint folder is expected)")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
-    return model.to(device).eval().requires_grad_(False)
+    if device_map:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, device_map=device_map)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn).to(device)
+    return model.eval().requires_grad_(False)
 
 
 def load_data(args, tokenizer, vocab_size):
@@ -339,7 +343,8 @@ def main(argv=None) -> int:
             model = e2e_model.build_random_model(config, dtype, device, args.reference, seed=args.seed)
         else:
             checkpoint = args.checkpoint or demo_checkpoint(args.demo_dir or default_demo_dir())
-            model = load_model(checkpoint, dtype, device, args.reference)
+            model = load_model(checkpoint, dtype, device, args.reference, args.device_map)
+            device = model.device if args.device_map else device  # inputs go where the embedding is
         print(f"evaluate: {checkpoint}, {device} {rt.dtype_name(dtype)}", flush=True)
         for impl in impls:
             reason = rt.use_attn(model, impl)
@@ -354,7 +359,13 @@ def main(argv=None) -> int:
           f"(prefill {args.prefill_len}, then decode steps of {args.step_tokens}); greedy: "
           f"{min(args.prompts, windows.shape[0])} prompts x {args.prompt_len} tokens + {args.new_tokens} new", flush=True)
 
-    results = measure(model, args, windows, impls, device)
+    try:
+        results = measure(model, args, windows, impls, device)
+    except Exception as error:  # noqa: BLE001  (only the reference's failure gets here: nothing to compare to)
+        hint = " (smaller --seq-len / --batch-size?)" if rt.is_oom(error) else ""
+        print(f"evaluate: error: the reference {args.reference} failed: {type(error).__name__}: {error}{hint}",
+              file=sys.stderr)
+        return EXIT_USAGE
     ref_ppl = results[args.reference]["perplexity"]
     for impl in impls[1:]:
         if results[impl].get("perplexity") and ref_ppl:

@@ -140,3 +140,16 @@ def test_greedy_divergence_is_a_near_tie_only_when_the_reference_logits_say_so()
     assert tie["divergences"][0]["step"] == 2 and tie["prefix_match"] == pytest.approx(2 / 3)
     strict = greedy_agreement(ref, logits, cand, tie_rel=1e-4)
     assert strict["unexplained_divergences"] == 1
+
+
+def test_reference_failure_is_a_setup_error(checkpoint, monkeypatch, capsys):
+    import e2e_metrics
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+
+    monkeypatch.setattr(evaluate, "teacher_forced_logits", out_of_memory)
+    assert e2e_metrics.teacher_forced_logits is not out_of_memory
+    assert evaluate.main([checkpoint, "--candidate", "sdpa", "--baselines", ""] + SMALL) == 2
+    err = capsys.readouterr().err
+    assert "the reference eager failed: OutOfMemoryError" in err and "smaller --seq-len" in err
