@@ -109,7 +109,9 @@ def _split_kernel(Q, KV, BLOCK_TABLE, SEQLENS, OUT, LSE, O_PART, LSE_PART,
     pages_per_split = (num_pages + num_splits - 1) // num_splits
     key_start = split * pages_per_split * PAGE
     key_end = tl.minimum(key_start + pages_per_split * PAGE, length)
-    key_end = tl.minimum(key_end, tl.reduce(last_key, 0, _maximum) + 1)  # causal: nothing past the block's last key
+    if CAUSAL:  # nothing past the last key that the block's last query token sees
+        last_token = (tl.minimum(rows, (pid_m + 1) * BLOCK_M) - 1) // group
+        key_end = tl.minimum(key_end, length - s_q + last_token + 1)
 
     q_ptr = Q + batch.to(tl.int64) * stride_qb + token * stride_qt + head * stride_qh
     q_latent = tl.load(q_ptr[:, None] + offs_v[None, :], mask=row_ok[:, None], other=0.0)
@@ -210,16 +212,18 @@ class TileConfig(NamedTuple):
 
 
 def tile_config(rows: int, dtype: torch.dtype) -> TileConfig:
-    """Fixed table by rows per KV head (s_q * h_q / h_kv); sizes from offline compiles for sm_80/sm_90.
+    """Fixed table by rows per KV head (s_q * h_q / h_kv). Resource figures are from offline compiles
+    (Triton 3.6 and 3.9, sm_80 and sm_90; no GPU needed to compile).
 
     Up to 32 rows the work is memory-bound: one program covers every row, so the cache is read once.
-    4 warps (mma.sync: M = 16 / 32 is below wgmma's 64), 32-key tiles (36 KB of K in bf16), 3 stages:
-    one tile loads while another is consumed; ~91 / 110 KB of shared memory and <= 255 registers
-    per thread let two programs share an H100 SM (4 warps at 32 rows: 8 warps would need 162 registers
-    x 256 threads, one program per SM). Above 32 rows, 64-row blocks with 8 warps (wgmma on sm_90)
-    bound the re-reads of the cache to rows / 64 while the [64, 512] float32 accumulator stays at
-    128 registers per thread. float32 inputs (rare on GPU; exact "ieee" dots run on FMA units, whose
-    larger tiles spill) take 16-row, 16-key tiles."""
+    4 warps (mma.sync: M = 16 / 32 is below wgmma's 64), 32-key tiles (36 KB of K in bf16), 3 stages
+    (two tile buffers: one loads while the other is consumed). 16 rows: 91 KB of shared memory,
+    128-192 registers; 32 rows: 110 KB, 255 registers: two programs share an H100 SM either way
+    (8 warps at 32 rows would need 162 registers x 256 threads: one program per SM). Above 32 rows,
+    64-row blocks with 8 warps (wgmma on sm_90; 180 KB, 236-255 registers, one program per SM) bound
+    the re-reads of the cache to rows / 64; programs of the same split but other row blocks are
+    neighbours in the grid, so the re-read mostly hits L2. float32 inputs (rare on GPU; exact "ieee"
+    dots run on FMA units, whose larger tiles spill) take 16-row, 16-key tiles."""
     if dtype == torch.float32:
         return TileConfig(16, 16, 4, 2, 2)
     if rows <= 16:
@@ -313,7 +317,7 @@ def mla_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch
             block_table.stride(0), max_blocks, max(num_blocks, 1),
             s_q, group, h_q, softmax_scale * LOG2E, num_splits,
             DIRECT_OUT=num_splits == 1, CAUSAL=causal, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # ignored for 16-bit inputs
+            DOT_PRECISION="ieee" if q.dtype == torch.float32 else None,  # None: the default (16-bit dots)
             UPCAST=INTERPRETED and q.dtype == torch.bfloat16,
             PAGE=PAGE_SIZE, D_V=D_LATENT, D_PE=D_ROPE, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
 

@@ -47,6 +47,18 @@ def interpreted():
         else:
             os.environ["TRITON_INTERPRET"] = previous
     assert module.INTERPRETED
+    # Triton <= 3.6's interpreter turns 1-element arrays into loop bounds with int(), which numpy >= 2.4
+    # refuses (fixed in later Triton): a version clash outside this code, so skip rather than fail.
+    try:
+        q = torch.zeros(1, 1, 16, 576)
+        module.mla_decode_triton(q, torch.zeros(1, 64, 1, 576), torch.zeros(1, 1, dtype=torch.int32),
+                                 torch.ones(1, dtype=torch.int32), DV, 1.0, False)
+    except Exception as error:  # triton.runtime.errors.InterpreterError wraps the TypeError
+        if "only 0-dimensional arrays can be converted" in str(error):
+            import numpy
+            import triton
+            pytest.skip(f"Triton {triton.__version__}'s interpreter cannot run with numpy {numpy.__version__}")
+        raise
     return module
 
 
@@ -159,7 +171,8 @@ def test_interpreter_row_strided_block_table(interpreted):
 
 
 # ----------------------------------------------------------------------------------- heuristics, backend
-def test_num_splits_fill_the_gpu_from_shapes_only(interpreted):
+def test_num_splits_fill_the_gpu_from_shapes_only():
+    interpreted = importlib.import_module("hf_flashmla.triton_decode")  # no launch: compiled module is fine
     choose = interpreted.choose_num_splits
     assert choose(128, 256, 132, 2) == 2          # b128 L16K h16: 128 programs -> 256 of 264 slots
     assert choose(64, 256, 132, 2) == 4           # b64: 256 of 264 slots
@@ -169,7 +182,8 @@ def test_num_splits_fill_the_gpu_from_shapes_only(interpreted):
     assert choose(1, 0, 132, 2) == 1
 
 
-def test_tile_table(interpreted):
+def test_tile_table():
+    interpreted = importlib.import_module("hf_flashmla.triton_decode")  # no launch: compiled module is fine
     for rows, dtype in itertools.product((1, 16, 17, 32, 33, 64, 128, 512),
                                          (torch.bfloat16, torch.float16, torch.float32)):
         config = interpreted.tile_config(rows, dtype)
