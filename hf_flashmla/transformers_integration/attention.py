@@ -157,7 +157,7 @@ def _prefill_attention(module, q_nope, q_pe, cache, layer_idx, latent, token_mas
         return _masked_prefill(module, q_nope, q_pe, cache, layer_idx, latent, step, state)
     # Row by row over the real tokens only (they are each row's last `count` tokens): no mask is built,
     # SDPA takes its causal kernels, and K/V are expanded for one row at a time.
-    out = q_nope.new_zeros(batch, s, module.num_heads, module.v_head_dim)
+    out = q_nope.new_zeros(batch, s, q_nope.shape[2], module.v_head_dim)  # this rank's heads under tp_plan
     for row in range(batch):
         before, after = step.lengths_before[row], step.lengths_after[row]
         count = after - before
