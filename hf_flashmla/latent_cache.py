@@ -37,6 +37,14 @@ SCRATCH_PAGE = 0
 CHECK_VALUES_ENV_VAR = "HF_FLASHMLA_CHECK_VALUES"
 
 
+def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device without waiting on the device: pinned staging (PyTorch's caching host allocator
+    keeps the buffer alive until the copy has run) on CUDA."""
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
 class LatentCacheFullError(RuntimeError):
     """The step needs more pages than the user-sized pool has free; nothing was written."""
 
@@ -71,6 +79,7 @@ class _Step:
         self.left_padded = left_padded        # real tokens of every row are contiguous at its end
         self.layers_written: set[int] = set()
         self.devices: dict[torch.device, _DeviceStep] = {}
+        self.previous: _Step | None = None
 
 
 class LatentPagedCache(_TransformersCache):
@@ -120,6 +129,7 @@ class LatentPagedCache(_TransformersCache):
         self._table_version = 0
         self._device_tables: dict[torch.device, tuple[int, torch.Tensor]] = {}
         self._step: _Step | None = None
+        self._last_step: _Step | None = None   # device lengths of a plain continuation derive from it
         self._step_counter = 0
 
     @property
@@ -239,6 +249,7 @@ class LatentPagedCache(_TransformersCache):
             raise ValueError(f"tokens_to_remove: the cache holds {self._logical_length} positions, cannot remove "
                              f"{remove}")
         self._logical_length -= remove
+        self._last_step = None
         # Cropped tokens are the most recent ones, which are real tokens (generate() never pads on the right).
         self._lengths = [max(length - remove, 0) for length in self._lengths]
         self._release_unused_pages()
@@ -302,7 +313,7 @@ class LatentPagedCache(_TransformersCache):
         cached = self._device_tables.get(device)
         if cached is not None and cached[0] == self._table_version:
             return cached[1]
-        table = self._table.to(device, non_blocking=True)
+        table = _to_device(self._table, device)
         self._device_tables[device] = (self._table_version, table)
         return table
 
@@ -336,6 +347,7 @@ class LatentPagedCache(_TransformersCache):
         for pages in old_pages:
             self._free.extend(reversed(pages))
         self._lengths = new_lengths
+        self._last_step = None
         self._rebuild_table()
 
     def _grown_pool(self, layer_idx: int) -> torch.Tensor:
@@ -359,6 +371,9 @@ class LatentPagedCache(_TransformersCache):
             self._lengths = list(step.lengths_before)
             self._logical_length = step.logical_before
             self._release_unused_pages()
+            self._last_step = None
+        else:
+            self._last_step = step
 
     def _begin_step(self, batch: int, query_length: int, token_mask: torch.Tensor | None) -> _Step:
         self._settle()
@@ -409,6 +424,9 @@ class LatentPagedCache(_TransformersCache):
         self._step_counter += 1
         step = _Step(self._step_counter, query_length, lengths_before, lengths_after, self._logical_length,
                      token_mask if host_mask is None else host_mask, left_padded)
+        if self._last_step is not None and self._last_step.lengths_after == lengths_before:
+            step.previous = self._last_step
+            self._last_step.previous = None  # keep one step back only
         self._lengths = lengths_after
         self._logical_length += query_length
         self._step = step
@@ -420,8 +438,14 @@ class LatentPagedCache(_TransformersCache):
             return state
         state = _DeviceStep()
         state.block_table = self._device_table(device)
-        state.seqlens_before = torch.tensor(step.lengths_before, dtype=torch.int32).to(device, non_blocking=True)
-        state.seqlens = torch.tensor(step.lengths_after, dtype=torch.int32).to(device, non_blocking=True)
+        previous = step.previous.devices.get(device) if step.previous is not None else None
+        if previous is not None and step.token_mask is None:
+            # A plain continuation of the previous step: the lengths follow on the device, no copy.
+            state.seqlens_before = previous.seqlens
+            state.seqlens = previous.seqlens + step.query_length
+        else:
+            state.seqlens_before = _to_device(torch.tensor(step.lengths_before, dtype=torch.int32), device)
+            state.seqlens = _to_device(torch.tensor(step.lengths_after, dtype=torch.int32), device)
         s = step.query_length
         if step.token_mask is None:
             rank = torch.arange(s, device=device, dtype=torch.int32)[None, :].expand(len(step.lengths_before), s)

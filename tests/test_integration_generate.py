@@ -320,3 +320,11 @@ def test_right_padded_prefill_logits_match_eager():
             logits[implementation] = model(ids, attention_mask=mask, use_cache=True, **{CACHE: cache}).logits
     real = mask.bool()
     assert torch.allclose(logits["flash_mla"][real], logits["eager"][real], rtol=1e-4, atol=1e-4)
+
+
+def test_paged_forward_with_grad_raises_clearly():
+    model = tiny_model("v3")
+    model.set_attn_implementation("flash_mla")
+    ids, mask = prompts(batch=1, pads=(0,))
+    with pytest.raises(ValueError, match="inference-only"):
+        model(ids, attention_mask=mask, use_cache=True, **{CACHE: LatentPagedCache(model.config)})

@@ -245,6 +245,9 @@ def flash_mla_forward(module, hidden_states, position_embeddings=None, attention
                           f"itself; pass hf_flashmla.LatentPagedCache(model.config) to supply your own.")
             _warned_other_cache = True
         attn = _other_cache_attention(module, q_nope, q_pe, cache, module.layer_idx, latent, attention_mask, kwargs)
+    elif cache is not None and hidden_states.requires_grad:
+        raise ValueError("hidden_states: attn_implementation='flash_mla' with a cache is inference-only (the paged "
+                         "kernel has no backward); run generate()/forward under torch.no_grad(), or use_cache=False")
     elif cache is not None and _use_pages(cache, module.layer_idx, batch, s, token_mask):
         attn = _paged_attention(module, q_nope, q_pe, cache, module.layer_idx, latent, token_mask)
     else:
