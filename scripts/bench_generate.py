@@ -25,6 +25,7 @@ cannot fit (attention tensors of the prefill alone exceed the GPU) are skipped u
 Usage (GPU machine, repo root):
   python scripts/bench_generate.py --json e2e.json --plot-prefix e2e        # main table, ~4-6 min on H100
   python scripts/bench_generate.py --quick                                  # 32 new tokens, batches 1 and 8
+  python scripts/bench_generate.py --targets-only                           # issue 5's four configs
   python scripts/bench_generate.py --device cpu --dtype float32 --preset tiny --contexts 32,64 \\
       --batches 1,2 --long-contexts '' --new-tokens 4                       # CPU plumbing check
 """
@@ -70,6 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--overhead-steps", type=int, default=16,
                    help="bare decode forwards timed after each run (0: skip the overhead measurement)")
     p.add_argument("--quick", action="store_true", help="32 new tokens, batches 1 and 8, 8 overhead steps")
+    p.add_argument("--targets-only", action="store_true",
+                   help="only issue 5's configs: 16K x 8, 32K x 1, 32K x 8, 128K x 1")
     p.add_argument("--all", action="store_true", help="also try stock configs predicted to run out of memory")
     p.add_argument("--time-budget-s", type=float, default=420.0,
                    help="start no run after this many seconds from launch (rows left: 'skipped: time budget')")
@@ -108,6 +111,8 @@ def parse_args(argv=None):
 def plan(args) -> list[tuple[str, int, int]]:
     grid = [(c, b) for c in args.context_list for b in args.batch_list] + [(c, 1) for c in args.long_list]
     grid = list(dict.fromkeys(grid))
+    if args.targets_only:
+        grid = list(TARGETS + CAPABILITY)
     first = [cb for cb in TARGETS + CAPABILITY if cb in grid]
     rest = sorted((cb for cb in grid if cb not in first), key=lambda cb: (cb[0] * cb[1], cb[0]))
     return [(attn, c, b) for c, b in first + rest for attn in args.attns]

@@ -92,6 +92,8 @@ def test_plan_puts_targets_first():
     heads = [(c, b) for _, c, b in runs[::3]][:4]
     assert heads == [(16384, 8), (32768, 1), (32768, 8), (131072, 1)]
     assert len(runs) == 3 * (4 * 3 + 1)
+    targets = bench_generate.plan(bench_generate.parse_args(["--targets-only"]))
+    assert [(c, b) for _, c, b in targets[::3]] == heads
 
 
 def test_certain_oom_prediction_matches_measured_h100_stock_results():
