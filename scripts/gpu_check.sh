@@ -6,7 +6,13 @@
 # (build is needed in every fresh machine: the extension is built in place.)
 # Stages, chosen by STAGES (default "build tests sanitize bench"); each runs even if an earlier one failed:
 #   build     HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace  -> $OUT/build.log (+ ptxas summary)
-#   tests     python3 -m pytest -q -m gpu tests/test_kernel_gpu.py            -> $OUT/gpu_tests.log ($PYTEST_ARGS)
+#   tests     python3 -m pytest -q -m "gpu or triton_gpu" tests/ (every GPU test: kernel, schedule kernel,
+#             Triton path, integration)                                     -> $OUT/gpu_tests.log ($PYTEST_ARGS)
+#   schedule  scripts/bench_schedule.py (PyTorch schedule vs the schedule kernel) -> $OUT/schedule.log
+#   generate  scripts/gpu_generate_check.py, the main job (python3 -m hf_flashmla), scripts/evaluate.py
+#             (bf16 flash_mla vs eager, kernel required)                    -> $OUT/generate.log
+#   multigpu  scripts/multi_gpu_check.py (device_map over 2 GPUs, tp_plan via torchrun) -> $OUT/multigpu.log
+#   e2e       scripts/bench_generate.py $E2E_ARGS                           -> $OUT/e2e.{log,json} + plots
 #   sanitize  compute-sanitizer memcheck + racecheck on scripts/sanitize_case.py -> $OUT/sanitize_*.log
 #             (each under timeout $SANITIZE_TIMEOUT, default 300 s)
 #   bench     python3 scripts/bench_kernel.py $BENCH_ARGS (default --quick)   -> $OUT/bench.{log,json,png}
@@ -59,7 +65,7 @@ fi
 
 if has_stage tests; then
   s=$(date +%s)
-  python3 -m pytest -q -m gpu -rs $PYTEST_ARGS tests/test_kernel_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -60
+  python3 -m pytest -q -m "gpu or triton_gpu" -rs ${PYTEST_ARGS:-tests/} 2>&1 | tee "$OUT/gpu_tests.log" | tail -60
   rc=${PIPESTATUS[0]}
   line=$(grep -E "[0-9]+ (passed|failed|skipped|error)" "$OUT/gpu_tests.log" | tail -1)
   if [[ $rc == 0 && $line != *passed* ]]; then note "tests: NOTHING RAN (kernel not usable?): $line"
@@ -90,6 +96,46 @@ if has_stage bench; then
   rc=${PIPESTATUS[0]}
   if [[ $rc == 0 ]]; then note "bench: ok ($(( $(date +%s) - s )) s)"; else note "bench: FAILED (rc $rc)"; fi
   while IFS= read -r l; do SUMMARY+=("bench: $l"); done < <(grep -E "geomean speed ratio|max GB/s|max TFLOP/s|ours vs |incorrect results|errors:" "$OUT/bench.log" | sed 's/^ *//')
+fi
+
+# run_stage NAME LOGFILE TIMEOUT_S COMMAND...: runs one step under a timeout (a hang costs the whole call otherwise).
+run_stage() {
+  local name=$1 log=$2 limit=$3; shift 3
+  local s; s=$(date +%s)
+  echo "### $name: $*"
+  timeout "$limit" "$@" >> "$log" 2>&1
+  local rc=$?
+  tail -40 "$log"
+  if [[ $rc == 0 ]]; then note "$name: ok ($(( $(date +%s) - s )) s)"; else note "$name: FAILED (rc $rc, $(( $(date +%s) - s )) s)"; fi
+}
+
+if has_stage schedule; then
+  run_stage "schedule bench" "$OUT/schedule.log" 120 python3 scripts/bench_schedule.py
+fi
+
+if has_stage generate; then
+  log="$OUT/generate.log"; : > "$log"
+  run_stage "generate check (bf16 flash_mla vs eager)" "$log" 240 python3 scripts/gpu_generate_check.py
+  run_stage "main job (python3 -m hf_flashmla)" "$log" 240 python3 -m hf_flashmla
+  run_stage "evaluate (DeepSeek-V3 shapes, bf16)" "$log" 240 python3 scripts/evaluate.py --preset deepseek-v3 \
+    --dtype bfloat16 --seq-len 2048 --prefill-len 1920 --max-windows 4 --batch-size 2 --random-tokens 8192 \
+    --require-kernel --json "$OUT/eval_v3.json"
+fi
+
+if has_stage multigpu; then
+  log="$OUT/multigpu.log"; : > "$log"
+  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # the host requires multicast off
+  if (( $(nvidia-smi -L 2>/dev/null | wc -l) >= 2 )); then
+    run_stage "multigpu device_map" "$log" 240 python3 scripts/multi_gpu_check.py
+    run_stage "multigpu tp_plan" "$log" 240 torchrun --nproc-per-node 2 scripts/multi_gpu_check.py --tp
+  else
+    note "multigpu: skipped (fewer than 2 GPUs)"
+  fi
+fi
+
+if has_stage e2e; then
+  run_stage "e2e bench_generate" "$OUT/e2e.log" "${E2E_TIMEOUT:-480}" python3 scripts/bench_generate.py \
+    ${E2E_ARGS:---time-budget-s 360} --json "$OUT/e2e.json" --plot-prefix "$OUT/e2e"
 fi
 
 echo
