@@ -213,7 +213,12 @@ def test_non_mla_model_raises():
     config = LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2)
     model = LlamaForCausalLM(config)
-    model.set_attn_implementation("flash_mla")
+    with pytest.raises(ValueError, match="LlamaForCausalLM is not one"):
+        model.set_attn_implementation("flash_mla")
+    with pytest.raises(ValueError, match="multi-head latent attention"):
+        LlamaForCausalLM._from_config(config, attn_implementation="flash_mla")
+    # Should a model get the name anyway (config edited by hand), its attention still refuses to run.
+    model.config._attn_implementation_internal = "flash_mla"
     with pytest.raises(ValueError, match="multi-head latent attention"):
         model(torch.tensor([[1, 2, 3]]))
     with pytest.raises(ValueError, match="kv_lora_rank"):

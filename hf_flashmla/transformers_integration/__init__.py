@@ -113,6 +113,23 @@ def _patch(cls, name, wrapper_factory, *extra):
     setattr(cls, name, wrapper_factory(current, *extra))
 
 
+def _model_check(original, served_classes):
+    """Refuses flash_mla at load / set_attn_implementation time for any model whose attention is not
+    Transformers' DeepseekV2/V3Attention (other architectures, trust_remote_code DeepSeek classes)."""
+    @functools.wraps(original)
+    def _check_and_adjust_attn_implementation(self, attn_implementation, *args, **kwargs):
+        if attn_implementation == ATTN_IMPLEMENTATION and not isinstance(self, served_classes):
+            raise ValueError(
+                f"attn_implementation='flash_mla' serves Transformers' own DeepSeek-V2/V3 models (model_type "
+                f"deepseek_v2 / deepseek_v3, multi-head latent attention); {type(self).__name__} is not one"
+                f"{' (trust_remote_code classes are not supported: load without trust_remote_code)' if 'transformers.' not in type(self).__module__ else ''}. "
+                f"Use 'sdpa' or 'eager'.")
+        return original(self, attn_implementation, *args, **kwargs)
+
+    _check_and_adjust_attn_implementation._hf_flashmla_original = original
+    return _check_and_adjust_attn_implementation
+
+
 def _guard_flash_imports():
     """Names containing "flash" make from_pretrained/set_attn_implementation import a flash-attn package
     (lazy_import_flash_attention); flash_mla needs none."""
@@ -146,14 +163,18 @@ def register() -> bool:
     AttentionInterface.register(ATTN_IMPLEMENTATION, _unsupported_attention)
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, flash_mla_mask)
     _guard_flash_imports()
+    served = []
     for model in _MODELS:
         modeling = importlib.import_module(f"transformers.models.{model}.modeling_{model}")
         prefix = "DeepseekV2" if model == "deepseek_v2" else "DeepseekV3"
+        served.append(getattr(modeling, f"{prefix}PreTrainedModel"))
         _patch(getattr(modeling, f"{prefix}Attention"), "forward", _dispatching_forward)
         causal_lm = getattr(modeling, f"{prefix}ForCausalLM")
         _patch(causal_lm, "_prepare_cache_for_generation", _cache_preparing)
         for method in ("generate_batch", "init_continuous_batching", "continuous_batching_context_manager"):
             _patch(causal_lm, method, _refusing, method)
+    from transformers import PreTrainedModel
+    _patch(PreTrainedModel, "_check_and_adjust_attn_implementation", _model_check, tuple(served))
     _registered = True
     return True
 
