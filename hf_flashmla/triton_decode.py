@@ -16,7 +16,7 @@ Design (split-KV, two launches):
   2. _combine_kernel merges the splits of each row by their lse. With one split, (1) writes the final
      out / lse itself and (2) is not launched.
 The split count comes from the SM count and the shapes only (no device->host sync), so that small
-batches with long contexts still fill the GPU. Tile sizes come from a fixed table (_tile_config), not
+batches with long contexts still fill the GPU. Tile sizes come from a fixed table (tile_config), not
 from autotuning: autotuning would time every new shape on first use (each decode batch size) and its
 choice would differ between runs; the table is what the shapes need (see the comments there).
 
@@ -38,7 +38,6 @@ PAGE_SIZE = 64
 D_LATENT = 512  # = head_dim_v: V is the latent part of K
 D_ROPE = 64
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 MAX_SPLITS = 64
 MIN_PAGES_PER_SPLIT = 4  # below this a split's partial output (rows x 2 KB) costs more than it hides
 INTERPRETER_SMS = 4  # stands in for the SM count under TRITON_INTERPRET, so that CPU tests split
@@ -171,7 +170,9 @@ def _split_kernel(Q, KV, BLOCK_TABLE, SEQLENS, OUT, LSE, O_PART, LSE_PART,
 
 @triton.jit
 def _combine_kernel(OUT, LSE, O_PART, LSE_PART, s_q, group, h_q, num_splits,
-                    SPLITS_POW2: tl.constexpr, D_V: tl.constexpr):
+                    SPLITS_POW2: tl.constexpr, CHUNK: tl.constexpr, D_V: tl.constexpr):
+    """One program per query row: out = sum_s exp(lse_s - lse) * out_s, lse = log sum_s exp(lse_s).
+    All splits of a CHUNK of columns are loaded at once (one latency per chunk, not per split)."""
     row = tl.program_id(0)
     pid_bk = tl.program_id(1)
     h_kv = h_q // group
@@ -181,21 +182,21 @@ def _combine_kernel(OUT, LSE, O_PART, LSE_PART, s_q, group, h_q, num_splits,
     rows = s_q * group
 
     offs_s = tl.arange(0, SPLITS_POW2)
-    part_row = (pid_bk.to(tl.int64) * num_splits) * rows + row
-    split_lse = tl.load(LSE_PART + part_row + offs_s * rows, mask=offs_s < num_splits, other=float("-inf"))
+    split_ok = offs_s < num_splits
+    part_rows = (pid_bk.to(tl.int64) * num_splits + offs_s) * rows + row
+    split_lse = tl.load(LSE_PART + part_rows, mask=split_ok, other=float("-inf"))
     top = tl.reduce(split_lse, 0, _maximum)
     seen = top > float("-inf")  # some split saw a key
     shift = tl.where(seen, top, 0.0)
     total = tl.reduce(tl.exp(split_lse - shift), 0, _add)
     lse = tl.where(seen, shift + tl.log(tl.where(seen, total, 1.0)), float("inf"))
+    weights = tl.exp(split_lse - lse)  # 0 for empty splits, and everywhere for a row that saw nothing
 
-    offs_v = tl.arange(0, D_V)
-    acc = tl.full([D_V], 0.0, dtype=tl.float32)
-    for s in range(num_splits):
-        weight = tl.exp(tl.load(LSE_PART + part_row + s * rows) - lse)  # 0 for empty splits and unseen rows
-        acc += weight * tl.load(O_PART + (part_row + s * rows) * D_V + offs_v)
     o_ptr = OUT + ((batch.to(tl.int64) * s_q + token) * h_q + head) * D_V
-    tl.store(o_ptr + offs_v, acc.to(OUT.dtype.element_ty))
+    for chunk in tl.static_range(D_V // CHUNK):
+        cols = chunk * CHUNK + tl.arange(0, CHUNK)
+        parts = tl.load(O_PART + part_rows[:, None] * D_V + cols[None, :], mask=split_ok[:, None], other=0.0)
+        tl.store(o_ptr + cols, tl.reduce(parts * weights[:, None], 0, _add).to(OUT.dtype.element_ty))
     tl.store(LSE + (batch.to(tl.int64) * h_q + head) * s_q + token, lse)
 
 
@@ -253,7 +254,14 @@ def _device_limits(device: torch.device) -> tuple[int, int]:
     if device.type != "cuda":
         return INTERPRETER_SMS, 1 << 30
     props = torch.cuda.get_device_properties(device)
-    return props.multi_processor_count, getattr(props, "shared_memory_per_multiprocessor", 0) or 100 * 1024
+    shared = getattr(props, "shared_memory_per_multiprocessor", 0)
+    if not shared:  # older torch: Triton's figure (the per-block opt-in maximum, ~ the per-SM one)
+        try:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            shared = triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
+        except Exception:  # an estimate only sizes the split count
+            shared = 100 * 1024
+    return props.multi_processor_count, shared
 
 
 def choose_num_splits(work_items: int, max_pages: int, num_sms: int, programs_per_sm: int) -> int:
@@ -333,7 +341,8 @@ def mla_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch
     else:
         raise out_of_resources
     if num_splits > 1:
+        splits_pow2 = triton.next_power_of_2(num_splits)
         _combine_kernel[(rows, batch * h_kv)](
             out, lse, o_part, lse_part, s_q, group, h_q, num_splits,
-            SPLITS_POW2=triton.next_power_of_2(num_splits), D_V=D_LATENT, num_warps=4)
+            SPLITS_POW2=splits_pow2, CHUNK=max(32, min(D_LATENT, 4096 // splits_pow2)), D_V=D_LATENT, num_warps=4)
     return out, lse
