@@ -12,6 +12,10 @@
 //   first_part_i = (S_i + overhead) // payload, splits_i = pages_i ? (C_i - 1) // payload - first_part_i + 1 : 0
 //   row p = [seq(p), block(p), seq(p+1), block(p+1), max(p - first_part_seq(p), 0), 0, 0, 0]
 //   num_splits = [0, splits_0, splits_0 + splits_1, ...]
+// One part per sequence (schedule.py's docstring gives the time model) when
+//   b <= num_parts and max_i cost_i <= payload + kSplitCombinePages:
+//   bound_p = S_p for p < b, total for p >= b (so seq(p) = p, block(p) = 0; then b - 1 and its pages),
+//   first_part_i = i, splits_i = pages_i ? 1 : 0; rows and num_splits by the same formulas as above.
 // All sums are 64-bit (b * max pages overflows 32 bits); outputs are truncated to int32 as torch's .to(int32).
 #pragma once
 #include <cstdint>
@@ -26,6 +30,9 @@ namespace hf_flashmla {
 namespace schedule_core {
 
 constexpr int kRowWidth = 8;  // tile_scheduler_metadata columns
+// What splitting a sequence costs (the combine), in pages: schedule.py's SPLIT_COMBINE_PAGES, which
+// explains the value (fitted to the H100 runs 10-11); a CPU test checks that the two agree.
+constexpr int64_t kSplitCombinePages = 8;
 
 struct Shape {  // whole-batch quantities, fixed once the total cost is known
   int64_t total;
@@ -33,6 +40,7 @@ struct Shape {  // whole-batch quantities, fixed once the total cost is known
   int batch;
   int num_parts;
   int overhead;  // fixed cost of a sequence, in pages
+  bool one_per_part;  // part i takes sequence i whole (b <= num_parts and no split pays)
 };
 
 // The part of the batch one block-wide pass covers: sequences base .. base + count - 1, whose cost_end
@@ -63,8 +71,11 @@ HF_FLASHMLA_HOST_DEVICE int64_t sequence_pages(int length, int page_size) {
   return (clamped + page_size - 1) / page_size;
 }
 
-HF_FLASHMLA_HOST_DEVICE Shape make_shape(int64_t total, int batch, int num_parts, int overhead) {
-  return Shape{total, (total + num_parts - 1) / num_parts, batch, num_parts, overhead};
+// max_cost: the largest sequence cost (pages + overhead).
+HF_FLASHMLA_HOST_DEVICE Shape make_shape(int64_t total, int64_t max_cost, int batch, int num_parts, int overhead) {
+  const int64_t payload = (total + num_parts - 1) / num_parts;
+  const bool one_per_part = batch <= num_parts && max_cost <= payload + kSplitCombinePages;
+  return Shape{total, payload, batch, num_parts, overhead, one_per_part};
 }
 
 HF_FLASHMLA_HOST_DEVICE int64_t first_part(int64_t cost_begin, const Shape& s) {
@@ -74,6 +85,7 @@ HF_FLASHMLA_HOST_DEVICE int64_t first_part(int64_t cost_begin, const Shape& s) {
 // Number of parts that touch the pages of a sequence (its page region is [S + overhead, C) in cost space).
 HF_FLASHMLA_HOST_DEVICE int64_t sequence_splits(int64_t pages, int64_t cost_begin, int64_t cost_end, const Shape& s) {
   if (pages == 0) return 0;
+  if (s.one_per_part) return 1;
   return (cost_end - 1) / s.payload - first_part(cost_begin, s) + 1;
 }
 
@@ -97,11 +109,35 @@ HF_FLASHMLA_HOST_DEVICE void write_bound(int* metadata, int p, int seq, int64_t 
   }
 }
 
+// One part per sequence: bound p < b is the start of sequence p (placed by the chunk that holds it, no
+// search needed), bounds p >= b are the total (the last chunk, clamped to sequence b - 1 as searchsorted).
+HF_FLASHMLA_HOST_DEVICE void place_sequence_bounds(int* metadata, const Chunk& chunk, const Shape& s, int thread,
+                                                   int num_threads) {
+  for (int p = thread; p <= s.num_parts; p += num_threads) {
+    int local;
+    if (p < s.batch) {
+      if (p < chunk.base || p >= chunk.base + chunk.count) continue;
+      local = p - chunk.base;
+    } else {
+      if (!chunk.last) continue;
+      local = chunk.count - 1;
+    }
+    const int64_t cost_begin = local > 0 ? chunk.ends[local - 1] : chunk.carry;
+    const int64_t pages = chunk.ends[local] - cost_begin - s.overhead;
+    const int seq = chunk.base + local;
+    write_bound(metadata, p, seq, p < s.batch ? 0 : pages, p - seq, s);  // begin_split: p - first_part(seq)
+  }
+}
+
 // Places the bounds p = thread, thread + num_threads, .. <= num_parts that fall in this chunk's cost range
 // [carry, ends[count - 1]) (for the last chunk also those at or past the total). seq(p) is found by a
 // binary search of the chunk's cost_end values: the first sequence whose cost_end exceeds the bound.
 HF_FLASHMLA_HOST_DEVICE void place_chunk_bounds(int* metadata, const Chunk& chunk, const Shape& s, int thread,
                                                 int num_threads) {
+  if (s.one_per_part) {
+    place_sequence_bounds(metadata, chunk, s, thread, num_threads);
+    return;
+  }
   const int64_t chunk_end = chunk.ends[chunk.count - 1];
   for (int p = thread; p <= s.num_parts; p += num_threads) {
     const int64_t bound = min64(static_cast<int64_t>(p) * s.payload, s.total);

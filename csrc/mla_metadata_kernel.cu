@@ -2,7 +2,8 @@
 // get_mla_metadata costs one launch per decode step instead of ~46 PyTorch ops (0.5-0.9 ms on an H100).
 //
 // Two passes over the batch, T sequences per step (T = blockDim.x, one sequence per thread):
-//   1. sum of the costs -> total and payload (every later quantity needs the payload);
+//   1. sum and maximum of the costs -> total, payload and whether each sequence gets its own part (every
+//      later quantity needs them);
 //   2. per chunk of T sequences: block scan of the costs (cost_end C_i), each sequence's split count, block
 //      scan of the split counts (num_splits), then each part bound p is placed by thread p % T, in the
 //      chunk whose cost range holds it (binary search of the chunk's C_i in shared memory).
@@ -26,47 +27,64 @@ static_assert(core::kRowWidth == kMetadataWidth, "schedule row width");
 constexpr int kMaxThreads = core::kMaxThreads;
 constexpr int kMaxWarps = kMaxThreads / 32;
 
-__device__ __forceinline__ int64_t warp_inclusive_scan(int64_t value, int lane) {
+// The scans' combining operations; 0 is the identity of both on the non-negative values scanned here.
+struct Sum {
+  __device__ __forceinline__ int64_t operator()(int64_t a, int64_t b) const { return a + b; }
+};
+struct Max {
+  __device__ __forceinline__ int64_t operator()(int64_t a, int64_t b) const { return core::max64(a, b); }
+};
+
+template <class Op>
+__device__ __forceinline__ int64_t warp_inclusive_scan(int64_t value, int lane, Op op) {
 #pragma unroll
   for (int offset = 1; offset < 32; offset <<= 1) {
     const int64_t other = __shfl_up_sync(0xffffffffu, value, offset);
-    if (lane >= offset) value += other;
+    if (lane >= offset) value = op(value, other);
   }
   return value;
 }
 
-// Inclusive scan of one value per thread over the block; block_total gets the sum. One barrier: the
-// warp totals are read after it, so a caller must not hand the same `warp_totals` to the next call
-// (a thread may still be reading them); the kernel alternates two buffers, and every call between two
-// uses of one buffer has a barrier that all of its readers pass first.
-__device__ __forceinline__ int64_t block_inclusive_scan(int64_t value, int64_t* warp_totals, int64_t& block_total) {
+// Inclusive scan of one value per thread over the block; block_total gets the whole block's result. One
+// barrier: the warp totals are read after it, so a caller must not hand the same `warp_totals` to the next
+// call (a thread may still be reading them); the kernel rotates buffers, and every call between two uses of
+// one buffer has a barrier that all of its readers pass first.
+template <class Op = Sum>
+__device__ __forceinline__ int64_t block_inclusive_scan(int64_t value, int64_t* warp_totals, int64_t& block_total,
+                                                        Op op = Op()) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, num_warps = blockDim.x >> 5;
-  value = warp_inclusive_scan(value, lane);
+  value = warp_inclusive_scan(value, lane, op);
   if (lane == 31) warp_totals[warp] = value;
   __syncthreads();
   int64_t before = 0, total = 0;
   for (int w = 0; w < num_warps; ++w) {
     const int64_t t = warp_totals[w];
-    before += w < warp ? t : 0;
-    total += t;
+    before = w < warp ? op(before, t) : before;
+    total = op(total, t);
   }
   block_total = total;
-  return before + value;
+  return op(before, value);
 }
 
 __global__ void __launch_bounds__(kMaxThreads) mla_metadata_kernel(const MlaMetadataParams p) {
   __shared__ int64_t chunk_ends[kMaxThreads];  // cost_end of the chunk's sequences
   __shared__ int64_t cost_totals[kMaxWarps];   // warp totals: cost scans
   __shared__ int64_t other_totals[kMaxWarps];  // warp totals: the pass-1 sum, then the split scans
+  __shared__ int64_t max_totals[kMaxWarps];    // warp totals: the pass-1 maximum
   const int tid = threadIdx.x, num_threads = blockDim.x;
   const int batch = p.batch, overhead = p.sequence_overhead_pages;
   auto length_at = [&](int i) { return p.cache_seqlens[static_cast<int64_t>(i) * p.seqlens_stride]; };
 
-  int64_t my_cost = 0;
-  for (int i = tid; i < batch; i += num_threads) my_cost += core::sequence_pages(length_at(i), p.page_size) + overhead;
-  int64_t total;
+  int64_t my_cost = 0, my_max_cost = 0;
+  for (int i = tid; i < batch; i += num_threads) {
+    const int64_t cost = core::sequence_pages(length_at(i), p.page_size) + overhead;
+    my_cost += cost;
+    my_max_cost = core::max64(my_max_cost, cost);
+  }
+  int64_t total, max_cost;
   block_inclusive_scan(my_cost, other_totals, total);
-  const core::Shape shape = core::make_shape(total, batch, p.num_parts, overhead);
+  block_inclusive_scan(my_max_cost, max_totals, max_cost, Max());
+  const core::Shape shape = core::make_shape(total, max_cost, batch, p.num_parts, overhead);
 
   if (tid == 0) p.num_splits[0] = 0;
   int64_t carry_cost = 0, carry_splits = 0;

@@ -20,6 +20,17 @@ Balancing: each sequence costs ceil(len/64) pages plus a fixed overhead of SEQUE
 (loading Q, the epilogue, the combine), placed before its pages. The total cost is cut into
 num_sm_parts equal contiguous pieces, so long and short sequences share SMs evenly.
 
+One part per sequence: when b <= num_sm_parts and the largest sequence cost is at most the balanced
+payload + SPLIT_COMBINE_PAGES, part i takes sequence i whole and parts b.. get empty items (the rows an
+over-provisioned balanced schedule also ends with: [b-1, pages_{b-1}, b-1, pages_{b-1}, ...]); no
+sequence is split, so nothing goes through the combine. Time model: a schedule takes its largest
+part's cost, plus SPLIT_COMBINE_PAGES when it splits a sequence (partials written in fp32, read back
+and merged by the combine kernel). The balanced cut minimises the largest part (the payload) among
+schedules that split; one part per sequence minimises it (the largest cost) among those that do not
+(a sequence is never cheaper than itself); the rule picks the cheaper of the two. Where the balanced
+cut splits nothing anyway, each sequence is already whole in some part and one part per sequence can
+only shorten the longest part, so the rule needs no test of whether the balanced cut splits.
+
 Two implementations give the same tensors bit for bit: compute_schedule_torch (vectorised PyTorch
 ops, any device; the ground truth) and the compiled single-CTA kernel torch.ops.hf_flashmla.mla_metadata
 (csrc/mla_metadata_kernel.cu: one launch instead of ~46 ops). compute_schedule takes the kernel for
@@ -38,6 +49,14 @@ from hf_flashmla import _ops
 PAGE_SIZE = 64
 ROWS_PER_TILE = 64  # query rows (s_q * h_q / h_kv folded) per CTA tile
 SEQUENCE_OVERHEAD_PAGES = 5
+# Cost of splitting (the combine), in pages; csrc/mla_metadata_core.h's kSplitCombinePages (a CPU test
+# compares them). From the H100 runs 10-11 (notes/KERNEL_LOG.md): a one-part-per-sequence schedule at
+# b = 128, equal lengths, 132 parts (largest cost vs payload: L4K 69 vs 67, L8K 133 vs 129, L16K 261 vs
+# 254) was 0.3-11% faster, i.e. splitting cost 4.6-17 pages (payload + C = largest cost * measured
+# speed ratio): ~5-8 at h_q*s_q = 16, 6-12 at 32, 9-17 at 64 (more rows: larger fp32 partials).
+# 8 is near the low end, so the rule switches only where every measured configuration gained; it
+# covers L16K (needs >= 7, where h_q*s_q = 16 measured only +0.3..0.6%, near break-even).
+SPLIT_COMBINE_PAGES = 8
 METADATA_WIDTH = 8
 DEFAULT_NUM_SMS = 132  # H100 SXM; used where no CUDA device says otherwise
 SCHEDULE_ENV_VAR = "HF_FLASHMLA_SCHEDULE"
@@ -111,17 +130,23 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int) -> tuple
     cost_begin = cost_end - cost  # S_i
     total = cost_end[-1]
     payload = (total + num_parts - 1) // num_parts
+    # One part per sequence (module docstring); a 0-dim tensor, so no host sync.
+    one_per_part = (cost.max() <= payload + SPLIT_COMBINE_PAGES) & (batch <= num_parts)
 
-    # Part boundaries in cost space: x_p = min(p * payload, total), p = 0..P.
+    # Part boundaries in cost space: balanced x_p = min(p * payload, total); one part per sequence
+    # x_p = S_p for p < b, the total after. p = 0..P.
     part_index = torch.arange(num_parts + 1, device=device, dtype=torch.int64)
-    bounds = torch.minimum(part_index * payload, total)
+    per_sequence_bounds = torch.cat([cost_begin[:num_parts + 1], total.expand(max(num_parts + 1 - batch, 0))])
+    bounds = torch.where(one_per_part, per_sequence_bounds, torch.minimum(part_index * payload, total))
     seq_of_bound = torch.searchsorted(cost_end, bounds, right=True).clamp_max(batch - 1)
     block_of_bound = (bounds - cost_begin[seq_of_bound] - SEQUENCE_OVERHEAD_PAGES)
     block_of_bound = torch.minimum(block_of_bound.clamp_min(0), num_blocks[seq_of_bound])
 
-    # Splits of sequence i: parts that intersect its page region [S_i + F, C_i) in cost space.
-    first_part = (cost_begin + SEQUENCE_OVERHEAD_PAGES) // payload
-    last_part = (cost_end - 1) // payload
+    # Splits of sequence i: parts that intersect its page region [S_i + F, C_i) in cost space (balanced),
+    # part i alone (one part per sequence).
+    sequence_index = part_index[:batch] if batch <= num_parts else torch.arange(batch, device=device)
+    first_part = torch.where(one_per_part, sequence_index, (cost_begin + SEQUENCE_OVERHEAD_PAGES) // payload)
+    last_part = torch.where(one_per_part, sequence_index, (cost_end - 1) // payload)
     splits = torch.where(num_blocks > 0, last_part - first_part + 1, 0)
     num_splits = torch.nn.functional.pad(torch.cumsum(splits, 0), (1, 0))
 

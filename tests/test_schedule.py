@@ -1,14 +1,62 @@
 """The split-KV schedule covers every page exactly once, numbers splits consistently and balances
-the parts (checked through schedule.iterate_part, the host mirror of the kernel's loop)."""
+the parts (checked through schedule.iterate_part, the host mirror of the kernel's loop); it gives each
+sequence its own part exactly when the rule of schedule.py's docstring says so (checked against a plain
+Python restatement of the schedule)."""
 import random
+import re
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
 
 import hf_flashmla
 from hf_flashmla import schedule
-from hf_flashmla.schedule import PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES
+from hf_flashmla.schedule import PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COMBINE_PAGES
+
+F = SEQUENCE_OVERHEAD_PAGES
+
+
+def pages_of(lengths):
+    return [-(-max(n, 0) // PAGE_SIZE) for n in lengths]
+
+
+def one_part_per_sequence(lengths, num_parts):
+    """The rule, restated: b <= parts and the largest cost within the balanced payload + the combine cost."""
+    costs = [n + F for n in pages_of(lengths)]
+    payload = -(-sum(costs) // num_parts)
+    return len(lengths) <= num_parts and max(costs) <= payload + SPLIT_COMBINE_PAGES
+
+
+def python_schedule(lengths, num_parts):
+    """The schedule with Python ints, one part bound at a time (module docstring of schedule.py)."""
+    pages = pages_of(lengths)
+    batch = len(pages)
+    ends, running = [], 0
+    for n in pages:
+        running += n + F
+        ends.append(running)
+    begins = [end - n - F for end, n in zip(ends, pages)]
+    total = ends[-1]
+    payload = -(-total // num_parts)
+    one = one_part_per_sequence(lengths, num_parts)
+    if one:
+        bounds = [begins[p] if p < batch else total for p in range(num_parts + 1)]
+        first = list(range(batch))
+        last = list(range(batch))
+    else:
+        bounds = [min(p * payload, total) for p in range(num_parts + 1)]
+        first = [(b + F) // payload for b in begins]
+        last = [(e - 1) // payload for e in ends]
+    seqs = [min(sum(1 for e in ends if e <= x), batch - 1) for x in bounds]
+    blocks = [min(max(x - begins[i] - F, 0), pages[i]) for x, i in zip(bounds, seqs)]
+    splits = [last[i] - first[i] + 1 if pages[i] else 0 for i in range(batch)]
+    num_splits = [0]
+    for n in splits:
+        num_splits.append(num_splits[-1] + n)
+    rows = [[seqs[p], blocks[p], seqs[p + 1], blocks[p + 1], max(p - first[seqs[p]], 0), 0, 0, 0]
+            for p in range(num_parts)]
+    return rows, num_splits, one
 
 
 def length_mix(name, rng):
@@ -38,7 +86,7 @@ def length_mix(name, rng):
 MIXES = ["single_zero", "single_tiny", "single_huge", "all_zero", "tiny_and_zero", "huge_among_tiny",
          "uniform_b128", "equal_b128", "skewed_b128", "varlen_b8"]
 # (num_q_tokens_per_head_k, num_heads_k, num_sms): decode, MTP/speculative, several kv heads, tiny GPU.
-GEOMETRIES = [(128, 1, 132), (512, 1, 132), (64, 2, 114), (16, 1, 7), (128, 1, 1)]
+GEOMETRIES = [(16, 1, 132), (128, 1, 132), (512, 1, 132), (64, 2, 114), (16, 1, 7), (128, 1, 1)]
 
 
 @pytest.mark.parametrize("mix", MIXES)
@@ -66,12 +114,18 @@ def test_schedule_covers_each_page_once_and_balances(mix, rows, h_kv, num_sms):
                 covered[seq][page] += 1
             split_indices[seq].append(split)
             pages += stop - start
-        # Each part gets at most `payload` cost units; a sequence's fixed overhead may straddle the
-        # boundary with the previous part, hence the allowance of one overhead.
         total_cost = sum(num_blocks) + SEQUENCE_OVERHEAD_PAGES * batch
         payload = -(-total_cost // num_parts)
-        assert pages <= payload
-        assert pages + SEQUENCE_OVERHEAD_PAGES * len(segments) <= payload + SEQUENCE_OVERHEAD_PAGES
+        if one_part_per_sequence(lengths, num_parts):
+            # Part p holds sequence p whole (if it has pages): never more than payload + the combine cost.
+            whole = [(part, 0, num_blocks[part])] if part < batch and num_blocks[part] else []
+            assert [(seq, start, stop) for seq, start, stop, _ in segments] == whole
+            assert pages + SEQUENCE_OVERHEAD_PAGES * len(segments) <= payload + SPLIT_COMBINE_PAGES
+        else:
+            # Each part gets at most `payload` cost units; a sequence's fixed overhead may straddle the
+            # boundary with the previous part, hence the allowance of one overhead.
+            assert pages <= payload
+            assert pages + SEQUENCE_OVERHEAD_PAGES * len(segments) <= payload + SEQUENCE_OVERHEAD_PAGES
 
     for seq in range(batch):
         assert covered[seq] == [1] * num_blocks[seq], f"sequence {seq}: pages covered {covered[seq]}"
@@ -99,3 +153,111 @@ def test_get_mla_metadata_is_compute_schedule_on_cache_seqlens_device():
     expected_metadata, expected_splits = schedule.compute_schedule(cache_seqlens, 256, 1)
     assert torch.equal(metadata, expected_metadata) and torch.equal(num_splits, expected_splits)
     assert metadata.device == cache_seqlens.device
+
+
+def parts_for(rows):
+    return schedule.num_sm_parts_for(rows, 1, 132)
+
+
+@pytest.mark.parametrize("length", [1024, 4096, 8192, 16384])
+@pytest.mark.parametrize("rows", [16, 32, 48, 64])
+def test_b128_equal_lengths_get_one_part_each(length, rows):
+    # run 10 (H100): one part per sequence at b = 128 was 3.6% (h_q*s_q <= 32) to 7.8% (64) faster than
+    # 132 balanced parts, which split nearly every sequence in two.
+    metadata, num_splits = schedule.compute_schedule(torch.tensor([length] * 128, dtype=torch.int32), rows, 1,
+                                                     num_sms=132)
+    pages = -(-length // PAGE_SIZE)
+    assert metadata.shape == (132, 8)
+    assert num_splits.tolist() == list(range(129))  # one split each: no combine
+    for part in range(132):
+        segments = list(schedule.iterate_part(metadata[part], [pages] * 128))
+        assert segments == ([(part, 0, pages, 0)] if part < 128 else []), f"part {part}"
+    assert metadata[128:].tolist() == [[127, pages, 127, pages, p - 127, 0, 0, 0] for p in range(128, 132)]
+
+
+@pytest.mark.parametrize("length", [4096, 8192, 16384])
+def test_b64_two_tiles_equal_lengths_get_one_part_each(length):
+    # h_q*s_q = 128: 66 parts for 64 sequences (run 10: +1.3..3.7% for one part each, clusters of 2).
+    _, num_splits = schedule.compute_schedule(torch.tensor([length] * 64, dtype=torch.int32), 128, 1, num_sms=132)
+    assert num_splits.tolist() == list(range(65))
+
+
+@pytest.mark.parametrize("batch,rows", [(64, 16), (64, 64), (128, 128), (128, 256), (64, 256), (200, 16)])
+def test_rule_off_where_it_does_not_pay_or_batch_exceeds_parts(batch, rows):
+    # b = 64 on 132 parts: the largest cost is twice the payload, splitting wins; b > parts: unchanged.
+    lengths = [4096] * batch
+    num_parts = parts_for(rows)
+    assert not one_part_per_sequence(lengths, num_parts)
+    _, num_splits = schedule.compute_schedule(torch.tensor(lengths, dtype=torch.int32), rows, 1, num_sms=132)
+    assert int(num_splits[-1]) > batch  # some sequence split
+
+
+@pytest.mark.parametrize("mean", [4096, 8192, 16384])
+@pytest.mark.parametrize("batch", [64, 128])
+def test_uneven_lengths_stay_balanced(batch, mean):
+    # The benchmark's varlen draws (normal around L, std L/4): the longest sequence is far above the
+    # payload, so the balanced cut stays, every part within the payload.
+    generator = torch.Generator().manual_seed(batch * 7 + mean)
+    lengths = torch.normal(float(mean), mean / 4.0, size=(batch,), generator=generator).round().clamp_min(1)
+    lengths = lengths.to(torch.int32)
+    for rows in (16, 64, 128):
+        num_parts = parts_for(rows)
+        assert not one_part_per_sequence(lengths.tolist(), num_parts)
+        metadata, _ = schedule.compute_schedule(lengths, rows, 1, num_sms=132)
+        payload = -(-sum(n + F for n in pages_of(lengths.tolist())) // num_parts)
+        num_blocks = pages_of(lengths.tolist())
+        for part in range(num_parts):
+            assert sum(stop - start for _, start, stop, _ in schedule.iterate_part(metadata[part], num_blocks)) <= payload
+
+
+def test_rule_threshold_is_payload_plus_combine_cost():
+    # 127 sequences of one page (cost 6) and one long one, on 132 parts: the long one's cost against the
+    # payload + SPLIT_COMBINE_PAGES decides, at the very edge.
+    def lengths_for(long_pages):
+        return [64] * 127 + [64 * long_pages]
+
+    def margin(long_pages):
+        costs = [1 + F] * 127 + [long_pages + F]
+        return long_pages + F - (-(-sum(costs) // 132) + SPLIT_COMBINE_PAGES)
+
+    at_edge = next(n for n in range(1, 100) if margin(n) == 0)
+    for long_pages, expect_one in ((at_edge, True), (at_edge + 1, False)):
+        assert margin(long_pages) == (0 if expect_one else 1)
+        lengths = lengths_for(long_pages)
+        _, num_splits = schedule.compute_schedule_torch(torch.tensor(lengths, dtype=torch.int32), 132)
+        assert (num_splits.tolist() == list(range(129))) == expect_one
+        assert one_part_per_sequence(lengths, 132) == expect_one
+
+
+def test_matches_python_restatement():
+    rng = random.Random(20261125)
+    seen = {True: 0, False: 0}
+    for _ in range(400):
+        batch = rng.choice([1, 2, 3, 7, 31, 64, 100, 128, 132, 133, 300])
+        num_parts = rng.choice([1, 2, 33, 66, 132, 1500])
+        kind = rng.choice(["equal", "near_equal", "uniform", "zeros", "one_long"])
+        base = rng.choice([0, 1, 64, 65, 1000, 4096, 16384])
+        if kind == "equal":
+            lengths = [base] * batch
+        elif kind == "near_equal":
+            lengths = [max(0, base + rng.randint(-300, 300)) for _ in range(batch)]
+        elif kind == "uniform":
+            lengths = [rng.randint(0, 20000) for _ in range(batch)]
+        elif kind == "zeros":
+            lengths = [0] * batch
+        else:
+            lengths = [rng.randint(0, 200) for _ in range(batch)]
+            lengths[rng.randrange(batch)] = rng.randint(0, 50000)
+        rows, num_splits, one = python_schedule(lengths, num_parts)
+        seen[one] += 1
+        metadata, splits = schedule.compute_schedule_torch(torch.tensor(lengths, dtype=torch.int32), num_parts)
+        where = f"parts {num_parts}, b {batch}, {kind}, lengths {lengths[:6]}"
+        assert metadata.tolist() == rows, where
+        assert splits.tolist() == num_splits, where
+    assert min(seen.values()) >= 50, seen  # both branches exercised
+
+
+def test_combine_cost_matches_the_kernel_header():
+    header = (Path(__file__).resolve().parent.parent / "csrc" / "mla_metadata_core.h").read_text()
+    match = re.search(r"constexpr int64_t kSplitCombinePages = (\d+);", header)
+    assert match is not None and int(match.group(1)) == SPLIT_COMBINE_PAGES

@@ -72,7 +72,13 @@ def run_harness(binary, cases):
 
 
 def random_lengths(rng, batch):
-    kind = rng.choice(["uniform", "short", "zeros", "mostly_zero", "page_edges", "skewed", "one_huge", "extreme"])
+    kind = rng.choice(["uniform", "short", "zeros", "mostly_zero", "page_edges", "skewed", "one_huge", "extreme",
+                       "equal", "near_equal"])
+    if kind == "equal":  # one part per sequence where b <= parts (schedule.py's rule)
+        return [rng.choice([1, 64, 1024, 4096, 16384, rng.randint(0, 100_000)])] * batch
+    if kind == "near_equal":
+        base = rng.randint(0, 20_000)
+        return [max(0, base + rng.randint(-200, 200)) for _ in range(batch)]
     if kind == "uniform":
         return [rng.randint(0, 100_000) for _ in range(batch)]
     if kind == "short":
@@ -91,6 +97,11 @@ def random_lengths(rng, batch):
         return lengths
     # Values schedule.py clamps (negative) or must not overflow on (int32 max): 64-bit sums.
     return [rng.choice([-5, -INT32_MAX - 1, 0, 1, INT32_MAX, rng.randint(0, INT32_MAX)]) for _ in range(batch)]
+
+
+def one_part_per_sequence(num_parts, lengths):
+    costs = [-(-max(n, 0) // PAGE_SIZE) + SEQUENCE_OVERHEAD_PAGES for n in lengths]
+    return len(lengths) <= num_parts and max(costs) <= -(-sum(costs) // num_parts) + schedule.SPLIT_COMBINE_PAGES
 
 
 def random_case(rng):
@@ -115,7 +126,30 @@ def assert_same_as_torch(binary, cases):
 
 def test_harness_matches_torch_on_random_inputs(harness):
     rng = random.Random(20261125)
-    assert_same_as_torch(harness, [random_case(rng) for _ in range(300)])
+    cases = [random_case(rng) for _ in range(300)]
+    assert sum(one_part_per_sequence(case[1], case[4]) for case in cases) >= 30  # both branches exercised
+    assert_same_as_torch(harness, cases)
+
+
+@pytest.mark.parametrize("num_threads", [0, 32, 96, 1024])
+def test_harness_matches_torch_one_part_per_sequence(harness, num_threads):
+    # The rule's branch across chunks: b below, at and one under the part count, sequences of one chunk
+    # and of several (32 or 96 threads; b > 1024 with 1500 parts), the bounds past b on the last chunk.
+    cases = []
+    for batch, num_parts in ((1, 1), (1, 132), (2, 132), (64, 66), (65, 66), (66, 66), (100, 132), (128, 132),
+                             (131, 132), (132, 132), (1024, 1500), (1025, 1500), (1499, 1500), (1500, 1500)):
+        for length in (0, 1, 4096, 16384):
+            lengths = [length] * batch
+            cases.append((num_threads, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, lengths))
+        lengths = [4096 + 64 * (i % 3) for i in range(batch)]  # uneven by up to two pages: still one each
+        cases.append((num_threads, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, lengths))
+    cases = [case for case in cases if one_part_per_sequence(case[1], case[4])]
+    assert len(cases) >= 55  # all but long single sequences on many parts
+    assert_same_as_torch(harness, cases)
+    for (_, num_parts, _, _, lengths), (metadata, num_splits) in zip(cases, run_harness(harness, cases)):
+        pages = [-(-n // PAGE_SIZE) for n in lengths]
+        assert num_splits.tolist() == [0] + list(torch.cumsum(torch.tensor([int(n > 0) for n in pages]), 0))
+        assert metadata[:len(lengths), 0].tolist() == list(range(len(lengths)))
 
 
 @pytest.mark.parametrize("num_threads", [0, 32, 64, 1024])
@@ -173,6 +207,11 @@ def test_emulated_kernel_matches_torch(emulated_kernel):
     for batch, num_parts in ((1, 1), (1, 1500), (1025, 66), (2049, 1500), (3000, 132)):
         cases.append((1, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, random_lengths(rng, batch)))
     cases.append((0, 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [4321] * 300))  # stride 0: an expanded tensor
+    # One part per sequence: b = 128 on 132 parts (the benchmark's case), b = 64 on 66, and over two chunks.
+    cases.append((1, 132, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [16384] * 128))
+    cases.append((2, 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [4096 + 64 * (i % 2) for i in range(64)]))
+    cases.append((1, 1500, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [64] * 1100))
+    assert sum(one_part_per_sequence(case[1], case[4]) for case in cases) >= 10
     for (stride, num_parts, _, _, lengths), (metadata, num_splits) in zip(cases, run_harness(emulated_kernel, cases)):
         expected_metadata, expected_splits = schedule.compute_schedule_torch(
             torch.tensor(lengths, dtype=torch.int32), num_parts)
@@ -206,6 +245,7 @@ def test_emulated_kernel_has_no_data_races(tmp_path):
     cases = [(1, 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [rng.randint(0, 5000) for _ in range(batch)])
              for batch in (1, 40)]
     cases.append((2, 1500, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [rng.randint(0, 5000) for _ in range(1100)]))
+    cases.append((1, 132, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [4096] * 128))  # one part per sequence
     stdin = f"{len(cases)}\n" + "".join(f"{s} {p} {g} {o} {len(l)} {' '.join(map(str, l))}\n" for s, p, g, o, l in cases)
     result = subprocess.run([str(binary)], input=stdin, capture_output=True, text=True,
                             env={**os.environ, "TSAN_OPTIONS": "halt_on_error=0"})

@@ -24,10 +24,14 @@ void run_case(int num_threads, int num_parts, int page_size, int overhead, const
   metadata.assign(static_cast<size_t>(num_parts) * core::kRowWidth, kSentinel);
   num_splits.assign(batch + 1, kSentinel);
 
-  int64_t total = 0;  // pass 1, summed per thread as the kernel strides
+  int64_t total = 0, max_cost = 0;  // pass 1, per thread as the kernel strides
   for (int tid = 0; tid < num_threads; ++tid)
-    for (int i = tid; i < batch; i += num_threads) total += core::sequence_pages(lengths[i], page_size) + overhead;
-  const core::Shape shape = core::make_shape(total, batch, num_parts, overhead);
+    for (int i = tid; i < batch; i += num_threads) {
+      const int64_t cost = core::sequence_pages(lengths[i], page_size) + overhead;
+      total += cost;
+      max_cost = core::max64(max_cost, cost);
+    }
+  const core::Shape shape = core::make_shape(total, max_cost, batch, num_parts, overhead);
 
   num_splits[0] = 0;
   int64_t carry_cost = 0, carry_splits = 0;
