@@ -133,12 +133,14 @@ def kernel_expected(device: torch.device) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- models
-def checkpoint(workdir: str, architecture: str, dtype: torch.dtype, **overrides) -> str:
-    from hf_flashmla.checkpoint import build_checkpoint
+def checkpoint(workdir: str, architecture: str, dtype: torch.dtype, tiny: bool = False) -> str:
+    """The random checkpoint: hf_flashmla.checkpoint's default small shape (4 layers, 16 heads, MoE), or its
+    TINY shape (2 layers, 4 heads) for quick CPU runs. Both keep the kernel's 512 + 64 latent."""
+    from hf_flashmla.checkpoint import TINY, build_checkpoint
 
-    tag = str(dtype).replace("torch.", "")
+    tag = str(dtype).replace("torch.", "") + ("_tiny" if tiny else "")
     path = os.path.join(workdir, f"{architecture}_{tag}")
-    return build_checkpoint(path, architecture, dtype=dtype, log=log, **overrides)
+    return build_checkpoint(path, architecture, dtype=dtype, log=log, **({"base": TINY} if tiny else {}))
 
 
 def layer_split(num_layers: int, devices: list[str]) -> tuple[dict, list[str]]:
@@ -205,7 +207,7 @@ def run_device_map(args) -> dict:
     if len(devices) < 2:
         raise SystemExit("--devices: expected at least two devices, e.g. cuda:0,cuda:1")
     dtype = getattr(torch, args.dtype)
-    path = args.checkpoint or checkpoint(args.workdir, args.arch, dtype)
+    path = args.checkpoint or checkpoint(args.workdir, args.arch, dtype, args.tiny)
     single = next((d for d in devices if d != "cpu"), "cpu")
     failures = Failures()
 
@@ -322,9 +324,9 @@ def run_tp(args) -> dict | None:
     paths = {}
     for arch in architectures:
         if rank == 0:
-            paths[arch] = checkpoint(args.workdir, arch, dtype)
+            paths[arch] = checkpoint(args.workdir, arch, dtype, args.tiny)
         dist.barrier()
-        paths[arch] = checkpoint(args.workdir, arch, dtype) if rank else paths[arch]
+        paths[arch] = checkpoint(args.workdir, arch, dtype, args.tiny) if rank else paths[arch]
 
     results = {}
     for arch in architectures:
@@ -513,6 +515,7 @@ def parse_args(argv=None):
     parser.add_argument("--arch", default="deepseek_v3", help="device_map: deepseek_v3 or deepseek_v2")
     parser.add_argument("--archs", default="deepseek_v2,deepseek_v3", help="--tp: architectures to check")
     parser.add_argument("--checkpoint", default=None, help="device_map: a local checkpoint instead of the random one")
+    parser.add_argument("--tiny", action="store_true", help="the tiny random shape (2 layers, 4 heads): CPU tests")
     parser.add_argument("--workdir", default=DEFAULT_WORKDIR, help="where the random checkpoints are built")
     parser.add_argument("--prompt-lengths", default="40,70,25", help="left-padded batch (tokens per prompt)")
     parser.add_argument("--new-tokens", type=int, default=80)
