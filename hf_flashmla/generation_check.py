@@ -54,9 +54,25 @@ class Comparison:
     paged_calls: dict            # hf_flashmla.transformers_integration.call_counts of the flash_mla run
     flash_tokens_per_s: float
     baseline_tokens_per_s: float
-    flash_cache_bytes: int
+    flash_cache_bytes: int       # bytes of the tokens stored (LatentPagedCache.used_bytes)
+    baseline_cache_bytes: int    # bytes of the baseline cache's tensors
     flash_tokens: torch.Tensor
     baseline_tokens: torch.Tensor
+
+
+def cache_bytes(cache) -> int:
+    """Stored tokens' bytes of a LatentPagedCache; tensor bytes of a DynamicCache's layers."""
+    if cache is None:
+        return 0
+    if hasattr(cache, "used_bytes"):
+        return cache.used_bytes()
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
 
 
 @contextlib.contextmanager
@@ -137,5 +153,5 @@ def compare(model, ids, mask, max_new_tokens: int, baseline: str = "eager", warm
         baseline_logits_rel_error_vs_fp32=base_vs_fp32, flash_logits_rel_error_vs_fp32=flash_vs_fp32,
         kernel_calls=kernel["calls"], paged_calls=paged,
         flash_tokens_per_s=flash_tokens.numel() / flash_seconds, baseline_tokens_per_s=base_tokens.numel() / base_seconds,
-        flash_cache_bytes=cache.used_bytes() if hasattr(cache, "used_bytes") else -1,
+        flash_cache_bytes=cache_bytes(cache), baseline_cache_bytes=cache_bytes(base.get(cache_kwarg())),
         flash_tokens=flash_tokens, baseline_tokens=base_tokens)
