@@ -50,7 +50,9 @@ def assert_same(cache_seqlens, num_parts, got, where=""):
 
 
 def random_lengths(rng, batch):
-    kind = rng.choice(["uniform", "short", "zeros", "mostly_zero", "page_edges", "skewed", "one_long"])
+    kind = rng.choice(["uniform", "short", "zeros", "mostly_zero", "page_edges", "skewed", "one_long", "equal"])
+    if kind == "equal":  # one part per sequence where b <= parts (schedule.py's rule)
+        return [rng.choice([1, 64, 4096, 16384, rng.randint(0, 100_000)])] * batch
     if kind == "uniform":
         return [rng.randint(0, 100_000) for _ in range(batch)]
     if kind == "short":
@@ -94,6 +96,23 @@ def test_kernel_matches_torch_at_chunk_edges(batch, num_parts):
         cache_seqlens = torch.tensor(lengths, dtype=torch.int32, device="cuda")
         poison_allocator()
         assert_same(cache_seqlens, num_parts, kernel_schedule(cache_seqlens, num_parts))
+
+
+@pytest.mark.parametrize("batch,num_parts", [(1, 1), (2, 132), (64, 66), (66, 66), (128, 132), (132, 132),
+                                             (1025, 1500), (1500, 1500)])
+def test_kernel_matches_torch_one_part_per_sequence(batch, num_parts):
+    # schedule.py's rule: b <= parts and the largest cost within payload + SPLIT_COMBINE_PAGES; equal or
+    # nearly equal lengths, one chunk and several (b > 1024).
+    rng = random.Random(batch * 11 + num_parts)
+    one_each = 0
+    for lengths in ([0] * batch, [64] * batch, [4096] * batch, [16384] * batch,
+                    [4096 + rng.randint(-64, 64) for _ in range(batch)]):
+        cache_seqlens = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+        poison_allocator()
+        got = kernel_schedule(cache_seqlens, num_parts)
+        assert_same(cache_seqlens, num_parts, got)
+        one_each += got[1].tolist() == list(range(batch + 1))
+    assert one_each >= 1
 
 
 def test_strided_cache_seqlens():
