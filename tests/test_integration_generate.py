@@ -72,6 +72,14 @@ def test_greedy_left_padded_batch_matches_eager(name):
     assert isinstance(out.get(CACHE), LatentPagedCache)
 
 
+@pytest.mark.parametrize("name", ["v3", "v2_no_q_lora_yarn"])
+def test_short_left_padded_prompt_runs_paged_from_the_first_chunk(name):
+    ids, mask = prompts(batch=3, length=12, pads=(0, 5, 11))  # 12 <= DECODE_MAX_QUERY: no dense prefill
+    reset_call_counts()
+    assert_same_generation(tiny_model(name), ids, mask)
+    assert call_counts["dense"] == 0
+
+
 @pytest.mark.parametrize("name", ["v3", "v2"])
 def test_greedy_single_sequence_and_long_prefill(name):
     model = tiny_model(name)
