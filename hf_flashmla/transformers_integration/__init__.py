@@ -23,6 +23,7 @@ import inspect
 from hf_flashmla.transformers_integration.attention import ATTN_IMPLEMENTATION, call_counts, reset_call_counts
 
 _MODELS = ("deepseek_v2", "deepseek_v3")
+MIN_TRANSFORMERS = (5, 15)  # the DeepSeek-V2/V3 code this mirrors (latent cache protocol, rope helpers)
 _registered = False
 
 
@@ -156,9 +157,17 @@ def register() -> bool:
     if _registered:
         return True
     try:
+        import transformers
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface
     except ImportError:
+        return False
+    version = tuple(int(part) for part in transformers.__version__.split(".")[:2] if part.isdigit())
+    if version < MIN_TRANSFORMERS:
+        import warnings
+        warnings.warn(f"hf_flashmla: attn_implementation='flash_mla' needs transformers >= "
+                      f"{'.'.join(map(str, MIN_TRANSFORMERS))} (tested 5.17-5.24), found {transformers.__version__}; "
+                      f"not registered (the kernel API works without it)")
         return False
     AttentionInterface.register(ATTN_IMPLEMENTATION, _unsupported_attention)
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, flash_mla_mask)
