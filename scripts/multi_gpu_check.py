@@ -191,9 +191,8 @@ def relative_error(reference: torch.Tensor, candidate: torch.Tensor) -> float:
     return float((candidate - reference).norm() / reference.norm().clamp_min(1e-30))
 
 
-def release(*models):
-    for model in models:
-        del model
+def release():
+    """Frees what the caller has just dropped (run after `del model`)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -238,13 +237,15 @@ def run_device_map(args) -> dict:
     log(f"[device_map] KV cache: {kv['pool_bytes']} B allocated, {kv['used_bytes']} B used, "
         f"{per_token_layer} B per token per layer, lengths {kv['sequence_lengths']}")
     log(f"[device_map] calls {calls.as_dict()}")
-    release(split)
+    del split
+    release()
 
     one = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="flash_mla", device_map=single)
     single_tokens, single_logits = greedy(one, ids, mask, args.new_tokens)
     one.set_attn_implementation("eager")
     eager_tokens, eager_logits = greedy(one, ids, mask, args.new_tokens)
-    release(one)
+    del one
+    release()
 
     vs_single = agreement(single_tokens, split_tokens)
     vs_eager = agreement(eager_tokens, single_tokens)
@@ -341,14 +342,17 @@ def run_tp(args) -> dict | None:
         expected = total_heads // world if sharded else total_heads
         heads = local_heads(tp_model)
         heads["decode_api_h_q"] = sorted(set().union(*calls.heads.values())) if calls.heads else []
-        release(tp_model)
+        del tp_model
+        release()
 
         one = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="flash_mla",
                                                    device_map=str(device))
         single_tokens, single_logits = greedy(one, ids, mask, args.new_tokens)
-        release(one)
+        single_heads = local_heads(one)  # proves the reference is unsharded (all heads in this process)
+        del one
+        release()
         results[arch] = {"rank": rank, "device": str(device), "tp_tokens": tp_tokens.tolist(),
-                         "single_tokens": single_tokens.tolist(), "heads": heads, "expected_heads": expected,
+                         "single_tokens": single_tokens.tolist(), "heads": heads, "single_heads": single_heads, "expected_heads": expected,
                          "total_heads": total_heads, "plan_shards_attention": sharded, "calls": calls.as_dict(),
                          "logits_rel_err": relative_error(single_logits, tp_logits),
                          "vs_single": agreement(single_tokens, tp_tokens)}
@@ -373,6 +377,9 @@ def run_tp(args) -> dict | None:
         failures.check(all(r["tp_tokens"] == rows[0]["tp_tokens"] for r in rows), f"{arch}: all ranks' tokens agree")
         for row in rows:
             counts = [row["heads"]["q_proj"], row["heads"]["kv_b_proj"], row["heads"].get("absorbed_w_uk")]
+            failures.check(row["single_heads"]["q_proj"] == row["total_heads"],
+                           f"{arch} rank {row['rank']}: the single-process reference runs all "
+                           f"{row['single_heads']['q_proj']} heads")
             failures.check(all(c == row["expected_heads"] for c in counts)
                            and row["heads"]["decode_api_h_q"] == [row["expected_heads"]],
                            f"{arch} rank {row['rank']}: every piece runs {row['expected_heads']} heads")
@@ -395,7 +402,8 @@ class AllDeviceClock:
 
     def sync(self):
         for device in self.devices:
-            torch.cuda.synchronize(device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
 
     def begin(self):
         self.sync()
@@ -419,7 +427,8 @@ def bench_row(model, label, attn, devices, batch, context, new_tokens) -> dict:
     ids = torch.randint(2, model.config.vocab_size, (batch, context), generator=torch.Generator().manual_seed(0))
     cache = hf_flashmla.LatentPagedCache(model.config) if attn == "flash_mla" else None
     clock = AllDeviceClock(devices)
-    for device in devices:
+    cuda_devices = [d for d in devices if d.type == "cuda"]
+    for device in cuda_devices:
         torch.cuda.reset_peak_memory_stats(device)
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                   logits_processor=LogitsProcessorList([clock]), return_dict_in_generate=True)
@@ -434,19 +443,17 @@ def bench_row(model, label, attn, devices, batch, context, new_tokens) -> dict:
             raise
         row["status"] = "OOM"
         del error
-        gc.collect()
-        torch.cuda.empty_cache()
+        release()
         return row
     steps = len(clock.stamps) - 1
     decode_s = clock.stamps[-1] - clock.stamps[0]
     row.update(status="ok", ttft_s=clock.stamps[0] - clock.start, decode_ms_per_step=decode_s * 1e3 / steps,
                decode_tokens_per_s=batch * steps / decode_s,
-               peak_bytes={str(d): torch.cuda.max_memory_allocated(d) for d in devices})
+               peak_bytes={str(d): torch.cuda.max_memory_allocated(d) for d in cuda_devices})
     kv, how = rt.kv_cache_bytes(cache if cache is not None else rt.output_cache(out))
     row.update(kv_cache_bytes=kv, kv_cache_counted_by=how)
     del out, cache
-    gc.collect()
-    torch.cuda.empty_cache()
+    release()
     return row
 
 
@@ -455,12 +462,12 @@ def run_bench(args) -> dict:
     from accelerate import dispatch_model
 
     devices = [torch.device(d.strip()) for d in args.devices.split(",") if d.strip()]
-    if len(devices) < 2 or any(d.type != "cuda" for d in devices):
-        raise SystemExit("--bench: expected two or more CUDA devices in --devices, e.g. cuda:0,cuda:1")
-    config = e2e_model.deepseek_v3_config("deepseek-v3", num_hidden_layers=args.bench_layers)
-    log(f"[bench] DeepSeek-V3-shaped model {e2e_model.describe(config)}, bf16, built on {devices[0]}")
-    model = e2e_model.build_random_model(config, dtype=torch.bfloat16, device=devices[0],
-                                         attn_implementation="flash_mla")
+    if len(devices) < 2:
+        raise SystemExit("--bench: expected two or more devices in --devices, e.g. cuda:0,cuda:1")
+    dtype = getattr(torch, args.dtype)
+    config = e2e_model.deepseek_v3_config(args.bench_preset, num_hidden_layers=args.bench_layers)
+    log(f"[bench] {args.bench_preset} model {e2e_model.describe(config)}, {args.dtype}, built on {devices[0]}")
+    model = e2e_model.build_random_model(config, dtype=dtype, device=devices[0], attn_implementation="flash_mla")
     batch, context = args.bench_batch, args.bench_context
     rows = []
 
@@ -476,17 +483,18 @@ def run_bench(args) -> dict:
 
     # Warm-up (kernel loads, cuBLAS handles) on a short prompt, then the one-GPU row.
     bench_row(model, "warm-up", "flash_mla", devices[:1], 1, 128, 4)
-    add(bench_row(model, "flash_mla 1 GPU", "flash_mla", devices[:1], batch, context, args.bench_new_tokens))
+    unit = "GPU" if devices[0].type == "cuda" else "device"
+    add(bench_row(model, f"flash_mla 1 {unit}", "flash_mla", devices[:1], batch, context, args.bench_new_tokens))
     device_map, layer_devices = layer_split(config.num_hidden_layers, [str(d) for d in devices])
     model = dispatch_model(model, device_map=device_map)
     log(f"[bench] layers -> {layer_devices}")
     bench_row(model, "warm-up", "flash_mla", devices, 1, 128, 4)
     with DeviceCalls() as calls:
-        add(bench_row(model, f"flash_mla {len(devices)} GPUs", "flash_mla", devices, batch, context,
+        add(bench_row(model, f"flash_mla {len(devices)} {unit}s", "flash_mla", devices, batch, context,
                       args.bench_new_tokens))
     log(f"[bench] calls on the split run: {calls.as_dict()}")
     if not args.no_stock:
-        add(bench_row(model, f"sdpa {len(devices)} GPUs", "sdpa", devices, batch, context, args.stock_new_tokens))
+        add(bench_row(model, f"sdpa {len(devices)} {unit}s", "sdpa", devices, batch, context, args.stock_new_tokens))
     failures = Failures()
     for device in devices:
         if kernel_expected(device):
@@ -499,9 +507,9 @@ def run_bench(args) -> dict:
         peaks = " / ".join(f"{b / 2**30:.1f}" for b in row["peak_bytes"].values())
         log(f"[bench] | {row['label']} | {context} x {batch} | {row['decode_tokens_per_s']:.1f} | "
             f"{row['decode_ms_per_step']:.2f} | {row['ttft_s']:.2f} | {peaks} | {row['kv_cache_bytes'] / 2**30:.2f} |")
-    return {"mode": "bench", "model": e2e_model.describe(config), "devices": [str(d) for d in devices],
-            "device_names": [torch.cuda.get_device_name(d) for d in devices], "rows": rows, "calls": calls.as_dict(),
-            "failures": list(failures)}
+    names = [torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu" for d in devices]
+    return {"mode": "bench", "model": e2e_model.describe(config), "dtype": args.dtype, "devices": [str(d) for d in devices],
+            "device_names": names, "rows": rows, "calls": calls.as_dict(), "failures": list(failures)}
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -519,6 +527,8 @@ def parse_args(argv=None):
     parser.add_argument("--workdir", default=DEFAULT_WORKDIR, help="where the random checkpoints are built")
     parser.add_argument("--prompt-lengths", default="40,70,25", help="left-padded batch (tokens per prompt)")
     parser.add_argument("--new-tokens", type=int, default=80)
+    parser.add_argument("--bench-preset", default="deepseek-v3", help="--bench: scripts/e2e_model.py preset "
+                        "(deepseek-v3: BENCHMARKS.md shapes; tiny: CPU plumbing)")
     parser.add_argument("--bench-layers", type=int, default=4)
     parser.add_argument("--bench-context", type=int, default=16384)
     parser.add_argument("--bench-batch", type=int, default=8)

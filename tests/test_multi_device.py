@@ -169,7 +169,7 @@ def _gloo_unavailable():
 def test_tp_plan_two_cpu_processes_gloo(tmp_path):
     out = tmp_path / "tp.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env["CUDA_VISIBLE_DEVICES"] = ""  # transformers puts a tp_plan model on the accelerator it finds
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                os.path.join(SCRIPTS, "multi_gpu_check.py"), "--tp", "--device", "cpu", "--tiny", "--new-tokens", "6",
                "--prompt-lengths", "20,40,5", "--workdir", str(tmp_path), "--json", str(out)]
@@ -189,3 +189,17 @@ def test_tp_plan_two_cpu_processes_gloo(tmp_path):
                                     "decode_api_h_q": [expected]}
             assert row["tp_tokens"] == row["single_tokens"] == rows[0]["tp_tokens"]
             assert row["calls"]["metadata"]["cpu"] * 2 == row["calls"]["api"]["cpu"]  # once per step, 2 layers
+
+
+def test_bench_plumbing_on_cpu(tmp_path):
+    """--bench's rows (one device, split, stock sdpa split) on the tiny preset; the numbers mean nothing here."""
+    out = tmp_path / "bench.json"
+    code = multi_gpu_check.main(["--bench", "--devices", "cpu,cpu", "--bench-preset", "tiny", "--bench-layers", "2",
+                                 "--bench-context", "32", "--bench-batch", "2", "--bench-new-tokens", "3",
+                                 "--stock-new-tokens", "2", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert code == 0, result["failures"]
+    assert [row["label"] for row in result["rows"]] == ["flash_mla 1 device", "flash_mla 2 devices", "sdpa 2 devices"]
+    for row in result["rows"]:
+        assert row["status"] == "ok" and row["decode_tokens_per_s"] > 0 and row["kv_cache_bytes"] is not None
+    assert result["calls"]["metadata"] == {"cpu": 2} and result["calls"]["api"] == {"cpu": 4}
