@@ -31,6 +31,7 @@ TORCH_SYMM_MEM_DISABLE_MULTICAST=1 for itself and its torchrun workers):
   python scripts/multi_gpu_check.py --devices cuda:0,cuda:1
   torchrun --nproc-per-node 2 scripts/multi_gpu_check.py --tp
   python scripts/multi_gpu_check.py --bench --devices cuda:0,cuda:1 --json multi_gpu_bench.json
+  python scripts/multi_gpu_check.py --devices cpu,cuda:0 --placement hooks        # CPU + one GPU, layers on both
   python scripts/multi_gpu_check.py --devices cpu,cpu --dtype float32              # CPU plumbing check
   torchrun --nproc-per-node 2 scripts/multi_gpu_check.py --tp --device cpu        # gloo, float32
 """
@@ -154,6 +155,19 @@ def layer_split(num_layers: int, devices: list[str]) -> tuple[dict, list[str]]:
     return device_map, layer_devices
 
 
+def place_with_hooks(model, device_map: dict):
+    """What accelerate's dispatch_model does for a map of execution devices, with "cpu" meaning run on the
+    CPU (dispatch_model reads it as offload to the first GPU): each module's weights on its device and an
+    AlignDevicesHook that moves the module's inputs there."""
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+
+    for name, device in device_map.items():
+        module = model.get_submodule(name)
+        module.to(device)
+        add_hook_to_module(module, AlignDevicesHook(execution_device=device))
+    return model
+
+
 def padded_prompts(lengths: list[int], vocab_size: int, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     width = max(lengths)
@@ -214,14 +228,19 @@ def run_device_map(args) -> dict:
     num_layers = AutoConfig.from_pretrained(path).num_hidden_layers
     device_map, layer_devices = layer_split(num_layers, devices)
     log(f"[device_map] layers -> {layer_devices}")
-    if single != "cpu" and "cpu" in layer_devices:
-        # accelerate reads "cpu" next to a GPU as CPU offload: those layers' weights stay on the CPU and the
-        # layers run on the first GPU, so their latents (and pools) are there.
-        layer_devices = [single if d == "cpu" else d for d in layer_devices]
-        log(f"[device_map] 'cpu' layers are offloaded by accelerate and run on {single}: expected pools "
-            f"{layer_devices}")
-    split = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="flash_mla",
-                                                 device_map=device_map)
+    if args.placement == "hooks":
+        # Layers run where the map says, the CPU included (accelerate's own hooks, placed one by one).
+        split = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="flash_mla")
+        split = place_with_hooks(split, device_map)
+    else:
+        if single != "cpu" and "cpu" in layer_devices:
+            # from_pretrained (accelerate's dispatch_model) reads "cpu" next to a GPU as CPU offload: those
+            # layers' weights stay on the CPU and the layers run on the first GPU, so their pools are there.
+            layer_devices = [single if d == "cpu" else d for d in layer_devices]
+            log(f"[device_map] 'cpu' layers are offloaded by accelerate and run on {single}: expected pools "
+                f"{layer_devices}")
+        split = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="flash_mla",
+                                                     device_map=device_map)
     ids, mask = padded_prompts(args.prompt_lengths, split.config.vocab_size)
     actual = [str(split.model.layers[i].self_attn.kv_b_proj.weight.device) for i in range(num_layers)]
     log(f"[device_map] kv_b_proj weights on {actual}")
@@ -253,8 +272,13 @@ def run_device_map(args) -> dict:
     log(f"[device_map] 1-device tokens {single_tokens.tolist()}")
     log(f"[device_map] eager tokens    {eager_tokens.tolist()}")
     log("[device_map] checks:")
-    failures.check(vs_single["identical"], f"split == one-device flash_mla tokens ({vs_single})")
-    log(f"  first-step logits: split vs one device rel err {relative_error(single_logits, split_logits):.2e}; "
+    split_error = relative_error(single_logits, split_logits)
+    if len({torch.device(d).type for d in layer_devices}) == 1:
+        failures.check(vs_single["identical"], f"split == one-device flash_mla tokens ({vs_single})")
+    else:  # CPU and GPU layers round bf16 differently: tokens may drift, logits must stay close
+        log(f"  split vs one device tokens (reported: CPU and GPU layers round differently): {vs_single}")
+        failures.check(split_error < 5e-2, f"split vs one device first-step logits rel err {split_error:.2e} < 5e-2")
+    log(f"  first-step logits: split vs one device rel err {split_error:.2e}; "
         f"flash_mla vs eager rel err {relative_error(eager_logits, single_logits):.2e}")
     log(f"  flash_mla vs eager on one device (reported): {vs_eager}")
     failures.check(pools == layer_devices, f"layer pools on their layers' devices: {pools}")
@@ -520,6 +544,9 @@ def parse_args(argv=None):
     parser.add_argument("--devices", default="cuda:0,cuda:1", help="device_map / bench devices, comma-separated")
     parser.add_argument("--device", default="cuda", help="--tp: 'cuda' (NCCL, rank i on cuda:i) or 'cpu' (gloo)")
     parser.add_argument("--dtype", default=None, help="bfloat16 (default on CUDA) or float32 (default on CPU)")
+    parser.add_argument("--placement", choices=("from_pretrained", "hooks"), default="from_pretrained",
+                        help="device_map mode: from_pretrained(device_map=dict), or accelerate hooks placed per "
+                             "module so that 'cpu' layers really run on the CPU (e.g. --devices cpu,cuda:0)")
     parser.add_argument("--arch", default="deepseek_v3", help="device_map: deepseek_v3 or deepseek_v2")
     parser.add_argument("--archs", default="deepseek_v2,deepseek_v3", help="--tp: architectures to check")
     parser.add_argument("--checkpoint", default=None, help="device_map: a local checkpoint instead of the random one")

@@ -76,18 +76,6 @@ def test_cache_pools_on_each_layers_device_and_step_tensors_once_per_device(monk
     assert cache.sequence_lengths == [70, 70]
 
 
-def _dispatch(model, device_map):
-    """What accelerate's dispatch_model does for a multi-device map: each module's weights on its device and
-    an AlignDevicesHook that moves its inputs there."""
-    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
-
-    for name, device in device_map.items():
-        module = model.get_submodule(name)
-        module.to(device)
-        add_hook_to_module(module, AlignDevicesHook(execution_device=device))
-    return model
-
-
 def test_device_map_model_schedules_once_per_device_and_keeps_pages_per_layer_device(monkeypatch):
     config = make_config("deepseek_v3", base=TINY, num_hidden_layers=4, first_k_dense_replace=4)
     model = random_model(config, attn_implementation="flash_mla")
@@ -95,7 +83,7 @@ def test_device_map_model_schedules_once_per_device_and_keeps_pages_per_layer_de
     device_map, layer_devices = multi_gpu_check.layer_split(4, ["cpu", "meta"])
     assert layer_devices == ["cpu", "cpu", "meta", "meta"]
     assert device_map["model.embed_tokens"] == "cpu" and device_map["lm_head"] == "meta"
-    model = _dispatch(model, device_map)
+    model = multi_gpu_check.place_with_hooks(model, device_map)
 
     real_decode = interface.flash_mla_with_kvcache
 
@@ -142,11 +130,12 @@ def test_sharded_query_with_unsharded_kv_b_proj_is_a_clear_error():
         model.generate(torch.tensor([[5, 17, 33]]), max_new_tokens=2, do_sample=False)
 
 
-def test_device_map_dict_from_pretrained_matches_one_device(tmp_path, capsys):
+@pytest.mark.parametrize("placement", ["from_pretrained", "hooks"])
+def test_device_map_dict_matches_one_device(tmp_path, placement):
     """The script's device_map mode with an explicit dict (both shares on the CPU here)."""
     out = tmp_path / "device_map.json"
-    code = multi_gpu_check.main(["--devices", "cpu,cpu", "--tiny", "--new-tokens", "4", "--prompt-lengths", "20,70,5",
-                                 "--workdir", str(tmp_path), "--json", str(out)])
+    code = multi_gpu_check.main(["--devices", "cpu,cpu", "--placement", placement, "--tiny", "--new-tokens", "4",
+                                 "--prompt-lengths", "20,70,5", "--workdir", str(tmp_path), "--json", str(out)])
     result = json.loads(out.read_text())
     assert code == 0, result["failures"]
     assert result["split_vs_single"]["identical"] and result["single_vs_eager"]["identical"]
