@@ -43,20 +43,6 @@ MIN_PAGES_PER_SPLIT = 4  # below this a split's partial output (rows x 2 KB) cos
 INTERPRETER_SMS = 4  # stands in for the SM count under TRITON_INTERPRET, so that CPU tests split
 
 
-# The kernels call only Triton builtins and the helpers below, not triton.language's own @jit helpers
-# (tl.max, tl.sum, tl.cdiv, tl.zeros): those are compiled-mode objects unless TRITON_INTERPRET=1 was set
-# before Triton was first imported, and the tests interpret a copy of this module inside a process
-# that may also run the compiled kernels. tl.max / tl.sum are the same reductions.
-@triton.jit
-def _maximum(a, b):
-    return tl.maximum(a, b)
-
-
-@triton.jit
-def _add(a, b):
-    return a + b
-
-
 @triton.jit
 def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """acc + a @ b with float32 accumulation. UPCAST (Triton's CPU interpreter only): its dot multiplies
@@ -100,12 +86,12 @@ def _split_kernel(Q, KV, BLOCK_TABLE, SEQLENS, OUT, LSE, O_PART, LSE_PART,
     if CAUSAL:
         last_key = length - s_q + token
     else:
-        last_key = tl.full([BLOCK_M], 0, dtype=tl.int32) + (length - 1)
+        last_key = tl.zeros([BLOCK_M], dtype=tl.int32) + (length - 1)
     last_key = tl.where(row_ok, last_key, -1)
 
     # This split's pages: an equal share of the sequence's own pages (varlen batches split per sequence).
-    num_pages = (length + PAGE - 1) // PAGE
-    pages_per_split = (num_pages + num_splits - 1) // num_splits
+    num_pages = tl.cdiv(length, PAGE)
+    pages_per_split = tl.cdiv(num_pages, num_splits)
     key_start = split * pages_per_split * PAGE
     key_end = tl.minimum(key_start + pages_per_split * PAGE, length)
     if CAUSAL:  # nothing past the last key that the block's last query token sees
@@ -117,8 +103,8 @@ def _split_kernel(Q, KV, BLOCK_TABLE, SEQLENS, OUT, LSE, O_PART, LSE_PART,
     q_rope = tl.load(q_ptr[:, None] + offs_pe[None, :], mask=row_ok[:, None], other=0.0)
 
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # log2 domain
-    row_sum = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
-    acc = tl.full([BLOCK_M, D_V], 0.0, dtype=tl.float32)
+    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D_V], dtype=tl.float32)
     bt_row = BLOCK_TABLE + batch.to(tl.int64) * stride_bt
     kv_base = KV + kv_head * stride_kv_head
     # The block id of each tile is loaded one iteration ahead (a loop-carried value, not a load feeding
@@ -136,19 +122,19 @@ def _split_kernel(Q, KV, BLOCK_TABLE, SEQLENS, OUT, LSE, O_PART, LSE_PART,
         k_latent = tl.load(k_ptr[:, None] + offs_v[None, :], mask=key_ok[:, None], other=0.0)  # also V
         k_rope = tl.load(k_ptr[:, None] + offs_pe[None, :], mask=key_ok[:, None], other=0.0)
 
-        scores = tl.full([BLOCK_M, BLOCK_N], 0.0, dtype=tl.float32)
+        scores = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         scores = _mma(q_latent, tl.trans(k_latent), scores, DOT_PRECISION, UPCAST)
         scores = _mma(q_rope, tl.trans(k_rope), scores, DOT_PRECISION, UPCAST)
         scores = scores * scale_log2
         visible = (offs_n[None, :] <= last_key[:, None]) & key_ok[None, :]
         scores = tl.where(visible, scores, float("-inf"))
 
-        new_max = tl.maximum(row_max, tl.reduce(scores, 1, _maximum))
+        new_max = tl.maximum(row_max, tl.max(scores, axis=1))
         # Rows that have seen no key yet keep max = -inf; shift by 0 there to avoid inf - inf.
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)
         probs = tl.math.exp2(scores - shift[:, None])
         rescale = tl.math.exp2(row_max - shift)
-        row_sum = row_sum * rescale + tl.reduce(probs, 1, _add)
+        row_sum = row_sum * rescale + tl.sum(probs, axis=1)
         acc = acc * rescale[:, None]
         acc = _mma(probs.to(k_latent.dtype), k_latent, acc, DOT_PRECISION, UPCAST)
         row_max = new_max
@@ -185,10 +171,10 @@ def _combine_kernel(OUT, LSE, O_PART, LSE_PART, s_q, group, h_q, num_splits,
     split_ok = offs_s < num_splits
     part_rows = (pid_bk.to(tl.int64) * num_splits + offs_s) * rows + row
     split_lse = tl.load(LSE_PART + part_rows, mask=split_ok, other=float("-inf"))
-    top = tl.reduce(split_lse, 0, _maximum)
+    top = tl.max(split_lse, axis=0)
     seen = top > float("-inf")  # some split saw a key
     shift = tl.where(seen, top, 0.0)
-    total = tl.reduce(tl.exp(split_lse - shift), 0, _add)
+    total = tl.sum(tl.exp(split_lse - shift), axis=0)
     lse = tl.where(seen, shift + tl.log(tl.where(seen, total, 1.0)), float("inf"))
     weights = tl.exp(split_lse - lse)  # 0 for empty splits, and everywhere for a row that saw nothing
 
@@ -196,7 +182,7 @@ def _combine_kernel(OUT, LSE, O_PART, LSE_PART, s_q, group, h_q, num_splits,
     for chunk in tl.static_range(D_V // CHUNK):
         cols = chunk * CHUNK + tl.arange(0, CHUNK)
         parts = tl.load(O_PART + part_rows[:, None] * D_V + cols[None, :], mask=split_ok[:, None], other=0.0)
-        tl.store(o_ptr + cols, tl.reduce(parts * weights[:, None], 0, _add).to(OUT.dtype.element_ty))
+        tl.store(o_ptr + cols, tl.sum(parts * weights[:, None], axis=0).to(OUT.dtype.element_ty))
     tl.store(LSE + (batch.to(tl.int64) * h_q + head) * s_q + token, lse)
 
 

@@ -1,10 +1,19 @@
 """Registers the `gpu` marker. Tests marked gpu run only where the sm90 CUDA kernel is usable (a CUDA
 device of compute capability 9.0 and the built extension: hf_flashmla.backend(cuda).name == 'cuda_sm90');
 everywhere else they are skipped with the reason. Likewise `triton_gpu`: a CUDA device where the Triton
-kernel can run (compute capability >= 8.0, Triton importable), whatever the automatic choice."""
+kernel can run (compute capability >= 8.0, Triton importable), whatever the automatic choice.
+
+On a machine without CUDA, TRITON_INTERPRET=1 is set here, before anything imports Triton: triton.jit
+picks its CPU interpreter from that variable (Triton's own @jit helpers such as tl.max at Triton's first
+import), so tests/test_triton_decode.py can run the Triton kernel on the CPU."""
 import functools
+import os
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_configure(config):
