@@ -65,7 +65,7 @@ fi
 
 if has_stage tests; then
   s=$(date +%s)
-  python3 -m pytest -q -m "gpu or triton_gpu" -rs ${PYTEST_ARGS:-tests/} 2>&1 | tee "$OUT/gpu_tests.log" | tail -60
+  timeout "${TESTS_TIMEOUT:-360}" python3 -m pytest -q -m "gpu or triton_gpu" -rs ${PYTEST_ARGS:-tests/} 2>&1 | tee "$OUT/gpu_tests.log" | tail -60
   rc=${PIPESTATUS[0]}
   line=$(grep -E "[0-9]+ (passed|failed|skipped|error)" "$OUT/gpu_tests.log" | tail -1)
   if [[ $rc == 0 && $line != *passed* ]]; then note "tests: NOTHING RAN (kernel not usable?): $line"
