@@ -300,9 +300,19 @@ class LatentPagedCache(_TransformersCache):
     def _pages_needed(self, lengths: list[int]) -> int:
         return sum(max(-(-length // PAGE_SIZE) - len(pages), 0) for length, pages in zip(lengths, self._pages))
 
-    def _rebuild_table(self):
-        width = max((len(pages) for pages in self._pages), default=0)
-        table = torch.full((len(self._pages), max(width, 1)), SCRATCH_PAGE, dtype=torch.int32)
+    def _append_to_table(self, appended):
+        width = max(len(self._pages[seq]) for seq, _ in appended)
+        if width > self._table.shape[1] or self._table.shape[0] != len(self._pages):
+            self._rebuild_table(min_width=2 * width)  # room for the next pages without a rebuild
+            return
+        for seq, first in appended:
+            pages = self._pages[seq]
+            self._table[seq, first:len(pages)] = torch.tensor(pages[first:], dtype=torch.int32)
+        self._table_version += 1
+
+    def _rebuild_table(self, min_width: int = 1):
+        width = max([len(pages) for pages in self._pages] + [min_width])
+        table = torch.full((len(self._pages), width), SCRATCH_PAGE, dtype=torch.int32)
         for seq, pages in enumerate(self._pages):
             if pages:
                 table[seq, :len(pages)] = torch.tensor(pages, dtype=torch.int32)
@@ -414,13 +424,14 @@ class LatentPagedCache(_TransformersCache):
         lengths_before = list(self._lengths)
         lengths_after = [length + count for length, count in zip(lengths_before, counts)]
         self._ensure_free(self._pages_needed(lengths_after))  # raises before anything changes
-        grew = False
+        appended = []  # (seq, first new column): the host table is patched, not rebuilt
         for seq, length in enumerate(lengths_after):
             before = len(self._pages[seq])
-            self._allocate_to(seq, length)
-            grew |= len(self._pages[seq]) != before
-        if grew:
-            self._rebuild_table()
+            if before * PAGE_SIZE < length:
+                self._allocate_to(seq, length)
+                appended.append((seq, before))
+        if appended:
+            self._append_to_table(appended)
         self._step_counter += 1
         step = _Step(self._step_counter, query_length, lengths_before, lengths_after, self._logical_length,
                      token_mask if host_mask is None else host_mask, left_padded)
