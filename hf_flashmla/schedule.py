@@ -118,8 +118,11 @@ def compute_schedule(cache_seqlens: torch.Tensor, num_q_rows_per_kv_head: int, n
     return compute_schedule_torch(cache_seqlens, num_parts)
 
 
-def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The schedule with vectorised PyTorch ops on cache_seqlens' device (the ground truth)."""
+def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
+                           split_combine_pages: int = SPLIT_COMBINE_PAGES) -> tuple[torch.Tensor, torch.Tensor]:
+    """The schedule with vectorised PyTorch ops on cache_seqlens' device (the ground truth).
+    split_combine_pages: the kernel's value by default; another one is for timing comparisons only (a very
+    negative value turns one part per sequence off: the plain balanced cut)."""
     device = cache_seqlens.device
     batch = cache_seqlens.shape[0]
 
@@ -131,7 +134,7 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int) -> tuple
     total = cost_end[-1]
     payload = (total + num_parts - 1) // num_parts
     # One part per sequence (module docstring); a 0-dim tensor, so no host sync.
-    one_per_part = (cost.max() <= payload + SPLIT_COMBINE_PAGES) & (batch <= num_parts)
+    one_per_part = (cost.max() <= payload + split_combine_pages) & (batch <= num_parts)
 
     # Part boundaries in cost space: balanced x_p = min(p * payload, total); one part per sequence
     # x_p = S_p for p < b, the total after. p = 0..P.

@@ -21,14 +21,14 @@ def pages_of(lengths):
     return [-(-max(n, 0) // PAGE_SIZE) for n in lengths]
 
 
-def one_part_per_sequence(lengths, num_parts):
+def one_part_per_sequence(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES):
     """The rule, restated: b <= parts and the largest cost within the balanced payload + the combine cost."""
     costs = [n + F for n in pages_of(lengths)]
     payload = -(-sum(costs) // num_parts)
-    return len(lengths) <= num_parts and max(costs) <= payload + SPLIT_COMBINE_PAGES
+    return len(lengths) <= num_parts and max(costs) <= payload + combine_pages
 
 
-def python_schedule(lengths, num_parts):
+def python_schedule(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES):
     """The schedule with Python ints, one part bound at a time (module docstring of schedule.py)."""
     pages = pages_of(lengths)
     batch = len(pages)
@@ -39,7 +39,7 @@ def python_schedule(lengths, num_parts):
     begins = [end - n - F for end, n in zip(ends, pages)]
     total = ends[-1]
     payload = -(-total // num_parts)
-    one = one_part_per_sequence(lengths, num_parts)
+    one = one_part_per_sequence(lengths, num_parts, combine_pages)
     if one:
         bounds = [begins[p] if p < batch else total for p in range(num_parts + 1)]
         first = list(range(batch))
@@ -261,3 +261,13 @@ def test_combine_cost_matches_the_kernel_header():
     header = (Path(__file__).resolve().parent.parent / "csrc" / "mla_metadata_core.h").read_text()
     match = re.search(r"constexpr int64_t kSplitCombinePages = (\d+);", header)
     assert match is not None and int(match.group(1)) == SPLIT_COMBINE_PAGES
+
+
+def test_combine_cost_argument_turns_the_rule_off_for_comparisons():
+    # The balanced cut alone (what the schedule was before the rule), for A/B timing.
+    lengths = [4096] * 128
+    _, num_splits = schedule.compute_schedule_torch(torch.tensor(lengths, dtype=torch.int32), 132,
+                                                    split_combine_pages=-(1 << 40))
+    assert int(num_splits[-1]) == 250
+    rows, expected_splits, one = python_schedule(lengths, 132, combine_pages=-(1 << 40))
+    assert not one and num_splits.tolist() == expected_splits
