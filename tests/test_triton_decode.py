@@ -2,8 +2,9 @@
 
 CPU: small shapes through Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 where there
 is no CUDA). GPU (marker triton_gpu, any CUDA device of compute capability >= 8.0 with Triton): the full
-matrix, long contexts, CUDA graphs. Run on the GPU machine:
-    HF_FLASHMLA_BACKEND=triton python3 -m pytest -q tests/test_triton_decode.py
+matrix, long contexts, CUDA graphs; the GPU tests force the Triton backend themselves (on Hopper too).
+Run on the GPU machine:
+    python3 -m pytest -q -rs tests/test_triton_decode.py
 Skipped as a whole where Triton is not installed.
 """
 import importlib
