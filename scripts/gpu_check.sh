@@ -103,7 +103,7 @@ run_stage() {
   local name=$1 log=$2 limit=$3; shift 3
   local s; s=$(date +%s)
   echo "### $name: $*"
-  timeout "$limit" "$@" >> "$log" 2>&1
+  timeout "${STAGE_TIMEOUT:-$limit}" "$@" >> "$log" 2>&1
   local rc=$?
   tail -40 "$log"
   if [[ $rc == 0 ]]; then note "$name: ok ($(( $(date +%s) - s )) s)"; else note "$name: FAILED (rc $rc, $(( $(date +%s) - s )) s)"; fi
