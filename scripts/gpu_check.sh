@@ -11,7 +11,8 @@
 #   schedule  scripts/bench_schedule.py (PyTorch schedule vs the schedule kernel) -> $OUT/schedule.log
 #   generate  scripts/gpu_generate_check.py, the main job (python3 -m hf_flashmla), scripts/evaluate.py
 #             (bf16 flash_mla vs eager, kernel required)                    -> $OUT/generate.log
-#   multigpu  scripts/multi_gpu_check.py (device_map over 2 GPUs, tp_plan via torchrun) -> $OUT/multigpu.log
+#   multigpu  scripts/multi_gpu_check.py (device_map over 2 GPUs, tp_plan via torchrun, 2-GPU decode row; CPU +
+#             one GPU where only one GPU)                              -> $OUT/multigpu.log, multigpu_*.json
 #   e2e       scripts/bench_generate.py $E2E_ARGS                           -> $OUT/e2e.{log,json} + plots
 #   sanitize  compute-sanitizer memcheck + racecheck on scripts/sanitize_case.py -> $OUT/sanitize_*.log
 #             (each under timeout $SANITIZE_TIMEOUT, default 300 s)
@@ -126,10 +127,15 @@ if has_stage multigpu; then
   log="$OUT/multigpu.log"; : > "$log"
   export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # the host requires multicast off
   if (( $(nvidia-smi -L 2>/dev/null | wc -l) >= 2 )); then
-    run_stage "multigpu device_map" "$log" 240 python3 scripts/multi_gpu_check.py
-    run_stage "multigpu tp_plan" "$log" 240 torchrun --nproc-per-node 2 scripts/multi_gpu_check.py --tp
-  else
-    note "multigpu: skipped (fewer than 2 GPUs)"
+    run_stage "multigpu device_map" "$log" 240 python3 scripts/multi_gpu_check.py --json "$OUT/multigpu_device_map.json"
+    run_stage "multigpu tp_plan" "$log" 240 torchrun --nproc-per-node 2 scripts/multi_gpu_check.py --tp \
+      --json "$OUT/multigpu_tp.json"
+    run_stage "multigpu bench (16K x 8, 2 GPUs)" "$log" 240 python3 scripts/multi_gpu_check.py --bench \
+      --json "$OUT/multigpu_bench.json"
+  else  # one GPU: layers on the CPU and on the GPU in one model
+    run_stage "multigpu cpu+gpu device_map" "$log" 240 python3 scripts/multi_gpu_check.py --devices cpu,cuda:0 \
+      --placement hooks --tiny --json "$OUT/multigpu_cpu_gpu.json"
+    note "multigpu: 2-GPU runs skipped (fewer than 2 GPUs)"
   fi
 fi
 
