@@ -11,15 +11,6 @@ constexpr int kPageSize = 64;
 constexpr int kTileRows = 64;    // query rows (s_q * h_q folded) per CTA
 constexpr int kMetadataWidth = 8;
 
-// Timing aids (wrong results on purpose; set by HF_FLASHMLA_PROFILE_MODE, never in normal use):
-// loads-only = consumers only wait for each page and free it; no-kv-wait = full compute that does not wait
-// for a page's chunks (it waits for them only before freeing the stage); compute-only = no page loads.
-// cluster-local (correct results) = a cluster launch whose CTAs each load their own pages (no multicast):
-// separates the cost of coupling the CTAs from that of multicast; release-cluster = cluster-scope release
-// on the stage hand-over (the first cluster version).
-constexpr int kProfileOff = 0, kProfileLoadsOnly = 1, kProfileNoKvWait = 2, kProfileComputeOnly = 3,
-              kProfileClusterLocal = 4, kProfileReleaseCluster = 5;
-
 struct MlaDecodeParams {
   const void* q;               // [b, s_q, h_q, 576], contiguous
   const void* k_cache;         // [num_blocks, 64, 1, 576], contiguous
@@ -34,7 +25,6 @@ struct MlaDecodeParams {
   int batch, s_q, h_q, num_blocks, block_table_stride, max_blocks_per_seq;
   int num_parts, num_m_blocks;
   float softmax_scale;
-  int profile_mode;            // kProfile*; 0 unless HF_FLASHMLA_PROFILE_MODE is set
   bool causal;
   bool is_bf16;
 };

@@ -10,10 +10,6 @@
 // both matrix products, so the two stay balanced. Pages stream through two TMA stages (the Q tile and
 // two 72 KB pages fill the 227 KB of shared memory). FlashMLA's "seesaw" split (warpgroups alternate
 // pages) was tried and measured slower here: notes/KERNEL_LOG.md.
-//
-// Optional (HF_FLASHMLA_CLUSTER=2, off by default): the m-blocks of one SM part run as a thread-block
-// cluster and each page is fetched once from L2 and multicast to all of them. Correct, but not faster:
-// the consumers' own work, not the loads, bounds the time (runs 10-11 of the kernel log).
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -21,8 +17,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <mutex>
 
 #include "mla_decode.h"
@@ -119,9 +113,7 @@ struct ElemTraits<__half> {
 __device__ __forceinline__ void producer_loop(const MlaDecodeParams& p, const CUtensorMap* q_map,
                                               const CUtensorMap* kv_map, const PartWalker& walker,
                                               const BarrierAddrs& bars, uint32_t q_smem, uint32_t kv_smem,
-                                              int m_block, uint32_t cluster_size, uint32_t cluster_rank) {
-  if (p.profile_mode == kProfileClusterLocal) cluster_size = 1;
-  const uint16_t cluster_mask = static_cast<uint16_t>((1u << cluster_size) - 1);
+                                              int m_block) {
   int item_count = 0, page_count = 0;
   for (int batch = walker.begin_batch; batch <= walker.end_batch; ++batch) {
     WorkItem w = walker.item(batch);
@@ -133,7 +125,6 @@ __device__ __forceinline__ void producer_loop(const MlaDecodeParams& p, const CU
       tma_load_3d(q_smem + c * kChunkBytes, q_map, bars.q_full, c * kChunkCols, m_block * kTileRows, batch);
     ++item_count;
     const int* table_row = p.block_table + static_cast<int64_t>(batch) * p.block_table_stride;
-    if (p.profile_mode == kProfileComputeOnly) continue;
     for (int blk = w.start_block; blk < w.stop_block; ++blk, ++page_count) {
       int stage = page_count & 1;
       mbarrier_wait(bars.kv_empty(stage), ((page_count >> 1) & 1) ^ 1);
@@ -141,49 +132,20 @@ __device__ __forceinline__ void producer_loop(const MlaDecodeParams& p, const CU
       // reports when value checks are on); an out-of-pool page id makes TMA fill zeros, not fault.
       int page = blk < p.max_blocks_per_seq ? __ldg(table_row + blk) : -1;
       uint32_t dst = kv_smem + stage * kTileBytes;
-      if (cluster_size == 1) {
 #pragma unroll
-        for (int c = 0; c < kNumChunks; ++c) {
-          mbarrier_arrive_expect_tx(bars.kv_full(stage, c), kChunkBytes);
-          tma_load_2d(dst + c * kChunkBytes, kv_map, bars.kv_full(stage, c), c * kChunkCols, page * kPageSize);
-        }
-      } else {
-        // The m-blocks of a cluster share this page: each CTA fetches every cluster_size-th chunk once
-        // from L2 and multicasts it to all of them. Each CTA still expects the whole page on its own
-        // barriers (a peer's bytes may land before this expect_tx: the phase cannot complete without
-        // this thread's arrive, so the count only goes negative for a moment).
-#pragma unroll
-        for (int c = 0; c < kNumChunks; ++c) {
-          mbarrier_arrive_expect_tx(bars.kv_full(stage, c), kChunkBytes);
-          if (c % cluster_size == cluster_rank)
-            tma_load_2d_multicast(dst + c * kChunkBytes, kv_map, bars.kv_full(stage, c), c * kChunkCols,
-                                  page * kPageSize, cluster_mask);
-        }
+      for (int c = 0; c < kNumChunks; ++c) {
+        mbarrier_arrive_expect_tx(bars.kv_full(stage, c), kChunkBytes);
+        tma_load_2d(dst + c * kChunkBytes, kv_map, bars.kv_full(stage, c), c * kChunkCols, page * kPageSize);
       }
     }
-  }
-}
-
-// One consumer warp is done with a KV stage. With a cluster every CTA's producer writes into this stage,
-// so each of them must hear it.
-__device__ __forceinline__ void release_stage(const BarrierAddrs& bars, int stage, uint32_t cluster_size,
-                                              int profile_mode) {
-  if (cluster_size == 1) {
-    mbarrier_arrive(bars.kv_empty(stage));
-  } else if (profile_mode == kProfileReleaseCluster) {
-    for (uint32_t r = 0; r < cluster_size; ++r)
-      mbarrier_arrive_cluster_release_cluster(map_to_cta(bars.kv_empty(stage), r));
-  } else {
-    for (uint32_t r = 0; r < cluster_size; ++r) mbarrier_arrive_cluster(map_to_cta(bars.kv_empty(stage), r));
   }
 }
 
 template <typename Elem>
 __device__ __forceinline__ void consumer_loop(const MlaDecodeParams& p, const PartWalker& walker,
                                               const BarrierAddrs& bars, uint8_t* smem, uint32_t smem_base,
-                                              int m_block, uint32_t cluster_size) {
+                                              int m_block) {
   using Traits = ElemTraits<Elem>;
-  const uint32_t sharing = p.profile_mode == kProfileClusterLocal ? 1 : cluster_size;  // CTAs that share a page
   const int tid = threadIdx.x;               // 0..255
   const int wg = tid / 128;                  // consumer warpgroup: which 32 tokens of S, which 256 columns of O
   const int warp_in_wg = (tid % 128) / 32;
@@ -230,13 +192,6 @@ __device__ __forceinline__ void consumer_loop(const MlaDecodeParams& p, const Pa
       const int stage = page_count & 1;
       const uint32_t kv_stage = kv_smem + stage * kTileBytes;
       const uint32_t stage_parity = (page_count >> 1) & 1;
-      if (p.profile_mode == kProfileLoadsOnly) {
-        for (int c = 0; c < kNumChunks; ++c) mbarrier_wait(bars.kv_full(stage, c), stage_parity);
-        if (blk == w.stop_block - 1 && lane == 0) mbarrier_arrive(bars.q_empty);
-        if (lane == 0) release_stage(bars, stage, sharing, p.profile_mode);
-        continue;
-      }
-      const bool wait_for_kv = p.profile_mode != kProfileNoKvWait && p.profile_mode != kProfileComputeOnly;
 
       float s[16];
       wgmma_fence();
@@ -244,7 +199,7 @@ __device__ __forceinline__ void consumer_loop(const MlaDecodeParams& p, const Pa
         const uint64_t k_desc = smem_desc_sw128(kv_stage + wg * kTokensPerWarpgroup * 128, 16, 1024);
 #pragma unroll
         for (int c = 0; c < kNumChunks; ++c) {
-          if (wait_for_kv) mbarrier_wait(bars.kv_full(stage, c), stage_parity);
+          mbarrier_wait(bars.kv_full(stage, c), stage_parity);
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk) {
             const uint32_t off = (c * kChunkBytes + kk * 32) >> 4;
@@ -343,9 +298,7 @@ __device__ __forceinline__ void consumer_loop(const MlaDecodeParams& p, const Pa
       // releasing only after the next page's QK^T left the load latency exposed).
       wgmma_wait<0>();
       fence_accumulators(o);
-      if (p.profile_mode == kProfileNoKvWait)  // the copies must land before the stage is reused
-        for (int c = 0; c < kNumChunks; ++c) mbarrier_wait(bars.kv_full(stage, c), stage_parity);
-      if (lane == 0) release_stage(bars, stage, sharing, p.profile_mode);
+      if (lane == 0) mbarrier_arrive(bars.kv_empty(stage));
     }
 
     // Epilogue: merge the two warpgroups' row sums, normalise, write.
@@ -408,8 +361,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int m_block = blockIdx.x;
   const int part = blockIdx.y;
-  // A cluster (launched only along m-blocks, so all its CTAs share `part`) walks one page sequence.
-  const uint32_t cluster_size = cluster_num_ctas();
   PartWalker walker(params.sched_metadata + part * kMetadataWidth, params.cache_seqlens);
 
   if (threadIdx.x == 0) {
@@ -417,14 +368,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbarrier_init(bars.q_empty, kConsumerThreads / 32);
     for (int s = 0; s < kNumStages; ++s) {
       for (int c = 0; c < kNumChunks; ++c) mbarrier_init(bars.kv_full(s, c), 1);
-      mbarrier_init(bars.kv_empty(s),
-                    (params.profile_mode == kProfileClusterLocal ? 1 : cluster_size) * (kConsumerThreads / 32));
+      mbarrier_init(bars.kv_empty(s), kConsumerThreads / 32);
     }
     fence_mbarrier_init();
   }
-  // Peers arrive on these barriers and multicast into this CTA: all inits must be visible cluster-wide.
-  if (cluster_size == 1) __syncthreads();
-  else cluster_sync();
+  __syncthreads();
 
   if (threadIdx.x >= kConsumerThreads) {
     setmaxnreg_dec<40>();
@@ -432,14 +380,12 @@ __global__ void __launch_bounds__(kThreads, 1)
       prefetch_tensor_map(&q_map);
       prefetch_tensor_map(&kv_map);
       producer_loop(params, &q_map, &kv_map, walker, bars, smem_base + SharedLayout::q, smem_base + SharedLayout::kv,
-                    m_block, cluster_size, cluster_cta_rank());
+                    m_block);
     }
   } else {
     setmaxnreg_inc<232>();
-    consumer_loop<Elem>(params, walker, bars, smem, smem_base, m_block, cluster_size);
+    consumer_loop<Elem>(params, walker, bars, smem, smem_base, m_block);
   }
-  // No CTA may leave while a peer can still arrive on its barriers.
-  if (cluster_size > 1) cluster_sync();
 }
 
 // Merges the partial results of split sequences; writes empty sequences (no split) as out = 0, lse = +inf.
@@ -512,84 +458,8 @@ bool encode_tile_map(CUtensorMap* map, const void* base, bool is_bf16, int rank,
   return res == CUDA_SUCCESS;
 }
 
-// Largest cluster (along m-blocks) the launch may use: HF_FLASHMLA_CLUSTER = 0 or 1 turns clusters off,
-// 2, 4 or 8 caps the size; unset means kDefaultMaxCluster. Read at every launch so that a benchmark can
-// compare variants in one process.
-constexpr int kDefaultMaxCluster = 1;
-constexpr int kMaxCluster = 8;
-
-int requested_max_cluster() {
-  const char* env = std::getenv("HF_FLASHMLA_CLUSTER");
-  if (env == nullptr || *env == '\0') return kDefaultMaxCluster;
-  int value = std::atoi(env);
-  int size = 1;
-  while (size * 2 <= value && size * 2 <= kMaxCluster) size *= 2;
-  return size;
-}
-
-cudaLaunchConfig_t decode_launch_config(const MlaDecodeParams& p, cudaStream_t stream, cudaLaunchAttribute* attr,
-                                        int cluster_size) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(p.num_m_blocks, p.num_parts);
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = kSmemBytes;
-  config.stream = stream;
-  attr->id = cudaLaunchAttributeClusterDimension;
-  attr->val.clusterDim.x = cluster_size;
-  attr->val.clusterDim.y = 1;
-  attr->val.clusterDim.z = 1;
-  config.attrs = attr;
-  config.numAttrs = 1;
-  return config;
-}
-
-// How many clusters of `cluster_size` CTAs can be resident at once on the current device (GPCs with an
-// odd number of free SMs lose one), cached per device and size.
 template <typename Elem>
-int max_active_clusters(const MlaDecodeParams& p, int cluster_size) {
-  constexpr int kMaxDevices = 64;
-  static int cache[kMaxDevices][4];
-  static std::once_flag init_once;
-  static std::mutex mutex;
-  std::call_once(init_once, [] {
-    for (auto& row : cache)
-      for (int& v : row) v = -1;
-  });
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return 0;
-  int slot = cluster_size == 2 ? 0 : cluster_size == 4 ? 1 : cluster_size == 8 ? 2 : 3;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (cache[device][slot] < 0) {
-    cudaLaunchAttribute attr;
-    cudaLaunchConfig_t config = decode_launch_config(p, nullptr, &attr, cluster_size);
-    config.gridDim = dim3(cluster_size, 1, 1);  // residency does not depend on the grid
-    int count = 0;
-    if (cudaOccupancyMaxActiveClusters(&count, mla_decode_kernel<Elem>, &config) != cudaSuccess) {
-      cudaGetLastError();
-      count = 0;
-    }
-    cache[device][slot] = count;
-  }
-  return cache[device][slot];
-}
-
-// Clusters only pay where several m-blocks read the same pages (h_q * s_q > 64), and only if every
-// cluster of the grid can be resident at once: the schedule sized the grid for one wave.
-template <typename Elem>
-int choose_cluster_size(const MlaDecodeParams& p) {
-  for (int size = requested_max_cluster(); size >= 2; size /= 2) {
-    if (p.num_m_blocks % size != 0) continue;
-    const int64_t clusters = static_cast<int64_t>(p.num_m_blocks / size) * p.num_parts;
-    if (clusters <= max_active_clusters<Elem>(p, size)) return size;
-  }
-  return 1;
-}
-
-template <typename Elem>
-const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
-  MlaDecodeParams p = params;
-  const char* profile_env = std::getenv("HF_FLASHMLA_PROFILE_MODE");
-  p.profile_mode = profile_env == nullptr ? kProfileOff : std::atoi(profile_env);
+const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
   const int rows_total = p.s_q * p.h_q;
   CUtensorMap q_map, kv_map;
   const cuuint64_t q_dims[3] = {kHeadDim, static_cast<cuuint64_t>(rows_total), static_cast<cuuint64_t>(p.batch)};
@@ -617,19 +487,8 @@ const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
       attr_set[device] = true;
     }
   }
-  const int cluster_size = choose_cluster_size<Elem>(p);
-  if (std::getenv("HF_FLASHMLA_CLUSTER_DEBUG") != nullptr)
-    std::fprintf(stderr, "hf_flashmla: m_blocks %d parts %d -> cluster %d (resident clusters of 2/4/8: %d/%d/%d)\n",
-                 p.num_m_blocks, p.num_parts, cluster_size, max_active_clusters<Elem>(p, 2),
-                 max_active_clusters<Elem>(p, 4), max_active_clusters<Elem>(p, 8));
-  if (cluster_size == 1) {
-    dim3 grid(p.num_m_blocks, p.num_parts);
-    mla_decode_kernel<Elem><<<grid, kThreads, kSmemBytes, stream>>>(p, q_map, kv_map);
-  } else {
-    cudaLaunchAttribute attr;
-    cudaLaunchConfig_t config = decode_launch_config(p, stream, &attr, cluster_size);
-    cudaLaunchKernelEx(&config, mla_decode_kernel<Elem>, p, q_map, kv_map);
-  }
+  dim3 grid(p.num_m_blocks, p.num_parts);
+  mla_decode_kernel<Elem><<<grid, kThreads, kSmemBytes, stream>>>(p, q_map, kv_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
   mla_combine_kernel<Elem><<<dim3(rows_total, p.batch), 128, 0, stream>>>(p);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
