@@ -47,8 +47,9 @@ setup(
     description="FlashMLA-class multi-head latent attention decoding for Hopper, for Hugging Face Transformers",
     packages=find_packages(include=["hf_flashmla", "hf_flashmla.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "transformers>=4.46", "accelerate", "safetensors"],
-    extras_require={"test": ["pytest"]},
+    install_requires=["torch>=2.4", "transformers>=5.15", "accelerate", "safetensors"],
+    # triton: the portable decode path; in the test extra so that CI runs its kernels in the interpreter
+    extras_require={"test": ["pytest", "triton>=3.6"]},
     entry_points={"console_scripts": ["hf-flashmla=hf_flashmla.__main__:main"]},
     **extension_setup_args(),
 )
