@@ -49,6 +49,10 @@ class LatentCacheFullError(RuntimeError):
     """The step needs more pages than the user-sized pool has free; nothing was written."""
 
 
+def _is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _check_values_requested() -> bool:
     return os.environ.get(CHECK_VALUES_ENV_VAR, "0").strip().lower() in ("1", "true", "yes", "on")
 
@@ -97,19 +101,21 @@ class LatentPagedCache(_TransformersCache):
         self.layers = []
         self.layer_class_to_replicate = None
         self.offloading = False
+        for name, value in (("num_hidden_layers", num_hidden_layers), ("latent_dim", latent_dim),
+                            ("max_pages", max_pages)):
+            if value is not None and not _is_positive_int(value):
+                raise ValueError(f"{name}: expected a positive int or None, got {value!r}")
+        if not _is_positive_int(initial_pages):
+            raise ValueError(f"initial_pages: expected a positive int, got {initial_pages!r}")
         if config is not None:
             text_config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-            num_hidden_layers = num_hidden_layers or text_config.num_hidden_layers
             kv_lora_rank = getattr(text_config, "kv_lora_rank", None)
             rope_dim = getattr(text_config, "qk_rope_head_dim", None)
             if kv_lora_rank is None or rope_dim is None:
                 raise ValueError(f"config: LatentPagedCache needs an MLA model config (kv_lora_rank and "
                                  f"qk_rope_head_dim); {type(config).__name__} has none")
+            num_hidden_layers = num_hidden_layers or getattr(text_config, "num_hidden_layers", None)
             latent_dim = latent_dim or kv_lora_rank + rope_dim
-        if max_pages is not None and (isinstance(max_pages, bool) or not isinstance(max_pages, int) or max_pages < 1):
-            raise ValueError(f"max_pages: expected a positive int or None, got {max_pages!r}")
-        if isinstance(initial_pages, bool) or not isinstance(initial_pages, int) or initial_pages < 1:
-            raise ValueError(f"initial_pages: expected a positive int, got {initial_pages!r}")
         self.num_hidden_layers = num_hidden_layers
         self.latent_dim = latent_dim
         self.max_pages = max_pages

@@ -197,6 +197,23 @@ def test_pool_grows_when_unsized():
     assert torch.equal(out, model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False))
 
 
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(max_pages=0), "max_pages"), (dict(max_pages="3"), "max_pages"), (dict(max_pages=True), "max_pages"),
+    (dict(initial_pages=0), "initial_pages"), (dict(num_hidden_layers=0), "num_hidden_layers"),
+    (dict(num_hidden_layers=2.5), "num_hidden_layers"), (dict(latent_dim=-1), "latent_dim"),
+])
+def test_cache_constructor_rejects_bad_sizes(kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name}: expected a positive int"):
+        LatentPagedCache(**{"num_hidden_layers": 1, "latent_dim": 8, **kwargs})
+    with pytest.raises(ValueError, match=f"^{name}: expected a positive int"):
+        LatentPagedCache(make_config(base=TINY), **kwargs)
+
+
+def test_cache_constructor_rejects_config_without_latent():
+    with pytest.raises(ValueError, match="^config: .*kv_lora_rank"):
+        LatentPagedCache(object())
+
+
 def test_cache_crop_and_reorder_unit():
     cache = LatentPagedCache(num_hidden_layers=1, latent_dim=8, initial_pages=1)
     latent = torch.arange(2 * 70 * 8, dtype=torch.float32).view(2, 70, 8)
