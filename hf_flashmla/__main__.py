@@ -24,7 +24,7 @@ def _log(message):
     print(message, flush=True)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m hf_flashmla", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", nargs="?", default=DEFAULT_PATH,
                         help=f"local DeepSeek-V2/V3 checkpoint folder (default: build a random one in ./{DEFAULT_PATH})")
@@ -32,10 +32,25 @@ def main(argv=None):
     parser.add_argument("--prompt-length", type=int, default=100)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="bfloat16 / float16 / float32 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"),
+                        help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--no-fp32-reference", action="store_true",
                         help="skip the float32 copy used for the noise floor (large checkpoints)")
     args = parser.parse_args(argv)
+    for name in ("batch", "prompt_length", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device: {error}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device: {args.device!r} asked for, but CUDA is not available")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
 
     from transformers import AutoModelForCausalLM

@@ -1,0 +1,30 @@
+"""`python -m hf_flashmla` arguments: bad values stop with a usage error naming the argument, before any
+checkpoint is built or loaded."""
+import pytest
+import torch
+
+from hf_flashmla.__main__ import main
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch", "0"], "--batch: must be >= 1"),
+    (["--prompt-length", "-3"], "--prompt-length: must be >= 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens: must be >= 1"),
+    (["--dtype", "nn"], "--dtype: invalid choice"),
+    (["--device", "bogus"], "--device: "),
+])
+def test_bad_arguments_are_usage_errors(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no demo checkpoint was built
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_device_without_cuda_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "--device: 'cuda' asked for, but CUDA is not available" in capsys.readouterr().err
