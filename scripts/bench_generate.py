@@ -104,6 +104,17 @@ def parse_args(argv=None):
         p.error("--new-tokens: at least 2 (one prefill token and one decode step)")
     if not args.attns or not args.context_list or not args.batch_list:
         p.error("--attn, --contexts and --batches must each name at least one value")
+    for flag, values in (("--contexts", args.context_list), ("--batches", args.batch_list),
+                         ("--long-contexts", args.long_list)):
+        if min(values, default=1) < 1:
+            p.error(f"{flag}: every value must be >= 1, got {min(values)}")
+    for flag in ("layers", "intermediate", "vocab"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag}: must be >= 1, got {getattr(args, flag)}")
+    if args.overhead_steps < 0:
+        p.error(f"--overhead-steps: must be >= 0 (0: skip the overhead measurement), got {args.overhead_steps}")
+    if args.time_budget_s < 0:
+        p.error(f"--time-budget-s: must be >= 0, got {args.time_budget_s:g}")
     return args
 
 
@@ -289,7 +300,7 @@ def main(argv=None) -> int:
         return 2
     import transformers
 
-    max_len = max(args.context_list + args.long_list) + args.new_tokens + max(args.overhead_steps, 0) + 256
+    max_len = max(args.context_list + args.long_list) + args.new_tokens + args.overhead_steps + 256
     config = e2e_model.deepseek_v3_config(args.preset, max_positions=max_len, num_hidden_layers=args.layers,
                                           intermediate_size=args.intermediate, vocab_size=args.vocab)
     print(f"building {args.preset} model ({e2e_model.describe(config)}) on {device}, {rt.dtype_name(dtype)}",

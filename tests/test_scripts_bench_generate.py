@@ -138,12 +138,21 @@ def test_plots_are_written(tmp_path):
     assert all(os.path.getsize(p) > 1000 for p in paths)
 
 
-def test_bad_arguments_exit_2():
+@pytest.mark.parametrize("argv, message", [
+    (["--contexts", "1k"], "bad list or JSON argument"), (["--new-tokens", "1"], "--new-tokens: at least 2"),
+    (["--contexts", "8,0"], "--contexts: every value must be >= 1"),
+    (["--batches", "-1"], "--batches: every value must be >= 1"),
+    (["--long-contexts", "-4"], "--long-contexts: every value must be >= 1"),
+    (["--layers", "0"], "--layers: must be >= 1"), (["--vocab", "0"], "--vocab: must be >= 1"),
+    (["--intermediate", "-5"], "--intermediate: must be >= 1"),
+    (["--overhead-steps", "-3"], "--overhead-steps: must be >= 0"),
+    (["--time-budget-s", "-1"], "--time-budget-s: must be >= 0"),
+])
+def test_bad_arguments_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as excinfo:
-        bench_generate.parse_args(["--contexts", "1k"])
+        bench_generate.parse_args(argv)
     assert excinfo.value.code == 2
-    with pytest.raises(SystemExit):
-        bench_generate.parse_args(["--new-tokens", "1"])
+    assert message in capsys.readouterr().err
 
 
 def test_targets_summary_reports_ratio_and_capability():
