@@ -130,6 +130,10 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')}: must be >= 1")
     if args.new_tokens < 0:
         p.error("--new-tokens: must be >= 0")
+    if args.layers is not None and args.layers < 1:
+        p.error("--layers: must be >= 1")
+    if args.baseline_factor < 0:
+        p.error("--baseline-factor: must be >= 0 (0: off)")
     args.prefill_len = args.prefill_len if args.prefill_len is not None else max(args.seq_len // 2, 1)
     if not 1 <= args.prefill_len <= args.seq_len:
         p.error(f"--prefill-len: must be in [1, --seq-len={args.seq_len}]")
@@ -332,10 +336,11 @@ def main(argv=None) -> int:
         dtype = rt.resolve_dtype(args.dtype, device)
         args.tol = tolerances(args, dtype)
         impls = [args.reference, args.candidate] + args.baseline_list
-        for impl in impls:
+        flags = ["--reference", "--candidate"] + ["--baselines"] * len(args.baseline_list)
+        for flag, impl in zip(flags, impls):
             reason = rt.attn_unavailable_reason(impl)
             if reason:
-                raise UsageError(f"{impl}: unavailable: {reason}")
+                raise UsageError(f"{flag} {impl}: unavailable: {reason}")
         if args.preset:
             checkpoint = f"random {args.preset} model (seed {args.seed})"
             config = e2e_model.deepseek_v3_config(args.preset, max_positions=4 * args.seq_len + args.new_tokens,
@@ -346,10 +351,10 @@ def main(argv=None) -> int:
             model = load_model(checkpoint, dtype, device, args.reference, args.device_map)
             device = model.device if args.device_map else device  # inputs go where the embedding is
         print(f"evaluate: {checkpoint}, {device} {rt.dtype_name(dtype)}", flush=True)
-        for impl in impls:
+        for flag, impl in zip(flags, impls):
             reason = rt.use_attn(model, impl)
             if reason:
-                raise UsageError(f"{impl}: unavailable for this model: {reason}")
+                raise UsageError(f"{flag} {impl}: unavailable for this model: {reason}")
         tokenizer = None if args.preset else e2e_tokens.load_tokenizer(checkpoint)
         windows, source = load_data(args, tokenizer, model.config.vocab_size)
     except (UsageError, e2e_tokens.DataError, ValueError, OSError) as error:

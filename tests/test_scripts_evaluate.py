@@ -110,11 +110,23 @@ def test_text_without_tokenizer_and_missing_checkpoint_exit_2(checkpoint, tmp_pa
     assert "config.json" in capsys.readouterr().err
 
 
-def test_argument_errors_exit_2():
-    for argv in (["--seq-len", "0"], ["--prefill-len", "99", "--seq-len", "8"], ["--candidate", "eager"]):
-        with pytest.raises(SystemExit) as excinfo:
-            evaluate.parse_args(argv)
-        assert excinfo.value.code == 2
+@pytest.mark.parametrize("argv, message", [
+    (["--seq-len", "0"], "--seq-len: must be >= 1"),
+    (["--prefill-len", "99", "--seq-len", "8"], "--prefill-len: must be in [1, --seq-len=8]"),
+    (["--candidate", "eager"], "must all differ"),
+    (["--layers", "0"], "--layers: must be >= 1"),
+    (["--baseline-factor", "-1"], "--baseline-factor: must be >= 0"),
+])
+def test_argument_errors_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        evaluate.parse_args(argv)
+    assert excinfo.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_attention_is_a_setup_error_naming_the_flag(checkpoint, capsys):
+    assert evaluate.main([checkpoint, "--candidate", "no_such_attention", "--baselines", ""] + SMALL) == 2
+    assert "--candidate no_such_attention: unavailable" in capsys.readouterr().err
 
 
 def test_token_files(tmp_path):
