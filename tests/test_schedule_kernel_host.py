@@ -31,37 +31,40 @@ def find_cxx():
     return None
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
+def build_binary(tmp_path_factory, folder, source, flags):
     cxx = find_cxx()
     if cxx is None:
         pytest.skip("no host C++ compiler")
-    binary = tmp_path_factory.mktemp("schedule_harness") / "mla_metadata_host"
-    build = subprocess.run([cxx, "-std=c++17", "-O2", "-Wall", "-Werror", f"-I{ROOT / 'csrc'}", str(HARNESS),
-                            "-o", str(binary)], capture_output=True, text=True)
+    binary = tmp_path_factory.mktemp(folder) / source.stem
+    build = subprocess.run([cxx, *flags, f"-I{ROOT / 'csrc'}", str(source), "-o", str(binary)],
+                           capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-4000:]
     return binary
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    return build_binary(tmp_path_factory, "schedule_harness", HARNESS, ["-std=c++17", "-O2", "-Wall", "-Werror"])
 
 
 @pytest.fixture(scope="module")
 def emulated_kernel(tmp_path_factory):
-    cxx = find_cxx()
-    if cxx is None:
-        pytest.skip("no host C++ compiler")
-    binary = tmp_path_factory.mktemp("schedule_emulated") / "mla_metadata_emulated"
-    build = subprocess.run([cxx, "-std=c++20", "-O2", "-pthread", "-Wall", "-Wno-unknown-pragmas", "-Werror",
-                            f"-I{ROOT / 'tests' / 'harness' / 'emulated_cuda'}", f"-I{ROOT / 'csrc'}", str(EMULATED),
-                            "-o", str(binary)], capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr[-4000:]
-    return binary
+    return build_binary(tmp_path_factory, "schedule_emulated", EMULATED,
+                        ["-std=c++20", "-O2", "-pthread", "-Wall", "-Wno-unknown-pragmas", "-Werror",
+                         f"-I{ROOT / 'tests' / 'harness' / 'emulated_cuda'}"])
 
 
-def run_harness(binary, cases):
-    """cases: (num_threads, num_parts, page_size, overhead, lengths); yields (metadata, num_splits)."""
+def harness_stdin(cases) -> str:
+    """cases: (num_threads, num_parts, page_size, overhead, lengths), as the harness binaries read them."""
     lines = [str(len(cases))]
     for num_threads, num_parts, page_size, overhead, lengths in cases:
         lines.append(f"{num_threads} {num_parts} {page_size} {overhead} {len(lengths)} " + " ".join(map(str, lengths)))
-    result = subprocess.run([str(binary)], input="\n".join(lines) + "\n", capture_output=True, text=True)
+    return "\n".join(lines) + "\n"
+
+
+def run_harness(binary, cases):
+    """cases: as harness_stdin's; yields (metadata, num_splits)."""
+    result = subprocess.run([str(binary)], input=harness_stdin(cases), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     outputs = result.stdout.splitlines()
     assert len(outputs) == len(cases)
@@ -246,8 +249,7 @@ def test_emulated_kernel_has_no_data_races(tmp_path):
              for batch in (1, 40)]
     cases.append((2, 1500, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [rng.randint(0, 5000) for _ in range(1100)]))
     cases.append((1, 132, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [4096] * 128))  # one part per sequence
-    stdin = f"{len(cases)}\n" + "".join(f"{s} {p} {g} {o} {len(l)} {' '.join(map(str, l))}\n" for s, p, g, o, l in cases)
-    result = subprocess.run([str(binary)], input=stdin, capture_output=True, text=True,
+    result = subprocess.run([str(binary)], input=harness_stdin(cases), capture_output=True, text=True,
                             env={**os.environ, "TSAN_OPTIONS": "halt_on_error=0"})
     if "FATAL: ThreadSanitizer" in result.stderr:
         pytest.skip(f"ThreadSanitizer cannot run here: {result.stderr[:300]}")
