@@ -16,6 +16,16 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture
+def one_cpu_thread():
+    """For tests of tiny models on the CPU: their matrices are too small for threads to pay, and on a busy
+    CI machine threads cost 3x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs an sm90 CUDA device and the built hf_flashmla._C extension")
     config.addinivalue_line("markers", "triton_gpu: needs a CUDA device of compute capability >= 8.0 and Triton")

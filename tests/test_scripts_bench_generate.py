@@ -17,13 +17,7 @@ import e2e_report  # noqa: E402
 import e2e_runtime as rt  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """The tiny model's matrices are too small for threads to pay; on a busy CI machine they cost 3x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # tests/conftest.py
 
 
 TINY_ARGS = ["--device", "cpu", "--dtype", "float32", "--preset", "tiny", "--contexts", "8,16", "--batches", "1,2",

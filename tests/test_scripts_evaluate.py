@@ -17,13 +17,7 @@ import evaluate  # noqa: E402
 from e2e_metrics import greedy_agreement  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """The tiny model's matrices are too small for threads to pay; on a busy CI machine they cost 3x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # tests/conftest.py
 
 
 SMALL = ["--device", "cpu", "--dtype", "float32", "--seq-len", "12", "--max-windows", "2", "--batch-size", "2",
