@@ -16,6 +16,7 @@ import torch
 import hf_flashmla
 from hf_flashmla.checkpoint import build_checkpoint
 from hf_flashmla.generation_check import compare, left_padded_prompts
+from hf_flashmla.latent_cache import cache_bytes_per_token_per_layer
 
 DEFAULT_PATH = "hf_flashmla_demo_checkpoint"
 
@@ -78,8 +79,8 @@ def main(argv=None):
     _log(f"[result] tokens identical: {result.identical} (match rate {result.match_rate:.3f})")
     _log(f"[result] tokens/s: flash_mla {result.flash_tokens_per_s:.1f}, eager {result.baseline_tokens_per_s:.1f}")
     real_tokens = int(mask.sum()) + args.batch * (args.max_new_tokens - 1)
-    per_token = config.num_hidden_layers * (config.kv_lora_rank + config.qk_rope_head_dim) * \
-        torch.empty((), dtype=dtype).element_size()
+    per_token = config.num_hidden_layers * cache_bytes_per_token_per_layer(
+        config.kv_lora_rank + config.qk_rope_head_dim, dtype)
     expanded_per_token = config.num_hidden_layers * config.num_attention_heads * (
         config.qk_nope_head_dim + config.qk_rope_head_dim + config.v_head_dim) * torch.empty((), dtype=dtype).element_size()
     _log(f"[result] KV cache: flash_mla {result.flash_cache_bytes / 2**20:.2f} MiB ({real_tokens} real tokens x "

@@ -28,3 +28,17 @@ def test_cuda_device_without_cuda_is_a_usage_error(capsys):
         main(["--device", "cuda"])
     assert exit_info.value.code == 2
     assert "--device: 'cuda' asked for, but CUDA is not available" in capsys.readouterr().err
+
+
+def test_main_job_on_the_cpu(capsys, tmp_path, monkeypatch):
+    """The whole job on the demo checkpoint (built in the working folder), float32 on the CPU."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--device", "cpu", "--batch", "2", "--prompt-length", "20", "--max-new-tokens", "4",
+                 "--no-fp32-reference"]) == 0
+    out = capsys.readouterr().out
+    config = json.loads((tmp_path / "hf_flashmla_demo_checkpoint" / "config.json").read_text())
+    latent_bytes = config["num_hidden_layers"] * (config["kv_lora_rank"] + config["qk_rope_head_dim"]) * 4
+    assert "[result] tokens identical: True" in out
+    assert f"real tokens x {latent_bytes} bytes" in out
