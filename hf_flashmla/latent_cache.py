@@ -22,7 +22,6 @@ The pool grows as needed (doubling), or is fixed by the user (`max_pages`); when
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -275,7 +274,7 @@ class LatentPagedCache(_TransformersCache):
     def _release_unused_pages(self):
         changed = False
         for seq, length in enumerate(self._lengths):
-            keep = -(-length // PAGE_SIZE)
+            keep = pages_for(length)
             pages = self._pages[seq]
             if len(pages) > keep:
                 self._free.extend(reversed(pages[keep:]))
@@ -304,7 +303,7 @@ class LatentPagedCache(_TransformersCache):
             pages.append(self._free.pop())
 
     def _pages_needed(self, lengths: list[int]) -> int:
-        return sum(max(-(-length // PAGE_SIZE) - len(pages), 0) for length, pages in zip(lengths, self._pages))
+        return sum(max(pages_for(length) - len(pages), 0) for length, pages in zip(lengths, self._pages))
 
     def _append_to_table(self, appended):
         width = max(len(self._pages[seq]) for seq, _ in appended)
@@ -344,7 +343,7 @@ class LatentPagedCache(_TransformersCache):
         if indices == list(range(batch)):
             return
         new_lengths = [self._lengths[i] for i in indices]
-        sources = [self._pages[i][:-(-self._lengths[i] // PAGE_SIZE)] for i in indices]
+        sources = [self._pages[i][:pages_for(self._lengths[i])] for i in indices]
         needed = sum(len(src) for src in sources)
         # Fresh pages for the new rows, then the old rows' pages go back: the copy never overwrites a source.
         self._ensure_free(needed)
@@ -540,4 +539,4 @@ def cache_bytes_per_token_per_layer(latent_dim: int, dtype: torch.dtype) -> int:
 
 
 def pages_for(num_tokens: int) -> int:
-    return math.ceil(num_tokens / PAGE_SIZE)
+    return -(-num_tokens // PAGE_SIZE)
