@@ -34,7 +34,7 @@ KERNEL_LATENT = (512, 64)
 DECODE_MAX_QUERY = int(os.environ.get("HF_FLASHMLA_DECODE_MAX_QUERY", "16"))
 
 # How often each path ran; tests and scripts/gpu_generate_check.py read it.
-call_counts = {"paged_kernel": 0, "paged_reference": 0, "dense": 0, "dense_other_cache": 0}
+call_counts = {"paged_kernel": 0, "paged_reference": 0, "dense": 0, "dense_other_cache": 0, "prefill_blocks": 0}
 
 
 def reset_call_counts():
@@ -235,8 +235,11 @@ def flash_mla_forward(module, hidden_states, position_embeddings=None, attention
         raise ValueError(f"attention_mask: attn_implementation='flash_mla' takes a 2D padding mask [batch, length], "
                          f"got shape {tuple(attention_mask.shape)} (a prepared 4D mask is not supported)")
     batch, s = hidden_states.shape[:2]
-    q_nope, q_pe, latent = _project(module, hidden_states, position_embeddings)
     token_mask = None if attention_mask is None else attention_mask[:, -s:].to(torch.bool)
+    if _slices_prefill(module, cache, hidden_states, token_mask):
+        from hf_flashmla.transformers_integration.prefill_slices import sliced_prefill
+        return sliced_prefill(module, hidden_states, position_embeddings, cache, token_mask), None
+    q_nope, q_pe, latent = _project(module, hidden_states, position_embeddings)
 
     if cache is not None and not isinstance(cache, LatentPagedCache):
         if not _warned_other_cache:
@@ -254,6 +257,20 @@ def flash_mla_forward(module, hidden_states, position_embeddings=None, attention
         attn = _prefill_attention(module, q_nope, q_pe, cache, module.layer_idx, latent, token_mask)
     attn = attn.reshape(batch, s, -1).to(hidden_states.dtype)
     return module.o_proj(attn), None
+
+
+def _slices_prefill(module, cache, hidden_states, token_mask) -> bool:
+    """A prefill chunk of more than HF_FLASHMLA_PREFILL_TOKENS tokens (b*s) runs in blocks
+    (prefill_slices.py), with no cache or a LatentPagedCache; other caches and the paged path do not."""
+    from hf_flashmla.transformers_integration import prefill_slices
+    batch, s = hidden_states.shape[:2]
+    if not prefill_slices.wanted(batch * s):
+        return False
+    if cache is None:
+        return True
+    if not isinstance(cache, LatentPagedCache) or hidden_states.requires_grad:
+        return False  # served, or refused, below
+    return not _use_pages(cache, module.layer_idx, batch, s, token_mask)
 
 
 def _use_pages(cache: LatentPagedCache, layer_idx: int, batch: int, s: int, token_mask) -> bool:
