@@ -20,7 +20,8 @@ import functools
 import importlib
 import inspect
 
-from hf_flashmla.transformers_integration.attention import ATTN_IMPLEMENTATION, call_counts, reset_call_counts
+from hf_flashmla.transformers_integration.attention import (ATTN_IMPLEMENTATION, call_counts, flash_mla_forward,
+                                                            reset_call_counts)
 
 _MODELS = ("deepseek_v2", "deepseek_v3")
 MIN_TRANSFORMERS = (5, 15)  # the DeepSeek-V2/V3 code this mirrors (latent cache protocol, rope helpers)
@@ -56,7 +57,6 @@ def _dispatching_forward(original):
     def forward(self, *args, **kwargs):
         if self.config._attn_implementation != ATTN_IMPLEMENTATION:
             return original(self, *args, **kwargs)
-        from hf_flashmla.transformers_integration.attention import flash_mla_forward
         if len(args) > 1:  # positional call: V2 and V3 order their parameters differently
             bound = signature.bind(self, *args, **kwargs)
             arguments = dict(bound.arguments)
