@@ -22,18 +22,17 @@ The pool grows as needed (doubling), or is fixed by the user (`max_pages`); when
 """
 from __future__ import annotations
 
-import os
-
 import torch
+
+from hf_flashmla.interface import _value_checks_requested
+from hf_flashmla.schedule import PAGE_SIZE
 
 try:  # the cache is a transformers Cache so that generate() and the masking utilities accept it
     from transformers.cache_utils import Cache as _TransformersCache
 except ImportError:  # transformers is optional for the kernel API; the cache still works standalone
     _TransformersCache = object
 
-PAGE_SIZE = 64
 SCRATCH_PAGE = 0
-CHECK_VALUES_ENV_VAR = "HF_FLASHMLA_CHECK_VALUES"
 
 
 def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -50,10 +49,6 @@ class LatentCacheFullError(RuntimeError):
 
 def _is_positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _check_values_requested() -> bool:
-    return os.environ.get(CHECK_VALUES_ENV_VAR, "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 class _DeviceStep:
@@ -407,7 +402,7 @@ class LatentPagedCache(_TransformersCache):
         left_padded = True
         if token_mask is not None:
             read = (query_length > 1 or self._logical_length == 0 or token_mask.device.type == "cpu"
-                    or _check_values_requested())
+                    or _value_checks_requested(None))
             if read:
                 host_mask = token_mask.to("cpu", torch.bool)
                 counts = host_mask.sum(dim=1).tolist()
