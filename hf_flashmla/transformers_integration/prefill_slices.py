@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 from hf_flashmla.transformers_integration.attention import _apply_rope, _dense_attention, _expand, call_counts
 
@@ -85,6 +87,18 @@ def _block_positions(position_embeddings, batch, rows, columns):
     return cut(position_embeddings)
 
 
+def _trailing_causal(module, q_nope, q_pe, key, value):
+    """q [1, n, h, *] are the last n of key's L tokens, query i sees keys <= L - n + i: SDPA's lower-right
+    causal variant, so no [n, L] mask is built for a slice deep into a long row."""
+    n, length = q_nope.shape[1], key.shape[2]
+    if n == length:
+        return _dense_attention(module, q_nope, q_pe, key, value, None)
+    query = torch.cat((q_nope, q_pe.to(q_nope.dtype)), dim=-1).transpose(1, 2)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=causal_lower_right(n, length),
+                                         scale=module.scaling)
+    return out.transpose(1, 2)
+
+
 class _RowAttention:
     """Attention of one row's queries in columns [c0, c1) of the chunk; the row's K/V are expanded once
     and kept while consecutive blocks belong to the same row."""
@@ -122,14 +136,12 @@ class _RowAttention:
         if self.step is None:
             key, value = self._row_keys(row)
             key, value = key[:, :, :c1], value[:, :, :c1]  # query c sees columns <= c
-            if self.token_mask is None and c0 == 0:
-                visible = None  # square causal
-            else:
-                visible = torch.ones(c1 - c0, c1, dtype=torch.bool, device=device).tril(diagonal=c0)
-                if self.token_mask is not None:
-                    visible = visible & self.token_mask[row, None, :c1]
-                visible = visible[None]
-            out[:] = _dense_attention(module, q_nope, q_pe, key, value, visible)[0]
+            if self.token_mask is None:
+                out[:] = _trailing_causal(module, q_nope, q_pe, key, value)[0]
+                return
+            visible = torch.ones(c1 - c0, c1, dtype=torch.bool, device=device).tril(diagonal=c0)
+            visible = visible & self.token_mask[row, None, :c1]
+            out[:] = _dense_attention(module, q_nope, q_pe, key, value, visible[None])[0]
             return
         before, after = self.step.lengths_before[row], self.step.lengths_after[row]
         if not self.step.left_padded:
@@ -145,13 +157,9 @@ class _RowAttention:
         if start >= c1:
             return
         key, value = self._row_keys(row)
-        offset = before + start - first   # key index of the block's first real query
-        end = before + c1 - first         # keys visible to its last query
+        end = before + c1 - first  # the block's last real query is the row's token end - 1
         key, value = key[:, :, :end], value[:, :, :end]  # key index = the row's token index
-        visible = None if offset == 0 else \
-            torch.ones(c1 - start, end, dtype=torch.bool, device=device).tril(diagonal=offset)[None]
-        out[start - c0:] = _dense_attention(module, q_nope[:, start - c0:], q_pe[:, start - c0:], key, value,
-                                            visible)[0]
+        out[start - c0:] = _trailing_causal(module, q_nope[:, start - c0:], q_pe[:, start - c0:], key, value)[0]
 
 
 def sliced_prefill(module, hidden_states, position_embeddings, cache, token_mask):
