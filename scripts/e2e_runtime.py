@@ -20,7 +20,10 @@ _CACHE_SIZE_METHODS = ("kv_cache_bytes", "nbytes", "memory_bytes", "num_bytes", 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:  # torch's message lists the device types it knows
+        raise ValueError(f"--device: {name!r} is not a device: {error}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device: {name!r} requested but torch.cuda.is_available() is False")
     return device

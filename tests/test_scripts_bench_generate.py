@@ -164,3 +164,10 @@ def test_targets_summary_reports_ratio_and_capability():
     assert lines[1].startswith("32K x 1:") and "7.5x" in lines[1] and lines[1].endswith("NOT MET")
     assert lines[2].startswith("32K x 8: flash_mla runs") and "sdpa OOM" in lines[2]
     assert len(lines) == 3  # no 128K row was run
+
+
+def test_bad_device_or_dtype_exits_2(capsys):
+    assert bench_generate.main(TINY_ARGS + ["--device", "bogus"]) == 2
+    assert "bench_generate: --device: 'bogus' is not a device" in capsys.readouterr().err
+    assert bench_generate.main(TINY_ARGS + ["--dtype", "int8"]) == 2
+    assert "bench_generate: --dtype: expected auto or one of" in capsys.readouterr().err

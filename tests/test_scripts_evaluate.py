@@ -159,3 +159,8 @@ def test_reference_failure_is_a_setup_error(checkpoint, monkeypatch, capsys):
     assert evaluate.main([checkpoint, "--candidate", "sdpa", "--baselines", ""] + SMALL) == 2
     err = capsys.readouterr().err
     assert "the reference eager failed: OutOfMemoryError" in err and "smaller --seq-len" in err
+
+
+def test_bad_device_is_a_setup_error(checkpoint, capsys):
+    assert evaluate.main([checkpoint] + SMALL + ["--device", "bogus"]) == 2
+    assert "evaluate: error: --device: 'bogus' is not a device" in capsys.readouterr().err
