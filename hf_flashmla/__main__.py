@@ -10,6 +10,7 @@ can be given instead.
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -47,6 +48,8 @@ def parse_args(argv=None):
         parser.error(f"--device: {error}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device: {args.device!r} asked for, but CUDA is not available")
+    if args.checkpoint != DEFAULT_PATH and not os.path.isfile(os.path.join(args.checkpoint, "config.json")):
+        parser.error(f"checkpoint: {args.checkpoint!r} is not a local checkpoint folder (no config.json in it)")
     return args
 
 

@@ -12,6 +12,7 @@ from hf_flashmla.__main__ import main
     (["--max-new-tokens", "0"], "--max-new-tokens: must be >= 1"),
     (["--dtype", "nn"], "--dtype: invalid choice"),
     (["--device", "bogus"], "--device: "),
+    (["no_such_folder"], "checkpoint: 'no_such_folder' is not a local checkpoint folder"),
 ])
 def test_bad_arguments_are_usage_errors(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
