@@ -105,14 +105,14 @@ def test_decode_steps_over_the_limit_stay_paged(limit):
 
 @pytest.mark.parametrize("name", ["v3", "v2"])
 def test_beam_search(name, limit):
-    ids, mask = prompts(2, 20, (0, 6))
+    ids, mask = prompts(2, 20, (0, 6))  # 6 beam rows x 20 > 7: slices of one column
     assert_sliced_matches(tiny_model(name), limit, 7, ids, mask, num_beams=3, max_new_tokens=6)
 
 
 def test_slices_cross_page_boundaries_and_store_what_the_unsliced_run_stores(limit):
     model = tiny_model("v3")
     ids, mask = prompts(2, 150, (0, 40))  # real tokens 0..149 and 0..109: pages end at 64 and 128
-    sliced, whole = assert_sliced_matches(model, limit, 50, ids, mask, max_new_tokens=4)  # slices of 25 columns
+    sliced, whole = assert_sliced_matches(model, limit, 50, ids, mask, max_new_tokens=4)  # slices of 50 columns
     sliced_cache, whole_cache = sliced.get(CACHE), whole.get(CACHE)
     assert sliced_cache.sequence_lengths == whole_cache.sequence_lengths == [153, 113]
     for layer in range(model.config.num_hidden_layers):

@@ -151,7 +151,7 @@ class _RowAttention:
             visible = torch.arange(after, device=device, dtype=torch.int32)[None, :] <= last_visible[:, None]
             out[:] = _dense_attention(module, q_nope, q_pe, key, value, visible[None])[0]
             return
-        # Left padding: the row's real tokens are its last `count` columns, the first at column `first`.
+        # Left padding: the row's real tokens are its last after - before columns, from column `first` on.
         first = self.s - (after - before)
         start = max(c0, first)
         if start >= c1:
