@@ -237,8 +237,7 @@ def flash_mla_forward(module, hidden_states, position_embeddings=None, attention
     batch, s = hidden_states.shape[:2]
     token_mask = None if attention_mask is None else attention_mask[:, -s:].to(torch.bool)
     if _slices_prefill(module, cache, hidden_states, token_mask):
-        from hf_flashmla.transformers_integration.prefill_slices import sliced_prefill
-        return sliced_prefill(module, hidden_states, position_embeddings, cache, token_mask), None
+        return prefill_slices.sliced_prefill(module, hidden_states, position_embeddings, cache, token_mask), None
     q_nope, q_pe, latent = _project(module, hidden_states, position_embeddings)
 
     if cache is not None and not isinstance(cache, LatentPagedCache):
@@ -262,7 +261,6 @@ def flash_mla_forward(module, hidden_states, position_embeddings=None, attention
 def _slices_prefill(module, cache, hidden_states, token_mask) -> bool:
     """A prefill chunk of more than HF_FLASHMLA_PREFILL_TOKENS tokens (b*s) runs in blocks
     (prefill_slices.py), with no cache or a LatentPagedCache; other caches and the paged path do not."""
-    from hf_flashmla.transformers_integration import prefill_slices
     batch, s = hidden_states.shape[:2]
     if not prefill_slices.wanted(batch * s):
         return False
@@ -279,3 +277,7 @@ def _use_pages(cache: LatentPagedCache, layer_idx: int, batch: int, s: int, toke
     the forward pass) holds that answer, so all layers take the same path."""
     step = cache.step_for(layer_idx, batch, s, token_mask)
     return s <= DECODE_MAX_QUERY and step.left_padded
+
+
+# Last: prefill_slices builds on the helpers above (imported here, not per layer per step).
+from hf_flashmla.transformers_integration import prefill_slices  # noqa: E402
