@@ -214,4 +214,4 @@ def test_limit_zero_disables_and_bad_values_are_refused(limit):
     for text in ("-1", "lots", "1.5", ""):
         with pytest.raises(ValueError, match="^HF_FLASHMLA_PREFILL_TOKENS: expected a non-negative integer"):
             prefill_slices._parse_limit(text)
-    assert prefill_slices.DEFAULT_PREFILL_TOKENS == 65536
+    assert prefill_slices.DEFAULT_PREFILL_TOKENS == 0  # opt-in

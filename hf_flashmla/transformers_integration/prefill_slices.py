@@ -4,7 +4,7 @@ The unsliced prefill (attention._prefill_attention) holds, for all b*s tokens of
 projected queries [b, s, h, qk_head_dim] with their split/concatenated copies and the attention output
 [b, s, h, v_head_dim] before o_proj: about 110 KB per token for DeepSeek-V3 in bf16, against 1.2 KB of
 latent per token that the cache keeps. When a chunk has more than HF_FLASHMLA_PREFILL_TOKENS tokens in
-total (b*s; default 65536, 0 disables), the layer instead:
+total (b*s; default 0 = off: opt-in until its GPU memory and prefill time are measured), the layer instead:
 
 - projects the latent [c_kv, k_pe] (kv_lora_rank + rope wide) of the whole chunk and writes it to the
   cache once, as the unsliced path does. One write per layer per forward pass keeps the cache's step model
@@ -29,7 +29,7 @@ from torch.nn.attention.bias import causal_lower_right
 from hf_flashmla.transformers_integration.attention import _apply_rope, _dense_attention, _expand, call_counts
 
 ENV_VAR = "HF_FLASHMLA_PREFILL_TOKENS"
-DEFAULT_PREFILL_TOKENS = 65536
+DEFAULT_PREFILL_TOKENS = 0  # off by default: the GPU-verified prefill path stays the default until blocks are measured on the H100
 
 
 def _parse_limit(text: str) -> int:
