@@ -53,18 +53,29 @@ def _apply_rope(module, q_pe, k_pe, position_embeddings):
     return modeling.apply_rotary_pos_emb(q_pe, k_pe, cos, sin)
 
 
-def _project(module, hidden_states, position_embeddings):
-    """-> q_nope [b, s, h, nope], q_pe [b, s, h, rope], latent [b, s, kv_lora_rank + rope]."""
+def _project_query(module, hidden_states):
+    """-> q_nope [b, s, h, nope], q_pe [b, s, h, rope] before rope."""
     batch, s = hidden_states.shape[:2]
     if module.q_lora_rank is None:
         q = module.q_proj(hidden_states)
     else:
         q = module.q_b_proj(module.q_a_layernorm(module.q_a_proj(hidden_states)))
     q = q.view(batch, s, -1, module.qk_head_dim)
-    q_nope, q_pe = torch.split(q, [module.qk_nope_head_dim, module.qk_rope_head_dim], dim=-1)
+    return torch.split(q, [module.qk_nope_head_dim, module.qk_rope_head_dim], dim=-1)
+
+
+def _project_latent(module, hidden_states):
+    """-> normalised c_kv [b, s, kv_lora_rank], k_pe [b, s, rope] before rope."""
     compressed = module.kv_a_proj_with_mqa(hidden_states)
     c_kv, k_pe = torch.split(compressed, [module.kv_lora_rank, module.qk_rope_head_dim], dim=-1)
-    c_kv = module.kv_a_layernorm(c_kv)
+    return module.kv_a_layernorm(c_kv), k_pe
+
+
+def _project(module, hidden_states, position_embeddings):
+    """-> q_nope [b, s, h, nope], q_pe [b, s, h, rope], latent [b, s, kv_lora_rank + rope]."""
+    batch, s = hidden_states.shape[:2]
+    q_nope, q_pe = _project_query(module, hidden_states)
+    c_kv, k_pe = _project_latent(module, hidden_states)
     q_pe, k_pe = _apply_rope(module, q_pe.transpose(1, 2), k_pe.view(batch, 1, s, module.qk_rope_head_dim),
                              position_embeddings)
     latent = torch.cat((c_kv, k_pe.view(batch, s, module.qk_rope_head_dim).to(c_kv.dtype)), dim=-1)

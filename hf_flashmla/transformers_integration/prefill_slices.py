@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
-from hf_flashmla.transformers_integration.attention import _apply_rope, _dense_attention, _expand, call_counts
+from hf_flashmla.transformers_integration.attention import (_apply_rope, _dense_attention, _expand, _project_latent,
+                                                          _project_query, call_counts)
 
 ENV_VAR = "HF_FLASHMLA_PREFILL_TOKENS"
 DEFAULT_PREFILL_TOKENS = 0  # off by default: the GPU-verified prefill path stays the default until blocks are measured on the H100
@@ -54,8 +55,7 @@ def _latent(module, hidden_states, position_embeddings):
     """-> [b, s, kv_lora_rank + rope]: normalised c_kv and roped k_pe, as attention._project makes them."""
     batch, s = hidden_states.shape[:2]
     rope = module.qk_rope_head_dim
-    c_kv, k_pe = torch.split(module.kv_a_proj_with_mqa(hidden_states), [module.kv_lora_rank, rope], dim=-1)
-    c_kv = module.kv_a_layernorm(c_kv)
+    c_kv, k_pe = _project_latent(module, hidden_states)
     k_pe = k_pe.view(batch, 1, s, rope)
     _, k_pe = _apply_rope(module, k_pe, k_pe, position_embeddings)  # rope is elementwise: q's part is unused
     return torch.cat((c_kv, k_pe.view(batch, s, rope).to(c_kv.dtype)), dim=-1)
@@ -63,13 +63,7 @@ def _latent(module, hidden_states, position_embeddings):
 
 def _query(module, hidden_states, position_embeddings):
     """-> q_nope [b, n, h, nope], roped q_pe [b, n, h, rope], as attention._project makes them."""
-    batch, n = hidden_states.shape[:2]
-    if module.q_lora_rank is None:
-        q = module.q_proj(hidden_states)
-    else:
-        q = module.q_b_proj(module.q_a_layernorm(module.q_a_proj(hidden_states)))
-    q = q.view(batch, n, -1, module.qk_head_dim)
-    q_nope, q_pe = torch.split(q, [module.qk_nope_head_dim, module.qk_rope_head_dim], dim=-1)
+    q_nope, q_pe = _project_query(module, hidden_states)
     q_pe = q_pe.transpose(1, 2)
     q_pe, _ = _apply_rope(module, q_pe, q_pe[:, :1], position_embeddings)  # one head stands in for k
     return q_nope, q_pe.transpose(1, 2)
