@@ -1,392 +1,20 @@
-// Split-KV MLA decode kernel for Hopper (sm_90a) and the combine kernel that merges its partials.
-//
-// One CTA = one 64-row query tile (s_q * h_q rows folded) x one SM part of the tile schedule.
-// Warpgroups 0 and 1 compute; warpgroup 2 is the TMA producer (one thread).
-// Per KV page (64 tokens x 576), consumer warpgroup w:
-//   S_w  = Q[64 x 576] . K[32w .. 32w+32)^T        (wgmma m64n32k16, both operands from smem)
-//   row max exchanged through smem, P = exp(S - m) written to smem as bf16/fp16 (both halves)
-//   O_w += P[64 x 64] . V[64 x 256w .. 256w+256)     (wgmma m64n256k16, V read MN-major)
-// Each warpgroup holds half of the 64 x 512 fp32 output (128 registers per thread) and does half of
-// both matrix products, so the two stay balanced. Pages stream through two TMA stages (the Q tile and
-// two 72 KB pages fill the 227 KB of shared memory). FlashMLA's "seesaw" split (warpgroups alternate
-// pages) was tried and measured slower here: notes/KERNEL_LOG.md.
+// Split-KV MLA decode for Hopper (sm_90a): kernel choice, tensor maps, launch, and the combine kernel that
+// merges the partial results of split sequences. The decode kernels live in mla_decode_split.cuh (both
+// warpgroups on every page) and mla_decode_seesaw.cuh (warpgroups alternate pages, FlashMLA's schedule).
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cudaTypedefs.h>
 
-#include <cmath>
-#include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 
-#include "mla_decode.h"
-#include "ptx_helpers.cuh"
-#include "wgmma_ops.cuh"
+#include "mla_decode_seesaw.cuh"
+#include "mla_decode_split.cuh"
 
 namespace hf_flashmla {
-namespace {
-
-constexpr int kChunkCols = 64;                               // columns per 128-byte swizzle tile
-constexpr int kNumChunks = kHeadDim / kChunkCols;            // 9
-constexpr int kChunkBytes = kTileRows * kChunkCols * 2;      // 8192
-constexpr int kTileBytes = kNumChunks * kChunkBytes;         // 73728: a Q tile or a KV page
-constexpr int kNumStages = 2;
-constexpr int kConsumerThreads = 256;
-constexpr int kThreads = 384;
-constexpr int kTokensPerWarpgroup = kPageSize / 2;           // 32 columns of S per warpgroup
-constexpr int kOutColsPerWarpgroup = kHeadDimV / 2;          // 256
-
-struct SharedLayout {
-  static constexpr int q = 0;
-  static constexpr int kv = q + kTileBytes;
-  static constexpr int p = kv + kNumStages * kTileBytes;
-  static constexpr int row_max = p + kChunkBytes;            // float [2][64]
-  static constexpr int row_sum = row_max + 2 * kTileRows * 4;  // float [2][64]
-  static constexpr int barriers = row_sum + 2 * kTileRows * 4;
-  // q_full, q_empty, kv_full[2][9] (one per 64-column chunk), kv_empty[2]
-  static constexpr int total = barriers + 8 * (2 + kNumStages * kNumChunks + kNumStages);
-};
-constexpr int kSmemBytes = SharedLayout::total + 1024;  // + alignment slack for the 1024-byte swizzle atoms
-
-// A page lands as nine 64-column chunks, each on its own barrier, so Q K^T starts on the first chunk
-// while the rest are still in flight (with two stages the load of a page is otherwise exposed).
-struct BarrierAddrs {
-  uint32_t q_full, q_empty, kv_full_base, kv_empty_base;
-  __device__ explicit BarrierAddrs(uint32_t base)
-      : q_full(base), q_empty(base + 8), kv_full_base(base + 16),
-        kv_empty_base(base + 16 + 8 * kNumStages * kNumChunks) {}
-  __device__ uint32_t kv_full(int stage, int chunk) const { return kv_full_base + 8 * (stage * kNumChunks + chunk); }
-  __device__ uint32_t kv_empty(int stage) const { return kv_empty_base + 8 * stage; }
-};
-
-// One (sequence, page range) item of a part's work, as the schedule defines it.
-struct WorkItem {
-  int batch, start_block, stop_block, split_index;
-};
-
-struct PartWalker {
-  int begin_batch, begin_block, end_batch, end_block, begin_split;
-  const int* cache_seqlens;
-  __device__ PartWalker(const int* row, const int* seqlens)
-      : begin_batch(row[0]), begin_block(row[1]), end_batch(row[2]), end_block(row[3]), begin_split(row[4]),
-        cache_seqlens(seqlens) {}
-  __device__ WorkItem item(int batch) const {
-    int num_blocks = (max(cache_seqlens[batch], 0) + kPageSize - 1) / kPageSize;
-    WorkItem w;
-    w.batch = batch;
-    w.start_block = batch == begin_batch ? begin_block : 0;
-    w.stop_block = batch == end_batch ? end_block : num_blocks;
-    w.split_index = batch == begin_batch ? begin_split : 0;
-    return w;
-  }
-};
-
-template <typename Elem>
-struct ElemTraits;
-template <>
-struct ElemTraits<__nv_bfloat16> {
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-  static __device__ __forceinline__ void mma_qk(float (&d)[16], uint64_t a, uint64_t b, int scale_d) {
-    wgmma_m64n32k16_ss_bf16(d, a, b, scale_d);
-  }
-  static __device__ __forceinline__ void mma_pv(float (&d)[128], uint64_t a, uint64_t b) {
-    wgmma_m64n256k16_ss_bf16_tb(d, a, b, 1);
-  }
-};
-template <>
-struct ElemTraits<__half> {
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-  static __device__ __forceinline__ void mma_qk(float (&d)[16], uint64_t a, uint64_t b, int scale_d) {
-    wgmma_m64n32k16_ss_f16(d, a, b, scale_d);
-  }
-  static __device__ __forceinline__ void mma_pv(float (&d)[128], uint64_t a, uint64_t b) {
-    wgmma_m64n256k16_ss_f16_tb(d, a, b, 1);
-  }
-};
-
-__device__ __forceinline__ void producer_loop(const MlaDecodeParams& p, const CUtensorMap* q_map,
-                                              const CUtensorMap* kv_map, const PartWalker& walker,
-                                              const BarrierAddrs& bars, uint32_t q_smem, uint32_t kv_smem,
-                                              int m_block) {
-  int item_count = 0, page_count = 0;
-  for (int batch = walker.begin_batch; batch <= walker.end_batch; ++batch) {
-    WorkItem w = walker.item(batch);
-    if (w.stop_block <= w.start_block) continue;
-    mbarrier_wait(bars.q_empty, (item_count & 1) ^ 1);
-    mbarrier_arrive_expect_tx(bars.q_full, kTileBytes);
-#pragma unroll
-    for (int c = 0; c < kNumChunks; ++c)
-      tma_load_3d(q_smem + c * kChunkBytes, q_map, bars.q_full, c * kChunkCols, m_block * kTileRows, batch);
-    ++item_count;
-    const int* table_row = p.block_table + static_cast<int64_t>(batch) * p.block_table_stride;
-    for (int blk = w.start_block; blk < w.stop_block; ++blk, ++page_count) {
-      int stage = page_count & 1;
-      mbarrier_wait(bars.kv_empty(stage), ((page_count >> 1) & 1) ^ 1);
-      // Never read past the block table's row (lengths beyond it are a caller error the Python layer
-      // reports when value checks are on); an out-of-pool page id makes TMA fill zeros, not fault.
-      int page = blk < p.max_blocks_per_seq ? __ldg(table_row + blk) : -1;
-      uint32_t dst = kv_smem + stage * kTileBytes;
-#pragma unroll
-      for (int c = 0; c < kNumChunks; ++c) {
-        mbarrier_arrive_expect_tx(bars.kv_full(stage, c), kChunkBytes);
-        tma_load_2d(dst + c * kChunkBytes, kv_map, bars.kv_full(stage, c), c * kChunkCols, page * kPageSize);
-      }
-    }
-  }
-}
-
-template <typename Elem>
-__device__ __forceinline__ void consumer_loop(const MlaDecodeParams& p, const PartWalker& walker,
-                                              const BarrierAddrs& bars, uint8_t* smem, uint32_t smem_base,
-                                              int m_block) {
-  using Traits = ElemTraits<Elem>;
-  const int tid = threadIdx.x;               // 0..255
-  const int wg = tid / 128;                  // consumer warpgroup: which 32 tokens of S, which 256 columns of O
-  const int warp_in_wg = (tid % 128) / 32;
-  const int lane = tid % 32;
-  const int row0 = warp_in_wg * 16 + lane / 4;  // this thread's two tile rows: row0 and row0 + 8
-  const int quad_col = 2 * (lane % 4);
-
-  const uint32_t q_smem = smem_base + SharedLayout::q;
-  const uint32_t kv_smem = smem_base + SharedLayout::kv;
-  const uint32_t p_smem = smem_base + SharedLayout::p;
-  float* row_max_smem = reinterpret_cast<float*>(smem + SharedLayout::row_max);
-  float* row_sum_smem = reinterpret_cast<float*>(smem + SharedLayout::row_sum);
-
-  const int rows_total = p.s_q * p.h_q;
-  const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
-  const uint64_t q_desc = smem_desc_sw128(q_smem, 16, 1024);
-  const uint64_t p_desc = smem_desc_sw128(p_smem, 16, 1024);
-
-  int item_count = 0, page_count = 0;
-  for (int batch = walker.begin_batch; batch <= walker.end_batch; ++batch) {
-    WorkItem w = walker.item(batch);
-    if (w.stop_block <= w.start_block) continue;
-    const int seqlen = p.cache_seqlens[batch];
-    // Number of keys each of this thread's rows may see (causal: the queries are the last s_q tokens).
-    int key_limit[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      int grow = m_block * kTileRows + row0 + 8 * h;
-      int token = min(grow, rows_total - 1) / p.h_q;
-      key_limit[h] = p.causal ? seqlen - p.s_q + token + 1 : seqlen;
-    }
-    const int min_limit = p.causal ? seqlen - p.s_q + 1 : seqlen;
-
-    float o[128];
-#pragma unroll
-    for (int i = 0; i < 128; ++i) o[i] = 0.f;
-    float row_m[2] = {-INFINITY, -INFINITY};
-    float row_l[2] = {0.f, 0.f};
-
-    mbarrier_wait(bars.q_full, item_count & 1);
-    ++item_count;
-
-    for (int blk = w.start_block; blk < w.stop_block; ++blk, ++page_count) {
-      const int stage = page_count & 1;
-      const uint32_t kv_stage = kv_smem + stage * kTileBytes;
-      const uint32_t stage_parity = (page_count >> 1) & 1;
-
-      float s[16];
-      wgmma_fence();
-      {
-        const uint64_t k_desc = smem_desc_sw128(kv_stage + wg * kTokensPerWarpgroup * 128, 16, 1024);
-#pragma unroll
-        for (int c = 0; c < kNumChunks; ++c) {
-          mbarrier_wait(bars.kv_full(stage, c), stage_parity);
-#pragma unroll
-          for (int kk = 0; kk < 4; ++kk) {
-            const uint32_t off = (c * kChunkBytes + kk * 32) >> 4;
-            Traits::mma_qk(s, q_desc + off, k_desc + off, (c | kk) != 0);
-          }
-        }
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_accumulators(s);
-      if (blk == w.stop_block - 1 && lane == 0) mbarrier_arrive(bars.q_empty);
-
-      // Mask keys past the sequence end and, for causal, past each row's last visible key.
-      const int token_base = blk * kPageSize + wg * kTokensPerWarpgroup;
-      if (token_base + kTokensPerWarpgroup > min_limit) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            int token = token_base + 8 * j + quad_col + (e & 1);
-            if (token >= key_limit[e >> 1]) s[4 * j + e] = -INFINITY;
-          }
-      }
-
-      float local_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) local_max[e >> 1] = fmaxf(local_max[e >> 1], s[4 * j + e]);
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        local_max[h] = fmaxf(local_max[h], __shfl_xor_sync(0xffffffff, local_max[h], 1));
-        local_max[h] = fmaxf(local_max[h], __shfl_xor_sync(0xffffffff, local_max[h], 2));
-      }
-      if (lane % 4 == 0) {
-        row_max_smem[wg * kTileRows + row0] = local_max[0];
-        row_max_smem[wg * kTileRows + row0 + 8] = local_max[1];
-      }
-      named_barrier_sync(1, kConsumerThreads);
-
-      float rescale[2], m_scaled[2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        int r = row0 + 8 * h;
-        float page_max = fmaxf(row_max_smem[r], row_max_smem[kTileRows + r]);
-        float m_new = fmaxf(row_m[h], page_max);
-        // A row that has seen no key yet keeps m = -inf; exponentiate against 0 so that exp(-inf) = 0.
-        rescale[h] = m_new == -INFINITY ? 1.f : exp2f((row_m[h] - m_new) * scale_log2);
-        m_scaled[h] = m_new == -INFINITY ? 0.f : m_new * scale_log2;
-        row_m[h] = m_new;
-      }
-      float page_sum[2] = {0.f, 0.f};
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s[4 * j + e] = exp2f(s[4 * j + e] * scale_log2 - m_scaled[e >> 1]);
-          page_sum[e >> 1] += s[4 * j + e];
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int chunk = wg * 4 + j;  // 16-byte chunk of the 128-byte P row
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          int r = row0 + 8 * h;
-          uint32_t addr = p_smem + swizzle_128b_offset(r, chunk) + quad_col * 2;
-          uint32_t packed = Traits::pack(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]);
-          asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(packed) : "memory");
-        }
-      }
-      fence_proxy_async_smem();
-#pragma unroll
-      for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * rescale[h] + page_sum[h];
-#pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        o[4 * j + 0] *= rescale[0];
-        o[4 * j + 1] *= rescale[0];
-        o[4 * j + 2] *= rescale[1];
-        o[4 * j + 3] *= rescale[1];
-      }
-      named_barrier_sync(2, kConsumerThreads);
-
-      wgmma_fence();
-      {
-        // V is read MN-major: 8-token groups of 128-byte rows 1024 bytes apart (stride offset), and
-        // the next 64 output columns in the next swizzle tile of the page (leading offset).
-        const uint64_t v_desc = smem_desc_sw128(kv_stage + wg * 4 * kChunkBytes, kChunkBytes, 1024);
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          Traits::mma_pv(o, p_desc + ((kk * 32) >> 4), v_desc + ((kk * 16 * 128) >> 4));
-      }
-      wgmma_commit();
-      // Free the stage as soon as its last reader is done: the producer can then load page n + 2
-      // while page n + 1 is computed, so a whole page of work hides each load (with two stages,
-      // releasing only after the next page's QK^T left the load latency exposed).
-      wgmma_wait<0>();
-      fence_accumulators(o);
-      if (lane == 0) mbarrier_arrive(bars.kv_empty(stage));
-    }
-
-    // Epilogue: merge the two warpgroups' row sums, normalise, write.
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      row_l[h] += __shfl_xor_sync(0xffffffff, row_l[h], 1);
-      row_l[h] += __shfl_xor_sync(0xffffffff, row_l[h], 2);
-    }
-    if (lane % 4 == 0) {
-      row_sum_smem[wg * kTileRows + row0] = row_l[0];
-      row_sum_smem[wg * kTileRows + row0 + 8] = row_l[1];
-    }
-    named_barrier_sync(1, kConsumerThreads);
-
-    const int split_base = p.num_splits[batch];
-    const bool direct = p.num_splits[batch + 1] - split_base == 1;
-    const int split_row = split_base + w.split_index;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = row0 + 8 * h;
-      const int grow = m_block * kTileRows + r;
-      if (grow >= rows_total) continue;
-      const float total = row_sum_smem[r] + row_sum_smem[kTileRows + r];
-      const float inv = total > 0.f ? 1.f / total : 0.f;
-      float lse_value;
-      if (total > 0.f) lse_value = (row_m[h] * scale_log2 + log2f(total)) * 0.6931471805599453f;
-      else lse_value = direct ? INFINITY : -INFINITY;  // partials with no keys carry no weight
-      const int col_base = wg * kOutColsPerWarpgroup + quad_col;
-      if (direct) {
-        Elem* out_row = static_cast<Elem*>(p.out) + (static_cast<int64_t>(batch) * rows_total + grow) * kHeadDimV;
-#pragma unroll
-        for (int j = 0; j < 32; ++j)
-          *reinterpret_cast<uint32_t*>(out_row + col_base + 8 * j) =
-              Traits::pack(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
-        if (wg == 0 && lane % 4 == 0) {
-          const int token = grow / p.h_q, head = grow % p.h_q;
-          p.lse[(static_cast<int64_t>(batch) * p.h_q + head) * p.s_q + token] = lse_value;
-        }
-      } else {
-        float* acc_row = p.o_accum + (static_cast<int64_t>(split_row) * rows_total + grow) * kHeadDimV;
-#pragma unroll
-        for (int j = 0; j < 32; ++j)
-          *reinterpret_cast<float2*>(acc_row + col_base + 8 * j) =
-              make_float2(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
-        if (wg == 0 && lane % 4 == 0) p.lse_accum[static_cast<int64_t>(split_row) * rows_total + grow] = lse_value;
-      }
-    }
-  }
-}
-
-template <typename Elem>
-__global__ void __launch_bounds__(kThreads, 1)
-    mla_decode_kernel(const __grid_constant__ MlaDecodeParams params, const __grid_constant__ CUtensorMap q_map,
-                      const __grid_constant__ CUtensorMap kv_map) {
-  extern __shared__ uint8_t smem_raw[];
-  const uint32_t raw_base = smem_addr(smem_raw);
-  const uint32_t smem_base = (raw_base + 1023) & ~1023u;
-  uint8_t* smem = smem_raw + (smem_base - raw_base);
-  BarrierAddrs bars(smem_base + SharedLayout::barriers);
-
-  const int m_block = blockIdx.x;
-  const int part = blockIdx.y;
-  PartWalker walker(params.sched_metadata + part * kMetadataWidth, params.cache_seqlens);
-
-  if (threadIdx.x == 0) {
-    mbarrier_init(bars.q_full, 1);
-    mbarrier_init(bars.q_empty, kConsumerThreads / 32);
-    for (int s = 0; s < kNumStages; ++s) {
-      for (int c = 0; c < kNumChunks; ++c) mbarrier_init(bars.kv_full(s, c), 1);
-      mbarrier_init(bars.kv_empty(s), kConsumerThreads / 32);
-    }
-    fence_mbarrier_init();
-  }
-  __syncthreads();
-
-  if (threadIdx.x >= kConsumerThreads) {
-    setmaxnreg_dec<40>();
-    if (threadIdx.x == kConsumerThreads) {
-      prefetch_tensor_map(&q_map);
-      prefetch_tensor_map(&kv_map);
-      producer_loop(params, &q_map, &kv_map, walker, bars, smem_base + SharedLayout::q, smem_base + SharedLayout::kv,
-                    m_block);
-    }
-  } else {
-    setmaxnreg_inc<232>();
-    consumer_loop<Elem>(params, walker, bars, smem, smem_base, m_block);
-  }
-}
+namespace decode_detail {
 
 // Merges the partial results of split sequences; writes empty sequences (no split) as out = 0, lse = +inf.
 template <typename Elem>
@@ -458,6 +86,14 @@ bool encode_tile_map(CUtensorMap* map, const void* base, bool is_bf16, int rank,
   return res == CUDA_SUCCESS;
 }
 
+// HF_FLASHMLA_KERNEL=split|seesaw picks the decode kernel (read at every launch, so a benchmark can compare
+// both in one process; a CUDA graph keeps the kernel it captured).
+bool use_seesaw_kernel() {
+  const char* choice = std::getenv("HF_FLASHMLA_KERNEL");
+  if (choice == nullptr || choice[0] == '\0') return true;
+  return std::strcmp(choice, "split") != 0;
+}
+
 template <typename Elem>
 const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
   const int rows_total = p.s_q * p.h_q;
@@ -470,37 +106,43 @@ const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
   if (!encode_tile_map(&kv_map, p.k_cache, p.is_bf16, 2, kv_dims, kv_strides))
     return "cuTensorMapEncodeTiled failed for k_cache";
 
+  using KernelFn = void (*)(const MlaDecodeParams, const CUtensorMap, const CUtensorMap);
+  const bool seesaw = use_seesaw_kernel();
+  const KernelFn kernel = seesaw ? mla_decode_seesaw_kernel<Elem> : mla_decode_split_kernel<Elem>;
+  const int smem_bytes = seesaw ? kSeesawSmemBytes : kSplitSmemBytes;
   {
-    // The shared-memory opt-in belongs to the kernel in each device's context, so it is set once per device:
-    // under device_map one process launches this kernel on several GPUs (mla_api.cpp's guard made q's current).
+    // The shared-memory opt-in belongs to the kernel in each device's context, so it is set once per device
+    // and kernel: under device_map one process launches on several GPUs (mla_api.cpp's guard made q's current).
     constexpr int kMaxAttrDevices = 64;
-    static bool attr_set[kMaxAttrDevices] = {};
+    static bool attr_set[2][kMaxAttrDevices] = {};
     static std::mutex attr_mutex;
     int device = 0;
     if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxAttrDevices)
       return "mla_decode: cannot tell the current CUDA device (or its index is >= 64)";
     std::lock_guard<std::mutex> lock(attr_mutex);
-    if (!attr_set[device]) {
-      if (cudaFuncSetAttribute(mla_decode_kernel<Elem>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) !=
-          cudaSuccess)
+    if (!attr_set[seesaw][device]) {
+      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes) != cudaSuccess)
         return cudaGetErrorString(cudaGetLastError());
-      attr_set[device] = true;
+      attr_set[seesaw][device] = true;
     }
   }
   dim3 grid(p.num_m_blocks, p.num_parts);
-  mla_decode_kernel<Elem><<<grid, kThreads, kSmemBytes, stream>>>(p, q_map, kv_map);
+  kernel<<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
   mla_combine_kernel<Elem><<<dim3(rows_total, p.batch), 128, 0, stream>>>(p);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
   return nullptr;
 }
 
-}  // namespace
+}  // namespace decode_detail
 
-size_t mla_decode_smem_bytes() { return kSmemBytes; }
+size_t mla_decode_smem_bytes() {
+  return decode_detail::use_seesaw_kernel() ? decode_detail::kSeesawSmemBytes : decode_detail::kSplitSmemBytes;
+}
 
 const char* mla_decode_launch(const MlaDecodeParams& params, cudaStream_t stream) {
-  return params.is_bf16 ? launch_typed<__nv_bfloat16>(params, stream) : launch_typed<__half>(params, stream);
+  return params.is_bf16 ? decode_detail::launch_typed<__nv_bfloat16>(params, stream)
+                        : decode_detail::launch_typed<__half>(params, stream);
 }
 
 }  // namespace hf_flashmla

@@ -64,6 +64,12 @@ __device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
+// Signals a named barrier without waiting: the producer half of a one-way hand-over between warpgroups
+// (the waiting side calls named_barrier_sync with the same thread count).
+__device__ __forceinline__ void named_barrier_arrive(uint32_t id, uint32_t threads) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N>
@@ -76,6 +82,14 @@ template <int N>
 __device__ __forceinline__ void fence_accumulators(float (&regs)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(regs[i])::"memory");
+}
+
+// Same for the packed A operand of a register-sourced wgmma: its registers must hold their values until
+// the wgmma that reads them has been waited for.
+template <int N>
+__device__ __forceinline__ void fence_operands(uint32_t (&regs)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(regs[i])::"memory");
 }
 
 template <uint32_t RegCount>

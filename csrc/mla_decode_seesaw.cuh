@@ -1,0 +1,480 @@
+// The "seesaw" decode kernel: the two consumer warpgroups alternate pages (FlashMLA's published schedule,
+// written here from its description; notes/KERNEL_LOG.md has the measurements).
+//
+// One CTA = one 64-row query tile x one part of the tile schedule; 384 threads: warpgroups 0 and 1
+// compute, warpgroup 2's first thread issues TMA. Pages go in pairs (A, B): A lands in stage 0 and
+// belongs to warpgroup 0, B in stage 1 and belongs to warpgroup 1. Each warpgroup holds half of the
+// 64 x 512 fp32 output (WG0 columns 0..255 = O_L, WG1 256..511 = O_R). Per pair:
+//   WG0: S_A = Q K_A^T (m64n64k16, one pass over Q per page) -> m_A, P_A = exp(S_A - m_A)  [publishes m_A]
+//        O_L = O_L s_A + P_A V_A,L              (P_A from registers)
+//        waits m_B, writes P_A s_B to smem      O_L = O_L s_B + P_B V_B,L   (P_B from smem)
+//   WG1: S_B = Q K_B^T ; waits m_A -> m_B, P_B = exp(S_B - m_B)     [publishes m_B and P_B]
+//        O_R = O_R s_A s_B + P_B V_B,R          (P_B from registers)
+//        waits P_A s_B                          O_R = O_R + (P_A s_B) V_A,R
+// with s_A = exp(m_prev - m_A), s_B = exp(m_A - m_B): exactly online softmax, reordered so that one
+// warpgroup's exp/max runs while the other's wgmma keeps the tensor cores busy, and Q is read from
+// shared memory once per page (the split kernel reads it once per warpgroup).
+//
+// Shared memory: Q (72 KB) + two page stages (2 x 72 KB) + P_A s_B (8 KB) fill the 227 KB; P_B goes
+// into page B's rope chunk, dead once S_B is computed. Each stage is freed in two column groups, so the
+// next pair's loads start as soon as part of a page is consumed:
+//   stage 0: chunks {0,1,2,3,8} (read by WG0 only) freed after P_A V_A,L; {4..7} after WG1's P_A V_A,R.
+//   stage 1: chunks {4..7} freed after WG1's P_B V_B,R; {0,1,2,3,8} (V_B,L and P_B) after WG0's P_B V_B,L.
+// Q K^T walks each stage's chunks in that order (first-freed group first); the sum is order-free.
+// A sequence range with an odd page count ends on a pair without B: WG1 then only rescales by s_A and adds
+// P_A V_A,R. Hand-overs between the warpgroups use named barriers (one arrives, the other waits).
+#pragma once
+#include "mla_decode_common.cuh"
+
+namespace hf_flashmla {
+namespace decode_detail {
+
+struct SeesawLayout {
+  static constexpr int q = 0;
+  static constexpr int kv = q + kTileBytes;
+  static constexpr int p_a = kv + kNumStages * kTileBytes;       // P_A s_B, 64 x 64, 128B-swizzled
+  static constexpr int row_max = p_a + kChunkBytes;             // float [2][64]: m published by WG w
+  static constexpr int row_sum = row_max + 2 * kTileRows * 4;   // float [2 items][2 wg][64]
+  static constexpr int barriers = row_sum + 4 * kTileRows * 4;
+  // q_full, q_empty, kv_full[2][9], kv_empty[2 stages][2 groups]
+  static constexpr int total = barriers + 8 * (2 + kNumStages * kNumChunks + kNumStages * 2);
+};
+constexpr int kSeesawSmemBytes = SeesawLayout::total + 1024;  // + alignment slack for the swizzle atoms
+static_assert(kSeesawSmemBytes <= 232448, "seesaw layout exceeds the 227 KB of opt-in shared memory");
+
+// Named barriers (0 is __syncthreads): one-way hand-overs WG0 -> WG1 and back, and the epilogue's sum exchange.
+constexpr uint32_t kBarRowSum = 1;
+constexpr uint32_t kBarMaxA = 2;   // WG0 published m_A
+constexpr uint32_t kBarPB = 3;     // WG1 published m_B and P_B
+constexpr uint32_t kBarPA = 4;     // WG0 wrote P_A s_B
+
+// Chunk i (0..8) of stage s in load and Q K^T order; the first kGroup0Chunks[s] form the early group.
+__host__ __device__ constexpr int seesaw_chunk(int stage, int i) {
+  return stage == 0 ? (i < 4 ? i : (i == 4 ? 8 : i - 1)) : (i < 4 ? i + 4 : (i < 8 ? i - 4 : 8));
+}
+__host__ __device__ constexpr int seesaw_group0_chunks(int stage) { return stage == 0 ? 5 : 4; }
+
+struct SeesawBarriers {
+  uint32_t q_full, q_empty, kv_full_base, kv_empty_base;
+  __device__ explicit SeesawBarriers(uint32_t base)
+      : q_full(base), q_empty(base + 8), kv_full_base(base + 16),
+        kv_empty_base(base + 16 + 8 * kNumStages * kNumChunks) {}
+  __device__ uint32_t kv_full(int stage, int chunk) const { return kv_full_base + 8 * (stage * kNumChunks + chunk); }
+  __device__ uint32_t kv_empty(int stage, int group) const { return kv_empty_base + 8 * (stage * 2 + group); }
+};
+
+__device__ __forceinline__ void seesaw_load_group(const MlaDecodeParams& p, const CUtensorMap* kv_map,
+                                                  const SeesawBarriers& bars, uint32_t kv_smem, int stage,
+                                                  int group, int page, uint32_t use_count) {
+  mbarrier_wait(bars.kv_empty(stage, group), (use_count & 1) ^ 1);
+  const uint32_t dst = kv_smem + stage * kTileBytes;
+  const int first = group == 0 ? 0 : seesaw_group0_chunks(stage);
+  const int last = group == 0 ? seesaw_group0_chunks(stage) : kNumChunks;
+  for (int i = first; i < last; ++i) {
+    const int c = seesaw_chunk(stage, i);
+    mbarrier_arrive_expect_tx(bars.kv_full(stage, c), kChunkBytes);
+    tma_load_2d(dst + c * kChunkBytes, kv_map, bars.kv_full(stage, c), c * kChunkCols, page * kPageSize);
+  }
+}
+
+__device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, const CUtensorMap* q_map,
+                                                     const CUtensorMap* kv_map, const PartWalker& walker,
+                                                     const SeesawBarriers& bars, uint32_t q_smem, uint32_t kv_smem,
+                                                     int m_block) {
+  uint32_t item_count = 0, uses0 = 0, uses1 = 0;
+  for (int batch = walker.begin_batch; batch <= walker.end_batch; ++batch) {
+    WorkItem w = walker.item(batch);
+    if (w.stop_block <= w.start_block) continue;
+    mbarrier_wait(bars.q_empty, (item_count & 1) ^ 1);
+    mbarrier_arrive_expect_tx(bars.q_full, kTileBytes);
+#pragma unroll
+    for (int c = 0; c < kNumChunks; ++c)
+      tma_load_3d(q_smem + c * kChunkBytes, q_map, bars.q_full, c * kChunkCols, m_block * kTileRows, batch);
+    ++item_count;
+    const int* table_row = p.block_table + static_cast<int64_t>(batch) * p.block_table_stride;
+    // Never read past the block table's row; an out-of-pool page id makes TMA fill zeros, not fault.
+    auto page_of = [&](int blk) { return blk < p.max_blocks_per_seq ? __ldg(table_row + blk) : -1; };
+    for (int blk = w.start_block; blk < w.stop_block; blk += 2) {
+      const bool has_b = blk + 1 < w.stop_block;
+      const int page_a = page_of(blk);
+      const int page_b = has_b ? page_of(blk + 1) : -1;
+      // In the order the consumers free them during the previous pair.
+      seesaw_load_group(p, kv_map, bars, kv_smem, 0, 0, page_a, uses0);
+      if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 0, page_b, uses1);
+      seesaw_load_group(p, kv_map, bars, kv_smem, 0, 1, page_a, uses0);
+      if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 1, page_b, uses1);
+      ++uses0;
+      if (has_b) ++uses1;
+    }
+  }
+}
+
+// Per-thread view of the consumer warpgroups' fragments.
+struct SeesawThread {
+  int wg, warp_in_wg, lane, row0, quad_col;
+  __device__ SeesawThread() {
+    const int tid = threadIdx.x;
+    wg = tid / 128;
+    warp_in_wg = (tid % 128) / 32;
+    lane = tid % 32;
+    row0 = warp_in_wg * 16 + lane / 4;  // this thread's rows: row0 and row0 + 8
+    quad_col = 2 * (lane % 4);
+  }
+};
+
+// S = Q K^T over one page held in `stage`, chunk by chunk as they land.
+template <typename Elem, int kStage>
+__device__ __forceinline__ void seesaw_qk(float (&s)[32], const SeesawBarriers& bars, uint32_t q_smem,
+                                          uint32_t kv_stage, uint32_t parity) {
+  const uint64_t q_desc = smem_desc_sw128(q_smem, 16, 1024);
+  const uint64_t k_desc = smem_desc_sw128(kv_stage, 16, 1024);
+  wgmma_fence();
+#pragma unroll
+  for (int i = 0; i < kNumChunks; ++i) {
+    const int c = seesaw_chunk(kStage, i);
+    mbarrier_wait(bars.kv_full(kStage, c), parity);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const uint32_t off = (c * kChunkBytes + kk * 32) >> 4;
+      ElemTraits<Elem>::mma_qk_page(s, q_desc + off, k_desc + off, (i | kk) != 0);
+    }
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_accumulators(s);
+}
+
+// Keys past the sequence end and, for causal, past each row's last visible key get -inf.
+__device__ __forceinline__ void seesaw_mask(float (&s)[32], const SeesawThread& t, int blk, const int (&key_limit)[2],
+                                            int min_limit) {
+  const int token_base = blk * kPageSize;
+  if (token_base + kPageSize <= min_limit) return;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int token = token_base + 8 * j + t.quad_col + (e & 1);
+      if (token >= key_limit[e >> 1]) s[4 * j + e] = -INFINITY;
+    }
+}
+
+__device__ __forceinline__ void seesaw_row_max(const float (&s)[32], float (&page_max)[2]) {
+  page_max[0] = page_max[1] = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) page_max[e >> 1] = fmaxf(page_max[e >> 1], s[4 * j + e]);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    page_max[h] = fmaxf(page_max[h], __shfl_xor_sync(0xffffffff, page_max[h], 1));
+    page_max[h] = fmaxf(page_max[h], __shfl_xor_sync(0xffffffff, page_max[h], 2));
+  }
+}
+
+// exp2 factor taking values relative to m_old to values relative to m_new; a row that has seen no key
+// (m = -inf) keeps factor 1 so that nothing becomes NaN.
+__device__ __forceinline__ float seesaw_rescale(float m_old, float m_new, float scale_log2) {
+  return m_new == -INFINITY ? 1.f : exp2f((m_old - m_new) * scale_log2);
+}
+
+// P = exp(S - m) in place; returns this thread's partial row sums.
+__device__ __forceinline__ void seesaw_exp(float (&s)[32], const float (&m)[2], float scale_log2, float (&sum)[2]) {
+  float m_scaled[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) m_scaled[h] = m[h] == -INFINITY ? 0.f : m[h] * scale_log2;
+  sum[0] = sum[1] = 0.f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[4 * j + e] = exp2f(s[4 * j + e] * scale_log2 - m_scaled[e >> 1]);
+      sum[e >> 1] += s[4 * j + e];
+    }
+}
+
+// P (times `factor` per row) as a 64 x 64 K-major operand in 128B-swizzled shared memory.
+template <typename Elem>
+__device__ __forceinline__ void seesaw_store_p(uint32_t p_smem, const float (&s)[32], const float (&factor)[2],
+                                               const SeesawThread& t) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint32_t addr = p_smem + swizzle_128b_offset(t.row0 + 8 * h, j) + t.quad_col * 2;
+      const uint32_t packed =
+          ElemTraits<Elem>::pack(s[4 * j + 2 * h] * factor[h], s[4 * j + 2 * h + 1] * factor[h]);
+      asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(packed) : "memory");
+    }
+}
+
+// The accumulator layout of S is the A-operand layout of P V: registers 8kk..8kk+7 are k-slice kk.
+template <typename Elem>
+__device__ __forceinline__ void seesaw_pack_p(const float (&s)[32], uint32_t (&p)[16]) {
+#pragma unroll
+  for (int i = 0; i < 16; ++i) p[i] = ElemTraits<Elem>::pack(s[2 * i], s[2 * i + 1]);
+}
+
+__device__ __forceinline__ void seesaw_scale_o(float (&o)[128], const float (&f)[2]) {
+#pragma unroll
+  for (int j = 0; j < 32; ++j) {
+    o[4 * j + 0] *= f[0];
+    o[4 * j + 1] *= f[0];
+    o[4 * j + 2] *= f[1];
+    o[4 * j + 3] *= f[1];
+  }
+}
+
+// O_half += P V_half with P from registers. half = which 256 output columns (4 chunks of the page).
+template <typename Elem>
+__device__ __forceinline__ void seesaw_pv_regs(float (&o)[128], const uint32_t (&p)[16], uint32_t kv_stage, int half) {
+  const uint64_t v_desc = smem_desc_sw128(kv_stage + half * 4 * kChunkBytes, kChunkBytes, 1024);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) ElemTraits<Elem>::mma_pv_regs(o, p + 4 * kk, v_desc + ((kk * 16 * 128) >> 4));
+  wgmma_commit();
+}
+
+// The non-owner of a page reads its V half only after the owner's hand-over, which follows the owner's own
+// waits on these chunks; waiting on them here too (already complete, so nearly free) makes the TMA data's
+// visibility to this warpgroup explicit instead of relying on the transitive order through the named barrier.
+__device__ __forceinline__ void seesaw_wait_v_half(const SeesawBarriers& bars, int stage, int half, uint32_t parity) {
+#pragma unroll
+  for (int c = 0; c < 4; ++c) mbarrier_wait(bars.kv_full(stage, 4 * half + c), parity);
+}
+
+// O_half += P V_half with P from shared memory.
+template <typename Elem>
+__device__ __forceinline__ void seesaw_pv_smem(float (&o)[128], uint32_t p_smem, uint32_t kv_stage, int half) {
+  const uint64_t p_desc = smem_desc_sw128(p_smem, 16, 1024);
+  const uint64_t v_desc = smem_desc_sw128(kv_stage + half * 4 * kChunkBytes, kChunkBytes, 1024);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+    ElemTraits<Elem>::mma_pv(o, p_desc + ((kk * 32) >> 4), v_desc + ((kk * 16 * 128) >> 4));
+  wgmma_commit();
+}
+
+template <typename Elem, int kWg>
+__device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, const PartWalker& walker,
+                                                     const SeesawBarriers& bars, uint8_t* smem, uint32_t smem_base,
+                                                     int m_block) {
+  const SeesawThread t;
+  const uint32_t q_smem = smem_base + SeesawLayout::q;
+  const uint32_t stage0 = smem_base + SeesawLayout::kv;
+  const uint32_t stage1 = stage0 + kTileBytes;
+  const uint32_t p_a_smem = smem_base + SeesawLayout::p_a;
+  const uint32_t p_b_smem = stage1 + 8 * kChunkBytes;  // page B's rope chunk
+  float* row_max_smem = reinterpret_cast<float*>(smem + SeesawLayout::row_max);
+  float* row_sum_smem = reinterpret_cast<float*>(smem + SeesawLayout::row_sum);
+  const int rows_total = p.s_q * p.h_q;
+  const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
+
+  uint32_t item_count = 0, uses0 = 0, uses1 = 0;
+  for (int batch = walker.begin_batch; batch <= walker.end_batch; ++batch) {
+    WorkItem w = walker.item(batch);
+    if (w.stop_block <= w.start_block) continue;
+    const int seqlen = p.cache_seqlens[batch];
+    int key_limit[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int grow = m_block * kTileRows + t.row0 + 8 * h;
+      const int token = min(grow, rows_total - 1) / p.h_q;
+      key_limit[h] = p.causal ? seqlen - p.s_q + token + 1 : seqlen;
+    }
+    const int min_limit = p.causal ? seqlen - p.s_q + 1 : seqlen;
+    const int num_pages = w.stop_block - w.start_block;
+
+    float o[128];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) o[i] = 0.f;
+    float row_m[2] = {-INFINITY, -INFINITY};
+    float row_l[2] = {0.f, 0.f};  // this thread's partial sums of this warpgroup's pages
+
+    mbarrier_wait(bars.q_full, item_count & 1);
+    // WG1 reads Q only for B pages; with a single page it has none and releases Q at once.
+    if (kWg == 1 && num_pages < 2 && t.lane == 0) mbarrier_arrive(bars.q_empty);
+
+    for (int blk = w.start_block; blk < w.stop_block; blk += 2) {
+      const bool has_b = blk + 1 < w.stop_block;
+      float s[32];
+      uint32_t p_regs[16];
+      if (kWg == 0) {
+        seesaw_qk<Elem, 0>(s, bars, q_smem, stage0, uses0 & 1);
+        if (blk + 2 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);
+        seesaw_mask(s, t, blk, key_limit, min_limit);
+        float m_a[2], s_a[2], sum[2];
+        seesaw_row_max(s, m_a);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          m_a[h] = fmaxf(m_a[h], row_m[h]);
+          s_a[h] = seesaw_rescale(row_m[h], m_a[h], scale_log2);
+        }
+        if (t.lane % 4 == 0) {
+          row_max_smem[t.row0] = m_a[0];
+          row_max_smem[t.row0 + 8] = m_a[1];
+        }
+        named_barrier_arrive(kBarMaxA, kConsumerThreads);
+        seesaw_exp(s, m_a, scale_log2, sum);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * s_a[h] + sum[h];
+        seesaw_pack_p<Elem>(s, p_regs);
+        seesaw_scale_o(o, s_a);
+        seesaw_pv_regs<Elem>(o, p_regs, stage0, 0);
+        float s_b[2] = {1.f, 1.f};
+        if (has_b) {
+          named_barrier_sync(kBarPB, kConsumerThreads);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const float m_b = row_max_smem[kTileRows + t.row0 + 8 * h];
+            s_b[h] = seesaw_rescale(m_a[h], m_b, scale_log2);
+            row_m[h] = m_b;
+            row_l[h] *= s_b[h];
+          }
+        } else {
+          row_m[0] = m_a[0];
+          row_m[1] = m_a[1];
+        }
+        seesaw_store_p<Elem>(p_a_smem, s, s_b, t);
+        fence_proxy_async_smem();
+        named_barrier_arrive(kBarPA, kConsumerThreads);
+        wgmma_wait<0>();
+        fence_accumulators(o);
+        fence_operands(p_regs);
+        if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 0));
+        if (has_b) {
+          seesaw_scale_o(o, s_b);
+          seesaw_wait_v_half(bars, 1, 0, uses1 & 1);
+          seesaw_pv_smem<Elem>(o, p_b_smem, stage1, 0);
+          wgmma_wait<0>();
+          fence_accumulators(o);
+          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 1));
+        }
+      } else {
+        if (has_b) {
+          seesaw_qk<Elem, 1>(s, bars, q_smem, stage1, uses1 & 1);
+          if (blk + 2 >= w.stop_block - 1 && t.lane == 0) mbarrier_arrive(bars.q_empty);  // last B page
+          seesaw_mask(s, t, blk + 1, key_limit, min_limit);
+        }
+        named_barrier_sync(kBarMaxA, kConsumerThreads);
+        float m_a[2], s_a[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          m_a[h] = row_max_smem[t.row0 + 8 * h];
+          s_a[h] = seesaw_rescale(row_m[h], m_a[h], scale_log2);
+        }
+        if (has_b) {
+          float m_b[2], s_b[2], sum[2], f[2];
+          seesaw_row_max(s, m_b);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            m_b[h] = fmaxf(m_b[h], m_a[h]);
+            s_b[h] = seesaw_rescale(m_a[h], m_b[h], scale_log2);
+          }
+          seesaw_exp(s, m_b, scale_log2, sum);
+          const float one[2] = {1.f, 1.f};
+          seesaw_store_p<Elem>(p_b_smem, s, one, t);
+          if (t.lane % 4 == 0) {
+            row_max_smem[kTileRows + t.row0] = m_b[0];
+            row_max_smem[kTileRows + t.row0 + 8] = m_b[1];
+          }
+          fence_proxy_async_smem();
+          named_barrier_arrive(kBarPB, kConsumerThreads);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            f[h] = s_a[h] * s_b[h];
+            row_l[h] = row_l[h] * f[h] + sum[h];
+            row_m[h] = m_b[h];
+          }
+          seesaw_pack_p<Elem>(s, p_regs);
+          seesaw_scale_o(o, f);
+          seesaw_pv_regs<Elem>(o, p_regs, stage1, 1);
+        } else {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            row_l[h] *= s_a[h];
+            row_m[h] = m_a[h];
+          }
+          seesaw_scale_o(o, s_a);
+        }
+        named_barrier_sync(kBarPA, kConsumerThreads);
+        seesaw_wait_v_half(bars, 0, 1, uses0 & 1);
+        seesaw_pv_smem<Elem>(o, p_a_smem, stage0, 1);
+        if (has_b) {
+          wgmma_wait<1>();
+          fence_operands(p_regs);
+          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 0));
+        }
+        wgmma_wait<0>();
+        fence_accumulators(o);
+        if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 1));
+      }
+      ++uses0;
+      if (has_b) ++uses1;
+    }
+
+    // Epilogue: both warpgroups end on the same running max; add their partial sums.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      row_l[h] += __shfl_xor_sync(0xffffffff, row_l[h], 1);
+      row_l[h] += __shfl_xor_sync(0xffffffff, row_l[h], 2);
+    }
+    // Two slots by item parity: a warpgroup may start the next item's epilogue while the other still reads.
+    float* sums = row_sum_smem + (item_count & 1) * 2 * kTileRows;
+    if (t.lane % 4 == 0) {
+      sums[kWg * kTileRows + t.row0] = row_l[0];
+      sums[kWg * kTileRows + t.row0 + 8] = row_l[1];
+    }
+    named_barrier_sync(kBarRowSum, kConsumerThreads);
+    float total[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) total[h] = sums[t.row0 + 8 * h] + sums[kTileRows + t.row0 + 8 * h];
+    store_tile<Elem>(p, w, m_block, kWg, t.row0, t.quad_col, o, row_m, total, scale_log2);
+    ++item_count;
+  }
+}
+
+template <typename Elem>
+__global__ void __launch_bounds__(kThreads, 1)
+    mla_decode_seesaw_kernel(const __grid_constant__ MlaDecodeParams params, const __grid_constant__ CUtensorMap q_map,
+                             const __grid_constant__ CUtensorMap kv_map) {
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t raw_base = smem_addr(smem_raw);
+  const uint32_t smem_base = (raw_base + 1023) & ~1023u;
+  uint8_t* smem = smem_raw + (smem_base - raw_base);
+  SeesawBarriers bars(smem_base + SeesawLayout::barriers);
+
+  const int m_block = blockIdx.x;
+  const int part = blockIdx.y;
+  PartWalker walker(params.sched_metadata + part * kMetadataWidth, params.cache_seqlens);
+
+  if (threadIdx.x == 0) {
+    mbarrier_init(bars.q_full, 1);
+    mbarrier_init(bars.q_empty, kConsumerThreads / 32);
+    for (int s = 0; s < kNumStages; ++s) {
+      for (int c = 0; c < kNumChunks; ++c) mbarrier_init(bars.kv_full(s, c), 1);
+      for (int g = 0; g < 2; ++g) mbarrier_init(bars.kv_empty(s, g), 4);  // the 4 warps of one warpgroup
+    }
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+
+  if (threadIdx.x >= kConsumerThreads) {
+    setmaxnreg_dec<40>();
+    if (threadIdx.x == kConsumerThreads) {
+      prefetch_tensor_map(&q_map);
+      prefetch_tensor_map(&kv_map);
+      seesaw_producer_loop(params, &q_map, &kv_map, walker, bars, smem_base + SeesawLayout::q,
+                           smem_base + SeesawLayout::kv, m_block);
+    }
+  } else {
+    setmaxnreg_inc<232>();
+    // Read through a shuffle so that ptxas sees the warpgroup index as warp-uniform: wgmma inside a branch
+    // it cannot prove uniform gets serialised (C7520).
+    const int wg = __shfl_sync(0xffffffff, static_cast<int>(threadIdx.x) / 128, 0);
+    if (wg == 0) seesaw_consumer_loop<Elem, 0>(params, walker, bars, smem, smem_base, m_block);
+    else seesaw_consumer_loop<Elem, 1>(params, walker, bars, smem, smem_base, m_block);
+  }
+}
+
+}  // namespace decode_detail
+}  // namespace hf_flashmla
