@@ -19,6 +19,7 @@ namespace decode_detail {
 // Merges the partial results of split sequences; writes empty sequences (no split) as out = 0, lse = +inf.
 template <typename Elem>
 __global__ void __launch_bounds__(128) mla_combine_kernel(const MlaDecodeParams p) {
+  griddep_wait();  // no-op unless launched as a programmatic dependent of the decode kernel
   const int grow = blockIdx.x;
   const int batch = blockIdx.y;
   const int rows_total = p.s_q * p.h_q;
@@ -94,6 +95,13 @@ bool use_seesaw_kernel() {
   return std::strcmp(choice, "split") != 0;
 }
 
+// Launch options under measurement (notes/KERNEL_LOG.md): "0" turns one off, anything else on.
+bool env_flag(const char* name, bool default_value) {
+  const char* value = std::getenv(name);
+  if (value == nullptr || value[0] == '\0') return default_value;
+  return std::strcmp(value, "0") != 0;
+}
+
 template <typename Elem>
 const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
   const int rows_total = p.s_q * p.h_q;
@@ -127,10 +135,24 @@ const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
     }
   }
   dim3 grid(p.num_m_blocks, p.num_parts);
-  kernel<<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map);
+  MlaDecodeParams params = p;
+  params.kv_evict_first = env_flag("HF_FLASHMLA_KV_EVICT_FIRST", false);
+  kernel<<<grid, kThreads, smem_bytes, stream>>>(params, q_map, kv_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
-  mla_combine_kernel<Elem><<<dim3(rows_total, p.batch), 128, 0, stream>>>(p);
-  if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
+
+  // The combine kernel as a programmatic dependent: its launch overlaps the decode kernel's tail.
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(rows_total, p.batch);
+  config.blockDim = dim3(128);
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = seesaw && env_flag("HF_FLASHMLA_PDL", false) ? 1 : 0;
+  if (cudaLaunchKernelEx(&config, mla_combine_kernel<Elem>, params) != cudaSuccess)
+    return cudaGetErrorString(cudaGetLastError());
   return nullptr;
 }
 

@@ -65,7 +65,7 @@ struct SeesawBarriers {
 
 __device__ __forceinline__ void seesaw_load_group(const MlaDecodeParams& p, const CUtensorMap* kv_map,
                                                   const SeesawBarriers& bars, uint32_t kv_smem, int stage,
-                                                  int group, int page, uint32_t use_count) {
+                                                  int group, int page, uint32_t use_count, uint64_t policy) {
   mbarrier_wait(bars.kv_empty(stage, group), (use_count & 1) ^ 1);
   const uint32_t dst = kv_smem + stage * kTileBytes;
   const int first = group == 0 ? 0 : seesaw_group0_chunks(stage);
@@ -73,7 +73,10 @@ __device__ __forceinline__ void seesaw_load_group(const MlaDecodeParams& p, cons
   for (int i = first; i < last; ++i) {
     const int c = seesaw_chunk(stage, i);
     mbarrier_arrive_expect_tx(bars.kv_full(stage, c), kChunkBytes);
-    tma_load_2d(dst + c * kChunkBytes, kv_map, bars.kv_full(stage, c), c * kChunkCols, page * kPageSize);
+    if (p.kv_evict_first)
+      tma_load_2d_hint(dst + c * kChunkBytes, kv_map, bars.kv_full(stage, c), c * kChunkCols, page * kPageSize, policy);
+    else
+      tma_load_2d(dst + c * kChunkBytes, kv_map, bars.kv_full(stage, c), c * kChunkCols, page * kPageSize);
   }
 }
 
@@ -81,6 +84,7 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
                                                      const CUtensorMap* kv_map, const PartWalker& walker,
                                                      const SeesawBarriers& bars, uint32_t q_smem, uint32_t kv_smem,
                                                      int m_block) {
+  const uint64_t policy = l2_policy_evict_first();
   uint32_t item_count = 0, uses0 = 0, uses1 = 0;
   for (int batch = walker.begin_batch; batch <= walker.end_batch; ++batch) {
     WorkItem w = walker.item(batch);
@@ -99,10 +103,10 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
       const int page_a = page_of(blk);
       const int page_b = has_b ? page_of(blk + 1) : -1;
       // In the order the consumers free them during the previous pair.
-      seesaw_load_group(p, kv_map, bars, kv_smem, 0, 0, page_a, uses0);
-      if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 0, page_b, uses1);
-      seesaw_load_group(p, kv_map, bars, kv_smem, 0, 1, page_a, uses0);
-      if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 1, page_b, uses1);
+      seesaw_load_group(p, kv_map, bars, kv_smem, 0, 0, page_a, uses0, policy);
+      if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 0, page_b, uses1, policy);
+      seesaw_load_group(p, kv_map, bars, kv_smem, 0, 1, page_a, uses0, policy);
+      if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 1, page_b, uses1, policy);
       ++uses0;
       if (has_b) ++uses1;
     }
@@ -447,6 +451,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int part = blockIdx.y;
   PartWalker walker(params.sched_metadata + part * kMetadataWidth, params.cache_seqlens);
 
+  // Lets the combine kernel (launched as a programmatic dependent) get scheduled during this grid's run
+  // instead of after it; it still waits for this grid's completion before reading the partials.
+  griddep_launch_dependents();
   if (threadIdx.x == 0) {
     mbarrier_init(bars.q_full, 1);
     mbarrier_init(bars.q_empty, kConsumerThreads / 32);

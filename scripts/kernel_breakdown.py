@@ -1,0 +1,62 @@
+"""Where one decode call's time goes: GPU time per kernel (decode, combine, schedule) from the PyTorch
+profiler, next to the call's wall time, for a few configs. Device-only; a diagnostic, not a benchmark.
+
+    python3 scripts/kernel_breakdown.py [--configs b64_L4096_sq1_h16,b128_L16384_sq2_h128]
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from hf_flashmla import _ops, schedule  # noqa: E402
+from scripts.kernel_smoke import make_inputs  # noqa: E402
+
+DEFAULT = "b64_L4096_sq1_h16,b64_L16384_sq1_h16,b128_L4096_sq1_h16,b128_L16384_sq1_h128,b128_L16384_sq2_h128"
+
+
+def parse(name):
+    fields = dict((f[0], f[1:]) for f in name.replace("sq", "s").split("_"))
+    return int(fields["b"]), int(fields["L"]), int(fields["s"]), int(fields["h"])
+
+
+def breakdown(name, iters=20):
+    batch, length, s_q, h_q = parse(name)
+    q, k_cache, block_table, seqlens = make_inputs([length] * batch, s_q, h_q, torch.bfloat16)
+    meta, splits = schedule.compute_schedule(seqlens, s_q * h_q, 1)
+    call = lambda: _ops.mla_decode(q, k_cache, block_table, seqlens, meta, splits, 576 ** -0.5, True, 512)
+    for _ in range(5):
+        call()
+    torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        call()
+    stop.record()
+    torch.cuda.synchronize()
+    wall_us = start.elapsed_time(stop) * 1e3 / iters
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            call()
+        torch.cuda.synchronize()
+    per_kernel = {}
+    for event in prof.key_averages():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            per_kernel[event.key] = event.device_time_total / iters
+    parts = ", ".join(f"{k.split('<')[0].split('(')[0][-28:]} {v:.1f}" for k, v in
+                      sorted(per_kernel.items(), key=lambda kv: -kv[1]))
+    print(f"{name:26s} back-to-back {wall_us:8.1f} us/call | GPU us/call: {parts} | parts {meta.shape[0]}, "
+          f"splits {int(splits[-1])} for {batch} sequences")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--configs", default=DEFAULT)
+    args = parser.parse_args()
+    for name in args.configs.split(","):
+        breakdown(name)
+
+
+if __name__ == "__main__":
+    main()
