@@ -27,7 +27,6 @@ struct MlaDecodeParams {
   float softmax_scale;
   bool causal;
   bool is_bf16;
-  bool kv_evict_first;         // L2 evict-first hint on KV page loads (seesaw kernel)
 };
 
 // Launches the split-KV decode kernel and the combine kernel on `stream`.

@@ -19,7 +19,6 @@ namespace decode_detail {
 // Merges the partial results of split sequences; writes empty sequences (no split) as out = 0, lse = +inf.
 template <typename Elem>
 __global__ void __launch_bounds__(128) mla_combine_kernel(const MlaDecodeParams p) {
-  griddep_wait();  // no-op unless launched as a programmatic dependent of the decode kernel
   const int grow = blockIdx.x;
   const int batch = blockIdx.y;
   const int rows_total = p.s_q * p.h_q;
@@ -95,7 +94,7 @@ bool use_seesaw_kernel() {
   return std::strcmp(choice, "split") != 0;
 }
 
-// Launch options under measurement (notes/KERNEL_LOG.md): "0" turns one off, anything else on.
+// Kernel options under measurement (notes/KERNEL_LOG.md): "0" turns one off, anything else on.
 bool env_flag(const char* name, bool default_value) {
   const char* value = std::getenv(name);
   if (value == nullptr || value[0] == '\0') return default_value;
@@ -116,43 +115,33 @@ const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
 
   using KernelFn = void (*)(const MlaDecodeParams, const CUtensorMap, const CUtensorMap);
   const bool seesaw = use_seesaw_kernel();
-  const KernelFn kernel = seesaw ? mla_decode_seesaw_kernel<Elem> : mla_decode_split_kernel<Elem>;
+  const bool early_a = env_flag("HF_FLASHMLA_SEESAW_EARLY_A", true);
+  const int variant = seesaw ? (early_a ? 2 : 1) : 0;
+  const KernelFn kernel = variant == 2   ? mla_decode_seesaw_kernel<Elem, true>
+                          : variant == 1 ? mla_decode_seesaw_kernel<Elem, false>
+                                         : mla_decode_split_kernel<Elem>;
   const int smem_bytes = seesaw ? kSeesawSmemBytes : kSplitSmemBytes;
   {
     // The shared-memory opt-in belongs to the kernel in each device's context, so it is set once per device
     // and kernel: under device_map one process launches on several GPUs (mla_api.cpp's guard made q's current).
     constexpr int kMaxAttrDevices = 64;
-    static bool attr_set[2][kMaxAttrDevices] = {};
+    static bool attr_set[3][kMaxAttrDevices] = {};
     static std::mutex attr_mutex;
     int device = 0;
     if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxAttrDevices)
       return "mla_decode: cannot tell the current CUDA device (or its index is >= 64)";
     std::lock_guard<std::mutex> lock(attr_mutex);
-    if (!attr_set[seesaw][device]) {
+    if (!attr_set[variant][device]) {
       if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes) != cudaSuccess)
         return cudaGetErrorString(cudaGetLastError());
-      attr_set[seesaw][device] = true;
+      attr_set[variant][device] = true;
     }
   }
   dim3 grid(p.num_m_blocks, p.num_parts);
-  MlaDecodeParams params = p;
-  params.kv_evict_first = env_flag("HF_FLASHMLA_KV_EVICT_FIRST", false);
-  kernel<<<grid, kThreads, smem_bytes, stream>>>(params, q_map, kv_map);
+  kernel<<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
-
-  // The combine kernel as a programmatic dependent: its launch overlaps the decode kernel's tail.
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(rows_total, p.batch);
-  config.blockDim = dim3(128);
-  config.dynamicSmemBytes = 0;
-  config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attr;
-  config.numAttrs = seesaw && env_flag("HF_FLASHMLA_PDL", false) ? 1 : 0;
-  if (cudaLaunchKernelEx(&config, mla_combine_kernel<Elem>, params) != cudaSuccess)
-    return cudaGetErrorString(cudaGetLastError());
+  mla_combine_kernel<Elem><<<dim3(rows_total, p.batch), 128, 0, stream>>>(p);
+  if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
   return nullptr;
 }
 

@@ -65,7 +65,7 @@ struct SeesawBarriers {
 
 __device__ __forceinline__ void seesaw_load_group(const MlaDecodeParams& p, const CUtensorMap* kv_map,
                                                   const SeesawBarriers& bars, uint32_t kv_smem, int stage,
-                                                  int group, int page, uint32_t use_count, uint64_t policy) {
+                                                  int group, int page, uint32_t use_count) {
   mbarrier_wait(bars.kv_empty(stage, group), (use_count & 1) ^ 1);
   const uint32_t dst = kv_smem + stage * kTileBytes;
   const int first = group == 0 ? 0 : seesaw_group0_chunks(stage);
@@ -73,18 +73,15 @@ __device__ __forceinline__ void seesaw_load_group(const MlaDecodeParams& p, cons
   for (int i = first; i < last; ++i) {
     const int c = seesaw_chunk(stage, i);
     mbarrier_arrive_expect_tx(bars.kv_full(stage, c), kChunkBytes);
-    if (p.kv_evict_first)
-      tma_load_2d_hint(dst + c * kChunkBytes, kv_map, bars.kv_full(stage, c), c * kChunkCols, page * kPageSize, policy);
-    else
-      tma_load_2d(dst + c * kChunkBytes, kv_map, bars.kv_full(stage, c), c * kChunkCols, page * kPageSize);
+    tma_load_2d(dst + c * kChunkBytes, kv_map, bars.kv_full(stage, c), c * kChunkCols, page * kPageSize);
   }
 }
 
+template <bool kEarlyA>
 __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, const CUtensorMap* q_map,
                                                      const CUtensorMap* kv_map, const PartWalker& walker,
                                                      const SeesawBarriers& bars, uint32_t q_smem, uint32_t kv_smem,
                                                      int m_block) {
-  const uint64_t policy = l2_policy_evict_first();
   uint32_t item_count = 0, uses0 = 0, uses1 = 0;
   for (int batch = walker.begin_batch; batch <= walker.end_batch; ++batch) {
     WorkItem w = walker.item(batch);
@@ -103,10 +100,15 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
       const int page_a = page_of(blk);
       const int page_b = has_b ? page_of(blk + 1) : -1;
       // In the order the consumers free them during the previous pair.
-      seesaw_load_group(p, kv_map, bars, kv_smem, 0, 0, page_a, uses0, policy);
-      if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 0, page_b, uses1, policy);
-      seesaw_load_group(p, kv_map, bars, kv_smem, 0, 1, page_a, uses0, policy);
-      if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 1, page_b, uses1, policy);
+      seesaw_load_group(p, kv_map, bars, kv_smem, 0, 0, page_a, uses0);
+      if (kEarlyA) {
+        seesaw_load_group(p, kv_map, bars, kv_smem, 0, 1, page_a, uses0);
+        if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 0, page_b, uses1);
+      } else {
+        if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 0, page_b, uses1);
+        seesaw_load_group(p, kv_map, bars, kv_smem, 0, 1, page_a, uses0);
+      }
+      if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 1, page_b, uses1);
       ++uses0;
       if (has_b) ++uses1;
     }
@@ -258,7 +260,7 @@ __device__ __forceinline__ void seesaw_pv_smem(float (&o)[128], uint32_t p_smem,
   wgmma_commit();
 }
 
-template <typename Elem, int kWg>
+template <typename Elem, int kWg, bool kEarlyA>
 __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, const PartWalker& walker,
                                                      const SeesawBarriers& bars, uint8_t* smem, uint32_t smem_base,
                                                      int m_block) {
@@ -302,7 +304,116 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       const bool has_b = blk + 1 < w.stop_block;
       float s[32];
       uint32_t p_regs[16];
-      if (kWg == 0) {
+      if constexpr (kEarlyA) {
+        if (kWg == 0) {
+          seesaw_qk<Elem, 0>(s, bars, q_smem, stage0, uses0 & 1);
+          if (blk + 2 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);
+          seesaw_mask(s, t, blk, key_limit, min_limit);
+          float m_a[2], s_a[2], sum[2];
+          seesaw_row_max(s, m_a);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            m_a[h] = fmaxf(m_a[h], row_m[h]);
+            s_a[h] = seesaw_rescale(row_m[h], m_a[h], scale_log2);
+          }
+          seesaw_exp(s, m_a, scale_log2, sum);
+          const float one[2] = {1.f, 1.f};
+          seesaw_store_p<Elem>(p_a_smem, s, one, t);
+          if (t.lane % 4 == 0) {
+            row_max_smem[t.row0] = m_a[0];
+            row_max_smem[t.row0 + 8] = m_a[1];
+          }
+          fence_proxy_async_smem();
+          named_barrier_arrive(kBarPA, kConsumerThreads);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * s_a[h] + sum[h];
+          seesaw_pack_p<Elem>(s, p_regs);
+          seesaw_scale_o(o, s_a);
+          seesaw_pv_regs<Elem>(o, p_regs, stage0, 0);
+          float s_b[2] = {1.f, 1.f};
+          if (has_b) {
+            named_barrier_sync(kBarPB, kConsumerThreads);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const float m_b = row_max_smem[kTileRows + t.row0 + 8 * h];
+              s_b[h] = seesaw_rescale(m_a[h], m_b, scale_log2);
+              row_m[h] = m_b;
+              row_l[h] *= s_b[h];
+            }
+          } else {
+            row_m[0] = m_a[0];
+            row_m[1] = m_a[1];
+          }
+          wgmma_wait<0>();
+          fence_accumulators(o);
+          fence_operands(p_regs);
+          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 0));
+          if (has_b) {
+            seesaw_scale_o(o, s_b);
+            seesaw_wait_v_half(bars, 1, 0, uses1 & 1);
+            seesaw_pv_smem<Elem>(o, p_b_smem, stage1, 0);
+            wgmma_wait<0>();
+            fence_accumulators(o);
+            if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 1));
+          }
+        } else {
+          if (has_b) {
+            seesaw_qk<Elem, 1>(s, bars, q_smem, stage1, uses1 & 1);
+            if (blk + 3 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);  // last B page
+            seesaw_mask(s, t, blk + 1, key_limit, min_limit);
+          }
+          named_barrier_sync(kBarPA, kConsumerThreads);
+          float m_a[2], s_a[2];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            m_a[h] = row_max_smem[t.row0 + 8 * h];
+            s_a[h] = seesaw_rescale(row_m[h], m_a[h], scale_log2);
+            row_l[h] *= s_a[h];
+          }
+          seesaw_scale_o(o, s_a);
+          seesaw_wait_v_half(bars, 0, 1, uses0 & 1);
+          seesaw_pv_smem<Elem>(o, p_a_smem, stage0, 1);  // runs while this warpgroup does its softmax
+          if (has_b) {
+            float m_b[2], s_b[2], sum[2];
+            seesaw_row_max(s, m_b);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              m_b[h] = fmaxf(m_b[h], m_a[h]);
+              s_b[h] = seesaw_rescale(m_a[h], m_b[h], scale_log2);
+            }
+            seesaw_exp(s, m_b, scale_log2, sum);
+            const float one[2] = {1.f, 1.f};
+            seesaw_store_p<Elem>(p_b_smem, s, one, t);
+            if (t.lane % 4 == 0) {
+              row_max_smem[kTileRows + t.row0] = m_b[0];
+              row_max_smem[kTileRows + t.row0 + 8] = m_b[1];
+            }
+            fence_proxy_async_smem();
+            named_barrier_arrive(kBarPB, kConsumerThreads);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              row_l[h] = row_l[h] * s_b[h] + sum[h];
+              row_m[h] = m_b[h];
+            }
+            seesaw_pack_p<Elem>(s, p_regs);
+            wgmma_wait<0>();
+            fence_accumulators(o);
+            if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 1));
+            seesaw_scale_o(o, s_b);
+            seesaw_pv_regs<Elem>(o, p_regs, stage1, 1);
+            wgmma_wait<0>();
+            fence_accumulators(o);
+            fence_operands(p_regs);
+            if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 0));
+          } else {
+            row_m[0] = m_a[0];
+            row_m[1] = m_a[1];
+            wgmma_wait<0>();
+            fence_accumulators(o);
+            if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 1));
+          }
+        }
+      } else if (kWg == 0) {
         seesaw_qk<Elem, 0>(s, bars, q_smem, stage0, uses0 & 1);
         if (blk + 2 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);
         seesaw_mask(s, t, blk, key_limit, min_limit);
@@ -356,7 +467,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       } else {
         if (has_b) {
           seesaw_qk<Elem, 1>(s, bars, q_smem, stage1, uses1 & 1);
-          if (blk + 2 >= w.stop_block - 1 && t.lane == 0) mbarrier_arrive(bars.q_empty);  // last B page
+          if (blk + 3 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);  // last B page
           seesaw_mask(s, t, blk + 1, key_limit, min_limit);
         }
         named_barrier_sync(kBarMaxA, kConsumerThreads);
@@ -437,7 +548,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
   }
 }
 
-template <typename Elem>
+template <typename Elem, bool kEarlyA>
 __global__ void __launch_bounds__(kThreads, 1)
     mla_decode_seesaw_kernel(const __grid_constant__ MlaDecodeParams params, const __grid_constant__ CUtensorMap q_map,
                              const __grid_constant__ CUtensorMap kv_map) {
@@ -451,9 +562,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int part = blockIdx.y;
   PartWalker walker(params.sched_metadata + part * kMetadataWidth, params.cache_seqlens);
 
-  // Lets the combine kernel (launched as a programmatic dependent) get scheduled during this grid's run
-  // instead of after it; it still waits for this grid's completion before reading the partials.
-  griddep_launch_dependents();
   if (threadIdx.x == 0) {
     mbarrier_init(bars.q_full, 1);
     mbarrier_init(bars.q_empty, kConsumerThreads / 32);
@@ -470,7 +578,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == kConsumerThreads) {
       prefetch_tensor_map(&q_map);
       prefetch_tensor_map(&kv_map);
-      seesaw_producer_loop(params, &q_map, &kv_map, walker, bars, smem_base + SeesawLayout::q,
+      seesaw_producer_loop<kEarlyA>(params, &q_map, &kv_map, walker, bars, smem_base + SeesawLayout::q,
                            smem_base + SeesawLayout::kv, m_block);
     }
   } else {
@@ -478,8 +586,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Read through a shuffle so that ptxas sees the warpgroup index as warp-uniform: wgmma inside a branch
     // it cannot prove uniform gets serialised (C7520).
     const int wg = __shfl_sync(0xffffffff, static_cast<int>(threadIdx.x) / 128, 0);
-    if (wg == 0) seesaw_consumer_loop<Elem, 0>(params, walker, bars, smem, smem_base, m_block);
-    else seesaw_consumer_loop<Elem, 1>(params, walker, bars, smem, smem_base, m_block);
+    if (wg == 0) seesaw_consumer_loop<Elem, 0, kEarlyA>(params, walker, bars, smem, smem_base, m_block);
+    else seesaw_consumer_loop<Elem, 1, kEarlyA>(params, walker, bars, smem, smem_base, m_block);
   }
 }
 
