@@ -94,13 +94,6 @@ bool use_seesaw_kernel() {
   return std::strcmp(choice, "split") != 0;
 }
 
-// Kernel options under measurement (notes/KERNEL_LOG.md): "0" turns one off, anything else on.
-bool env_flag(const char* name, bool default_value) {
-  const char* value = std::getenv(name);
-  if (value == nullptr || value[0] == '\0') return default_value;
-  return std::strcmp(value, "0") != 0;
-}
-
 template <typename Elem>
 const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
   const int rows_total = p.s_q * p.h_q;
@@ -115,26 +108,22 @@ const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
 
   using KernelFn = void (*)(const MlaDecodeParams, const CUtensorMap, const CUtensorMap);
   const bool seesaw = use_seesaw_kernel();
-  const bool early_a = env_flag("HF_FLASHMLA_SEESAW_EARLY_A", true);
-  const int variant = seesaw ? (early_a ? 2 : 1) : 0;
-  const KernelFn kernel = variant == 2   ? mla_decode_seesaw_kernel<Elem, true>
-                          : variant == 1 ? mla_decode_seesaw_kernel<Elem, false>
-                                         : mla_decode_split_kernel<Elem>;
+  const KernelFn kernel = seesaw ? mla_decode_seesaw_kernel<Elem> : mla_decode_split_kernel<Elem>;
   const int smem_bytes = seesaw ? kSeesawSmemBytes : kSplitSmemBytes;
   {
     // The shared-memory opt-in belongs to the kernel in each device's context, so it is set once per device
     // and kernel: under device_map one process launches on several GPUs (mla_api.cpp's guard made q's current).
     constexpr int kMaxAttrDevices = 64;
-    static bool attr_set[3][kMaxAttrDevices] = {};
+    static bool attr_set[2][kMaxAttrDevices] = {};
     static std::mutex attr_mutex;
     int device = 0;
     if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxAttrDevices)
       return "mla_decode: cannot tell the current CUDA device (or its index is >= 64)";
     std::lock_guard<std::mutex> lock(attr_mutex);
-    if (!attr_set[variant][device]) {
+    if (!attr_set[seesaw][device]) {
       if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes) != cudaSuccess)
         return cudaGetErrorString(cudaGetLastError());
-      attr_set[variant][device] = true;
+      attr_set[seesaw][device] = true;
     }
   }
   dim3 grid(p.num_m_blocks, p.num_parts);

@@ -5,24 +5,26 @@
 // compute, warpgroup 2's first thread issues TMA. Pages go in pairs (A, B): A lands in stage 0 and
 // belongs to warpgroup 0, B in stage 1 and belongs to warpgroup 1. Each warpgroup holds half of the
 // 64 x 512 fp32 output (WG0 columns 0..255 = O_L, WG1 256..511 = O_R). Per pair:
-//   WG0: S_A = Q K_A^T (m64n64k16, one pass over Q per page) -> m_A, P_A = exp(S_A - m_A)  [publishes m_A]
-//        O_L = O_L s_A + P_A V_A,L              (P_A from registers)
-//        waits m_B, writes P_A s_B to smem      O_L = O_L s_B + P_B V_B,L   (P_B from smem)
-//   WG1: S_B = Q K_B^T ; waits m_A -> m_B, P_B = exp(S_B - m_B)     [publishes m_B and P_B]
-//        O_R = O_R s_A s_B + P_B V_B,R          (P_B from registers)
-//        waits P_A s_B                          O_R = O_R + (P_A s_B) V_A,R
+//   WG0: S_A = Q K_A^T (m64n64k16, one pass over Q per page) -> m_A, P_A = exp(S_A - m_A)
+//        [publishes m_A and P_A]            O_L = O_L s_A + P_A V_A,L   (P_A from registers)
+//        [waits m_B, P_B]                   O_L = O_L s_B + P_B V_B,L   (P_B from smem)
+//   WG1: S_B = Q K_B^T ; [waits m_A, P_A]   O_R = O_R s_A + P_A V_A,R   (P_A from smem; runs during
+//        WG1's own softmax:) m_B, P_B = exp(S_B - m_B) [publishes m_B, P_B]
+//                                           O_R = O_R s_B + P_B V_B,R   (P_B from registers)
 // with s_A = exp(m_prev - m_A), s_B = exp(m_A - m_B): exactly online softmax, reordered so that one
 // warpgroup's exp/max runs while the other's wgmma keeps the tensor cores busy, and Q is read from
-// shared memory once per page (the split kernel reads it once per warpgroup).
+// shared memory once per page (the split kernel reads it once per warpgroup). FlashMLA's published order
+// adds P_A s_B V_A,R last instead; measured equal here (run 17), this one has one hand-over less and frees
+// page A's stage by mid-pair.
 //
-// Shared memory: Q (72 KB) + two page stages (2 x 72 KB) + P_A s_B (8 KB) fill the 227 KB; P_B goes
-// into page B's rope chunk, dead once S_B is computed. Each stage is freed in two column groups, so the
-// next pair's loads start as soon as part of a page is consumed:
+// Shared memory: Q (72 KB) + two page stages (2 x 72 KB) + P_A (8 KB) fill the 227 KB; P_B goes into
+// page B's rope chunk, dead once S_B is computed. Each stage is freed in two column groups, so the next
+// pair's loads start as soon as part of a page is consumed:
 //   stage 0: chunks {0,1,2,3,8} (read by WG0 only) freed after P_A V_A,L; {4..7} after WG1's P_A V_A,R.
 //   stage 1: chunks {4..7} freed after WG1's P_B V_B,R; {0,1,2,3,8} (V_B,L and P_B) after WG0's P_B V_B,L.
 // Q K^T walks each stage's chunks in that order (first-freed group first); the sum is order-free.
-// A sequence range with an odd page count ends on a pair without B: WG1 then only rescales by s_A and adds
-// P_A V_A,R. Hand-overs between the warpgroups use named barriers (one arrives, the other waits).
+// A sequence range with an odd page count ends on a pair without B: WG1 then only adds P_A V_A,R.
+// Hand-overs between the warpgroups use named barriers (one arrives, the other waits).
 #pragma once
 #include "mla_decode_common.cuh"
 
@@ -44,9 +46,8 @@ static_assert(kSeesawSmemBytes <= 232448, "seesaw layout exceeds the 227 KB of o
 
 // Named barriers (0 is __syncthreads): one-way hand-overs WG0 -> WG1 and back, and the epilogue's sum exchange.
 constexpr uint32_t kBarRowSum = 1;
-constexpr uint32_t kBarMaxA = 2;   // WG0 published m_A
+constexpr uint32_t kBarPA = 2;     // WG0 published m_A and P_A
 constexpr uint32_t kBarPB = 3;     // WG1 published m_B and P_B
-constexpr uint32_t kBarPA = 4;     // WG0 wrote P_A s_B
 
 // Chunk i (0..8) of stage s in load and Q K^T order; the first kGroup0Chunks[s] form the early group.
 __host__ __device__ constexpr int seesaw_chunk(int stage, int i) {
@@ -77,7 +78,6 @@ __device__ __forceinline__ void seesaw_load_group(const MlaDecodeParams& p, cons
   }
 }
 
-template <bool kEarlyA>
 __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, const CUtensorMap* q_map,
                                                      const CUtensorMap* kv_map, const PartWalker& walker,
                                                      const SeesawBarriers& bars, uint32_t q_smem, uint32_t kv_smem,
@@ -101,13 +101,8 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
       const int page_b = has_b ? page_of(blk + 1) : -1;
       // In the order the consumers free them during the previous pair.
       seesaw_load_group(p, kv_map, bars, kv_smem, 0, 0, page_a, uses0);
-      if (kEarlyA) {
-        seesaw_load_group(p, kv_map, bars, kv_smem, 0, 1, page_a, uses0);
-        if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 0, page_b, uses1);
-      } else {
-        if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 0, page_b, uses1);
-        seesaw_load_group(p, kv_map, bars, kv_smem, 0, 1, page_a, uses0);
-      }
+      seesaw_load_group(p, kv_map, bars, kv_smem, 0, 1, page_a, uses0);
+      if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 0, page_b, uses1);
       if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 1, page_b, uses1);
       ++uses0;
       if (has_b) ++uses1;
@@ -260,7 +255,7 @@ __device__ __forceinline__ void seesaw_pv_smem(float (&o)[128], uint32_t p_smem,
   wgmma_commit();
 }
 
-template <typename Elem, int kWg, bool kEarlyA>
+template <typename Elem, int kWg>
 __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, const PartWalker& walker,
                                                      const SeesawBarriers& bars, uint8_t* smem, uint32_t smem_base,
                                                      int m_block) {
@@ -304,116 +299,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       const bool has_b = blk + 1 < w.stop_block;
       float s[32];
       uint32_t p_regs[16];
-      if constexpr (kEarlyA) {
-        if (kWg == 0) {
-          seesaw_qk<Elem, 0>(s, bars, q_smem, stage0, uses0 & 1);
-          if (blk + 2 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);
-          seesaw_mask(s, t, blk, key_limit, min_limit);
-          float m_a[2], s_a[2], sum[2];
-          seesaw_row_max(s, m_a);
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            m_a[h] = fmaxf(m_a[h], row_m[h]);
-            s_a[h] = seesaw_rescale(row_m[h], m_a[h], scale_log2);
-          }
-          seesaw_exp(s, m_a, scale_log2, sum);
-          const float one[2] = {1.f, 1.f};
-          seesaw_store_p<Elem>(p_a_smem, s, one, t);
-          if (t.lane % 4 == 0) {
-            row_max_smem[t.row0] = m_a[0];
-            row_max_smem[t.row0 + 8] = m_a[1];
-          }
-          fence_proxy_async_smem();
-          named_barrier_arrive(kBarPA, kConsumerThreads);
-#pragma unroll
-          for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * s_a[h] + sum[h];
-          seesaw_pack_p<Elem>(s, p_regs);
-          seesaw_scale_o(o, s_a);
-          seesaw_pv_regs<Elem>(o, p_regs, stage0, 0);
-          float s_b[2] = {1.f, 1.f};
-          if (has_b) {
-            named_barrier_sync(kBarPB, kConsumerThreads);
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const float m_b = row_max_smem[kTileRows + t.row0 + 8 * h];
-              s_b[h] = seesaw_rescale(m_a[h], m_b, scale_log2);
-              row_m[h] = m_b;
-              row_l[h] *= s_b[h];
-            }
-          } else {
-            row_m[0] = m_a[0];
-            row_m[1] = m_a[1];
-          }
-          wgmma_wait<0>();
-          fence_accumulators(o);
-          fence_operands(p_regs);
-          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 0));
-          if (has_b) {
-            seesaw_scale_o(o, s_b);
-            seesaw_wait_v_half(bars, 1, 0, uses1 & 1);
-            seesaw_pv_smem<Elem>(o, p_b_smem, stage1, 0);
-            wgmma_wait<0>();
-            fence_accumulators(o);
-            if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 1));
-          }
-        } else {
-          if (has_b) {
-            seesaw_qk<Elem, 1>(s, bars, q_smem, stage1, uses1 & 1);
-            if (blk + 3 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);  // last B page
-            seesaw_mask(s, t, blk + 1, key_limit, min_limit);
-          }
-          named_barrier_sync(kBarPA, kConsumerThreads);
-          float m_a[2], s_a[2];
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            m_a[h] = row_max_smem[t.row0 + 8 * h];
-            s_a[h] = seesaw_rescale(row_m[h], m_a[h], scale_log2);
-            row_l[h] *= s_a[h];
-          }
-          seesaw_scale_o(o, s_a);
-          seesaw_wait_v_half(bars, 0, 1, uses0 & 1);
-          seesaw_pv_smem<Elem>(o, p_a_smem, stage0, 1);  // runs while this warpgroup does its softmax
-          if (has_b) {
-            float m_b[2], s_b[2], sum[2];
-            seesaw_row_max(s, m_b);
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              m_b[h] = fmaxf(m_b[h], m_a[h]);
-              s_b[h] = seesaw_rescale(m_a[h], m_b[h], scale_log2);
-            }
-            seesaw_exp(s, m_b, scale_log2, sum);
-            const float one[2] = {1.f, 1.f};
-            seesaw_store_p<Elem>(p_b_smem, s, one, t);
-            if (t.lane % 4 == 0) {
-              row_max_smem[kTileRows + t.row0] = m_b[0];
-              row_max_smem[kTileRows + t.row0 + 8] = m_b[1];
-            }
-            fence_proxy_async_smem();
-            named_barrier_arrive(kBarPB, kConsumerThreads);
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              row_l[h] = row_l[h] * s_b[h] + sum[h];
-              row_m[h] = m_b[h];
-            }
-            seesaw_pack_p<Elem>(s, p_regs);
-            wgmma_wait<0>();
-            fence_accumulators(o);
-            if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 1));
-            seesaw_scale_o(o, s_b);
-            seesaw_pv_regs<Elem>(o, p_regs, stage1, 1);
-            wgmma_wait<0>();
-            fence_accumulators(o);
-            fence_operands(p_regs);
-            if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 0));
-          } else {
-            row_m[0] = m_a[0];
-            row_m[1] = m_a[1];
-            wgmma_wait<0>();
-            fence_accumulators(o);
-            if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 1));
-          }
-        }
-      } else if (kWg == 0) {
+      if (kWg == 0) {
         seesaw_qk<Elem, 0>(s, bars, q_smem, stage0, uses0 & 1);
         if (blk + 2 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);
         seesaw_mask(s, t, blk, key_limit, min_limit);
@@ -424,12 +310,15 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           m_a[h] = fmaxf(m_a[h], row_m[h]);
           s_a[h] = seesaw_rescale(row_m[h], m_a[h], scale_log2);
         }
+        seesaw_exp(s, m_a, scale_log2, sum);
+        const float one[2] = {1.f, 1.f};
+        seesaw_store_p<Elem>(p_a_smem, s, one, t);
         if (t.lane % 4 == 0) {
           row_max_smem[t.row0] = m_a[0];
           row_max_smem[t.row0 + 8] = m_a[1];
         }
-        named_barrier_arrive(kBarMaxA, kConsumerThreads);
-        seesaw_exp(s, m_a, scale_log2, sum);
+        fence_proxy_async_smem();
+        named_barrier_arrive(kBarPA, kConsumerThreads);
 #pragma unroll
         for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * s_a[h] + sum[h];
         seesaw_pack_p<Elem>(s, p_regs);
@@ -449,9 +338,6 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           row_m[0] = m_a[0];
           row_m[1] = m_a[1];
         }
-        seesaw_store_p<Elem>(p_a_smem, s, s_b, t);
-        fence_proxy_async_smem();
-        named_barrier_arrive(kBarPA, kConsumerThreads);
         wgmma_wait<0>();
         fence_accumulators(o);
         fence_operands(p_regs);
@@ -470,15 +356,19 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           if (blk + 3 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);  // last B page
           seesaw_mask(s, t, blk + 1, key_limit, min_limit);
         }
-        named_barrier_sync(kBarMaxA, kConsumerThreads);
+        named_barrier_sync(kBarPA, kConsumerThreads);
         float m_a[2], s_a[2];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           m_a[h] = row_max_smem[t.row0 + 8 * h];
           s_a[h] = seesaw_rescale(row_m[h], m_a[h], scale_log2);
+          row_l[h] *= s_a[h];
         }
+        seesaw_scale_o(o, s_a);
+        seesaw_wait_v_half(bars, 0, 1, uses0 & 1);
+        seesaw_pv_smem<Elem>(o, p_a_smem, stage0, 1);  // runs while this warpgroup does its softmax
         if (has_b) {
-          float m_b[2], s_b[2], sum[2], f[2];
+          float m_b[2], s_b[2], sum[2];
           seesaw_row_max(s, m_b);
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
@@ -496,33 +386,28 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           named_barrier_arrive(kBarPB, kConsumerThreads);
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            f[h] = s_a[h] * s_b[h];
-            row_l[h] = row_l[h] * f[h] + sum[h];
+            row_l[h] = row_l[h] * s_b[h] + sum[h];
             row_m[h] = m_b[h];
           }
           seesaw_pack_p<Elem>(s, p_regs);
-          seesaw_scale_o(o, f);
+          wgmma_wait<0>();
+          fence_accumulators(o);
+          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 1));
+          seesaw_scale_o(o, s_b);
           seesaw_pv_regs<Elem>(o, p_regs, stage1, 1);
-        } else {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            row_l[h] *= s_a[h];
-            row_m[h] = m_a[h];
-          }
-          seesaw_scale_o(o, s_a);
-        }
-        named_barrier_sync(kBarPA, kConsumerThreads);
-        seesaw_wait_v_half(bars, 0, 1, uses0 & 1);
-        seesaw_pv_smem<Elem>(o, p_a_smem, stage0, 1);
-        if (has_b) {
-          wgmma_wait<1>();
+          wgmma_wait<0>();
+          fence_accumulators(o);
           fence_operands(p_regs);
           if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 0));
+        } else {
+          row_m[0] = m_a[0];
+          row_m[1] = m_a[1];
+          wgmma_wait<0>();
+          fence_accumulators(o);
+          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 1));
         }
-        wgmma_wait<0>();
-        fence_accumulators(o);
-        if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 1));
       }
+
       ++uses0;
       if (has_b) ++uses1;
     }
@@ -548,7 +433,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
   }
 }
 
-template <typename Elem, bool kEarlyA>
+template <typename Elem>
 __global__ void __launch_bounds__(kThreads, 1)
     mla_decode_seesaw_kernel(const __grid_constant__ MlaDecodeParams params, const __grid_constant__ CUtensorMap q_map,
                              const __grid_constant__ CUtensorMap kv_map) {
@@ -578,7 +463,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == kConsumerThreads) {
       prefetch_tensor_map(&q_map);
       prefetch_tensor_map(&kv_map);
-      seesaw_producer_loop<kEarlyA>(params, &q_map, &kv_map, walker, bars, smem_base + SeesawLayout::q,
+      seesaw_producer_loop(params, &q_map, &kv_map, walker, bars, smem_base + SeesawLayout::q,
                            smem_base + SeesawLayout::kv, m_block);
     }
   } else {
@@ -586,8 +471,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Read through a shuffle so that ptxas sees the warpgroup index as warp-uniform: wgmma inside a branch
     // it cannot prove uniform gets serialised (C7520).
     const int wg = __shfl_sync(0xffffffff, static_cast<int>(threadIdx.x) / 128, 0);
-    if (wg == 0) seesaw_consumer_loop<Elem, 0, kEarlyA>(params, walker, bars, smem, smem_base, m_block);
-    else seesaw_consumer_loop<Elem, 1, kEarlyA>(params, walker, bars, smem, smem_base, m_block);
+    if (wg == 0) seesaw_consumer_loop<Elem, 0>(params, walker, bars, smem, smem_base, m_block);
+    else seesaw_consumer_loop<Elem, 1>(params, walker, bars, smem, smem_base, m_block);
   }
 }
 
