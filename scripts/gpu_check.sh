@@ -83,6 +83,8 @@ if has_stage sanitize; then
       echo "### sanitize $tool (rc $rc, $(( $(date +%s) - s )) s):"
       grep -E "^case |sanitize_case:|ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race reported|hazard" "$OUT/sanitize_$tool.log" | head -30
       summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitize_$tool.log" | tail -1)
+      # racecheck exits 0 even when it reports hazards: its summary's error count decides.
+      if [[ $rc == 0 && $summary =~ \(([1-9][0-9]*)\ errors ]]; then rc=1; fi
       if [[ $rc == 0 ]]; then note "sanitize $tool: ok: $summary"; else note "sanitize $tool: FAILED (rc $rc): ${summary:-see sanitize_$tool.log}"; tail -5 "$OUT/sanitize_$tool.log"; fi
     done
   else

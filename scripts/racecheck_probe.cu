@@ -1,0 +1,66 @@
+// Which hand-overs between warpgroups does compute-sanitizer's racecheck see as synchronisation?
+// Each kernel is race-free by construction; run `compute-sanitizer --tool racecheck ./racecheck_probe N`
+// (scripts/racecheck_probe.sh) and see which ones it flags. The seesaw kernel uses patterns 1-3.
+//   1  one-way hand-over: WG0 writes, bar.arrive; WG1 bar.sync, reads (kBarPA / kBarPB in the kernel)
+//   2  the same in a loop: WG0 rewrites the slot only after WG1 handed something back (bar.arrive the other way)
+//   3  both warpgroups bar.sync, then read each other's halves, slots alternating by iteration (epilogue sums)
+//   4  as 1 with an mbarrier (4 warp arrivals, parity wait) instead of the named barrier
+#include <cstdio>
+#include <cstdlib>
+
+#include <cuda_runtime.h>
+
+__device__ __forceinline__ void bar_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory"); }
+__device__ __forceinline__ void bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory"); }
+
+__global__ void probe(int pattern, int iters, float* out) {
+  __shared__ float slot[2][256];
+  __shared__ unsigned long long mbar;
+  const int wg = threadIdx.x / 128, i = threadIdx.x % 128;
+  const unsigned bar_addr = static_cast<unsigned>(__cvta_generic_to_shared(&mbar));
+  if (threadIdx.x == 0) asm volatile("mbarrier.init.shared::cta.b64 [%0], 4;" ::"r"(bar_addr) : "memory");
+  __syncthreads();
+  float acc = 0.f;
+  for (int k = 0; k < iters; ++k) {
+    if (pattern == 1 && k > 0) break;  // one hand-over: a second write would need the reverse hand-over (pattern 2)
+    if (pattern == 1 || pattern == 2) {
+      if (wg == 0) {
+        if (pattern == 2 && k > 0) bar_sync(2, 256);  // WG1 is done reading the previous value
+        slot[0][i] = k + i;
+        bar_arrive(1, 256);
+      } else {
+        bar_sync(1, 256);
+        acc += slot[0][(i + 1) % 128];
+        if (pattern == 2 && k + 1 < iters) bar_arrive(2, 256);
+      }
+    } else if (pattern == 3) {
+      slot[k & 1][threadIdx.x] = k + i;  // each warpgroup writes its half of the slot
+      bar_sync(1, 256);
+      acc += slot[k & 1][(threadIdx.x + 128) % 256];  // and reads the other half
+    } else if (pattern == 4) {
+      if (wg == 0) {
+        slot[0][i] = k + i;
+        if (i % 32 == 0) asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar_addr) : "memory");
+        break;  // one hand-over only: reuse would need the reverse direction as well
+      } else {
+        unsigned done = 0;
+        while (!done)
+          asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\nselp.u32 %0, 1, 0, p;\n}\n"
+                       : "=r"(done) : "r"(bar_addr) : "memory");
+        acc += slot[0][(i + 1) % 128];
+        break;
+      }
+    }
+  }
+  out[threadIdx.x] = acc;
+}
+
+int main(int argc, char** argv) {
+  const int pattern = argc > 1 ? atoi(argv[1]) : 1;
+  float* out = nullptr;
+  cudaMalloc(&out, 256 * sizeof(float));
+  probe<<<1, 256>>>(pattern, 4, out);
+  cudaError_t err = cudaDeviceSynchronize();
+  printf("pattern %d: %s\n", pattern, cudaGetErrorString(err));
+  return err == cudaSuccess ? 0 : 1;
+}
