@@ -25,6 +25,13 @@
 // Q K^T walks each stage's chunks in that order (first-freed group first); the sum is order-free.
 // A sequence range with an odd page count ends on a pair without B: WG1 then only adds P_A V_A,R.
 // Hand-overs between the warpgroups use named barriers (one arrives, the other waits).
+//
+// Reuse of the exchange slots (m_A, m_B, P_A, P_B) needs no barrier the other way: a warpgroup rewrites a
+// slot only after its next Q K^T, which waits for a page the producer loads only after the other warpgroup
+// freed its stage group (mbarrier arrive = release, producer wait = acquire, TMA completion observed by
+// the writer), and the other warpgroup reads the slot before it frees that group. The same chain keeps a
+// warpgroup from arriving twice on a named barrier before the other waited once. compute-sanitizer's
+// racecheck does not model this mbarrier chain and reports these slots (notes/KERNEL_LOG.md, runs 18-19).
 #pragma once
 #include "mla_decode_common.cuh"
 

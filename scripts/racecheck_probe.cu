@@ -5,6 +5,8 @@
 //   2  the same in a loop: WG0 rewrites the slot only after WG1 handed something back (bar.arrive the other way)
 //   3  both warpgroups bar.sync, then read each other's halves, slots alternating by iteration (epilogue sums)
 //   4  as 1 with an mbarrier (4 warp arrivals, parity wait) instead of the named barrier
+//   5  as 3 in a 384-thread block whose third warpgroup leaves at once (the kernel's shape: 256-thread
+//      named barriers in a 384-thread CTA)
 #include <cstdio>
 #include <cstdlib>
 
@@ -20,6 +22,8 @@ __global__ void probe(int pattern, int iters, float* out) {
   const unsigned bar_addr = static_cast<unsigned>(__cvta_generic_to_shared(&mbar));
   if (threadIdx.x == 0) asm volatile("mbarrier.init.shared::cta.b64 [%0], 4;" ::"r"(bar_addr) : "memory");
   __syncthreads();
+  if (wg == 2) return;
+  if (pattern == 5) pattern = 3;
   float acc = 0.f;
   for (int k = 0; k < iters; ++k) {
     if (pattern == 1 && k > 0) break;  // one hand-over: a second write would need the reverse hand-over (pattern 2)
@@ -59,7 +63,7 @@ int main(int argc, char** argv) {
   const int pattern = argc > 1 ? atoi(argv[1]) : 1;
   float* out = nullptr;
   cudaMalloc(&out, 256 * sizeof(float));
-  probe<<<1, 256>>>(pattern, 4, out);
+  probe<<<1, pattern == 5 ? 384 : 256>>>(pattern, 4, out);
   cudaError_t err = cudaDeviceSynchronize();
   printf("pattern %d: %s\n", pattern, cudaGetErrorString(err));
   return err == cudaSuccess ? 0 : 1;
