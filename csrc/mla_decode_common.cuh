@@ -66,6 +66,9 @@ struct ElemTraits<__nv_bfloat16> {
   static __device__ __forceinline__ void mma_pv_regs(float (&d)[128], const uint32_t* a, uint64_t b) {
     wgmma_m64n256k16_rs_bf16_tb(d, a[0], a[1], a[2], a[3], b, 1);
   }
+  static __device__ __forceinline__ void mma_qk_page_regs(float (&d)[32], const uint32_t* a, uint64_t b, int scale_d) {
+    wgmma_m64n64k16_rs_bf16(d, a[0], a[1], a[2], a[3], b, scale_d);
+  }
 };
 template <>
 struct ElemTraits<__half> {
@@ -84,6 +87,9 @@ struct ElemTraits<__half> {
   }
   static __device__ __forceinline__ void mma_pv_regs(float (&d)[128], const uint32_t* a, uint64_t b) {
     wgmma_m64n256k16_rs_f16_tb(d, a[0], a[1], a[2], a[3], b, 1);
+  }
+  static __device__ __forceinline__ void mma_qk_page_regs(float (&d)[32], const uint32_t* a, uint64_t b, int scale_d) {
+    wgmma_m64n64k16_rs_f16(d, a[0], a[1], a[2], a[3], b, scale_d);
   }
 };
 

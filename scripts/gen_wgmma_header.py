@@ -11,6 +11,7 @@ SHAPES = [  # (n, trans_b, a_in_registers)
     (256, 1, False),  # both kernels: P V with P and MN-major V from shared memory
     (64, 0, False),   # seesaw kernel: Q K^T over a whole page (64 tokens)
     (256, 1, True),   # seesaw kernel: the owner's P V with P still in registers
+    (64, 0, True),    # seesaw kernel: Q K^T over the rope chunk with that part of Q held in registers
 ]
 TYPES = {"bf16": "__nv_bfloat16", "f16": "__half"}
 
