@@ -94,13 +94,6 @@ bool use_seesaw_kernel() {
   return std::strcmp(choice, "split") != 0;
 }
 
-// HF_FLASHMLA_SEESAW_VARIANT=0..3: bits of the seesaw variants under measurement (mla_decode_seesaw.cuh).
-int seesaw_variant_from_env() {
-  const char* value = std::getenv("HF_FLASHMLA_SEESAW_VARIANT");
-  if (value == nullptr || value[0] < '0' || value[0] > '3') return 0;
-  return value[0] - '0';
-}
-
 template <typename Elem>
 const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
   const int rows_total = p.s_q * p.h_q;
@@ -115,26 +108,22 @@ const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
 
   using KernelFn = void (*)(const MlaDecodeParams, const CUtensorMap, const CUtensorMap);
   const bool seesaw = use_seesaw_kernel();
-  const int seesaw_variant = seesaw_variant_from_env();
-  const int variant = seesaw ? 1 + seesaw_variant : 0;
-  const KernelFn seesaw_kernels[4] = {mla_decode_seesaw_kernel<Elem, 0>, mla_decode_seesaw_kernel<Elem, 1>,
-                                      mla_decode_seesaw_kernel<Elem, 2>, mla_decode_seesaw_kernel<Elem, 3>};
-  const KernelFn kernel = seesaw ? seesaw_kernels[seesaw_variant] : mla_decode_split_kernel<Elem>;
+  const KernelFn kernel = seesaw ? mla_decode_seesaw_kernel<Elem> : mla_decode_split_kernel<Elem>;
   const int smem_bytes = seesaw ? kSeesawSmemBytes : kSplitSmemBytes;
   {
     // The shared-memory opt-in belongs to the kernel in each device's context, so it is set once per device
     // and kernel: under device_map one process launches on several GPUs (mla_api.cpp's guard made q's current).
     constexpr int kMaxAttrDevices = 64;
-    static bool attr_set[5][kMaxAttrDevices] = {};
+    static bool attr_set[2][kMaxAttrDevices] = {};
     static std::mutex attr_mutex;
     int device = 0;
     if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxAttrDevices)
       return "mla_decode: cannot tell the current CUDA device (or its index is >= 64)";
     std::lock_guard<std::mutex> lock(attr_mutex);
-    if (!attr_set[variant][device]) {
+    if (!attr_set[seesaw][device]) {
       if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes) != cudaSuccess)
         return cudaGetErrorString(cudaGetLastError());
-      attr_set[variant][device] = true;
+      attr_set[seesaw][device] = true;
     }
   }
   dim3 grid(p.num_m_blocks, p.num_parts);

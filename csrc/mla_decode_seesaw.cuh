@@ -130,11 +130,9 @@ struct SeesawThread {
   }
 };
 
-// Variants under measurement (template bits; HF_FLASHMLA_SEESAW_VARIANT picks at launch):
-constexpr int kVariantRopeRegs = 1;   // Q's rope chunk held in registers: Q K^T reads 8 KB less smem per page
-constexpr int kVariantNoVWaits = 2;   // the non-owner skips its (already complete) waits on the V chunks
-
 // Q's rope chunk (columns 512..575) as the A operand of m64n64k16: k-slice kk in registers 4kk..4kk+3.
+// Held for the whole sequence range, it saves 8 KB of shared-memory reads per page in Q K^T, which is bound
+// by shared-memory bandwidth (run 20: +0.6..1.1% on compute-bound configs; the 16 registers fit next to O).
 __device__ __forceinline__ void seesaw_load_q_rope(uint32_t q_smem, const SeesawThread& t, uint32_t (&a)[16]) {
   const uint32_t rope = q_smem + 8 * kChunkBytes;
 #pragma unroll
@@ -148,7 +146,7 @@ __device__ __forceinline__ void seesaw_load_q_rope(uint32_t q_smem, const Seesaw
 }
 
 // S = Q K^T over one page held in `stage`, chunk by chunk as they land.
-template <typename Elem, int kStage, int kVariant>
+template <typename Elem, int kStage>
 __device__ __forceinline__ void seesaw_qk(float (&s)[32], const SeesawBarriers& bars, uint32_t q_smem,
                                           uint32_t kv_stage, uint32_t parity, const uint32_t (&q_rope)[16]) {
   const uint64_t q_desc = smem_desc_sw128(q_smem, 16, 1024);
@@ -161,7 +159,7 @@ __device__ __forceinline__ void seesaw_qk(float (&s)[32], const SeesawBarriers& 
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       const uint32_t off = (c * kChunkBytes + kk * 32) >> 4;
-      if ((kVariant & kVariantRopeRegs) && c == 8)
+      if (c == 8)
         ElemTraits<Elem>::mma_qk_page_regs(s, q_rope + 4 * kk, k_desc + off, (i | kk) != 0);
       else
         ElemTraits<Elem>::mma_qk_page(s, q_desc + off, k_desc + off, (i | kk) != 0);
@@ -265,9 +263,7 @@ __device__ __forceinline__ void seesaw_pv_regs(float (&o)[128], const uint32_t (
 // The non-owner of a page reads its V half only after the owner's hand-over, which follows the owner's own
 // waits on these chunks; waiting on them here too (already complete, so nearly free) makes the TMA data's
 // visibility to this warpgroup explicit instead of relying on the transitive order through the named barrier.
-template <int kVariant>
 __device__ __forceinline__ void seesaw_wait_v_half(const SeesawBarriers& bars, int stage, int half, uint32_t parity) {
-  if (kVariant & kVariantNoVWaits) return;
 #pragma unroll
   for (int c = 0; c < 4; ++c) mbarrier_wait(bars.kv_full(stage, 4 * half + c), parity);
 }
@@ -284,7 +280,7 @@ __device__ __forceinline__ void seesaw_pv_smem(float (&o)[128], uint32_t p_smem,
   wgmma_commit();
 }
 
-template <typename Elem, int kWg, int kVariant>
+template <typename Elem, int kWg>
 __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, const PartWalker& walker,
                                                      const SeesawBarriers& bars, uint8_t* smem, uint32_t smem_base,
                                                      int m_block) {
@@ -322,7 +318,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
 
     mbarrier_wait(bars.q_full, item_count & 1);
     uint32_t q_rope[16];
-    if (kVariant & kVariantRopeRegs) seesaw_load_q_rope(q_smem, t, q_rope);
+    seesaw_load_q_rope(q_smem, t, q_rope);
     // WG1 reads Q only for B pages; with a single page it has none and releases Q at once.
     if (kWg == 1 && num_pages < 2 && t.lane == 0) mbarrier_arrive(bars.q_empty);
 
@@ -331,7 +327,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       float s[32];
       uint32_t p_regs[16];
       if (kWg == 0) {
-        seesaw_qk<Elem, 0, kVariant>(s, bars, q_smem, stage0, uses0 & 1, q_rope);
+        seesaw_qk<Elem, 0>(s, bars, q_smem, stage0, uses0 & 1, q_rope);
         if (blk + 2 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);
         seesaw_mask(s, t, blk, key_limit, min_limit);
         float m_a[2], s_a[2], sum[2];
@@ -375,7 +371,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 0));
         if (has_b) {
           seesaw_scale_o(o, s_b);
-          seesaw_wait_v_half<kVariant>(bars, 1, 0, uses1 & 1);
+          seesaw_wait_v_half(bars, 1, 0, uses1 & 1);
           seesaw_pv_smem<Elem>(o, p_b_smem, stage1, 0);
           wgmma_wait<0>();
           fence_accumulators(o);
@@ -383,7 +379,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         }
       } else {
         if (has_b) {
-          seesaw_qk<Elem, 1, kVariant>(s, bars, q_smem, stage1, uses1 & 1, q_rope);
+          seesaw_qk<Elem, 1>(s, bars, q_smem, stage1, uses1 & 1, q_rope);
           if (blk + 3 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);  // last B page
           seesaw_mask(s, t, blk + 1, key_limit, min_limit);
         }
@@ -396,7 +392,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           row_l[h] *= s_a[h];
         }
         seesaw_scale_o(o, s_a);
-        seesaw_wait_v_half<kVariant>(bars, 0, 1, uses0 & 1);
+        seesaw_wait_v_half(bars, 0, 1, uses0 & 1);
         seesaw_pv_smem<Elem>(o, p_a_smem, stage0, 1);  // runs while this warpgroup does its softmax
         if (has_b) {
           float m_b[2], s_b[2], sum[2];
@@ -464,7 +460,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
   }
 }
 
-template <typename Elem, int kVariant>
+template <typename Elem>
 __global__ void __launch_bounds__(kThreads, 1)
     mla_decode_seesaw_kernel(const __grid_constant__ MlaDecodeParams params, const __grid_constant__ CUtensorMap q_map,
                              const __grid_constant__ CUtensorMap kv_map) {
@@ -502,8 +498,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Read through a shuffle so that ptxas sees the warpgroup index as warp-uniform: wgmma inside a branch
     // it cannot prove uniform gets serialised (C7520).
     const int wg = __shfl_sync(0xffffffff, static_cast<int>(threadIdx.x) / 128, 0);
-    if (wg == 0) seesaw_consumer_loop<Elem, 0, kVariant>(params, walker, bars, smem, smem_base, m_block);
-    else seesaw_consumer_loop<Elem, 1, kVariant>(params, walker, bars, smem, smem_base, m_block);
+    if (wg == 0) seesaw_consumer_loop<Elem, 0>(params, walker, bars, smem, smem_base, m_block);
+    else seesaw_consumer_loop<Elem, 1>(params, walker, bars, smem, smem_base, m_block);
   }
 }
 

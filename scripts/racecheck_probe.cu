@@ -7,6 +7,8 @@
 //   4  as 1 with an mbarrier (4 warp arrivals, parity wait) instead of the named barrier
 //   5  as 3 in a 384-thread block whose third warpgroup leaves at once (the kernel's shape: 256-thread
 //      named barriers in a 384-thread CTA)
+//   6  as 5 with, in every iteration, a one-way bar.arrive -> bar.sync hand-over on another barrier (no data
+//      on it): the seesaw's epilogue next to its per-pair hand-overs
 #include <cstdio>
 #include <cstdlib>
 
@@ -23,7 +25,8 @@ __global__ void probe(int pattern, int iters, float* out) {
   if (threadIdx.x == 0) asm volatile("mbarrier.init.shared::cta.b64 [%0], 4;" ::"r"(bar_addr) : "memory");
   __syncthreads();
   if (wg == 2) return;
-  if (pattern == 5) pattern = 3;
+  const bool extra_handover = pattern == 6;
+  if (pattern == 5 || pattern == 6) pattern = 3;
   float acc = 0.f;
   for (int k = 0; k < iters; ++k) {
     if (pattern == 1 && k > 0) break;  // one hand-over: a second write would need the reverse hand-over (pattern 2)
@@ -38,6 +41,10 @@ __global__ void probe(int pattern, int iters, float* out) {
         if (pattern == 2 && k + 1 < iters) bar_arrive(2, 256);
       }
     } else if (pattern == 3) {
+      if (extra_handover) {
+        if (wg == 0) bar_arrive(2, 256);
+        else bar_sync(2, 256);
+      }
       slot[k & 1][threadIdx.x] = k + i;  // each warpgroup writes its half of the slot
       bar_sync(1, 256);
       acc += slot[k & 1][(threadIdx.x + 128) % 256];  // and reads the other half
@@ -63,7 +70,7 @@ int main(int argc, char** argv) {
   const int pattern = argc > 1 ? atoi(argv[1]) : 1;
   float* out = nullptr;
   cudaMalloc(&out, 256 * sizeof(float));
-  probe<<<1, pattern == 5 ? 384 : 256>>>(pattern, 4, out);
+  probe<<<1, pattern >= 5 ? 384 : 256>>>(pattern, 4, out);
   cudaError_t err = cudaDeviceSynchronize();
   printf("pattern %d: %s\n", pattern, cudaGetErrorString(err));
   return err == cudaSuccess ? 0 : 1;
