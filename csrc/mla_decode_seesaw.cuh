@@ -280,10 +280,21 @@ __device__ __forceinline__ void seesaw_pv_smem(float (&o)[128], uint32_t p_smem,
   wgmma_commit();
 }
 
-template <typename Elem, int kWg>
+// Debug timeline (build with -DHF_FLASHMLA_TIMELINE, e.g. NVCC_APPEND_FLAGS): CTA (0, 0) prints the SM clock at
+// seven points of pairs 8..11 of its first sequence range, per warpgroup (scripts/seesaw_timeline.sh).
+#ifdef HF_FLASHMLA_TIMELINE
+#define SEESAW_MARK(i) marks[i] = clock64()  // every thread: a lane-dependent branch here would serialise wgmma
+__device__ long long g_seesaw_timeline[2][4][7];
+#else
+#define SEESAW_MARK(i)
+#endif
+
+// One function for both warpgroups (wg is warp-uniform: read through a shuffle by the caller), so that
+// their shared code, the epilogue's sum exchange included, is one instruction stream.
+template <typename Elem>
 __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, const PartWalker& walker,
                                                      const SeesawBarriers& bars, uint8_t* smem, uint32_t smem_base,
-                                                     int m_block) {
+                                                     int m_block, const int wg) {
   const SeesawThread t;
   const uint32_t q_smem = smem_base + SeesawLayout::q;
   const uint32_t stage0 = smem_base + SeesawLayout::kv;
@@ -320,14 +331,23 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
     uint32_t q_rope[16];
     seesaw_load_q_rope(q_smem, t, q_rope);
     // WG1 reads Q only for B pages; with a single page it has none and releases Q at once.
-    if (kWg == 1 && num_pages < 2 && t.lane == 0) mbarrier_arrive(bars.q_empty);
+    if (wg == 1 && num_pages < 2 && t.lane == 0) mbarrier_arrive(bars.q_empty);
 
     for (int blk = w.start_block; blk < w.stop_block; blk += 2) {
       const bool has_b = blk + 1 < w.stop_block;
       float s[32];
       uint32_t p_regs[16];
-      if (kWg == 0) {
+#ifdef HF_FLASHMLA_TIMELINE
+      const int pair_index = (blk - w.start_block) / 2;
+      // Warp-uniform through a shuffle (a lane-dependent branch would serialise wgmma); every lane of warp 0 prints.
+      const bool trace = __shfl_sync(0xffffffff, blockIdx.x == 0 && blockIdx.y == 0 && item_count == 0 &&
+                                                     t.warp_in_wg == 0 && pair_index >= 8 && pair_index < 12, 0);
+      long long marks[7] = {0, 0, 0, 0, 0, 0, 0};
+#endif
+      SEESAW_MARK(0);
+      if (wg == 0) {
         seesaw_qk<Elem, 0>(s, bars, q_smem, stage0, uses0 & 1, q_rope);
+        SEESAW_MARK(1);
         if (blk + 2 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);
         seesaw_mask(s, t, blk, key_limit, min_limit);
         float m_a[2], s_a[2], sum[2];
@@ -346,14 +366,17 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         }
         fence_proxy_async_smem();
         named_barrier_arrive(kBarPA, kConsumerThreads);
+        SEESAW_MARK(2);
 #pragma unroll
         for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * s_a[h] + sum[h];
         seesaw_pack_p<Elem>(s, p_regs);
         seesaw_scale_o(o, s_a);
         seesaw_pv_regs<Elem>(o, p_regs, stage0, 0);
+        SEESAW_MARK(3);
         float s_b[2] = {1.f, 1.f};
         if (has_b) {
           named_barrier_sync(kBarPB, kConsumerThreads);
+          SEESAW_MARK(4);
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const float m_b = row_max_smem[kTileRows + t.row0 + 8 * h];
@@ -368,6 +391,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         wgmma_wait<0>();
         fence_accumulators(o);
         fence_operands(p_regs);
+        SEESAW_MARK(5);
         if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 0));
         if (has_b) {
           seesaw_scale_o(o, s_b);
@@ -375,15 +399,18 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           seesaw_pv_smem<Elem>(o, p_b_smem, stage1, 0);
           wgmma_wait<0>();
           fence_accumulators(o);
+          SEESAW_MARK(6);
           if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 1));
         }
       } else {
         if (has_b) {
           seesaw_qk<Elem, 1>(s, bars, q_smem, stage1, uses1 & 1, q_rope);
+          SEESAW_MARK(1);
           if (blk + 3 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);  // last B page
           seesaw_mask(s, t, blk + 1, key_limit, min_limit);
         }
         named_barrier_sync(kBarPA, kConsumerThreads);
+        SEESAW_MARK(2);
         float m_a[2], s_a[2];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -394,6 +421,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         seesaw_scale_o(o, s_a);
         seesaw_wait_v_half(bars, 0, 1, uses0 & 1);
         seesaw_pv_smem<Elem>(o, p_a_smem, stage0, 1);  // runs while this warpgroup does its softmax
+        SEESAW_MARK(3);
         if (has_b) {
           float m_b[2], s_b[2], sum[2];
           seesaw_row_max(s, m_b);
@@ -411,6 +439,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           }
           fence_proxy_async_smem();
           named_barrier_arrive(kBarPB, kConsumerThreads);
+          SEESAW_MARK(4);
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             row_l[h] = row_l[h] * s_b[h] + sum[h];
@@ -419,12 +448,14 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           seesaw_pack_p<Elem>(s, p_regs);
           wgmma_wait<0>();
           fence_accumulators(o);
+          SEESAW_MARK(5);
           if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 1));
           seesaw_scale_o(o, s_b);
           seesaw_pv_regs<Elem>(o, p_regs, stage1, 1);
           wgmma_wait<0>();
           fence_accumulators(o);
           fence_operands(p_regs);
+          SEESAW_MARK(6);
           if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 0));
         } else {
           row_m[0] = m_a[0];
@@ -435,6 +466,10 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         }
       }
 
+#ifdef HF_FLASHMLA_TIMELINE
+      if (trace)  // stores only: a printf call here would serialise the wgmma around it; printed at the end
+        for (int i = 0; i < 7; ++i) g_seesaw_timeline[wg][pair_index - 8][i] = marks[i];
+#endif
       ++uses0;
       if (has_b) ++uses1;
     }
@@ -448,16 +483,23 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
     // Two slots by item parity: a warpgroup may start the next item's epilogue while the other still reads.
     float* sums = row_sum_smem + (item_count & 1) * 2 * kTileRows;
     if (t.lane % 4 == 0) {
-      sums[kWg * kTileRows + t.row0] = row_l[0];
-      sums[kWg * kTileRows + t.row0 + 8] = row_l[1];
+      sums[wg * kTileRows + t.row0] = row_l[0];
+      sums[wg * kTileRows + t.row0 + 8] = row_l[1];
     }
     named_barrier_sync(kBarRowSum, kConsumerThreads);
     float total[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) total[h] = sums[t.row0 + 8 * h] + sums[kTileRows + t.row0 + 8 * h];
-    store_tile<Elem>(p, w, m_block, kWg, t.row0, t.quad_col, o, row_m, total, scale_log2);
+    store_tile<Elem>(p, w, m_block, wg, t.row0, t.quad_col, o, row_m, total, scale_log2);
     ++item_count;
   }
+#ifdef HF_FLASHMLA_TIMELINE
+  if (blockIdx.x == 0 && blockIdx.y == 0 && t.warp_in_wg == 0 && t.lane == 0)
+    for (int k = 0; k < 4; ++k)
+      printf("timeline wg%d pair %d: %lld %lld %lld %lld %lld %lld %lld\n", wg, k + 8, g_seesaw_timeline[wg][k][0],
+             g_seesaw_timeline[wg][k][1], g_seesaw_timeline[wg][k][2], g_seesaw_timeline[wg][k][3],
+             g_seesaw_timeline[wg][k][4], g_seesaw_timeline[wg][k][5], g_seesaw_timeline[wg][k][6]);
+#endif
 }
 
 template <typename Elem>
@@ -498,8 +540,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Read through a shuffle so that ptxas sees the warpgroup index as warp-uniform: wgmma inside a branch
     // it cannot prove uniform gets serialised (C7520).
     const int wg = __shfl_sync(0xffffffff, static_cast<int>(threadIdx.x) / 128, 0);
-    if (wg == 0) seesaw_consumer_loop<Elem, 0>(params, walker, bars, smem, smem_base, m_block);
-    else seesaw_consumer_loop<Elem, 1>(params, walker, bars, smem, smem_base, m_block);
+    seesaw_consumer_loop<Elem>(params, walker, bars, smem, smem_base, m_block, wg);
   }
 }
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Device only: rebuilds the extension with the seesaw kernel's debug timeline (-DHF_FLASHMLA_TIMELINE), prints the
+# SM clock at seven points of pairs 8..11 of CTA (0, 0) for each config given as b,L,s_q,h_q, then rebuilds the
+# normal extension. Points, per warpgroup:
+#   WG0: 0 pair start, 1 S_A done, 2 m_A/P_A published, 3 P_A V_A,L issued, 4 m_B/P_B received, 5 P_A V_A,L done, 6 P_B V_B,L done
+#   WG1: 0 pair start, 1 S_B done, 2 m_A/P_A received, 3 P_A V_A,R issued, 4 m_B/P_B published, 5 P_A V_A,R done, 6 P_B V_B,R done
+set -u
+NVCC_APPEND_FLAGS="-DHF_FLASHMLA_TIMELINE" HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace --force > /tmp/timeline_build.log 2>&1 \
+  || { echo "timeline build failed"; tail -20 /tmp/timeline_build.log; exit 1; }
+for config in "${@:-128,16384,2,128}"; do
+  echo "== $config"
+  python3 scripts/kernel_smoke.py --profile-one "$config" 2>&1 | grep timeline | sort -u
+done
+HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace --force > /tmp/timeline_rebuild.log 2>&1 || echo "normal rebuild failed"
