@@ -32,6 +32,9 @@ def extension_setup_args() -> dict:
         "-gencode=arch=compute_90a,code=sm_90a",
         "--expt-relaxed-constexpr", "-Xptxas=-v",
     ]
+    # Debug builds, e.g. HF_FLASHMLA_NVCC_FLAGS=-DHF_FLASHMLA_TIMELINE (scripts/seesaw_timeline.sh). On the command
+    # line rather than through NVCC_APPEND_FLAGS so that ninja sees the change and recompiles.
+    nvcc_flags += os.environ.get("HF_FLASHMLA_NVCC_FLAGS", "").split()
     ext = CUDAExtension(
         name="hf_flashmla._C",
         sources=["csrc/mla_api.cpp", "csrc/mla_decode_kernel.cu", "csrc/mla_metadata_kernel.cu"],

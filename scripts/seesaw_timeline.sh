@@ -5,10 +5,12 @@
 #   WG0: 0 pair start, 1 S_A done, 2 m_A/P_A published, 3 P_A V_A,L issued, 4 m_B/P_B received, 5 P_A V_A,L done, 6 P_B V_B,L done
 #   WG1: 0 pair start, 1 S_B done, 2 m_A/P_A received, 3 P_A V_A,R issued, 4 m_B/P_B published, 5 P_A V_A,R done, 6 P_B V_B,R done
 set -u
-NVCC_APPEND_FLAGS="-DHF_FLASHMLA_TIMELINE" HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace --force > /tmp/timeline_build.log 2>&1 \
+HF_FLASHMLA_NVCC_FLAGS="-DHF_FLASHMLA_TIMELINE" HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace > /tmp/timeline_build.log 2>&1 \
   || { echo "timeline build failed"; tail -20 /tmp/timeline_build.log; exit 1; }
+grep -q "HF_FLASHMLA_TIMELINE" /tmp/timeline_build.log || echo "warning: the build log does not show the timeline flag (nothing recompiled?)"
 for config in "${@:-128,16384,2,128}"; do
   echo "== $config"
-  python3 scripts/kernel_smoke.py --profile-one "$config" 2>&1 | grep timeline | sort -u
+  python3 scripts/kernel_smoke.py --profile-one "$config" > /tmp/timeline_run.log 2>&1 || tail -5 /tmp/timeline_run.log
+  grep timeline /tmp/timeline_run.log | sort -u
 done
-HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace --force > /tmp/timeline_rebuild.log 2>&1 || echo "normal rebuild failed"
+HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace > /tmp/timeline_rebuild.log 2>&1 || echo "normal rebuild failed"
