@@ -6,7 +6,7 @@
 #   WG1: 0 pair start, 1 S_B done, 2 m_A/P_A received, 3 P_A V_A,R issued, 4 m_B/P_B published, 5 P_A V_A,R done, 6 P_B V_B,R done
 set -u
 HF_FLASHMLA_NVCC_FLAGS="-DHF_FLASHMLA_TIMELINE" HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace > /tmp/timeline_build.log 2>&1 \
-  || { echo "timeline build failed"; tail -20 /tmp/timeline_build.log; exit 1; }
+  || { echo "timeline build failed"; grep -E "error|Error" /tmp/timeline_build.log | grep -v "^  File" | head -20; exit 1; }
 grep -q "HF_FLASHMLA_TIMELINE" /tmp/timeline_build.log || echo "warning: the build log does not show the timeline flag (nothing recompiled?)"
 for config in "${@:-128,16384,2,128}"; do
   echo "== $config"
