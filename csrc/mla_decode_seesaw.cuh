@@ -34,6 +34,9 @@
 // racecheck does not model this mbarrier chain and reports these slots (notes/KERNEL_LOG.md, runs 18-19).
 #pragma once
 #include "mla_decode_common.cuh"
+#ifdef HF_FLASHMLA_TIMELINE
+#include <cstdio>
+#endif
 
 namespace hf_flashmla {
 namespace decode_detail {
