@@ -27,7 +27,6 @@ struct MlaDecodeParams {
   float softmax_scale;
   bool causal;
   bool is_bf16;
-  bool l2_prefetch;            // seesaw: prefetch the next pair's pages into L2 (set at launch)
 };
 
 // Launches the split-KV decode kernel and the combine kernel on `stream`.

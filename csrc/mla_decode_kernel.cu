@@ -127,10 +127,7 @@ const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
     }
   }
   dim3 grid(p.num_m_blocks, p.num_parts);
-  MlaDecodeParams params = p;
-  const char* prefetch = std::getenv("HF_FLASHMLA_L2_PREFETCH");  // under measurement: "0" off, else on
-  params.l2_prefetch = !(prefetch != nullptr && prefetch[0] == '0');
-  kernel<<<grid, kThreads, smem_bytes, stream>>>(params, q_map, kv_map);
+  kernel<<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
   mla_combine_kernel<Elem><<<dim3(rows_total, p.batch), 128, 0, stream>>>(p);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());

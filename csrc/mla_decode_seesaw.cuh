@@ -114,16 +114,6 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
       seesaw_load_group(p, kv_map, bars, kv_smem, 0, 1, page_a, uses0);
       if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 0, page_b, uses1);
       if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 1, page_b, uses1);
-      if (p.l2_prefetch) {
-        // The next pair's pages, one pair ahead: their stages free up only at the end of this pair, too late
-        // to hide an HBM load behind it (debug timeline, run 25).
-        for (int next = blk + 2; next < min(blk + 4, w.stop_block); ++next) {
-          const int page = page_of(next);
-          if (page < 0) continue;
-#pragma unroll
-          for (int c = 0; c < kNumChunks; ++c) tma_prefetch_2d(kv_map, c * kChunkCols, page * kPageSize);
-        }
-      }
       ++uses0;
       if (has_b) ++uses1;
     }
