@@ -24,13 +24,6 @@ constexpr int kConsumerThreads = 256;
 constexpr int kThreads = 384;
 constexpr int kOutColsPerWarpgroup = kHeadDimV / 2;          // 256
 
-// The dynamic shared memory from its first 1024-byte boundary: 128B-swizzled TMA tiles and wgmma operands
-// sit on 1024-byte swizzle atoms (each kernel's size includes 1024 bytes of slack for this).
-__device__ __forceinline__ uint8_t* align_swizzle_atoms(uint8_t* smem_raw) {
-  const uint32_t raw_base = smem_addr(smem_raw);
-  return smem_raw + (((raw_base + 1023) & ~1023u) - raw_base);
-}
-
 // One (sequence, page range) item of a part's work, as the schedule defines it.
 struct WorkItem {
   int batch, start_block, stop_block, split_index;

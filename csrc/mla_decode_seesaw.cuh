@@ -122,9 +122,10 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
 
 // Per-thread view of the consumer warpgroups' fragments.
 struct SeesawThread {
-  int warp_in_wg, lane, row0, quad_col;
+  int wg, warp_in_wg, lane, row0, quad_col;
   __device__ SeesawThread() {
     const int tid = threadIdx.x;
+    wg = tid / 128;
     warp_in_wg = (tid % 128) / 32;
     lane = tid % 32;
     row0 = warp_in_wg * 16 + lane / 4;  // this thread's rows: row0 and row0 + 8
@@ -509,8 +510,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     mla_decode_seesaw_kernel(const __grid_constant__ MlaDecodeParams params, const __grid_constant__ CUtensorMap q_map,
                              const __grid_constant__ CUtensorMap kv_map) {
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* smem = align_swizzle_atoms(smem_raw);
-  const uint32_t smem_base = smem_addr(smem);
+  const uint32_t raw_base = smem_addr(smem_raw);
+  const uint32_t smem_base = (raw_base + 1023) & ~1023u;
+  uint8_t* smem = smem_raw + (smem_base - raw_base);
   SeesawBarriers bars(smem_base + SeesawLayout::barriers);
 
   const int m_block = blockIdx.x;

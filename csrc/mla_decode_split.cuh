@@ -255,8 +255,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     mla_decode_split_kernel(const __grid_constant__ MlaDecodeParams params, const __grid_constant__ CUtensorMap q_map,
                       const __grid_constant__ CUtensorMap kv_map) {
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* smem = align_swizzle_atoms(smem_raw);
-  const uint32_t smem_base = smem_addr(smem);
+  const uint32_t raw_base = smem_addr(smem_raw);
+  const uint32_t smem_base = (raw_base + 1023) & ~1023u;
+  uint8_t* smem = smem_raw + (smem_base - raw_base);
   SplitBarriers bars(smem_base + SplitLayout::barriers);
 
   const int m_block = blockIdx.x;
