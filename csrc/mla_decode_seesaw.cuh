@@ -31,7 +31,7 @@
 // freed its stage group (mbarrier arrive = release, producer wait = acquire, TMA completion observed by
 // the writer), and the other warpgroup reads the slot before it frees that group. The same chain keeps a
 // warpgroup from arriving twice on a named barrier before the other waited once. compute-sanitizer's
-// racecheck does not model this mbarrier chain and reports these slots (notes/KERNEL_LOG.md, runs 18-19).
+// racecheck does not model this mbarrier chain and reports these slots (notes/KERNEL_LOG.md, runs 18-22).
 #pragma once
 #include "mla_decode_common.cuh"
 #ifdef HF_FLASHMLA_TIMELINE
@@ -44,7 +44,7 @@ namespace decode_detail {
 struct SeesawLayout {
   static constexpr int q = 0;
   static constexpr int kv = q + kTileBytes;
-  static constexpr int p_a = kv + kNumStages * kTileBytes;       // P_A s_B, 64 x 64, 128B-swizzled
+  static constexpr int p_a = kv + kNumStages * kTileBytes;       // P_A, 64 x 64, 128B-swizzled
   static constexpr int row_max = p_a + kChunkBytes;             // float [2][64]: m published by WG w
   static constexpr int row_sum = row_max + 2 * kTileRows * 4;   // float [2 items][2 wg][64]
   static constexpr int barriers = row_sum + 4 * kTileRows * 4;
