@@ -58,6 +58,9 @@ static_assert(kSeesawSmemBytes <= 232448, "seesaw layout exceeds the 227 KB of o
 constexpr uint32_t kBarRowSum = 1;
 constexpr uint32_t kBarPA = 2;     // WG0 published m_A and P_A
 constexpr uint32_t kBarPB = 3;     // WG1 published m_B and P_B
+#ifdef HF_FLASHMLA_TIMELINE
+constexpr uint32_t kBarTimeline = 4;
+#endif
 
 // Chunk i (0..8) of stage s in load and Q K^T order; the first kGroup0Chunks[s] form the early group.
 __host__ __device__ constexpr int seesaw_chunk(int stage, int i) {
@@ -288,8 +291,20 @@ __device__ __forceinline__ void seesaw_pv_smem(float (&o)[128], uint32_t p_smem,
 #ifdef HF_FLASHMLA_TIMELINE
 #define SEESAW_MARK(i) marks[i] = clock64()  // every thread: a lane-dependent branch here would serialise wgmma
 __device__ long long g_seesaw_timeline[2][4][7];
+// Per item of CTA (0, 0) (first kTraceItems): 0 item start, 1 Q landed, 2 last pair done, 3 row sums exchanged,
+// 4 tile stored (issued).
+constexpr int kTraceItems = 6;
+__device__ long long g_seesaw_items[2][kTraceItems][5];
+#define SEESAW_ITEM_MARK(k) \
+  if (item_trace) g_seesaw_items[wg][item_count][k] = clock64()
+__device__ __forceinline__ unsigned long long seesaw_global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
 #else
 #define SEESAW_MARK(i)
+#define SEESAW_ITEM_MARK(k)
 #endif
 
 // One function for both warpgroups (wg is warp-uniform: read through a shuffle by the caller), so that
@@ -323,6 +338,11 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
     }
     const int min_limit = p.causal ? seqlen - p.s_q + 1 : seqlen;
     const int num_pages = w.stop_block - w.start_block;
+#ifdef HF_FLASHMLA_TIMELINE
+    const bool item_trace =
+        __shfl_sync(0xffffffff, blockIdx.x == 0 && blockIdx.y == 0 && item_count < kTraceItems, 0);
+#endif
+    SEESAW_ITEM_MARK(0);
 
     float o[128];
 #pragma unroll
@@ -331,6 +351,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
     float row_l[2] = {0.f, 0.f};  // this thread's partial sums of this warpgroup's pages
 
     mbarrier_wait(bars.q_full, item_count & 1);
+    SEESAW_ITEM_MARK(1);
     uint32_t q_rope[16];
     seesaw_load_q_rope(q_smem, t, q_rope);
     // WG1 reads Q only for B pages; with a single page it has none and releases Q at once.
@@ -477,6 +498,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       if (has_b) ++uses1;
     }
 
+    SEESAW_ITEM_MARK(2);
     // Epilogue: both warpgroups end on the same running max; add their partial sums.
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -490,10 +512,12 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       sums[wg * kTileRows + t.row0 + 8] = row_l[1];
     }
     named_barrier_sync(kBarRowSum, kConsumerThreads);
+    SEESAW_ITEM_MARK(3);
     float total[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) total[h] = sums[t.row0 + 8 * h] + sums[kTileRows + t.row0 + 8 * h];
     store_tile<Elem>(p, w, m_block, wg, t.row0, t.quad_col, o, row_m, total, scale_log2);
+    SEESAW_ITEM_MARK(4);
     ++item_count;
   }
 #ifdef HF_FLASHMLA_TIMELINE
@@ -502,6 +526,10 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       printf("timeline wg%d pair %d: %lld %lld %lld %lld %lld %lld %lld\n", wg, k + 8, g_seesaw_timeline[wg][k][0],
              g_seesaw_timeline[wg][k][1], g_seesaw_timeline[wg][k][2], g_seesaw_timeline[wg][k][3],
              g_seesaw_timeline[wg][k][4], g_seesaw_timeline[wg][k][5], g_seesaw_timeline[wg][k][6]);
+  if (blockIdx.x == 0 && blockIdx.y == 0 && t.warp_in_wg == 0 && t.lane == 0)
+    for (int k = 0; k < min(item_count, static_cast<uint32_t>(kTraceItems)); ++k)
+      printf("items wg%d item %d: %lld %lld %lld %lld %lld\n", wg, k, g_seesaw_items[wg][k][0],
+             g_seesaw_items[wg][k][1], g_seesaw_items[wg][k][2], g_seesaw_items[wg][k][3], g_seesaw_items[wg][k][4]);
 #endif
 }
 
@@ -529,6 +557,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     fence_mbarrier_init();
   }
   __syncthreads();
+#ifdef HF_FLASHMLA_TIMELINE
+  const unsigned long long cta_start_ns = seesaw_global_ns();
+#endif
 
   if (threadIdx.x >= kConsumerThreads) {
     setmaxnreg_dec<40>();
@@ -544,6 +575,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     // it cannot prove uniform gets serialised (C7520).
     const int wg = __shfl_sync(0xffffffff, static_cast<int>(threadIdx.x) / 128, 0);
     seesaw_consumer_loop<Elem>(params, walker, bars, smem, smem_base, m_block, wg);
+#ifdef HF_FLASHMLA_TIMELINE
+    // Every CTA: start and end (global ns), items and pages, to see start-up, tail and imbalance across SMs.
+    named_barrier_sync(kBarTimeline, kConsumerThreads);
+    if (threadIdx.x == 0) {
+      int items = 0, pages = 0;
+      for (int batch = walker.begin_batch; batch <= walker.end_batch; ++batch) {
+        const WorkItem w = walker.item(batch);
+        if (w.stop_block > w.start_block) ++items, pages += w.stop_block - w.start_block;
+      }
+      printf("cta %d %d: %llu %llu items %d pages %d\n", m_block, part, cta_start_ns, seesaw_global_ns(), items, pages);
+    }
+#endif
   }
 }
 
