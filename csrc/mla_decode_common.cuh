@@ -24,6 +24,18 @@ constexpr int kConsumerThreads = 256;
 constexpr int kThreads = 384;
 constexpr int kOutColsPerWarpgroup = kHeadDimV / 2;          // 256
 
+// The dynamic shared memory rounded up to 1024 bytes, which the 128-byte swizzle atoms of TMA and wgmma need
+// (the kernels request 1 KB of slack for it): generic pointer and shared-window address.
+struct AlignedSmem {
+  uint8_t* ptr;
+  uint32_t addr;
+};
+__device__ __forceinline__ AlignedSmem align_swizzle_atoms(uint8_t* raw) {
+  const uint32_t raw_addr = smem_addr(raw);
+  const uint32_t addr = (raw_addr + 1023) & ~1023u;
+  return AlignedSmem{raw + (addr - raw_addr), addr};
+}
+
 // One (sequence, page range) item of a part's work, as the schedule defines it.
 struct WorkItem {
   int batch, start_block, stop_block, split_index;
@@ -93,47 +105,101 @@ struct ElemTraits<__half> {
   }
 };
 
+// Where a finished tile goes: straight to out/lse when the sequence has one split, else to split row
+// `split_row` of the workspace. Read at the start of an item, so the loads are done by the epilogue.
+struct OutputSlot {
+  int split_row;
+  bool direct;
+};
+__device__ __forceinline__ OutputSlot output_slot(const MlaDecodeParams& p, const WorkItem& w) {
+  const int split_base = p.num_splits[w.batch];
+  return OutputSlot{split_base + w.split_index, p.num_splits[w.batch + 1] - split_base == 1};
+}
+
+// 4 x 4 transpose of 32-bit values within each quad of lanes: on entry lane q holds v[t] = M[q][t], on exit
+// v[s] = M[s][q]. Two butterfly exchanges (lane bit 0, then bit 1), two shuffles each.
+__device__ __forceinline__ void quad_transpose(uint32_t (&v)[4]) {
+  const int q = threadIdx.x & 3;
+  const bool b0 = q & 1, b1 = q & 2;
+  // Stage 1 (partner q ^ 1): afterwards a_xy = M[(q & 2) | x][2y | b0], the rows of this lane's pair in the
+  // columns that share its bit 0.
+  const uint32_t got0 = __shfl_xor_sync(0xffffffff, b0 ? v[0] : v[1], 1);  // M[q ^ 1][b0]
+  const uint32_t got1 = __shfl_xor_sync(0xffffffff, b0 ? v[2] : v[3], 1);  // M[q ^ 1][2 + b0]
+  const uint32_t own0 = b0 ? v[1] : v[0], own1 = b0 ? v[3] : v[2];
+  const uint32_t a00 = b0 ? got0 : own0, a10 = b0 ? own0 : got0;
+  const uint32_t a01 = b0 ? got1 : own1, a11 = b0 ? own1 : got1;
+  // Stage 2: send the column half y != bit 1 of q to lane q ^ 2, keep y == bit 1.
+  const uint32_t send0 = b1 ? a00 : a01, send1 = b1 ? a10 : a11;
+  const uint32_t keep0 = b1 ? a01 : a00, keep1 = b1 ? a11 : a10;
+  const uint32_t recv0 = __shfl_xor_sync(0xffffffff, send0, 2);  // M[(q ^ 2) & 2 | 0][q]
+  const uint32_t recv1 = __shfl_xor_sync(0xffffffff, send1, 2);  // M[(q ^ 2) & 2 | 1][q]
+  v[0] = b1 ? recv0 : keep0;
+  v[1] = b1 ? recv1 : keep1;
+  v[2] = b1 ? keep0 : recv0;
+  v[3] = b1 ? keep1 : recv1;
+}
+
+__device__ __forceinline__ void store_global_v4(void* ptr, const uint32_t (&v)[4]) {
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(ptr), "r"(v[0]), "r"(v[1]), "r"(v[2]), "r"(v[3])
+               : "memory");
+}
+
 // Writes one warpgroup's half of a finished 64-row tile: normalised output and lse straight to `out`/`lse`
 // when the sequence has one split, else to the split workspace for the combine kernel.
-// total[h] is the full row sum (both halves) of row row0 + 8h; o holds columns 256wg .. 256wg+255.
+// total[h] is the full row sum (both halves) of row row0 + 8h; o holds columns 256wg .. 256wg+255, thread
+// column 2 (lane % 4) + 8j in o[4j..4j+3]. For bf16 a quad's four lanes hold 8 adjacent columns of a row
+// (4 bytes each); transposing 4 x 4 blocks within the quad gives each lane 8 whole columns, so each store is
+// 16 bytes instead of 4: a store instruction touches 8 rows either way, and the epilogue was bound by the
+// number of instructions (run 27: ~5 us per item at s_q * h_q = 256 with 4-byte stores; run 28: 2.2x faster).
 template <typename Elem>
-__device__ __forceinline__ void store_tile(const MlaDecodeParams& p, const WorkItem& w, int m_block, int wg, int row0,
-                                           int quad_col, const float (&o)[128], const float (&row_m)[2],
-                                           const float (&total)[2], float scale_log2) {
+__device__ __forceinline__ void store_tile(const MlaDecodeParams& p, const WorkItem& w, const OutputSlot& slot,
+                                           int m_block, int wg, int row0, const float (&o)[128],
+                                           const float (&row_m)[2], const float (&total)[2], float scale_log2) {
   using Traits = ElemTraits<Elem>;
   const int batch = w.batch;
   const int rows_total = p.s_q * p.h_q;
-  const int split_base = p.num_splits[batch];
-  const bool direct = p.num_splits[batch + 1] - split_base == 1;
-  const int split_row = split_base + w.split_index;
   const int lane = threadIdx.x % 32;
+  const int q = lane & 3;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = row0 + 8 * h;
     const int grow = m_block * kTileRows + r;
-    if (grow >= rows_total) continue;
+    // Rows past rows_total still take part in the shuffles (whole quads share a row, so a quad is uniform).
+    const bool row_valid = grow < rows_total;
     const float inv = total[h] > 0.f ? 1.f / total[h] : 0.f;
     float lse_value;
     if (total[h] > 0.f) lse_value = (row_m[h] * scale_log2 + log2f(total[h])) * 0.6931471805599453f;
-    else lse_value = direct ? INFINITY : -INFINITY;  // partials with no keys carry no weight
-    const int col_base = wg * kOutColsPerWarpgroup + quad_col;
-    if (direct) {
+    else lse_value = slot.direct ? INFINITY : -INFINITY;  // partials with no keys carry no weight
+    const int col_base = wg * kOutColsPerWarpgroup;
+    if (slot.direct) {
       Elem* out_row = static_cast<Elem*>(p.out) + (static_cast<int64_t>(batch) * rows_total + grow) * kHeadDimV;
 #pragma unroll
-      for (int j = 0; j < 32; ++j)
-        *reinterpret_cast<uint32_t*>(out_row + col_base + 8 * j) =
-            Traits::pack(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
-      if (wg == 0 && lane % 4 == 0) {
+      for (int jj = 0; jj < 8; ++jj) {
+        uint32_t v[4];
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          const int j = 4 * jj + t;
+          v[t] = Traits::pack(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
+        }
+        quad_transpose(v);  // now columns 8 (4jj + q) .. + 7
+        if (row_valid) store_global_v4(out_row + col_base + 8 * (4 * jj + q), v);
+      }
+      if (row_valid && wg == 0 && q == 0) {
         const int token = grow / p.h_q, head = grow % p.h_q;
         p.lse[(static_cast<int64_t>(batch) * p.h_q + head) * p.s_q + token] = lse_value;
       }
     } else {
-      float* acc_row = p.o_accum + (static_cast<int64_t>(split_row) * rows_total + grow) * kHeadDimV;
+      float* acc_row = p.o_accum + (static_cast<int64_t>(slot.split_row) * rows_total + grow) * kHeadDimV;
+      // fp32: a quad's 8-byte stores already fill one 32-byte sector per row (transposing into 16-byte
+      // stores made each instruction write half sectors and was slower: run 28's timeline).
+      if (row_valid) {
 #pragma unroll
-      for (int j = 0; j < 32; ++j)
-        *reinterpret_cast<float2*>(acc_row + col_base + 8 * j) =
-            make_float2(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
-      if (wg == 0 && lane % 4 == 0) p.lse_accum[static_cast<int64_t>(split_row) * rows_total + grow] = lse_value;
+        for (int j = 0; j < 32; ++j)
+          *reinterpret_cast<float2*>(acc_row + col_base + 8 * j + 2 * q) =
+              make_float2(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
+      }
+      if (row_valid && wg == 0 && q == 0)
+        p.lse_accum[static_cast<int64_t>(slot.split_row) * rows_total + grow] = lse_value;
     }
   }
 }

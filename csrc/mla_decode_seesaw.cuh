@@ -124,11 +124,11 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
 }
 
 // Per-thread view of the consumer warpgroups' fragments.
+// (The warpgroup index is not here: the consumer takes it warp-uniform from a shuffle, see the kernel.)
 struct SeesawThread {
-  int wg, warp_in_wg, lane, row0, quad_col;
+  int warp_in_wg, lane, row0, quad_col;
   __device__ SeesawThread() {
     const int tid = threadIdx.x;
-    wg = tid / 128;
     warp_in_wg = (tid % 128) / 32;
     lane = tid % 32;
     row0 = warp_in_wg * 16 + lane / 4;  // this thread's rows: row0 and row0 + 8
@@ -329,6 +329,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
     WorkItem w = walker.item(batch);
     if (w.stop_block <= w.start_block) continue;
     const int seqlen = p.cache_seqlens[batch];
+    const OutputSlot slot = output_slot(p, w);
     int key_limit[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -355,7 +356,10 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
     uint32_t q_rope[16];
     seesaw_load_q_rope(q_smem, t, q_rope);
     // WG1 reads Q only for B pages; with a single page it has none and releases Q at once.
-    if (wg == 1 && num_pages < 2 && t.lane == 0) mbarrier_arrive(bars.q_empty);
+    if (wg == 1 && num_pages < 2) {
+      __syncwarp();  // every lane's rope loads are done before lane 0 lets the producer overwrite Q
+      if (t.lane == 0) mbarrier_arrive(bars.q_empty);
+    }
 
     for (int blk = w.start_block; blk < w.stop_block; blk += 2) {
       const bool has_b = blk + 1 < w.stop_block;
@@ -516,7 +520,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
     float total[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) total[h] = sums[t.row0 + 8 * h] + sums[kTileRows + t.row0 + 8 * h];
-    store_tile<Elem>(p, w, m_block, wg, t.row0, t.quad_col, o, row_m, total, scale_log2);
+    store_tile<Elem>(p, w, slot, m_block, wg, t.row0, o, row_m, total, scale_log2);
     SEESAW_ITEM_MARK(4);
     ++item_count;
   }
@@ -538,9 +542,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     mla_decode_seesaw_kernel(const __grid_constant__ MlaDecodeParams params, const __grid_constant__ CUtensorMap q_map,
                              const __grid_constant__ CUtensorMap kv_map) {
   extern __shared__ uint8_t smem_raw[];
-  const uint32_t raw_base = smem_addr(smem_raw);
-  const uint32_t smem_base = (raw_base + 1023) & ~1023u;
-  uint8_t* smem = smem_raw + (smem_base - raw_base);
+  const AlignedSmem aligned = align_swizzle_atoms(smem_raw);
+  const uint32_t smem_base = aligned.addr;
+  uint8_t* smem = aligned.ptr;
   SeesawBarriers bars(smem_base + SeesawLayout::barriers);
 
   const int m_block = blockIdx.x;

@@ -99,6 +99,7 @@ __device__ __forceinline__ void split_consumer_loop(const MlaDecodeParams& p, co
     WorkItem w = walker.item(batch);
     if (w.stop_block <= w.start_block) continue;
     const int seqlen = p.cache_seqlens[batch];
+    const OutputSlot slot = output_slot(p, w);
     // Number of keys each of this thread's rows may see (causal: the queries are the last s_q tokens).
     int key_limit[2];
 #pragma unroll
@@ -246,7 +247,7 @@ __device__ __forceinline__ void split_consumer_loop(const MlaDecodeParams& p, co
     float total[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) total[h] = row_sum_smem[row0 + 8 * h] + row_sum_smem[kTileRows + row0 + 8 * h];
-    store_tile<Elem>(p, w, m_block, wg, row0, quad_col, o, row_m, total, scale_log2);
+    store_tile<Elem>(p, w, slot, m_block, wg, row0, o, row_m, total, scale_log2);
   }
 }
 
@@ -255,9 +256,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     mla_decode_split_kernel(const __grid_constant__ MlaDecodeParams params, const __grid_constant__ CUtensorMap q_map,
                       const __grid_constant__ CUtensorMap kv_map) {
   extern __shared__ uint8_t smem_raw[];
-  const uint32_t raw_base = smem_addr(smem_raw);
-  const uint32_t smem_base = (raw_base + 1023) & ~1023u;
-  uint8_t* smem = smem_raw + (smem_base - raw_base);
+  const AlignedSmem aligned = align_swizzle_atoms(smem_raw);
+  const uint32_t smem_base = aligned.addr;
+  uint8_t* smem = aligned.ptr;
   SplitBarriers bars(smem_base + SplitLayout::barriers);
 
   const int m_block = blockIdx.x;

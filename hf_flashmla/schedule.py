@@ -49,6 +49,8 @@ from hf_flashmla import _ops
 PAGE_SIZE = 64
 ROWS_PER_TILE = 64  # query rows (s_q * h_q / h_kv folded) per CTA tile
 SEQUENCE_OVERHEAD_PAGES = 5
+# For timing experiments only: overrides SEQUENCE_OVERHEAD_PAGES in both implementations.
+SEQUENCE_OVERHEAD_ENV_VAR = "HF_FLASHMLA_SEQUENCE_OVERHEAD_PAGES"
 # Cost of splitting (the combine), in pages; csrc/mla_metadata_core.h's kSplitCombinePages (a CPU test
 # compares them). From the H100 runs 10-11 (notes/KERNEL_LOG.md): a one-part-per-sequence schedule at
 # b = 128, equal lengths, 132 parts (largest cost vs payload: L4K 69 vs 67, L8K 133 vs 129, L16K 261 vs
@@ -104,6 +106,15 @@ def schedule_implementation(device: torch.device, implementation: str | None = N
     return TORCH
 
 
+def sequence_overhead_pages() -> int:
+    value = os.environ.get(SEQUENCE_OVERHEAD_ENV_VAR, "").strip()
+    if not value:
+        return SEQUENCE_OVERHEAD_PAGES
+    if not value.isdigit():
+        raise ValueError(f"{SEQUENCE_OVERHEAD_ENV_VAR}={value!r}: expected a non-negative integer")
+    return int(value)
+
+
 def compute_schedule(cache_seqlens: torch.Tensor, num_q_rows_per_kv_head: int, num_heads_k: int,
                      num_sms: int | None = None, *, implementation: str | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +125,7 @@ def compute_schedule(cache_seqlens: torch.Tensor, num_q_rows_per_kv_head: int, n
         num_sms = num_sms_of(device)
     num_parts = num_sm_parts_for(num_q_rows_per_kv_head, num_heads_k, num_sms)
     if schedule_implementation(device, implementation) == KERNEL:
-        return _ops.mla_metadata(cache_seqlens, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES)
+        return _ops.mla_metadata(cache_seqlens, num_parts, PAGE_SIZE, sequence_overhead_pages())
     return compute_schedule_torch(cache_seqlens, num_parts)
 
 
@@ -126,9 +137,10 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
     device = cache_seqlens.device
     batch = cache_seqlens.shape[0]
 
+    overhead = sequence_overhead_pages()
     lengths = cache_seqlens.to(torch.int64).clamp_min(0)
     num_blocks = (lengths + PAGE_SIZE - 1) // PAGE_SIZE
-    cost = num_blocks + SEQUENCE_OVERHEAD_PAGES
+    cost = num_blocks + overhead
     cost_end = torch.cumsum(cost, 0)  # C_i: cost through sequence i
     cost_begin = cost_end - cost  # S_i
     total = cost_end[-1]
@@ -142,13 +154,13 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
     per_sequence_bounds = torch.cat([cost_begin[:num_parts + 1], total.expand(max(num_parts + 1 - batch, 0))])
     bounds = torch.where(one_per_part, per_sequence_bounds, torch.minimum(part_index * payload, total))
     seq_of_bound = torch.searchsorted(cost_end, bounds, right=True).clamp_max(batch - 1)
-    block_of_bound = (bounds - cost_begin[seq_of_bound] - SEQUENCE_OVERHEAD_PAGES)
+    block_of_bound = (bounds - cost_begin[seq_of_bound] - overhead)
     block_of_bound = torch.minimum(block_of_bound.clamp_min(0), num_blocks[seq_of_bound])
 
     # Splits of sequence i: parts that intersect its page region [S_i + F, C_i) in cost space (balanced),
     # part i alone (one part per sequence).
     sequence_index = part_index[:batch] if batch <= num_parts else torch.arange(batch, device=device)
-    first_part = torch.where(one_per_part, sequence_index, (cost_begin + SEQUENCE_OVERHEAD_PAGES) // payload)
+    first_part = torch.where(one_per_part, sequence_index, (cost_begin + overhead) // payload)
     last_part = torch.where(one_per_part, sequence_index, (cost_end - 1) // payload)
     splits = torch.where(num_blocks > 0, last_part - first_part + 1, 0)
     num_splits = torch.nn.functional.pad(torch.cumsum(splits, 0), (1, 0))

@@ -15,5 +15,6 @@ for config in "${@:-128,16384,2,128}"; do
   python3 scripts/kernel_smoke.py --profile-one "$config" > /tmp/timeline_run.log 2>&1 || tail -5 /tmp/timeline_run.log
   grep timeline /tmp/timeline_run.log | sort -u
   python3 scripts/seesaw_timeline_summary.py /tmp/timeline_run.log
+  [[ -n "${TIMELINE_DIR:-}" ]] && cp /tmp/timeline_run.log "$TIMELINE_DIR/timeline_${config//,/_}.log"
 done
 HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace > /tmp/timeline_rebuild.log 2>&1 || echo "normal rebuild failed"

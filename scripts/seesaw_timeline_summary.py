@@ -31,6 +31,8 @@ def summarise_launch(group):
     span = max(c["end"] for c in group) - t0
     starts = [(c["start"] - t0) / 1e3 for c in group]
     ends = [(c["end"] - t0) / 1e3 for c in group]
+    # CTA (0, 0) prints the pair and item timelines too, which delays its end: left out of the statistics.
+    group = [c for c in group if (c["mb"], c["part"]) != (0, 0)]
     busy = [c for c in group if c["pages"] > 0]
     durs = [(c["end"] - c["start"]) / 1e3 for c in busy]
     print(f"  launch: {len(group)} CTAs, span {span / 1e3:.1f} us; start spread {max(starts):.1f} us; "
@@ -50,6 +52,11 @@ def summarise_launch(group):
             print(f"  fit: duration ~ {a:.3f} us/page + {b:.2f} us/item + {c0:.2f} us")
     except ImportError:
         pass
+    by_shape = {}
+    for c, d in zip(busy, durs):
+        by_shape.setdefault((c["items"], c["pages"]), []).append(d)
+    print("  mean duration by (items, pages): " +
+          " ".join(f"{k[0]},{k[1]}:{statistics.mean(v):.1f}" for k, v in sorted(by_shape.items())))
 
 
 def main(path):
