@@ -17,24 +17,25 @@ namespace hf_flashmla {
 namespace decode_detail {
 
 // Merges the partial results of split sequences; writes empty sequences (no split) as out = 0, lse = +inf.
-// One block per (32 query rows, sequence), one warp per row: a lane owns 16 of the 512 columns (four float4,
-// so a warp's load covers 512 contiguous bytes). Sequences with one split exit at once, and a block covers 32
-// rows, so the blocks that only check num_splits stay few (one block per row cost ~20 us at b = 128,
-// s_q * h_q = 256, and 160 us at b = 1024; run 27).
-constexpr int kCombineRowsPerBlock = 32;
-constexpr int kCombineThreads = 256;
+// One warp per output row: a lane owns 16 of the 512 columns (four float4, so a warp's load covers 512
+// contiguous bytes), and the splits' weights live one per lane. A block (4 warps) covers 4 * rows_per_warp rows of
+// one sequence; sequences with one split exit at once. rows_per_warp keeps the grid near kCombineMaxBlocks:
+// every block costs its launch even when it exits at once (one block per row cost ~20 us at b = 128,
+// s_q * h_q = 256, and 160 us at b = 1024), while fewer, longer blocks leave small batches latency-bound
+// (32 rows per block took 7.1 us instead of 4.4 at b = 64, s_q * h_q = 16; run 29).
+constexpr int kCombineWarps = 4;
+constexpr int kCombineMaxBlocks = 4096;
 
 template <typename Elem>
-__global__ void __launch_bounds__(kCombineThreads) mla_combine_kernel(const MlaDecodeParams p) {
+__global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_kernel(const MlaDecodeParams p, int rows_per_warp) {
   const int batch = blockIdx.y;
   const int split_base = p.num_splits[batch];
   const int num_splits = p.num_splits[batch + 1] - split_base;
   if (num_splits == 1) return;  // the decode kernel wrote these rows directly
   const int rows_total = p.s_q * p.h_q;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  constexpr int kWarps = kCombineThreads / 32;
-  for (int r = warp; r < kCombineRowsPerBlock; r += kWarps) {
-    const int grow = blockIdx.x * kCombineRowsPerBlock + r;
+  for (int i = 0; i < rows_per_warp; ++i) {
+    const int grow = (blockIdx.x * rows_per_warp + i) * kCombineWarps + warp;
     if (grow >= rows_total) break;
     const float* lse_col = p.lse_accum + static_cast<int64_t>(split_base) * rows_total + grow;
     float max_lse = -INFINITY;
@@ -51,27 +52,34 @@ __global__ void __launch_bounds__(kCombineThreads) mla_combine_kernel(const MlaD
 
     float4 acc[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) acc[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int c = 0; c < 4; ++c) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
     if (!empty) {
-      for (int k = 0; k < num_splits; ++k) {
-        const int64_t row = static_cast<int64_t>(split_base + k) * rows_total + grow;
-        const float weight = __expf(p.lse_accum[row] - lse_value);
-        const float4* part = reinterpret_cast<const float4*>(p.o_accum + row * kHeadDimV) + lane;
+      for (int k0 = 0; k0 < num_splits; k0 += 32) {
+        // Split k0 + lane's weight in this lane (its lse is an L1 hit by now), handed out by shuffles.
+        const float my_weight =
+            k0 + lane < num_splits ? __expf(lse_col[static_cast<int64_t>(k0 + lane) * rows_total] - lse_value) : 0.f;
+        const int count = min(32, num_splits - k0);
+#pragma unroll 4
+        for (int kk = 0; kk < count; ++kk) {
+          const float weight = __shfl_sync(0xffffffff, my_weight, kk);
+          const int64_t row = static_cast<int64_t>(split_base + k0 + kk) * rows_total + grow;
+          const float4* part = reinterpret_cast<const float4*>(p.o_accum + row * kHeadDimV) + lane;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float4 v = part[32 * i];
-          acc[i].x += weight * v.x;
-          acc[i].y += weight * v.y;
-          acc[i].z += weight * v.z;
-          acc[i].w += weight * v.w;
+          for (int c = 0; c < 4; ++c) {
+            const float4 v = part[32 * c];
+            acc[c].x += weight * v.x;
+            acc[c].y += weight * v.y;
+            acc[c].z += weight * v.z;
+            acc[c].w += weight * v.w;
+          }
         }
       }
     }
     Elem* out_row = static_cast<Elem*>(p.out) + (static_cast<int64_t>(batch) * rows_total + grow) * kHeadDimV;
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
-      *reinterpret_cast<uint2*>(out_row + 4 * (lane + 32 * i)) =
-          make_uint2(ElemTraits<Elem>::pack(acc[i].x, acc[i].y), ElemTraits<Elem>::pack(acc[i].z, acc[i].w));
+    for (int c = 0; c < 4; ++c)
+      *reinterpret_cast<uint2*>(out_row + 4 * (lane + 32 * c)) =
+          make_uint2(ElemTraits<Elem>::pack(acc[c].x, acc[c].y), ElemTraits<Elem>::pack(acc[c].z, acc[c].w));
     if (lane == 0) {
       const int token = grow / p.h_q, head = grow % p.h_q;
       p.lse[(static_cast<int64_t>(batch) * p.h_q + head) * p.s_q + token] = lse_value;
@@ -150,8 +158,14 @@ const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
   dim3 grid(p.num_m_blocks, p.num_parts);
   kernel<<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
-  const dim3 combine_grid((rows_total + kCombineRowsPerBlock - 1) / kCombineRowsPerBlock, p.batch);
-  mla_combine_kernel<Elem><<<combine_grid, kCombineThreads, 0, stream>>>(p);
+  int rows_per_warp = 1;
+  while (rows_per_warp < 64 &&
+         static_cast<int64_t>(p.batch) * ((rows_total + kCombineWarps * rows_per_warp - 1) / (kCombineWarps * rows_per_warp)) >
+             kCombineMaxBlocks)
+    rows_per_warp *= 2;
+  const int rows_per_block = kCombineWarps * rows_per_warp;
+  const dim3 combine_grid((rows_total + rows_per_block - 1) / rows_per_block, p.batch);
+  mla_combine_kernel<Elem><<<combine_grid, kCombineWarps * 32, 0, stream>>>(p, rows_per_warp);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
   return nullptr;
 }
