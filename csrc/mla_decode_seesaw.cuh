@@ -91,6 +91,12 @@ __device__ __forceinline__ void seesaw_load_group(const MlaDecodeParams& p, cons
   }
 }
 
+#ifdef HF_FLASHMLA_TIMELINE
+// Producer side of the debug timeline (pairs 8..11 of CTA (0, 0)'s first item): SM clock before the pair's first
+// group wait and after issuing each of its four groups (stage 0 g0, g1, stage 1 g0, g1).
+__device__ long long g_seesaw_producer[4][5];
+#endif
+
 __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, const CUtensorMap* q_map,
                                                      const CUtensorMap* kv_map, const PartWalker& walker,
                                                      const SeesawBarriers& bars, uint32_t q_smem, uint32_t kv_smem,
@@ -112,15 +118,38 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
       const bool has_b = blk + 1 < w.stop_block;
       const int page_a = page_of(blk);
       const int page_b = has_b ? page_of(blk + 1) : -1;
+#ifdef HF_FLASHMLA_TIMELINE
+      const int pair_index = (blk - w.start_block) / 2;
+      const bool trace = blockIdx.x == 0 && blockIdx.y == 0 && item_count == 1 && pair_index >= 8 && pair_index < 12;
+      long long issued[5];
+#define SEESAW_PRODUCER_MARK(i) issued[i] = clock64()
+#else
+#define SEESAW_PRODUCER_MARK(i)
+#endif
       // In the order the consumers free them during the previous pair.
+      SEESAW_PRODUCER_MARK(0);
       seesaw_load_group(p, kv_map, bars, kv_smem, 0, 0, page_a, uses0);
+      SEESAW_PRODUCER_MARK(1);
       seesaw_load_group(p, kv_map, bars, kv_smem, 0, 1, page_a, uses0);
+      SEESAW_PRODUCER_MARK(2);
       if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 0, page_b, uses1);
+      SEESAW_PRODUCER_MARK(3);
       if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 1, page_b, uses1);
+      SEESAW_PRODUCER_MARK(4);
+#ifdef HF_FLASHMLA_TIMELINE
+      if (trace)  // printed after the loop: a printf here would delay the next pairs' loads
+        for (int i = 0; i < 5; ++i) g_seesaw_producer[pair_index - 8][i] = issued[i];
+#endif
       ++uses0;
       if (has_b) ++uses1;
     }
   }
+#ifdef HF_FLASHMLA_TIMELINE
+  if (blockIdx.x == 0 && blockIdx.y == 0)
+    for (int k = 0; k < 4; ++k)
+      printf("producer pair %d: %lld %lld %lld %lld %lld\n", k + 8, g_seesaw_producer[k][0], g_seesaw_producer[k][1],
+             g_seesaw_producer[k][2], g_seesaw_producer[k][3], g_seesaw_producer[k][4]);
+#endif
 }
 
 // Per-thread view of the consumer warpgroups' fragments.

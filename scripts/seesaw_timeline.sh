@@ -13,7 +13,7 @@ grep -q "HF_FLASHMLA_TIMELINE" /tmp/timeline_build.log || echo "warning: the bui
 for config in "${@:-128,16384,2,128}"; do
   echo "== $config"
   python3 scripts/kernel_smoke.py --profile-one "$config" > /tmp/timeline_run.log 2>&1 || tail -5 /tmp/timeline_run.log
-  grep timeline /tmp/timeline_run.log | sort -u
+  grep -E "^(timeline|producer)" /tmp/timeline_run.log | sort -u
   python3 scripts/seesaw_timeline_summary.py /tmp/timeline_run.log
   [[ -n "${TIMELINE_DIR:-}" ]] && cp /tmp/timeline_run.log "$TIMELINE_DIR/timeline_${config//,/_}.log"
 done
