@@ -101,12 +101,12 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return encoder;
 }
 
-// A 64 x 64 box of 128-byte-swizzled elements over `rank` dims (innermost first).
+// A 64 x 64 (x box_depth) box of 128-byte-swizzled elements over `rank` dims (innermost first).
 bool encode_tile_map(CUtensorMap* map, const void* base, bool is_bf16, int rank, const cuuint64_t* dims,
-                     const cuuint64_t* byte_strides) {
+                     const cuuint64_t* byte_strides, cuuint32_t box_depth = 1) {
   auto encode = tensor_map_encoder();
   if (encode == nullptr) return false;
-  cuuint32_t box[3] = {static_cast<cuuint32_t>(kChunkCols), static_cast<cuuint32_t>(kTileRows), 1};
+  cuuint32_t box[3] = {static_cast<cuuint32_t>(kChunkCols), static_cast<cuuint32_t>(kTileRows), box_depth};
   cuuint32_t elem_strides[3] = {1, 1, 1};
   CUresult res = encode(map, is_bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, rank,
                         const_cast<void*>(base), dims, byte_strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
@@ -134,10 +134,17 @@ const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
   const cuuint64_t kv_strides[1] = {kHeadDim * 2};
   if (!encode_tile_map(&kv_map, p.k_cache, p.is_bf16, 2, kv_dims, kv_strides))
     return "cuTensorMapEncodeTiled failed for k_cache";
+  // The same cache as {64 columns, tokens, 9 chunks of 64 columns}: a 64 x 64 x 4 box is four adjacent chunks of
+  // one page, landing chunk after chunk (the seesaw kernel's group loads).
+  CUtensorMap kv4_map;
+  const cuuint64_t kv4_dims[3] = {kChunkCols, static_cast<cuuint64_t>(p.num_blocks) * kPageSize, kNumChunks};
+  const cuuint64_t kv4_strides[2] = {kHeadDim * 2, kChunkCols * 2};
+  if (!encode_tile_map(&kv4_map, p.k_cache, p.is_bf16, 3, kv4_dims, kv4_strides, kBoxChunks))
+    return "cuTensorMapEncodeTiled failed for k_cache (4-chunk view)";
 
-  using KernelFn = void (*)(const MlaDecodeParams, const CUtensorMap, const CUtensorMap);
   const bool seesaw = use_seesaw_kernel();
-  const KernelFn kernel = seesaw ? mla_decode_seesaw_kernel<Elem> : mla_decode_split_kernel<Elem>;
+  const void* kernel = seesaw ? reinterpret_cast<const void*>(mla_decode_seesaw_kernel<Elem>)
+                              : reinterpret_cast<const void*>(mla_decode_split_kernel<Elem>);
   const int smem_bytes = seesaw ? kSeesawSmemBytes : kSplitSmemBytes;
   {
     // The shared-memory opt-in belongs to the kernel in each device's context, so it is set once per device
@@ -156,7 +163,10 @@ const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
     }
   }
   dim3 grid(p.num_m_blocks, p.num_parts);
-  kernel<<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map);
+  if (seesaw)
+    mla_decode_seesaw_kernel<Elem><<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map, kv4_map);
+  else
+    mla_decode_split_kernel<Elem><<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
   int rows_per_warp = 1;
   while (rows_per_warp < 64 &&

@@ -19,10 +19,13 @@
 //
 // Shared memory: Q (72 KB) + two page stages (2 x 72 KB) + P_A (8 KB) fill the 227 KB; P_B goes into
 // page B's rope chunk, dead once S_B is computed. Each stage is freed in two column groups, so the next
-// pair's loads start as soon as part of a page is consumed:
-//   stage 0: chunks {0,1,2,3,8} (read by WG0 only) freed after P_A V_A,L; {4..7} after WG1's P_A V_A,R.
-//   stage 1: chunks {4..7} freed after WG1's P_B V_B,R; {0,1,2,3,8} (V_B,L and P_B) after WG0's P_B V_B,L.
-// Q K^T walks each stage's chunks in that order (first-freed group first); the sum is order-free.
+// pair's loads start as soon as part of a page is consumed; in both stages
+//   group 0 = chunks {4..7} (V's right half), freed by WG1 after its P V_R,
+//   group 1 = chunks {0..3} and 8 (V's left half and the rope chunk; P_B in stage 1), freed by WG0 after P V_L.
+// In steady state WG1's P_A V_A,R ends before WG0's P_A V_A,L (run 31), so group 0 goes first in both stages.
+// A group is one TMA box per run of adjacent chunks (a 3-D view of the cache: {4..7}, {0..3}, {8}): issuing the
+// nine 8 KB boxes one by one cost the producer ~60 cycles each, on the path from a freed stage to its next page.
+// Q K^T walks the chunks in load order (4..7, 0..3, 8); the sum is order-free.
 // A sequence range with an odd page count ends on a pair without B: WG1 then only adds P_A V_A,R.
 // Hand-overs between the warpgroups use named barriers (one arrives, the other waits).
 //
@@ -62,11 +65,11 @@ constexpr uint32_t kBarPB = 3;     // WG1 published m_B and P_B
 constexpr uint32_t kBarTimeline = 4;
 #endif
 
-// Chunk i (0..8) of stage s in load and Q K^T order; the first kGroup0Chunks[s] form the early group.
-__host__ __device__ constexpr int seesaw_chunk(int stage, int i) {
-  return stage == 0 ? (i < 4 ? i : (i == 4 ? 8 : i - 1)) : (i < 4 ? i + 4 : (i < 8 ? i - 4 : 8));
-}
-__host__ __device__ constexpr int seesaw_group0_chunks(int stage) { return stage == 0 ? 5 : 4; }
+// Chunk i (0..8) of a stage in load and Q K^T order: group 0 = {4..7}, then group 1 = {0..3}, {8}.
+__host__ __device__ constexpr int seesaw_chunk(int i) { return i < 4 ? i + 4 : (i < 8 ? i - 4 : 8); }
+// The TMA boxes of a page start at chunks 4, 0 and 8; each box's first chunk holds its mbarrier.
+__host__ __device__ constexpr bool seesaw_box_head(int chunk) { return chunk == 4 || chunk == 0 || chunk == 8; }
+constexpr int kBoxChunks = 4;
 
 struct SeesawBarriers {
   uint32_t q_full, q_empty, kv_full_base, kv_empty_base;
@@ -77,17 +80,26 @@ struct SeesawBarriers {
   __device__ uint32_t kv_empty(int stage, int group) const { return kv_empty_base + 8 * (stage * 2 + group); }
 };
 
-__device__ __forceinline__ void seesaw_load_group(const MlaDecodeParams& p, const CUtensorMap* kv_map,
+// kv_map: 64 x 64 boxes (one chunk); kv4_map: the cache viewed as {64 columns, tokens, 9 chunks} with 64 x 64 x 4
+// boxes, which land in shared memory chunk after chunk, as the single-chunk boxes do.
+__device__ __forceinline__ void seesaw_load_box4(const CUtensorMap* kv4_map, const SeesawBarriers& bars, uint32_t dst,
+                                                 int stage, int first_chunk, int page) {
+  mbarrier_arrive_expect_tx(bars.kv_full(stage, first_chunk), kBoxChunks * kChunkBytes);
+  tma_load_3d(dst + first_chunk * kChunkBytes, kv4_map, bars.kv_full(stage, first_chunk), 0, page * kPageSize,
+              first_chunk);
+}
+
+__device__ __forceinline__ void seesaw_load_group(const CUtensorMap* kv_map, const CUtensorMap* kv4_map,
                                                   const SeesawBarriers& bars, uint32_t kv_smem, int stage,
                                                   int group, int page, uint32_t use_count) {
   mbarrier_wait(bars.kv_empty(stage, group), (use_count & 1) ^ 1);
   const uint32_t dst = kv_smem + stage * kTileBytes;
-  const int first = group == 0 ? 0 : seesaw_group0_chunks(stage);
-  const int last = group == 0 ? seesaw_group0_chunks(stage) : kNumChunks;
-  for (int i = first; i < last; ++i) {
-    const int c = seesaw_chunk(stage, i);
-    mbarrier_arrive_expect_tx(bars.kv_full(stage, c), kChunkBytes);
-    tma_load_2d(dst + c * kChunkBytes, kv_map, bars.kv_full(stage, c), c * kChunkCols, page * kPageSize);
+  if (group == 0) {
+    seesaw_load_box4(kv4_map, bars, dst, stage, 4, page);
+  } else {
+    seesaw_load_box4(kv4_map, bars, dst, stage, 0, page);
+    mbarrier_arrive_expect_tx(bars.kv_full(stage, 8), kChunkBytes);
+    tma_load_2d(dst + 8 * kChunkBytes, kv_map, bars.kv_full(stage, 8), 8 * kChunkCols, page * kPageSize);
   }
 }
 
@@ -98,7 +110,8 @@ __device__ long long g_seesaw_producer[4][5];
 #endif
 
 __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, const CUtensorMap* q_map,
-                                                     const CUtensorMap* kv_map, const PartWalker& walker,
+                                                     const CUtensorMap* kv_map, const CUtensorMap* kv4_map,
+                                                     const PartWalker& walker,
                                                      const SeesawBarriers& bars, uint32_t q_smem, uint32_t kv_smem,
                                                      int m_block) {
   uint32_t item_count = 0, uses0 = 0, uses1 = 0;
@@ -128,13 +141,13 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
 #endif
       // In the order the consumers free them during the previous pair.
       SEESAW_PRODUCER_MARK(0);
-      seesaw_load_group(p, kv_map, bars, kv_smem, 0, 0, page_a, uses0);
+      seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 0, 0, page_a, uses0);
       SEESAW_PRODUCER_MARK(1);
-      seesaw_load_group(p, kv_map, bars, kv_smem, 0, 1, page_a, uses0);
+      seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 0, 1, page_a, uses0);
       SEESAW_PRODUCER_MARK(2);
-      if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 0, page_b, uses1);
+      if (has_b) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 1, 0, page_b, uses1);
       SEESAW_PRODUCER_MARK(3);
-      if (has_b) seesaw_load_group(p, kv_map, bars, kv_smem, 1, 1, page_b, uses1);
+      if (has_b) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 1, 1, page_b, uses1);
       SEESAW_PRODUCER_MARK(4);
 #ifdef HF_FLASHMLA_TIMELINE
       if (trace)  // printed after the loop: a printf here would delay the next pairs' loads
@@ -189,8 +202,8 @@ __device__ __forceinline__ void seesaw_qk(float (&s)[32], const SeesawBarriers& 
   wgmma_fence();
 #pragma unroll
   for (int i = 0; i < kNumChunks; ++i) {
-    const int c = seesaw_chunk(kStage, i);
-    mbarrier_wait(bars.kv_full(kStage, c), parity);
+    const int c = seesaw_chunk(i);
+    if (seesaw_box_head(c)) mbarrier_wait(bars.kv_full(kStage, c), parity);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       const uint32_t off = (c * kChunkBytes + kk * 32) >> 4;
@@ -300,7 +313,7 @@ __device__ __forceinline__ void seesaw_pv_regs(float (&o)[128], const uint32_t (
 // visibility to this warpgroup explicit instead of relying on the transitive order through the named barrier.
 __device__ __forceinline__ void seesaw_wait_v_half(const SeesawBarriers& bars, int stage, int half, uint32_t parity) {
 #pragma unroll
-  for (int c = 0; c < 4; ++c) mbarrier_wait(bars.kv_full(stage, 4 * half + c), parity);
+  mbarrier_wait(bars.kv_full(stage, 4 * half), parity);  // one box holds the half
 }
 
 // O_half += P V_half with P from shared memory.
@@ -449,7 +462,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         fence_accumulators(o);
         fence_operands(p_regs);
         SEESAW_MARK(5);
-        if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 0));
+        if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 1));
         if (has_b) {
           seesaw_scale_o(o, s_b);
           seesaw_wait_v_half(bars, 1, 0, uses1 & 1);
@@ -506,7 +519,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           wgmma_wait<0>();
           fence_accumulators(o);
           SEESAW_MARK(5);
-          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 1));
+          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 0));
           seesaw_scale_o(o, s_b);
           seesaw_pv_regs<Elem>(o, p_regs, stage1, 1);
           wgmma_wait<0>();
@@ -519,7 +532,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           row_m[1] = m_a[1];
           wgmma_wait<0>();
           fence_accumulators(o);
-          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 1));
+          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 0));
         }
       }
 
@@ -569,7 +582,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
 template <typename Elem>
 __global__ void __launch_bounds__(kThreads, 1)
     mla_decode_seesaw_kernel(const __grid_constant__ MlaDecodeParams params, const __grid_constant__ CUtensorMap q_map,
-                             const __grid_constant__ CUtensorMap kv_map) {
+                             const __grid_constant__ CUtensorMap kv_map, const __grid_constant__ CUtensorMap kv4_map) {
   extern __shared__ uint8_t smem_raw[];
   const AlignedSmem aligned = align_swizzle_atoms(smem_raw);
   const uint32_t smem_base = aligned.addr;
@@ -599,7 +612,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == kConsumerThreads) {
       prefetch_tensor_map(&q_map);
       prefetch_tensor_map(&kv_map);
-      seesaw_producer_loop(params, &q_map, &kv_map, walker, bars, smem_base + SeesawLayout::q,
+      prefetch_tensor_map(&kv4_map);
+      seesaw_producer_loop(params, &q_map, &kv_map, &kv4_map, walker, bars, smem_base + SeesawLayout::q,
                            smem_base + SeesawLayout::kv, m_block);
     }
   } else {
