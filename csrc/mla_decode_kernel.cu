@@ -17,25 +17,32 @@ namespace hf_flashmla {
 namespace decode_detail {
 
 // Merges the partial results of split sequences; writes empty sequences (no split) as out = 0, lse = +inf.
-// One warp per output row: a lane owns 16 of the 512 columns (four float4, so a warp's load covers 512
-// contiguous bytes), and the splits' weights live one per lane. A block (4 warps) covers 4 * rows_per_warp rows of
-// one sequence; sequences with one split exit at once. rows_per_warp keeps the grid near kCombineMaxBlocks:
-// every block costs its launch even when it exits at once (one block per row cost ~20 us at b = 128,
-// s_q * h_q = 256, and 160 us at b = 1024), while fewer, longer blocks leave small batches latency-bound
-// (32 rows per block took 7.1 us instead of 4.4 at b = 64, s_q * h_q = 16; run 29).
+// A warp reads a row's partials 512 contiguous bytes at a time (a lane owns 16 of the 512 columns: four float4),
+// with the splits' weights one per lane. Two shapes, by the number of rows to merge (batch * s_q * h_q):
+//  - few rows (<= kCombineMaxBlocks): one block per row, its 4 warps take every 4th split and add up through
+//    shared memory, so a sequence split over ~100 parts (b = 4, one 45K context) is not one warp's serial loop;
+//  - many rows: one warp per row, rows_per_warp rows each, so the grid stays near kCombineMaxBlocks: every block
+//    costs its launch even when it exits at once (one block per row cost ~20 us at b = 128, s_q * h_q = 256,
+//    and 160 us at b = 1024; run 27).
+// Sequences with one split exit at once (the decode kernel wrote them).
 constexpr int kCombineWarps = 4;
 constexpr int kCombineMaxBlocks = 4096;
 
 template <typename Elem>
-__global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_kernel(const MlaDecodeParams p, int rows_per_warp) {
+__global__ void __launch_bounds__(kCombineWarps * 32)
+    mla_combine_kernel(const MlaDecodeParams p, int rows_per_warp, bool warps_share_row) {
+  __shared__ float4 shared_acc[kCombineWarps][kHeadDimV / 4];
   const int batch = blockIdx.y;
   const int split_base = p.num_splits[batch];
   const int num_splits = p.num_splits[batch + 1] - split_base;
   if (num_splits == 1) return;  // the decode kernel wrote these rows directly
   const int rows_total = p.s_q * p.h_q;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // Shared row: warp w takes splits w, w + 4, ...; own rows: every split.
+  const int split_step = warps_share_row ? kCombineWarps : 1;
+  const int split_first = warps_share_row ? warp : 0;
   for (int i = 0; i < rows_per_warp; ++i) {
-    const int grow = (blockIdx.x * rows_per_warp + i) * kCombineWarps + warp;
+    const int grow = warps_share_row ? blockIdx.x : (blockIdx.x * rows_per_warp + i) * kCombineWarps + warp;
     if (grow >= rows_total) break;
     const float* lse_col = p.lse_accum + static_cast<int64_t>(split_base) * rows_total + grow;
     float max_lse = -INFINITY;
@@ -60,8 +67,8 @@ __global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_kernel(const M
             k0 + lane < num_splits ? __expf(lse_col[static_cast<int64_t>(k0 + lane) * rows_total] - lse_value) : 0.f;
         const int count = min(32, num_splits - k0);
 #pragma unroll 4
-        for (int kk = 0; kk < count; ++kk) {
-          const float weight = __shfl_sync(0xffffffff, my_weight, kk);
+        for (int kk = split_first; kk < count; kk += split_step) {
+          const float weight = __shfl_sync(0xffffffff, my_weight, kk);  // kk is warp-uniform
           const int64_t row = static_cast<int64_t>(split_base + k0 + kk) * rows_total + grow;
           const float4* part = reinterpret_cast<const float4*>(p.o_accum + row * kHeadDimV) + lane;
 #pragma unroll
@@ -76,11 +83,29 @@ __global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_kernel(const M
       }
     }
     Elem* out_row = static_cast<Elem*>(p.out) + (static_cast<int64_t>(batch) * rows_total + grow) * kHeadDimV;
+    if (warps_share_row) {
 #pragma unroll
-    for (int c = 0; c < 4; ++c)
-      *reinterpret_cast<uint2*>(out_row + 4 * (lane + 32 * c)) =
-          make_uint2(ElemTraits<Elem>::pack(acc[c].x, acc[c].y), ElemTraits<Elem>::pack(acc[c].z, acc[c].w));
-    if (lane == 0) {
+      for (int c = 0; c < 4; ++c) shared_acc[warp][lane + 32 * c] = acc[c];
+      __syncthreads();
+      // Thread t sums columns 4t .. 4t + 3 over the warps.
+      float4 total = shared_acc[0][threadIdx.x];
+#pragma unroll
+      for (int w = 1; w < kCombineWarps; ++w) {
+        const float4 v = shared_acc[w][threadIdx.x];
+        total.x += v.x;
+        total.y += v.y;
+        total.z += v.z;
+        total.w += v.w;
+      }
+      *reinterpret_cast<uint2*>(out_row + 4 * threadIdx.x) =
+          make_uint2(ElemTraits<Elem>::pack(total.x, total.y), ElemTraits<Elem>::pack(total.z, total.w));
+    } else {
+#pragma unroll
+      for (int c = 0; c < 4; ++c)
+        *reinterpret_cast<uint2*>(out_row + 4 * (lane + 32 * c)) =
+            make_uint2(ElemTraits<Elem>::pack(acc[c].x, acc[c].y), ElemTraits<Elem>::pack(acc[c].z, acc[c].w));
+    }
+    if (warps_share_row ? threadIdx.x == 0 : lane == 0) {
       const int token = grow / p.h_q, head = grow % p.h_q;
       p.lse[(static_cast<int64_t>(batch) * p.h_q + head) * p.s_q + token] = lse_value;
     }
@@ -168,14 +193,15 @@ const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
   else
     mla_decode_split_kernel<Elem><<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
+  const bool warps_share_row = static_cast<int64_t>(p.batch) * rows_total <= kCombineMaxBlocks;
   int rows_per_warp = 1;
-  while (rows_per_warp < 64 &&
+  while (!warps_share_row && rows_per_warp < 64 &&
          static_cast<int64_t>(p.batch) * ((rows_total + kCombineWarps * rows_per_warp - 1) / (kCombineWarps * rows_per_warp)) >
              kCombineMaxBlocks)
     rows_per_warp *= 2;
-  const int rows_per_block = kCombineWarps * rows_per_warp;
+  const int rows_per_block = warps_share_row ? 1 : kCombineWarps * rows_per_warp;
   const dim3 combine_grid((rows_total + rows_per_block - 1) / rows_per_block, p.batch);
-  mla_combine_kernel<Elem><<<combine_grid, kCombineWarps * 32, 0, stream>>>(p, rows_per_warp);
+  mla_combine_kernel<Elem><<<combine_grid, kCombineWarps * 32, 0, stream>>>(p, rows_per_warp, warps_share_row);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
   return nullptr;
 }

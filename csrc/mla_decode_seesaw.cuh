@@ -312,7 +312,6 @@ __device__ __forceinline__ void seesaw_pv_regs(float (&o)[128], const uint32_t (
 // waits on these chunks; waiting on them here too (already complete, so nearly free) makes the TMA data's
 // visibility to this warpgroup explicit instead of relying on the transitive order through the named barrier.
 __device__ __forceinline__ void seesaw_wait_v_half(const SeesawBarriers& bars, int stage, int half, uint32_t parity) {
-#pragma unroll
   mbarrier_wait(bars.kv_full(stage, 4 * half), parity);  // one box holds the half
 }
 
