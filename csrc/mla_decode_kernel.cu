@@ -18,12 +18,13 @@ namespace decode_detail {
 
 // Merges the partial results of split sequences; writes empty sequences (no split) as out = 0, lse = +inf.
 // A warp reads a row's partials 512 contiguous bytes at a time (a lane owns 16 of the 512 columns: four float4),
-// with the splits' weights one per lane. Two shapes, by the number of rows to merge (batch * s_q * h_q):
-//  - few rows (<= kCombineMaxBlocks): one block per row, its 4 warps take every 4th split and add up through
-//    shared memory, so a sequence split over ~100 parts (b = 4, one 45K context) is not one warp's serial loop;
-//  - many rows: one warp per row, rows_per_warp rows each, so the grid stays near kCombineMaxBlocks: every block
+// with the splits' weights one per lane. Two shapes:
+//  - sequences split many ways (parts >= 8 * batch) and few rows (batch * s_q * h_q <= kCombineMaxBlocks): one
+//    block per row, its 4 warps take every 4th split and add up through shared memory, so a sequence split over
+//    ~100 parts is not one warp's serial loop (b = 4 with a 45K context: 72.6 -> 53 us, run 34);
+//  - otherwise one warp per row, rows_per_warp rows each, so the grid stays near kCombineMaxBlocks: every block
 //    costs its launch even when it exits at once (one block per row cost ~20 us at b = 128, s_q * h_q = 256,
-//    and 160 us at b = 1024; run 27).
+//    and 160 us at b = 1024; run 27), and at 2-3 splits per sequence the shared shape was ~1% slower (run 34).
 // Sequences with one split exit at once (the decode kernel wrote them).
 constexpr int kCombineWarps = 4;
 constexpr int kCombineMaxBlocks = 4096;
@@ -193,7 +194,8 @@ const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
   else
     mla_decode_split_kernel<Elem><<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
-  const bool warps_share_row = static_cast<int64_t>(p.batch) * rows_total <= kCombineMaxBlocks;
+  const bool warps_share_row =
+      p.num_parts >= 8 * p.batch && static_cast<int64_t>(p.batch) * rows_total <= kCombineMaxBlocks;
   int rows_per_warp = 1;
   while (!warps_share_row && rows_per_warp < 64 &&
          static_cast<int64_t>(p.batch) * ((rows_total + kCombineWarps * rows_per_warp - 1) / (kCombineWarps * rows_per_warp)) >
