@@ -2,8 +2,7 @@
 // written here from its description; notes/KERNEL_LOG.md has the measurements).
 //
 // One CTA = one 64-row query tile x one part of the tile schedule; 384 threads: warpgroups 0 and 1
-// compute, warpgroup 2's first thread loads Q (per item) and the first page of each stage; every later page
-// is loaded by the warpgroup that frees a stage group, right after freeing it. Pages go in pairs (A, B): A lands in stage 0 and
+// compute, warpgroup 2's first thread issues TMA. Pages go in pairs (A, B): A lands in stage 0 and
 // belongs to warpgroup 0, B in stage 1 and belongs to warpgroup 1. Each warpgroup holds half of the
 // 64 x 512 fp32 output (WG0 columns 0..255 = O_L, WG1 256..511 = O_R). Per pair:
 //   WG0: S_A = Q K_A^T (m64n64k16, one pass over Q per page) -> m_A, P_A = exp(S_A - m_A)
@@ -25,20 +24,18 @@
 //   group 1 = chunks {0..3} and 8 (V's left half and the rope chunk; P_B in stage 1), freed by WG0 after P V_L.
 // In steady state WG1's P_A V_A,R ends before WG0's P_A V_A,L (run 31), so group 0 goes first in both stages.
 // A group is one TMA box per run of adjacent chunks (a 3-D view of the cache: {4..7}, {0..3}, {8}): issuing the
-// nine 8 KB boxes one by one cost ~60 cycles each, on the path from a freed stage to its next page.
+// nine 8 KB boxes one by one cost the producer ~60 cycles each, on the path from a freed stage to its next page.
 // Q K^T walks the chunks in load order (4..7, 0..3, 8); the sum is order-free.
 // A sequence range with an odd page count ends on a pair without B: WG1 then only adds P_A V_A,R.
 // Hand-overs between the warpgroups use named barriers (one arrives, the other waits).
 //
 // Reuse of the exchange slots (m_A, m_B, P_A, P_B) needs no barrier the other way: a warpgroup rewrites a
-// slot only after its next Q K^T, which waits (mbarrier, TMA completion) for a box that the other warpgroup
-// loads only after it read the slot and freed its stage group: WG1 loads stage 0's {4..7} after reading m_A
-// and P_A, WG0 loads stage 1's {0..3, 8} after reading m_B and P_B. The same chain keeps a warpgroup from
-// arriving twice on a named barrier before the other waited once. compute-sanitizer's racecheck does not
-// model this chain and reports these slots (notes/KERNEL_LOG.md, runs 18-22, 34).
+// slot only after its next Q K^T, which waits for a page the producer loads only after the other warpgroup
+// freed its stage group (mbarrier arrive = release, producer wait = acquire, TMA completion observed by
+// the writer), and the other warpgroup reads the slot before it frees that group. The same chain keeps a
+// warpgroup from arriving twice on a named barrier before the other waited once. compute-sanitizer's
+// racecheck does not model this mbarrier chain and reports these slots (notes/KERNEL_LOG.md, runs 18-22).
 #pragma once
-#include <climits>
-
 #include "mla_decode_common.cuh"
 #ifdef HF_FLASHMLA_TIMELINE
 #include <cstdio>
@@ -54,8 +51,8 @@ struct SeesawLayout {
   static constexpr int row_max = p_a + kChunkBytes;             // float [2][64]: m published by WG w
   static constexpr int row_sum = row_max + 2 * kTileRows * 4;   // float [2 items][2 wg][64]
   static constexpr int barriers = row_sum + 4 * kTileRows * 4;
-  // q_full, q_empty, kv_full[2][9]
-  static constexpr int total = barriers + 8 * (2 + kNumStages * kNumChunks);
+  // q_full, q_empty, kv_full[2][9], kv_empty[2 stages][2 groups]
+  static constexpr int total = barriers + 8 * (2 + kNumStages * kNumChunks + kNumStages * 2);
 };
 constexpr int kSeesawSmemBytes = SeesawLayout::total + 1024;  // + alignment slack for the swizzle atoms
 static_assert(kSeesawSmemBytes <= 232448, "seesaw layout exceeds the 227 KB of opt-in shared memory");
@@ -64,7 +61,6 @@ static_assert(kSeesawSmemBytes <= 232448, "seesaw layout exceeds the 227 KB of o
 constexpr uint32_t kBarRowSum = 1;
 constexpr uint32_t kBarPA = 2;     // WG0 published m_A and P_A
 constexpr uint32_t kBarPB = 3;     // WG1 published m_B and P_B
-constexpr uint32_t kBarWarpgroup0 = 5;  // + wg: the 4 warps of one warpgroup are past a stage group's reads
 #ifdef HF_FLASHMLA_TIMELINE
 constexpr uint32_t kBarTimeline = 4;
 #endif
@@ -76,9 +72,12 @@ __host__ __device__ constexpr bool seesaw_box_head(int chunk) { return chunk == 
 constexpr int kBoxChunks = 4;
 
 struct SeesawBarriers {
-  uint32_t q_full, q_empty, kv_full_base;
-  __device__ explicit SeesawBarriers(uint32_t base) : q_full(base), q_empty(base + 8), kv_full_base(base + 16) {}
+  uint32_t q_full, q_empty, kv_full_base, kv_empty_base;
+  __device__ explicit SeesawBarriers(uint32_t base)
+      : q_full(base), q_empty(base + 8), kv_full_base(base + 16),
+        kv_empty_base(base + 16 + 8 * kNumStages * kNumChunks) {}
   __device__ uint32_t kv_full(int stage, int chunk) const { return kv_full_base + 8 * (stage * kNumChunks + chunk); }
+  __device__ uint32_t kv_empty(int stage, int group) const { return kv_empty_base + 8 * (stage * 2 + group); }
 };
 
 // kv_map: 64 x 64 boxes (one chunk); kv4_map: the cache viewed as {64 columns, tokens, 9 chunks} with 64 x 64 x 4
@@ -92,7 +91,8 @@ __device__ __forceinline__ void seesaw_load_box4(const CUtensorMap* kv4_map, con
 
 __device__ __forceinline__ void seesaw_load_group(const CUtensorMap* kv_map, const CUtensorMap* kv4_map,
                                                   const SeesawBarriers& bars, uint32_t kv_smem, int stage,
-                                                  int group, int page) {
+                                                  int group, int page, uint32_t use_count) {
+  mbarrier_wait(bars.kv_empty(stage, group), (use_count & 1) ^ 1);
   const uint32_t dst = kv_smem + stage * kTileBytes;
   if (group == 0) {
     seesaw_load_box4(kv4_map, bars, dst, stage, 4, page);
@@ -103,52 +103,18 @@ __device__ __forceinline__ void seesaw_load_group(const CUtensorMap* kv_map, con
   }
 }
 
-// Which page a stage holds next. Stage 0 holds every pair's first page, stage 1 the second page of the pairs
-// that have one (pairs start at an item's first block). kNoPage: the part has no further use of the stage.
-constexpr int kNoPage = INT_MIN;
+#ifdef HF_FLASHMLA_TIMELINE
+// Producer side of the debug timeline (pairs 8..11 of CTA (0, 0)'s first item): SM clock before the pair's first
+// group wait and after issuing each of its four groups (stage 0 g0, g1, stage 1 g0, g1).
+__device__ long long g_seesaw_producer[4][5];
+#endif
 
-// Never reads past the block table's row; an out-of-pool page id (-1 here) makes TMA fill zeros, not fault.
-__device__ __forceinline__ int seesaw_page_id(const MlaDecodeParams& p, int batch, int blk) {
-  return blk < p.max_blocks_per_seq ? __ldg(p.block_table + static_cast<int64_t>(batch) * p.block_table_stride + blk)
-                                    : -1;
-}
-
-// The stage's first page among the items from `from_batch` on.
-__device__ __forceinline__ int seesaw_first_page(const MlaDecodeParams& p, const PartWalker& walker, int from_batch,
-                                                 int stage) {
-  for (int b = from_batch; b <= walker.end_batch; ++b) {
-    const WorkItem w = walker.item(b);
-    if (w.stop_block - w.start_block > stage) return seesaw_page_id(p, b, w.start_block + stage);
-  }
-  return kNoPage;
-}
-
-// The stage's page after the pair at block `blk` of item (batch, stop).
-__device__ __forceinline__ int seesaw_next_page(const MlaDecodeParams& p, const PartWalker& walker, int batch,
-                                                int blk, int stop, int stage) {
-  const int same_item = blk + 2 + stage;
-  return same_item < stop ? seesaw_page_id(p, batch, same_item) : seesaw_first_page(p, walker, batch + 1, stage);
-}
-
-// Called by the 128 threads of the warpgroup that reads a stage group last, after its wgmma on it completed: once
-// all 4 warps are past that point, one thread loads the group's next page. The freeing warpgroup issues the TMA
-// itself (as FlashMLA does): a producer warp waiting on an "empty" mbarrier issued it ~450 cycles after the
-// release for stage 0 (run 32's timeline), on the path from a freed stage to the next pair's Q K^T.
-__device__ __forceinline__ void seesaw_release_group(const CUtensorMap* kv_map, const CUtensorMap* kv4_map,
-                                                     const SeesawBarriers& bars, uint32_t kv_smem, int wg, int stage,
-                                                     int group, int next_page) {
-  named_barrier_sync(kBarWarpgroup0 + wg, 128);
-  if (threadIdx.x % 128 == 0 && next_page != kNoPage)
-    seesaw_load_group(kv_map, kv4_map, bars, kv_smem, stage, group, next_page);
-}
-
-// The producer thread loads each item's Q once both warpgroups are done with the previous one, and the first
-// page of each stage; the consumer warpgroups load every later page as they free a stage group.
 __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, const CUtensorMap* q_map,
                                                      const CUtensorMap* kv_map, const CUtensorMap* kv4_map,
-                                                     const PartWalker& walker, const SeesawBarriers& bars,
-                                                     uint32_t q_smem, uint32_t kv_smem, int m_block) {
-  uint32_t item_count = 0;
+                                                     const PartWalker& walker,
+                                                     const SeesawBarriers& bars, uint32_t q_smem, uint32_t kv_smem,
+                                                     int m_block) {
+  uint32_t item_count = 0, uses0 = 0, uses1 = 0;
   for (int batch = walker.begin_batch; batch <= walker.end_batch; ++batch) {
     WorkItem w = walker.item(batch);
     if (w.stop_block <= w.start_block) continue;
@@ -157,16 +123,46 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
 #pragma unroll
     for (int c = 0; c < kNumChunks; ++c)
       tma_load_3d(q_smem + c * kChunkBytes, q_map, bars.q_full, c * kChunkCols, m_block * kTileRows, batch);
-    if (item_count == 0) {
-      for (int stage = 0; stage < kNumStages; ++stage) {
-        const int page = seesaw_first_page(p, walker, batch, stage);
-        if (page == kNoPage) continue;
-        seesaw_load_group(kv_map, kv4_map, bars, kv_smem, stage, 0, page);
-        seesaw_load_group(kv_map, kv4_map, bars, kv_smem, stage, 1, page);
-      }
-    }
     ++item_count;
+    const int* table_row = p.block_table + static_cast<int64_t>(batch) * p.block_table_stride;
+    // Never read past the block table's row; an out-of-pool page id makes TMA fill zeros, not fault.
+    auto page_of = [&](int blk) { return blk < p.max_blocks_per_seq ? __ldg(table_row + blk) : -1; };
+    for (int blk = w.start_block; blk < w.stop_block; blk += 2) {
+      const bool has_b = blk + 1 < w.stop_block;
+      const int page_a = page_of(blk);
+      const int page_b = has_b ? page_of(blk + 1) : -1;
+#ifdef HF_FLASHMLA_TIMELINE
+      const int pair_index = (blk - w.start_block) / 2;
+      const bool trace = blockIdx.x == 0 && blockIdx.y == 0 && item_count == 1 && pair_index >= 8 && pair_index < 12;
+      long long issued[5];
+#define SEESAW_PRODUCER_MARK(i) issued[i] = clock64()
+#else
+#define SEESAW_PRODUCER_MARK(i)
+#endif
+      // In the order the consumers free them during the previous pair.
+      SEESAW_PRODUCER_MARK(0);
+      seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 0, 0, page_a, uses0);
+      SEESAW_PRODUCER_MARK(1);
+      seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 0, 1, page_a, uses0);
+      SEESAW_PRODUCER_MARK(2);
+      if (has_b) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 1, 0, page_b, uses1);
+      SEESAW_PRODUCER_MARK(3);
+      if (has_b) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 1, 1, page_b, uses1);
+      SEESAW_PRODUCER_MARK(4);
+#ifdef HF_FLASHMLA_TIMELINE
+      if (trace)  // printed after the loop: a printf here would delay the next pairs' loads
+        for (int i = 0; i < 5; ++i) g_seesaw_producer[pair_index - 8][i] = issued[i];
+#endif
+      ++uses0;
+      if (has_b) ++uses1;
+    }
   }
+#ifdef HF_FLASHMLA_TIMELINE
+  if (blockIdx.x == 0 && blockIdx.y == 0)
+    for (int k = 0; k < 4; ++k)
+      printf("producer pair %d: %lld %lld %lld %lld %lld\n", k + 8, g_seesaw_producer[k][0], g_seesaw_producer[k][1],
+             g_seesaw_producer[k][2], g_seesaw_producer[k][3], g_seesaw_producer[k][4]);
+#endif
 }
 
 // Per-thread view of the consumer warpgroups' fragments.
@@ -355,8 +351,7 @@ __device__ __forceinline__ unsigned long long seesaw_global_ns() {
 // One function for both warpgroups (wg is warp-uniform: read through a shuffle by the caller), so that
 // their shared code, the epilogue's sum exchange included, is one instruction stream.
 template <typename Elem>
-__device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, const CUtensorMap* kv_map,
-                                                     const CUtensorMap* kv4_map, const PartWalker& walker,
+__device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, const PartWalker& walker,
                                                      const SeesawBarriers& bars, uint8_t* smem, uint32_t smem_base,
                                                      int m_block, const int wg) {
   const SeesawThread t;
@@ -409,12 +404,6 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
 
     for (int blk = w.start_block; blk < w.stop_block; blk += 2) {
       const bool has_b = blk + 1 < w.stop_block;
-      // Read long before the stage groups are freed (block-table and length loads).
-      const int next_page_a = seesaw_next_page(p, walker, batch, blk, w.stop_block, 0);
-      const int next_page_b = has_b ? seesaw_next_page(p, walker, batch, blk, w.stop_block, 1) : kNoPage;
-      auto release = [&](int stage, int group) {
-        seesaw_release_group(kv_map, kv4_map, bars, stage0, wg, stage, group, stage == 0 ? next_page_a : next_page_b);
-      };
       float s[32];
       uint32_t p_regs[16];
 #ifdef HF_FLASHMLA_TIMELINE
@@ -472,7 +461,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         fence_accumulators(o);
         fence_operands(p_regs);
         SEESAW_MARK(5);
-        release(0, 1);
+        if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 1));
         if (has_b) {
           seesaw_scale_o(o, s_b);
           seesaw_wait_v_half(bars, 1, 0, uses1 & 1);
@@ -480,7 +469,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           wgmma_wait<0>();
           fence_accumulators(o);
           SEESAW_MARK(6);
-          release(1, 1);
+          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 1));
         }
       } else {
         if (has_b) {
@@ -529,20 +518,20 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           wgmma_wait<0>();
           fence_accumulators(o);
           SEESAW_MARK(5);
-          release(0, 0);
+          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 0));
           seesaw_scale_o(o, s_b);
           seesaw_pv_regs<Elem>(o, p_regs, stage1, 1);
           wgmma_wait<0>();
           fence_accumulators(o);
           fence_operands(p_regs);
           SEESAW_MARK(6);
-          release(1, 0);
+          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 0));
         } else {
           row_m[0] = m_a[0];
           row_m[1] = m_a[1];
           wgmma_wait<0>();
           fence_accumulators(o);
-          release(0, 0);
+          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 0));
         }
       }
 
@@ -608,6 +597,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbarrier_init(bars.q_empty, kConsumerThreads / 32);
     for (int s = 0; s < kNumStages; ++s) {
       for (int c = 0; c < kNumChunks; ++c) mbarrier_init(bars.kv_full(s, c), 1);
+      for (int g = 0; g < 2; ++g) mbarrier_init(bars.kv_empty(s, g), 4);  // the 4 warps of one warpgroup
     }
     fence_mbarrier_init();
   }
@@ -630,7 +620,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Read through a shuffle so that ptxas sees the warpgroup index as warp-uniform: wgmma inside a branch
     // it cannot prove uniform gets serialised (C7520).
     const int wg = __shfl_sync(0xffffffff, static_cast<int>(threadIdx.x) / 128, 0);
-    seesaw_consumer_loop<Elem>(params, &kv_map, &kv4_map, walker, bars, smem, smem_base, m_block, wg);
+    seesaw_consumer_loop<Elem>(params, walker, bars, smem, smem_base, m_block, wg);
 #ifdef HF_FLASHMLA_TIMELINE
     // Every CTA: start and end (global ns), items and pages, to see start-up, tail and imbalance across SMs.
     named_barrier_sync(kBarTimeline, kConsumerThreads);
