@@ -271,3 +271,33 @@ def test_combine_cost_argument_turns_the_rule_off_for_comparisons():
     assert int(num_splits[-1]) == 250
     rows, expected_splits, one = python_schedule(lengths, 132, combine_pages=-(1 << 40))
     assert not one and num_splits.tolist() == expected_splits
+
+
+def test_sequence_overhead_override_for_timing(monkeypatch):
+    # HF_FLASHMLA_SEQUENCE_OVERHEAD_PAGES (timing experiments, notes/KERNEL_LOG.md runs 29 and 31) replaces the
+    # per-sequence overhead in the cost model: every page still covered once, parts balanced on the new cost.
+    lengths = [4096] * 64
+    num_blocks = [64] * 64
+    cache_seqlens = torch.tensor(lengths, dtype=torch.int32)
+    default_metadata, _ = schedule.compute_schedule(cache_seqlens, 16, 1, num_sms=132)
+    monkeypatch.setenv(schedule.SEQUENCE_OVERHEAD_ENV_VAR, "2")
+    metadata, num_splits = schedule.compute_schedule(cache_seqlens, 16, 1, num_sms=132)
+    assert not torch.equal(metadata, default_metadata)
+    payload = -(-(sum(num_blocks) + 2 * 64) // 132)
+    covered = [[0] * n for n in num_blocks]
+    for part in range(132):
+        segments = list(schedule.iterate_part(metadata[part], num_blocks))
+        pages = sum(stop - start for _, start, stop, _ in segments)
+        assert pages + 2 * len(segments) <= payload + 2
+        for seq, start, stop, _ in segments:
+            for page in range(start, stop):
+                covered[seq][page] += 1
+    assert covered == [[1] * 64] * 64
+    assert int(num_splits[-1]) >= 64
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "2.5"])
+def test_sequence_overhead_override_rejects_non_integers(monkeypatch, value):
+    monkeypatch.setenv(schedule.SEQUENCE_OVERHEAD_ENV_VAR, value)
+    with pytest.raises(ValueError, match=schedule.SEQUENCE_OVERHEAD_ENV_VAR):
+        schedule.compute_schedule(torch.tensor([100, 200], dtype=torch.int32), 16, 1, num_sms=132)
