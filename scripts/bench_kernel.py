@@ -40,6 +40,8 @@ for path in (REPO_ROOT, SCRIPTS):
 D_QK, D_V, PAGE, H_KV = 576, 512, 64, 1
 L2_BYTES = 50 * 1024 * 1024
 FIGURES_PATH = os.path.join(SCRIPTS, "flashmla_reference_figures.json")
+# BENCHMARKS.md's classes by query rows per KV head (h_q * s_q): memory-bound up to 32, compute-bound from 128.
+MEMORY_BOUND_MAX_ROWS, COMPUTE_BOUND_MIN_ROWS = 32, 128
 FLASHINFER_REASON = "not run (wheel 62 MB + deps exceed the 64 MiB per-call carry limit)"
 PEER_MODULES = {"sglang": "peers.sglang_triton", "torch": "peers.torch_gather", "triton": "peers.triton_ours"}
 ALL_IMPLS = ("ours", "sglang", "torch", "triton", "flashinfer")
@@ -423,6 +425,13 @@ def best_rows(result):
     return best
 
 
+def load_figures():
+    """FlashMLA's figures by (b, L, s_q, h_q), and the published figures of other kernels."""
+    with open(FIGURES_PATH) as handle:
+        figure_data = json.load(handle)
+    return {(f["b"], f["L"], f["s_q"], f["h_q"]): f for f in figure_data["flashmla"]}, figure_data.get("published", {})
+
+
 def figure_for(result, figures):
     if result["group"] != "main" or result["varlen"]:
         return None
@@ -503,9 +512,9 @@ def summarize(results, figures, impls, log):
     summary["configs_below_flashmla"] = sum(1 for x in ratios if x < 1)
     summary["worst_vs_flashmla"] = worst
     mem = [(row["gbps"], name) for name, row in ours.items() if row and row["ms"] and row["ok"] is not False
-           and _rows(results, name) <= 32]
+           and _rows(results, name) <= MEMORY_BOUND_MAX_ROWS]
     comp = [(row["tflops"], name) for name, row in ours.items() if row and row["ms"] and row["ok"] is not False
-            and _rows(results, name) >= 128]
+            and _rows(results, name) >= COMPUTE_BOUND_MIN_ROWS]
     summary["max_gbps_memory_bound"] = max(mem) if mem else None
     summary["max_tflops_compute_bound"] = max(comp) if comp else None
     sched = [r["schedule_ms"] for r in results if r.get("schedule_ms")]
@@ -520,7 +529,7 @@ def summarize(results, figures, impls, log):
             mine, theirs = best.get("ours"), best.get(impl)
             if mine and theirs and mine["ms"] and theirs["ms"] and mine["ok"] is not False and theirs["ok"] is not False:
                 speedups.append((theirs["ms"] / mine["ms"], r["name"]))
-        memory_bound = [s for s, name in speedups if _rows(results, name) <= 32]
+        memory_bound = [s for s, name in speedups if _rows(results, name) <= MEMORY_BOUND_MAX_ROWS]
         peers[impl] = dict(configs=len(speedups), geomean=geomean([s for s, _ in speedups]),
                            min=min(speedups) if speedups else None,
                            memory_bound_configs=len(memory_bound), memory_bound_geomean=geomean(memory_bound))
@@ -645,10 +654,7 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown impls {unknown}; choose from {ALL_IMPLS}")
 
-    with open(FIGURES_PATH) as handle:
-        figure_data = json.load(handle)
-    figures = {(f["b"], f["L"], f["s_q"], f["h_q"]): f for f in figure_data["flashmla"]}
-    published = figure_data.get("published", {})
+    figures, published = load_figures()
 
     if args.dry_run:
         configs = dry_configs()

@@ -23,15 +23,10 @@ def load(path):
     return rows
 
 
-def load_figures():
-    from bench_kernel import FIGURES_PATH  # noqa: E402
-    data = json.load(open(FIGURES_PATH))
-    return {(f["b"], f["L"], f["s_q"], f["h_q"]): f for f in data["flashmla"]}
-
-
 def group_of(c):
+    from bench_kernel import COMPUTE_BOUND_MIN_ROWS, MEMORY_BOUND_MAX_ROWS  # noqa: E402
     rows = c["h_q"] * c["s_q"]
-    return "memory" if rows <= 32 else ("compute" if rows >= 128 else "64")
+    return "memory" if rows <= MEMORY_BOUND_MAX_ROWS else ("compute" if rows >= COMPUTE_BOUND_MIN_ROWS else "64")
 
 
 def geomean(values):
@@ -44,8 +39,8 @@ def main():
     parser.add_argument("--configs", action="store_true", help="also print every config")
     args = parser.parse_args()
     runs = [(r.split("=", 1)[0], load(r.split("=", 1)[1])) for r in args.runs]
-    from bench_kernel import figure_for  # noqa: E402
-    figs = load_figures()
+    from bench_kernel import figure_for, load_figures  # noqa: E402
+    figs, _ = load_figures()
     print(f"{'run':<10}" + "".join(f"{g:>10}" for g in ("memory", "64", "compute", "all")) + "   (geomean vs FlashMLA)")
     for label, rows in runs:
         ratios = {}
