@@ -94,7 +94,8 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
 }
 
 std::tuple<at::Tensor, at::Tensor> mla_metadata(const at::Tensor& cache_seqlens, int64_t num_sm_parts,
-                                                int64_t page_size, int64_t sequence_overhead_pages) {
+                                                int64_t page_size, int64_t sequence_overhead_pages,
+                                                int64_t split_combine_pages) {
   TORCH_CHECK(cache_seqlens.is_cuda(), "cache_seqlens must be a CUDA tensor");
   TORCH_CHECK(cache_seqlens.scalar_type() == at::kInt, "cache_seqlens must be int32");
   TORCH_CHECK(cache_seqlens.dim() == 1 && cache_seqlens.size(0) >= 1, "cache_seqlens must be [b] with b >= 1");
@@ -116,6 +117,7 @@ std::tuple<at::Tensor, at::Tensor> mla_metadata(const at::Tensor& cache_seqlens,
   p.num_parts = static_cast<int>(num_sm_parts);
   p.page_size = static_cast<int>(page_size);
   p.sequence_overhead_pages = static_cast<int>(sequence_overhead_pages);
+  p.split_combine_pages = split_combine_pages;
   const char* error = mla_metadata_launch(p, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(error == nullptr, "hf_flashmla metadata launch failed: ", error == nullptr ? "" : error);
   return {metadata, num_splits};
@@ -129,7 +131,8 @@ TORCH_LIBRARY(hf_flashmla, m) {
       "Tensor tile_scheduler_metadata, Tensor num_splits, float softmax_scale, bool causal, int head_dim_v) "
       "-> (Tensor, Tensor)");
   m.def(
-      "mla_metadata(Tensor cache_seqlens, int num_sm_parts, int page_size, int sequence_overhead_pages) "
+      "mla_metadata(Tensor cache_seqlens, int num_sm_parts, int page_size, int sequence_overhead_pages, "
+      "int split_combine_pages) "
       "-> (Tensor, Tensor)");
 }
 

@@ -16,6 +16,7 @@ struct MlaMetadataParams {
   int num_parts;                 // >= 1
   int page_size;                 // >= 1 (tokens per page)
   int sequence_overhead_pages;   // >= 1 (fixed cost of a sequence in the balancing)
+  int64_t split_combine_pages;   // cost of splitting a sequence, in pages (any value; very negative: never whole)
 };
 
 // Computes hf_flashmla/schedule.py's schedule (bit for bit) with one single-CTA kernel on `stream`:

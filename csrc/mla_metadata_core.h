@@ -6,16 +6,22 @@
 // Cost model and balancing rule (schedule.py's, integer for integer):
 //   pages_i = ceil(max(len_i, 0) / page_size), cost_i = pages_i + overhead,
 //   C_i = cost_0 + .. + cost_i (cost_end), S_i = C_i - cost_i (cost_begin), total = C_{b-1},
-//   payload = ceil(total / num_parts), bound_p = min(p * payload, total) for p = 0..num_parts,
-//   seq(p) = min(#{i : C_i <= bound_p}, b - 1)       (torch.searchsorted(C, bound, right=True))
-//   block(p) = clamp(bound_p - S_seq - overhead, 0, pages_seq)
-//   first_part_i = (S_i + overhead) // payload, splits_i = pages_i ? (C_i - 1) // payload - first_part_i + 1 : 0
-//   row p = [seq(p), block(p), seq(p+1), block(p+1), max(p - first_part_seq(p), 0), 0, 0, 0]
-//   num_splits = [0, splits_0, splits_0 + splits_1, ...]
-// One part per sequence (schedule.py's docstring gives the time model) when
-//   b <= num_parts and max_i cost_i <= payload + kSplitCombinePages:
-//   bound_p = S_p for p < b, total for p >= b (so seq(p) = p, block(p) = 0; then b - 1 and its pages),
-//   first_part_i = i, splits_i = pages_i ? 1 : 0; rows and num_splits by the same formulas as above.
+//   payload = ceil(total / num_parts), x_p = min(p * payload, total) for p = 0..num_parts (balanced bounds),
+//   seq(x) = min(#{i : C_i <= x}, b - 1)       (torch.searchsorted(C, x, right=True))
+//   block(x) = clamp(x - S_seq(x) - overhead, 0, pages_seq(x))
+// Three modes, each giving the part bounds bound_p:
+//   balanced:  bound_p = x_p; first_part_i = (S_i + overhead) // payload,
+//              splits_i = pages_i ? (C_i - 1) // payload - first_part_i + 1 : 0,
+//              begin_split_p = max(p - first_part_seq(p), 0);
+//   one part per sequence (b <= num_parts): bound_p = S_p for p < b, total after; splits_i = pages_i ? 1 : 0,
+//              begin_split_p = max(p - seq(bound_p), 0);
+//   snapped (b > num_parts, num_parts <= kMaxSnappedParts): bound_p = x_p moved to the nearer end of the
+//              sequence that holds it (S or C of seq(x_p); ties to S), so every sequence is whole in one
+//              part; splits_i = pages_i ? 1 : 0, begin_split_p = 0.
+// The two whole-sequence modes are taken when their largest part, max_p (bound_{p+1} - bound_p), is at
+// most payload + combine_pages (the cost of splitting: schedule.py's docstring gives the time model);
+// otherwise balanced. row p = [seq(bound_p), block(bound_p), seq(bound_{p+1}), block(bound_{p+1}),
+// begin_split_p, 0, 0, 0]; num_splits = [0, splits_0, splits_0 + splits_1, ...].
 // All sums are 64-bit (b * max pages overflows 32 bits); outputs are truncated to int32 as torch's .to(int32).
 #pragma once
 #include <cstdint>
@@ -30,17 +36,20 @@ namespace hf_flashmla {
 namespace schedule_core {
 
 constexpr int kRowWidth = 8;  // tile_scheduler_metadata columns
-// What splitting a sequence costs (the combine), in pages: schedule.py's SPLIT_COMBINE_PAGES, which
-// explains the value (fitted to the H100 runs 10-11); a CPU test checks that the two agree.
-constexpr int64_t kSplitCombinePages = 8;
+// The snapped mode keeps its num_parts + 1 bounds in shared memory; no GPU has this many SMs
+// (schedule.py's MAX_SNAPPED_PARTS: both implementations skip the mode above it).
+constexpr int kMaxSnappedParts = 1024;
+
+enum class Mode : int { kBalanced, kOnePerPart, kSnapped };
 
 struct Shape {  // whole-batch quantities, fixed once the total cost is known
   int64_t total;
   int64_t payload;
+  int64_t combine_pages;  // what splitting a sequence costs, in pages (schedule.py's SPLIT_COMBINE_PAGES)
   int batch;
   int num_parts;
   int overhead;  // fixed cost of a sequence, in pages
-  bool one_per_part;  // part i takes sequence i whole (b <= num_parts and no split pays)
+  Mode mode;     // make_shape decides one part per sequence; the kernel may switch balanced to snapped
 };
 
 // The part of the batch one block-wide pass covers: sequences base .. base + count - 1, whose cost_end
@@ -72,10 +81,30 @@ HF_FLASHMLA_HOST_DEVICE int64_t sequence_pages(int length, int page_size) {
 }
 
 // max_cost: the largest sequence cost (pages + overhead).
-HF_FLASHMLA_HOST_DEVICE Shape make_shape(int64_t total, int64_t max_cost, int batch, int num_parts, int overhead) {
+HF_FLASHMLA_HOST_DEVICE Shape make_shape(int64_t total, int64_t max_cost, int batch, int num_parts, int overhead,
+                                         int64_t combine_pages) {
   const int64_t payload = (total + num_parts - 1) / num_parts;
-  const bool one_per_part = batch <= num_parts && max_cost <= payload + kSplitCombinePages;
-  return Shape{total, payload, batch, num_parts, overhead, one_per_part};
+  const bool one_per_part = batch <= num_parts && max_cost <= payload + combine_pages;
+  return Shape{total, payload, combine_pages, batch, num_parts, overhead,
+               one_per_part ? Mode::kOnePerPart : Mode::kBalanced};
+}
+
+// Whether the snapped bounds must be computed (their largest part then decides, see whole_fits).
+HF_FLASHMLA_HOST_DEVICE bool snapping_considered(const Shape& s) {
+  return s.batch > s.num_parts && s.num_parts <= kMaxSnappedParts;
+}
+
+HF_FLASHMLA_HOST_DEVICE bool whole_fits(int64_t largest_part, const Shape& s) {
+  return largest_part <= s.payload + s.combine_pages;
+}
+
+HF_FLASHMLA_HOST_DEVICE int64_t balanced_bound(int p, const Shape& s) {
+  return min64(static_cast<int64_t>(p) * s.payload, s.total);
+}
+
+// x moved to the nearer end of [cost_begin, cost_end), the cost range of the sequence that holds it.
+HF_FLASHMLA_HOST_DEVICE int64_t snap_to_sequence(int64_t x, int64_t cost_begin, int64_t cost_end) {
+  return x - cost_begin <= cost_end - x ? cost_begin : cost_end;
 }
 
 HF_FLASHMLA_HOST_DEVICE int64_t first_part(int64_t cost_begin, const Shape& s) {
@@ -85,7 +114,7 @@ HF_FLASHMLA_HOST_DEVICE int64_t first_part(int64_t cost_begin, const Shape& s) {
 // Number of parts that touch the pages of a sequence (its page region is [S + overhead, C) in cost space).
 HF_FLASHMLA_HOST_DEVICE int64_t sequence_splits(int64_t pages, int64_t cost_begin, int64_t cost_end, const Shape& s) {
   if (pages == 0) return 0;
-  if (s.one_per_part) return 1;
+  if (s.mode != Mode::kBalanced) return 1;
   return (cost_end - 1) / s.payload - first_part(cost_begin, s) + 1;
 }
 
@@ -129,29 +158,53 @@ HF_FLASHMLA_HOST_DEVICE void place_sequence_bounds(int* metadata, const Chunk& c
   }
 }
 
+// The sequence (index within the chunk) that holds cost value `bound`: the first whose cost_end exceeds it,
+// clamped to the chunk's last (the clamp of searchsorted to b - 1; only the last chunk is asked for bounds
+// at or past its end). Binary search of the chunk's cost_end values.
+HF_FLASHMLA_HOST_DEVICE int locate_in_chunk(const Chunk& chunk, int64_t bound) {
+  int lo = 0, hi = chunk.count;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (chunk.ends[mid] > bound) hi = mid; else lo = mid + 1;
+  }
+  return lo < chunk.count ? lo : chunk.count - 1;
+}
+
+// Whether this chunk places bound value `bound`: it lies in the chunk's cost range [carry, ends[count - 1]),
+// or at or past the total for the last chunk.
+HF_FLASHMLA_HOST_DEVICE bool chunk_holds(const Chunk& chunk, int64_t bound) {
+  return bound >= chunk.carry && (bound < chunk.ends[chunk.count - 1] || chunk.last);
+}
+
+// Snapped mode, first step: snapped[p] for the balanced bounds p = thread, thread + num_threads, ..
+// <= num_parts that fall in this chunk (the caller then takes the largest difference).
+HF_FLASHMLA_HOST_DEVICE void snap_chunk_bounds(int64_t* snapped, const Chunk& chunk, const Shape& s, int thread,
+                                               int num_threads) {
+  for (int p = thread; p <= s.num_parts; p += num_threads) {
+    const int64_t x = balanced_bound(p, s);
+    if (!chunk_holds(chunk, x)) continue;
+    const int local = locate_in_chunk(chunk, x);
+    snapped[p] = snap_to_sequence(x, local > 0 ? chunk.ends[local - 1] : chunk.carry, chunk.ends[local]);
+  }
+}
+
 // Places the bounds p = thread, thread + num_threads, .. <= num_parts that fall in this chunk's cost range
-// [carry, ends[count - 1]) (for the last chunk also those at or past the total). seq(p) is found by a
-// binary search of the chunk's cost_end values: the first sequence whose cost_end exceeds the bound.
-HF_FLASHMLA_HOST_DEVICE void place_chunk_bounds(int* metadata, const Chunk& chunk, const Shape& s, int thread,
-                                                int num_threads) {
-  if (s.one_per_part) {
+// (balanced: x_p; snapped: snapped[p], computed by snap_chunk_bounds). seq(bound) is found by a binary
+// search of the chunk's cost_end values: the first sequence whose cost_end exceeds the bound.
+HF_FLASHMLA_HOST_DEVICE void place_chunk_bounds(int* metadata, const Chunk& chunk, const Shape& s,
+                                                const int64_t* snapped, int thread, int num_threads) {
+  if (s.mode == Mode::kOnePerPart) {
     place_sequence_bounds(metadata, chunk, s, thread, num_threads);
     return;
   }
-  const int64_t chunk_end = chunk.ends[chunk.count - 1];
   for (int p = thread; p <= s.num_parts; p += num_threads) {
-    const int64_t bound = min64(static_cast<int64_t>(p) * s.payload, s.total);
-    if (bound < chunk.carry || (bound >= chunk_end && !chunk.last)) continue;
-    int lo = 0, hi = chunk.count;  // first j in [0, count) with ends[j] > bound, else count
-    while (lo < hi) {
-      const int mid = (lo + hi) >> 1;
-      if (chunk.ends[mid] > bound) hi = mid; else lo = mid + 1;
-    }
-    const int local = lo < chunk.count ? lo : chunk.count - 1;  // the clamp to b - 1 (last chunk only)
+    const int64_t bound = s.mode == Mode::kSnapped ? snapped[p] : balanced_bound(p, s);
+    if (!chunk_holds(chunk, bound)) continue;
+    const int local = locate_in_chunk(chunk, bound);
     const int64_t cost_begin = local > 0 ? chunk.ends[local - 1] : chunk.carry;
     const int64_t pages = chunk.ends[local] - cost_begin - s.overhead;
     const int64_t block = min64(max64(bound - cost_begin - s.overhead, 0), pages);
-    const int64_t begin_split = max64(p - first_part(cost_begin, s), 0);
+    const int64_t begin_split = s.mode == Mode::kSnapped ? 0 : max64(p - first_part(cost_begin, s), 0);
     write_bound(metadata, p, chunk.base + local, block, begin_split, s);
   }
 }

@@ -1,9 +1,12 @@
 // The split-KV tile schedule (hf_flashmla/schedule.py, bit for bit) as one single-CTA kernel, so that
 // get_mla_metadata costs one launch per decode step instead of ~46 PyTorch ops (0.5-0.9 ms on an H100).
 //
-// Two passes over the batch, T sequences per step (T = blockDim.x, one sequence per thread):
+// Two or three passes over the batch, T sequences per step (T = blockDim.x, one sequence per thread):
 //   1. sum and maximum of the costs -> total, payload and whether each sequence gets its own part (every
 //      later quantity needs them);
+//   (only where b > num_parts) per chunk: block scan of the costs, then each balanced bound snapped to the
+//      nearer end of its sequence (shared memory); the largest snapped part decides between the snapped
+//      and the balanced mode (mla_metadata_core.h);
 //   2. per chunk of T sequences: block scan of the costs (cost_end C_i), each sequence's split count, block
 //      scan of the split counts (num_splits), then each part bound p is placed by thread p % T, in the
 //      chunk whose cost range holds it (binary search of the chunk's C_i in shared memory).
@@ -70,7 +73,8 @@ __global__ void __launch_bounds__(kMaxThreads) mla_metadata_kernel(const MlaMeta
   __shared__ int64_t chunk_ends[kMaxThreads];  // cost_end of the chunk's sequences
   __shared__ int64_t cost_totals[kMaxWarps];   // warp totals: cost scans
   __shared__ int64_t other_totals[kMaxWarps];  // warp totals: the pass-1 sum, then the split scans
-  __shared__ int64_t max_totals[kMaxWarps];    // warp totals: the pass-1 maximum
+  __shared__ int64_t max_totals[kMaxWarps];    // warp totals: the pass-1 maximum, then the largest snapped part
+  __shared__ int64_t snapped[core::kMaxSnappedParts + 1];  // snapped mode: the part bounds in cost space
   const int tid = threadIdx.x, num_threads = blockDim.x;
   const int batch = p.batch, overhead = p.sequence_overhead_pages;
   auto length_at = [&](int i) { return p.cache_seqlens[static_cast<int64_t>(i) * p.seqlens_stride]; };
@@ -84,7 +88,29 @@ __global__ void __launch_bounds__(kMaxThreads) mla_metadata_kernel(const MlaMeta
   int64_t total, max_cost;
   block_inclusive_scan(my_cost, other_totals, total);
   block_inclusive_scan(my_max_cost, max_totals, max_cost, Max());
-  const core::Shape shape = core::make_shape(total, max_cost, batch, p.num_parts, overhead);
+  core::Shape shape = core::make_shape(total, max_cost, batch, p.num_parts, overhead, p.split_combine_pages);
+
+  if (core::snapping_considered(shape)) {
+    int64_t carry = 0;
+    for (int base = 0; base < batch; base += num_threads) {
+      const int i = base + tid;
+      const int64_t cost = i < batch ? core::sequence_pages(length_at(i), p.page_size) + overhead : 0;
+      int64_t chunk_cost;
+      // Its barrier also orders this chunk's chunk_ends writes after every read of the previous chunk's.
+      chunk_ends[tid] = carry + block_inclusive_scan(cost, cost_totals, chunk_cost);
+      __syncthreads();
+      const int count = batch - base < num_threads ? batch - base : num_threads;
+      const core::Chunk chunk{chunk_ends, carry, base, count, base + num_threads >= batch};
+      core::snap_chunk_bounds(snapped, chunk, shape, tid, num_threads);
+      carry += chunk_cost;
+    }
+    __syncthreads();
+    int64_t my_largest = 0, largest;
+    for (int part = tid; part < shape.num_parts; part += num_threads)
+      my_largest = core::max64(my_largest, snapped[part + 1] - snapped[part]);
+    block_inclusive_scan(my_largest, max_totals, largest, Max());
+    if (core::whole_fits(largest, shape)) shape.mode = core::Mode::kSnapped;
+  }
 
   if (tid == 0) p.num_splits[0] = 0;
   int64_t carry_cost = 0, carry_splits = 0;
@@ -109,7 +135,7 @@ __global__ void __launch_bounds__(kMaxThreads) mla_metadata_kernel(const MlaMeta
 
     const int count = batch - base < num_threads ? batch - base : num_threads;
     const core::Chunk chunk{chunk_ends, carry_cost, base, count, base + num_threads >= batch};
-    core::place_chunk_bounds(p.tile_scheduler_metadata, chunk, shape, tid, num_threads);
+    core::place_chunk_bounds(p.tile_scheduler_metadata, chunk, shape, snapped, tid, num_threads);
     carry_cost += chunk_cost;
     carry_splits += chunk_splits;
   }

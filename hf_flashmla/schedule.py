@@ -20,16 +20,21 @@ Balancing: each sequence costs ceil(len/64) pages plus a fixed overhead of SEQUE
 (loading Q, the epilogue, the combine), placed before its pages. The total cost is cut into
 num_sm_parts equal contiguous pieces, so long and short sequences share SMs evenly.
 
-One part per sequence: when b <= num_sm_parts and the largest sequence cost is at most the balanced
-payload + SPLIT_COMBINE_PAGES, part i takes sequence i whole and parts b.. get empty items (the rows an
-over-provisioned balanced schedule also ends with: [b-1, pages_{b-1}, b-1, pages_{b-1}, ...]); no
-sequence is split, so nothing goes through the combine. Time model: a schedule takes its largest
-part's cost, plus SPLIT_COMBINE_PAGES when it splits a sequence (partials written in fp32, read back
-and merged by the combine kernel). The balanced cut minimises the largest part (the payload) among
-schedules that split; one part per sequence minimises it (the largest cost) among those that do not
-(a sequence is never cheaper than itself); the rule picks the cheaper of the two. Where the balanced
-cut splits nothing anyway, each sequence is already whole in some part and one part per sequence can
-only shorten the longest part, so the rule needs no test of whether the balanced cut splits.
+Whole sequences: a split sequence costs more than its pages (partials written in fp32, read back and
+merged by the combine kernel). Time model: a schedule takes its largest part's cost, plus
+SPLIT_COMBINE_PAGES when it splits a sequence. The balanced cut minimises the largest part among
+schedules that split; two schedules keep every sequence whole, and the rule takes one of them when its
+largest part is at most the balanced payload + SPLIT_COMBINE_PAGES:
+  - one part per sequence (b <= num_sm_parts): part i takes sequence i, parts b.. get empty items (the
+    rows an over-provisioned balanced schedule also ends with: [b-1, pages_{b-1}, b-1, pages_{b-1}, ...]).
+    Its largest part is the largest sequence cost, the least any whole schedule can have.
+  - snapped (b > num_sm_parts): each balanced bound p * payload moves to the nearer end of the sequence
+    that holds it, so whole sequences go to the part where most of their cost was; parts may be empty.
+    E.g. 64 sequences of 4K tokens on 33 parts (s_q * h_q = 256): parts of two sequences, 138 pages
+    against a payload of 134, and no combine. Skipped above MAX_SNAPPED_PARTS parts (the kernel keeps the
+    bounds in shared memory).
+Where the balanced cut splits nothing anyway, each sequence is already whole and a whole schedule is
+never worse, so the rule needs no test of whether the balanced cut splits.
 
 Two implementations give the same tensors bit for bit: compute_schedule_torch (vectorised PyTorch
 ops, any device; the ground truth) and the compiled single-CTA kernel torch.ops.hf_flashmla.mla_metadata
@@ -51,14 +56,17 @@ ROWS_PER_TILE = 64  # query rows (s_q * h_q / h_kv folded) per CTA tile
 SEQUENCE_OVERHEAD_PAGES = 5
 # For timing experiments only: overrides SEQUENCE_OVERHEAD_PAGES in both implementations.
 SEQUENCE_OVERHEAD_ENV_VAR = "HF_FLASHMLA_SEQUENCE_OVERHEAD_PAGES"
-# Cost of splitting (the combine), in pages; csrc/mla_metadata_core.h's kSplitCombinePages (a CPU test
-# compares them). From the H100 runs 10-11 (notes/KERNEL_LOG.md): a one-part-per-sequence schedule at
+# Cost of splitting (the combine), in pages; passed to the schedule kernel. From the H100 runs 10-11 (notes/KERNEL_LOG.md): a one-part-per-sequence schedule at
 # b = 128, equal lengths, 132 parts (largest cost vs payload: L4K 69 vs 67, L8K 133 vs 129, L16K 261 vs
 # 254) was 0.3-11% faster, i.e. splitting cost 4.6-17 pages (payload + C = largest cost * measured
 # speed ratio): ~5-8 at h_q*s_q = 16, 6-12 at 32, 9-17 at 64 (more rows: larger fp32 partials).
 # 8 is near the low end, so the rule switches only where every measured configuration gained; it
 # covers L16K (needs >= 7, where h_q*s_q = 16 measured only +0.3..0.6%, near break-even).
 SPLIT_COMBINE_PAGES = 8
+# For timing experiments only (A/B of the whole-sequence schedules): overrides SPLIT_COMBINE_PAGES in both
+# implementations; a very negative value gives the plain balanced cut.
+SPLIT_COMBINE_ENV_VAR = "HF_FLASHMLA_SPLIT_COMBINE_PAGES"
+MAX_SNAPPED_PARTS = 1024  # csrc/mla_metadata_core.h's kMaxSnappedParts
 METADATA_WIDTH = 8
 DEFAULT_NUM_SMS = 132  # H100 SXM; used where no CUDA device says otherwise
 SCHEDULE_ENV_VAR = "HF_FLASHMLA_SCHEDULE"
@@ -115,6 +123,16 @@ def sequence_overhead_pages() -> int:
     return int(value)
 
 
+def split_cost_pages() -> int:
+    value = os.environ.get(SPLIT_COMBINE_ENV_VAR, "").strip()
+    if not value:
+        return SPLIT_COMBINE_PAGES
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{SPLIT_COMBINE_ENV_VAR}={value!r}: expected an integer") from None
+
+
 def compute_schedule(cache_seqlens: torch.Tensor, num_q_rows_per_kv_head: int, num_heads_k: int,
                      num_sms: int | None = None, *, implementation: str | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,15 +143,18 @@ def compute_schedule(cache_seqlens: torch.Tensor, num_q_rows_per_kv_head: int, n
         num_sms = num_sms_of(device)
     num_parts = num_sm_parts_for(num_q_rows_per_kv_head, num_heads_k, num_sms)
     if schedule_implementation(device, implementation) == KERNEL:
-        return _ops.mla_metadata(cache_seqlens, num_parts, PAGE_SIZE, sequence_overhead_pages())
+        return _ops.mla_metadata(cache_seqlens, num_parts, PAGE_SIZE, sequence_overhead_pages(),
+                                 split_cost_pages())
     return compute_schedule_torch(cache_seqlens, num_parts)
 
 
 def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
-                           split_combine_pages: int = SPLIT_COMBINE_PAGES) -> tuple[torch.Tensor, torch.Tensor]:
+                           split_combine_pages: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The schedule with vectorised PyTorch ops on cache_seqlens' device (the ground truth).
-    split_combine_pages: the kernel's value by default; another one is for timing comparisons only (a very
-    negative value turns one part per sequence off: the plain balanced cut)."""
+    split_combine_pages: split_cost_pages() by default; another value is for timing comparisons only (a
+    very negative one turns the whole-sequence schedules off: the plain balanced cut)."""
+    if split_combine_pages is None:
+        split_combine_pages = split_cost_pages()
     device = cache_seqlens.device
     batch = cache_seqlens.shape[0]
 
@@ -145,28 +166,42 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
     cost_begin = cost_end - cost  # S_i
     total = cost_end[-1]
     payload = (total + num_parts - 1) // num_parts
-    # One part per sequence (module docstring); a 0-dim tensor, so no host sync.
-    one_per_part = (cost.max() <= payload + split_combine_pages) & (batch <= num_parts)
 
-    # Part boundaries in cost space: balanced x_p = min(p * payload, total); one part per sequence
-    # x_p = S_p for p < b, the total after. p = 0..P.
+    # Part bounds in cost space, p = 0..P: balanced x_p = min(p * payload, total); the whole-sequence
+    # schedule's (module docstring) where one applies. Decisions are 0-dim tensors: no host sync.
     part_index = torch.arange(num_parts + 1, device=device, dtype=torch.int64)
-    per_sequence_bounds = torch.cat([cost_begin[:num_parts + 1], total.expand(max(num_parts + 1 - batch, 0))])
-    bounds = torch.where(one_per_part, per_sequence_bounds, torch.minimum(part_index * payload, total))
+    balanced_bounds = torch.minimum(part_index * payload, total)
+    if batch <= num_parts:  # one part per sequence: S_p for p < b, the total after
+        whole_bounds = torch.cat([cost_begin, total.expand(num_parts + 1 - batch)])
+    elif num_parts <= MAX_SNAPPED_PARTS:  # each x_p to the nearer end of its sequence (ties to the start)
+        holder = torch.searchsorted(cost_end, balanced_bounds, right=True).clamp_max(batch - 1)
+        start, end = cost_begin[holder], cost_end[holder]
+        whole_bounds = torch.where(balanced_bounds - start <= end - balanced_bounds, start, end)
+    else:
+        whole_bounds = None
+    if whole_bounds is not None:
+        whole = (whole_bounds[1:] - whole_bounds[:-1]).max() <= payload + split_combine_pages
+        bounds = torch.where(whole, whole_bounds, balanced_bounds)
+    else:
+        whole = torch.zeros((), dtype=torch.bool, device=device)
+        bounds = balanced_bounds
     seq_of_bound = torch.searchsorted(cost_end, bounds, right=True).clamp_max(batch - 1)
     block_of_bound = (bounds - cost_begin[seq_of_bound] - overhead)
     block_of_bound = torch.minimum(block_of_bound.clamp_min(0), num_blocks[seq_of_bound])
 
     # Splits of sequence i: parts that intersect its page region [S_i + F, C_i) in cost space (balanced),
-    # part i alone (one part per sequence).
-    sequence_index = part_index[:batch] if batch <= num_parts else torch.arange(batch, device=device)
-    first_part = torch.where(one_per_part, sequence_index, (cost_begin + overhead) // payload)
-    last_part = torch.where(one_per_part, sequence_index, (cost_end - 1) // payload)
-    splits = torch.where(num_blocks > 0, last_part - first_part + 1, 0)
+    # one (whole sequences).
+    first_part = (cost_begin + overhead) // payload
+    last_part = (cost_end - 1) // payload
+    splits = torch.where(num_blocks > 0, torch.where(whole, 1, last_part - first_part + 1), 0)
     num_splits = torch.nn.functional.pad(torch.cumsum(splits, 0), (1, 0))
 
+    # begin_split: index of the part's first item among its sequence's splits. Whole sequences: 0 (empty
+    # parts of one part per sequence keep p - seq, the rows the balanced cut gives them).
     begin_seq = seq_of_bound[:-1]
-    begin_split = (part_index[:-1] - first_part[begin_seq]).clamp_min(0)
+    balanced_split = (part_index[:-1] - first_part[begin_seq]).clamp_min(0)
+    whole_split = (part_index[:-1] - begin_seq).clamp_min(0) if batch <= num_parts else torch.zeros_like(begin_seq)
+    begin_split = torch.where(whole, whole_split, balanced_split)
     # Few, larger ops on purpose: on a GPU each op is a launch, and this runs once per decode step.
     columns = torch.stack([begin_seq, block_of_bound[:-1], seq_of_bound[1:], block_of_bound[1:], begin_split], dim=1)
     metadata = torch.nn.functional.pad(columns, (0, METADATA_WIDTH - columns.shape[1]))

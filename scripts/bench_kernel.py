@@ -625,7 +625,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small subset of the tables")
     parser.add_argument("--configs", choices=("main", "extra", "all"), default="all")
     parser.add_argument("--impls", default=",".join(ALL_IMPLS), help=f"comma list of {ALL_IMPLS}")
-    parser.add_argument("--only", default="", help="run only configs whose name contains this substring")
+    parser.add_argument("--only", default="",
+                        help="run only configs whose name contains one of these comma-separated substrings")
     parser.add_argument("--json", default=None, help="write results to this path")
     parser.add_argument("--plot", default=None, help="write a PNG plot to this path")
     parser.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
@@ -665,7 +666,8 @@ def main(argv=None):
         if args.configs in ("extra", "all"):
             configs += extra_configs(args.quick)
     if args.only:
-        configs = [c for c in configs if args.only in c.name]
+        wanted = [part for part in args.only.split(",") if part]
+        configs = [c for c in configs if any(part in c.name for part in wanted)]
 
     ours = Ours(args.allow_reference_backend)
     peers = {}

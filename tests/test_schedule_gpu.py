@@ -34,7 +34,7 @@ def poison_allocator():
 
 
 def kernel_schedule(cache_seqlens, num_parts):
-    return _ops.mla_metadata(cache_seqlens, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES)
+    return _ops.mla_metadata(cache_seqlens, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, schedule.split_cost_pages())
 
 
 def assert_same(cache_seqlens, num_parts, got, where=""):
@@ -113,6 +113,18 @@ def test_kernel_matches_torch_one_part_per_sequence(batch, num_parts):
         assert_same(cache_seqlens, num_parts, got)
         one_each += got[1].tolist() == list(range(batch + 1))
     assert one_each >= 1
+
+
+@pytest.mark.parametrize("batch,num_parts,length", [(64, 33, 4096), (64, 33, 8192), (128, 66, 4096), (128, 33, 4096),
+                                                    (2049, 132, 100), (3000, 66, 1000)])
+def test_kernel_matches_torch_snapped(batch, num_parts, length):
+    # Whole sequences where b > parts (schedule.py's snapped schedule): one split per sequence, bounds placed
+    # across the kernel's chunks for b > 1024.
+    cache_seqlens = torch.tensor([length] * batch, dtype=torch.int32, device="cuda")
+    poison_allocator()
+    got = kernel_schedule(cache_seqlens, num_parts)
+    assert_same(cache_seqlens, num_parts, got)
+    assert got[1].tolist() == list(range(batch + 1))
 
 
 def test_strided_cache_seqlens():

@@ -55,10 +55,13 @@ def emulated_kernel(tmp_path_factory):
 
 
 def harness_stdin(cases) -> str:
-    """cases: (num_threads, num_parts, page_size, overhead, lengths), as the harness binaries read them."""
+    """cases: (num_threads, num_parts, page_size, overhead, lengths), as the harness binaries read them (with
+    schedule.py's split cost)."""
     lines = [str(len(cases))]
+    combine = schedule.split_cost_pages()
     for num_threads, num_parts, page_size, overhead, lengths in cases:
-        lines.append(f"{num_threads} {num_parts} {page_size} {overhead} {len(lengths)} " + " ".join(map(str, lengths)))
+        lines.append(f"{num_threads} {num_parts} {page_size} {overhead} {combine} {len(lengths)} "
+                     + " ".join(map(str, lengths)))
     return "\n".join(lines) + "\n"
 
 
@@ -107,6 +110,24 @@ def one_part_per_sequence(num_parts, lengths):
     return len(lengths) <= num_parts and max(costs) <= -(-sum(costs) // num_parts) + schedule.SPLIT_COMBINE_PAGES
 
 
+def snapped_whole(num_parts, lengths):
+    """Whether schedule.py takes the snapped whole-sequence schedule (b > parts, every sequence one split)."""
+    _, num_splits = schedule.compute_schedule_torch(torch.tensor(lengths, dtype=torch.int32), num_parts)
+    return len(lengths) > num_parts and int(num_splits[-1]) == sum(1 for n in lengths if n > 0)
+
+
+def snapped_cases(num_threads):
+    """Equal and near-equal lengths where whole sequences snap: the benchmark's compute-bound shapes, bounds on
+    chunk edges (32 and 96 threads), many short sequences over several chunks."""
+    cases = []
+    for batch, num_parts, length in ((64, 33, 4096), (64, 33, 8192), (128, 66, 4096), (128, 33, 4096),
+                                     (133, 132, 64), (2049, 132, 100), (3000, 66, 1000), (1100, 1024, 1)):
+        cases.append((num_threads, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [length] * batch))
+        cases.append((num_threads, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES,
+                      [length + 64 * (i % 3) - 64 for i in range(batch)]))
+    return [case for case in cases if snapped_whole(case[1], case[4])]
+
+
 def random_case(rng):
     batch = min(5000, int(2 ** rng.uniform(0, 12.3)))
     rows = rng.choice([16, 32, 64, 100, 128, 192, 256])
@@ -130,7 +151,15 @@ def assert_same_as_torch(binary, cases):
 def test_harness_matches_torch_on_random_inputs(harness):
     rng = random.Random(20261125)
     cases = [random_case(rng) for _ in range(300)]
-    assert sum(one_part_per_sequence(case[1], case[4]) for case in cases) >= 30  # both branches exercised
+    assert sum(one_part_per_sequence(case[1], case[4]) for case in cases) >= 30  # every mode exercised
+    assert sum(snapped_whole(case[1], case[4]) for case in cases) >= 10
+    assert_same_as_torch(harness, cases)
+
+
+@pytest.mark.parametrize("num_threads", [0, 32, 96, 1024])
+def test_harness_matches_torch_snapped(harness, num_threads):
+    cases = snapped_cases(num_threads)
+    assert len(cases) >= 12
     assert_same_as_torch(harness, cases)
 
 
@@ -214,7 +243,9 @@ def test_emulated_kernel_matches_torch(emulated_kernel):
     cases.append((1, 132, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [16384] * 128))
     cases.append((2, 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [4096 + 64 * (i % 2) for i in range(64)]))
     cases.append((1, 1500, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [64] * 1100))
+    cases += [(1, *case[1:]) for case in snapped_cases(0)]
     assert sum(one_part_per_sequence(case[1], case[4]) for case in cases) >= 10
+    assert sum(snapped_whole(case[1], case[4]) for case in cases) >= 12
     for (stride, num_parts, _, _, lengths), (metadata, num_splits) in zip(cases, run_harness(emulated_kernel, cases)):
         expected_metadata, expected_splits = schedule.compute_schedule_torch(
             torch.tensor(lengths, dtype=torch.int32), num_parts)
@@ -224,7 +255,7 @@ def test_emulated_kernel_matches_torch(emulated_kernel):
 
 
 def test_emulated_launcher_refuses_bad_parameters(emulated_kernel):
-    stdin = "2\n1 0 64 5 1 10\n1 66 64 0 1 10\n"
+    stdin = "2\n1 0 64 5 8 1 10\n1 66 64 0 8 1 10\n"
     result = subprocess.run([str(emulated_kernel)], input=stdin, capture_output=True, text=True)
     assert result.returncode == 0
     assert result.stdout.splitlines() == ["error mla_metadata: batch, num_parts, page_size and "
@@ -249,6 +280,7 @@ def test_emulated_kernel_has_no_data_races(tmp_path):
              for batch in (1, 40)]
     cases.append((2, 1500, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [rng.randint(0, 5000) for _ in range(1100)]))
     cases.append((1, 132, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [4096] * 128))  # one part per sequence
+    cases.append((1, 132, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [100] * 2049))  # snapped, over three chunks
     result = subprocess.run([str(binary)], input=harness_stdin(cases), capture_output=True, text=True,
                             env={**os.environ, "TSAN_OPTIONS": "halt_on_error=0"})
     if "FATAL: ThreadSanitizer" in result.stderr:

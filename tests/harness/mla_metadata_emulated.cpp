@@ -2,7 +2,8 @@
 // in emulated_cuda/, every CUDA thread an OS thread. Used by tests/test_schedule_kernel_host.py.
 // Outputs start as a sentinel, so a word no thread writes shows up.
 //
-// stdin:  number of cases, then per case: stride num_parts page_size overhead batch len_0 .. len_{b-1}
+// stdin:  number of cases, then per case: stride num_parts page_size overhead combine_pages batch
+//         len_0 .. len_{b-1}
 //         (the lengths are laid out `stride` ints apart, junk in between)
 // stdout: per case one line: the num_parts * 8 metadata values, then the batch + 1 num_splits values;
 //         or "error <message>" when the launcher refuses.
@@ -16,7 +17,9 @@ int main() {
   if (std::scanf("%d", &num_cases) != 1) return 2;
   for (int c = 0; c < num_cases; ++c) {
     int stride, num_parts, page_size, overhead, batch;
-    if (std::scanf("%d %d %d %d %d", &stride, &num_parts, &page_size, &overhead, &batch) != 5) return 2;
+    long long combine_pages;
+    if (std::scanf("%d %d %d %d %lld %d", &stride, &num_parts, &page_size, &overhead, &combine_pages, &batch) != 6)
+      return 2;
     std::vector<int> lengths(static_cast<size_t>(batch) * (stride > 0 ? stride : 1), -777);
     for (int i = 0; i < batch; ++i)
       if (std::scanf("%d", &lengths[static_cast<size_t>(i) * stride]) != 1) return 2;
@@ -30,6 +33,7 @@ int main() {
     p.num_parts = num_parts;
     p.page_size = page_size;
     p.sequence_overhead_pages = overhead;
+    p.split_combine_pages = combine_pages;
     if (const char* error = hf_flashmla::mla_metadata_launch(p, nullptr)) {
       std::printf("error %s\n", error);
       continue;

@@ -3,7 +3,8 @@
 // tests/test_schedule_kernel_host.py to compare the kernel's arithmetic with hf_flashmla/schedule.py
 // without a GPU. Every word of the outputs starts as a sentinel, so a word no thread writes shows up.
 //
-// stdin:  number of cases, then per case: num_threads num_parts page_size overhead batch len_0 .. len_{b-1}
+// stdin:  number of cases, then per case: num_threads num_parts page_size overhead combine_pages batch
+//         len_0 .. len_{b-1}
 //         (num_threads 0: as many as the kernel's launcher picks)
 // stdout: per case one line: the num_parts * 8 metadata values, then the batch + 1 num_splits values.
 #include <cstdint>
@@ -18,8 +19,24 @@ namespace {
 
 constexpr int kSentinel = -12345;
 
-void run_case(int num_threads, int num_parts, int page_size, int overhead, const std::vector<int>& lengths,
-              std::vector<int>& metadata, std::vector<int>& num_splits) {
+// The kernel's chunk loop with the block scan done serially: cost_end of every sequence of the chunk.
+int64_t scan_chunk(const std::vector<int>& lengths, int base, int num_threads, int page_size, int overhead,
+                   int64_t carry, std::vector<int64_t>& ends, std::vector<int64_t>& pages, std::vector<int64_t>& costs) {
+  const int batch = static_cast<int>(lengths.size());
+  int64_t running = 0;
+  for (int tid = 0; tid < num_threads; ++tid) {
+    const int i = base + tid;
+    const bool valid = i < batch;
+    pages[tid] = valid ? core::sequence_pages(lengths[i], page_size) : 0;
+    costs[tid] = valid ? pages[tid] + overhead : 0;
+    running += costs[tid];
+    ends[tid] = carry + running;
+  }
+  return running;
+}
+
+void run_case(int num_threads, int num_parts, int page_size, int overhead, int64_t combine_pages,
+              const std::vector<int>& lengths, std::vector<int>& metadata, std::vector<int>& num_splits) {
   const int batch = static_cast<int>(lengths.size());
   metadata.assign(static_cast<size_t>(num_parts) * core::kRowWidth, kSentinel);
   num_splits.assign(batch + 1, kSentinel);
@@ -31,22 +48,30 @@ void run_case(int num_threads, int num_parts, int page_size, int overhead, const
       total += cost;
       max_cost = core::max64(max_cost, cost);
     }
-  const core::Shape shape = core::make_shape(total, max_cost, batch, num_parts, overhead);
+  core::Shape shape = core::make_shape(total, max_cost, batch, num_parts, overhead, combine_pages);
+  std::vector<int64_t> ends(num_threads), pages(num_threads), costs(num_threads);
+  std::vector<int64_t> snapped(core::kMaxSnappedParts + 1, -1);
+
+  if (core::snapping_considered(shape)) {
+    int64_t carry = 0;
+    for (int base = 0; base < batch; base += num_threads) {
+      const int64_t chunk_cost = scan_chunk(lengths, base, num_threads, page_size, overhead, carry, ends, pages, costs);
+      const int count = batch - base < num_threads ? batch - base : num_threads;
+      const core::Chunk chunk{ends.data(), carry, base, count, base + num_threads >= batch};
+      for (int tid = 0; tid < num_threads; ++tid)
+        core::snap_chunk_bounds(snapped.data(), chunk, shape, tid, num_threads);
+      carry += chunk_cost;
+    }
+    int64_t largest = 0;
+    for (int part = 0; part < num_parts; ++part) largest = core::max64(largest, snapped[part + 1] - snapped[part]);
+    if (core::whole_fits(largest, shape)) shape.mode = core::Mode::kSnapped;
+  }
 
   num_splits[0] = 0;
   int64_t carry_cost = 0, carry_splits = 0;
-  std::vector<int64_t> ends(num_threads), pages(num_threads), costs(num_threads);
   for (int base = 0; base < batch; base += num_threads) {
-    int64_t running = 0;
-    for (int tid = 0; tid < num_threads; ++tid) {
-      const int i = base + tid;
-      const bool valid = i < batch;
-      pages[tid] = valid ? core::sequence_pages(lengths[i], page_size) : 0;
-      costs[tid] = valid ? pages[tid] + overhead : 0;
-      running += costs[tid];
-      ends[tid] = carry_cost + running;
-    }
-    const int64_t chunk_cost = running;
+    const int64_t chunk_cost = scan_chunk(lengths, base, num_threads, page_size, overhead, carry_cost, ends, pages,
+                                          costs);
     int64_t running_splits = 0;
     for (int tid = 0; tid < num_threads; ++tid) {
       const int i = base + tid;
@@ -58,7 +83,7 @@ void run_case(int num_threads, int num_parts, int page_size, int overhead, const
     const int count = batch - base < num_threads ? batch - base : num_threads;
     const core::Chunk chunk{ends.data(), carry_cost, base, count, base + num_threads >= batch};
     for (int tid = 0; tid < num_threads; ++tid)
-      core::place_chunk_bounds(metadata.data(), chunk, shape, tid, num_threads);
+      core::place_chunk_bounds(metadata.data(), chunk, shape, snapped.data(), tid, num_threads);
     carry_cost += chunk_cost;
     carry_splits += running_splits;
   }
@@ -72,12 +97,14 @@ int main() {
   std::vector<int> lengths, metadata, num_splits;
   for (int c = 0; c < num_cases; ++c) {
     int num_threads, num_parts, page_size, overhead, batch;
-    if (std::scanf("%d %d %d %d %d", &num_threads, &num_parts, &page_size, &overhead, &batch) != 5) return 2;
+    long long combine_pages;
+    if (std::scanf("%d %d %d %d %lld %d", &num_threads, &num_parts, &page_size, &overhead, &combine_pages, &batch) != 6)
+      return 2;
     if (num_threads == 0) num_threads = core::launch_threads(batch, num_parts);
     lengths.resize(batch);
     for (int& length : lengths)
       if (std::scanf("%d", &length) != 1) return 2;
-    run_case(num_threads, num_parts, page_size, overhead, lengths, metadata, num_splits);
+    run_case(num_threads, num_parts, page_size, overhead, combine_pages, lengths, metadata, num_splits);
     for (int v : metadata) std::printf("%d ", v);
     for (int v : num_splits) std::printf("%d ", v);
     std::printf("\n");
