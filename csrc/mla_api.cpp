@@ -65,6 +65,12 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
   const int64_t max_splits = batch + num_parts;
   auto o_accum = at::empty({max_splits, rows_total, kHeadDimV}, q.options().dtype(at::kFloat));
   auto lse_accum = at::empty({max_splits, rows_total}, q.options().dtype(at::kFloat));
+  const bool inline_merge = mla_decode_merges_inline();
+  // Counts the finished pieces of each (sequence, 64-row tile); the piece that completes the count merges.
+  auto merge_counters = at::empty({inline_merge ? batch * num_m_blocks : 0}, q.options().dtype(at::kInt));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  if (inline_merge)
+    C10_CUDA_CHECK(cudaMemsetAsync(merge_counters.data_ptr<int>(), 0, merge_counters.numel() * sizeof(int), stream));
 
   MlaDecodeParams p{};
   p.q = q.data_ptr();
@@ -77,6 +83,8 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
   p.lse = lse.data_ptr<float>();
   p.o_accum = o_accum.data_ptr<float>();
   p.lse_accum = lse_accum.data_ptr<float>();
+  p.merge_counters = inline_merge ? merge_counters.data_ptr<int>() : nullptr;
+  p.inline_merge = inline_merge;
   p.batch = static_cast<int>(batch);
   p.s_q = static_cast<int>(s_q);
   p.h_q = static_cast<int>(h_q);
@@ -88,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
   p.softmax_scale = static_cast<float>(softmax_scale);
   p.causal = causal;
   p.is_bf16 = dtype == at::kBFloat16;
-  const char* error = mla_decode_launch(p, c10::cuda::getCurrentCUDAStream().stream());
+  const char* error = mla_decode_launch(p, stream);
   TORCH_CHECK(error == nullptr, "hf_flashmla decode launch failed: ", error == nullptr ? "" : error);
   return {out, lse};
 }

@@ -22,17 +22,24 @@ struct MlaDecodeParams {
   float* lse;                  // [b, h_q, s_q]
   float* o_accum;              // [max_splits, s_q * h_q, 512] partial outputs (normalised)
   float* lse_accum;            // [max_splits, s_q * h_q] partial lse (natural log)
+  int* merge_counters;         // [b, num_m_blocks], zero on entry (inline_merge): pieces of a split tile finished
   int batch, s_q, h_q, num_blocks, block_table_stride, max_blocks_per_seq;
   int num_parts, num_m_blocks;
   float softmax_scale;
   bool causal;
   bool is_bf16;
+  bool inline_merge;           // the seesaw kernel merges split sequences itself (no combine kernel)
 };
 
-// Launches the split-KV decode kernel and the combine kernel on `stream`.
+// Launches the split-KV decode kernel (and, where it does not merge split sequences itself, the combine kernel)
+// on `stream`.
 // Returns a message on failure (static storage), nullptr on success.
 const char* mla_decode_launch(const MlaDecodeParams& params, cudaStream_t stream);
 
 size_t mla_decode_smem_bytes();
+
+// Whether the next launch merges split sequences inside the decode kernel (then params.merge_counters must be
+// zeroed memory of b * num_m_blocks ints): the seesaw kernel unless HF_FLASHMLA_MERGE=combine.
+bool mla_decode_merges_inline();
 
 }  // namespace hf_flashmla

@@ -47,6 +47,15 @@ struct PartWalker {
   __device__ PartWalker(const int* row, const int* seqlens)
       : begin_batch(row[0]), begin_block(row[1]), end_batch(row[2]), end_block(row[3]), begin_split(row[4]),
         cache_seqlens(seqlens) {}
+  __device__ int num_items() const { return end_batch - begin_batch + 1; }
+  // The sequence of a part's k-th item. last_first: the part's last item first, then the others in order; with
+  // the in-kernel merge, the last item is usually the first piece of a sequence that the next part continues
+  // (and processes first anyway), so every piece of a split sequence is among its part's first two items and
+  // the merge, done by the piece that finishes last, runs early, under the other CTAs' work, not at the end.
+  __device__ int batch_at(int k, bool last_first) const {
+    if (!last_first) return begin_batch + k;
+    return k == 0 ? end_batch : begin_batch + k - 1;
+  }
   __device__ WorkItem item(int batch) const {
     int num_blocks = (max(cache_seqlens[batch], 0) + kPageSize - 1) / kPageSize;
     WorkItem w;

@@ -12,13 +12,13 @@
 
 #include "mla_decode_seesaw.cuh"
 #include "mla_decode_split.cuh"
+#include "mla_split_merge.cuh"
 
 namespace hf_flashmla {
 namespace decode_detail {
 
-// Merges the partial results of split sequences; writes empty sequences (no split) as out = 0, lse = +inf.
-// A warp reads a row's partials 512 contiguous bytes at a time (a lane owns 16 of the 512 columns: four float4),
-// with the splits' weights one per lane. Two shapes:
+// Merges the partial results of split sequences (mla_split_merge.cuh); writes empty sequences (no split) as
+// out = 0, lse = +inf. Two shapes:
 //  - sequences split many ways (parts >= 8 * batch) and few rows (batch * s_q * h_q <= kCombineMaxBlocks): one
 //    block per row, its 4 warps take every 4th split and add up through shared memory, so a sequence split over
 //    ~100 parts is not one warp's serial loop (b = 4 with a 45K context: 72.6 -> 53 us, run 34);
@@ -26,6 +26,8 @@ namespace decode_detail {
 //    costs its launch even when it exits at once (one block per row cost ~20 us at b = 128, s_q * h_q = 256,
 //    and 160 us at b = 1024; run 27), and at 2-3 splits per sequence the shared shape was ~1% slower (run 34).
 // Sequences with one split exit at once (the decode kernel wrote them).
+// Used after the split kernel, and after the seesaw kernel when HF_FLASHMLA_MERGE=combine (A/B timing): by
+// default the seesaw kernel merges in-kernel and no combine kernel runs.
 constexpr int kCombineWarps = 4;
 constexpr int kCombineMaxBlocks = 4096;
 
@@ -34,83 +36,42 @@ __global__ void __launch_bounds__(kCombineWarps * 32)
     mla_combine_kernel(const MlaDecodeParams p, int rows_per_warp, bool warps_share_row) {
   __shared__ float4 shared_acc[kCombineWarps][kHeadDimV / 4];
   const int batch = blockIdx.y;
-  const int split_base = p.num_splits[batch];
-  const int num_splits = p.num_splits[batch + 1] - split_base;
-  if (num_splits == 1) return;  // the decode kernel wrote these rows directly
+  if (p.num_splits[batch + 1] - p.num_splits[batch] == 1) return;  // the decode kernel wrote these rows directly
   const int rows_total = p.s_q * p.h_q;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // Shared row: warp w takes splits w, w + 4, ...; own rows: every split.
-  const int split_step = warps_share_row ? kCombineWarps : 1;
-  const int split_first = warps_share_row ? warp : 0;
-  for (int i = 0; i < rows_per_warp; ++i) {
-    const int grow = warps_share_row ? blockIdx.x : (blockIdx.x * rows_per_warp + i) * kCombineWarps + warp;
-    if (grow >= rows_total) break;
-    const float* lse_col = p.lse_accum + static_cast<int64_t>(split_base) * rows_total + grow;
-    float max_lse = -INFINITY;
-    for (int k = lane; k < num_splits; k += 32) max_lse = fmaxf(max_lse, lse_col[static_cast<int64_t>(k) * rows_total]);
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) max_lse = fmaxf(max_lse, __shfl_xor_sync(0xffffffff, max_lse, off));
-    float sum = 0.f;
-    if (max_lse != -INFINITY)
-      for (int k = lane; k < num_splits; k += 32) sum += __expf(lse_col[static_cast<int64_t>(k) * rows_total] - max_lse);
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffff, sum, off);
-    const bool empty = num_splits == 0 || max_lse == -INFINITY;
-    const float lse_value = empty ? INFINITY : max_lse + __logf(sum);
-
-    float4 acc[4];
-#pragma unroll
-    for (int c = 0; c < 4; ++c) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (!empty) {
-      for (int k0 = 0; k0 < num_splits; k0 += 32) {
-        // Split k0 + lane's weight in this lane (its lse is an L1 hit by now), handed out by shuffles.
-        const float my_weight =
-            k0 + lane < num_splits ? __expf(lse_col[static_cast<int64_t>(k0 + lane) * rows_total] - lse_value) : 0.f;
-        const int count = min(32, num_splits - k0);
-#pragma unroll 4
-        for (int kk = split_first; kk < count; kk += split_step) {
-          const float weight = __shfl_sync(0xffffffff, my_weight, kk);  // kk is warp-uniform
-          const int64_t row = static_cast<int64_t>(split_base + k0 + kk) * rows_total + grow;
-          const float4* part = reinterpret_cast<const float4*>(p.o_accum + row * kHeadDimV) + lane;
-#pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const float4 v = part[32 * c];
-            acc[c].x += weight * v.x;
-            acc[c].y += weight * v.y;
-            acc[c].z += weight * v.z;
-            acc[c].w += weight * v.w;
-          }
-        }
-      }
+  if (!warps_share_row) {
+    for (int i = 0; i < rows_per_warp; ++i) {
+      const int grow = (blockIdx.x * rows_per_warp + i) * kCombineWarps + warp;
+      if (grow >= rows_total) break;
+      merge_row<Elem>(p, batch, grow, lane);
     }
-    Elem* out_row = static_cast<Elem*>(p.out) + (static_cast<int64_t>(batch) * rows_total + grow) * kHeadDimV;
-    if (warps_share_row) {
-#pragma unroll
-      for (int c = 0; c < 4; ++c) shared_acc[warp][lane + 32 * c] = acc[c];
-      __syncthreads();
-      // Thread t sums columns 4t .. 4t + 3 over the warps.
-      float4 total = shared_acc[0][threadIdx.x];
-#pragma unroll
-      for (int w = 1; w < kCombineWarps; ++w) {
-        const float4 v = shared_acc[w][threadIdx.x];
-        total.x += v.x;
-        total.y += v.y;
-        total.z += v.z;
-        total.w += v.w;
-      }
-      *reinterpret_cast<uint2*>(out_row + 4 * threadIdx.x) =
-          make_uint2(ElemTraits<Elem>::pack(total.x, total.y), ElemTraits<Elem>::pack(total.z, total.w));
-    } else {
-#pragma unroll
-      for (int c = 0; c < 4; ++c)
-        *reinterpret_cast<uint2*>(out_row + 4 * (lane + 32 * c)) =
-            make_uint2(ElemTraits<Elem>::pack(acc[c].x, acc[c].y), ElemTraits<Elem>::pack(acc[c].z, acc[c].w));
-    }
-    if (warps_share_row ? threadIdx.x == 0 : lane == 0) {
-      const int token = grow / p.h_q, head = grow % p.h_q;
-      p.lse[(static_cast<int64_t>(batch) * p.h_q + head) * p.s_q + token] = lse_value;
-    }
+    return;
   }
+  // Shared row: warp w takes splits w, w + 4, ...
+  const int grow = blockIdx.x;
+  if (grow >= rows_total) return;
+  const SplitRow r = split_row(p, batch, grow);
+  const float lse_value = merged_lse(r, lane);
+  float4 acc[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+  accumulate_splits(acc, p, r, lse_value, warp, kCombineWarps, lane);
+#pragma unroll
+  for (int c = 0; c < 4; ++c) shared_acc[warp][lane + 32 * c] = acc[c];
+  __syncthreads();
+  // Thread t sums columns 4t .. 4t + 3 over the warps.
+  float4 total = shared_acc[0][threadIdx.x];
+#pragma unroll
+  for (int w = 1; w < kCombineWarps; ++w) {
+    const float4 v = shared_acc[w][threadIdx.x];
+    total.x += v.x;
+    total.y += v.y;
+    total.z += v.z;
+    total.w += v.w;
+  }
+  *reinterpret_cast<uint2*>(out_row_of<Elem>(p, batch, grow) + 4 * threadIdx.x) =
+      make_uint2(ElemTraits<Elem>::pack(total.x, total.y), ElemTraits<Elem>::pack(total.z, total.w));
+  if (threadIdx.x == 0) store_merged_lse(p, batch, grow, lse_value);
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
@@ -149,6 +110,13 @@ bool use_seesaw_kernel() {
   return std::strcmp(choice, "split") != 0;
 }
 
+// HF_FLASHMLA_MERGE=combine makes the seesaw kernel leave split sequences to the combine kernel (A/B timing);
+// by default it merges them itself.
+bool merge_inline_requested() {
+  const char* choice = std::getenv("HF_FLASHMLA_MERGE");
+  return choice == nullptr || std::strcmp(choice, "combine") != 0;
+}
+
 template <typename Elem>
 const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
   const int rows_total = p.s_q * p.h_q;
@@ -169,6 +137,8 @@ const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
     return "cuTensorMapEncodeTiled failed for k_cache (4-chunk view)";
 
   const bool seesaw = use_seesaw_kernel();
+  if (p.inline_merge && (!seesaw || p.merge_counters == nullptr))
+    return "mla_decode: the in-kernel merge needs the seesaw kernel and zeroed merge counters";
   const void* kernel = seesaw ? reinterpret_cast<const void*>(mla_decode_seesaw_kernel<Elem>)
                               : reinterpret_cast<const void*>(mla_decode_split_kernel<Elem>);
   const int smem_bytes = seesaw ? kSeesawSmemBytes : kSplitSmemBytes;
@@ -194,6 +164,7 @@ const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
   else
     mla_decode_split_kernel<Elem><<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
+  if (p.inline_merge) return nullptr;
   const bool warps_share_row =
       p.num_parts >= 8 * p.batch && static_cast<int64_t>(p.batch) * rows_total <= kCombineMaxBlocks;
   int rows_per_warp = 1;
@@ -212,6 +183,10 @@ const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
 
 size_t mla_decode_smem_bytes() {
   return decode_detail::use_seesaw_kernel() ? decode_detail::kSeesawSmemBytes : decode_detail::kSplitSmemBytes;
+}
+
+bool mla_decode_merges_inline() {
+  return decode_detail::use_seesaw_kernel() && decode_detail::merge_inline_requested();
 }
 
 const char* mla_decode_launch(const MlaDecodeParams& params, cudaStream_t stream) {

@@ -37,6 +37,7 @@
 // racecheck does not model this mbarrier chain and reports these slots (notes/KERNEL_LOG.md, runs 18-22).
 #pragma once
 #include "mla_decode_common.cuh"
+#include "mla_split_merge.cuh"
 #ifdef HF_FLASHMLA_TIMELINE
 #include <cstdio>
 #endif
@@ -50,7 +51,8 @@ struct SeesawLayout {
   static constexpr int p_a = kv + kNumStages * kTileBytes;       // P_A, 64 x 64, 128B-swizzled
   static constexpr int row_max = p_a + kChunkBytes;             // float [2][64]: m published by WG w
   static constexpr int row_sum = row_max + 2 * kTileRows * 4;   // float [2 items][2 wg][64]
-  static constexpr int barriers = row_sum + 4 * kTileRows * 4;
+  static constexpr int merge_flag = row_sum + 4 * kTileRows * 4;  // int: this CTA finished a split tile last
+  static constexpr int barriers = merge_flag + 16;
   // q_full, q_empty, kv_full[2][9], kv_empty[2 stages][2 groups]
   static constexpr int total = barriers + 8 * (2 + kNumStages * kNumChunks + kNumStages * 2);
 };
@@ -115,7 +117,8 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
                                                      const SeesawBarriers& bars, uint32_t q_smem, uint32_t kv_smem,
                                                      int m_block) {
   uint32_t item_count = 0, uses0 = 0, uses1 = 0;
-  for (int batch = walker.begin_batch; batch <= walker.end_batch; ++batch) {
+  for (int k = 0; k < walker.num_items(); ++k) {
+    const int batch = walker.batch_at(k, p.inline_merge);
     WorkItem w = walker.item(batch);
     if (w.stop_block <= w.start_block) continue;
     mbarrier_wait(bars.q_empty, (item_count & 1) ^ 1);
@@ -348,6 +351,48 @@ __device__ __forceinline__ unsigned long long seesaw_global_ns() {
 #define SEESAW_ITEM_MARK(k)
 #endif
 
+// In-kernel merge of a split sequence's 64-row tile (p.inline_merge), after this CTA stored its piece: the
+// pieces count themselves in merge_counters, and the one that completes the count merges every piece's partial
+// (its own included, from L2) into out / lse, a warp per row. Pieces never wait for each other, so no CTA
+// depends on another being resident. Threadfence before the count (every consumer thread's partial stores are
+// ordered before thread 0's atomic by the barrier) and after seeing it, as in CUDA's threadFenceReduction.
+template <typename Elem>
+__device__ __forceinline__ void seesaw_merge_if_last(const MlaDecodeParams& p, int batch, int m_block, int* last_flag,
+                                                     int consumer_warp, int lane) {
+  __threadfence();
+  named_barrier_sync(kBarRowSum, kConsumerThreads);
+  if (threadIdx.x == 0) {
+    const int pieces = p.num_splits[batch + 1] - p.num_splits[batch];
+    const int done = atomicAdd(p.merge_counters + static_cast<int64_t>(batch) * p.num_m_blocks + m_block, 1) + 1;
+    *last_flag = done == pieces;
+  }
+  named_barrier_sync(kBarRowSum, kConsumerThreads);
+  // Through a shuffle, so that ptxas sees the branch as warp-uniform (else it serialises the wgmma: C7520).
+  if (!__shfl_sync(0xffffffff, *last_flag, 0)) return;
+  __threadfence();
+  const int row_end = min(kTileRows, p.s_q * p.h_q - m_block * kTileRows);
+  for (int r = consumer_warp; r < row_end; r += kConsumerThreads / 32)
+    merge_row<Elem>(p, batch, m_block * kTileRows + r, lane);
+}
+
+// With the in-kernel merge no combine kernel runs, so the decode kernel writes sequences without pages (no split)
+// itself: out = 0, lse = +inf, sequence b by the CTAs of part b % num_parts, each its 64-row tile.
+template <typename Elem>
+__device__ __forceinline__ void write_empty_sequences(const MlaDecodeParams& p, int part, int m_block, int thread) {
+  const int rows_total = p.s_q * p.h_q;
+  const int row_end = min(kTileRows, rows_total - m_block * kTileRows);
+  constexpr int kVectorsPerRow = kHeadDimV * static_cast<int>(sizeof(Elem)) / 16;
+  for (int batch = part; batch < p.batch; batch += p.num_parts) {
+    if (p.num_splits[batch + 1] != p.num_splits[batch]) continue;
+    for (int i = thread; i < row_end * kVectorsPerRow; i += kConsumerThreads) {
+      const int grow = m_block * kTileRows + i / kVectorsPerRow;
+      reinterpret_cast<uint4*>(out_row_of<Elem>(p, batch, grow))[i % kVectorsPerRow] = make_uint4(0, 0, 0, 0);
+    }
+    for (int r = thread; r < row_end; r += kConsumerThreads)
+      store_merged_lse(p, batch, m_block * kTileRows + r, INFINITY);
+  }
+}
+
 // One function for both warpgroups (wg is warp-uniform: read through a shuffle by the caller), so that
 // their shared code, the epilogue's sum exchange included, is one instruction stream.
 template <typename Elem>
@@ -362,11 +407,13 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
   const uint32_t p_b_smem = stage1 + 8 * kChunkBytes;  // page B's rope chunk
   float* row_max_smem = reinterpret_cast<float*>(smem + SeesawLayout::row_max);
   float* row_sum_smem = reinterpret_cast<float*>(smem + SeesawLayout::row_sum);
+  int* merge_flag = reinterpret_cast<int*>(smem + SeesawLayout::merge_flag);
   const int rows_total = p.s_q * p.h_q;
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
 
   uint32_t item_count = 0, uses0 = 0, uses1 = 0;
-  for (int batch = walker.begin_batch; batch <= walker.end_batch; ++batch) {
+  for (int k = 0; k < walker.num_items(); ++k) {
+    const int batch = walker.batch_at(k, p.inline_merge);
     WorkItem w = walker.item(batch);
     if (w.stop_block <= w.start_block) continue;
     const int seqlen = p.cache_seqlens[batch];
@@ -562,9 +609,14 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
 #pragma unroll
     for (int h = 0; h < 2; ++h) total[h] = sums[t.row0 + 8 * h] + sums[kTileRows + t.row0 + 8 * h];
     store_tile<Elem>(p, w, slot, m_block, wg, t.row0, o, row_m, total, scale_log2);
+    // Warp-uniform through a shuffle: a branch ptxas cannot prove uniform serialises the wgmma (C7520).
+    if (__shfl_sync(0xffffffff, p.inline_merge && !slot.direct, 0))
+      seesaw_merge_if_last<Elem>(p, batch, m_block, merge_flag, __shfl_sync(0xffffffff, 4 * wg + t.warp_in_wg, 0),
+                                 t.lane);
     SEESAW_ITEM_MARK(4);
     ++item_count;
   }
+  if (p.inline_merge) write_empty_sequences<Elem>(p, blockIdx.y, m_block, threadIdx.x);
 #ifdef HF_FLASHMLA_TIMELINE
   if (blockIdx.x == 0 && blockIdx.y == 0 && t.warp_in_wg == 0 && t.lane == 0)
     for (int k = 0; k < 4; ++k)

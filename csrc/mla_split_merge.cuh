@@ -1,0 +1,100 @@
+// Merging the partial results of a split sequence through their lse, one query row per warp: shared by the
+// combine kernel (mla_decode_kernel.cu) and the seesaw kernel's in-kernel merge, where the CTA that finishes a
+// sequence's last piece merges its 64-row tile (mla_decode_seesaw.cuh).
+// A warp reads a row's partials 512 contiguous bytes at a time (a lane owns 16 of the 512 columns: four float4),
+// with the splits' weights one per lane. Loads bypass L1 (ld.global.cg): in the in-kernel merge the partials
+// were written by other SMs, whose stores L1 does not see.
+#pragma once
+#include "mla_decode_common.cuh"
+
+namespace hf_flashmla {
+namespace decode_detail {
+
+struct SplitRow {
+  const float* lse_col;  // lse_accum at (first split, row): split k's lse is lse_col[k * rows_total]
+  int split_base, num_splits, rows_total, grow;
+  __device__ float lse_of(int k) const { return __ldcg(lse_col + static_cast<int64_t>(k) * rows_total); }
+};
+
+// Loop bounds and branches of these helpers are warp-uniform through shuffles: inside the decode kernel, control
+// flow that ptxas cannot prove uniform makes it serialise the wgmma that follow (C7520).
+__device__ __forceinline__ SplitRow split_row(const MlaDecodeParams& p, int batch, int grow) {
+  const int rows_total = p.s_q * p.h_q;
+  const int split_base = __shfl_sync(0xffffffff, p.num_splits[batch], 0);
+  const int num_splits = __shfl_sync(0xffffffff, p.num_splits[batch + 1], 0) - split_base;
+  return SplitRow{p.lse_accum + static_cast<int64_t>(split_base) * rows_total + grow, split_base, num_splits,
+                  rows_total, grow};
+}
+
+// The row's merged lse (natural log), +inf when no split saw a key (the row is then written as zeros).
+__device__ __forceinline__ float merged_lse(const SplitRow& r, int lane) {
+  float max_lse = -INFINITY;
+  for (int k0 = 0; k0 < r.num_splits; k0 += 32)
+    if (k0 + lane < r.num_splits) max_lse = fmaxf(max_lse, r.lse_of(k0 + lane));
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) max_lse = fmaxf(max_lse, __shfl_xor_sync(0xffffffff, max_lse, off));
+  const bool empty = __shfl_sync(0xffffffff, r.num_splits == 0 || max_lse == -INFINITY, 0);
+  const float reference = empty ? 0.f : max_lse;
+  float sum = 0.f;
+  for (int k0 = 0; k0 < r.num_splits; k0 += 32)
+    if (k0 + lane < r.num_splits) sum += __expf(r.lse_of(k0 + lane) - reference);
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffff, sum, off);
+  return empty ? INFINITY : max_lse + __logf(sum);
+}
+
+// acc += weight_k * partial_k for splits k = split_first, split_first + split_step, ... (this lane's 16 columns:
+// 4 (lane + 32 c) .. + 3 in acc[c]).
+__device__ __forceinline__ void accumulate_splits(float4 (&acc)[4], const MlaDecodeParams& p, const SplitRow& r,
+                                                  float lse_value, int split_first, int split_step, int lane) {
+  if (__shfl_sync(0xffffffff, lse_value == INFINITY, 0)) return;
+  for (int k0 = 0; k0 < r.num_splits; k0 += 32) {
+    // Split k0 + lane's weight in this lane, handed out by shuffles.
+    const float my_weight = k0 + lane < r.num_splits ? __expf(r.lse_of(k0 + lane) - lse_value) : 0.f;
+    const int count = min(32, r.num_splits - k0);
+#pragma unroll 4
+    for (int kk = split_first; kk < count; kk += split_step) {
+      const float weight = __shfl_sync(0xffffffff, my_weight, kk);  // kk is warp-uniform
+      const int64_t row = static_cast<int64_t>(r.split_base + k0 + kk) * r.rows_total + r.grow;
+      const float4* part = reinterpret_cast<const float4*>(p.o_accum + row * kHeadDimV) + lane;
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const float4 v = __ldcg(part + 32 * c);
+        acc[c].x += weight * v.x;
+        acc[c].y += weight * v.y;
+        acc[c].z += weight * v.z;
+        acc[c].w += weight * v.w;
+      }
+    }
+  }
+}
+
+template <typename Elem>
+__device__ __forceinline__ Elem* out_row_of(const MlaDecodeParams& p, int batch, int grow) {
+  return static_cast<Elem*>(p.out) + (static_cast<int64_t>(batch) * p.s_q * p.h_q + grow) * kHeadDimV;
+}
+
+__device__ __forceinline__ void store_merged_lse(const MlaDecodeParams& p, int batch, int grow, float lse_value) {
+  const int token = grow / p.h_q, head = grow % p.h_q;
+  p.lse[(static_cast<int64_t>(batch) * p.h_q + head) * p.s_q + token] = lse_value;
+}
+
+// One warp merges row `grow` of sequence `batch` and writes it to out / lse.
+template <typename Elem>
+__device__ __forceinline__ void merge_row(const MlaDecodeParams& p, int batch, int grow, int lane) {
+  const SplitRow r = split_row(p, batch, grow);
+  const float lse_value = merged_lse(r, lane);
+  float4 acc[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+  accumulate_splits(acc, p, r, lse_value, 0, 1, lane);
+  Elem* out_row = out_row_of<Elem>(p, batch, grow);
+#pragma unroll
+  for (int c = 0; c < 4; ++c)
+    *reinterpret_cast<uint2*>(out_row + 4 * (lane + 32 * c)) =
+        make_uint2(ElemTraits<Elem>::pack(acc[c].x, acc[c].y), ElemTraits<Elem>::pack(acc[c].z, acc[c].w));
+  if (lane == 0) store_merged_lse(p, batch, grow, lse_value);
+}
+
+}  // namespace decode_detail
+}  // namespace hf_flashmla
