@@ -353,7 +353,7 @@ __device__ __forceinline__ unsigned long long seesaw_global_ns() {
 
 // In-kernel merge of a split sequence's 64-row tile (p.inline_merge), after this CTA stored its piece: the
 // pieces count themselves in merge_counters, and the one that completes the count merges every piece's partial
-// (its own included, from L2) into out / lse, a warp per row. Pieces never wait for each other, so no CTA
+// (its own included, from L2) into out / lse (merge_tile). Pieces never wait for each other, so no CTA
 // depends on another being resident. Threadfence before the count (every consumer thread's partial stores are
 // ordered before thread 0's atomic by the barrier) and after seeing it, as in CUDA's threadFenceReduction.
 template <typename Elem>
@@ -370,9 +370,7 @@ __device__ __forceinline__ void seesaw_merge_if_last(const MlaDecodeParams& p, i
   // Through a shuffle, so that ptxas sees the branch as warp-uniform (else it serialises the wgmma: C7520).
   if (!__shfl_sync(0xffffffff, *last_flag, 0)) return;
   __threadfence();
-  const int row_end = min(kTileRows, p.s_q * p.h_q - m_block * kTileRows);
-  for (int r = consumer_warp; r < row_end; r += kConsumerThreads / 32)
-    merge_row<Elem>(p, batch, m_block * kTileRows + r, lane);
+  merge_tile<Elem>(p, batch, m_block, consumer_warp, lane);
 }
 
 // With the in-kernel merge no combine kernel runs, so the decode kernel writes sequences without pages (no split)
