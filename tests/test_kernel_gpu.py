@@ -129,13 +129,14 @@ def test_long_contexts(lengths, s_q, h_q, dtype):
     check_case(lengths, s_q, h_q, dtype, causal=True, seed=11)
 
 
+@pytest.mark.parametrize("merge", ["combine", "inline"])
 @pytest.mark.parametrize("lengths", [[32768, 1, 17000, 32000], [(i * 37) % 300 for i in range(128)],
                                      [4096] * 64], ids=["mixed32K", "short128", "equal64"])
 @pytest.mark.parametrize("s_q,h_q", [(1, 16), (2, 128)])
-def test_combine_kernel_path(monkeypatch, lengths, s_q, h_q):
-    # HF_FLASHMLA_MERGE=combine: split sequences merged by the combine kernel instead of in the decode kernel
-    # (kept for A/B timing); the default path runs in every other test.
-    monkeypatch.setenv("HF_FLASHMLA_MERGE", "combine")
+def test_merge_paths(monkeypatch, lengths, s_q, h_q, merge):
+    # HF_FLASHMLA_MERGE forces who merges split sequences (the default picks by s_q * h_q): the combine kernel or
+    # the decode kernel itself, on the shapes the default would give the other.
+    monkeypatch.setenv("HF_FLASHMLA_MERGE", merge)
     check_case(lengths, s_q, h_q, torch.bfloat16, causal=True, seed=13)
 
 

@@ -17,6 +17,7 @@ from hf_flashmla.schedule import PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES
 pytestmark = pytest.mark.gpu
 
 INT32_MAX = 2**31 - 1
+SPLIT_COST = schedule.SPLIT_COMBINE_PAGES
 
 
 @pytest.fixture(autouse=True)
@@ -194,7 +195,7 @@ def test_runs_in_order_on_the_current_stream():
 def test_fake_implementation_and_compile():
     cache_seqlens = torch.randint(0, 9000, (37,), dtype=torch.int32, device="cuda")
     torch.library.opcheck(torch.ops.hf_flashmla.mla_metadata.default, (cache_seqlens, 66, PAGE_SIZE,
-                                                                       SEQUENCE_OVERHEAD_PAGES),
+                                                                       SEQUENCE_OVERHEAD_PAGES, SPLIT_COST),
                           test_utils=("test_schema", "test_faketensor"))
     torch._dynamo.reset()
     compiled = torch.compile(lambda lengths: kernel_schedule(lengths * 2, 66), fullgraph=True)
@@ -204,10 +205,10 @@ def test_fake_implementation_and_compile():
 def test_bad_arguments_raise():
     lengths = torch.tensor([5], dtype=torch.int32, device="cuda")
     with pytest.raises(RuntimeError, match="num_sm_parts"):
-        torch.ops.hf_flashmla.mla_metadata(lengths, 0, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES)
+        torch.ops.hf_flashmla.mla_metadata(lengths, 0, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST)
     with pytest.raises(RuntimeError, match="int32"):
-        torch.ops.hf_flashmla.mla_metadata(lengths.long(), 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES)
+        torch.ops.hf_flashmla.mla_metadata(lengths.long(), 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST)
     with pytest.raises(RuntimeError, match="b >= 1"):
-        torch.ops.hf_flashmla.mla_metadata(lengths[:0], 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES)
+        torch.ops.hf_flashmla.mla_metadata(lengths[:0], 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST)
     with pytest.raises(RuntimeError, match="sequence_overhead_pages"):
-        torch.ops.hf_flashmla.mla_metadata(lengths, 66, PAGE_SIZE, 0)
+        torch.ops.hf_flashmla.mla_metadata(lengths, 66, PAGE_SIZE, 0, SPLIT_COST)
