@@ -39,8 +39,7 @@ const char* mla_decode_launch(const MlaDecodeParams& params, cudaStream_t stream
 size_t mla_decode_smem_bytes();
 
 // Whether the next launch merges split sequences inside the decode kernel (then params.merge_counters must be
-// zeroed memory of b * num_m_blocks ints): the seesaw kernel from two 64-row tiles up, HF_FLASHMLA_MERGE=inline|
-// combine to force either (mla_decode_kernel.cu).
+// zeroed memory of b * num_m_blocks ints): the seesaw kernel with HF_FLASHMLA_MERGE=inline (mla_decode_kernel.cu).
 bool mla_decode_merges_inline(int num_m_blocks);
 
 }  // namespace hf_flashmla

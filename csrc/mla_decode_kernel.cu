@@ -110,18 +110,15 @@ bool use_seesaw_kernel() {
   return std::strcmp(choice, "split") != 0;
 }
 
-// Who merges split sequences after the seesaw kernel: HF_FLASHMLA_MERGE=inline (the kernel itself), combine (the
-// combine kernel), auto or unset: inline from two 64-row tiles up (s_q * h_q >= 128). Measured on both paths
-// (runs 37-38): inline was 1-4% faster at s_q * h_q >= 128, where the combine kernel moves the most partials and
-// the merge hides under other CTAs' work, and 1-5% slower on memory-bound configs with splits (b = 64), where a
-// split item's store fence and the merges at the end stall the HBM stream of their SM.
-constexpr int kInlineMergeMinMBlocks = 2;
-
+// Who merges split sequences after the seesaw kernel: the combine kernel, unless HF_FLASHMLA_MERGE=inline (the
+// decode kernel itself: the piece that finishes a tile last merges it). Measured (runs 37-39): inline was 1-4%
+// faster on equal-length configs at s_q * h_q >= 128, but 1-5% slower on memory-bound configs with splits, 1-4%
+// slower on varlen compute-bound configs and 13% on b = 128 x 1K at h_q = 128 (a split item's store fence and
+// the merges on the critical path of their SM), so it stays opt-in.
 bool merge_inline_for(int num_m_blocks) {
+  (void)num_m_blocks;
   const char* choice = std::getenv("HF_FLASHMLA_MERGE");
-  if (choice != nullptr && std::strcmp(choice, "combine") == 0) return false;
-  if (choice != nullptr && std::strcmp(choice, "inline") == 0) return true;
-  return num_m_blocks >= kInlineMergeMinMBlocks;
+  return choice != nullptr && std::strcmp(choice, "inline") == 0;
 }
 
 template <typename Elem>

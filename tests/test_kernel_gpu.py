@@ -134,8 +134,7 @@ def test_long_contexts(lengths, s_q, h_q, dtype):
                                      [4096] * 64], ids=["mixed32K", "short128", "equal64"])
 @pytest.mark.parametrize("s_q,h_q", [(1, 16), (2, 128)])
 def test_merge_paths(monkeypatch, lengths, s_q, h_q, merge):
-    # HF_FLASHMLA_MERGE forces who merges split sequences (the default picks by s_q * h_q): the combine kernel or
-    # the decode kernel itself, on the shapes the default would give the other.
+    # HF_FLASHMLA_MERGE: who merges split sequences, the combine kernel (default) or the decode kernel itself.
     monkeypatch.setenv("HF_FLASHMLA_MERGE", merge)
     check_case(lengths, s_q, h_q, torch.bfloat16, causal=True, seed=13)
 
