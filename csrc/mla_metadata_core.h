@@ -13,14 +13,16 @@
 //   balanced:  bound_p = x_p; first_part_i = (S_i + overhead) // payload,
 //              splits_i = pages_i ? (C_i - 1) // payload - first_part_i + 1 : 0,
 //              begin_split_p = max(p - first_part_seq(p), 0);
-//   one part per sequence (b <= num_parts): bound_p = S_p for p < b, total after; splits_i = pages_i ? 1 : 0,
-//              begin_split_p = max(p - seq(bound_p), 0);
+//   pieces (b <= num_parts, k = num_parts / b): part p = i k + j (p < k b) takes pages [j n_i / k, (j+1) n_i / k)
+//              of sequence i: bound_p = S_i for j = 0, S_i + overhead + j n_i / k for j > 0; total for p >= k b;
+//              splits_i = min(pages_i, k), begin_split_p = min(j, j n_i / k) (p < k b), p - k (b - 1) after.
+//              k = 1 is one part per sequence.
 //   snapped (b > num_parts, num_parts <= kMaxSnappedParts): bound_p = x_p moved to the nearer end of the
 //              sequence that holds it (S or C of seq(x_p); ties to S), so every sequence is whole in one
 //              part; splits_i = pages_i ? 1 : 0, begin_split_p = 0.
-// The two whole-sequence modes are taken when their largest part, max_p (bound_{p+1} - bound_p), is at
-// most payload + combine_pages (the cost of splitting: schedule.py's docstring gives the time model);
-// otherwise balanced. row p = [seq(bound_p), block(bound_p), seq(bound_{p+1}), block(bound_{p+1}),
+// Pieces and snapped are taken when their largest part (pieces: ceil(max pages / k) + overhead; snapped:
+// max_p (bound_{p+1} - bound_p)) is at most payload + combine_pages (schedule.py's docstring gives the time
+// model); otherwise balanced. row p = [seq(bound_p), block(bound_p), seq(bound_{p+1}), block(bound_{p+1}),
 // begin_split_p, 0, 0, 0]; num_splits = [0, splits_0, splits_0 + splits_1, ...].
 // All sums are 64-bit (b * max pages overflows 32 bits); outputs are truncated to int32 as torch's .to(int32).
 #pragma once
@@ -40,7 +42,7 @@ constexpr int kRowWidth = 8;  // tile_scheduler_metadata columns
 // (schedule.py's MAX_SNAPPED_PARTS: both implementations skip the mode above it).
 constexpr int kMaxSnappedParts = 1024;
 
-enum class Mode : int { kBalanced, kOnePerPart, kSnapped };
+enum class Mode : int { kBalanced, kPieces, kSnapped };
 
 struct Shape {  // whole-batch quantities, fixed once the total cost is known
   int64_t total;
@@ -49,7 +51,8 @@ struct Shape {  // whole-batch quantities, fixed once the total cost is known
   int batch;
   int num_parts;
   int overhead;  // fixed cost of a sequence, in pages
-  Mode mode;     // make_shape decides one part per sequence; the kernel may switch balanced to snapped
+  int pieces;    // k = num_parts / batch where batch <= num_parts, else 0
+  Mode mode;     // make_shape decides pieces; the kernel may switch balanced to snapped
 };
 
 // The part of the batch one block-wide pass covers: sequences base .. base + count - 1, whose cost_end
@@ -84,9 +87,11 @@ HF_FLASHMLA_HOST_DEVICE int64_t sequence_pages(int length, int page_size) {
 HF_FLASHMLA_HOST_DEVICE Shape make_shape(int64_t total, int64_t max_cost, int batch, int num_parts, int overhead,
                                          int64_t combine_pages) {
   const int64_t payload = (total + num_parts - 1) / num_parts;
-  const bool one_per_part = batch <= num_parts && max_cost <= payload + combine_pages;
-  return Shape{total, payload, combine_pages, batch, num_parts, overhead,
-               one_per_part ? Mode::kOnePerPart : Mode::kBalanced};
+  const int pieces = batch <= num_parts ? num_parts / batch : 0;
+  const bool use_pieces =
+      pieces > 0 && (max_cost - overhead + pieces - 1) / pieces + overhead <= payload + combine_pages;
+  return Shape{total, payload, combine_pages, batch, num_parts, overhead, pieces,
+               use_pieces ? Mode::kPieces : Mode::kBalanced};
 }
 
 // Whether the snapped bounds must be computed (their largest part then decides, see whole_fits).
@@ -114,7 +119,8 @@ HF_FLASHMLA_HOST_DEVICE int64_t first_part(int64_t cost_begin, const Shape& s) {
 // Number of parts that touch the pages of a sequence (its page region is [S + overhead, C) in cost space).
 HF_FLASHMLA_HOST_DEVICE int64_t sequence_splits(int64_t pages, int64_t cost_begin, int64_t cost_end, const Shape& s) {
   if (pages == 0) return 0;
-  if (s.mode != Mode::kBalanced) return 1;
+  if (s.mode == Mode::kPieces) return min64(pages, s.pieces);
+  if (s.mode == Mode::kSnapped) return 1;
   return (cost_end - 1) / s.payload - first_part(cost_begin, s) + 1;
 }
 
@@ -138,23 +144,38 @@ HF_FLASHMLA_HOST_DEVICE void write_bound(int* metadata, int p, int seq, int64_t 
   }
 }
 
-// One part per sequence: bound p < b is the start of sequence p (placed by the chunk that holds it, no
-// search needed), bounds p >= b are the total (the last chunk, clamped to sequence b - 1 as searchsorted).
-HF_FLASHMLA_HOST_DEVICE void place_sequence_bounds(int* metadata, const Chunk& chunk, const Shape& s, int thread,
-                                                   int num_threads) {
+// Pieces: bound p < k b opens piece j = p % k of sequence i = p / k (placed by the chunk that holds i, no search
+// needed; a bound at the sequence's end, n_i = 0, belongs to sequence i + 1, block 0, as searchsorted puts it),
+// bounds p >= k b are the total (the last chunk, clamped to sequence b - 1 as searchsorted).
+HF_FLASHMLA_HOST_DEVICE void place_piece_bounds(int* metadata, const Chunk& chunk, const Shape& s, int thread,
+                                                int num_threads) {
+  const int64_t pieced = static_cast<int64_t>(s.pieces) * s.batch;
   for (int p = thread; p <= s.num_parts; p += num_threads) {
     int local;
-    if (p < s.batch) {
-      if (p < chunk.base || p >= chunk.base + chunk.count) continue;
-      local = p - chunk.base;
+    if (p < pieced) {
+      const int i = p / s.pieces;
+      if (i < chunk.base || i >= chunk.base + chunk.count) continue;
+      local = i - chunk.base;
     } else {
       if (!chunk.last) continue;
       local = chunk.count - 1;
     }
     const int64_t cost_begin = local > 0 ? chunk.ends[local - 1] : chunk.carry;
-    const int64_t pages = chunk.ends[local] - cost_begin - s.overhead;
+    const int64_t cost_end = chunk.ends[local];
+    const int64_t pages = cost_end - cost_begin - s.overhead;
     const int seq = chunk.base + local;
-    write_bound(metadata, p, seq, p < s.batch ? 0 : pages, p - seq, s);  // begin_split: p - first_part(seq)
+    if (p >= pieced) {
+      write_bound(metadata, p, seq, pages, p - static_cast<int64_t>(s.pieces) * seq, s);
+      continue;
+    }
+    const int64_t j = p % s.pieces;
+    const int64_t start = j * pages / s.pieces;
+    const int64_t bound = j > 0 ? cost_begin + s.overhead + start : cost_begin;
+    const int64_t begin_split = min64(j, start);
+    if (bound >= cost_end && seq + 1 < s.batch)
+      write_bound(metadata, p, seq + 1, 0, begin_split, s);
+    else
+      write_bound(metadata, p, seq, min64(max64(bound - cost_begin - s.overhead, 0), pages), begin_split, s);
   }
 }
 
@@ -193,8 +214,8 @@ HF_FLASHMLA_HOST_DEVICE void snap_chunk_bounds(int64_t* snapped, const Chunk& ch
 // search of the chunk's cost_end values: the first sequence whose cost_end exceeds the bound.
 HF_FLASHMLA_HOST_DEVICE void place_chunk_bounds(int* metadata, const Chunk& chunk, const Shape& s,
                                                 const int64_t* snapped, int thread, int num_threads) {
-  if (s.mode == Mode::kOnePerPart) {
-    place_sequence_bounds(metadata, chunk, s, thread, num_threads);
+  if (s.mode == Mode::kPieces) {
+    place_piece_bounds(metadata, chunk, s, thread, num_threads);
     return;
   }
   for (int p = thread; p <= s.num_parts; p += num_threads) {

@@ -20,21 +20,23 @@ Balancing: each sequence costs ceil(len/64) pages plus a fixed overhead of SEQUE
 (loading Q, the epilogue, the combine), placed before its pages. The total cost is cut into
 num_sm_parts equal contiguous pieces, so long and short sequences share SMs evenly.
 
-Whole sequences: a split sequence costs more than its pages (partials written in fp32, read back and
-merged by the combine kernel). Time model: a schedule takes its largest part's cost, plus
-SPLIT_COMBINE_PAGES when it splits a sequence. The balanced cut minimises the largest part among
-schedules that split; two schedules keep every sequence whole, and the rule takes one of them when its
-largest part is at most the balanced payload + SPLIT_COMBINE_PAGES:
-  - one part per sequence (b <= num_sm_parts): part i takes sequence i, parts b.. get empty items (the
-    rows an over-provisioned balanced schedule also ends with: [b-1, pages_{b-1}, b-1, pages_{b-1}, ...]).
-    Its largest part is the largest sequence cost, the least any whole schedule can have.
+Fewer, whole items: an item costs more than its pages (loading Q, the epilogue; a split one also its fp32
+partial, read back and merged by the combine kernel), and the balanced cut gives most parts two items (the
+end of one sequence, the start of the next) while its payload counts one overhead per sequence. Time
+model: a schedule takes its largest part's cost, plus SPLIT_COMBINE_PAGES when its cut is the balanced
+one. Two other schedules are taken when their largest part is at most the balanced payload +
+SPLIT_COMBINE_PAGES:
+  - k pieces per sequence (b <= num_sm_parts, k = num_sm_parts // b): part i k + j takes pages
+    [j n_i // k, (j + 1) n_i // k) of sequence i, one item per part; parts k b.. get empty items (the rows
+    an over-provisioned balanced schedule also ends with: [b-1, pages_{b-1}, b-1, pages_{b-1}, ...]).
+    Largest part: ceil(max pages / k) + overhead. k = 1 is one part per sequence, no combine (+1..10% on
+    b = 128 equal-length configs, run 14); k = 2 at b = 64 on 132 parts: 128 pieces of half a sequence
+    instead of 132 parts of mostly two items, 1-6.5% faster on all 15 such configs of BENCHMARKS.md (run 42).
   - snapped (b > num_sm_parts): each balanced bound p * payload moves to the nearer end of the sequence
     that holds it, so whole sequences go to the part where most of their cost was; parts may be empty.
     E.g. 64 sequences of 4K tokens on 33 parts (s_q * h_q = 256): parts of two sequences, 138 pages
-    against a payload of 134, and no combine. Skipped above MAX_SNAPPED_PARTS parts (the kernel keeps the
-    bounds in shared memory).
-Where the balanced cut splits nothing anyway, each sequence is already whole and a whole schedule is
-never worse, so the rule needs no test of whether the balanced cut splits.
+    against a payload of 134, and no combine (2-7% faster, run 37). Skipped above MAX_SNAPPED_PARTS
+    parts (the kernel keeps the bounds in shared memory).
 
 Two implementations give the same tensors bit for bit: compute_schedule_torch (vectorised PyTorch
 ops, any device; the ground truth) and the compiled single-CTA kernel torch.ops.hf_flashmla.mla_metadata
@@ -171,16 +173,26 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
     # schedule's (module docstring) where one applies. Decisions are 0-dim tensors: no host sync.
     part_index = torch.arange(num_parts + 1, device=device, dtype=torch.int64)
     balanced_bounds = torch.minimum(part_index * payload, total)
-    if batch <= num_parts:  # one part per sequence: S_p for p < b, the total after
-        whole_bounds = torch.cat([cost_begin, total.expand(num_parts + 1 - batch)])
+    if batch <= num_parts:  # k pieces per sequence: part p = i k + j takes piece j of sequence i, the rest empty
+        pieces = num_parts // batch
+        in_pieces = part_index < pieces * batch
+        piece_seq = (part_index // pieces).clamp_max(batch - 1)
+        piece = part_index % pieces
+        piece_pages = num_blocks[piece_seq]
+        # Piece j starts at page j n // k (its bound in cost space is past the sequence's overhead, j > 0).
+        whole_bounds = torch.where(in_pieces, cost_begin[piece_seq] + torch.where(
+            piece > 0, overhead + piece * piece_pages // pieces, 0), total)
+        # Each piece is one item with its own overhead: the largest part is ceil(max pages / k) + overhead.
+        largest = (num_blocks.max() + pieces - 1) // pieces + overhead
     elif num_parts <= MAX_SNAPPED_PARTS:  # each x_p to the nearer end of its sequence (ties to the start)
         holder = torch.searchsorted(cost_end, balanced_bounds, right=True).clamp_max(batch - 1)
         start, end = cost_begin[holder], cost_end[holder]
         whole_bounds = torch.where(balanced_bounds - start <= end - balanced_bounds, start, end)
+        largest = (whole_bounds[1:] - whole_bounds[:-1]).max()
     else:
         whole_bounds = None
     if whole_bounds is not None:
-        whole = (whole_bounds[1:] - whole_bounds[:-1]).max() <= payload + split_combine_pages
+        whole = largest <= payload + split_combine_pages
         bounds = torch.where(whole, whole_bounds, balanced_bounds)
     else:
         whole = torch.zeros((), dtype=torch.bool, device=device)
@@ -190,17 +202,24 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
     block_of_bound = torch.minimum(block_of_bound.clamp_min(0), num_blocks[seq_of_bound])
 
     # Splits of sequence i: parts that intersect its page region [S_i + F, C_i) in cost space (balanced),
-    # one (whole sequences).
+    # its non-empty pieces (min(pages, k)), one (snapped).
     first_part = (cost_begin + overhead) // payload
     last_part = (cost_end - 1) // payload
-    splits = torch.where(num_blocks > 0, torch.where(whole, 1, last_part - first_part + 1), 0)
+    whole_splits = torch.clamp(num_blocks, max=pieces) if batch <= num_parts else torch.ones_like(num_blocks)
+    splits = torch.where(num_blocks > 0, torch.where(whole, whole_splits, last_part - first_part + 1), 0)
     num_splits = torch.nn.functional.pad(torch.cumsum(splits, 0), (1, 0))
 
-    # begin_split: index of the part's first item among its sequence's splits. Whole sequences: 0 (empty
-    # parts of one part per sequence keep p - seq, the rows the balanced cut gives them).
+    # begin_split: index of the part's first item among its sequence's splits. Pieces: the non-empty pieces
+    # before j, min(j, j n // k) (fewer pages than pieces: one page each); empty parts past k b keep
+    # p - k (b - 1), the rows the balanced cut gives them; snapped: 0.
     begin_seq = seq_of_bound[:-1]
     balanced_split = (part_index[:-1] - first_part[begin_seq]).clamp_min(0)
-    whole_split = (part_index[:-1] - begin_seq).clamp_min(0) if batch <= num_parts else torch.zeros_like(begin_seq)
+    if batch <= num_parts:
+        j, n = piece[:-1], piece_pages[:-1]
+        whole_split = torch.where(in_pieces[:-1], torch.minimum(j, j * n // pieces),
+                                  part_index[:-1] - pieces * (batch - 1))
+    else:
+        whole_split = torch.zeros_like(begin_seq)
     begin_split = torch.where(whole, whole_split, balanced_split)
     # Few, larger ops on purpose: on a GPU each op is a launch, and this runs once per decode step.
     columns = torch.stack([begin_seq, block_of_bound[:-1], seq_of_bound[1:], block_of_bound[1:], begin_split], dim=1)

@@ -105,9 +105,17 @@ def random_lengths(rng, batch):
     return [rng.choice([-5, -INT32_MAX - 1, 0, 1, INT32_MAX, rng.randint(0, INT32_MAX)]) for _ in range(batch)]
 
 
+def pieces_per_sequence(num_parts, lengths):
+    """schedule.py's pieces rule: k = parts // b, or 0 where it declines."""
+    pages = [-(-max(n, 0) // PAGE_SIZE) for n in lengths]
+    payload = -(-(sum(pages) + SEQUENCE_OVERHEAD_PAGES * len(pages)) // num_parts)
+    k = num_parts // len(lengths)
+    fits = k >= 1 and -(-max(pages) // k) + SEQUENCE_OVERHEAD_PAGES <= payload + schedule.SPLIT_COMBINE_PAGES
+    return k if fits else 0
+
+
 def one_part_per_sequence(num_parts, lengths):
-    costs = [-(-max(n, 0) // PAGE_SIZE) + SEQUENCE_OVERHEAD_PAGES for n in lengths]
-    return len(lengths) <= num_parts and max(costs) <= -(-sum(costs) // num_parts) + schedule.SPLIT_COMBINE_PAGES
+    return pieces_per_sequence(num_parts, lengths) == 1
 
 
 def snapped_whole(num_parts, lengths):
@@ -151,8 +159,23 @@ def assert_same_as_torch(binary, cases):
 def test_harness_matches_torch_on_random_inputs(harness):
     rng = random.Random(20261125)
     cases = [random_case(rng) for _ in range(300)]
-    assert sum(one_part_per_sequence(case[1], case[4]) for case in cases) >= 30  # every mode exercised
+    assert sum(one_part_per_sequence(case[1], case[4]) for case in cases) >= 8  # every mode exercised
+    assert sum(pieces_per_sequence(case[1], case[4]) > 1 for case in cases) >= 10
     assert sum(snapped_whole(case[1], case[4]) for case in cases) >= 10
+    assert_same_as_torch(harness, cases)
+
+
+@pytest.mark.parametrize("num_threads", [0, 32, 96, 1024])
+def test_harness_matches_torch_pieces(harness, num_threads):
+    # k = parts // b pieces per sequence: b = 64 on 132 parts (k = 2), few sequences on many parts, sequences with
+    # fewer pages than pieces (empty pieces), zero-length ones, over several chunks (1500 parts).
+    cases = []
+    for batch, num_parts in ((1, 132), (2, 132), (3, 132), (64, 132), (33, 66), (40, 1500), (500, 1500)):
+        for lengths in ([4096] * batch, [64 * (i % 5) for i in range(batch)], [4096 + 64 * (i % 3) for i in range(batch)],
+                        [1] * batch, [0] * batch):
+            cases.append((num_threads, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, lengths))
+    cases = [case for case in cases if pieces_per_sequence(case[1], case[4]) > 1]
+    assert len(cases) >= 15
     assert_same_as_torch(harness, cases)
 
 
@@ -176,7 +199,7 @@ def test_harness_matches_torch_one_part_per_sequence(harness, num_threads):
         lengths = [4096 + 64 * (i % 3) for i in range(batch)]  # uneven by up to two pages: still one each
         cases.append((num_threads, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, lengths))
     cases = [case for case in cases if one_part_per_sequence(case[1], case[4])]
-    assert len(cases) >= 55  # all but long single sequences on many parts
+    assert len(cases) >= 25  # b > parts / 2 (else pieces of sequences: the next test)
     assert_same_as_torch(harness, cases)
     for (_, num_parts, _, _, lengths), (metadata, num_splits) in zip(cases, run_harness(harness, cases)):
         pages = [-(-n // PAGE_SIZE) for n in lengths]
@@ -244,7 +267,10 @@ def test_emulated_kernel_matches_torch(emulated_kernel):
     cases.append((2, 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [4096 + 64 * (i % 2) for i in range(64)]))
     cases.append((1, 1500, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [64] * 1100))
     cases += [(1, *case[1:]) for case in snapped_cases(0)]
-    assert sum(one_part_per_sequence(case[1], case[4]) for case in cases) >= 10
+    cases.append((1, 132, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [4096] * 64))  # two pieces per sequence
+    cases.append((1, 1500, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [64 * (i % 5) for i in range(40)]))  # 37 pieces
+    assert sum(one_part_per_sequence(case[1], case[4]) for case in cases) >= 5
+    assert sum(pieces_per_sequence(case[1], case[4]) > 1 for case in cases) >= 2
     assert sum(snapped_whole(case[1], case[4]) for case in cases) >= 12
     for (stride, num_parts, _, _, lengths), (metadata, num_splits) in zip(cases, run_harness(emulated_kernel, cases)):
         expected_metadata, expected_splits = schedule.compute_schedule_torch(
