@@ -50,8 +50,8 @@ struct SeesawLayout {
   static constexpr int kv = q + kTileBytes;
   static constexpr int p_a = kv + kNumStages * kTileBytes;       // P_A, 64 x 64, 128B-swizzled
   static constexpr int row_max = p_a + kChunkBytes;             // float [2][64]: m published by WG w
-  static constexpr int row_sum = row_max + 2 * kTileRows * 4;   // float [2 wg][64]: the epilogue's row sums
-  static constexpr int merge_flag = row_sum + 2 * kTileRows * 4;  // int: this CTA finished a split tile last
+  static constexpr int row_sum = row_max + 2 * kTileRows * 4;   // float [2 items][2 wg][64]
+  static constexpr int merge_flag = row_sum + 4 * kTileRows * 4;  // int: this CTA finished a split tile last
   static constexpr int barriers = merge_flag + 16;
   // q_full, q_empty, kv_full[2][9], kv_empty[2 stages][2 groups]
   static constexpr int total = barriers + 8 * (2 + kNumStages * kNumChunks + kNumStages * 2);
@@ -595,7 +595,8 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       row_l[h] += __shfl_xor_sync(0xffffffff, row_l[h], 1);
       row_l[h] += __shfl_xor_sync(0xffffffff, row_l[h], 2);
     }
-    float* sums = row_sum_smem;
+    // Two slots by item parity: a warpgroup may start the next item's epilogue while the other still reads.
+    float* sums = row_sum_smem + (item_count & 1) * 2 * kTileRows;
     if (t.lane % 4 == 0) {
       sums[wg * kTileRows + t.row0] = row_l[0];
       sums[wg * kTileRows + t.row0 + 8] = row_l[1];
@@ -605,9 +606,6 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
     float total[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) total[h] = sums[t.row0 + 8 * h] + sums[kTileRows + t.row0 + 8 * h];
-    // The next item's epilogue rewrites the slot: both warpgroups' reads end first. (Two slots by item parity,
-    // ordered through the next item's barrier, needed no second barrier but racecheck reported them: runs 18-40.)
-    named_barrier_sync(kBarRowSum, kConsumerThreads);
     store_tile<Elem>(p, w, slot, m_block, wg, t.row0, o, row_m, total, scale_log2);
     // Warp-uniform through a shuffle: a branch ptxas cannot prove uniform serialises the wgmma (C7520).
     if (__shfl_sync(0xffffffff, p.inline_merge && !slot.direct, 0))
