@@ -47,7 +47,10 @@ if (( ${#wheels[@]} )); then
     note "wheels: install FAILED"
   fi
 fi
-ls .whl/sglang-*.whl >/dev/null 2>&1 && echo "### sglang wheel: $(ls .whl/sglang-*.whl)" || echo "### no sglang wheel in .whl (the sglang peer will report unavailable)"
+# An array, not `ls` of the glob: under nullglob an unmatched glob vanishes and `ls` would list the repo root.
+sglang_wheels=(.whl/sglang-*.whl)
+if (( ${#sglang_wheels[@]} )); then echo "### sglang wheel: ${sglang_wheels[0]}"
+else echo "### no sglang wheel in .whl (the sglang peer will report unavailable)"; fi
 
 if has_stage build; then
   s=$(date +%s)

@@ -3,7 +3,10 @@
 
 Candidate "pieces": with k = parts // b >= 2, sequence i is cut into k equal page ranges, one per part (parts
 k*b.. are empty), instead of the balanced cut, whose parts mostly hold the end of one sequence and the start of
-the next (two items: two Q loads, two partial epilogues). Each schedule's output is checked against the default
+the next (two items: two Q loads, two partial epilogues). Run 42 measured it against the balanced cut, after
+which hf_flashmla/schedule.py took it (its "pieces" rule): where the rule applies, both rows are now the same
+schedule, so the script checks the hand-built rows against the built-in ones; HF_FLASHMLA_SPLIT_COMBINE_PAGES=
+-1000000000000 brings the balanced cut back as the default row. Each schedule's output is checked against the default
 schedule's on the same inputs; timing as scripts/bench_kernel.py (do_bench median, L2 flushed, inputs rotated).
 
     python3 scripts/schedule_experiment.py [--only b64_L4096] [--json out.json]
