@@ -65,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
   const int64_t max_splits = batch + num_parts;
   auto o_accum = at::empty({max_splits, rows_total, kHeadDimV}, q.options().dtype(at::kFloat));
   auto lse_accum = at::empty({max_splits, rows_total}, q.options().dtype(at::kFloat));
-  const bool inline_merge = mla_decode_merges_inline(static_cast<int>(num_m_blocks));
+  const bool inline_merge = mla_decode_merges_inline();
   // Counts the finished pieces of each (sequence, 64-row tile); the piece that completes the count merges.
   auto merge_counters = at::empty({inline_merge ? batch * num_m_blocks : 0}, q.options().dtype(at::kInt));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();

@@ -40,6 +40,6 @@ size_t mla_decode_smem_bytes();
 
 // Whether the next launch merges split sequences inside the decode kernel (then params.merge_counters must be
 // zeroed memory of b * num_m_blocks ints): the seesaw kernel with HF_FLASHMLA_MERGE=inline (mla_decode_kernel.cu).
-bool mla_decode_merges_inline(int num_m_blocks);
+bool mla_decode_merges_inline();
 
 }  // namespace hf_flashmla

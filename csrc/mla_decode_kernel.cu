@@ -115,8 +115,7 @@ bool use_seesaw_kernel() {
 // faster on equal-length configs at s_q * h_q >= 128, but 1-5% slower on memory-bound configs with splits, 1-4%
 // slower on varlen compute-bound configs and 13% on b = 128 x 1K at h_q = 128 (a split item's store fence and
 // the merges on the critical path of their SM), so it stays opt-in.
-bool merge_inline_for(int num_m_blocks) {
-  (void)num_m_blocks;
+bool merge_inline_requested() {
   const char* choice = std::getenv("HF_FLASHMLA_MERGE");
   return choice != nullptr && std::strcmp(choice, "inline") == 0;
 }
@@ -189,8 +188,8 @@ size_t mla_decode_smem_bytes() {
   return decode_detail::use_seesaw_kernel() ? decode_detail::kSeesawSmemBytes : decode_detail::kSplitSmemBytes;
 }
 
-bool mla_decode_merges_inline(int num_m_blocks) {
-  return decode_detail::use_seesaw_kernel() && decode_detail::merge_inline_for(num_m_blocks);
+bool mla_decode_merges_inline() {
+  return decode_detail::use_seesaw_kernel() && decode_detail::merge_inline_requested();
 }
 
 const char* mla_decode_launch(const MlaDecodeParams& params, cudaStream_t stream) {
