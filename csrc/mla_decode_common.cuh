@@ -36,6 +36,26 @@ __device__ __forceinline__ AlignedSmem align_swizzle_atoms(uint8_t* raw) {
   return AlignedSmem{raw + (addr - raw_addr), addr};
 }
 
+// The role split both decode kernels share: thread 0 initialises the CTA's mbarriers (init_barriers), then the
+// producer warpgroup hands its registers to the consumers and its first thread issues the loads (produce), while
+// the two consumer warpgroups compute (consume).
+template <class InitBarriers, class Produce, class Consume>
+__device__ __forceinline__ void run_producer_and_consumers(InitBarriers init_barriers, Produce produce,
+                                                           Consume consume) {
+  if (threadIdx.x == 0) {
+    init_barriers();
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+  if (threadIdx.x >= kConsumerThreads) {
+    setmaxnreg_dec<40>();
+    if (threadIdx.x == kConsumerThreads) produce();
+  } else {
+    setmaxnreg_inc<232>();
+    consume();
+  }
+}
+
 // One (sequence, page range) item of a part's work, as the schedule defines it.
 struct WorkItem {
   int batch, start_block, stop_block, split_index;

@@ -642,48 +642,44 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int part = blockIdx.y;
   PartWalker walker(params.sched_metadata + part * kMetadataWidth, params.cache_seqlens);
 
-  if (threadIdx.x == 0) {
-    mbarrier_init(bars.q_full, 1);
-    mbarrier_init(bars.q_empty, kConsumerThreads / 32);
-    for (int s = 0; s < kNumStages; ++s) {
-      for (int c = 0; c < kNumChunks; ++c) mbarrier_init(bars.kv_full(s, c), 1);
-      for (int g = 0; g < 2; ++g) mbarrier_init(bars.kv_empty(s, g), 4);  // the 4 warps of one warpgroup
-    }
-    fence_mbarrier_init();
-  }
-  __syncthreads();
+  run_producer_and_consumers(
+      [&] {
+        mbarrier_init(bars.q_full, 1);
+        mbarrier_init(bars.q_empty, kConsumerThreads / 32);
+        for (int s = 0; s < kNumStages; ++s) {
+          for (int c = 0; c < kNumChunks; ++c) mbarrier_init(bars.kv_full(s, c), 1);
+          for (int g = 0; g < 2; ++g) mbarrier_init(bars.kv_empty(s, g), 4);  // the 4 warps of one warpgroup
+        }
+      },
+      [&] {
+        prefetch_tensor_map(&q_map);
+        prefetch_tensor_map(&kv_map);
+        prefetch_tensor_map(&kv4_map);
+        seesaw_producer_loop(params, &q_map, &kv_map, &kv4_map, walker, bars, smem_base + SeesawLayout::q,
+                             smem_base + SeesawLayout::kv, m_block);
+      },
+      [&] {
 #ifdef HF_FLASHMLA_TIMELINE
-  const unsigned long long cta_start_ns = seesaw_global_ns();
+        const unsigned long long cta_start_ns = seesaw_global_ns();
 #endif
-
-  if (threadIdx.x >= kConsumerThreads) {
-    setmaxnreg_dec<40>();
-    if (threadIdx.x == kConsumerThreads) {
-      prefetch_tensor_map(&q_map);
-      prefetch_tensor_map(&kv_map);
-      prefetch_tensor_map(&kv4_map);
-      seesaw_producer_loop(params, &q_map, &kv_map, &kv4_map, walker, bars, smem_base + SeesawLayout::q,
-                           smem_base + SeesawLayout::kv, m_block);
-    }
-  } else {
-    setmaxnreg_inc<232>();
-    // Read through a shuffle so that ptxas sees the warpgroup index as warp-uniform: wgmma inside a branch
-    // it cannot prove uniform gets serialised (C7520).
-    const int wg = __shfl_sync(0xffffffff, static_cast<int>(threadIdx.x) / 128, 0);
-    seesaw_consumer_loop<Elem>(params, walker, bars, smem, smem_base, m_block, wg);
+        // Read through a shuffle so that ptxas sees the warpgroup index as warp-uniform: wgmma inside a branch
+        // it cannot prove uniform gets serialised (C7520).
+        const int wg = __shfl_sync(0xffffffff, static_cast<int>(threadIdx.x) / 128, 0);
+        seesaw_consumer_loop<Elem>(params, walker, bars, smem, smem_base, m_block, wg);
 #ifdef HF_FLASHMLA_TIMELINE
-    // Every CTA: start and end (global ns), items and pages, to see start-up, tail and imbalance across SMs.
-    named_barrier_sync(kBarTimeline, kConsumerThreads);
-    if (threadIdx.x == 0) {
-      int items = 0, pages = 0;
-      for (int batch = walker.begin_batch; batch <= walker.end_batch; ++batch) {
-        const WorkItem w = walker.item(batch);
-        if (w.stop_block > w.start_block) ++items, pages += w.stop_block - w.start_block;
-      }
-      printf("cta %d %d: %llu %llu items %d pages %d\n", m_block, part, cta_start_ns, seesaw_global_ns(), items, pages);
-    }
+        // Every CTA: start and end (global ns), items and pages, to see start-up, tail and imbalance across SMs.
+        named_barrier_sync(kBarTimeline, kConsumerThreads);
+        if (threadIdx.x == 0) {
+          int items = 0, pages = 0;
+          for (int batch = walker.begin_batch; batch <= walker.end_batch; ++batch) {
+            const WorkItem w = walker.item(batch);
+            if (w.stop_block > w.start_block) ++items, pages += w.stop_block - w.start_block;
+          }
+          printf("cta %d %d: %llu %llu items %d pages %d\n", m_block, part, cta_start_ns, seesaw_global_ns(),
+                 items, pages);
+        }
 #endif
-  }
+      });
 }
 
 }  // namespace decode_detail

@@ -265,29 +265,22 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int part = blockIdx.y;
   PartWalker walker(params.sched_metadata + part * kMetadataWidth, params.cache_seqlens);
 
-  if (threadIdx.x == 0) {
-    mbarrier_init(bars.q_full, 1);
-    mbarrier_init(bars.q_empty, kConsumerThreads / 32);
-    for (int s = 0; s < kNumStages; ++s) {
-      for (int c = 0; c < kNumChunks; ++c) mbarrier_init(bars.kv_full(s, c), 1);
-      mbarrier_init(bars.kv_empty(s), kConsumerThreads / 32);
-    }
-    fence_mbarrier_init();
-  }
-  __syncthreads();
-
-  if (threadIdx.x >= kConsumerThreads) {
-    setmaxnreg_dec<40>();
-    if (threadIdx.x == kConsumerThreads) {
-      prefetch_tensor_map(&q_map);
-      prefetch_tensor_map(&kv_map);
-      split_producer_loop(params, &q_map, &kv_map, walker, bars, smem_base + SplitLayout::q, smem_base + SplitLayout::kv,
-                    m_block);
-    }
-  } else {
-    setmaxnreg_inc<232>();
-    split_consumer_loop<Elem>(params, walker, bars, smem, smem_base, m_block);
-  }
+  run_producer_and_consumers(
+      [&] {
+        mbarrier_init(bars.q_full, 1);
+        mbarrier_init(bars.q_empty, kConsumerThreads / 32);
+        for (int s = 0; s < kNumStages; ++s) {
+          for (int c = 0; c < kNumChunks; ++c) mbarrier_init(bars.kv_full(s, c), 1);
+          mbarrier_init(bars.kv_empty(s), kConsumerThreads / 32);
+        }
+      },
+      [&] {
+        prefetch_tensor_map(&q_map);
+        prefetch_tensor_map(&kv_map);
+        split_producer_loop(params, &q_map, &kv_map, walker, bars, smem_base + SplitLayout::q,
+                            smem_base + SplitLayout::kv, m_block);
+      },
+      [&] { split_consumer_loop<Elem>(params, walker, bars, smem, smem_base, m_block); });
 }
 }  // namespace decode_detail
 }  // namespace hf_flashmla
