@@ -601,15 +601,11 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       sums[wg * kTileRows + t.row0] = row_l[0];
       sums[wg * kTileRows + t.row0 + 8] = row_l[1];
     }
-    // Lanes of one warp read what lane 4q wrote: the __syncwarp orders them for racecheck, which reported this
-    // exchange (runs 18-44) with the named barrier alone.
-    __syncwarp();
     named_barrier_sync(kBarRowSum, kConsumerThreads);
     SEESAW_ITEM_MARK(3);
     float total[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) total[h] = sums[t.row0 + 8 * h] + sums[kTileRows + t.row0 + 8 * h];
-    __syncwarp();
     store_tile<Elem>(p, w, slot, m_block, wg, t.row0, o, row_m, total, scale_log2);
     // Warp-uniform through a shuffle: a branch ptxas cannot prove uniform serialises the wgmma (C7520).
     if (__shfl_sync(0xffffffff, p.inline_merge && !slot.direct, 0))
