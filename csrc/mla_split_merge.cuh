@@ -122,7 +122,8 @@ __device__ __forceinline__ void merge_tile(const MlaDecodeParams& p, int batch, 
     float row_max = -INFINITY;
     for (int k0 = 0; k0 < num_splits; k0 += kLanesPerMergeRow) row_max = fmaxf(row_max, lse_at(k0 + my_split));
 #pragma unroll
-    for (int off = 1; off < kLanesPerMergeRow; off *= 2) row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffff, row_max, off));
+    for (int off = 1; off < kLanesPerMergeRow; off *= 2)
+      row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffff, row_max, off));
     const float reference = row_max == -INFINITY ? 0.f : row_max;
     float sum = 0.f;
     for (int k0 = 0; k0 < num_splits; k0 += kLanesPerMergeRow) sum += __expf(lse_at(k0 + my_split) - reference);

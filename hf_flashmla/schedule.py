@@ -58,14 +58,15 @@ ROWS_PER_TILE = 64  # query rows (s_q * h_q / h_kv folded) per CTA tile
 SEQUENCE_OVERHEAD_PAGES = 5
 # For timing experiments only: overrides SEQUENCE_OVERHEAD_PAGES in both implementations.
 SEQUENCE_OVERHEAD_ENV_VAR = "HF_FLASHMLA_SEQUENCE_OVERHEAD_PAGES"
-# Cost of splitting (the combine), in pages; passed to the schedule kernel. From the H100 runs 10-11 (notes/KERNEL_LOG.md): a one-part-per-sequence schedule at
-# b = 128, equal lengths, 132 parts (largest cost vs payload: L4K 69 vs 67, L8K 133 vs 129, L16K 261 vs
-# 254) was 0.3-11% faster, i.e. splitting cost 4.6-17 pages (payload + C = largest cost * measured
-# speed ratio): ~5-8 at h_q*s_q = 16, 6-12 at 32, 9-17 at 64 (more rows: larger fp32 partials).
-# 8 is near the low end, so the rule switches only where every measured configuration gained; it
-# covers L16K (needs >= 7, where h_q*s_q = 16 measured only +0.3..0.6%, near break-even).
+# Cost of splitting (the combine), in pages; passed to the schedule kernel. From the H100 runs 10-11
+# (notes/KERNEL_LOG.md): a one-part-per-sequence schedule at b = 128, equal lengths, 132 parts (largest cost
+# vs payload: L4K 69 vs 67, L8K 133 vs 129, L16K 261 vs 254) was 0.3-11% faster, i.e. splitting cost 4.6-17
+# pages (payload + C = largest cost * measured speed ratio): ~5-8 at h_q*s_q = 16, 6-12 at 32, 9-17 at 64
+# (more rows: larger fp32 partials). 8 is near the low end, so the rule switches only where every measured
+# configuration gained; it covers L16K (needs >= 7, where h_q*s_q = 16 measured only +0.3..0.6%, near
+# break-even). Re-measured against 12 and 16 with the pieces and snapped schedules (run 45): 8 as good or better.
 SPLIT_COMBINE_PAGES = 8
-# For timing experiments only (A/B of the whole-sequence schedules): overrides SPLIT_COMBINE_PAGES in both
+# For timing experiments only (A/B of the pieces and snapped schedules): overrides SPLIT_COMBINE_PAGES in both
 # implementations; a very negative value gives the plain balanced cut.
 SPLIT_COMBINE_ENV_VAR = "HF_FLASHMLA_SPLIT_COMBINE_PAGES"
 MAX_SNAPPED_PARTS = 1024  # csrc/mla_metadata_core.h's kMaxSnappedParts
@@ -154,7 +155,7 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
                            split_combine_pages: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The schedule with vectorised PyTorch ops on cache_seqlens' device (the ground truth).
     split_combine_pages: split_cost_pages() by default; another value is for timing comparisons only (a
-    very negative one turns the whole-sequence schedules off: the plain balanced cut)."""
+    very negative one turns the pieces and snapped schedules off: the plain balanced cut)."""
     if split_combine_pages is None:
         split_combine_pages = split_cost_pages()
     device = cache_seqlens.device
@@ -169,8 +170,8 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
     total = cost_end[-1]
     payload = (total + num_parts - 1) // num_parts
 
-    # Part bounds in cost space, p = 0..P: balanced x_p = min(p * payload, total); the whole-sequence
-    # schedule's (module docstring) where one applies. Decisions are 0-dim tensors: no host sync.
+    # Part bounds in cost space, p = 0..P: balanced x_p = min(p * payload, total), or the candidate schedule's
+    # (pieces or snapped, module docstring) where it fits. Decisions are 0-dim tensors: no host sync.
     part_index = torch.arange(num_parts + 1, device=device, dtype=torch.int64)
     balanced_bounds = torch.minimum(part_index * payload, total)
     if batch <= num_parts:  # k pieces per sequence: part p = i k + j takes piece j of sequence i, the rest empty
@@ -180,22 +181,22 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
         piece = part_index % pieces
         piece_pages = num_blocks[piece_seq]
         # Piece j starts at page j n // k (its bound in cost space is past the sequence's overhead, j > 0).
-        whole_bounds = torch.where(in_pieces, cost_begin[piece_seq] + torch.where(
+        candidate_bounds = torch.where(in_pieces, cost_begin[piece_seq] + torch.where(
             piece > 0, overhead + piece * piece_pages // pieces, 0), total)
         # Each piece is one item with its own overhead: the largest part is ceil(max pages / k) + overhead.
         largest = (num_blocks.max() + pieces - 1) // pieces + overhead
     elif num_parts <= MAX_SNAPPED_PARTS:  # each x_p to the nearer end of its sequence (ties to the start)
         holder = torch.searchsorted(cost_end, balanced_bounds, right=True).clamp_max(batch - 1)
         start, end = cost_begin[holder], cost_end[holder]
-        whole_bounds = torch.where(balanced_bounds - start <= end - balanced_bounds, start, end)
-        largest = (whole_bounds[1:] - whole_bounds[:-1]).max()
+        candidate_bounds = torch.where(balanced_bounds - start <= end - balanced_bounds, start, end)
+        largest = (candidate_bounds[1:] - candidate_bounds[:-1]).max()
     else:
-        whole_bounds = None
-    if whole_bounds is not None:
-        whole = largest <= payload + split_combine_pages
-        bounds = torch.where(whole, whole_bounds, balanced_bounds)
+        candidate_bounds = None
+    if candidate_bounds is not None:
+        use_candidate = largest <= payload + split_combine_pages
+        bounds = torch.where(use_candidate, candidate_bounds, balanced_bounds)
     else:
-        whole = torch.zeros((), dtype=torch.bool, device=device)
+        use_candidate = torch.zeros((), dtype=torch.bool, device=device)
         bounds = balanced_bounds
     seq_of_bound = torch.searchsorted(cost_end, bounds, right=True).clamp_max(batch - 1)
     block_of_bound = (bounds - cost_begin[seq_of_bound] - overhead)
@@ -205,8 +206,8 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
     # its non-empty pieces (min(pages, k)), one (snapped).
     first_part = (cost_begin + overhead) // payload
     last_part = (cost_end - 1) // payload
-    whole_splits = torch.clamp(num_blocks, max=pieces) if batch <= num_parts else torch.ones_like(num_blocks)
-    splits = torch.where(num_blocks > 0, torch.where(whole, whole_splits, last_part - first_part + 1), 0)
+    candidate_splits = torch.clamp(num_blocks, max=pieces) if batch <= num_parts else torch.ones_like(num_blocks)
+    splits = torch.where(num_blocks > 0, torch.where(use_candidate, candidate_splits, last_part - first_part + 1), 0)
     num_splits = torch.nn.functional.pad(torch.cumsum(splits, 0), (1, 0))
 
     # begin_split: index of the part's first item among its sequence's splits. Pieces: the non-empty pieces
@@ -216,11 +217,11 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
     balanced_split = (part_index[:-1] - first_part[begin_seq]).clamp_min(0)
     if batch <= num_parts:
         j, n = piece[:-1], piece_pages[:-1]
-        whole_split = torch.where(in_pieces[:-1], torch.minimum(j, j * n // pieces),
+        candidate_split = torch.where(in_pieces[:-1], torch.minimum(j, j * n // pieces),
                                   part_index[:-1] - pieces * (batch - 1))
     else:
-        whole_split = torch.zeros_like(begin_seq)
-    begin_split = torch.where(whole, whole_split, balanced_split)
+        candidate_split = torch.zeros_like(begin_seq)
+    begin_split = torch.where(use_candidate, candidate_split, balanced_split)
     # Few, larger ops on purpose: on a GPU each op is a launch, and this runs once per decode step.
     columns = torch.stack([begin_seq, block_of_bound[:-1], seq_of_bound[1:], block_of_bound[1:], begin_split], dim=1)
     metadata = torch.nn.functional.pad(columns, (0, METADATA_WIDTH - columns.shape[1]))

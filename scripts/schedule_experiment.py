@@ -73,7 +73,8 @@ def main():
         copies = bk.copies_for(cfg, torch.bfloat16)
         inputs = bk.build_inputs(cfg, device, torch.bfloat16, 0, copies)
         rows_per_kv = cfg.s_q * cfg.h_q // bk.H_KV
-        num_parts = schedule.num_sm_parts_for(rows_per_kv, bk.H_KV, torch.cuda.get_device_properties(0).multi_processor_count)
+        num_sms = torch.cuda.get_device_properties(0).multi_processor_count
+        num_parts = schedule.num_sm_parts_for(rows_per_kv, bk.H_KV, num_sms)
         default = hf_flashmla.get_mla_metadata(inputs[0]["cache_seqlens"], rows_per_kv, bk.H_KV)
         pieces = pieces_schedule(cfg.lengths, num_parts, device)
         if pieces is None:
