@@ -23,9 +23,9 @@ num_sm_parts equal contiguous pieces, so long and short sequences share SMs even
 Fewer, whole items: an item costs more than its pages (loading Q, the epilogue; a split one also its fp32
 partial, read back and merged by the combine kernel), and the balanced cut gives most parts two items (the
 end of one sequence, the start of the next) while its payload counts one overhead per sequence. Time
-model: a schedule takes its largest part's cost, plus SPLIT_COMBINE_PAGES when its cut is the balanced
-one. Two other schedules are taken when their largest part is at most the balanced payload +
-SPLIT_COMBINE_PAGES:
+model: a schedule takes its largest part's cost, plus the split cost C (SPLIT_COMBINE_PAGES up to one
+64-row tile, SPLIT_COMBINE_PAGES_MANY_ROWS beyond) when its cut is the balanced one. Two other schedules
+are taken when their largest part is at most the balanced payload + C:
   - k pieces per sequence (b <= num_sm_parts, k = num_sm_parts // b): part i k + j takes pages
     [j n_i // k, (j + 1) n_i // k) of sequence i, one item per part; parts k b.. get empty items (the rows
     an over-provisioned balanced schedule also ends with: [b-1, pages_{b-1}, b-1, pages_{b-1}, ...]).
@@ -58,14 +58,18 @@ ROWS_PER_TILE = 64  # query rows (s_q * h_q / h_kv folded) per CTA tile
 SEQUENCE_OVERHEAD_PAGES = 5
 # For timing experiments only: overrides SEQUENCE_OVERHEAD_PAGES in both implementations.
 SEQUENCE_OVERHEAD_ENV_VAR = "HF_FLASHMLA_SEQUENCE_OVERHEAD_PAGES"
-# Cost of splitting (the combine), in pages; passed to the schedule kernel. From the H100 runs 10-11
-# (notes/KERNEL_LOG.md): a one-part-per-sequence schedule at b = 128, equal lengths, 132 parts (largest cost
-# vs payload: L4K 69 vs 67, L8K 133 vs 129, L16K 261 vs 254) was 0.3-11% faster, i.e. splitting cost 4.6-17
-# pages (payload + C = largest cost * measured speed ratio): ~5-8 at h_q*s_q = 16, 6-12 at 32, 9-17 at 64
-# (more rows: larger fp32 partials). 8 is near the low end, so the rule switches only where every measured
-# configuration gained; it covers L16K (needs >= 7, where h_q*s_q = 16 measured only +0.3..0.6%, near
-# break-even). Re-measured against 12 and 16 with the pieces and snapped schedules (run 45): 8 as good or better.
+# Cost of splitting (the combine), in pages; passed to the schedule kernel. Up to 64 query rows per kv head,
+# from the H100 runs 10-11 (notes/KERNEL_LOG.md): a one-part-per-sequence schedule at b = 128, equal lengths,
+# 132 parts (largest cost vs payload: L4K 69 vs 67, L8K 133 vs 129, L16K 261 vs 254) was 0.3-11% faster, i.e.
+# splitting cost 4.6-17 pages (payload + C = largest cost * measured speed ratio): ~5-8 at h_q*s_q = 16, 6-12
+# at 32, 9-17 at 64 (more rows: larger fp32 partials). 8 is near the low end, so the rule switches only where
+# every measured configuration gained (re-measured against 12 and 16 in run 45: 8 as good or better).
 SPLIT_COMBINE_PAGES = 8
+# From two 64-row tiles up (s_q*h_q >= 128) a split costs more: each of the tiles' CTAs writes its fp32 partial
+# and the combine moves 2-4x the rows. Run 50 (interleaved three times): whole sequences 16 pages over the
+# payload were 1-3% faster on all four table configs where 16 and 8 differ (b64 L16K s2 h128, b128 L8K s2 h128,
+# b128 L16K s1 h128, b128 L16K s2 h64).
+SPLIT_COMBINE_PAGES_MANY_ROWS = 16
 # For timing experiments only (A/B of the pieces and snapped schedules): overrides SPLIT_COMBINE_PAGES in both
 # implementations; a very negative value gives the plain balanced cut.
 SPLIT_COMBINE_ENV_VAR = "HF_FLASHMLA_SPLIT_COMBINE_PAGES"
@@ -126,10 +130,12 @@ def sequence_overhead_pages() -> int:
     return int(value)
 
 
-def split_cost_pages() -> int:
+def split_cost_pages(num_q_rows_per_kv_head: int | None = None) -> int:
+    """SPLIT_COMBINE_PAGES, or SPLIT_COMBINE_PAGES_MANY_ROWS beyond one 64-row tile; the environment overrides."""
     value = os.environ.get(SPLIT_COMBINE_ENV_VAR, "").strip()
     if not value:
-        return SPLIT_COMBINE_PAGES
+        many_rows = num_q_rows_per_kv_head is not None and num_q_rows_per_kv_head > ROWS_PER_TILE
+        return SPLIT_COMBINE_PAGES_MANY_ROWS if many_rows else SPLIT_COMBINE_PAGES
     try:
         return int(value)
     except ValueError:
@@ -145,17 +151,18 @@ def compute_schedule(cache_seqlens: torch.Tensor, num_q_rows_per_kv_head: int, n
     if num_sms is None:
         num_sms = num_sms_of(device)
     num_parts = num_sm_parts_for(num_q_rows_per_kv_head, num_heads_k, num_sms)
+    split_cost = split_cost_pages(num_q_rows_per_kv_head)
     if schedule_implementation(device, implementation) == KERNEL:
-        return _ops.mla_metadata(cache_seqlens, num_parts, PAGE_SIZE, sequence_overhead_pages(),
-                                 split_cost_pages())
-    return compute_schedule_torch(cache_seqlens, num_parts)
+        return _ops.mla_metadata(cache_seqlens, num_parts, PAGE_SIZE, sequence_overhead_pages(), split_cost)
+    return compute_schedule_torch(cache_seqlens, num_parts, split_combine_pages=split_cost)
 
 
 def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
                            split_combine_pages: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The schedule with vectorised PyTorch ops on cache_seqlens' device (the ground truth).
-    split_combine_pages: split_cost_pages() by default; another value is for timing comparisons only (a
-    very negative one turns the pieces and snapped schedules off: the plain balanced cut)."""
+    split_combine_pages: what compute_schedule passes for the query rows (split_cost_pages); by default the
+    value up to 64 rows. A very negative one turns the pieces and snapped schedules off (the plain balanced
+    cut), for timing comparisons."""
     if split_combine_pages is None:
         split_combine_pages = split_cost_pages()
     device = cache_seqlens.device

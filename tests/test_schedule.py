@@ -248,23 +248,25 @@ def test_b64_on_132_parts_gets_two_pieces_each(length, rows):
         assert segments == expected, f"part {part}"
 
 
-@pytest.mark.parametrize("batch,rows,length", [(200, 16, 4096), (128, 256, 8192), (64, 256, 16384)])
+@pytest.mark.parametrize("batch,rows,length", [(200, 16, 4096), (128, 256, 16384), (64, 256, 32768)])
 def test_whole_sequences_off_where_they_do_not_pay(batch, rows, length):
-    # 200 on 132 parts: parts of one or two sequences (138 pages against a payload of 105); b = 128 of 8K on 33
-    # parts: four sequences (532) against 516; b = 64 of 16K on 33 parts: two (522) against 506. Splitting wins.
+    # 200 on 132 parts: parts of one or two sequences (138 pages against a payload of 105 + 8); b = 128 of 16K on 33
+    # parts: four sequences (1044) against 1013 + 16; b = 64 of 32K on 33 parts: two (1034) against 1003 + 16.
     lengths = [length] * batch
     num_parts = parts_for(rows)
-    assert not pieces_per_sequence(lengths, num_parts) and snapped_bounds(lengths, num_parts) is None
+    cost = schedule.split_cost_pages(rows)
+    assert not pieces_per_sequence(lengths, num_parts, cost) and snapped_bounds(lengths, num_parts, cost) is None
     _, num_splits = schedule.compute_schedule(torch.tensor(lengths, dtype=torch.int32), rows, 1, num_sms=132)
     assert int(num_splits[-1]) > batch  # some sequence split
 
 
 @pytest.mark.parametrize("batch,rows,length,per_part", [(64, 256, 4096, 2), (64, 256, 8192, 2), (128, 128, 4096, 2),
-                                                        (128, 128, 8192, 2), (128, 256, 4096, 4)])
+                                                        (128, 128, 8192, 2), (128, 256, 4096, 4), (128, 256, 8192, 4),
+                                                        (64, 256, 16384, 2), (128, 128, 16384, 2)])
 def test_equal_lengths_snap_to_whole_sequences(batch, rows, length, per_part):
-    # The benchmark's compute-bound configs where whole sequences fit within payload + SPLIT_COMBINE_PAGES:
-    # b = 64 of 4K on 33 parts (s_q*h_q = 256) gets parts of two sequences (138 pages against a payload of
-    # 134) and no combine.
+    # The benchmark's compute-bound configs where whole sequences fit within payload + the split cost (16 pages
+    # from 128 rows): b = 64 of 4K on 33 parts (s_q*h_q = 256) gets parts of two sequences (138 pages against a
+    # payload of 134) and no combine; b = 128 of 8K on 33 parts, parts of four (532 against 516).
     lengths = [length] * batch
     num_parts = parts_for(rows)
     pages = -(-length // PAGE_SIZE)
@@ -346,6 +348,18 @@ def test_max_snapped_parts_matches_the_kernel_header():
     header = (Path(__file__).resolve().parent.parent / "csrc" / "mla_metadata_core.h").read_text()
     match = re.search(r"constexpr int kMaxSnappedParts = (\d+);", header)
     assert match is not None and int(match.group(1)) == schedule.MAX_SNAPPED_PARTS
+
+
+def test_split_cost_grows_beyond_one_tile():
+    # Two 64-row tiles and more: SPLIT_COMBINE_PAGES_MANY_ROWS (run 50); b = 128 of 8K on 33 parts (s_q*h_q = 256)
+    # snaps to four whole sequences per part (532 pages against a payload of 516) only with it.
+    assert schedule.split_cost_pages(64) == SPLIT_COMBINE_PAGES
+    assert schedule.split_cost_pages(128) == schedule.SPLIT_COMBINE_PAGES_MANY_ROWS == 16
+    lengths = torch.tensor([8192] * 128, dtype=torch.int32)
+    _, num_splits = schedule.compute_schedule(lengths, 256, 1, num_sms=132)
+    assert int(num_splits[-1]) == 128
+    _, num_splits = schedule.compute_schedule_torch(lengths, 33, split_combine_pages=SPLIT_COMBINE_PAGES)
+    assert int(num_splits[-1]) > 128
 
 
 def test_split_combine_override_for_timing(monkeypatch):

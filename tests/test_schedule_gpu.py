@@ -38,9 +38,9 @@ def kernel_schedule(cache_seqlens, num_parts):
     return _ops.mla_metadata(cache_seqlens, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, schedule.split_cost_pages())
 
 
-def assert_same(cache_seqlens, num_parts, got, where=""):
-    expected = schedule.compute_schedule_torch(cache_seqlens, num_parts)
-    expected_cpu = schedule.compute_schedule_torch(cache_seqlens.cpu(), num_parts)
+def assert_same(cache_seqlens, num_parts, got, where="", split_cost=None):
+    expected = schedule.compute_schedule_torch(cache_seqlens, num_parts, split_combine_pages=split_cost)
+    expected_cpu = schedule.compute_schedule_torch(cache_seqlens.cpu(), num_parts, split_combine_pages=split_cost)
     got_metadata, got_splits = got
     assert got_metadata.is_cuda and got_metadata.dtype == torch.int32 and got_metadata.shape == (num_parts, 8)
     assert got_splits.dtype == torch.int32 and got_splits.shape == (cache_seqlens.shape[0] + 1,)
@@ -144,9 +144,9 @@ def test_get_mla_metadata_takes_the_kernel_on_cuda(monkeypatch):
     real = _ops.mla_metadata
     monkeypatch.setattr(_ops, "mla_metadata", lambda *args: calls.append(args) or real(*args))
     metadata, num_splits = hf_flashmla.get_mla_metadata(cache_seqlens, 2 * 128, 1)
-    assert len(calls) == 1
+    assert len(calls) == 1 and calls[0][-1] == schedule.split_cost_pages(256)
     num_parts = schedule.num_sm_parts_for(256, 1, schedule.num_sms_of(cache_seqlens.device))
-    assert_same(cache_seqlens, num_parts, (metadata, num_splits))
+    assert_same(cache_seqlens, num_parts, (metadata, num_splits), split_cost=schedule.split_cost_pages(256))
     monkeypatch.setenv(schedule.SCHEDULE_ENV_VAR, "torch")
     torch_metadata, torch_splits = hf_flashmla.get_mla_metadata(cache_seqlens, 2 * 128, 1)
     assert len(calls) == 1

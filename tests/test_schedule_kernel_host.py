@@ -223,7 +223,8 @@ def test_harness_matches_torch_on_edge_batches(harness, num_threads):
 
 def test_compute_schedule_is_torch_on_cpu_whatever_is_requested_but_kernel(monkeypatch):
     cache_seqlens = torch.tensor([5, 0, 700], dtype=torch.int32)
-    expected = schedule.compute_schedule_torch(cache_seqlens, schedule.num_sm_parts_for(256, 1, 132))
+    expected = schedule.compute_schedule_torch(cache_seqlens, schedule.num_sm_parts_for(256, 1, 132),
+                                               split_combine_pages=schedule.split_cost_pages(256))
     for value in ("", "auto", "torch", " Torch "):
         monkeypatch.setenv(schedule.SCHEDULE_ENV_VAR, value)
         assert schedule.schedule_implementation(cache_seqlens.device) == schedule.TORCH
