@@ -83,7 +83,8 @@ def test_kernel_matches_torch_on_random_inputs():
         cache_seqlens = torch.tensor(random_lengths(rng, batch), dtype=torch.int32, device="cuda")
         poison_allocator()
         got = schedule.compute_schedule(cache_seqlens, rows, h_kv, num_sms=sms, implementation="kernel")
-        assert_same(cache_seqlens, num_parts, got, f"(case {case}, b {batch}, rows {rows}, h_kv {h_kv}, sms {sms})")
+        assert_same(cache_seqlens, num_parts, got, f"(case {case}, b {batch}, rows {rows}, h_kv {h_kv}, sms {sms})",
+                    split_cost=schedule.split_cost_pages(rows))
 
 
 @pytest.mark.parametrize("batch", [1, 31, 32, 33, 1023, 1024, 1025, 2049, 4096, 5000, 20000])
@@ -175,7 +176,8 @@ def test_cuda_graph_replay_with_new_lengths():
         static_splits.fill_(-7)
         graph.replay()
         torch.cuda.synchronize()
-        assert_same(static_lengths, num_parts, (static_metadata, static_splits), f"(replay {trial})")
+        assert_same(static_lengths, num_parts, (static_metadata, static_splits), f"(replay {trial})",
+                    split_cost=schedule.split_cost_pages(128))
 
 
 def test_runs_in_order_on_the_current_stream():
