@@ -9,6 +9,10 @@
 //      named barriers in a 384-thread CTA)
 //   6  as 5 with, in every iteration, a one-way bar.arrive -> bar.sync hand-over on another barrier (no data
 //      on it): the seesaw's epilogue next to its per-pair hand-overs
+//   7  the seesaw epilogue as the kernel runs it (racecheck reports it there, runs 18-48): setmaxnreg (producer
+//      warpgroup down to 40 registers, consumers up to 232), the producer's warps 9-11 gone and one thread of
+//      warp 8 waiting on an mbarrier that the consumer warps arrive at every iteration, then lanes 4q write a
+//      row's sum, bar.sync of both warpgroups, every lane reads both warpgroups' sums, slots by parity
 #include <cstdio>
 #include <cstdlib>
 
@@ -16,6 +20,51 @@
 
 __device__ __forceinline__ void bar_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory"); }
 __device__ __forceinline__ void bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory"); }
+
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+  unsigned done = 0;
+  while (!done)
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+}
+
+// Pattern 7: the kernel's epilogue exchange in the kernel's role split. The producer thread and the consumer warps
+// hand phases over through a full/empty pair of mbarriers, as the kernel's page stages do (no data on them).
+__global__ void __launch_bounds__(384, 1) probe_epilogue(int iters, float* out) {
+  __shared__ float sums[2][2][64];
+  __shared__ unsigned long long full, empty;
+  const unsigned full_bar = static_cast<unsigned>(__cvta_generic_to_shared(&full));
+  const unsigned empty_bar = static_cast<unsigned>(__cvta_generic_to_shared(&empty));
+  if (threadIdx.x == 0) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(full_bar) : "memory");
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 8;" ::"r"(empty_bar) : "memory");
+  }
+  __syncthreads();
+  if (threadIdx.x >= 256) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    if (threadIdx.x == 256)
+      for (int k = 0; k < iters; ++k) {
+        if (k > 0) mbar_wait(empty_bar, (k - 1) & 1);  // the consumers are done with phase k - 1
+        asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(full_bar) : "memory");
+      }
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  const int wg = threadIdx.x / 128, lane = threadIdx.x % 32, row0 = (threadIdx.x % 128) / 32 * 16 + lane / 4;
+  float acc = 0.f;
+  for (int k = 0; k < iters; ++k) {
+    mbar_wait(full_bar, k & 1);
+    if (lane == 0) asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(empty_bar) : "memory");
+    float* slot = &sums[k & 1][0][0];
+    if (lane % 4 == 0) {
+      slot[wg * 64 + row0] = k + row0;
+      slot[wg * 64 + row0 + 8] = k + row0 + 8;
+    }
+    bar_sync(1, 256);
+    acc += slot[row0] + slot[64 + row0] + slot[row0 + 8] + slot[64 + row0 + 8];
+  }
+  out[threadIdx.x] = acc;
+}
 
 __global__ void probe(int pattern, int iters, float* out) {
   __shared__ float slot[2][256];
@@ -70,7 +119,10 @@ int main(int argc, char** argv) {
   const int pattern = argc > 1 ? atoi(argv[1]) : 1;
   float* out = nullptr;
   cudaMalloc(&out, 256 * sizeof(float));
-  probe<<<1, pattern >= 5 ? 384 : 256>>>(pattern, 4, out);
+  if (pattern == 7)
+    probe_epilogue<<<1, 384>>>(4, out);
+  else
+    probe<<<1, pattern >= 5 ? 384 : 256>>>(pattern, 4, out);
   cudaError_t err = cudaDeviceSynchronize();
   printf("pattern %d: %s\n", pattern, cudaGetErrorString(err));
   return err == cudaSuccess ? 0 : 1;
