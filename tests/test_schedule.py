@@ -1,7 +1,8 @@
 """The split-KV schedule covers every page exactly once, numbers splits consistently and balances
 the parts (checked through schedule.iterate_part, the host mirror of the kernel's loop); it gives each
-sequence its own part exactly when the rule of schedule.py's docstring says so (checked against a plain
-Python restatement of the schedule)."""
+sequence its own part, pieces of sequences or whole sequences exactly when the rules of schedule.py's
+docstring say so (checked against a plain Python restatement of the schedule; the rules in
+tests/schedule_rules.py)."""
 import random
 import re
 from collections import defaultdict
@@ -13,45 +14,9 @@ import torch
 import hf_flashmla
 from hf_flashmla import schedule
 from hf_flashmla.schedule import PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COMBINE_PAGES
+from schedule_rules import one_part_per_sequence, pages_of, pieces_per_sequence, snapped_bounds
 
 F = SEQUENCE_OVERHEAD_PAGES
-
-
-def pages_of(lengths):
-    return [-(-max(n, 0) // PAGE_SIZE) for n in lengths]
-
-
-def pieces_per_sequence(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES):
-    """The pieces rule, restated: k = parts // b >= 1 and the largest piece (ceil(max pages / k) + overhead)
-    within the balanced payload + the combine cost; returns k, or 0 where the rule declines."""
-    pages = pages_of(lengths)
-    payload = -(-(sum(pages) + F * len(pages)) // num_parts)
-    k = num_parts // len(lengths)
-    return k if k >= 1 and -(-max(pages) // k) + F <= payload + combine_pages else 0
-
-
-def one_part_per_sequence(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES):
-    return pieces_per_sequence(lengths, num_parts, combine_pages) == 1
-
-
-def snapped_bounds(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES):
-    """The snapped schedule's bounds (each balanced bound moved to the nearer end of the sequence holding it)
-    where the rule takes it: b > parts (<= MAX_SNAPPED_PARTS) and its largest part within payload + combine
-    cost; else None."""
-    costs = [n + F for n in pages_of(lengths)]
-    total = sum(costs)
-    payload = -(-total // num_parts)
-    if len(lengths) <= num_parts or num_parts > schedule.MAX_SNAPPED_PARTS:
-        return None
-    ends = [sum(costs[:i + 1]) for i in range(len(costs))]
-    bounds = []
-    for p in range(num_parts + 1):
-        x = min(p * payload, total)
-        i = min(sum(1 for e in ends if e <= x), len(costs) - 1)
-        begin, end = ends[i] - costs[i], ends[i]
-        bounds.append(begin if x - begin <= end - x else end)
-    largest = max(b - a for a, b in zip(bounds, bounds[1:]))
-    return bounds if largest <= payload + combine_pages else None
 
 
 def python_schedule(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES):

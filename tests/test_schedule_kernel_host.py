@@ -17,6 +17,7 @@ import torch
 
 from hf_flashmla import schedule
 from hf_flashmla.schedule import PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES
+from schedule_rules import one_part_per_sequence, pieces_per_sequence, snapped_bounds
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ROOT / "tests" / "harness" / "mla_metadata_host.cpp"
@@ -105,25 +106,6 @@ def random_lengths(rng, batch):
     return [rng.choice([-5, -INT32_MAX - 1, 0, 1, INT32_MAX, rng.randint(0, INT32_MAX)]) for _ in range(batch)]
 
 
-def pieces_per_sequence(num_parts, lengths):
-    """schedule.py's pieces rule: k = parts // b, or 0 where it declines."""
-    pages = [-(-max(n, 0) // PAGE_SIZE) for n in lengths]
-    payload = -(-(sum(pages) + SEQUENCE_OVERHEAD_PAGES * len(pages)) // num_parts)
-    k = num_parts // len(lengths)
-    fits = k >= 1 and -(-max(pages) // k) + SEQUENCE_OVERHEAD_PAGES <= payload + schedule.SPLIT_COMBINE_PAGES
-    return k if fits else 0
-
-
-def one_part_per_sequence(num_parts, lengths):
-    return pieces_per_sequence(num_parts, lengths) == 1
-
-
-def snapped_whole(num_parts, lengths):
-    """Whether schedule.py takes the snapped whole-sequence schedule (b > parts, every sequence one split)."""
-    _, num_splits = schedule.compute_schedule_torch(torch.tensor(lengths, dtype=torch.int32), num_parts)
-    return len(lengths) > num_parts and int(num_splits[-1]) == sum(1 for n in lengths if n > 0)
-
-
 def snapped_cases(num_threads):
     """Equal and near-equal lengths where whole sequences snap: the benchmark's compute-bound shapes, bounds on
     chunk edges (32 and 96 threads), many short sequences over several chunks."""
@@ -133,7 +115,7 @@ def snapped_cases(num_threads):
         cases.append((num_threads, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [length] * batch))
         cases.append((num_threads, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES,
                       [length + 64 * (i % 3) - 64 for i in range(batch)]))
-    return [case for case in cases if snapped_whole(case[1], case[4])]
+    return [case for case in cases if snapped_bounds(case[4], case[1]) is not None]
 
 
 def random_case(rng):
@@ -159,9 +141,9 @@ def assert_same_as_torch(binary, cases):
 def test_harness_matches_torch_on_random_inputs(harness):
     rng = random.Random(20261125)
     cases = [random_case(rng) for _ in range(300)]
-    assert sum(one_part_per_sequence(case[1], case[4]) for case in cases) >= 8  # every mode exercised
-    assert sum(pieces_per_sequence(case[1], case[4]) > 1 for case in cases) >= 10
-    assert sum(snapped_whole(case[1], case[4]) for case in cases) >= 10
+    assert sum(one_part_per_sequence(case[4], case[1]) for case in cases) >= 8  # every mode exercised
+    assert sum(pieces_per_sequence(case[4], case[1]) > 1 for case in cases) >= 10
+    assert sum(snapped_bounds(case[4], case[1]) is not None for case in cases) >= 10
     assert_same_as_torch(harness, cases)
 
 
@@ -174,7 +156,7 @@ def test_harness_matches_torch_pieces(harness, num_threads):
         for lengths in ([4096] * batch, [64 * (i % 5) for i in range(batch)], [4096 + 64 * (i % 3) for i in range(batch)],
                         [1] * batch, [0] * batch):
             cases.append((num_threads, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, lengths))
-    cases = [case for case in cases if pieces_per_sequence(case[1], case[4]) > 1]
+    cases = [case for case in cases if pieces_per_sequence(case[4], case[1]) > 1]
     assert len(cases) >= 15
     assert_same_as_torch(harness, cases)
 
@@ -198,7 +180,7 @@ def test_harness_matches_torch_one_part_per_sequence(harness, num_threads):
             cases.append((num_threads, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, lengths))
         lengths = [4096 + 64 * (i % 3) for i in range(batch)]  # uneven by up to two pages: still one each
         cases.append((num_threads, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, lengths))
-    cases = [case for case in cases if one_part_per_sequence(case[1], case[4])]
+    cases = [case for case in cases if one_part_per_sequence(case[4], case[1])]
     assert len(cases) >= 25  # b > parts / 2 (else pieces of sequences: the next test)
     assert_same_as_torch(harness, cases)
     for (_, num_parts, _, _, lengths), (metadata, num_splits) in zip(cases, run_harness(harness, cases)):
@@ -270,9 +252,9 @@ def test_emulated_kernel_matches_torch(emulated_kernel):
     cases += [(1, *case[1:]) for case in snapped_cases(0)]
     cases.append((1, 132, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [4096] * 64))  # two pieces per sequence
     cases.append((1, 1500, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [64 * (i % 5) for i in range(40)]))  # 37 pieces
-    assert sum(one_part_per_sequence(case[1], case[4]) for case in cases) >= 5
-    assert sum(pieces_per_sequence(case[1], case[4]) > 1 for case in cases) >= 2
-    assert sum(snapped_whole(case[1], case[4]) for case in cases) >= 12
+    assert sum(one_part_per_sequence(case[4], case[1]) for case in cases) >= 5
+    assert sum(pieces_per_sequence(case[4], case[1]) > 1 for case in cases) >= 2
+    assert sum(snapped_bounds(case[4], case[1]) is not None for case in cases) >= 12
     for (stride, num_parts, _, _, lengths), (metadata, num_splits) in zip(cases, run_harness(emulated_kernel, cases)):
         expected_metadata, expected_splits = schedule.compute_schedule_torch(
             torch.tensor(lengths, dtype=torch.int32), num_parts)

@@ -1,0 +1,43 @@
+"""The schedule rules of hf_flashmla/schedule.py restated with Python ints (which mode applies, the snapped
+bounds), shared by the schedule tests (tests/test_schedule.py, tests/test_schedule_kernel_host.py)."""
+from hf_flashmla import schedule
+from hf_flashmla.schedule import PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COMBINE_PAGES
+
+F = SEQUENCE_OVERHEAD_PAGES
+
+
+def pages_of(lengths):
+    return [-(-max(n, 0) // PAGE_SIZE) for n in lengths]
+
+
+def pieces_per_sequence(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES):
+    """The pieces rule, restated: k = parts // b >= 1 and the largest piece (ceil(max pages / k) + overhead)
+    within the balanced payload + the combine cost; returns k, or 0 where the rule declines."""
+    pages = pages_of(lengths)
+    payload = -(-(sum(pages) + F * len(pages)) // num_parts)
+    k = num_parts // len(lengths)
+    return k if k >= 1 and -(-max(pages) // k) + F <= payload + combine_pages else 0
+
+
+def one_part_per_sequence(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES):
+    return pieces_per_sequence(lengths, num_parts, combine_pages) == 1
+
+
+def snapped_bounds(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES):
+    """The snapped schedule's bounds (each balanced bound moved to the nearer end of the sequence holding it)
+    where the rule takes it: b > parts (<= MAX_SNAPPED_PARTS) and its largest part within payload + combine
+    cost; else None."""
+    costs = [n + F for n in pages_of(lengths)]
+    total = sum(costs)
+    payload = -(-total // num_parts)
+    if len(lengths) <= num_parts or num_parts > schedule.MAX_SNAPPED_PARTS:
+        return None
+    ends = [sum(costs[:i + 1]) for i in range(len(costs))]
+    bounds = []
+    for p in range(num_parts + 1):
+        x = min(p * payload, total)
+        i = min(sum(1 for e in ends if e <= x), len(costs) - 1)
+        begin, end = ends[i] - costs[i], ends[i]
+        bounds.append(begin if x - begin <= end - x else end)
+    largest = max(b - a for a, b in zip(bounds, bounds[1:]))
+    return bounds if largest <= payload + combine_pages else None
