@@ -66,11 +66,13 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
   auto o_accum = at::empty({max_splits, rows_total, kHeadDimV}, q.options().dtype(at::kFloat));
   auto lse_accum = at::empty({max_splits, rows_total}, q.options().dtype(at::kFloat));
   const bool inline_merge = mla_decode_merges_inline();
-  // Counts the finished pieces of each (sequence, 64-row tile); the piece that completes the count merges.
-  auto merge_counters = at::empty({inline_merge ? batch * num_m_blocks : 0}, q.options().dtype(at::kInt));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  if (inline_merge)
+  // Counts the finished pieces of each (sequence, 64-row tile); the piece that completes the count merges.
+  at::Tensor merge_counters;
+  if (inline_merge) {
+    merge_counters = at::empty({batch * num_m_blocks}, q.options().dtype(at::kInt));
     C10_CUDA_CHECK(cudaMemsetAsync(merge_counters.data_ptr<int>(), 0, merge_counters.numel() * sizeof(int), stream));
+  }
 
   MlaDecodeParams p{};
   p.q = q.data_ptr();

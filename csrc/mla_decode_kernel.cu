@@ -26,8 +26,8 @@ namespace decode_detail {
 //    costs its launch even when it exits at once (one block per row cost ~20 us at b = 128, s_q * h_q = 256,
 //    and 160 us at b = 1024; run 27), and at 2-3 splits per sequence the shared shape was ~1% slower (run 34).
 // Sequences with one split exit at once (the decode kernel wrote them).
-// Used after the split kernel, and after the seesaw kernel when HF_FLASHMLA_MERGE=combine (A/B timing): by
-// default the seesaw kernel merges in-kernel and no combine kernel runs.
+// Runs after either decode kernel unless the seesaw kernel merges in-kernel (HF_FLASHMLA_MERGE=inline, opt-in:
+// merge_inline_requested below).
 constexpr int kCombineWarps = 4;
 constexpr int kCombineMaxBlocks = 4096;
 
