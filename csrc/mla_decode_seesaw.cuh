@@ -105,6 +105,26 @@ __device__ __forceinline__ void seesaw_load_group(const CUtensorMap* kv_map, con
   }
 }
 
+// L2 prefetch of the pages kPrefetchPairs pairs ahead (0: none). The m-block CTAs of a part read every page at
+// about the same time, each page for the first time, so all of them wait for the same HBM miss; one whole-page
+// bulk prefetch (one instruction; pages are contiguous in the cache) issued by one of them a pair or two
+// earlier turns their loads into L2 hits. Pairs are spread over the part's m-block CTAs.
+#ifndef HF_FLASHMLA_PREFETCH_PAIRS
+#define HF_FLASHMLA_PREFETCH_PAIRS 0
+#endif
+constexpr int kPrefetchPairs = HF_FLASHMLA_PREFETCH_PAIRS;
+
+template <typename PageOf>
+__device__ __forceinline__ void seesaw_prefetch_pair(const MlaDecodeParams& p, const PageOf& page_of, int blk,
+                                                     int stop_block, int m_block) {
+  if ((blk / 2) % p.num_m_blocks != m_block) return;
+  for (int b = blk; b < min(blk + 2, stop_block); ++b) {
+    const int page = page_of(b);
+    if (page >= 0 && page < p.num_blocks)
+      prefetch_bulk_l2(static_cast<const char*>(p.k_cache) + static_cast<int64_t>(page) * kTileBytes, kTileBytes);
+  }
+}
+
 #ifdef HF_FLASHMLA_TIMELINE
 // Producer side of the debug timeline (pairs 8..11 of CTA (0, 0)'s first item): SM clock before the pair's first
 // group wait and after issuing each of its four groups (stage 0 g0, g1, stage 1 g0, g1).
@@ -130,6 +150,9 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
     const int* table_row = p.block_table + static_cast<int64_t>(batch) * p.block_table_stride;
     // Never read past the block table's row; an out-of-pool page id makes TMA fill zeros, not fault.
     auto page_of = [&](int blk) { return blk < p.max_blocks_per_seq ? __ldg(table_row + blk) : -1; };
+    if (kPrefetchPairs > 1)  // the pairs that the loop's look-ahead starts past
+      for (int blk = w.start_block + 2; blk < w.start_block + 2 * kPrefetchPairs; blk += 2)
+        seesaw_prefetch_pair(p, page_of, blk, w.stop_block, m_block);
     for (int blk = w.start_block; blk < w.stop_block; blk += 2) {
       const bool has_b = blk + 1 < w.stop_block;
       const int page_a = page_of(blk);
@@ -152,6 +175,8 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
       SEESAW_PRODUCER_MARK(3);
       if (has_b) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 1, 1, page_b, uses1);
       SEESAW_PRODUCER_MARK(4);
+      // After this pair's own loads, so that they are not queued behind the prefetch in the TMA unit.
+      if (kPrefetchPairs > 0) seesaw_prefetch_pair(p, page_of, blk + 2 * kPrefetchPairs, w.stop_block, m_block);
 #ifdef HF_FLASHMLA_TIMELINE
       if (trace)  // printed after the loop: a printf here would delay the next pairs' loads
         for (int i = 0; i < 5; ++i) g_seesaw_producer[pair_index - 8][i] = issued[i];

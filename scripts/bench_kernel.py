@@ -37,6 +37,8 @@ for path in (REPO_ROOT, SCRIPTS):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+from gpu_monitor import GpuMonitor  # noqa: E402
+
 D_QK, D_V, PAGE, H_KV = 576, 512, 64, 1
 L2_BYTES = 50 * 1024 * 1024
 FIGURES_PATH = os.path.join(SCRIPTS, "flashmla_reference_figures.json")
@@ -313,7 +315,8 @@ def short_error(error):
     return (text[0] if text else repr(error))[:160]
 
 
-def run_config(cfg, impls, peers, ours, reference, timer, device, dtype, seed, check_seqs, figures, log):
+def run_config(cfg, impls, peers, ours, reference, timer, device, dtype, seed, check_seqs, figures, log,
+               monitor=None):
     result = dict(name=cfg.name, group=cfg.group, b=cfg.b, mean_len=cfg.mean_len, s_q=cfg.s_q, h_q=cfg.h_q,
                   varlen=cfg.varlen, sum_len=cfg.sum_len, max_len=max(cfg.lengths), flops=cfg.flops,
                   bytes=cfg.bytes, rows=[], schedule_ms=None, extra=cfg.extra)
@@ -394,11 +397,16 @@ def run_config(cfg, impls, peers, ours, reference, timer, device, dtype, seed, c
                 log(traceback.format_exc(), debug=True)
                 continue
             try:
-                ms = timer(timed)
+                if monitor:
+                    monitor.start()
+                try:
+                    ms = timer(timed)
+                finally:
+                    clock = monitor.stop() if monitor else {}
             except Exception as error:
                 add_row(impl, variant, err_out=err_out, err_lse=err_lse, ok=ok, error=f"timing: {short_error(error)}")
                 continue
-            add_row(impl, variant, ms, err_out, err_lse, ok)
+            add_row(impl, variant, ms, err_out, err_lse, ok).update(clock)
         del variant_sets
     del all_inputs, inputs
     if device.type == "cuda":
@@ -456,7 +464,8 @@ def print_config(result, figures, published, log):
         + (f"  [error {result['schedule_error']}]" if result.get("schedule_error") else "")
         + f"   checked seqs {result['checked_sequences']}   input copies {result.get('input_copies')}"
         + (f"   REFERENCE ERROR {result['reference_error']}" if result.get("reference_error") else ""))
-    log(f"   {'impl':<14}{'ms':>9}{'TFLOP/s':>9}{'GB/s':>8}{'vs FlashMLA':>13}{'err(out)':>10}{'err(lse)':>10}  note")
+    log(f"   {'impl':<14}{'ms':>9}{'TFLOP/s':>9}{'GB/s':>8}{'vs FlashMLA':>13}{'err(out)':>10}{'err(lse)':>10}"
+        f"{'SM MHz':>8}{'W':>5}  note")
     base_ms = fig["flashmla_ms"] if fig else None
     pub = published.get(result.get("published_key") or "") if result.get("published_key") else None
     if pub and pub.get("flashmla_us"):
@@ -487,7 +496,8 @@ def print_config(result, figures, published, log):
         if row["ok"] is None and row["impl"] != "flashinfer":
             flag = "unchecked"
         log(f"   {row['variant']:<14}{row['ms']:>9.4f}{row['tflops']:>9.1f}{row['gbps']:>8.0f}{fmt(ratio, '.2f'):>13}"
-            f"{fmt(row['err_out'], '.2e'):>10}{fmt(row['err_lse'], '.2e'):>10}  {flag}{(' ' + row['error']) if row['error'] else ''}")
+            f"{fmt(row['err_out'], '.2e'):>10}{fmt(row['err_lse'], '.2e'):>10}{fmt(row.get('sm_mhz'), '.0f'):>8}"
+            f"{fmt(row.get('power_w'), '.0f'):>5}  {flag}{(' ' + row['error']) if row['error'] else ''}")
 
 
 def geomean(values):
@@ -519,6 +529,12 @@ def summarize(results, figures, impls, log):
     summary["max_tflops_compute_bound"] = max(comp) if comp else None
     sched = [r["schedule_ms"] for r in results if r.get("schedule_ms")]
     summary["schedule_ms_median"] = statistics.median(sched) if sched else None
+    clocks = {}
+    for label, keep in (("memory_bound", lambda rows: rows <= MEMORY_BOUND_MAX_ROWS),
+                        ("compute_bound", lambda rows: rows >= COMPUTE_BOUND_MIN_ROWS)):
+        mhz = [row["sm_mhz"] for name, row in ours.items() if row and row.get("sm_mhz") and keep(_rows(results, name))]
+        clocks[label] = statistics.median(mhz) if mhz else None
+    summary["ours_median_sm_mhz"] = clocks
     peers = {}
     for impl in impls:
         if impl == "ours":
@@ -553,6 +569,9 @@ def summarize(results, figures, impls, log):
     log(f"   max TFLOP/s, compute-bound (h_q*s_q>=128): {fmt(c and c[0], '.1f')}" + (f" at {c[1]}" if c else "")
         + "   (FlashMLA 678, target >= 680)")
     log(f"   schedule (get_mla_metadata) median: {fmt(summary['schedule_ms_median'], '.4f')} ms")
+    if any(clocks.values()):
+        log(f"   ours, median SM clock while timed: memory-bound {fmt(clocks['memory_bound'], '.0f')} MHz, "
+            f"compute-bound {fmt(clocks['compute_bound'], '.0f')} MHz (power-capped GPUs lower it under load)")
     for impl, info in peers.items():
         if impl == "flashinfer":
             log(f"   flashinfer: {FLASHINFER_REASON}")
@@ -681,6 +700,9 @@ def main(argv=None):
                 peers[impl] = f"unavailable: {short_error(error)}"
     reference, reference_name = load_reference()
     timer = Timer(device, args.warmup_ms, args.rep_ms)
+    # SM clock and power during each timing: compute-bound configs run at the power cap, so their figures move
+    # with the clock the GPU can hold (scripts/gpu_monitor.py).
+    monitor = GpuMonitor.open(device) if device.type == "cuda" else None
 
     meta = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
                 torch=torch.__version__, python=platform.python_version(), dtype=args.dtype,
@@ -704,7 +726,7 @@ def main(argv=None):
     for n, cfg in enumerate(configs):
         try:
             result = run_config(cfg, impls, peers, ours, reference, timer, device, dtype, args.seed + n,
-                                args.check_seqs, figures, log)
+                                args.check_seqs, figures, log, monitor)
         except Exception as error:  # never let one config end the run
             result = dict(name=cfg.name, group=cfg.group, b=cfg.b, mean_len=cfg.mean_len, s_q=cfg.s_q, h_q=cfg.h_q,
                           varlen=cfg.varlen, sum_len=cfg.sum_len, max_len=max(cfg.lengths), flops=cfg.flops,
