@@ -25,6 +25,7 @@ struct MlaDecodeParams {
   int* merge_counters;         // [b, num_m_blocks], zero on entry (inline_merge): pieces of a split tile finished
   int batch, s_q, h_q, num_blocks, block_table_stride, max_blocks_per_seq;
   int num_parts, num_m_blocks;
+  int prefetch_pairs;          // the seesaw producer prefetches pages this many pairs ahead into L2 (0: none)
   float softmax_scale;
   bool causal;
   bool is_bf16;

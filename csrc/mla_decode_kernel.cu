@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cudaTypedefs.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -120,8 +121,21 @@ bool merge_inline_requested() {
   return choice != nullptr && std::strcmp(choice, "inline") == 0;
 }
 
+// How many pairs ahead the seesaw producer prefetches pages into L2: one where two m-block CTAs share each page
+// (s_q * h_q in 65..128, e.g. h_q = 128 at s_q = 1), none elsewhere. Run 53 (H100, three rounds): +5-8% on b128
+// L16K s1 h128, +4.6% on b64 L8K s1 h128 and b128 L4K s1 h128; with one CTA per page (h_q * s_q <= 64, HBM-bound)
+// 6-9% slower (the prefetched pages compete for L2 with the loads), with four (s2 h128, compute-bound) no change.
+// HF_FLASHMLA_PREFETCH_PAIRS overrides it (A/B timing; read at every launch, a CUDA graph keeps what it captured).
+int prefetch_pairs_for(int num_m_blocks) {
+  const char* choice = std::getenv("HF_FLASHMLA_PREFETCH_PAIRS");
+  if (choice != nullptr && choice[0] != '\0') return std::max(0, std::atoi(choice));
+  return num_m_blocks == 2 ? 1 : 0;
+}
+
 template <typename Elem>
-const char* launch_typed(const MlaDecodeParams& p, cudaStream_t stream) {
+const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
+  MlaDecodeParams p = params;
+  p.prefetch_pairs = prefetch_pairs_for(p.num_m_blocks);
   const int rows_total = p.s_q * p.h_q;
   CUtensorMap q_map, kv_map;
   const cuuint64_t q_dims[3] = {kHeadDim, static_cast<cuuint64_t>(rows_total), static_cast<cuuint64_t>(p.batch)};

@@ -105,15 +105,9 @@ __device__ __forceinline__ void seesaw_load_group(const CUtensorMap* kv_map, con
   }
 }
 
-// L2 prefetch of the pages kPrefetchPairs pairs ahead (0: none). The m-block CTAs of a part read every page at
-// about the same time, each page for the first time, so all of them wait for the same HBM miss; one whole-page
-// bulk prefetch (one instruction; pages are contiguous in the cache) issued by one of them a pair or two
-// earlier turns their loads into L2 hits. Pairs are spread over the part's m-block CTAs.
-#ifndef HF_FLASHMLA_PREFETCH_PAIRS
-#define HF_FLASHMLA_PREFETCH_PAIRS 0
-#endif
-constexpr int kPrefetchPairs = HF_FLASHMLA_PREFETCH_PAIRS;
-
+// L2 prefetch of the pages p.prefetch_pairs pairs ahead (0: none; mla_decode_kernel.cu picks it). One whole-page
+// bulk prefetch (one instruction: pages are contiguous in the cache) per page, the pairs spread over the part's
+// m-block CTAs, issued after the pair's own loads so that those are not queued behind it in the TMA unit.
 template <typename PageOf>
 __device__ __forceinline__ void seesaw_prefetch_pair(const MlaDecodeParams& p, const PageOf& page_of, int blk,
                                                      int stop_block, int m_block) {
@@ -150,9 +144,9 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
     const int* table_row = p.block_table + static_cast<int64_t>(batch) * p.block_table_stride;
     // Never read past the block table's row; an out-of-pool page id makes TMA fill zeros, not fault.
     auto page_of = [&](int blk) { return blk < p.max_blocks_per_seq ? __ldg(table_row + blk) : -1; };
-    if (kPrefetchPairs > 1)  // the pairs that the loop's look-ahead starts past
-      for (int blk = w.start_block + 2; blk < w.start_block + 2 * kPrefetchPairs; blk += 2)
-        seesaw_prefetch_pair(p, page_of, blk, w.stop_block, m_block);
+    // The pairs that the loop's look-ahead starts past.
+    for (int blk = w.start_block + 2; blk < w.start_block + 2 * p.prefetch_pairs; blk += 2)
+      seesaw_prefetch_pair(p, page_of, blk, w.stop_block, m_block);
     for (int blk = w.start_block; blk < w.stop_block; blk += 2) {
       const bool has_b = blk + 1 < w.stop_block;
       const int page_a = page_of(blk);
@@ -175,8 +169,7 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
       SEESAW_PRODUCER_MARK(3);
       if (has_b) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 1, 1, page_b, uses1);
       SEESAW_PRODUCER_MARK(4);
-      // After this pair's own loads, so that they are not queued behind the prefetch in the TMA unit.
-      if (kPrefetchPairs > 0) seesaw_prefetch_pair(p, page_of, blk + 2 * kPrefetchPairs, w.stop_block, m_block);
+      if (p.prefetch_pairs > 0) seesaw_prefetch_pair(p, page_of, blk + 2 * p.prefetch_pairs, w.stop_block, m_block);
 #ifdef HF_FLASHMLA_TIMELINE
       if (trace)  // printed after the loop: a printf here would delay the next pairs' loads
         for (int i = 0; i < 5; ++i) g_seesaw_producer[pair_index - 8][i] = issued[i];
