@@ -132,6 +132,15 @@ int prefetch_pairs_for(int num_m_blocks) {
   return num_m_blocks == 2 ? 1 : 0;
 }
 
+// CTAs per thread-block cluster for the seesaw kernel (1: no cluster). HF_FLASHMLA_CLUSTER=2 launches the m-block
+// CTAs of a part (which read the same pages) in pairs, which the hardware places in one GPC; no cluster features
+// are used inside the kernel. An experiment (run 55), off by default.
+int cluster_size_for(int num_m_blocks) {
+  const char* choice = std::getenv("HF_FLASHMLA_CLUSTER");
+  const int size = choice != nullptr && choice[0] != '\0' ? std::atoi(choice) : 1;
+  return size > 1 && num_m_blocks % size == 0 ? size : 1;
+}
+
 template <typename Elem>
 const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
   MlaDecodeParams p = params;
@@ -176,7 +185,23 @@ const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
     }
   }
   dim3 grid(p.num_m_blocks, p.num_parts);
-  if (seesaw)
+  const int cluster = seesaw ? cluster_size_for(p.num_m_blocks) : 1;
+  if (cluster > 1) {
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = cluster;
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = dim3(kThreads);
+    config.dynamicSmemBytes = smem_bytes;
+    config.stream = stream;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    if (cudaLaunchKernelEx(&config, mla_decode_seesaw_kernel<Elem>, p, q_map, kv_map, kv4_map) != cudaSuccess)
+      return cudaGetErrorString(cudaGetLastError());
+  } else if (seesaw)
     mla_decode_seesaw_kernel<Elem><<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map, kv4_map);
   else
     mla_decode_split_kernel<Elem><<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map);
