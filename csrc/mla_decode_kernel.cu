@@ -122,23 +122,15 @@ bool merge_inline_requested() {
 }
 
 // How many pairs ahead the seesaw producer prefetches pages into L2: one where two m-block CTAs share each page
-// (s_q * h_q in 65..128, e.g. h_q = 128 at s_q = 1), none elsewhere. Run 53 (H100, three rounds): +5-8% on b128
-// L16K s1 h128, +4.6% on b64 L8K s1 h128 and b128 L4K s1 h128; with one CTA per page (h_q * s_q <= 64, HBM-bound)
-// 6-9% slower (the prefetched pages compete for L2 with the loads), with four (s2 h128, compute-bound) no change.
+// (s_q * h_q in 65..128, e.g. h_q = 128 at s_q = 1), none elsewhere. Run 53 (H100, a subset three times): with one
+// CTA per page (h_q * s_q <= 64, HBM-bound) 6-9% slower (the prefetched pages compete for L2 with the loads), with
+// four (s2 h128, compute-bound) no change, with two 4-8% faster; run 54 (main table twice): all 24 configs of 128
+// rows 2.9-7.8% faster, the others unchanged (geomean vs FlashMLA 1.070/1.068 vs 1.058/1.057).
 // HF_FLASHMLA_PREFETCH_PAIRS overrides it (A/B timing; read at every launch, a CUDA graph keeps what it captured).
 int prefetch_pairs_for(int num_m_blocks) {
   const char* choice = std::getenv("HF_FLASHMLA_PREFETCH_PAIRS");
   if (choice != nullptr && choice[0] != '\0') return std::max(0, std::atoi(choice));
   return num_m_blocks == 2 ? 1 : 0;
-}
-
-// CTAs per thread-block cluster for the seesaw kernel (1: no cluster). HF_FLASHMLA_CLUSTER=2 launches the m-block
-// CTAs of a part (which read the same pages) in pairs, which the hardware places in one GPC; no cluster features
-// are used inside the kernel. An experiment (run 55), off by default.
-int cluster_size_for(int num_m_blocks) {
-  const char* choice = std::getenv("HF_FLASHMLA_CLUSTER");
-  const int size = choice != nullptr && choice[0] != '\0' ? std::atoi(choice) : 1;
-  return size > 1 && num_m_blocks % size == 0 ? size : 1;
 }
 
 template <typename Elem>
@@ -185,23 +177,7 @@ const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
     }
   }
   dim3 grid(p.num_m_blocks, p.num_parts);
-  const int cluster = seesaw ? cluster_size_for(p.num_m_blocks) : 1;
-  if (cluster > 1) {
-    cudaLaunchAttribute attribute{};
-    attribute.id = cudaLaunchAttributeClusterDimension;
-    attribute.val.clusterDim.x = cluster;
-    attribute.val.clusterDim.y = 1;
-    attribute.val.clusterDim.z = 1;
-    cudaLaunchConfig_t config{};
-    config.gridDim = grid;
-    config.blockDim = dim3(kThreads);
-    config.dynamicSmemBytes = smem_bytes;
-    config.stream = stream;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-    if (cudaLaunchKernelEx(&config, mla_decode_seesaw_kernel<Elem>, p, q_map, kv_map, kv4_map) != cudaSuccess)
-      return cudaGetErrorString(cudaGetLastError());
-  } else if (seesaw)
+  if (seesaw)
     mla_decode_seesaw_kernel<Elem><<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map, kv4_map);
   else
     mla_decode_split_kernel<Elem><<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map);
