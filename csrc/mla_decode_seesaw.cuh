@@ -53,8 +53,8 @@ struct SeesawLayout {
   static constexpr int row_sum = row_max + 2 * kTileRows * 4;   // float [2 items][2 wg][64]
   static constexpr int merge_flag = row_sum + 4 * kTileRows * 4;  // int: this CTA finished a split tile last
   static constexpr int barriers = merge_flag + 16;
-  // q_full, q_empty, kv_full[2][9], kv_empty[2 stages][3 groups] (group 2 in stage 0 only)
-  static constexpr int total = barriers + 8 * (2 + kNumStages * kNumChunks + kNumStages * 3);
+  // q_full, q_empty, kv_full[2][9], kv_empty[2 stages][2 groups]
+  static constexpr int total = barriers + 8 * (2 + kNumStages * kNumChunks + kNumStages * 2);
 };
 constexpr int kSeesawSmemBytes = SeesawLayout::total + 1024;  // + alignment slack for the swizzle atoms
 static_assert(kSeesawSmemBytes <= 232448, "seesaw layout exceeds the 227 KB of opt-in shared memory");
@@ -67,21 +67,8 @@ constexpr uint32_t kBarPB = 3;     // WG1 published m_B and P_B
 constexpr uint32_t kBarTimeline = 4;
 #endif
 
-// Stage 0's rope chunk (8) is its own group, freed by WG0 right after S_A (nothing else reads it: P_A has its own
-// buffer), so the next A page's rope lands during the pair and its Q K^T starts there; stage 1's rope chunk holds
-// P_B until the pair's end and stays in group 1. HF_FLASHMLA_EARLY_ROPE=0 builds the two-group stage 0 (A/B).
-#ifndef HF_FLASHMLA_EARLY_ROPE
-#define HF_FLASHMLA_EARLY_ROPE 1
-#endif
-constexpr bool kEarlyRope = HF_FLASHMLA_EARLY_ROPE != 0;
-constexpr int kRopeGroup = 2;
-
-// Chunk i (0..8) of a stage in load and Q K^T order: group 0 = {4..7}, then group 1 = {0..3}, {8}; with the early
-// rope, stage 0 starts with {8}.
-__host__ __device__ constexpr int seesaw_chunk(int i, int stage) {
-  if (kEarlyRope && stage == 0) return i == 0 ? 8 : (i < 5 ? i + 3 : i - 5);
-  return i < 4 ? i + 4 : (i < 8 ? i - 4 : 8);
-}
+// Chunk i (0..8) of a stage in load and Q K^T order: group 0 = {4..7}, then group 1 = {0..3}, {8}.
+__host__ __device__ constexpr int seesaw_chunk(int i) { return i < 4 ? i + 4 : (i < 8 ? i - 4 : 8); }
 // The TMA boxes of a page start at chunks 4, 0 and 8; each box's first chunk holds its mbarrier.
 __host__ __device__ constexpr bool seesaw_box_head(int chunk) { return chunk == 4 || chunk == 0 || chunk == 8; }
 constexpr int kBoxChunks = 4;
@@ -92,7 +79,7 @@ struct SeesawBarriers {
       : q_full(base), q_empty(base + 8), kv_full_base(base + 16),
         kv_empty_base(base + 16 + 8 * kNumStages * kNumChunks) {}
   __device__ uint32_t kv_full(int stage, int chunk) const { return kv_full_base + 8 * (stage * kNumChunks + chunk); }
-  __device__ uint32_t kv_empty(int stage, int group) const { return kv_empty_base + 8 * (stage * 3 + group); }
+  __device__ uint32_t kv_empty(int stage, int group) const { return kv_empty_base + 8 * (stage * 2 + group); }
 };
 
 // kv_map: 64 x 64 boxes (one chunk); kv4_map: the cache viewed as {64 columns, tokens, 9 chunks} with 64 x 64 x 4
@@ -112,8 +99,7 @@ __device__ __forceinline__ void seesaw_load_group(const CUtensorMap* kv_map, con
   if (group == 0) {
     seesaw_load_box4(kv4_map, bars, dst, stage, 4, page);
   } else {
-    if (group == 1) seesaw_load_box4(kv4_map, bars, dst, stage, 0, page);
-    if (group == 1 && kEarlyRope && stage == 0) return;  // the rope chunk is group 2
+    seesaw_load_box4(kv4_map, bars, dst, stage, 0, page);
     mbarrier_arrive_expect_tx(bars.kv_full(stage, 8), kChunkBytes);
     tma_load_2d(dst + 8 * kChunkBytes, kv_map, bars.kv_full(stage, 8), 8 * kChunkCols, page * kPageSize);
   }
@@ -174,7 +160,6 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
 #define SEESAW_PRODUCER_MARK(i)
 #endif
       // In the order the consumers free them during the previous pair.
-      if (kEarlyRope) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 0, kRopeGroup, page_a, uses0);
       SEESAW_PRODUCER_MARK(0);
       seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 0, 0, page_a, uses0);
       SEESAW_PRODUCER_MARK(1);
@@ -238,7 +223,7 @@ __device__ __forceinline__ void seesaw_qk(float (&s)[32], const SeesawBarriers& 
   wgmma_fence();
 #pragma unroll
   for (int i = 0; i < kNumChunks; ++i) {
-    const int c = seesaw_chunk(i, kStage);
+    const int c = seesaw_chunk(i);
     if (seesaw_box_head(c)) mbarrier_wait(bars.kv_full(kStage, c), parity);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -494,7 +479,6 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       SEESAW_MARK(0);
       if (wg == 0) {
         seesaw_qk<Elem, 0>(s, bars, q_smem, stage0, uses0 & 1, q_rope);
-        if (kEarlyRope && t.lane == 0) mbarrier_arrive(bars.kv_empty(0, kRopeGroup));
         SEESAW_MARK(1);
         if (blk + 2 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);
         seesaw_mask(s, t, blk, key_limit, min_limit);
@@ -682,7 +666,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         mbarrier_init(bars.q_empty, kConsumerThreads / 32);
         for (int s = 0; s < kNumStages; ++s) {
           for (int c = 0; c < kNumChunks; ++c) mbarrier_init(bars.kv_full(s, c), 1);
-          for (int g = 0; g < 3; ++g) mbarrier_init(bars.kv_empty(s, g), 4);  // the 4 warps of one warpgroup
+          for (int g = 0; g < 2; ++g) mbarrier_init(bars.kv_empty(s, g), 4);  // the 4 warps of one warpgroup
         }
       },
       [&] {
