@@ -67,20 +67,6 @@ constexpr uint32_t kBarPB = 3;     // WG1 published m_B and P_B
 constexpr uint32_t kBarTimeline = 4;
 #endif
 
-// Experiment (run 57): waits that poll instead of suspending. 1: the producer's waits for freed stage groups;
-// 2: also the consumers' waits for landed chunks.
-#ifndef HF_FLASHMLA_SPIN
-#define HF_FLASHMLA_SPIN 0
-#endif
-__device__ __forceinline__ void producer_wait(uint32_t bar, uint32_t parity) {
-  if (HF_FLASHMLA_SPIN >= 1) mbarrier_wait_spin(bar, parity);
-  else mbarrier_wait(bar, parity);
-}
-__device__ __forceinline__ void chunk_wait(uint32_t bar, uint32_t parity) {
-  if (HF_FLASHMLA_SPIN >= 2) mbarrier_wait_spin(bar, parity);
-  else mbarrier_wait(bar, parity);
-}
-
 // Chunk i (0..8) of a stage in load and Q K^T order: group 0 = {4..7}, then group 1 = {0..3}, {8}.
 __host__ __device__ constexpr int seesaw_chunk(int i) { return i < 4 ? i + 4 : (i < 8 ? i - 4 : 8); }
 // The TMA boxes of a page start at chunks 4, 0 and 8; each box's first chunk holds its mbarrier.
@@ -108,7 +94,7 @@ __device__ __forceinline__ void seesaw_load_box4(const CUtensorMap* kv4_map, con
 __device__ __forceinline__ void seesaw_load_group(const CUtensorMap* kv_map, const CUtensorMap* kv4_map,
                                                   const SeesawBarriers& bars, uint32_t kv_smem, int stage,
                                                   int group, int page, uint32_t use_count) {
-  producer_wait(bars.kv_empty(stage, group), (use_count & 1) ^ 1);
+  mbarrier_wait(bars.kv_empty(stage, group), (use_count & 1) ^ 1);
   const uint32_t dst = kv_smem + stage * kTileBytes;
   if (group == 0) {
     seesaw_load_box4(kv4_map, bars, dst, stage, 4, page);
@@ -238,7 +224,7 @@ __device__ __forceinline__ void seesaw_qk(float (&s)[32], const SeesawBarriers& 
 #pragma unroll
   for (int i = 0; i < kNumChunks; ++i) {
     const int c = seesaw_chunk(i);
-    if (seesaw_box_head(c)) chunk_wait(bars.kv_full(kStage, c), parity);
+    if (seesaw_box_head(c)) mbarrier_wait(bars.kv_full(kStage, c), parity);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       const uint32_t off = (c * kChunkBytes + kk * 32) >> 4;
@@ -347,7 +333,7 @@ __device__ __forceinline__ void seesaw_pv_regs(float (&o)[128], const uint32_t (
 // waits on these chunks; waiting on them here too (already complete, so nearly free) makes the TMA data's
 // visibility to this warpgroup explicit instead of relying on the transitive order through the named barrier.
 __device__ __forceinline__ void seesaw_wait_v_half(const SeesawBarriers& bars, int stage, int half, uint32_t parity) {
-  chunk_wait(bars.kv_full(stage, 4 * half), parity);  // one box holds the half
+  mbarrier_wait(bars.kv_full(stage, 4 * half), parity);  // one box holds the half
 }
 
 // O_half += P V_half with P from shared memory.
