@@ -80,6 +80,10 @@ def main(argv=None):
         for row in range(tokens.shape[0]):
             _log(f"  {name:9s} row {row}: {tokens[row].tolist()}")
     _log(f"[result] tokens identical: {result.identical} (match rate {result.match_rate:.3f})")
+    for d in result.divergences:
+        _log(f"[result]   row {d['row']} first differs at new token {d['step']}: eager's own logits there separate its "
+             f"token from flash_mla's by {d['gap']:.3g} ({d['gap_rel']:.1e} of its largest logit): "
+             + ("a near-tie at this dtype, so rounding decides it" if d["near_tie"] else "NOT a near-tie"))
     _log(f"[result] tokens/s: flash_mla {result.flash_tokens_per_s:.1f}, eager {result.baseline_tokens_per_s:.1f}")
     real_tokens = int(mask.sum()) + args.batch * (args.max_new_tokens - 1)
     per_token = config.num_hidden_layers * cache_bytes_per_token_per_layer(

@@ -43,6 +43,30 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return ((value.float() - reference.float()).norm() / reference.float().norm()).item()
 
 
+# Largest gap between two tokens' logits, relative to the largest logit, that counts as a near-tie at the
+# model's dtype (scripts/evaluate.py's tie_rel tolerances).
+NEAR_TIE_REL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 1e-2}
+
+
+def first_divergences(base_tokens: torch.Tensor, base_logits: torch.Tensor, flash_tokens: torch.Tensor,
+                      tie_rel: float) -> list[dict]:
+    """Per row whose greedy tokens differ: the first differing step and the baseline's own logit gap there between
+    its token and flash_mla's (base_logits[:, s] are the baseline's logits for step s), absolute and relative to
+    its largest logit; near_tie when that relative gap is at most tie_rel (a rounding-level difference can flip
+    the choice, so the two continuations part without either being wrong)."""
+    found = []
+    for row in range(base_tokens.shape[0]):
+        differing = (base_tokens[row] != flash_tokens[row]).nonzero()
+        if len(differing) == 0:
+            continue
+        step = int(differing[0])
+        logits = base_logits[row, step].float()
+        gap = (logits[base_tokens[row, step]] - logits[flash_tokens[row, step]]).item()
+        gap_rel = gap / max(logits.abs().max().item(), 1e-30)
+        found.append(dict(row=row, step=step, gap=gap, gap_rel=gap_rel, near_tie=gap_rel <= tie_rel))
+    return found
+
+
 @dataclass
 class Comparison:
     match_rate: float            # fraction of generated tokens identical to the baseline's
@@ -58,6 +82,7 @@ class Comparison:
     baseline_cache_bytes: int    # bytes of the baseline cache's tensors
     flash_tokens: torch.Tensor
     baseline_tokens: torch.Tensor
+    divergences: list            # first_divergences of the rows whose tokens differ (empty when identical)
 
 
 def cache_bytes(cache) -> int:
@@ -154,4 +179,5 @@ def compare(model, ids, mask, max_new_tokens: int, baseline: str = "eager", warm
         kernel_calls=kernel["calls"], paged_calls=paged,
         flash_tokens_per_s=flash_tokens.numel() / flash_seconds, baseline_tokens_per_s=base_tokens.numel() / base_seconds,
         flash_cache_bytes=cache_bytes(cache), baseline_cache_bytes=cache_bytes(base.get(cache_kwarg())),
-        flash_tokens=flash_tokens, baseline_tokens=base_tokens)
+        flash_tokens=flash_tokens, baseline_tokens=base_tokens,
+        divergences=first_divergences(base_tokens, base_logits, flash_tokens, NEAR_TIE_REL.get(model.dtype, 2e-2)))
