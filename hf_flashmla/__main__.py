@@ -53,6 +53,14 @@ def parse_args(argv=None):
     return args
 
 
+def divergence_lines(divergences) -> list[str]:
+    """One line per row whose greedy tokens differ from eager's (generation_check.first_divergences)."""
+    return [f"[result]   row {d['row']} first differs at new token {d['step']}: eager's own logits there separate its "
+            f"token from flash_mla's by {d['gap']:.3g} ({d['gap_rel']:.1e} of its largest logit): "
+            + ("a near-tie at this dtype, so rounding decides it" if d["near_tie"] else "NOT a near-tie")
+            for d in divergences]
+
+
 def main(argv=None):
     args = parse_args(argv)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
@@ -80,10 +88,8 @@ def main(argv=None):
         for row in range(tokens.shape[0]):
             _log(f"  {name:9s} row {row}: {tokens[row].tolist()}")
     _log(f"[result] tokens identical: {result.identical} (match rate {result.match_rate:.3f})")
-    for d in result.divergences:
-        _log(f"[result]   row {d['row']} first differs at new token {d['step']}: eager's own logits there separate its "
-             f"token from flash_mla's by {d['gap']:.3g} ({d['gap_rel']:.1e} of its largest logit): "
-             + ("a near-tie at this dtype, so rounding decides it" if d["near_tie"] else "NOT a near-tie"))
+    for line in divergence_lines(result.divergences):
+        _log(line)
     _log(f"[result] tokens/s: flash_mla {result.flash_tokens_per_s:.1f}, eager {result.baseline_tokens_per_s:.1f}")
     real_tokens = int(mask.sum()) + args.batch * (args.max_new_tokens - 1)
     per_token = config.num_hidden_layers * cache_bytes_per_token_per_layer(

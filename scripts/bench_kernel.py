@@ -721,6 +721,9 @@ def main(argv=None):
         log(f"#   WARNING: ours runs on backend {meta['backend']!r}, not the sm90 CUDA kernel")
     log(f"#   {len(configs)} configs; FLOPs = 2*s_q*h_q*sum(len)*(576+512); "
         f"bytes = 2*(sum(len)*576 + b*s_q*h_q*(576+512)); ratio = FlashMLA ms / ms")
+    if monitor:
+        log("#   SM MHz, W: median NVML readings during each timing (the driver averages power over about a second, so a "
+            "short timing's W mostly shows what ran before it)")
 
     results = []
     for n, cfg in enumerate(configs):

@@ -4,6 +4,8 @@ the SM clock falls to ~1.45-1.65 GHz of 1.98 (run 52): a compute-bound figure is
 
     monitor = GpuMonitor.open(torch.device("cuda"))   # None where NVML is missing
     monitor.start(); ...; stats = monitor.stop()       # {"sm_mhz": median, "power_w": median, "limits": "sw-power-cap"}
+
+The SM clock is read as it is; power as NVML reports it, which the driver averages over about a second.
 """
 import ctypes
 import statistics

@@ -27,3 +27,12 @@ def test_a_clear_margin_is_not_a_near_tie():
     logits[0, 0, 3], logits[0, 0, 4] = 10.0, 5.0
     (d,) = first_divergences(base, logits, flash, NEAR_TIE_REL[torch.bfloat16])
     assert not d["near_tie"] and abs(d["gap_rel"] - 0.5) < 1e-6
+
+
+def test_main_job_prints_one_line_per_divergence():
+    from hf_flashmla.__main__ import divergence_lines
+
+    lines = divergence_lines([dict(row=0, step=31, gap=0.05, gap_rel=4e-3, near_tie=True),
+                              dict(row=1, step=2, gap=3.0, gap_rel=0.3, near_tie=False)])
+    assert "row 0 first differs at new token 31" in lines[0] and "near-tie at this dtype" in lines[0]
+    assert "NOT a near-tie" in lines[1]
