@@ -3,7 +3,8 @@ package) while a measurement runs. The H100 here runs compute-bound decode confi
 the SM clock falls to ~1.45-1.65 GHz of 1.98 (run 52): a compute-bound figure is only comparable with its clock.
 
     monitor = GpuMonitor.open(torch.device("cuda"))   # None where NVML is missing
-    monitor.start(); ...; stats = monitor.stop()       # {"sm_mhz": median, "power_w": median, "limits": "sw-power-cap"}
+    monitor.start(); ...; stats = monitor.stop()  # {"sm_mhz": median, "min_sm_mhz", "power_w": median,
+                                                  #  "limits": "sw-power-cap", "max_temp_c"}
 
 The SM clock is read as it is; power as NVML reports it, which the driver averages over about a second.
 """
@@ -12,6 +13,7 @@ import statistics
 import threading
 
 NVML_CLOCK_SM = 1
+NVML_TEMPERATURE_GPU = 0
 # Bits of nvmlDeviceGetCurrentClocksEventReasons (formerly ...ThrottleReasons).
 REASONS = {0x1: "idle", 0x2: "app-clocks", 0x4: "sw-power-cap", 0x8: "hw-slowdown", 0x20: "sw-thermal",
            0x40: "hw-thermal", 0x80: "hw-power-brake", 0x100: "display-clocks"}
@@ -46,14 +48,17 @@ class GpuMonitor:
             return None
 
     def sample(self):
-        clock, power, mask = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_ulonglong()
+        """(SM MHz, W, clock-limit reason bits, GPU temperature in C), or None where the clock cannot be read."""
+        clock, power, mask, temp = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_ulonglong(), ctypes.c_uint()
         if self.nvml.nvmlDeviceGetClockInfo(self.handle, NVML_CLOCK_SM, ctypes.byref(clock)) != 0:
             return None
         if self.nvml.nvmlDeviceGetPowerUsage(self.handle, ctypes.byref(power)) != 0:
             power.value = 0
         if self.reasons_fn is None or self.reasons_fn(self.handle, ctypes.byref(mask)) != 0:
             mask.value = 0
-        return clock.value, power.value / 1e3, mask.value
+        if self.nvml.nvmlDeviceGetTemperature(self.handle, NVML_TEMPERATURE_GPU, ctypes.byref(temp)) != 0:
+            temp.value = 0
+        return clock.value, power.value / 1e3, mask.value, temp.value
 
     def _loop(self):
         stop = threading.Event()
@@ -76,5 +81,6 @@ class GpuMonitor:
         mask = 0
         for s in self.samples:
             mask |= s[2]
-        return dict(sm_mhz=statistics.median(s[0] for s in self.samples),
-                    power_w=round(statistics.median(s[1] for s in self.samples), 1), limits=reasons_text(mask & ~0x1))
+        return dict(sm_mhz=statistics.median(s[0] for s in self.samples), min_sm_mhz=min(s[0] for s in self.samples),
+                    power_w=round(statistics.median(s[1] for s in self.samples), 1), limits=reasons_text(mask & ~0x1),
+                    max_temp_c=max(s[3] for s in self.samples))
