@@ -11,6 +11,7 @@ The SM clock is read as it is; power as NVML reports it, which the driver averag
 import ctypes
 import statistics
 import threading
+import time
 
 NVML_CLOCK_SM = 1
 NVML_TEMPERATURE_GPU = 0
@@ -61,12 +62,11 @@ class GpuMonitor:
         return clock.value, power.value / 1e3, mask.value, temp.value
 
     def _loop(self):
-        stop = threading.Event()
         while self.running:
             s = self.sample()
             if s is not None:
                 self.samples.append(s)
-            stop.wait(self.period_s)
+            time.sleep(self.period_s)
 
     def start(self):
         self.samples, self.running = [], True
