@@ -146,21 +146,23 @@ bool multicast_for(int num_m_blocks) {
   return true;
 }
 
-template <typename Kernel>
-const char* set_smem_opt_in(Kernel kernel, int variant, int smem_bytes) {
+// kVariant tells the kernels of one element type apart (their pointer types are alike): 0 split, 1 seesaw,
+// 2 seesaw in clusters; the statics below are per (Elem, kVariant).
+template <typename Elem, int kVariant, typename Kernel>
+const char* set_smem_opt_in(Kernel kernel, int smem_bytes) {
   // The shared-memory opt-in belongs to the kernel in each device's context, so it is set once per device
   // and kernel: under device_map one process launches on several GPUs (mla_api.cpp's guard made q's current).
   constexpr int kMaxAttrDevices = 64;
-  static bool attr_set[3][kMaxAttrDevices] = {};
+  static bool attr_set[kMaxAttrDevices] = {};
   static std::mutex attr_mutex;
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxAttrDevices)
     return "mla_decode: cannot tell the current CUDA device (or its index is >= 64)";
   std::lock_guard<std::mutex> lock(attr_mutex);
-  if (!attr_set[variant][device]) {
+  if (!attr_set[device]) {
     if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes) != cudaSuccess)
       return cudaGetErrorString(cudaGetLastError());
-    attr_set[variant][device] = true;
+    attr_set[device] = true;
   }
   return nullptr;
 }
@@ -192,7 +194,7 @@ const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
   const bool multicast = seesaw && multicast_for(p.num_m_blocks);
   dim3 grid(p.num_m_blocks, p.num_parts);
   if (multicast) {
-    if (const char* error = set_smem_opt_in(mla_decode_seesaw_kernel<Elem, true>, 2, kSeesawSmemBytes)) return error;
+    if (const char* error = set_smem_opt_in<Elem, 2>(mla_decode_seesaw_kernel<Elem, true>, kSeesawSmemBytes)) return error;
     cudaLaunchConfig_t config = {};
     config.gridDim = grid;
     config.blockDim = dim3(kThreads);
@@ -208,10 +210,10 @@ const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
     if (cudaLaunchKernelEx(&config, mla_decode_seesaw_kernel<Elem, true>, p, q_map, kv_map, kv4_map) != cudaSuccess)
       return cudaGetErrorString(cudaGetLastError());
   } else if (seesaw) {
-    if (const char* error = set_smem_opt_in(mla_decode_seesaw_kernel<Elem, false>, 1, kSeesawSmemBytes)) return error;
+    if (const char* error = set_smem_opt_in<Elem, 1>(mla_decode_seesaw_kernel<Elem, false>, kSeesawSmemBytes)) return error;
     mla_decode_seesaw_kernel<Elem, false><<<grid, kThreads, kSeesawSmemBytes, stream>>>(p, q_map, kv_map, kv4_map);
   } else {
-    if (const char* error = set_smem_opt_in(mla_decode_split_kernel<Elem>, 0, kSplitSmemBytes)) return error;
+    if (const char* error = set_smem_opt_in<Elem, 0>(mla_decode_split_kernel<Elem>, kSplitSmemBytes)) return error;
     mla_decode_split_kernel<Elem><<<grid, kThreads, kSplitSmemBytes, stream>>>(p, q_map, kv_map);
   }
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
