@@ -38,17 +38,15 @@ __device__ __forceinline__ AlignedSmem align_swizzle_atoms(uint8_t* raw) {
 
 // The role split both decode kernels share: thread 0 initialises the CTA's mbarriers (init_barriers), then the
 // producer warpgroup hands its registers to the consumers and its first thread issues the loads (produce), while
-// the two consumer warpgroups compute (consume). kClusterSync: the CTA is part of a cluster whose CTAs use each
-// other's mbarriers, so every CTA's are initialised before any CTA goes on.
-template <bool kClusterSync = false, class InitBarriers, class Produce, class Consume>
+// the two consumer warpgroups compute (consume).
+template <class InitBarriers, class Produce, class Consume>
 __device__ __forceinline__ void run_producer_and_consumers(InitBarriers init_barriers, Produce produce,
                                                            Consume consume) {
   if (threadIdx.x == 0) {
     init_barriers();
     fence_mbarrier_init();
   }
-  if constexpr (kClusterSync) cluster_sync_all();
-  else __syncthreads();
+  __syncthreads();
   if (threadIdx.x >= kConsumerThreads) {
     setmaxnreg_dec<40>();
     if (threadIdx.x == kConsumerThreads) produce();

@@ -133,40 +133,6 @@ int prefetch_pairs_for(int num_m_blocks) {
   return num_m_blocks == 2 ? 1 : 0;
 }
 
-// Whether the seesaw kernel runs in clusters of two m-block CTAs that fetch each page from L2 once and multicast
-// it into both (mla_decode_seesaw.cuh): where the m-blocks pair up (s_q * h_q in 65..128 or 193..256).
-// Run 62 (scripts/sm_scaling_probe.py): with two or four CTAs per page the same per-CTA work takes 1.55-1.6 us
-// per page-tile on 16-32 SMs and 1.74-1.92 us on all 132 (5-5.6 TB/s from L2 to the SMs), so the traffic all
-// SMs share costs 12-20%; multicast halves it. HF_FLASHMLA_MULTICAST=0/1 overrides (A/B timing; read at every
-// launch, a CUDA graph keeps what it captured).
-bool multicast_for(int num_m_blocks) {
-  if (num_m_blocks % 2 != 0) return false;
-  const char* choice = std::getenv("HF_FLASHMLA_MULTICAST");
-  if (choice != nullptr && choice[0] != '\0') return std::atoi(choice) != 0;
-  return true;
-}
-
-// kVariant tells the kernels of one element type apart (their pointer types are alike): 0 split, 1 seesaw,
-// 2 seesaw in clusters; the statics below are per (Elem, kVariant).
-template <typename Elem, int kVariant, typename Kernel>
-const char* set_smem_opt_in(Kernel kernel, int smem_bytes) {
-  // The shared-memory opt-in belongs to the kernel in each device's context, so it is set once per device
-  // and kernel: under device_map one process launches on several GPUs (mla_api.cpp's guard made q's current).
-  constexpr int kMaxAttrDevices = 64;
-  static bool attr_set[kMaxAttrDevices] = {};
-  static std::mutex attr_mutex;
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxAttrDevices)
-    return "mla_decode: cannot tell the current CUDA device (or its index is >= 64)";
-  std::lock_guard<std::mutex> lock(attr_mutex);
-  if (!attr_set[device]) {
-    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes) != cudaSuccess)
-      return cudaGetErrorString(cudaGetLastError());
-    attr_set[device] = true;
-  }
-  return nullptr;
-}
-
 template <typename Elem>
 const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
   MlaDecodeParams p = params;
@@ -191,31 +157,30 @@ const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
   const bool seesaw = use_seesaw_kernel();
   if (p.inline_merge && (!seesaw || p.merge_counters == nullptr))
     return "mla_decode: the in-kernel merge needs the seesaw kernel and zeroed merge counters";
-  const bool multicast = seesaw && multicast_for(p.num_m_blocks);
-  dim3 grid(p.num_m_blocks, p.num_parts);
-  if (multicast) {
-    if (const char* error = set_smem_opt_in<Elem, 2>(mla_decode_seesaw_kernel<Elem, true>, kSeesawSmemBytes)) return error;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = dim3(kThreads);
-    config.dynamicSmemBytes = kSeesawSmemBytes;
-    config.stream = stream;
-    cudaLaunchAttribute cluster;
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = 2;
-    cluster.val.clusterDim.y = 1;
-    cluster.val.clusterDim.z = 1;
-    config.attrs = &cluster;
-    config.numAttrs = 1;
-    if (cudaLaunchKernelEx(&config, mla_decode_seesaw_kernel<Elem, true>, p, q_map, kv_map, kv4_map) != cudaSuccess)
-      return cudaGetErrorString(cudaGetLastError());
-  } else if (seesaw) {
-    if (const char* error = set_smem_opt_in<Elem, 1>(mla_decode_seesaw_kernel<Elem, false>, kSeesawSmemBytes)) return error;
-    mla_decode_seesaw_kernel<Elem, false><<<grid, kThreads, kSeesawSmemBytes, stream>>>(p, q_map, kv_map, kv4_map);
-  } else {
-    if (const char* error = set_smem_opt_in<Elem, 0>(mla_decode_split_kernel<Elem>, kSplitSmemBytes)) return error;
-    mla_decode_split_kernel<Elem><<<grid, kThreads, kSplitSmemBytes, stream>>>(p, q_map, kv_map);
+  const void* kernel = seesaw ? reinterpret_cast<const void*>(mla_decode_seesaw_kernel<Elem>)
+                              : reinterpret_cast<const void*>(mla_decode_split_kernel<Elem>);
+  const int smem_bytes = seesaw ? kSeesawSmemBytes : kSplitSmemBytes;
+  {
+    // The shared-memory opt-in belongs to the kernel in each device's context, so it is set once per device
+    // and kernel: under device_map one process launches on several GPUs (mla_api.cpp's guard made q's current).
+    constexpr int kMaxAttrDevices = 64;
+    static bool attr_set[2][kMaxAttrDevices] = {};
+    static std::mutex attr_mutex;
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxAttrDevices)
+      return "mla_decode: cannot tell the current CUDA device (or its index is >= 64)";
+    std::lock_guard<std::mutex> lock(attr_mutex);
+    if (!attr_set[seesaw][device]) {
+      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes) != cudaSuccess)
+        return cudaGetErrorString(cudaGetLastError());
+      attr_set[seesaw][device] = true;
+    }
   }
+  dim3 grid(p.num_m_blocks, p.num_parts);
+  if (seesaw)
+    mla_decode_seesaw_kernel<Elem><<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map, kv4_map);
+  else
+    mla_decode_split_kernel<Elem><<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
   if (p.inline_merge) return nullptr;
   const bool warps_share_row =

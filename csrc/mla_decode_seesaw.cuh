@@ -91,36 +91,11 @@ __device__ __forceinline__ void seesaw_load_box4(const CUtensorMap* kv4_map, con
               first_chunk);
 }
 
-// Multicast variant (clusters of two m-block CTAs, which read the same pages): each stage group is fetched from L2
-// once, by one CTA of the pair, into both CTAs' shared memory; the CTAs take turns by stage and group so that each
-// issues half of the bytes. A group is loaded once both CTAs' consumers freed it (its kv_empty counts the
-// arrivals of both, local and remote), and each CTA expects the group's bytes on its own kv_full barriers (the
-// other CTA's data may land before that expect: the transaction count goes negative until it comes).
-__host__ __device__ constexpr uint32_t seesaw_group_issuer(int stage, int group) { return (stage ^ group) & 1; }
-constexpr uint16_t kClusterPairMask = 0x3;
-
-template <bool kMulticast>
 __device__ __forceinline__ void seesaw_load_group(const CUtensorMap* kv_map, const CUtensorMap* kv4_map,
                                                   const SeesawBarriers& bars, uint32_t kv_smem, int stage,
-                                                  int group, int page, uint32_t use_count, uint32_t rank) {
-  const uint32_t dst = kv_smem + stage * kTileBytes;
-  if constexpr (kMulticast) {
-    mbarrier_wait_cluster(bars.kv_empty(stage, group), (use_count & 1) ^ 1);
-    const bool issue = seesaw_group_issuer(stage, group) == rank;
-    const int first_chunk = group == 0 ? 4 : 0;
-    mbarrier_arrive_expect_tx(bars.kv_full(stage, first_chunk), kBoxChunks * kChunkBytes);
-    if (issue)
-      tma_load_3d_multicast(dst + first_chunk * kChunkBytes, kv4_map, bars.kv_full(stage, first_chunk), 0,
-                            page * kPageSize, first_chunk, kClusterPairMask);
-    if (group == 1) {
-      mbarrier_arrive_expect_tx(bars.kv_full(stage, 8), kChunkBytes);
-      if (issue)
-        tma_load_2d_multicast(dst + 8 * kChunkBytes, kv_map, bars.kv_full(stage, 8), 8 * kChunkCols,
-                              page * kPageSize, kClusterPairMask);
-    }
-    return;
-  }
+                                                  int group, int page, uint32_t use_count) {
   mbarrier_wait(bars.kv_empty(stage, group), (use_count & 1) ^ 1);
+  const uint32_t dst = kv_smem + stage * kTileBytes;
   if (group == 0) {
     seesaw_load_box4(kv4_map, bars, dst, stage, 4, page);
   } else {
@@ -150,12 +125,11 @@ __device__ __forceinline__ void seesaw_prefetch_pair(const MlaDecodeParams& p, c
 __device__ long long g_seesaw_producer[4][5];
 #endif
 
-template <bool kMulticast>
 __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, const CUtensorMap* q_map,
                                                      const CUtensorMap* kv_map, const CUtensorMap* kv4_map,
                                                      const PartWalker& walker,
                                                      const SeesawBarriers& bars, uint32_t q_smem, uint32_t kv_smem,
-                                                     int m_block, uint32_t rank) {
+                                                     int m_block) {
   uint32_t item_count = 0, uses0 = 0, uses1 = 0;
   for (int k = 0; k < walker.num_items(); ++k) {
     const int batch = walker.batch_at(k, p.inline_merge);
@@ -187,13 +161,13 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
 #endif
       // In the order the consumers free them during the previous pair.
       SEESAW_PRODUCER_MARK(0);
-      seesaw_load_group<kMulticast>(kv_map, kv4_map, bars, kv_smem, 0, 0, page_a, uses0, rank);
+      seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 0, 0, page_a, uses0);
       SEESAW_PRODUCER_MARK(1);
-      seesaw_load_group<kMulticast>(kv_map, kv4_map, bars, kv_smem, 0, 1, page_a, uses0, rank);
+      seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 0, 1, page_a, uses0);
       SEESAW_PRODUCER_MARK(2);
-      if (has_b) seesaw_load_group<kMulticast>(kv_map, kv4_map, bars, kv_smem, 1, 0, page_b, uses1, rank);
+      if (has_b) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 1, 0, page_b, uses1);
       SEESAW_PRODUCER_MARK(3);
-      if (has_b) seesaw_load_group<kMulticast>(kv_map, kv4_map, bars, kv_smem, 1, 1, page_b, uses1, rank);
+      if (has_b) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 1, 1, page_b, uses1);
       SEESAW_PRODUCER_MARK(4);
       if (p.prefetch_pairs > 0) seesaw_prefetch_pair(p, page_of, blk + 2 * p.prefetch_pairs, w.stop_block, m_block);
 #ifdef HF_FLASHMLA_TIMELINE
@@ -202,14 +176,6 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
 #endif
       ++uses0;
       if (has_b) ++uses1;
-    }
-  }
-  if constexpr (kMulticast) {
-    // The other CTA's consumers arrive on this CTA's kv_empty barriers after their last pages: stay resident
-    // until they have (the same waits as before a next load).
-    for (int group = 0; group < 2; ++group) {
-      if (uses0 > 0) mbarrier_wait_cluster(bars.kv_empty(0, group), (uses0 & 1) ^ 1);
-      if (uses1 > 0) mbarrier_wait_cluster(bars.kv_empty(1, group), (uses1 & 1) ^ 1);
     }
   }
 #ifdef HF_FLASHMLA_TIMELINE
@@ -246,14 +212,6 @@ __device__ __forceinline__ void seesaw_load_q_rope(uint32_t q_smem, const Seesaw
       const uint32_t addr = rope + swizzle_128b_offset(row, chunk) + t.quad_col * 2;
       asm volatile("ld.shared.b32 %0, [%1];" : "=r"(a[4 * kk + i]) : "r"(addr) : "memory");
     }
-}
-
-// A consumer warp's lane 0 frees a stage group: on this CTA's barrier and, in a multicast cluster, on the other
-// CTA's, whose producer may load the group into both.
-template <bool kMulticast>
-__device__ __forceinline__ void seesaw_free_group(const SeesawBarriers& bars, int stage, int group, uint32_t peer) {
-  mbarrier_arrive(bars.kv_empty(stage, group));
-  if constexpr (kMulticast) mbarrier_arrive_cluster(bars.kv_empty(stage, group), peer);
 }
 
 // S = Q K^T over one page held in `stage`, chunk by chunk as they land.
@@ -453,10 +411,10 @@ __device__ __forceinline__ void write_empty_sequences(const MlaDecodeParams& p, 
 
 // One function for both warpgroups (wg is warp-uniform: read through a shuffle by the caller), so that
 // their shared code, the epilogue's sum exchange included, is one instruction stream.
-template <typename Elem, bool kMulticast>
+template <typename Elem>
 __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, const PartWalker& walker,
                                                      const SeesawBarriers& bars, uint8_t* smem, uint32_t smem_base,
-                                                     int m_block, const int wg, uint32_t peer) {
+                                                     int m_block, const int wg) {
   const SeesawThread t;
   const uint32_t q_smem = smem_base + SeesawLayout::q;
   const uint32_t stage0 = smem_base + SeesawLayout::kv;
@@ -566,7 +524,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         fence_accumulators(o);
         fence_operands(p_regs);
         SEESAW_MARK(5);
-        if (t.lane == 0) seesaw_free_group<kMulticast>(bars, 0, 1, peer);
+        if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 1));
         if (has_b) {
           seesaw_scale_o(o, s_b);
           seesaw_wait_v_half(bars, 1, 0, uses1 & 1);
@@ -574,7 +532,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           wgmma_wait<0>();
           fence_accumulators(o);
           SEESAW_MARK(6);
-          if (t.lane == 0) seesaw_free_group<kMulticast>(bars, 1, 1, peer);
+          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 1));
         }
       } else {
         if (has_b) {
@@ -623,20 +581,20 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           wgmma_wait<0>();
           fence_accumulators(o);
           SEESAW_MARK(5);
-          if (t.lane == 0) seesaw_free_group<kMulticast>(bars, 0, 0, peer);
+          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 0));
           seesaw_scale_o(o, s_b);
           seesaw_pv_regs<Elem>(o, p_regs, stage1, 1);
           wgmma_wait<0>();
           fence_accumulators(o);
           fence_operands(p_regs);
           SEESAW_MARK(6);
-          if (t.lane == 0) seesaw_free_group<kMulticast>(bars, 1, 0, peer);
+          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 0));
         } else {
           row_m[0] = m_a[0];
           row_m[1] = m_a[1];
           wgmma_wait<0>();
           fence_accumulators(o);
-          if (t.lane == 0) seesaw_free_group<kMulticast>(bars, 0, 0, peer);
+          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 0));
         }
       }
 
@@ -688,8 +646,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
 #endif
 }
 
-// kMulticast: launched in clusters of two along the m-blocks (mla_decode_kernel.cu), which share every page.
-template <typename Elem, bool kMulticast>
+template <typename Elem>
 __global__ void __launch_bounds__(kThreads, 1)
     mla_decode_seesaw_kernel(const __grid_constant__ MlaDecodeParams params, const __grid_constant__ CUtensorMap q_map,
                              const __grid_constant__ CUtensorMap kv_map, const __grid_constant__ CUtensorMap kv4_map) {
@@ -702,23 +659,22 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int m_block = blockIdx.x;
   const int part = blockIdx.y;
   PartWalker walker(params.sched_metadata + part * kMetadataWidth, params.cache_seqlens);
-  const uint32_t rank = kMulticast ? cluster_ctarank() : 0;
 
-  run_producer_and_consumers<kMulticast>(
+  run_producer_and_consumers(
       [&] {
         mbarrier_init(bars.q_full, 1);
         mbarrier_init(bars.q_empty, kConsumerThreads / 32);
         for (int s = 0; s < kNumStages; ++s) {
           for (int c = 0; c < kNumChunks; ++c) mbarrier_init(bars.kv_full(s, c), 1);
-          for (int g = 0; g < 2; ++g) mbarrier_init(bars.kv_empty(s, g), kMulticast ? 8 : 4);  // the 4 warps of a warpgroup, per CTA
+          for (int g = 0; g < 2; ++g) mbarrier_init(bars.kv_empty(s, g), 4);  // the 4 warps of one warpgroup
         }
       },
       [&] {
         prefetch_tensor_map(&q_map);
         prefetch_tensor_map(&kv_map);
         prefetch_tensor_map(&kv4_map);
-        seesaw_producer_loop<kMulticast>(params, &q_map, &kv_map, &kv4_map, walker, bars,
-                                         smem_base + SeesawLayout::q, smem_base + SeesawLayout::kv, m_block, rank);
+        seesaw_producer_loop(params, &q_map, &kv_map, &kv4_map, walker, bars, smem_base + SeesawLayout::q,
+                             smem_base + SeesawLayout::kv, m_block);
       },
       [&] {
 #ifdef HF_FLASHMLA_TIMELINE
@@ -727,7 +683,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         // Read through a shuffle so that ptxas sees the warpgroup index as warp-uniform: wgmma inside a branch
         // it cannot prove uniform gets serialised (C7520).
         const int wg = __shfl_sync(0xffffffff, static_cast<int>(threadIdx.x) / 128, 0);
-        seesaw_consumer_loop<Elem, kMulticast>(params, walker, bars, smem, smem_base, m_block, wg, rank ^ 1);
+        seesaw_consumer_loop<Elem>(params, walker, bars, smem, smem_base, m_block, wg);
 #ifdef HF_FLASHMLA_TIMELINE
         // Every CTA: start and end (global ns), items and pages, to see start-up, tail and imbalance across SMs.
         named_barrier_sync(kBarTimeline, kConsumerThreads);
