@@ -6,10 +6,10 @@
 // belongs to warpgroup 0, B in stage 1 and belongs to warpgroup 1. Each warpgroup holds half of the
 // 64 x 512 fp32 output (WG0 columns 0..255 = O_L, WG1 256..511 = O_R). Per pair:
 //   WG0: S_A = Q K_A^T (m64n64k16, one pass over Q per page) -> m_A, P_A = exp(S_A - m_A)
-//        [publishes m_A and P_A]            O_L = O_L s_A + P_A V_A,L   (P_A from registers)
+//        [publishes m_A, P_A, rowsum(P_A)]  O_L = O_L s_A + P_A V_A,L   (P_A from registers)
 //        [waits m_B, P_B]                   O_L = O_L s_B + P_B V_B,L   (P_B from smem)
 //   WG1: S_B = Q K_B^T ; [waits m_A, P_A]   O_R = O_R s_A + P_A V_A,R   (P_A from smem; runs during
-//        WG1's own softmax:) m_B, P_B = exp(S_B - m_B) [publishes m_B, P_B]
+//        WG1's own softmax:) m_B, P_B = exp(S_B - m_B) [publishes m_B, P_B, rowsum(P_B)]
 //                                           O_R = O_R s_B + P_B V_B,R   (P_B from registers)
 // with s_A = exp(m_prev - m_A), s_B = exp(m_A - m_B): exactly online softmax, reordered so that one
 // warpgroup's exp/max runs while the other's wgmma keeps the tensor cores busy, and Q is read from
@@ -29,7 +29,7 @@
 // A sequence range with an odd page count ends on a pair without B: WG1 then only adds P_A V_A,R.
 // Hand-overs between the warpgroups use named barriers (one arrives, the other waits).
 //
-// Reuse of the exchange slots (m_A, m_B, P_A, P_B) needs no barrier the other way: a warpgroup rewrites a
+// Reuse of the exchange slots (m, row sums, P of A and B) needs no barrier the other way: a warpgroup rewrites a
 // slot only after its next Q K^T, which waits for a page the producer loads only after the other warpgroup
 // freed its stage group (mbarrier arrive = release, producer wait = acquire, TMA completion observed by
 // the writer), and the other warpgroup reads the slot before it frees that group. The same chain keeps a
@@ -50,8 +50,8 @@ struct SeesawLayout {
   static constexpr int kv = q + kTileBytes;
   static constexpr int p_a = kv + kNumStages * kTileBytes;       // P_A, 64 x 64, 128B-swizzled
   static constexpr int row_max = p_a + kChunkBytes;             // float [2][64]: m published by WG w
-  static constexpr int row_sum = row_max + 2 * kTileRows * 4;   // float [2 items][2 wg][64]
-  static constexpr int merge_flag = row_sum + 4 * kTileRows * 4;  // int: this CTA finished a split tile last
+  static constexpr int page_sum = row_max + 2 * kTileRows * 4;  // float [2][64]: row sums of P_A, P_B
+  static constexpr int merge_flag = page_sum + 2 * kTileRows * 4;  // int: this CTA finished a split tile last
   static constexpr int barriers = merge_flag + 16;
   // q_full, q_empty, kv_full[2][9], kv_empty[2 stages][2 groups]
   static constexpr int total = barriers + 8 * (2 + kNumStages * kNumChunks + kNumStages * 2);
@@ -59,10 +59,10 @@ struct SeesawLayout {
 constexpr int kSeesawSmemBytes = SeesawLayout::total + 1024;  // + alignment slack for the swizzle atoms
 static_assert(kSeesawSmemBytes <= 232448, "seesaw layout exceeds the 227 KB of opt-in shared memory");
 
-// Named barriers (0 is __syncthreads): one-way hand-overs WG0 -> WG1 and back, and the epilogue's sum exchange.
-constexpr uint32_t kBarRowSum = 1;
-constexpr uint32_t kBarPA = 2;     // WG0 published m_A and P_A
-constexpr uint32_t kBarPB = 3;     // WG1 published m_B and P_B
+// Named barriers (0 is __syncthreads): one-way hand-overs WG0 -> WG1 and back, and the in-kernel merge's count.
+constexpr uint32_t kBarMerge = 1;
+constexpr uint32_t kBarPA = 2;     // WG0 published m_A, P_A and P_A's row sums
+constexpr uint32_t kBarPB = 3;     // WG1 published m_B, P_B and P_B's row sums
 #ifdef HF_FLASHMLA_TIMELINE
 constexpr uint32_t kBarTimeline = 4;
 #endif
@@ -287,6 +287,15 @@ __device__ __forceinline__ void seesaw_exp(float (&s)[32], const float (&m)[2], 
     }
 }
 
+// A row's sum over the quad of lanes that holds it: each lane then has the page's whole row sum.
+__device__ __forceinline__ void quad_sum(float (&sum)[2]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    sum[h] += __shfl_xor_sync(0xffffffff, sum[h], 1);
+    sum[h] += __shfl_xor_sync(0xffffffff, sum[h], 2);
+  }
+}
+
 // P (times `factor` per row) as a 64 x 64 K-major operand in 128B-swizzled shared memory.
 template <typename Elem>
 __device__ __forceinline__ void seesaw_store_p(uint32_t p_smem, const float (&s)[32], const float (&factor)[2],
@@ -353,7 +362,7 @@ __device__ __forceinline__ void seesaw_pv_smem(float (&o)[128], uint32_t p_smem,
 #ifdef HF_FLASHMLA_TIMELINE
 #define SEESAW_MARK(i) marks[i] = clock64()  // every thread: a lane-dependent branch here would serialise wgmma
 __device__ long long g_seesaw_timeline[2][4][7];
-// Per item of CTA (0, 0) (first kTraceItems): 0 item start, 1 Q landed, 2 last pair done, 3 row sums exchanged,
+// Per item of CTA (0, 0) (first kTraceItems): 0 item start, 1 Q landed, 2 last pair done, 3 epilogue start,
 // 4 tile stored (issued).
 constexpr int kTraceItems = 6;
 __device__ long long g_seesaw_items[2][kTraceItems][5];
@@ -378,13 +387,13 @@ template <typename Elem>
 __device__ __forceinline__ void seesaw_merge_if_last(const MlaDecodeParams& p, int batch, int m_block, int* last_flag,
                                                      int consumer_warp, int lane) {
   __threadfence();
-  named_barrier_sync(kBarRowSum, kConsumerThreads);
+  named_barrier_sync(kBarMerge, kConsumerThreads);
   if (threadIdx.x == 0) {
     const int pieces = p.num_splits[batch + 1] - p.num_splits[batch];
     const int done = atomicAdd(p.merge_counters + static_cast<int64_t>(batch) * p.num_m_blocks + m_block, 1) + 1;
     *last_flag = done == pieces;
   }
-  named_barrier_sync(kBarRowSum, kConsumerThreads);
+  named_barrier_sync(kBarMerge, kConsumerThreads);
   // Through a shuffle, so that ptxas sees the branch as warp-uniform (else it serialises the wgmma: C7520).
   if (!__shfl_sync(0xffffffff, *last_flag, 0)) return;
   __threadfence();
@@ -422,7 +431,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
   const uint32_t p_a_smem = smem_base + SeesawLayout::p_a;
   const uint32_t p_b_smem = stage1 + 8 * kChunkBytes;  // page B's rope chunk
   float* row_max_smem = reinterpret_cast<float*>(smem + SeesawLayout::row_max);
-  float* row_sum_smem = reinterpret_cast<float*>(smem + SeesawLayout::row_sum);
+  float* page_sum_smem = reinterpret_cast<float*>(smem + SeesawLayout::page_sum);
   int* merge_flag = reinterpret_cast<int*>(smem + SeesawLayout::merge_flag);
   const int rows_total = p.s_q * p.h_q;
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
@@ -453,7 +462,9 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
 #pragma unroll
     for (int i = 0; i < 128; ++i) o[i] = 0.f;
     float row_m[2] = {-INFINITY, -INFINITY};
-    float row_l[2] = {0.f, 0.f};  // this thread's partial sums of this warpgroup's pages
+    // The rows' running sums over every page so far: both warpgroups keep the same values, each adding the
+    // other's page sums from the hand-over, so the epilogue needs no exchange between them.
+    float row_l[2] = {0.f, 0.f};
 
     mbarrier_wait(bars.q_full, item_count & 1);
     SEESAW_ITEM_MARK(1);
@@ -490,11 +501,14 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           s_a[h] = seesaw_rescale(row_m[h], m_a[h], scale_log2);
         }
         seesaw_exp(s, m_a, scale_log2, sum);
+        quad_sum(sum);
         const float one[2] = {1.f, 1.f};
         seesaw_store_p<Elem>(p_a_smem, s, one, t);
         if (t.lane % 4 == 0) {
           row_max_smem[t.row0] = m_a[0];
           row_max_smem[t.row0 + 8] = m_a[1];
+          page_sum_smem[t.row0] = sum[0];
+          page_sum_smem[t.row0 + 8] = sum[1];
         }
         fence_proxy_async_smem();
         named_barrier_arrive(kBarPA, kConsumerThreads);
@@ -514,7 +528,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
             const float m_b = row_max_smem[kTileRows + t.row0 + 8 * h];
             s_b[h] = seesaw_rescale(m_a[h], m_b, scale_log2);
             row_m[h] = m_b;
-            row_l[h] *= s_b[h];
+            row_l[h] = row_l[h] * s_b[h] + page_sum_smem[kTileRows + t.row0 + 8 * h];
           }
         } else {
           row_m[0] = m_a[0];
@@ -548,7 +562,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         for (int h = 0; h < 2; ++h) {
           m_a[h] = row_max_smem[t.row0 + 8 * h];
           s_a[h] = seesaw_rescale(row_m[h], m_a[h], scale_log2);
-          row_l[h] *= s_a[h];
+          row_l[h] = row_l[h] * s_a[h] + page_sum_smem[t.row0 + 8 * h];
         }
         seesaw_scale_o(o, s_a);
         seesaw_wait_v_half(bars, 0, 1, uses0 & 1);
@@ -563,11 +577,14 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
             s_b[h] = seesaw_rescale(m_a[h], m_b[h], scale_log2);
           }
           seesaw_exp(s, m_b, scale_log2, sum);
+          quad_sum(sum);
           const float one[2] = {1.f, 1.f};
           seesaw_store_p<Elem>(p_b_smem, s, one, t);
           if (t.lane % 4 == 0) {
             row_max_smem[kTileRows + t.row0] = m_b[0];
             row_max_smem[kTileRows + t.row0 + 8] = m_b[1];
+            page_sum_smem[kTileRows + t.row0] = sum[0];
+            page_sum_smem[kTileRows + t.row0 + 8] = sum[1];
           }
           fence_proxy_async_smem();
           named_barrier_arrive(kBarPB, kConsumerThreads);
@@ -607,24 +624,9 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
     }
 
     SEESAW_ITEM_MARK(2);
-    // Epilogue: both warpgroups end on the same running max; add their partial sums.
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      row_l[h] += __shfl_xor_sync(0xffffffff, row_l[h], 1);
-      row_l[h] += __shfl_xor_sync(0xffffffff, row_l[h], 2);
-    }
-    // Two slots by item parity: a warpgroup may start the next item's epilogue while the other still reads.
-    float* sums = row_sum_smem + (item_count & 1) * 2 * kTileRows;
-    if (t.lane % 4 == 0) {
-      sums[wg * kTileRows + t.row0] = row_l[0];
-      sums[wg * kTileRows + t.row0 + 8] = row_l[1];
-    }
-    named_barrier_sync(kBarRowSum, kConsumerThreads);
+    // Epilogue: both warpgroups end on the same running max and the same row sums.
     SEESAW_ITEM_MARK(3);
-    float total[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) total[h] = sums[t.row0 + 8 * h] + sums[kTileRows + t.row0 + 8 * h];
-    store_tile<Elem>(p, w, slot, m_block, wg, t.row0, o, row_m, total, scale_log2);
+    store_tile<Elem>(p, w, slot, m_block, wg, t.row0, o, row_m, row_l, scale_log2);
     // Warp-uniform through a shuffle: a branch ptxas cannot prove uniform serialises the wgmma (C7520).
     if (__shfl_sync(0xffffffff, p.inline_merge && !slot.direct, 0))
       seesaw_merge_if_last<Elem>(p, batch, m_block, merge_flag, __shfl_sync(0xffffffff, 4 * wg + t.warp_in_wg, 0),
