@@ -50,8 +50,8 @@ struct SeesawLayout {
   static constexpr int kv = q + kTileBytes;
   static constexpr int p_a = kv + kNumStages * kTileBytes;       // P_A, 64 x 64, 128B-swizzled
   static constexpr int row_max = p_a + kChunkBytes;             // float [2][64]: m published by WG w
-  static constexpr int page_sum = row_max + 2 * kTileRows * 4;  // float [2][64]: row sums of P_A, P_B
-  static constexpr int merge_flag = page_sum + 2 * kTileRows * 4;  // int: this CTA finished a split tile last
+  static constexpr int page_sum = row_max + 2 * kTileRows * 4;  // float [2 pages][2 halves][64]: P_A's, P_B's row sums
+  static constexpr int merge_flag = page_sum + 4 * kTileRows * 4;  // int: this CTA finished a split tile last
   static constexpr int barriers = merge_flag + 16;
   // q_full, q_empty, kv_full[2][9], kv_empty[2 stages][2 groups]
   static constexpr int total = barriers + 8 * (2 + kNumStages * kNumChunks + kNumStages * 2);
@@ -287,13 +287,28 @@ __device__ __forceinline__ void seesaw_exp(float (&s)[32], const float (&m)[2], 
     }
 }
 
-// A row's sum over the quad of lanes that holds it: each lane then has the page's whole row sum.
-__device__ __forceinline__ void quad_sum(float (&sum)[2]) {
+// A page's row sums as a hand-over publishes them: a row's four lanes add up in pairs (one shuffle, whose latency
+// the P stores that follow hide: two dependent shuffles before the hand-over cost 0.5-1% at s_q * h_q = 256, run
+// 64), lanes 0 and 2 of the quad store their pair's sum in halves 0 and 1, and readers add the two halves.
+__device__ __forceinline__ void pair_sum(float (&sum)[2]) {
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    sum[h] += __shfl_xor_sync(0xffffffff, sum[h], 1);
-    sum[h] += __shfl_xor_sync(0xffffffff, sum[h], 2);
+  for (int h = 0; h < 2; ++h) sum[h] += __shfl_xor_sync(0xffffffff, sum[h], 1);
+}
+__device__ __forceinline__ void publish_page_sum(float* page_sums, const float (&pair)[2], const SeesawThread& t) {
+  if (t.lane % 2 == 0) {
+    float* half = page_sums + (t.lane % 4 / 2) * kTileRows;
+    half[t.row0] = pair[0];
+    half[t.row0 + 8] = pair[1];
   }
+}
+__device__ __forceinline__ float read_page_sum(const float* page_sums, int row) {
+  return page_sums[row] + page_sums[kTileRows + row];
+}
+// The publisher's own whole sums, after the hand-over: the same two halves added (a + b == b + a), so both
+// warpgroups hold bit-identical row sums.
+__device__ __forceinline__ void whole_sum(float (&sum)[2]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) sum[h] += __shfl_xor_sync(0xffffffff, sum[h], 2);
 }
 
 // P (times `factor` per row) as a 64 x 64 K-major operand in 128B-swizzled shared memory.
@@ -501,23 +516,23 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           s_a[h] = seesaw_rescale(row_m[h], m_a[h], scale_log2);
         }
         seesaw_exp(s, m_a, scale_log2, sum);
-        quad_sum(sum);
+        pair_sum(sum);
         const float one[2] = {1.f, 1.f};
         seesaw_store_p<Elem>(p_a_smem, s, one, t);
         if (t.lane % 4 == 0) {
           row_max_smem[t.row0] = m_a[0];
           row_max_smem[t.row0 + 8] = m_a[1];
-          page_sum_smem[t.row0] = sum[0];
-          page_sum_smem[t.row0 + 8] = sum[1];
         }
+        publish_page_sum(page_sum_smem, sum, t);
         fence_proxy_async_smem();
         named_barrier_arrive(kBarPA, kConsumerThreads);
         SEESAW_MARK(2);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * s_a[h] + sum[h];
         seesaw_pack_p<Elem>(s, p_regs);
         seesaw_scale_o(o, s_a);
         seesaw_pv_regs<Elem>(o, p_regs, stage0, 0);
+        whole_sum(sum);  // after the wgmma is issued: the shuffle's latency is off its path
+#pragma unroll
+        for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * s_a[h] + sum[h];
         SEESAW_MARK(3);
         float s_b[2] = {1.f, 1.f};
         if (has_b) {
@@ -528,7 +543,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
             const float m_b = row_max_smem[kTileRows + t.row0 + 8 * h];
             s_b[h] = seesaw_rescale(m_a[h], m_b, scale_log2);
             row_m[h] = m_b;
-            row_l[h] = row_l[h] * s_b[h] + page_sum_smem[kTileRows + t.row0 + 8 * h];
+            row_l[h] = row_l[h] * s_b[h] + read_page_sum(page_sum_smem + 2 * kTileRows, t.row0 + 8 * h);
           }
         } else {
           row_m[0] = m_a[0];
@@ -557,16 +572,18 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         }
         named_barrier_sync(kBarPA, kConsumerThreads);
         SEESAW_MARK(2);
-        float m_a[2], s_a[2];
+        float m_a[2], s_a[2], sum_a[2];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           m_a[h] = row_max_smem[t.row0 + 8 * h];
           s_a[h] = seesaw_rescale(row_m[h], m_a[h], scale_log2);
-          row_l[h] = row_l[h] * s_a[h] + page_sum_smem[t.row0 + 8 * h];
+          sum_a[h] = read_page_sum(page_sum_smem, t.row0 + 8 * h);
         }
         seesaw_scale_o(o, s_a);
         seesaw_wait_v_half(bars, 0, 1, uses0 & 1);
         seesaw_pv_smem<Elem>(o, p_a_smem, stage0, 1);  // runs while this warpgroup does its softmax
+#pragma unroll
+        for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * s_a[h] + sum_a[h];  // off the wgmma's path
         SEESAW_MARK(3);
         if (has_b) {
           float m_b[2], s_b[2], sum[2];
@@ -577,23 +594,17 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
             s_b[h] = seesaw_rescale(m_a[h], m_b[h], scale_log2);
           }
           seesaw_exp(s, m_b, scale_log2, sum);
-          quad_sum(sum);
+          pair_sum(sum);
           const float one[2] = {1.f, 1.f};
           seesaw_store_p<Elem>(p_b_smem, s, one, t);
           if (t.lane % 4 == 0) {
             row_max_smem[kTileRows + t.row0] = m_b[0];
             row_max_smem[kTileRows + t.row0 + 8] = m_b[1];
-            page_sum_smem[kTileRows + t.row0] = sum[0];
-            page_sum_smem[kTileRows + t.row0 + 8] = sum[1];
           }
+          publish_page_sum(page_sum_smem + 2 * kTileRows, sum, t);
           fence_proxy_async_smem();
           named_barrier_arrive(kBarPB, kConsumerThreads);
           SEESAW_MARK(4);
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            row_l[h] = row_l[h] * s_b[h] + sum[h];
-            row_m[h] = m_b[h];
-          }
           seesaw_pack_p<Elem>(s, p_regs);
           wgmma_wait<0>();
           fence_accumulators(o);
@@ -601,6 +612,12 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 0));
           seesaw_scale_o(o, s_b);
           seesaw_pv_regs<Elem>(o, p_regs, stage1, 1);
+          whole_sum(sum);  // after the wgmma is issued: the shuffle's latency is off its path
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            row_l[h] = row_l[h] * s_b[h] + sum[h];
+            row_m[h] = m_b[h];
+          }
           wgmma_wait<0>();
           fence_accumulators(o);
           fence_operands(p_regs);
