@@ -6,10 +6,10 @@
 // belongs to warpgroup 0, B in stage 1 and belongs to warpgroup 1. Each warpgroup holds half of the
 // 64 x 512 fp32 output (WG0 columns 0..255 = O_L, WG1 256..511 = O_R). Per pair:
 //   WG0: S_A = Q K_A^T (m64n64k16, one pass over Q per page) -> m_A, P_A = exp(S_A - m_A)
-//        [publishes m_A, P_A, rowsum(P_A)]  O_L = O_L s_A + P_A V_A,L   (P_A from registers)
+//        [publishes m_A and P_A]            O_L = O_L s_A + P_A V_A,L   (P_A from registers)
 //        [waits m_B, P_B]                   O_L = O_L s_B + P_B V_B,L   (P_B from smem)
 //   WG1: S_B = Q K_B^T ; [waits m_A, P_A]   O_R = O_R s_A + P_A V_A,R   (P_A from smem; runs during
-//        WG1's own softmax:) m_B, P_B = exp(S_B - m_B) [publishes m_B, P_B, rowsum(P_B)]
+//        WG1's own softmax:) m_B, P_B = exp(S_B - m_B) [publishes m_B, P_B]
 //                                           O_R = O_R s_B + P_B V_B,R   (P_B from registers)
 // with s_A = exp(m_prev - m_A), s_B = exp(m_A - m_B): exactly online softmax, reordered so that one
 // warpgroup's exp/max runs while the other's wgmma keeps the tensor cores busy, and Q is read from
@@ -29,7 +29,7 @@
 // A sequence range with an odd page count ends on a pair without B: WG1 then only adds P_A V_A,R.
 // Hand-overs between the warpgroups use named barriers (one arrives, the other waits).
 //
-// Reuse of the exchange slots (m, row sums, P of A and B) needs no barrier the other way: a warpgroup rewrites a
+// Reuse of the exchange slots (m_A, m_B, P_A, P_B) needs no barrier the other way: a warpgroup rewrites a
 // slot only after its next Q K^T, which waits for a page the producer loads only after the other warpgroup
 // freed its stage group (mbarrier arrive = release, producer wait = acquire, TMA completion observed by
 // the writer), and the other warpgroup reads the slot before it frees that group. The same chain keeps a
@@ -50,8 +50,8 @@ struct SeesawLayout {
   static constexpr int kv = q + kTileBytes;
   static constexpr int p_a = kv + kNumStages * kTileBytes;       // P_A, 64 x 64, 128B-swizzled
   static constexpr int row_max = p_a + kChunkBytes;             // float [2][64]: m published by WG w
-  static constexpr int page_sum = row_max + 2 * kTileRows * 4;  // float [2 pages][2 halves][64]: P_A's, P_B's row sums
-  static constexpr int merge_flag = page_sum + 4 * kTileRows * 4;  // int: this CTA finished a split tile last
+  static constexpr int row_sum = row_max + 2 * kTileRows * 4;   // float [2 items][2 wg][64]
+  static constexpr int merge_flag = row_sum + 4 * kTileRows * 4;  // int: this CTA finished a split tile last
   static constexpr int barriers = merge_flag + 16;
   // q_full, q_empty, kv_full[2][9], kv_empty[2 stages][2 groups]
   static constexpr int total = barriers + 8 * (2 + kNumStages * kNumChunks + kNumStages * 2);
@@ -59,10 +59,10 @@ struct SeesawLayout {
 constexpr int kSeesawSmemBytes = SeesawLayout::total + 1024;  // + alignment slack for the swizzle atoms
 static_assert(kSeesawSmemBytes <= 232448, "seesaw layout exceeds the 227 KB of opt-in shared memory");
 
-// Named barriers (0 is __syncthreads): one-way hand-overs WG0 -> WG1 and back, and the in-kernel merge's count.
-constexpr uint32_t kBarMerge = 1;
-constexpr uint32_t kBarPA = 2;     // WG0 published m_A, P_A and P_A's row sums
-constexpr uint32_t kBarPB = 3;     // WG1 published m_B, P_B and P_B's row sums
+// Named barriers (0 is __syncthreads): one-way hand-overs WG0 -> WG1 and back, and the epilogue's sum exchange.
+constexpr uint32_t kBarRowSum = 1;
+constexpr uint32_t kBarPA = 2;     // WG0 published m_A and P_A
+constexpr uint32_t kBarPB = 3;     // WG1 published m_B and P_B
 #ifdef HF_FLASHMLA_TIMELINE
 constexpr uint32_t kBarTimeline = 4;
 #endif
@@ -287,30 +287,6 @@ __device__ __forceinline__ void seesaw_exp(float (&s)[32], const float (&m)[2], 
     }
 }
 
-// A page's row sums as a hand-over publishes them: a row's four lanes add up in pairs (one shuffle, whose latency
-// the P stores that follow hide: two dependent shuffles before the hand-over cost 0.5-1% at s_q * h_q = 256, run
-// 64), lanes 0 and 2 of the quad store their pair's sum in halves 0 and 1, and readers add the two halves.
-__device__ __forceinline__ void pair_sum(float (&sum)[2]) {
-#pragma unroll
-  for (int h = 0; h < 2; ++h) sum[h] += __shfl_xor_sync(0xffffffff, sum[h], 1);
-}
-__device__ __forceinline__ void publish_page_sum(float* page_sums, const float (&pair)[2], const SeesawThread& t) {
-  if (t.lane % 2 == 0) {
-    float* half = page_sums + (t.lane % 4 / 2) * kTileRows;
-    half[t.row0] = pair[0];
-    half[t.row0 + 8] = pair[1];
-  }
-}
-__device__ __forceinline__ float read_page_sum(const float* page_sums, int row) {
-  return page_sums[row] + page_sums[kTileRows + row];
-}
-// The publisher's own whole sums, after the hand-over: the same two halves added (a + b == b + a), so both
-// warpgroups hold bit-identical row sums.
-__device__ __forceinline__ void whole_sum(float (&sum)[2]) {
-#pragma unroll
-  for (int h = 0; h < 2; ++h) sum[h] += __shfl_xor_sync(0xffffffff, sum[h], 2);
-}
-
 // P (times `factor` per row) as a 64 x 64 K-major operand in 128B-swizzled shared memory.
 template <typename Elem>
 __device__ __forceinline__ void seesaw_store_p(uint32_t p_smem, const float (&s)[32], const float (&factor)[2],
@@ -377,7 +353,7 @@ __device__ __forceinline__ void seesaw_pv_smem(float (&o)[128], uint32_t p_smem,
 #ifdef HF_FLASHMLA_TIMELINE
 #define SEESAW_MARK(i) marks[i] = clock64()  // every thread: a lane-dependent branch here would serialise wgmma
 __device__ long long g_seesaw_timeline[2][4][7];
-// Per item of CTA (0, 0) (first kTraceItems): 0 item start, 1 Q landed, 2 last pair done, 3 epilogue start,
+// Per item of CTA (0, 0) (first kTraceItems): 0 item start, 1 Q landed, 2 last pair done, 3 row sums exchanged,
 // 4 tile stored (issued).
 constexpr int kTraceItems = 6;
 __device__ long long g_seesaw_items[2][kTraceItems][5];
@@ -402,13 +378,13 @@ template <typename Elem>
 __device__ __forceinline__ void seesaw_merge_if_last(const MlaDecodeParams& p, int batch, int m_block, int* last_flag,
                                                      int consumer_warp, int lane) {
   __threadfence();
-  named_barrier_sync(kBarMerge, kConsumerThreads);
+  named_barrier_sync(kBarRowSum, kConsumerThreads);
   if (threadIdx.x == 0) {
     const int pieces = p.num_splits[batch + 1] - p.num_splits[batch];
     const int done = atomicAdd(p.merge_counters + static_cast<int64_t>(batch) * p.num_m_blocks + m_block, 1) + 1;
     *last_flag = done == pieces;
   }
-  named_barrier_sync(kBarMerge, kConsumerThreads);
+  named_barrier_sync(kBarRowSum, kConsumerThreads);
   // Through a shuffle, so that ptxas sees the branch as warp-uniform (else it serialises the wgmma: C7520).
   if (!__shfl_sync(0xffffffff, *last_flag, 0)) return;
   __threadfence();
@@ -446,7 +422,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
   const uint32_t p_a_smem = smem_base + SeesawLayout::p_a;
   const uint32_t p_b_smem = stage1 + 8 * kChunkBytes;  // page B's rope chunk
   float* row_max_smem = reinterpret_cast<float*>(smem + SeesawLayout::row_max);
-  float* page_sum_smem = reinterpret_cast<float*>(smem + SeesawLayout::page_sum);
+  float* row_sum_smem = reinterpret_cast<float*>(smem + SeesawLayout::row_sum);
   int* merge_flag = reinterpret_cast<int*>(smem + SeesawLayout::merge_flag);
   const int rows_total = p.s_q * p.h_q;
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
@@ -477,9 +453,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
 #pragma unroll
     for (int i = 0; i < 128; ++i) o[i] = 0.f;
     float row_m[2] = {-INFINITY, -INFINITY};
-    // The rows' running sums over every page so far: both warpgroups keep the same values, each adding the
-    // other's page sums from the hand-over, so the epilogue needs no exchange between them.
-    float row_l[2] = {0.f, 0.f};
+    float row_l[2] = {0.f, 0.f};  // this thread's partial sums of this warpgroup's pages
 
     mbarrier_wait(bars.q_full, item_count & 1);
     SEESAW_ITEM_MARK(1);
@@ -516,23 +490,20 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           s_a[h] = seesaw_rescale(row_m[h], m_a[h], scale_log2);
         }
         seesaw_exp(s, m_a, scale_log2, sum);
-        pair_sum(sum);
         const float one[2] = {1.f, 1.f};
         seesaw_store_p<Elem>(p_a_smem, s, one, t);
         if (t.lane % 4 == 0) {
           row_max_smem[t.row0] = m_a[0];
           row_max_smem[t.row0 + 8] = m_a[1];
         }
-        publish_page_sum(page_sum_smem, sum, t);
         fence_proxy_async_smem();
         named_barrier_arrive(kBarPA, kConsumerThreads);
         SEESAW_MARK(2);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * s_a[h] + sum[h];
         seesaw_pack_p<Elem>(s, p_regs);
         seesaw_scale_o(o, s_a);
         seesaw_pv_regs<Elem>(o, p_regs, stage0, 0);
-        whole_sum(sum);  // after the wgmma is issued: the shuffle's latency is off its path
-#pragma unroll
-        for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * s_a[h] + sum[h];
         SEESAW_MARK(3);
         float s_b[2] = {1.f, 1.f};
         if (has_b) {
@@ -543,7 +514,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
             const float m_b = row_max_smem[kTileRows + t.row0 + 8 * h];
             s_b[h] = seesaw_rescale(m_a[h], m_b, scale_log2);
             row_m[h] = m_b;
-            row_l[h] = row_l[h] * s_b[h] + read_page_sum(page_sum_smem + 2 * kTileRows, t.row0 + 8 * h);
+            row_l[h] *= s_b[h];
           }
         } else {
           row_m[0] = m_a[0];
@@ -572,18 +543,16 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         }
         named_barrier_sync(kBarPA, kConsumerThreads);
         SEESAW_MARK(2);
-        float m_a[2], s_a[2], sum_a[2];
+        float m_a[2], s_a[2];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           m_a[h] = row_max_smem[t.row0 + 8 * h];
           s_a[h] = seesaw_rescale(row_m[h], m_a[h], scale_log2);
-          sum_a[h] = read_page_sum(page_sum_smem, t.row0 + 8 * h);
+          row_l[h] *= s_a[h];
         }
         seesaw_scale_o(o, s_a);
         seesaw_wait_v_half(bars, 0, 1, uses0 & 1);
         seesaw_pv_smem<Elem>(o, p_a_smem, stage0, 1);  // runs while this warpgroup does its softmax
-#pragma unroll
-        for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * s_a[h] + sum_a[h];  // off the wgmma's path
         SEESAW_MARK(3);
         if (has_b) {
           float m_b[2], s_b[2], sum[2];
@@ -594,17 +563,20 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
             s_b[h] = seesaw_rescale(m_a[h], m_b[h], scale_log2);
           }
           seesaw_exp(s, m_b, scale_log2, sum);
-          pair_sum(sum);
           const float one[2] = {1.f, 1.f};
           seesaw_store_p<Elem>(p_b_smem, s, one, t);
           if (t.lane % 4 == 0) {
             row_max_smem[kTileRows + t.row0] = m_b[0];
             row_max_smem[kTileRows + t.row0 + 8] = m_b[1];
           }
-          publish_page_sum(page_sum_smem + 2 * kTileRows, sum, t);
           fence_proxy_async_smem();
           named_barrier_arrive(kBarPB, kConsumerThreads);
           SEESAW_MARK(4);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            row_l[h] = row_l[h] * s_b[h] + sum[h];
+            row_m[h] = m_b[h];
+          }
           seesaw_pack_p<Elem>(s, p_regs);
           wgmma_wait<0>();
           fence_accumulators(o);
@@ -612,12 +584,6 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 0));
           seesaw_scale_o(o, s_b);
           seesaw_pv_regs<Elem>(o, p_regs, stage1, 1);
-          whole_sum(sum);  // after the wgmma is issued: the shuffle's latency is off its path
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            row_l[h] = row_l[h] * s_b[h] + sum[h];
-            row_m[h] = m_b[h];
-          }
           wgmma_wait<0>();
           fence_accumulators(o);
           fence_operands(p_regs);
@@ -641,9 +607,24 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
     }
 
     SEESAW_ITEM_MARK(2);
-    // Epilogue: both warpgroups end on the same running max and the same row sums.
+    // Epilogue: both warpgroups end on the same running max; add their partial sums.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      row_l[h] += __shfl_xor_sync(0xffffffff, row_l[h], 1);
+      row_l[h] += __shfl_xor_sync(0xffffffff, row_l[h], 2);
+    }
+    // Two slots by item parity: a warpgroup may start the next item's epilogue while the other still reads.
+    float* sums = row_sum_smem + (item_count & 1) * 2 * kTileRows;
+    if (t.lane % 4 == 0) {
+      sums[wg * kTileRows + t.row0] = row_l[0];
+      sums[wg * kTileRows + t.row0 + 8] = row_l[1];
+    }
+    named_barrier_sync(kBarRowSum, kConsumerThreads);
     SEESAW_ITEM_MARK(3);
-    store_tile<Elem>(p, w, slot, m_block, wg, t.row0, o, row_m, row_l, scale_log2);
+    float total[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) total[h] = sums[t.row0 + 8 * h] + sums[kTileRows + t.row0 + 8 * h];
+    store_tile<Elem>(p, w, slot, m_block, wg, t.row0, o, row_m, total, scale_log2);
     // Warp-uniform through a shuffle: a branch ptxas cannot prove uniform serialises the wgmma (C7520).
     if (__shfl_sync(0xffffffff, p.inline_merge && !slot.direct, 0))
       seesaw_merge_if_last<Elem>(p, batch, m_block, merge_flag, __shfl_sync(0xffffffff, 4 * wg + t.warp_in_wg, 0),

@@ -1,6 +1,6 @@
 """Summarises the debug timeline printed by the seesaw kernel (-DHF_FLASHMLA_TIMELINE, scripts/seesaw_timeline.sh):
 per launch, when the CTAs start and end (global ns) and how their durations relate to their items and pages;
-per item of CTA (0, 0), the SM clocks between item start, Q landed, last pair done, epilogue start, tile stored.
+per item of CTA (0, 0), the SM clocks between item start, Q landed, last pair done, row sums exchanged, tile stored.
 
     python3 scripts/seesaw_timeline_summary.py run.log
 """
@@ -76,7 +76,7 @@ def main(path):
     for (wg, k), runs in sorted(items.items()):
         marks = runs[-1]
         d = [marks[i + 1] - marks[i] for i in range(4)]
-        print(f"  wg{wg} item {k}: q wait {d[0]:6d} clk, pairs {d[1]:7d}, to epilogue {d[2]:5d}, store {d[3]:5d}")
+        print(f"  wg{wg} item {k}: q wait {d[0]:6d} clk, pairs {d[1]:7d}, sum exchange {d[2]:5d}, store {d[3]:5d}")
 
 
 if __name__ == "__main__":
