@@ -209,16 +209,22 @@ class Timer:
         est = max((time.perf_counter() - t0) / 5 * 1e3, 1e-3)
         for _ in range(max(1, int(self.warmup_ms / est))):
             fn()
-        n = max(10, int(self.rep_ms / est))
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-        for i in range(n):
-            self._flush.zero_()
-            starts[i].record()
-            fn()
-            ends[i].record()
-        torch.cuda.synchronize()
-        return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+        return flushed_event_median_ms(fn, self._flush, max(10, int(self.rep_ms / est)))
+
+
+def flushed_event_median_ms(fn, flush, repeats):
+    """Median CUDA-event time (ms) of `repeats` calls of fn, with L2 flushed (flush.zero_(), a buffer larger
+    than L2) before each: the benchmark protocol's timing where triton's do_bench is missing (scripts/clock_probe.py
+    uses it too)."""
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+    for i in range(repeats):
+        flush.zero_()
+        starts[i].record()
+        fn()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
 
 def rotating(fns):

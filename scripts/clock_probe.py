@@ -15,6 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_kernel import flushed_event_median_ms  # noqa: E402
 from gpu_monitor import GpuMonitor  # noqa: E402
 from hf_flashmla import _ops, schedule  # noqa: E402
 from scripts.kernel_breakdown import parse  # noqa: E402
@@ -39,15 +40,8 @@ def timed_loop(call, seconds):
 
 
 def flushed_median(call, flush, repeats=100):
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-    stops = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-    for i in range(repeats):
-        flush.zero_()
-        starts[i].record()
-        call()
-        stops[i].record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) * 1e3 for s, e in zip(starts, stops))
+    """The benchmark protocol's flushed timing, in us."""
+    return flushed_event_median_ms(call, flush, repeats) * 1e3
 
 
 def probe(name, seconds, monitor, flush):
