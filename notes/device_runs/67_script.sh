@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run 67 (H100): the page feed alone (67_feed_only.patch: consumers wait for each page and free it at once, no
+# Run 67 (H100; prepared, not run yet): the page feed alone (67_feed_only.patch: consumers wait for each page and free it at once, no
 # compute; results wrong on purpose) on all SMs and on 12.5% of them: does the two-stage feed by itself take the
 # ~1.55 us per page of a lone CTA (then the landing time is the limit) or much less (then it is the wait of each
 # refill for its pair's compute)?
