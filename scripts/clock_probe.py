@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernel import flushed_event_median_ms  # noqa: E402
 from gpu_monitor import GpuMonitor  # noqa: E402
-from hf_flashmla import _ops, schedule  # noqa: E402
+from hf_flashmla import schedule  # noqa: E402
 from scripts.kernel_breakdown import parse  # noqa: E402
-from scripts.kernel_smoke import make_inputs  # noqa: E402
+from scripts.kernel_smoke import decode_call, make_inputs  # noqa: E402
 
 DEFAULT = "b128_L8192_sq2_h128,b128_L16384_sq2_h128,b128_L16384_sq1_h128,b64_L8192_sq2_h128,b128_L16384_sq1_h16"
 
@@ -48,7 +48,7 @@ def probe(name, seconds, monitor, flush):
     batch, length, s_q, h_q = parse(name)
     q, k_cache, block_table, seqlens = make_inputs([length] * batch, s_q, h_q, torch.bfloat16)
     meta, splits = schedule.compute_schedule(seqlens, s_q * h_q, 1)
-    call = lambda: _ops.mla_decode(q, k_cache, block_table, seqlens, meta, splits, 576 ** -0.5, True, 512)  # noqa
+    call = decode_call(q, k_cache, block_table, seqlens, meta, splits)
     for _ in range(5):
         call()
     torch.cuda.synchronize()

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from hf_flashmla import _ops, schedule  # noqa: E402
-from scripts.kernel_smoke import make_inputs  # noqa: E402
+from hf_flashmla import schedule  # noqa: E402
+from scripts.kernel_smoke import decode_call, make_inputs  # noqa: E402
 
 DEFAULT = "b64_L4096_sq1_h16,b64_L16384_sq1_h16,b128_L4096_sq1_h16,b128_L16384_sq1_h128,b128_L16384_sq2_h128"
 
@@ -25,7 +25,7 @@ def breakdown(name, iters=20):
     batch, length, s_q, h_q = parse(name)
     q, k_cache, block_table, seqlens = make_inputs([length] * batch, s_q, h_q, torch.bfloat16)
     meta, splits = schedule.compute_schedule(seqlens, s_q * h_q, 1)
-    call = lambda: _ops.mla_decode(q, k_cache, block_table, seqlens, meta, splits, 576 ** -0.5, True, 512)
+    call = decode_call(q, k_cache, block_table, seqlens, meta, splits)
     for _ in range(5):
         call()
     torch.cuda.synchronize()

@@ -16,8 +16,8 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_monitor import GpuMonitor  # noqa: E402
-from hf_flashmla import _ops, schedule  # noqa: E402
-from scripts.kernel_smoke import make_inputs  # noqa: E402
+from hf_flashmla import schedule  # noqa: E402
+from scripts.kernel_smoke import decode_call, make_inputs  # noqa: E402
 
 PAGE_BYTES = 64 * 576 * 2
 # (s_q, h_q): one, two and four m-block CTAs reading each page.
@@ -42,7 +42,7 @@ def main():
             q, k_cache, block_table, seqlens = make_inputs([args.length] * batch, s_q, h_q, torch.bfloat16)
             meta, splits = schedule.compute_schedule(seqlens, s_q * h_q, 1, num_sms=parts * m_blocks)
             assert meta.shape[0] == parts and int(splits[-1]) == batch, "expected whole sequences, no splits"
-            call = lambda: _ops.mla_decode(q, k_cache, block_table, seqlens, meta, splits, 576 ** -0.5, True, 512)  # noqa
+            call = decode_call(q, k_cache, block_table, seqlens, meta, splits)
             if monitor:
                 monitor.start()
             us = do_bench(call, warmup=10, rep=40, return_mode="median") * 1e3
