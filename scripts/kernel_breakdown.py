@@ -21,6 +21,21 @@ def parse(name):
     return int(fields["b"]), int(fields["L"]), int(fields["s"]), int(fields["h"])
 
 
+def gpu_us_per_kernel(call, iters=20):
+    """{kernel name: GPU us per call} of `iters` back-to-back calls, from the PyTorch profiler."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            call()
+        torch.cuda.synchronize()
+    return {event.key: event.device_time_total / iters for event in prof.key_averages()
+            if event.device_type == torch.autograd.DeviceType.CUDA}
+
+
+def short_kernel_names(per_kernel):
+    return ", ".join(f"{k.split('<')[0].split('(')[0][-28:]} {v:.1f}" for k, v in
+                     sorted(per_kernel.items(), key=lambda kv: -kv[1]))
+
+
 def breakdown(name, iters=20):
     batch, length, s_q, h_q = parse(name)
     q, k_cache, block_table, seqlens = make_inputs([length] * batch, s_q, h_q, torch.bfloat16)
@@ -36,16 +51,8 @@ def breakdown(name, iters=20):
     stop.record()
     torch.cuda.synchronize()
     wall_us = start.elapsed_time(stop) * 1e3 / iters
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            call()
-        torch.cuda.synchronize()
-    per_kernel = {}
-    for event in prof.key_averages():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            per_kernel[event.key] = event.device_time_total / iters
-    parts = ", ".join(f"{k.split('<')[0].split('(')[0][-28:]} {v:.1f}" for k, v in
-                      sorted(per_kernel.items(), key=lambda kv: -kv[1]))
+    per_kernel = gpu_us_per_kernel(call, iters)
+    parts = short_kernel_names(per_kernel)
     print(f"{name:26s} back-to-back {wall_us:8.1f} us/call | GPU us/call: {parts} | parts {meta.shape[0]}, "
           f"splits {int(splits[-1])} for {batch} sequences")
 

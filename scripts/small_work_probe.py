@@ -1,0 +1,61 @@
+"""Device diagnostic: where the time of small decode workloads goes (the extra workloads of BENCHMARKS.md, where
+published peers beat FlashMLA), and how it moves when the schedule uses fewer parts (fewer, longer splits:
+less partial traffic and combine work, less parallelism). Per config and part count: the flushed median time
+of the benchmark protocol, back-to-back time, and GPU time per kernel. Not a benchmark.
+
+    python3 scripts/small_work_probe.py [--sms 132,99,66,44]
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from hf_flashmla import schedule  # noqa: E402
+from scripts.bench_kernel import flushed_event_median_ms  # noqa: E402
+from scripts.kernel_breakdown import gpu_us_per_kernel, short_kernel_names  # noqa: E402
+from scripts.kernel_smoke import decode_call, make_inputs  # noqa: E402
+
+# name: (lengths, s_q, h_q)
+CONFIGS = {
+    "uneven_b4_sq4_h16": ([4641, 45118, 1730, 1696], 4, 16),
+    "b128_1K_sq1_h16": ([1024] * 128, 1, 16),
+    "b16_sq16_1K_h16": ([1024] * 16, 16, 16),
+    "b64_L4096_sq1_h16": ([4096] * 64, 1, 16),
+}
+
+
+def back_to_back_us(call, iters=50):
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        call()
+    stop.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(stop) * 1e3 / iters
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--sms", default="132,99,66,44")
+    args = parser.parse_args()
+    flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device="cuda")
+    for name in args.configs.split(","):
+        lengths, s_q, h_q = CONFIGS[name]
+        q, k_cache, block_table, seqlens = make_inputs(lengths, s_q, h_q, torch.bfloat16)
+        for num_sms in (int(n) for n in args.sms.split(",")):
+            meta, splits = schedule.compute_schedule(seqlens, s_q * h_q, 1, num_sms=num_sms)
+            call = decode_call(q, k_cache, block_table, seqlens, meta, splits)
+            for _ in range(5):
+                call()
+            flushed = flushed_event_median_ms(call, flush, 100) * 1e3
+            warm = back_to_back_us(call)
+            kernels = short_kernel_names(gpu_us_per_kernel(call))
+            print(f"{name:20s} sms {num_sms:3d}: parts {meta.shape[0]:3d}, splits {int(splits[-1]):3d} | flushed "
+                  f"{flushed:6.1f} us, back-to-back {warm:6.1f} us | GPU us/call: {kernels}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
