@@ -19,51 +19,62 @@ namespace hf_flashmla {
 namespace decode_detail {
 
 // Merges the partial results of split sequences (mla_split_merge.cuh); writes empty sequences (no split) as
-// out = 0, lse = +inf. Two shapes:
-//  - sequences split many ways (parts >= 8 * batch) and few rows (batch * s_q * h_q <= kCombineMaxBlocks): one
-//    block per row, its 4 warps take every 4th split and add up through shared memory, so a sequence split over
-//    ~100 parts is not one warp's serial loop (b = 4 with a 45K context: 72.6 -> 53 us, run 34);
-//  - otherwise one warp per row, rows_per_warp rows each, so the grid stays near kCombineMaxBlocks: every block
-//    costs its launch even when it exits at once (one block per row cost ~20 us at b = 128, s_q * h_q = 256,
-//    and 160 us at b = 1024; run 27), and at 2-3 splits per sequence the shared shape was ~1% slower (run 34).
-// Sequences with one split exit at once (the decode kernel wrote them).
+// out = 0, lse = +inf. Two kernels:
+//  - mla_combine_rows_kernel, one warp per row, rows_per_warp rows each, so the grid stays near kCombineMaxBlocks:
+//    every block costs its launch even when it exits at once (one block per row cost ~20 us at b = 128,
+//    s_q * h_q = 256, and 160 us at b = 1024; run 27);
+//  - mla_combine_shared_row_kernel where sequences are split many ways (parts >= 8 * batch) and rows are few
+//    (batch * s_q * h_q <= kCombineMaxBlocks): one block per row, its 16 warps taking every 16th split and adding
+//    up through shared memory, so a row split over ~100 parts is a few L2 round trips per warp (b = 4 with a 45K
+//    context: 14 us with 4 warps and the two-pass lse, run 68). At 2-3 splits per sequence a block per row was
+//    ~1% slower (run 34).
+// Sequences with one split exit at once (the decode kernel wrote them), before waiting for the decode grid: both
+// are launched as programmatic dependents of it (launch_combine), so those blocks cost nothing on the critical path.
 // Runs after either decode kernel unless the seesaw kernel merges in-kernel (HF_FLASHMLA_MERGE=inline, opt-in:
 // merge_inline_requested below).
 constexpr int kCombineWarps = 4;
+constexpr int kSharedRowWarps = 16;
 constexpr int kCombineMaxBlocks = 4096;
 
+__device__ __forceinline__ bool sequence_was_written_whole(const MlaDecodeParams& p, int batch) {
+  return p.num_splits[batch + 1] - p.num_splits[batch] == 1;
+}
+
 template <typename Elem>
-__global__ void __launch_bounds__(kCombineWarps * 32)
-    mla_combine_kernel(const MlaDecodeParams p, int rows_per_warp, bool warps_share_row) {
-  __shared__ float4 shared_acc[kCombineWarps][kHeadDimV / 4];
+__global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_rows_kernel(const MlaDecodeParams p, int rows_per_warp) {
   const int batch = blockIdx.y;
-  if (p.num_splits[batch + 1] - p.num_splits[batch] == 1) return;  // the decode kernel wrote these rows directly
+  if (sequence_was_written_whole(p, batch)) return;
+  griddep_wait();
   const int rows_total = p.s_q * p.h_q;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (!warps_share_row) {
-    for (int i = 0; i < rows_per_warp; ++i) {
-      const int grow = (blockIdx.x * rows_per_warp + i) * kCombineWarps + warp;
-      if (grow >= rows_total) break;
-      merge_row<Elem>(p, batch, grow, lane);
-    }
-    return;
+  for (int i = 0; i < rows_per_warp; ++i) {
+    const int grow = (blockIdx.x * rows_per_warp + i) * kCombineWarps + warp;
+    if (grow >= rows_total) break;
+    merge_row<Elem>(p, batch, grow, lane);
   }
-  // Shared row: warp w takes splits w, w + 4, ...
-  const int grow = blockIdx.x;
-  if (grow >= rows_total) return;
+}
+
+template <typename Elem>
+__global__ void __launch_bounds__(kSharedRowWarps * 32) mla_combine_shared_row_kernel(const MlaDecodeParams p) {
+  __shared__ float4 shared_acc[kSharedRowWarps][kHeadDimV / 4];
+  const int batch = blockIdx.y, grow = blockIdx.x;
+  if (sequence_was_written_whole(p, batch) || grow >= p.s_q * p.h_q) return;
+  griddep_wait();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const SplitRow r = split_row(p, batch, grow);
   const float lse_value = merged_lse(r, lane);
   float4 acc[4];
 #pragma unroll
   for (int c = 0; c < 4; ++c) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
-  accumulate_splits(acc, p, r, lse_value, warp, kCombineWarps, lane);
+  accumulate_splits(acc, p, r, lse_value, warp, kSharedRowWarps, lane);
 #pragma unroll
   for (int c = 0; c < 4; ++c) shared_acc[warp][lane + 32 * c] = acc[c];
   __syncthreads();
+  if (threadIdx.x >= kHeadDimV / 4) return;
   // Thread t sums columns 4t .. 4t + 3 over the warps.
   float4 total = shared_acc[0][threadIdx.x];
 #pragma unroll
-  for (int w = 1; w < kCombineWarps; ++w) {
+  for (int w = 1; w < kSharedRowWarps; ++w) {
     const float4 v = shared_acc[w][threadIdx.x];
     total.x += v.x;
     total.y += v.y;
@@ -133,6 +144,41 @@ int prefetch_pairs_for(int num_m_blocks) {
   return num_m_blocks == 2 ? 1 : 0;
 }
 
+// HF_FLASHMLA_PDL=0 launches the combine kernel in plain stream order (for A/B timing; read at every launch).
+bool programmatic_combine_launch() {
+  const char* choice = std::getenv("HF_FLASHMLA_PDL");
+  return choice == nullptr || std::strcmp(choice, "0") != 0;
+}
+
+template <typename Elem>
+const char* launch_combine(const MlaDecodeParams& p, int rows_total, cudaStream_t stream) {
+  cudaLaunchAttribute attribute;
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = programmatic_combine_launch() ? 1 : 0;
+  cudaError_t error;
+  if (p.num_parts >= 8 * p.batch && static_cast<int64_t>(p.batch) * rows_total <= kCombineMaxBlocks) {
+    config.gridDim = dim3(rows_total, p.batch);
+    config.blockDim = dim3(kSharedRowWarps * 32);
+    error = cudaLaunchKernelEx(&config, mla_combine_shared_row_kernel<Elem>, p);
+  } else {
+    int rows_per_warp = 1;
+    auto blocks = [&](int rows_per_warp) {
+      const int rows_per_block = kCombineWarps * rows_per_warp;
+      return static_cast<int64_t>(p.batch) * ((rows_total + rows_per_block - 1) / rows_per_block);
+    };
+    while (rows_per_warp < 64 && blocks(rows_per_warp) > kCombineMaxBlocks) rows_per_warp *= 2;
+    const int rows_per_block = kCombineWarps * rows_per_warp;
+    config.gridDim = dim3((rows_total + rows_per_block - 1) / rows_per_block, p.batch);
+    config.blockDim = dim3(kCombineWarps * 32);
+    error = cudaLaunchKernelEx(&config, mla_combine_rows_kernel<Elem>, p, rows_per_warp);
+  }
+  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
+}
+
 template <typename Elem>
 const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
   MlaDecodeParams p = params;
@@ -183,18 +229,7 @@ const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
     mla_decode_split_kernel<Elem><<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
   if (p.inline_merge) return nullptr;
-  const bool warps_share_row =
-      p.num_parts >= 8 * p.batch && static_cast<int64_t>(p.batch) * rows_total <= kCombineMaxBlocks;
-  int rows_per_warp = 1;
-  while (!warps_share_row && rows_per_warp < 64 &&
-         static_cast<int64_t>(p.batch) * ((rows_total + kCombineWarps * rows_per_warp - 1) / (kCombineWarps * rows_per_warp)) >
-             kCombineMaxBlocks)
-    rows_per_warp *= 2;
-  const int rows_per_block = warps_share_row ? 1 : kCombineWarps * rows_per_warp;
-  const dim3 combine_grid((rows_total + rows_per_block - 1) / rows_per_block, p.batch);
-  mla_combine_kernel<Elem><<<combine_grid, kCombineWarps * 32, 0, stream>>>(p, rows_per_warp, warps_share_row);
-  if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
-  return nullptr;
+  return launch_combine<Elem>(p, rows_total, stream);
 }
 
 }  // namespace decode_detail

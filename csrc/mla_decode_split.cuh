@@ -255,6 +255,7 @@ template <typename Elem>
 __global__ void __launch_bounds__(kThreads, 1)
     mla_decode_split_kernel(const __grid_constant__ MlaDecodeParams params, const __grid_constant__ CUtensorMap q_map,
                       const __grid_constant__ CUtensorMap kv_map) {
+  griddep_launch_dependents();  // the combine kernel may take SMs as CTAs exit (mla_decode_kernel.cu)
   extern __shared__ uint8_t smem_raw[];
   const AlignedSmem aligned = align_swizzle_atoms(smem_raw);
   const uint32_t smem_base = aligned.addr;

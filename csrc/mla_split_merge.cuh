@@ -26,36 +26,56 @@ __device__ __forceinline__ SplitRow split_row(const MlaDecodeParams& p, int batc
                   rows_total, grow};
 }
 
-// The row's merged lse (natural log), +inf when no split saw a key (the row is then written as zeros).
-__device__ __forceinline__ float merged_lse(const SplitRow& r, int lane) {
-  float max_lse = -INFINITY;
-  for (int k0 = 0; k0 < r.num_splits; k0 += 32)
-    if (k0 + lane < r.num_splits) max_lse = fmaxf(max_lse, r.lse_of(k0 + lane));
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) max_lse = fmaxf(max_lse, __shfl_xor_sync(0xffffffff, max_lse, off));
-  const bool empty = __shfl_sync(0xffffffff, r.num_splits == 0 || max_lse == -INFINITY, 0);
-  const float reference = empty ? 0.f : max_lse;
-  float sum = 0.f;
-  for (int k0 = 0; k0 < r.num_splits; k0 += 32)
-    if (k0 + lane < r.num_splits) sum += __expf(r.lse_of(k0 + lane) - reference);
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffff, sum, off);
-  return empty ? INFINITY : max_lse + __logf(sum);
+// The row's merged lse (natural log), +inf when no split saw a key (the row is then written as zeros). One pass
+// (running max and sum per lane, merged across the warp), the lse loads of up to 128 splits issued together: a
+// row's merge is a chain of L2 round trips, and this one takes one where the two-pass form took 2 x splits / 32.
+__device__ __forceinline__ void fold_lse(float& max_lse, float& sum, float x) {
+  if (x == -INFINITY) return;
+  const float m = fmaxf(max_lse, x);
+  sum = sum * __expf(max_lse - m) + __expf(x - m);
+  max_lse = m;
 }
 
-// acc += weight_k * partial_k for splits k = split_first, split_first + split_step, ... (this lane's 16 columns:
-// 4 (lane + 32 c) .. + 3 in acc[c]).
+__device__ __forceinline__ float merged_lse(const SplitRow& r, int lane) {
+  constexpr int kLoadsInFlight = 4;
+  float max_lse = -INFINITY, sum = 0.f;
+  for (int k0 = 0; k0 < r.num_splits; k0 += 32 * kLoadsInFlight) {
+    float x[kLoadsInFlight];
+#pragma unroll
+    for (int i = 0; i < kLoadsInFlight; ++i) {
+      const int k = k0 + 32 * i + lane;
+      x[i] = k < r.num_splits ? r.lse_of(k) : -INFINITY;
+    }
+#pragma unroll
+    for (int i = 0; i < kLoadsInFlight; ++i) fold_lse(max_lse, sum, x[i]);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    const float other_max = __shfl_xor_sync(0xffffffff, max_lse, off);
+    const float other_sum = __shfl_xor_sync(0xffffffff, sum, off);
+    const float m = fmaxf(max_lse, other_max);
+    if (m != -INFINITY) sum = sum * __expf(max_lse - m) + other_sum * __expf(other_max - m);
+    max_lse = m;
+  }
+  return max_lse == -INFINITY ? INFINITY : max_lse + __logf(sum);
+}
+
+// acc += weight_k * partial_k over this warp's splits k = split_first + split_step * j (this lane's 16 columns:
+// 4 (lane + 32 c) .. + 3 in acc[c]). Lane j holds the weight of the warp's j-th split (32 at a time), and the
+// partial rows are read 8 splits ahead, so that a warp with few splits of a long row waits for L2 about twice.
 __device__ __forceinline__ void accumulate_splits(float4 (&acc)[4], const MlaDecodeParams& p, const SplitRow& r,
                                                   float lse_value, int split_first, int split_step, int lane) {
   if (__shfl_sync(0xffffffff, lse_value == INFINITY, 0)) return;
-  for (int k0 = 0; k0 < r.num_splits; k0 += 32) {
-    // Split k0 + lane's weight in this lane, handed out by shuffles.
-    const float my_weight = k0 + lane < r.num_splits ? __expf(r.lse_of(k0 + lane) - lse_value) : 0.f;
-    const int count = min(32, r.num_splits - k0);
-#pragma unroll 4
-    for (int kk = split_first; kk < count; kk += split_step) {
-      const float weight = __shfl_sync(0xffffffff, my_weight, kk);  // kk is warp-uniform
-      const int64_t row = static_cast<int64_t>(r.split_base + k0 + kk) * r.rows_total + r.grow;
+  const int mine = r.num_splits > split_first ? (r.num_splits - split_first + split_step - 1) / split_step : 0;
+  for (int j0 = 0; j0 < mine; j0 += 32) {
+    const float my_weight =
+        j0 + lane < mine ? __expf(r.lse_of(split_first + split_step * (j0 + lane)) - lse_value) : 0.f;
+    const int count = min(32, mine - j0);
+#pragma unroll 8
+    for (int jj = 0; jj < count; ++jj) {
+      const float weight = __shfl_sync(0xffffffff, my_weight, jj);  // jj is warp-uniform
+      const int64_t row =
+          static_cast<int64_t>(r.split_base + split_first + split_step * (j0 + jj)) * r.rows_total + r.grow;
       const float4* part = reinterpret_cast<const float4*>(p.o_accum + row * kHeadDimV) + lane;
 #pragma unroll
       for (int c = 0; c < 4; ++c) {

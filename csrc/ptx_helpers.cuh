@@ -99,6 +99,12 @@ __device__ __forceinline__ void fence_operands(uint32_t (&regs)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+r"(regs[i])::"memory");
 }
 
+// Programmatic dependent launch: the decode kernel lets the combine kernel be scheduled early (its blocks take
+// SMs as decode CTAs exit, and those with nothing to merge are done before the decode kernel ends); the combine
+// kernel waits for the decode grid's completion and memory before it reads partials. No-ops without PDL.
+__device__ __forceinline__ void griddep_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+__device__ __forceinline__ void griddep_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
 template <uint32_t RegCount>
 __device__ __forceinline__ void setmaxnreg_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(RegCount));
