@@ -73,11 +73,17 @@ def bench(batch, length, s_q, h_q):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--check-only", action="store_true")
-    parser.add_argument("--profile-one", default=None, help="b,L,s_q,h_q: run that config a few times (for ncu)")
+    parser.add_argument("--profile-one", default=None,
+                        help="b,L,s_q,h_q (or L1:L2:..,s_q,h_q for given lengths): run that config a few times (for ncu)")
     args = parser.parse_args()
     if args.profile_one:
-        batch, length, s_q, h_q = (int(v) for v in args.profile_one.split(","))
-        q, k_cache, block_table, seqlens = make_inputs([length] * batch, s_q, h_q, torch.bfloat16)
+        fields = args.profile_one.split(",")
+        if len(fields) == 3:
+            lengths, s_q, h_q = [int(v) for v in fields[0].split(":")], int(fields[1]), int(fields[2])
+        else:
+            batch, length, s_q, h_q = (int(v) for v in fields)
+            lengths = [length] * batch
+        q, k_cache, block_table, seqlens = make_inputs(lengths, s_q, h_q, torch.bfloat16)
         for _ in range(3):
             run_kernel(q, k_cache, block_table, seqlens, True)
         torch.cuda.synchronize()
