@@ -129,13 +129,16 @@ def test_long_contexts(lengths, s_q, h_q, dtype):
     check_case(lengths, s_q, h_q, dtype, causal=True, seed=11)
 
 
-@pytest.mark.parametrize("merge", ["combine", "inline"])
+@pytest.mark.parametrize("merge", ["combine", "combine_plain_launch", "inline"])
 @pytest.mark.parametrize("lengths", [[32768, 1, 17000, 32000], [(i * 37) % 300 for i in range(128)],
                                      [4096] * 64], ids=["mixed32K", "short128", "equal64"])
 @pytest.mark.parametrize("s_q,h_q", [(1, 16), (2, 128)])
 def test_merge_paths(monkeypatch, lengths, s_q, h_q, merge):
-    # HF_FLASHMLA_MERGE: who merges split sequences, the combine kernel (default) or the decode kernel itself.
-    monkeypatch.setenv("HF_FLASHMLA_MERGE", merge)
+    # HF_FLASHMLA_MERGE: who merges split sequences, the combine kernel (default) or the decode kernel itself;
+    # HF_FLASHMLA_PDL=0: the combine kernel in plain stream order instead of as a programmatic dependent.
+    monkeypatch.setenv("HF_FLASHMLA_MERGE", "inline" if merge == "inline" else "combine")
+    if merge == "combine_plain_launch":
+        monkeypatch.setenv("HF_FLASHMLA_PDL", "0")
     check_case(lengths, s_q, h_q, torch.bfloat16, causal=True, seed=13)
 
 
