@@ -24,18 +24,16 @@ namespace decode_detail {
 //    every block costs its launch even when it exits at once (one block per row cost ~20 us at b = 128,
 //    s_q * h_q = 256, and 160 us at b = 1024; run 27);
 //  - mla_combine_shared_row_kernel where sequences are split many ways (parts >= 8 * batch) and rows are few
-//    (batch * s_q * h_q <= kCombineMaxBlocks): one block per quarter row (128 columns), its 16 warps taking every
-//    16th split and adding up through shared memory, so a row split over ~100 parts is a few L2 round trips per
-//    warp and its partials are read by four SMs (b = 4 with a 45K context: 14 us with a block of 4 warps per row
-//    and the two-pass lse, run 68; 8 us with 16 warps per row, run 69). At 2-3 splits per sequence a block per
-//    row was ~1% slower (run 34).
+//    (batch * s_q * h_q <= kCombineMaxBlocks): one block per row, its 16 warps taking every 16th split and adding
+//    up through shared memory, so a row split over ~100 parts is a few L2 round trips per warp (b = 4 with a 45K
+//    context: 14 us with 4 warps and the two-pass lse, run 68). At 2-3 splits per sequence a block per row was
+//    ~1% slower (run 34).
 // Sequences with one split exit at once (the decode kernel wrote them), before waiting for the decode grid: both
 // are launched as programmatic dependents of it (launch_combine), so those blocks cost nothing on the critical path.
 // Runs after either decode kernel unless the seesaw kernel merges in-kernel (HF_FLASHMLA_MERGE=inline, opt-in:
 // merge_inline_requested below).
 constexpr int kCombineWarps = 4;
 constexpr int kSharedRowWarps = 16;
-constexpr int kColumnSlices = 4;
 constexpr int kCombineMaxBlocks = 4096;
 
 __device__ __forceinline__ bool sequence_was_written_whole(const MlaDecodeParams& p, int batch) {
@@ -58,20 +56,22 @@ __global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_rows_kernel(co
 
 template <typename Elem>
 __global__ void __launch_bounds__(kSharedRowWarps * 32) mla_combine_shared_row_kernel(const MlaDecodeParams p) {
-  constexpr int kSliceVecs = kHeadDimV / 4 / kColumnSlices;  // float4 columns per slice: one per lane
-  static_assert(kSliceVecs == 32, "a slice is one float4 per lane");
-  __shared__ float4 shared_acc[kSharedRowWarps][kSliceVecs];
-  const int batch = blockIdx.y, grow = blockIdx.x / kColumnSlices, slice = blockIdx.x % kColumnSlices;
+  __shared__ float4 shared_acc[kSharedRowWarps][kHeadDimV / 4];
+  const int batch = blockIdx.y, grow = blockIdx.x;
   if (sequence_was_written_whole(p, batch) || grow >= p.s_q * p.h_q) return;
   griddep_wait();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const SplitRow r = split_row(p, batch, grow);
   const float lse_value = merged_lse(r, lane);
-  float4 acc[1] = {make_float4(0.f, 0.f, 0.f, 0.f)};
-  accumulate_splits(acc, p, r, lse_value, warp, kSharedRowWarps, lane, slice * kSliceVecs);
-  shared_acc[warp][lane] = acc[0];
+  float4 acc[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+  accumulate_splits(acc, p, r, lse_value, warp, kSharedRowWarps, lane);
+#pragma unroll
+  for (int c = 0; c < 4; ++c) shared_acc[warp][lane + 32 * c] = acc[c];
   __syncthreads();
-  if (threadIdx.x >= kSliceVecs) return;
+  if (threadIdx.x >= kHeadDimV / 4) return;
+  // Thread t sums columns 4t .. 4t + 3 over the warps.
   float4 total = shared_acc[0][threadIdx.x];
 #pragma unroll
   for (int w = 1; w < kSharedRowWarps; ++w) {
@@ -81,9 +81,9 @@ __global__ void __launch_bounds__(kSharedRowWarps * 32) mla_combine_shared_row_k
     total.z += v.z;
     total.w += v.w;
   }
-  *reinterpret_cast<uint2*>(out_row_of<Elem>(p, batch, grow) + 4 * (slice * kSliceVecs + threadIdx.x)) =
+  *reinterpret_cast<uint2*>(out_row_of<Elem>(p, batch, grow) + 4 * threadIdx.x) =
       make_uint2(ElemTraits<Elem>::pack(total.x, total.y), ElemTraits<Elem>::pack(total.z, total.w));
-  if (threadIdx.x == 0 && slice == 0) store_merged_lse(p, batch, grow, lse_value);
+  if (threadIdx.x == 0) store_merged_lse(p, batch, grow, lse_value);
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
@@ -161,7 +161,7 @@ const char* launch_combine(const MlaDecodeParams& p, int rows_total, cudaStream_
   config.numAttrs = programmatic_combine_launch() ? 1 : 0;
   cudaError_t error;
   if (p.num_parts >= 8 * p.batch && static_cast<int64_t>(p.batch) * rows_total <= kCombineMaxBlocks) {
-    config.gridDim = dim3(rows_total * kColumnSlices, p.batch);
+    config.gridDim = dim3(rows_total, p.batch);
     config.blockDim = dim3(kSharedRowWarps * 32);
     error = cudaLaunchKernelEx(&config, mla_combine_shared_row_kernel<Elem>, p);
   } else {

@@ -60,14 +60,11 @@ __device__ __forceinline__ float merged_lse(const SplitRow& r, int lane) {
   return max_lse == -INFINITY ? INFINITY : max_lse + __logf(sum);
 }
 
-// acc += weight_k * partial_k over this warp's splits k = split_first + split_step * j, for this lane's columns
-// 4 (vec0 + lane + 32 c) .. + 3 in acc[c], c < kVecs (kVecs = 4, vec0 = 0: the whole 512-column row). Lane j holds
-// the weight of the warp's j-th split (32 at a time), and the partial rows are read 8 splits ahead, so that a warp
-// with few splits of a long row waits for L2 about twice.
-template <int kVecs>
-__device__ __forceinline__ void accumulate_splits(float4 (&acc)[kVecs], const MlaDecodeParams& p, const SplitRow& r,
-                                                  float lse_value, int split_first, int split_step, int lane,
-                                                  int vec0 = 0) {
+// acc += weight_k * partial_k over this warp's splits k = split_first + split_step * j (this lane's 16 columns:
+// 4 (lane + 32 c) .. + 3 in acc[c]). Lane j holds the weight of the warp's j-th split (32 at a time), and the
+// partial rows are read 8 splits ahead, so that a warp with few splits of a long row waits for L2 about twice.
+__device__ __forceinline__ void accumulate_splits(float4 (&acc)[4], const MlaDecodeParams& p, const SplitRow& r,
+                                                  float lse_value, int split_first, int split_step, int lane) {
   if (__shfl_sync(0xffffffff, lse_value == INFINITY, 0)) return;
   const int mine = r.num_splits > split_first ? (r.num_splits - split_first + split_step - 1) / split_step : 0;
   for (int j0 = 0; j0 < mine; j0 += 32) {
@@ -79,9 +76,9 @@ __device__ __forceinline__ void accumulate_splits(float4 (&acc)[kVecs], const Ml
       const float weight = __shfl_sync(0xffffffff, my_weight, jj);  // jj is warp-uniform
       const int64_t row =
           static_cast<int64_t>(r.split_base + split_first + split_step * (j0 + jj)) * r.rows_total + r.grow;
-      const float4* part = reinterpret_cast<const float4*>(p.o_accum + row * kHeadDimV) + vec0 + lane;
+      const float4* part = reinterpret_cast<const float4*>(p.o_accum + row * kHeadDimV) + lane;
 #pragma unroll
-      for (int c = 0; c < kVecs; ++c) {
+      for (int c = 0; c < 4; ++c) {
         const float4 v = __ldcg(part + 32 * c);
         acc[c].x += weight * v.x;
         acc[c].y += weight * v.y;
