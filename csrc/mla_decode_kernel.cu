@@ -26,8 +26,8 @@ namespace decode_detail {
 //  - mla_combine_shared_row_kernel where sequences are split many ways (parts >= 8 * batch) and rows are few
 //    (batch * s_q * h_q <= kCombineMaxBlocks): one block per row, its 16 warps taking every 16th split and adding
 //    up through shared memory, so a row split over ~100 parts is a few L2 round trips per warp (b = 4 with a 45K
-//    context: 14 us with 4 warps and the two-pass lse, run 68). At 2-3 splits per sequence a block per row was
-//    ~1% slower (run 34).
+//    context: 14 us with 4 warps and the two-pass lse, run 68; 8.3 us like this, run 69; 19 us with a block per
+//    quarter row, run 71). At 2-3 splits per sequence a block per row was ~1% slower (run 34).
 // Sequences with one split exit at once (the decode kernel wrote them), before waiting for the decode grid: both
 // are launched as programmatic dependents of it (launch_combine), so those blocks cost nothing on the critical path.
 // Runs after either decode kernel unless the seesaw kernel merges in-kernel (HF_FLASHMLA_MERGE=inline, opt-in:
@@ -144,7 +144,8 @@ int prefetch_pairs_for(int num_m_blocks) {
   return num_m_blocks == 2 ? 1 : 0;
 }
 
-// HF_FLASHMLA_PDL=0 launches the combine kernel in plain stream order (for A/B timing; read at every launch).
+// HF_FLASHMLA_PDL=0 launches the combine kernel in plain stream order (for A/B timing; read at every launch, a CUDA
+// graph keeps what it captured).
 bool programmatic_combine_launch() {
   const char* choice = std::getenv("HF_FLASHMLA_PDL");
   return choice == nullptr || std::strcmp(choice, "0") != 0;
@@ -166,8 +167,8 @@ const char* launch_combine(const MlaDecodeParams& p, int rows_total, cudaStream_
     error = cudaLaunchKernelEx(&config, mla_combine_shared_row_kernel<Elem>, p);
   } else {
     int rows_per_warp = 1;
-    auto blocks = [&](int rows_per_warp) {
-      const int rows_per_block = kCombineWarps * rows_per_warp;
+    auto blocks = [&](int per_warp) {
+      const int rows_per_block = kCombineWarps * per_warp;
       return static_cast<int64_t>(p.batch) * ((rows_total + rows_per_block - 1) / rows_per_block);
     };
     while (rows_per_warp < 64 && blocks(rows_per_warp) > kCombineMaxBlocks) rows_per_warp *= 2;
