@@ -17,9 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernel import flushed_event_median_ms  # noqa: E402
 from gpu_monitor import GpuMonitor  # noqa: E402
-from hf_flashmla import schedule  # noqa: E402
-from scripts.kernel_breakdown import parse  # noqa: E402
-from scripts.kernel_smoke import decode_call, make_inputs  # noqa: E402
+from scripts.kernel_breakdown import named_call  # noqa: E402
 
 DEFAULT = "b128_L8192_sq2_h128,b128_L16384_sq2_h128,b128_L16384_sq1_h128,b64_L8192_sq2_h128,b128_L16384_sq1_h16"
 
@@ -45,13 +43,7 @@ def flushed_median(call, flush, repeats=100):
 
 
 def probe(name, seconds, monitor, flush):
-    batch, length, s_q, h_q = parse(name)
-    q, k_cache, block_table, seqlens = make_inputs([length] * batch, s_q, h_q, torch.bfloat16)
-    meta, splits = schedule.compute_schedule(seqlens, s_q * h_q, 1)
-    call = decode_call(q, k_cache, block_table, seqlens, meta, splits)
-    for _ in range(5):
-        call()
-    torch.cuda.synchronize()
+    call, _, _ = named_call(name)
     flushed_before = flushed_median(call, flush)
     monitor.start()
     per_call = timed_loop(call, seconds)

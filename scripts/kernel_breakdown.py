@@ -36,25 +36,40 @@ def short_kernel_names(per_kernel):
                      sorted(per_kernel.items(), key=lambda kv: -kv[1]))
 
 
-def breakdown(name, iters=20):
-    batch, length, s_q, h_q = parse(name)
-    q, k_cache, block_table, seqlens = make_inputs([length] * batch, s_q, h_q, torch.bfloat16)
+def warm_call(lengths, s_q, h_q):
+    """(call, meta, splits): the compiled op on random inputs under get_mla_metadata's schedule, warmed up."""
+    q, k_cache, block_table, seqlens = make_inputs(lengths, s_q, h_q, torch.bfloat16)
     meta, splits = schedule.compute_schedule(seqlens, s_q * h_q, 1)
     call = decode_call(q, k_cache, block_table, seqlens, meta, splits)
     for _ in range(5):
         call()
     torch.cuda.synchronize()
+    return call, meta, splits
+
+
+def named_call(name):
+    """warm_call for a main-table name such as b128_L8192_sq2_h128 (equal lengths)."""
+    batch, length, s_q, h_q = parse(name)
+    return warm_call([length] * batch, s_q, h_q)
+
+
+def back_to_back_us(call, iters=20):
+    """GPU time per call of `iters` calls in a row (CUDA events around them all)."""
     start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(iters):
         call()
     stop.record()
     torch.cuda.synchronize()
-    wall_us = start.elapsed_time(stop) * 1e3 / iters
-    per_kernel = gpu_us_per_kernel(call, iters)
-    parts = short_kernel_names(per_kernel)
+    return start.elapsed_time(stop) * 1e3 / iters
+
+
+def breakdown(name, iters=20):
+    call, meta, splits = named_call(name)
+    wall_us = back_to_back_us(call, iters)
+    parts = short_kernel_names(gpu_us_per_kernel(call, iters))
     print(f"{name:26s} back-to-back {wall_us:8.1f} us/call | GPU us/call: {parts} | parts {meta.shape[0]}, "
-          f"splits {int(splits[-1])} for {batch} sequences")
+          f"splits {int(splits[-1])} for {splits.shape[0] - 1} sequences")
 
 
 def main():

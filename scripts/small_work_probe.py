@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hf_flashmla import schedule  # noqa: E402
 from scripts.bench_kernel import flushed_event_median_ms  # noqa: E402
-from scripts.kernel_breakdown import gpu_us_per_kernel, short_kernel_names  # noqa: E402
+from scripts.kernel_breakdown import back_to_back_us, gpu_us_per_kernel, short_kernel_names  # noqa: E402
 from scripts.kernel_smoke import decode_call, make_inputs  # noqa: E402
 
 # name: (lengths, s_q, h_q)
@@ -24,16 +24,6 @@ CONFIGS = {
     "b16_sq16_1K_h16": ([1024] * 16, 16, 16),
     "b64_L4096_sq1_h16": ([4096] * 64, 1, 16),
 }
-
-
-def back_to_back_us(call, iters=50):
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        call()
-    stop.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(stop) * 1e3 / iters
 
 
 def main():
@@ -51,7 +41,7 @@ def main():
             for _ in range(5):
                 call()
             flushed = flushed_event_median_ms(call, flush, 100) * 1e3
-            warm = back_to_back_us(call)
+            warm = back_to_back_us(call, 50)
             kernels = short_kernel_names(gpu_us_per_kernel(call))
             print(f"{name:20s} sms {num_sms:3d}: parts {meta.shape[0]:3d}, splits {int(splits[-1]):3d} | flushed "
                   f"{flushed:6.1f} us, back-to-back {warm:6.1f} us | GPU us/call: {kernels}", flush=True)
