@@ -1,5 +1,7 @@
 """Where one decode call's time goes: GPU time per kernel (decode, combine, schedule) from the PyTorch
 profiler, next to the call's wall time, for a few configs. Device-only; a diagnostic, not a benchmark.
+The combine kernel is launched as a programmatic dependent of the decode kernel, so its GPU time here includes
+its wait for the decode grid (run 73: 220 us at b128 L8K s2 h128); HF_FLASHMLA_PDL=0 times the two apart.
 
     python3 scripts/kernel_breakdown.py [--configs b64_L4096_sq1_h16,b128_L16384_sq2_h128]
 """

@@ -1,7 +1,8 @@
 """Device diagnostic: where the time of small decode workloads goes (the extra workloads of BENCHMARKS.md, where
 published peers beat FlashMLA), and how it moves when the schedule uses fewer parts (fewer, longer splits:
 less partial traffic and combine work, less parallelism). Per config and part count: the flushed median time
-of the benchmark protocol, back-to-back time, and GPU time per kernel. Not a benchmark.
+of the benchmark protocol, back-to-back time, and GPU time per kernel (the combine's includes its wait for the
+decode grid unless HF_FLASHMLA_PDL=0). Not a benchmark.
 
     python3 scripts/small_work_probe.py [--sms 132,99,66,44]
 """
