@@ -166,14 +166,15 @@ const char* launch_combine(const MlaDecodeParams& p, int rows_total, cudaStream_
     config.blockDim = dim3(kSharedRowWarps * 32);
     error = cudaLaunchKernelEx(&config, mla_combine_shared_row_kernel<Elem>, p);
   } else {
-    int rows_per_warp = 1;
-    auto blocks = [&](int per_warp) {
-      const int rows_per_block = kCombineWarps * per_warp;
-      return static_cast<int64_t>(p.batch) * ((rows_total + rows_per_block - 1) / rows_per_block);
+    auto blocks_per_sequence = [&](int rows_per_warp) {
+      const int rows_per_block = kCombineWarps * rows_per_warp;
+      return (rows_total + rows_per_block - 1) / rows_per_block;
     };
-    while (rows_per_warp < 64 && blocks(rows_per_warp) > kCombineMaxBlocks) rows_per_warp *= 2;
-    const int rows_per_block = kCombineWarps * rows_per_warp;
-    config.gridDim = dim3((rows_total + rows_per_block - 1) / rows_per_block, p.batch);
+    int rows_per_warp = 1;
+    while (rows_per_warp < 64 &&
+           static_cast<int64_t>(p.batch) * blocks_per_sequence(rows_per_warp) > kCombineMaxBlocks)
+      rows_per_warp *= 2;
+    config.gridDim = dim3(blocks_per_sequence(rows_per_warp), p.batch);
     config.blockDim = dim3(kCombineWarps * 32);
     error = cudaLaunchKernelEx(&config, mla_combine_rows_kernel<Elem>, p, rows_per_warp);
   }
