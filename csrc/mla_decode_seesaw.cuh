@@ -120,9 +120,14 @@ __device__ __forceinline__ void seesaw_prefetch_pair(const MlaDecodeParams& p, c
 }
 
 #ifdef HF_FLASHMLA_TIMELINE
-// Producer side of the debug timeline (pairs 8..11 of CTA (0, 0)'s first item): SM clock before the pair's first
-// group wait and after issuing each of its four groups (stage 0 g0, g1, stage 1 g0, g1).
-__device__ long long g_seesaw_producer[4][5];
+// The traced pairs: kTracePairs from the HF_FLASHMLA_TRACE_FROM-th of CTA (0, 0), counted across its items.
+#ifndef HF_FLASHMLA_TRACE_FROM
+#define HF_FLASHMLA_TRACE_FROM 8
+#endif
+constexpr int kTracePairs = 8;
+// Producer side of the debug timeline: SM clock before the pair's first group wait and after issuing each of its
+// four groups (stage 0 g0, g1, stage 1 g0, g1).
+__device__ long long g_seesaw_producer[kTracePairs][5];
 #endif
 
 __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, const CUtensorMap* q_map,
@@ -131,6 +136,9 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
                                                      const SeesawBarriers& bars, uint32_t q_smem, uint32_t kv_smem,
                                                      int m_block) {
   uint32_t item_count = 0, uses0 = 0, uses1 = 0;
+#ifdef HF_FLASHMLA_TIMELINE
+  int pair_serial = 0;
+#endif
   for (int k = 0; k < walker.num_items(); ++k) {
     const int batch = walker.batch_at(k, p.inline_merge);
     WorkItem w = walker.item(batch);
@@ -152,8 +160,8 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
       const int page_a = page_of(blk);
       const int page_b = has_b ? page_of(blk + 1) : -1;
 #ifdef HF_FLASHMLA_TIMELINE
-      const int pair_index = (blk - w.start_block) / 2;
-      const bool trace = blockIdx.x == 0 && blockIdx.y == 0 && item_count == 1 && pair_index >= 8 && pair_index < 12;
+      const int pair_index = pair_serial++ - HF_FLASHMLA_TRACE_FROM;
+      const bool trace = blockIdx.x == 0 && blockIdx.y == 0 && pair_index >= 0 && pair_index < kTracePairs;
       long long issued[5];
 #define SEESAW_PRODUCER_MARK(i) issued[i] = clock64()
 #else
@@ -172,7 +180,7 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
       if (p.prefetch_pairs > 0) seesaw_prefetch_pair(p, page_of, blk + 2 * p.prefetch_pairs, w.stop_block, m_block);
 #ifdef HF_FLASHMLA_TIMELINE
       if (trace)  // printed after the loop: a printf here would delay the next pairs' loads
-        for (int i = 0; i < 5; ++i) g_seesaw_producer[pair_index - 8][i] = issued[i];
+        for (int i = 0; i < 5; ++i) g_seesaw_producer[pair_index][i] = issued[i];
 #endif
       ++uses0;
       if (has_b) ++uses1;
@@ -180,8 +188,9 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
   }
 #ifdef HF_FLASHMLA_TIMELINE
   if (blockIdx.x == 0 && blockIdx.y == 0)
-    for (int k = 0; k < 4; ++k)
-      printf("producer pair %d: %lld %lld %lld %lld %lld\n", k + 8, g_seesaw_producer[k][0], g_seesaw_producer[k][1],
+    for (int k = 0; k < kTracePairs; ++k)
+      printf("producer pair %d: %lld %lld %lld %lld %lld\n", k + HF_FLASHMLA_TRACE_FROM, g_seesaw_producer[k][0],
+             g_seesaw_producer[k][1],
              g_seesaw_producer[k][2], g_seesaw_producer[k][3], g_seesaw_producer[k][4]);
 #endif
 }
@@ -349,10 +358,11 @@ __device__ __forceinline__ void seesaw_pv_smem(float (&o)[128], uint32_t p_smem,
 }
 
 // Debug timeline (build with -DHF_FLASHMLA_TIMELINE, e.g. NVCC_APPEND_FLAGS): CTA (0, 0) prints the SM clock at
-// seven points of pairs 8..11 of its first sequence range, per warpgroup (scripts/seesaw_timeline.sh).
+// seven points of kTracePairs pairs from its HF_FLASHMLA_TRACE_FROM-th (pairs counted across items, so that a
+// window can span an item boundary), per warpgroup (scripts/seesaw_timeline.sh).
 #ifdef HF_FLASHMLA_TIMELINE
 #define SEESAW_MARK(i) marks[i] = clock64()  // every thread: a lane-dependent branch here would serialise wgmma
-__device__ long long g_seesaw_timeline[2][4][7];
+__device__ long long g_seesaw_timeline[2][kTracePairs][7];
 // Per item of CTA (0, 0) (first kTraceItems): 0 item start, 1 Q landed, 2 last pair done, 3 row sums exchanged,
 // 4 tile stored (issued).
 constexpr int kTraceItems = 6;
@@ -428,6 +438,9 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
 
   uint32_t item_count = 0, uses0 = 0, uses1 = 0;
+#ifdef HF_FLASHMLA_TIMELINE
+  int pair_serial = 0;
+#endif
   for (int k = 0; k < walker.num_items(); ++k) {
     const int batch = walker.batch_at(k, p.inline_merge);
     WorkItem w = walker.item(batch);
@@ -470,10 +483,10 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       float s[32];
       uint32_t p_regs[16];
 #ifdef HF_FLASHMLA_TIMELINE
-      const int pair_index = (blk - w.start_block) / 2;
+      const int pair_index = pair_serial++ - HF_FLASHMLA_TRACE_FROM;
       // Warp-uniform through a shuffle (a lane-dependent branch would serialise wgmma); every lane of warp 0 prints.
-      const bool trace = __shfl_sync(0xffffffff, blockIdx.x == 0 && blockIdx.y == 0 && item_count == 0 &&
-                                                     t.warp_in_wg == 0 && pair_index >= 8 && pair_index < 12, 0);
+      const bool trace = __shfl_sync(0xffffffff, blockIdx.x == 0 && blockIdx.y == 0 && t.warp_in_wg == 0 &&
+                                                     pair_index >= 0 && pair_index < kTracePairs, 0);
       long long marks[7] = {0, 0, 0, 0, 0, 0, 0};
 #endif
       SEESAW_MARK(0);
@@ -600,7 +613,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
 
 #ifdef HF_FLASHMLA_TIMELINE
       if (trace)  // stores only: a printf call here would serialise the wgmma around it; printed at the end
-        for (int i = 0; i < 7; ++i) g_seesaw_timeline[wg][pair_index - 8][i] = marks[i];
+        for (int i = 0; i < 7; ++i) g_seesaw_timeline[wg][pair_index][i] = marks[i];
 #endif
       ++uses0;
       if (has_b) ++uses1;
@@ -635,8 +648,9 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
   if (p.inline_merge) write_empty_sequences<Elem>(p, blockIdx.y, m_block, threadIdx.x);
 #ifdef HF_FLASHMLA_TIMELINE
   if (blockIdx.x == 0 && blockIdx.y == 0 && t.warp_in_wg == 0 && t.lane == 0)
-    for (int k = 0; k < 4; ++k)
-      printf("timeline wg%d pair %d: %lld %lld %lld %lld %lld %lld %lld\n", wg, k + 8, g_seesaw_timeline[wg][k][0],
+    for (int k = 0; k < kTracePairs; ++k)
+      printf("timeline wg%d pair %d: %lld %lld %lld %lld %lld %lld %lld\n", wg, k + HF_FLASHMLA_TRACE_FROM,
+             g_seesaw_timeline[wg][k][0],
              g_seesaw_timeline[wg][k][1], g_seesaw_timeline[wg][k][2], g_seesaw_timeline[wg][k][3],
              g_seesaw_timeline[wg][k][4], g_seesaw_timeline[wg][k][5], g_seesaw_timeline[wg][k][6]);
   if (blockIdx.x == 0 && blockIdx.y == 0 && t.warp_in_wg == 0 && t.lane == 0)
