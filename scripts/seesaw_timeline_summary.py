@@ -76,7 +76,10 @@ def main(path):
     for (wg, k), runs in sorted(items.items()):
         marks = runs[-1]
         d = [marks[i + 1] - marks[i] for i in range(4)]
-        print(f"  wg{wg} item {k}: q wait {d[0]:6d} clk, pairs {d[1]:7d}, sum exchange {d[2]:5d}, store {d[3]:5d}")
+        # From the previous item's stored tile to this item's start: reading what the item needs (run 75: ~1800).
+        previous = items.get((wg, k - 1))
+        gap = f", gap before {marks[0] - previous[-1][4]:5d}" if previous and len(previous) == len(runs) else ""
+        print(f"  wg{wg} item {k}: q wait {d[0]:6d} clk, pairs {d[1]:7d}, sum exchange {d[2]:5d}, store {d[3]:5d}{gap}")
 
 
 if __name__ == "__main__":
