@@ -139,16 +139,23 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
 #ifdef HF_FLASHMLA_TIMELINE
   int pair_serial = 0;
 #endif
-  for (int k = 0; k < walker.num_items(); ++k) {
-    const int batch = walker.batch_at(k, p.inline_merge);
-    WorkItem w = walker.item(batch);
-    if (w.stop_block <= w.start_block) continue;
+  auto load_q = [&](int batch) {
     mbarrier_wait(bars.q_empty, (item_count & 1) ^ 1);
     mbarrier_arrive_expect_tx(bars.q_full, kTileBytes);
 #pragma unroll
     for (int c = 0; c < kNumChunks; ++c)
       tma_load_3d(q_smem + c * kChunkBytes, q_map, bars.q_full, c * kChunkCols, m_block * kTileRows, batch);
     ++item_count;
+  };
+  for (int k = 0; k < walker.num_items(); ++k) {
+    const int batch = walker.batch_at(k, p.inline_merge);
+    // The first item's Q goes out before its length is read: at kernel start that dependent load comes from a cold
+    // L2 and delayed the first Q K^T by ~1500 clocks. Should the item be empty, the consumers still take this Q
+    // phase (they wait for it and release it), so both sides count Q loads alike.
+    if (k == 0) load_q(batch);
+    WorkItem w = walker.item(batch);
+    if (w.stop_block <= w.start_block) continue;
+    if (k != 0) load_q(batch);
     const int* table_row = p.block_table + static_cast<int64_t>(batch) * p.block_table_stride;
     // Never read past the block table's row; an out-of-pool page id makes TMA fill zeros, not fault.
     auto page_of = [&](int blk) { return blk < p.max_blocks_per_seq ? __ldg(table_row + blk) : -1; };
@@ -463,7 +470,14 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
     const ItemPlan plan = next_plan;
     if (k + 1 < num_items) next_plan = load_item_plan(p, walker, k + 1);
     const WorkItem& w = plan.w;
-    if (w.stop_block <= w.start_block) continue;
+    if (w.stop_block <= w.start_block) {
+      if (k == 0) {  // the producer loaded the first item's Q before it knew the item was empty: release it
+        mbarrier_wait(bars.q_full, item_count & 1);
+        if (t.lane == 0) mbarrier_arrive(bars.q_empty);
+        ++item_count;
+      }
+      continue;
+    }
     const int batch = w.batch;
     const int seqlen = plan.seqlen;
     const OutputSlot& slot = plan.slot;
