@@ -11,6 +11,11 @@ for r in 1 2; do for v in default balanced; do
   el "$v $r"; HF_FLASHMLA_PDL=0 timeout 60 python3 scripts/kernel_breakdown.py --configs b128_L8192_sq2_h128,b128_L4096_sq2_h128 2>&1 | grep -v -i warn
   unset HF_FLASHMLA_SPLIT_COMBINE_PAGES
 done; done
-el timeline default; timeout 150 bash scripts/seesaw_timeline.sh 128,8192,2,128 2>&1 | grep -E "item|launch|per CTA|mean duration"
-export HF_FLASHMLA_SPLIT_COMBINE_PAGES=-1000000000000
-el timeline balanced; timeout 150 bash scripts/seesaw_timeline.sh 128,8192,2,128 2>&1 | grep -E "item|launch|per CTA|mean duration|fit"
+el timeline build; HF_FLASHMLA_NVCC_FLAGS="-DHF_FLASHMLA_TIMELINE" HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace > /tmp/tl_build.log 2>&1 || { echo TIMELINE BUILD FAILED; exit 1; }
+for v in default balanced; do
+  [ $v = balanced ] && export HF_FLASHMLA_SPLIT_COMBINE_PAGES=-1000000000000
+  el "timeline $v"; timeout 100 python3 scripts/kernel_smoke.py --profile-one 128,8192,2,128 > /tmp/tl_$v.log 2>&1 || tail -3 /tmp/tl_$v.log
+  python3 scripts/seesaw_timeline_summary.py /tmp/tl_$v.log; cp /tmp/tl_$v.log $OUT/
+  unset HF_FLASHMLA_SPLIT_COMBINE_PAGES
+done
+el done
