@@ -153,19 +153,24 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
     // L2 and delayed the first Q K^T by ~1500 clocks. Should the item be empty, the consumers still take this Q
     // phase (they wait for it and release it), so both sides count Q loads alike.
     if (k == 0) load_q(batch);
-    WorkItem w = walker.item(batch);
-    if (w.stop_block <= w.start_block) continue;
-    if (k != 0) load_q(batch);
     const int* table_row = p.block_table + static_cast<int64_t>(batch) * p.block_table_stride;
     // Never read past the block table's row; an out-of-pool page id makes TMA fill zeros, not fault.
     auto page_of = [&](int blk) { return blk < p.max_blocks_per_seq ? __ldg(table_row + blk) : -1; };
+    // The first pair's page ids are read next to the item's length, not after it: one dependent load less before
+    // the item's first page goes out (at kernel start both come from a cold L2). Unused if the item is shorter.
+    const int first_block = batch == walker.begin_batch ? walker.begin_block : 0;
+    const int first_page_a = page_of(first_block), first_page_b = page_of(first_block + 1);
+    WorkItem w = walker.item(batch);
+    if (w.stop_block <= w.start_block) continue;
+    if (k != 0) load_q(batch);
     // The pairs that the loop's look-ahead starts past.
     for (int blk = w.start_block + 2; blk < w.start_block + 2 * p.prefetch_pairs; blk += 2)
       seesaw_prefetch_pair(p, page_of, blk, w.stop_block, m_block);
     for (int blk = w.start_block; blk < w.stop_block; blk += 2) {
       const bool has_b = blk + 1 < w.stop_block;
-      const int page_a = page_of(blk);
-      const int page_b = has_b ? page_of(blk + 1) : -1;
+      const bool first_pair = blk == first_block;
+      const int page_a = first_pair ? first_page_a : page_of(blk);
+      const int page_b = has_b ? (first_pair ? first_page_b : page_of(blk + 1)) : -1;
 #ifdef HF_FLASHMLA_TIMELINE
       const int pair_index = pair_serial++ - HF_FLASHMLA_TRACE_FROM;
       const bool trace = blockIdx.x == 0 && blockIdx.y == 0 && pair_index >= 0 && pair_index < kTracePairs;
