@@ -1,6 +1,8 @@
 """Summarises the debug timeline printed by the seesaw kernel (-DHF_FLASHMLA_TIMELINE, scripts/seesaw_timeline.sh):
 per launch, when the CTAs start and end (global ns) and how their durations relate to their items and pages;
-per item of CTA (0, 0), the SM clocks between item start, Q landed, last pair done, row sums exchanged, tile stored.
+per item of CTA (0, 0), the SM clocks between item start, Q landed, last pair done, row sums exchanged, tile stored;
+and the start-to-start interval of the traced pairs (TRACE_FROM in scripts/seesaw_timeline.sh), so that a window
+across an item boundary shows what the boundary costs (run 75: ~14 K clk there against ~7.8 K between pairs).
 
     python3 scripts/seesaw_timeline_summary.py run.log
 """
@@ -10,6 +12,7 @@ import sys
 
 CTA = re.compile(r"cta (\d+) (\d+): (\d+) (\d+) items (\d+) pages (\d+)")
 ITEM = re.compile(r"items wg(\d) item (\d+): (-?\d+) (-?\d+) (-?\d+) (-?\d+) (-?\d+)")
+PAIR = re.compile(r"timeline wg(\d) pair (\d+): (-?\d+)")
 
 
 def launches(ctas, gap_ns=20_000):
@@ -60,12 +63,16 @@ def summarise_launch(group):
 
 
 def main(path):
-    ctas, items = [], {}
+    ctas, items, pair_starts = [], {}, {}
     for line in open(path):
         m = CTA.search(line)
         if m:
             mb, part, start, end, n_items, pages = (int(v) for v in m.groups())
             ctas.append(dict(mb=mb, part=part, start=start, end=end, items=n_items, pages=pages))
+        m = PAIR.search(line)
+        if m:
+            wg, k, start = (int(v) for v in m.groups())
+            pair_starts.setdefault((wg, k), []).append(start)
         m = ITEM.search(line)
         if m:
             wg, k, *marks = (int(v) for v in m.groups())
@@ -80,6 +87,12 @@ def main(path):
         previous = items.get((wg, k - 1))
         gap = f", gap before {marks[0] - previous[-1][4]:5d}" if previous and len(previous) == len(runs) else ""
         print(f"  wg{wg} item {k}: q wait {d[0]:6d} clk, pairs {d[1]:7d}, sum exchange {d[2]:5d}, store {d[3]:5d}{gap}")
+    for wg in sorted({wg for wg, _ in pair_starts}):
+        # The last launch's start of each traced pair (a log holds one record per launch, in launch order).
+        starts = sorted((k, runs[-1]) for (w, k), runs in pair_starts.items() if w == wg)
+        steps = [f"{k1}:{t1 - t0}" for (k0, t0), (k1, t1) in zip(starts, starts[1:]) if k1 == k0 + 1]
+        if steps:
+            print(f"  wg{wg} pair start-to-start clk (pair:interval): " + " ".join(steps))
 
 
 if __name__ == "__main__":
