@@ -76,11 +76,13 @@ struct PartWalker {
     if (!last_first) return begin_batch + k;
     return k == 0 ? end_batch : begin_batch + k - 1;
   }
+  // Where the part starts in sequence `batch`: known from the metadata row alone, before the length is read.
+  __device__ int start_block(int batch) const { return batch == begin_batch ? begin_block : 0; }
   __device__ WorkItem item(int batch) const {
     int num_blocks = (max(cache_seqlens[batch], 0) + kPageSize - 1) / kPageSize;
     WorkItem w;
     w.batch = batch;
-    w.start_block = batch == begin_batch ? begin_block : 0;
+    w.start_block = start_block(batch);
     w.stop_block = batch == end_batch ? end_block : num_blocks;
     w.split_index = batch == begin_batch ? begin_split : 0;
     return w;

@@ -158,7 +158,7 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
     auto page_of = [&](int blk) { return blk < p.max_blocks_per_seq ? __ldg(table_row + blk) : -1; };
     // The first pair's page ids are read next to the item's length, not after it: one dependent load less before
     // the item's first page goes out (at kernel start both come from a cold L2). Unused if the item is shorter.
-    const int first_block = batch == walker.begin_batch ? walker.begin_block : 0;
+    const int first_block = walker.start_block(batch);
     const int first_page_a = page_of(first_block), first_page_b = page_of(first_block + 1);
     WorkItem w = walker.item(batch);
     if (w.stop_block <= w.start_block) continue;
