@@ -4,7 +4,9 @@ less partial traffic and combine work, less parallelism). Per config and part co
 of the benchmark protocol, back-to-back time, and GPU time per kernel (the combine's includes its wait for the
 decode grid unless HF_FLASHMLA_PDL=0). Not a benchmark.
 
-    python3 scripts/small_work_probe.py [--sms 132,99,66,44]
+    python3 scripts/small_work_probe.py [--sms 132,99,66,44] [--configs uneven_b4_sq4_h16,b1_L4096_sq1_h16]
+
+Configs: the names below, or any equal-length main-table-style name bB_LL_sqS_hH (e.g. b1_L4096_sq1_h128).
 """
 import argparse
 import sys
@@ -15,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hf_flashmla import schedule  # noqa: E402
 from scripts.bench_kernel import flushed_event_median_ms  # noqa: E402
-from scripts.kernel_breakdown import back_to_back_us, gpu_us_per_kernel, short_kernel_names  # noqa: E402
+from scripts.kernel_breakdown import back_to_back_us, gpu_us_per_kernel, parse, short_kernel_names  # noqa: E402
 from scripts.kernel_smoke import decode_call, make_inputs  # noqa: E402
 
 # name: (lengths, s_q, h_q)
@@ -27,6 +29,14 @@ CONFIGS = {
 }
 
 
+def config_of(name):
+    """(lengths, s_q, h_q) of a named extra workload or of an equal-length bB_LL_sqS_hH name."""
+    if name in CONFIGS:
+        return CONFIGS[name]
+    batch, length, s_q, h_q = parse(name)
+    return [length] * batch, s_q, h_q
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--configs", default=",".join(CONFIGS))
@@ -34,7 +44,7 @@ def main():
     args = parser.parse_args()
     flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device="cuda")
     for name in args.configs.split(","):
-        lengths, s_q, h_q = CONFIGS[name]
+        lengths, s_q, h_q = config_of(name)
         q, k_cache, block_table, seqlens = make_inputs(lengths, s_q, h_q, torch.bfloat16)
         for num_sms in (int(n) for n in args.sms.split(",")):
             meta, splits = schedule.compute_schedule(seqlens, s_q * h_q, 1, num_sms=num_sms)
