@@ -76,6 +76,8 @@ struct PartWalker {
     if (!last_first) return begin_batch + k;
     return k == 0 ? end_batch : begin_batch + k - 1;
   }
+  // A part whose row says it has no pages at all (a schedule's spare parts: one sequence, start == stop).
+  __device__ bool empty_by_metadata() const { return begin_batch == end_batch && begin_block >= end_block; }
   // Where the part starts in sequence `batch`: known from the metadata row alone, before the length is read.
   __device__ int start_block(int batch) const { return batch == begin_batch ? begin_block : 0; }
   __device__ WorkItem item(int batch) const {

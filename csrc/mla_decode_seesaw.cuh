@@ -150,9 +150,11 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
   for (int k = 0; k < walker.num_items(); ++k) {
     const int batch = walker.batch_at(k, p.inline_merge);
     // The first item's Q goes out before its length is read: at kernel start that dependent load comes from a cold
-    // L2 and delayed the first Q K^T by ~1500 clocks. Should the item be empty, the consumers still take this Q
-    // phase (they wait for it and release it), so both sides count Q loads alike.
-    if (k == 0) load_q(batch);
+    // L2 and delayed the first Q K^T by ~1500 clocks. Not for a part that its metadata already shows empty (a
+    // schedule's spare parts: 116 of 132 at b = 1, where 72 KB each would be wasted HBM traffic). Should the item
+    // still turn out empty, the consumers take this Q phase too (they wait for it and release it).
+    const bool early_q = k == 0 && !walker.empty_by_metadata();
+    if (early_q) load_q(batch);
     const int* table_row = p.block_table + static_cast<int64_t>(batch) * p.block_table_stride;
     // Never read past the block table's row; an out-of-pool page id makes TMA fill zeros, not fault.
     auto page_of = [&](int blk) { return blk < p.max_blocks_per_seq ? __ldg(table_row + blk) : -1; };
@@ -162,7 +164,7 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
     const int first_page_a = page_of(first_block), first_page_b = page_of(first_block + 1);
     WorkItem w = walker.item(batch);
     if (w.stop_block <= w.start_block) continue;
-    if (k != 0) load_q(batch);
+    if (!early_q) load_q(batch);
     // The pairs that the loop's look-ahead starts past.
     for (int blk = w.start_block + 2; blk < w.start_block + 2 * p.prefetch_pairs; blk += 2)
       seesaw_prefetch_pair(p, page_of, blk, w.stop_block, m_block);
@@ -476,7 +478,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
     if (k + 1 < num_items) next_plan = load_item_plan(p, walker, k + 1);
     const WorkItem& w = plan.w;
     if (w.stop_block <= w.start_block) {
-      if (k == 0) {  // the producer loaded the first item's Q before it knew the item was empty: release it
+      if (k == 0 && !walker.empty_by_metadata()) {  // the producer loaded this Q early (seesaw_producer_loop)
         mbarrier_wait(bars.q_full, item_count & 1);
         if (t.lane == 0) mbarrier_arrive(bars.q_empty);
         ++item_count;
