@@ -153,6 +153,7 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
     // L2 and delayed the first Q K^T by ~1500 clocks. Not for a part that its metadata already shows empty (a
     // schedule's spare parts: 116 of 132 at b = 1, where 72 KB each would be wasted HBM traffic). Should the item
     // still turn out empty, the consumers take this Q phase too (they wait for it and release it).
+    // The consumers' release of an empty first item (seesaw_consumer_loop) tests the same condition.
     const bool early_q = k == 0 && !walker.empty_by_metadata();
     if (early_q) load_q(batch);
     const int* table_row = p.block_table + static_cast<int64_t>(batch) * p.block_table_stride;
@@ -478,7 +479,8 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
     if (k + 1 < num_items) next_plan = load_item_plan(p, walker, k + 1);
     const WorkItem& w = plan.w;
     if (w.stop_block <= w.start_block) {
-      if (k == 0 && !walker.empty_by_metadata()) {  // the producer loaded this Q early (seesaw_producer_loop)
+      // The producer's early_q condition (seesaw_producer_loop): it loaded this Q before it knew the item was empty.
+      if (k == 0 && !walker.empty_by_metadata()) {
         mbarrier_wait(bars.q_full, item_count & 1);
         if (t.lane == 0) mbarrier_arrive(bars.q_empty);
         ++item_count;
