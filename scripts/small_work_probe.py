@@ -4,7 +4,10 @@ less partial traffic and combine work, less parallelism). Per config and part co
 of the benchmark protocol, back-to-back time, and GPU time per kernel (the combine's includes its wait for the
 decode grid unless HF_FLASHMLA_PDL=0). Not a benchmark.
 
-    python3 scripts/small_work_probe.py [--sms 132,99,66,44] [--configs uneven_b4_sq4_h16,b1_L4096_sq1_h16]
+    python3 scripts/small_work_probe.py [--sms 132,99,66,44] [--configs uneven_b4_sq4_h16,b1_L4096_sq1_h16] [--pad]
+
+--pad also times each smaller schedule padded with empty parts to the first --sms value's grid: the same work as
+a device-side rule would leave it (the metadata's shape is fixed on the host), against the smaller grid.
 
 Configs: the names below, or any equal-length main-table-style name bB_LL_sqS_hH (e.g. b1_L4096_sq1_h128).
 """
@@ -41,21 +44,37 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--sms", default="132,99,66,44")
+    parser.add_argument("--pad", action="store_true")
     args = parser.parse_args()
     flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device="cuda")
     for name in args.configs.split(","):
         lengths, s_q, h_q = config_of(name)
         q, k_cache, block_table, seqlens = make_inputs(lengths, s_q, h_q, torch.bfloat16)
-        for num_sms in (int(n) for n in args.sms.split(",")):
+        sms_values = [int(n) for n in args.sms.split(",")]
+        full_parts = schedule.num_sm_parts_for(s_q * h_q, 1, sms_values[0])
+        for num_sms in sms_values:
             meta, splits = schedule.compute_schedule(seqlens, s_q * h_q, 1, num_sms=num_sms)
-            call = decode_call(q, k_cache, block_table, seqlens, meta, splits)
-            for _ in range(5):
-                call()
-            flushed = flushed_event_median_ms(call, flush, 100) * 1e3
-            warm = back_to_back_us(call, 50)
-            kernels = short_kernel_names(gpu_us_per_kernel(call))
-            print(f"{name:20s} sms {num_sms:3d}: parts {meta.shape[0]:3d}, splits {int(splits[-1]):3d} | flushed "
-                  f"{flushed:6.1f} us, back-to-back {warm:6.1f} us | GPU us/call: {kernels}", flush=True)
+            variants = [("", meta)]
+            if args.pad and meta.shape[0] < full_parts:
+                variants.append((" padded", pad_with_empty_parts(meta, seqlens, full_parts)))
+            for label, rows in variants:
+                call = decode_call(q, k_cache, block_table, seqlens, rows, splits)
+                for _ in range(5):
+                    call()
+                flushed = flushed_event_median_ms(call, flush, 100) * 1e3
+                warm = back_to_back_us(call, 50)
+                kernels = short_kernel_names(gpu_us_per_kernel(call))
+                print(f"{name:20s} sms {num_sms:3d}{label:7s}: parts {rows.shape[0]:3d}, splits {int(splits[-1]):3d} | "
+                      f"flushed {flushed:6.1f} us, back-to-back {warm:6.1f} us | GPU us/call: {kernels}", flush=True)
+
+
+def pad_with_empty_parts(meta, seqlens, num_parts):
+    """meta with rows appended up to num_parts, each empty as the schedule's spare parts are: the last sequence from
+    its last page to its last page."""
+    last = len(seqlens) - 1
+    last_page = (max(int(seqlens[last]), 0) + schedule.PAGE_SIZE - 1) // schedule.PAGE_SIZE
+    spare = torch.tensor([last, last_page, last, last_page, 0, 0, 0, 0], dtype=meta.dtype, device=meta.device)
+    return torch.cat([meta, spare.expand(num_parts - meta.shape[0], -1)])
 
 
 if __name__ == "__main__":
