@@ -105,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
 
 std::tuple<at::Tensor, at::Tensor> mla_metadata(const at::Tensor& cache_seqlens, int64_t num_sm_parts,
                                                 int64_t page_size, int64_t sequence_overhead_pages,
-                                                int64_t split_combine_pages) {
+                                                int64_t split_combine_pages, int64_t min_piece_pages) {
   TORCH_CHECK(cache_seqlens.is_cuda(), "cache_seqlens must be a CUDA tensor");
   TORCH_CHECK(cache_seqlens.scalar_type() == at::kInt, "cache_seqlens must be int32");
   TORCH_CHECK(cache_seqlens.dim() == 1 && cache_seqlens.size(0) >= 1, "cache_seqlens must be [b] with b >= 1");
@@ -114,6 +114,8 @@ std::tuple<at::Tensor, at::Tensor> mla_metadata(const at::Tensor& cache_seqlens,
   TORCH_CHECK(page_size >= 1 && page_size <= std::numeric_limits<int>::max(), "page_size must be >= 1");
   TORCH_CHECK(sequence_overhead_pages >= 1 && sequence_overhead_pages <= std::numeric_limits<int>::max(),
               "sequence_overhead_pages must be >= 1");
+  TORCH_CHECK(min_piece_pages >= 0 && min_piece_pages <= std::numeric_limits<int>::max(),
+              "min_piece_pages must be >= 0");
   const int64_t batch = cache_seqlens.size(0);
   c10::cuda::CUDAGuard guard(cache_seqlens.device());
   auto metadata = at::empty({num_sm_parts, kMetadataWidth}, cache_seqlens.options());
@@ -128,6 +130,7 @@ std::tuple<at::Tensor, at::Tensor> mla_metadata(const at::Tensor& cache_seqlens,
   p.page_size = static_cast<int>(page_size);
   p.sequence_overhead_pages = static_cast<int>(sequence_overhead_pages);
   p.split_combine_pages = split_combine_pages;
+  p.min_piece_pages = static_cast<int>(min_piece_pages);
   const char* error = mla_metadata_launch(p, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(error == nullptr, "hf_flashmla metadata launch failed: ", error == nullptr ? "" : error);
   return {metadata, num_splits};
@@ -142,7 +145,7 @@ TORCH_LIBRARY(hf_flashmla, m) {
       "-> (Tensor, Tensor)");
   m.def(
       "mla_metadata(Tensor cache_seqlens, int num_sm_parts, int page_size, int sequence_overhead_pages, "
-      "int split_combine_pages) "
+      "int split_combine_pages, int min_piece_pages) "
       "-> (Tensor, Tensor)");
 }
 

@@ -151,23 +151,6 @@ bool programmatic_combine_launch() {
   return choice == nullptr || std::strcmp(choice, "0") != 0;
 }
 
-// HF_FLASHMLA_COMBINE_CARVEOUT=<0..100>: the combine kernels' preferred shared-memory carveout, set before every
-// launch (A/B timing of whether SMs that ran the decode kernel, configured for its 221 KB, reconfigure for the
-// combine); unset: the driver's default.
-int combine_carveout_percent() {
-  const char* choice = std::getenv("HF_FLASHMLA_COMBINE_CARVEOUT");
-  if (choice == nullptr || choice[0] == '\0') return -1;
-  return std::min(100, std::max(0, std::atoi(choice)));
-}
-
-template <typename Kernel>
-void prefer_carveout(Kernel kernel) {
-  const int carveout = combine_carveout_percent();
-  if (carveout >= 0)
-    cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributePreferredSharedMemoryCarveout,
-                         carveout);
-}
-
 template <typename Elem>
 const char* launch_combine(const MlaDecodeParams& p, int rows_total, cudaStream_t stream) {
   cudaLaunchAttribute attribute;
@@ -181,7 +164,6 @@ const char* launch_combine(const MlaDecodeParams& p, int rows_total, cudaStream_
   if (p.num_parts >= 8 * p.batch && static_cast<int64_t>(p.batch) * rows_total <= kCombineMaxBlocks) {
     config.gridDim = dim3(rows_total, p.batch);
     config.blockDim = dim3(kSharedRowWarps * 32);
-    prefer_carveout(mla_combine_shared_row_kernel<Elem>);
     error = cudaLaunchKernelEx(&config, mla_combine_shared_row_kernel<Elem>, p);
   } else {
     auto blocks_per_sequence = [&](int rows_per_warp) {
@@ -194,7 +176,6 @@ const char* launch_combine(const MlaDecodeParams& p, int rows_total, cudaStream_
       rows_per_warp *= 2;
     config.gridDim = dim3(blocks_per_sequence(rows_per_warp), p.batch);
     config.blockDim = dim3(kCombineWarps * 32);
-    prefer_carveout(mla_combine_rows_kernel<Elem>);
     error = cudaLaunchKernelEx(&config, mla_combine_rows_kernel<Elem>, p, rows_per_warp);
   }
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);

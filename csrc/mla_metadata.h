@@ -17,6 +17,7 @@ struct MlaMetadataParams {
   int page_size;                 // >= 1 (tokens per page)
   int sequence_overhead_pages;   // >= 1 (fixed cost of a sequence in the balancing)
   int64_t split_combine_pages;   // cost of splitting a sequence, in pages (any value; very negative: never whole)
+  int min_piece_pages;           // >= 0: pieces of fewer pages halve k (mla_metadata_core.h; 0: never)
 };
 
 // Computes hf_flashmla/schedule.py's schedule (bit for bit) with one single-CTA kernel on `stream`:

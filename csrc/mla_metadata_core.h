@@ -22,7 +22,8 @@
 //              part; splits_i = pages_i ? 1 : 0, begin_split_p = 0.
 // Pieces and snapped are taken when their largest part (pieces: ceil(max pages / k) + overhead; snapped:
 // max_p (bound_{p+1} - bound_p)) is at most payload + combine_pages (schedule.py's docstring gives the time
-// model); otherwise balanced. row p = [seq(bound_p), block(bound_p), seq(bound_{p+1}), block(bound_{p+1}),
+// model); otherwise balanced. Pieces, then, halve k while ceil(max pages / k) < min_piece_pages and k / 2 >=
+// kMinPiecesPerSequence (min_piece_pages = 0: never); the parts past k b stay empty. row p = [seq(bound_p), block(bound_p), seq(bound_{p+1}), block(bound_{p+1}),
 // begin_split_p, 0, 0, 0]; num_splits = [0, splits_0, splits_0 + splits_1, ...].
 // All sums are 64-bit (b * max pages overflows 32 bits); outputs are truncated to int32 as torch's .to(int32).
 #pragma once
@@ -41,6 +42,8 @@ constexpr int kRowWidth = 8;  // tile_scheduler_metadata columns
 // The snapped mode keeps its num_parts + 1 bounds in shared memory; no GPU has this many SMs
 // (schedule.py's MAX_SNAPPED_PARTS: both implementations skip the mode above it).
 constexpr int kMaxSnappedParts = 1024;
+// The fewest pieces the min_piece_pages rule halves k down to (schedule.py's MIN_PIECES_PER_SEQUENCE).
+constexpr int kMinPiecesPerSequence = 16;
 
 enum class Mode : int { kBalanced, kPieces, kSnapped };
 
@@ -85,11 +88,13 @@ HF_FLASHMLA_HOST_DEVICE int64_t sequence_pages(int length, int page_size) {
 
 // max_cost: the largest sequence cost (pages + overhead).
 HF_FLASHMLA_HOST_DEVICE Shape make_shape(int64_t total, int64_t max_cost, int batch, int num_parts, int overhead,
-                                         int64_t combine_pages) {
+                                         int64_t combine_pages, int min_piece_pages) {
   const int64_t payload = (total + num_parts - 1) / num_parts;
-  const int pieces = batch <= num_parts ? num_parts / batch : 0;
-  const bool use_pieces =
-      pieces > 0 && (max_cost - overhead + pieces - 1) / pieces + overhead <= payload + combine_pages;
+  const int64_t max_pages = max_cost - overhead;
+  int pieces = batch <= num_parts ? num_parts / batch : 0;
+  const bool use_pieces = pieces > 0 && (max_pages + pieces - 1) / pieces + overhead <= payload + combine_pages;
+  if (use_pieces)
+    while (pieces >= 2 * kMinPiecesPerSequence && (max_pages + pieces - 1) / pieces < min_piece_pages) pieces /= 2;
   return Shape{total, payload, combine_pages, batch, num_parts, overhead, pieces,
                use_pieces ? Mode::kPieces : Mode::kBalanced};
 }

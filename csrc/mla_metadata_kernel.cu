@@ -88,7 +88,8 @@ __global__ void __launch_bounds__(kMaxThreads) mla_metadata_kernel(const MlaMeta
   int64_t total, max_cost;
   block_inclusive_scan(my_cost, other_totals, total);
   block_inclusive_scan(my_max_cost, max_totals, max_cost, Max());
-  core::Shape shape = core::make_shape(total, max_cost, batch, p.num_parts, overhead, p.split_combine_pages);
+  core::Shape shape = core::make_shape(total, max_cost, batch, p.num_parts, overhead, p.split_combine_pages,
+                                       p.min_piece_pages);
 
   if (core::snapping_considered(shape)) {
     int64_t carry = 0;
@@ -146,6 +147,7 @@ __global__ void __launch_bounds__(kMaxThreads) mla_metadata_kernel(const MlaMeta
 const char* mla_metadata_launch(const MlaMetadataParams& p, cudaStream_t stream) {
   if (p.batch < 1 || p.num_parts < 1 || p.page_size < 1 || p.sequence_overhead_pages < 1 || p.seqlens_stride < 0)
     return "mla_metadata: batch, num_parts, page_size and sequence_overhead_pages must be >= 1";
+  if (p.min_piece_pages < 0) return "mla_metadata: min_piece_pages must be >= 0";
   // cudaLaunchKernel rather than <<<>>> so that the CPU tests can build this file with a host compiler and
   // an emulated runtime (tests/harness/emulated_cuda) that runs the kernel's threads for real.
   MlaMetadataParams params = p;

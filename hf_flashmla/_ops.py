@@ -8,7 +8,7 @@ The extension registers, in the `hf_flashmla` torch.library namespace:
     block_table int32 [b, max_blocks], cache_seqlens int32 [b], metadata from hf_flashmla.schedule.
     out [b, s_q, h_q, head_dim_v] (q's dtype), lse float32 [b, h_q, s_q].
   mla_metadata(Tensor cache_seqlens, int num_sm_parts, int page_size, int sequence_overhead_pages,
-               int split_combine_pages)
+               int split_combine_pages, int min_piece_pages)
              -> (Tensor tile_scheduler_metadata, Tensor num_splits)
     the split-KV schedule of hf_flashmla.schedule (int32 [num_sm_parts, 8] and int32 [b + 1]) from one
     single-CTA kernel (csrc/mla_metadata_kernel.cu); cache_seqlens int32 [b], any stride.
@@ -53,13 +53,14 @@ def mla_decode(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, 
 
 if metadata_kernel_available():
     @torch.library.register_fake("hf_flashmla::mla_metadata")
-    def _mla_metadata_fake(cache_seqlens, num_sm_parts, page_size, sequence_overhead_pages, split_combine_pages):
+    def _mla_metadata_fake(cache_seqlens, num_sm_parts, page_size, sequence_overhead_pages, split_combine_pages,
+                           min_piece_pages):
         metadata = cache_seqlens.new_empty((num_sm_parts, 8), dtype=torch.int32)
         num_splits = cache_seqlens.new_empty((cache_seqlens.shape[0] + 1,), dtype=torch.int32)
         return metadata, num_splits
 
 
 def mla_metadata(cache_seqlens, num_sm_parts: int, page_size: int, sequence_overhead_pages: int,
-                 split_combine_pages: int):
+                 split_combine_pages: int, min_piece_pages: int):
     return torch.ops.hf_flashmla.mla_metadata(cache_seqlens, num_sm_parts, page_size, sequence_overhead_pages,
-                                              split_combine_pages)
+                                              split_combine_pages, min_piece_pages)

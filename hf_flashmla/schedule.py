@@ -38,6 +38,15 @@ are taken when their largest part is at most the balanced payload + C:
     against a payload of 134, and no combine (2-7% faster, run 37). Skipped above MAX_SNAPPED_PARTS
     parts (the kernel keeps the bounds in shared memory).
 
+Fewer pieces for little work: where pieces are taken, k is halved while a piece would hold fewer than
+min_piece_pages pages and k / 2 >= MIN_PIECES_PER_SEQUENCE; the parts past k b stay empty. At 64 query rows
+per CTA (s_q * h_q >= 64) each piece writes a 128 KB fp32 partial that the combine reads back, worth more
+than a page or two of KV: H100 run 86, the full grid with the spare parts empty, b1 L4K h128 26.0 -> 22.3 us
+(64 -> 16 pieces), b1 L16K h128 34.3 -> 32.5 (66 -> 33), b2 L8K h128 32.4 -> 31.5, b4 L4K h64 30.3 -> 28.1;
+not at 16 query rows (b4 L4K h16 23.9 -> 24.4), so below 64 rows min_piece_pages is 0 (off). The floor of 16
+pieces keeps enough SMs streaming and the combine's one-block-per-row shape (launched where parts >= 8 b, a
+host-side choice) fed with splits (b8 L4K h128 at 4 pieces: 42 -> 50 us).
+
 Two implementations give the same tensors bit for bit: compute_schedule_torch (vectorised PyTorch
 ops, any device; the ground truth) and the compiled single-CTA kernel torch.ops.hf_flashmla.mla_metadata
 (csrc/mla_metadata_kernel.cu: one launch instead of ~46 ops). compute_schedule takes the kernel for
@@ -73,6 +82,11 @@ SPLIT_COMBINE_PAGES_MANY_ROWS = 16
 # For timing experiments only (A/B of the pieces and snapped schedules): overrides SPLIT_COMBINE_PAGES in both
 # implementations; a very negative value gives the plain balanced cut.
 SPLIT_COMBINE_ENV_VAR = "HF_FLASHMLA_SPLIT_COMBINE_PAGES"
+# The fewer-pieces rule (module docstring): pieces of fewer pages than this halve k, from 64 query rows per kv head.
+MIN_PIECE_PAGES = 5
+MIN_PIECES_PER_SEQUENCE = 16  # csrc/mla_metadata_core.h's kMinPiecesPerSequence
+# For timing experiments only: overrides MIN_PIECE_PAGES (0 turns the rule off) in both implementations.
+MIN_PIECE_PAGES_ENV_VAR = "HF_FLASHMLA_MIN_PIECE_PAGES"
 MAX_SNAPPED_PARTS = 1024  # csrc/mla_metadata_core.h's kMaxSnappedParts
 METADATA_WIDTH = 8
 DEFAULT_NUM_SMS = 132  # H100 SXM; used where no CUDA device says otherwise
@@ -142,6 +156,18 @@ def split_cost_pages(num_q_rows_per_kv_head: int | None = None) -> int:
         raise ValueError(f"{SPLIT_COMBINE_ENV_VAR}={value!r}: expected an integer") from None
 
 
+def min_piece_pages_for(num_q_rows_per_kv_head: int | None = None) -> int:
+    """MIN_PIECE_PAGES from ROWS_PER_TILE query rows per kv head (None: that many), 0 below; the environment
+    overrides."""
+    value = os.environ.get(MIN_PIECE_PAGES_ENV_VAR, "").strip()
+    if value:
+        if not value.isdigit():
+            raise ValueError(f"{MIN_PIECE_PAGES_ENV_VAR}={value!r}: expected a non-negative integer")
+        return int(value)
+    few_rows = num_q_rows_per_kv_head is not None and num_q_rows_per_kv_head < ROWS_PER_TILE
+    return 0 if few_rows else MIN_PIECE_PAGES
+
+
 def compute_schedule(cache_seqlens: torch.Tensor, num_q_rows_per_kv_head: int, num_heads_k: int,
                      num_sms: int | None = None, *, implementation: str | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,19 +178,24 @@ def compute_schedule(cache_seqlens: torch.Tensor, num_q_rows_per_kv_head: int, n
         num_sms = num_sms_of(device)
     num_parts = num_sm_parts_for(num_q_rows_per_kv_head, num_heads_k, num_sms)
     split_cost = split_cost_pages(num_q_rows_per_kv_head)
+    min_pages = min_piece_pages_for(num_q_rows_per_kv_head)
     if schedule_implementation(device, implementation) == KERNEL:
-        return _ops.mla_metadata(cache_seqlens, num_parts, PAGE_SIZE, sequence_overhead_pages(), split_cost)
-    return compute_schedule_torch(cache_seqlens, num_parts, split_combine_pages=split_cost)
+        return _ops.mla_metadata(cache_seqlens, num_parts, PAGE_SIZE, sequence_overhead_pages(), split_cost,
+                                 min_pages)
+    return compute_schedule_torch(cache_seqlens, num_parts, split_combine_pages=split_cost,
+                                  min_piece_pages=min_pages)
 
 
-def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
-                           split_combine_pages: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *, split_combine_pages: int | None = None,
+                           min_piece_pages: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The schedule with vectorised PyTorch ops on cache_seqlens' device (the ground truth).
-    split_combine_pages: what compute_schedule passes for the query rows (split_cost_pages); by default the
-    value up to 64 rows. A very negative one turns the pieces and snapped schedules off (the plain balanced
-    cut), for timing comparisons."""
+    split_combine_pages, min_piece_pages: what compute_schedule passes for the query rows (split_cost_pages,
+    min_piece_pages_for); by default the values at 64 rows. A very negative split_combine_pages turns the
+    pieces and snapped schedules off (the plain balanced cut), for timing comparisons."""
     if split_combine_pages is None:
         split_combine_pages = split_cost_pages()
+    if min_piece_pages is None:
+        min_piece_pages = min_piece_pages_for()
     device = cache_seqlens.device
     batch = cache_seqlens.shape[0]
 
@@ -183,6 +214,10 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
     balanced_bounds = torch.minimum(part_index * payload, total)
     if batch <= num_parts:  # k pieces per sequence: part p = i k + j takes piece j of sequence i, the rest empty
         pieces = num_parts // batch
+        # Each piece is one item with its own overhead: the largest part is ceil(max pages / k) + overhead.
+        largest = (num_blocks.max() + pieces - 1) // pieces + overhead
+        if min_piece_pages > 0:
+            pieces = fewer_pieces(pieces, num_blocks.max(), largest <= payload + split_combine_pages, min_piece_pages)
         in_pieces = part_index < pieces * batch
         piece_seq = (part_index // pieces).clamp_max(batch - 1)
         piece = part_index % pieces
@@ -190,8 +225,6 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
         # Piece j starts at page j n // k (its bound in cost space is past the sequence's overhead, j > 0).
         candidate_bounds = torch.where(in_pieces, cost_begin[piece_seq] + torch.where(
             piece > 0, overhead + piece * piece_pages // pieces, 0), total)
-        # Each piece is one item with its own overhead: the largest part is ceil(max pages / k) + overhead.
-        largest = (num_blocks.max() + pieces - 1) // pieces + overhead
     elif num_parts <= MAX_SNAPPED_PARTS:  # each x_p to the nearer end of its sequence (ties to the start)
         holder = torch.searchsorted(cost_end, balanced_bounds, right=True).clamp_max(batch - 1)
         start, end = cost_begin[holder], cost_end[holder]
@@ -213,7 +246,8 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
     # its non-empty pieces (min(pages, k)), one (snapped).
     first_part = (cost_begin + overhead) // payload
     last_part = (cost_end - 1) // payload
-    candidate_splits = torch.clamp(num_blocks, max=pieces) if batch <= num_parts else torch.ones_like(num_blocks)
+    candidate_splits = torch.minimum(num_blocks, torch.as_tensor(pieces, device=device)) if batch <= num_parts \
+        else torch.ones_like(num_blocks)
     splits = torch.where(num_blocks > 0, torch.where(use_candidate, candidate_splits, last_part - first_part + 1), 0)
     num_splits = torch.nn.functional.pad(torch.cumsum(splits, 0), (1, 0))
 
@@ -233,6 +267,17 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
     columns = torch.stack([begin_seq, block_of_bound[:-1], seq_of_bound[1:], block_of_bound[1:], begin_split], dim=1)
     metadata = torch.nn.functional.pad(columns, (0, METADATA_WIDTH - columns.shape[1]))
     return metadata.to(torch.int32), num_splits.to(torch.int32)
+
+
+def fewer_pieces(pieces: int, max_pages: torch.Tensor, pieces_taken: torch.Tensor, min_piece_pages: int
+                 ) -> torch.Tensor:
+    """k (0-dim int64) after the fewer-pieces rule: halved while pieces are taken, k >= 2 MIN_PIECES_PER_SEQUENCE
+    and ceil(max_pages / k) < min_piece_pages; a fixed number of tensor steps, no host sync."""
+    k = torch.full((), pieces, dtype=torch.int64, device=max_pages.device)
+    for _ in range((pieces // (2 * MIN_PIECES_PER_SEQUENCE)).bit_length()):
+        halve = pieces_taken & (k >= 2 * MIN_PIECES_PER_SEQUENCE) & ((max_pages + k - 1) // k < min_piece_pages)
+        k = torch.where(halve, k // 2, k)
+    return k
 
 
 def iterate_part(metadata_row, num_blocks):

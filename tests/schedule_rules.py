@@ -1,7 +1,8 @@
 """The schedule rules of hf_flashmla/schedule.py restated with Python ints (which mode applies, the snapped
 bounds), shared by the schedule tests (tests/test_schedule.py, tests/test_schedule_kernel_host.py)."""
 from hf_flashmla import schedule
-from hf_flashmla.schedule import PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COMBINE_PAGES
+from hf_flashmla.schedule import (MIN_PIECE_PAGES, MIN_PIECES_PER_SEQUENCE, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES,
+                                  SPLIT_COMBINE_PAGES)
 
 F = SEQUENCE_OVERHEAD_PAGES
 
@@ -10,17 +11,22 @@ def pages_of(lengths):
     return [-(-max(n, 0) // PAGE_SIZE) for n in lengths]
 
 
-def pieces_per_sequence(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES):
+def pieces_per_sequence(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES, min_piece_pages=MIN_PIECE_PAGES):
     """The pieces rule, restated: k = parts // b >= 1 and the largest piece (ceil(max pages / k) + overhead)
-    within the balanced payload + the combine cost; returns k, or 0 where the rule declines."""
+    within the balanced payload + the combine cost; then k halved while pieces would hold fewer than
+    min_piece_pages pages and k / 2 >= MIN_PIECES_PER_SEQUENCE. Returns k, or 0 where the rule declines."""
     pages = pages_of(lengths)
     payload = -(-(sum(pages) + F * len(pages)) // num_parts)
     k = num_parts // len(lengths)
-    return k if k >= 1 and -(-max(pages) // k) + F <= payload + combine_pages else 0
+    if k < 1 or -(-max(pages) // k) + F > payload + combine_pages:
+        return 0
+    while k >= 2 * MIN_PIECES_PER_SEQUENCE and -(-max(pages) // k) < min_piece_pages:
+        k //= 2
+    return k
 
 
-def one_part_per_sequence(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES):
-    return pieces_per_sequence(lengths, num_parts, combine_pages) == 1
+def one_part_per_sequence(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES, min_piece_pages=MIN_PIECE_PAGES):
+    return pieces_per_sequence(lengths, num_parts, combine_pages, min_piece_pages) == 1
 
 
 def snapped_bounds(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES):

@@ -13,13 +13,13 @@ import torch
 
 import hf_flashmla
 from hf_flashmla import schedule
-from hf_flashmla.schedule import PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COMBINE_PAGES
+from hf_flashmla.schedule import MIN_PIECE_PAGES, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COMBINE_PAGES
 from schedule_rules import one_part_per_sequence, pages_of, pieces_per_sequence, snapped_bounds
 
 F = SEQUENCE_OVERHEAD_PAGES
 
 
-def python_schedule(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES):
+def python_schedule(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES, min_piece_pages=MIN_PIECE_PAGES):
     """The schedule with Python ints, one part bound at a time (module docstring of schedule.py).
     Returns (rows, num_splits, mode) with mode "pieces", "snapped" or "balanced"."""
     pages = pages_of(lengths)
@@ -32,7 +32,7 @@ def python_schedule(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES):
     total = ends[-1]
     payload = -(-total // num_parts)
     snapped = snapped_bounds(lengths, num_parts, combine_pages)
-    k = pieces_per_sequence(lengths, num_parts, combine_pages)
+    k = pieces_per_sequence(lengths, num_parts, combine_pages, min_piece_pages)
     if k:
         mode = "pieces"
         bounds = [total if p >= k * batch else begins[p // k] + (F + p % k * pages[p // k] // k if p % k else 0)
@@ -101,6 +101,7 @@ def test_schedule_covers_each_page_once_and_balances(mix, rows, h_kv, num_sms):
     metadata, num_splits = schedule.compute_schedule(cache_seqlens, rows, h_kv, num_sms=num_sms)
 
     num_parts = schedule.num_sm_parts_for(rows, h_kv, num_sms)
+    cost, min_pages = schedule.split_cost_pages(rows), schedule.min_piece_pages_for(rows)
     batch = len(lengths)
     assert metadata.dtype == torch.int32 and metadata.shape == (num_parts, schedule.METADATA_WIDTH)
     assert num_splits.dtype == torch.int32 and num_splits.shape == (batch + 1,)
@@ -120,19 +121,20 @@ def test_schedule_covers_each_page_once_and_balances(mix, rows, h_kv, num_sms):
             pages += stop - start
         total_cost = sum(num_blocks) + SEQUENCE_OVERHEAD_PAGES * batch
         payload = -(-total_cost // num_parts)
-        k = pieces_per_sequence(lengths, num_parts)
+        k = pieces_per_sequence(lengths, num_parts, cost, min_pages)
         if k:
-            # Part i k + j holds piece j of sequence i (if not empty): never more than payload + the combine cost.
+            # Part i k + j holds piece j of sequence i (if not empty): never more than payload + the combine cost,
+            # or, where the fewer-pieces rule halved k, than twice its threshold (+ 1 for an odd k).
             seq, j = divmod(part, k)
             n = num_blocks[seq] if seq < batch else 0
             piece = [(seq, j * n // k, (j + 1) * n // k)] if seq < batch and (j + 1) * n // k > j * n // k else []
             assert [(s, start, stop) for s, start, stop, _ in segments] == piece
-            assert pages + SEQUENCE_OVERHEAD_PAGES * len(segments) <= payload + SPLIT_COMBINE_PAGES
-        elif snapped_bounds(lengths, num_parts) is not None:
+            assert pages + SEQUENCE_OVERHEAD_PAGES * len(segments) <= max(payload + cost, 2 * min_pages + 1 + F)
+        elif snapped_bounds(lengths, num_parts, cost) is not None:
             # Whole sequences, the part's cost (zero-page sequences count their overhead too) within payload
             # + the combine cost.
             assert all(start == 0 and stop == num_blocks[seq] for seq, start, stop, _ in segments)
-            assert pages + SEQUENCE_OVERHEAD_PAGES * len(segments) <= payload + SPLIT_COMBINE_PAGES
+            assert pages + SEQUENCE_OVERHEAD_PAGES * len(segments) <= payload + cost
         else:
             # Each part gets at most `payload` cost units; a sequence's fixed overhead may straddle the
             # boundary with the previous part, hence the allowance of one overhead.
@@ -148,8 +150,8 @@ def test_schedule_covers_each_page_once_and_balances(mix, rows, h_kv, num_sms):
     for seq in range(batch):
         assert sorted(split_indices[seq]) == list(range(splits_per_seq[seq])), f"sequence {seq}"
         assert (splits_per_seq[seq] == 0) == (lengths[seq] == 0)
-    k = pieces_per_sequence(lengths, num_parts)
-    if snapped_bounds(lengths, num_parts) is not None or k:
+    k = pieces_per_sequence(lengths, num_parts, cost, min_pages)
+    if snapped_bounds(lengths, num_parts, cost) is not None or k:
         assert max(splits_per_seq) <= max(k, 1)
 
 
@@ -313,6 +315,47 @@ def test_max_snapped_parts_matches_the_kernel_header():
     header = (Path(__file__).resolve().parent.parent / "csrc" / "mla_metadata_core.h").read_text()
     match = re.search(r"constexpr int kMaxSnappedParts = (\d+);", header)
     assert match is not None and int(match.group(1)) == schedule.MAX_SNAPPED_PARTS
+    match = re.search(r"constexpr int kMinPiecesPerSequence = (\d+);", header)
+    assert match is not None and int(match.group(1)) == schedule.MIN_PIECES_PER_SEQUENCE
+
+
+@pytest.mark.parametrize("batch,length,rows,pieces", [
+    (1, 4096, 128, 16),    # 64 pages: 66 -> 33 -> 16 pieces of 4 (run 86: 26.0 -> 22.4 us)
+    (1, 16384, 128, 33),   # 256 pages: 66 -> 33 pieces of 8 (34.3 -> 32.5 us)
+    (2, 8192, 128, 16),    # 33 -> 16 pieces of 8 (32.4 -> 31.5 us)
+    (4, 4096, 64, 16),     # 132 parts: 33 -> 16 pieces of 4 (30.3 -> 28.1 us)
+    (1, 32768, 128, 66),   # 512 pages: pieces of 8 already
+    (1, 1024, 128, 16),    # 16 pages: 16 one-page pieces either way
+    (8, 4096, 128, 8),     # k = 8 < 32: never below the floor of 16 pieces
+    (1, 4096, 16, 132),    # 16 rows: the rule is off (run 86: b4 L4K h16 slower with fewer pieces)
+    (64, 4096, 64, 2),     # the benchmark's b = 64: two pieces of 32 pages, unchanged
+])
+def test_fewer_pieces_for_little_work(batch, length, rows, pieces):
+    lengths = [length] * batch
+    metadata, num_splits = schedule.compute_schedule(torch.tensor(lengths, dtype=torch.int32), rows, 1, num_sms=132)
+    num_parts = parts_for(rows)
+    pages = -(-length // PAGE_SIZE)
+    assert pieces_per_sequence(lengths, num_parts, schedule.split_cost_pages(rows),
+                               schedule.min_piece_pages_for(rows)) == pieces
+    assert num_splits.tolist() == list(range(0, batch * min(pages, pieces) + 1, min(pages, pieces)))
+    for part in range(num_parts):
+        segments = list(schedule.iterate_part(metadata[part], [pages] * batch))
+        seq, j = divmod(part, pieces)
+        start, stop = j * pages // pieces, (j + 1) * pages // pieces
+        assert segments == ([(seq, start, stop, min(j, start))] if seq < batch and stop > start else []), part
+
+
+def test_min_piece_pages_override_for_timing(monkeypatch):
+    # HF_FLASHMLA_MIN_PIECE_PAGES: 0 gives every part a piece again (A/B timing); any rows.
+    cache_seqlens = torch.tensor([4096], dtype=torch.int32)
+    assert int(schedule.compute_schedule(cache_seqlens, 128, 1, num_sms=132)[1][-1]) == 16
+    monkeypatch.setenv(schedule.MIN_PIECE_PAGES_ENV_VAR, "0")
+    assert int(schedule.compute_schedule(cache_seqlens, 128, 1, num_sms=132)[1][-1]) == 64
+    monkeypatch.setenv(schedule.MIN_PIECE_PAGES_ENV_VAR, "5")
+    assert int(schedule.compute_schedule(cache_seqlens, 16, 1, num_sms=132)[1][-1]) == 16
+    monkeypatch.setenv(schedule.MIN_PIECE_PAGES_ENV_VAR, "-1")
+    with pytest.raises(ValueError, match=schedule.MIN_PIECE_PAGES_ENV_VAR):
+        schedule.compute_schedule(cache_seqlens, 128, 1, num_sms=132)
 
 
 def test_split_cost_grows_beyond_one_tile():

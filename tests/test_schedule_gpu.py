@@ -18,6 +18,7 @@ pytestmark = pytest.mark.gpu
 
 INT32_MAX = 2**31 - 1
 SPLIT_COST = schedule.SPLIT_COMBINE_PAGES
+MIN_PAGES = schedule.MIN_PIECE_PAGES
 
 
 @pytest.fixture(autouse=True)
@@ -35,12 +36,15 @@ def poison_allocator():
 
 
 def kernel_schedule(cache_seqlens, num_parts):
-    return _ops.mla_metadata(cache_seqlens, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, schedule.split_cost_pages())
+    return _ops.mla_metadata(cache_seqlens, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, schedule.split_cost_pages(),
+                             schedule.min_piece_pages_for())
 
 
-def assert_same(cache_seqlens, num_parts, got, where="", split_cost=None):
-    expected = schedule.compute_schedule_torch(cache_seqlens, num_parts, split_combine_pages=split_cost)
-    expected_cpu = schedule.compute_schedule_torch(cache_seqlens.cpu(), num_parts, split_combine_pages=split_cost)
+def assert_same(cache_seqlens, num_parts, got, where="", split_cost=None, min_pages=None):
+    expected = schedule.compute_schedule_torch(cache_seqlens, num_parts, split_combine_pages=split_cost,
+                                               min_piece_pages=min_pages)
+    expected_cpu = schedule.compute_schedule_torch(cache_seqlens.cpu(), num_parts, split_combine_pages=split_cost,
+                                                   min_piece_pages=min_pages)
     got_metadata, got_splits = got
     assert got_metadata.is_cuda and got_metadata.dtype == torch.int32 and got_metadata.shape == (num_parts, 8)
     assert got_splits.dtype == torch.int32 and got_splits.shape == (cache_seqlens.shape[0] + 1,)
@@ -84,7 +88,8 @@ def test_kernel_matches_torch_on_random_inputs():
         poison_allocator()
         got = schedule.compute_schedule(cache_seqlens, rows, h_kv, num_sms=sms, implementation="kernel")
         assert_same(cache_seqlens, num_parts, got, f"(case {case}, b {batch}, rows {rows}, h_kv {h_kv}, sms {sms})",
-                    split_cost=schedule.split_cost_pages(rows))
+                    split_cost=schedule.split_cost_pages(rows),
+                    min_pages=schedule.min_piece_pages_for(rows))
 
 
 @pytest.mark.parametrize("batch", [1, 31, 32, 33, 1023, 1024, 1025, 2049, 4096, 5000, 20000])
@@ -145,9 +150,10 @@ def test_get_mla_metadata_takes_the_kernel_on_cuda(monkeypatch):
     real = _ops.mla_metadata
     monkeypatch.setattr(_ops, "mla_metadata", lambda *args: calls.append(args) or real(*args))
     metadata, num_splits = hf_flashmla.get_mla_metadata(cache_seqlens, 2 * 128, 1)
-    assert len(calls) == 1 and calls[0][-1] == schedule.split_cost_pages(256)
+    assert len(calls) == 1 and calls[0][-2:] == (schedule.split_cost_pages(256), schedule.min_piece_pages_for(256))
     num_parts = schedule.num_sm_parts_for(256, 1, schedule.num_sms_of(cache_seqlens.device))
-    assert_same(cache_seqlens, num_parts, (metadata, num_splits), split_cost=schedule.split_cost_pages(256))
+    assert_same(cache_seqlens, num_parts, (metadata, num_splits), split_cost=schedule.split_cost_pages(256),
+                min_pages=schedule.min_piece_pages_for(256))
     monkeypatch.setenv(schedule.SCHEDULE_ENV_VAR, "torch")
     torch_metadata, torch_splits = hf_flashmla.get_mla_metadata(cache_seqlens, 2 * 128, 1)
     assert len(calls) == 1
@@ -177,7 +183,8 @@ def test_cuda_graph_replay_with_new_lengths():
         graph.replay()
         torch.cuda.synchronize()
         assert_same(static_lengths, num_parts, (static_metadata, static_splits), f"(replay {trial})",
-                    split_cost=schedule.split_cost_pages(128))
+                    split_cost=schedule.split_cost_pages(128),
+                    min_pages=schedule.min_piece_pages_for(128))
 
 
 def test_runs_in_order_on_the_current_stream():
@@ -197,7 +204,7 @@ def test_runs_in_order_on_the_current_stream():
 def test_fake_implementation_and_compile():
     cache_seqlens = torch.randint(0, 9000, (37,), dtype=torch.int32, device="cuda")
     torch.library.opcheck(torch.ops.hf_flashmla.mla_metadata.default, (cache_seqlens, 66, PAGE_SIZE,
-                                                                       SEQUENCE_OVERHEAD_PAGES, SPLIT_COST),
+                                                                       SEQUENCE_OVERHEAD_PAGES, SPLIT_COST, MIN_PAGES),
                           test_utils=("test_schema", "test_faketensor"))
     torch._dynamo.reset()
     compiled = torch.compile(lambda lengths: kernel_schedule(lengths * 2, 66), fullgraph=True)
@@ -207,10 +214,13 @@ def test_fake_implementation_and_compile():
 def test_bad_arguments_raise():
     lengths = torch.tensor([5], dtype=torch.int32, device="cuda")
     with pytest.raises(RuntimeError, match="num_sm_parts"):
-        torch.ops.hf_flashmla.mla_metadata(lengths, 0, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST)
+        torch.ops.hf_flashmla.mla_metadata(lengths, 0, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST, MIN_PAGES)
     with pytest.raises(RuntimeError, match="int32"):
-        torch.ops.hf_flashmla.mla_metadata(lengths.long(), 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST)
+        torch.ops.hf_flashmla.mla_metadata(lengths.long(), 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST,
+                                           MIN_PAGES)
     with pytest.raises(RuntimeError, match="b >= 1"):
-        torch.ops.hf_flashmla.mla_metadata(lengths[:0], 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST)
+        torch.ops.hf_flashmla.mla_metadata(lengths[:0], 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST, MIN_PAGES)
     with pytest.raises(RuntimeError, match="sequence_overhead_pages"):
-        torch.ops.hf_flashmla.mla_metadata(lengths, 66, PAGE_SIZE, 0, SPLIT_COST)
+        torch.ops.hf_flashmla.mla_metadata(lengths, 66, PAGE_SIZE, 0, SPLIT_COST, MIN_PAGES)
+    with pytest.raises(RuntimeError, match="min_piece_pages"):
+        torch.ops.hf_flashmla.mla_metadata(lengths, 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST, -1)

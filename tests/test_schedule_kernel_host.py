@@ -57,11 +57,11 @@ def emulated_kernel(tmp_path_factory):
 
 def harness_stdin(cases) -> str:
     """cases: (num_threads, num_parts, page_size, overhead, lengths), as the harness binaries read them (with
-    schedule.py's split cost)."""
+    schedule.py's split cost and fewer-pieces threshold at 64 rows)."""
     lines = [str(len(cases))]
-    combine = schedule.split_cost_pages()
+    combine, min_pages = schedule.split_cost_pages(), schedule.min_piece_pages_for()
     for num_threads, num_parts, page_size, overhead, lengths in cases:
-        lines.append(f"{num_threads} {num_parts} {page_size} {overhead} {combine} {len(lengths)} "
+        lines.append(f"{num_threads} {num_parts} {page_size} {overhead} {combine} {min_pages} {len(lengths)} "
                      + " ".join(map(str, lengths)))
     return "\n".join(lines) + "\n"
 
@@ -144,6 +144,9 @@ def test_harness_matches_torch_on_random_inputs(harness):
     assert sum(one_part_per_sequence(case[4], case[1]) for case in cases) >= 8  # every mode exercised
     assert sum(pieces_per_sequence(case[4], case[1]) > 1 for case in cases) >= 10
     assert sum(snapped_bounds(case[4], case[1]) is not None for case in cases) >= 10
+    # ... and the fewer-pieces rule (pieces halved: short sequences, small batches)
+    assert sum(pieces_per_sequence(case[4], case[1]) != pieces_per_sequence(case[4], case[1], min_piece_pages=0)
+               for case in cases) >= 5
     assert_same_as_torch(harness, cases)
 
 
@@ -264,11 +267,12 @@ def test_emulated_kernel_matches_torch(emulated_kernel):
 
 
 def test_emulated_launcher_refuses_bad_parameters(emulated_kernel):
-    stdin = "2\n1 0 64 5 8 1 10\n1 66 64 0 8 1 10\n"
+    stdin = "3\n1 0 64 5 8 5 1 10\n1 66 64 0 8 5 1 10\n1 66 64 5 8 -1 1 10\n"
     result = subprocess.run([str(emulated_kernel)], input=stdin, capture_output=True, text=True)
     assert result.returncode == 0
     assert result.stdout.splitlines() == ["error mla_metadata: batch, num_parts, page_size and "
-                                          "sequence_overhead_pages must be >= 1"] * 2
+                                          "sequence_overhead_pages must be >= 1"] * 2 + [
+                                          "error mla_metadata: min_piece_pages must be >= 0"]
 
 
 def test_emulated_kernel_has_no_data_races(tmp_path):

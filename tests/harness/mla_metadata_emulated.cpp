@@ -2,7 +2,8 @@
 // in emulated_cuda/, every CUDA thread an OS thread. Used by tests/test_schedule_kernel_host.py.
 // Outputs start as a sentinel, so a word no thread writes shows up.
 //
-// stdin:  number of cases, then per case: stride num_parts page_size overhead combine_pages batch
+// stdin:  number of cases, then per case: stride num_parts page_size overhead combine_pages min_piece_pages
+//         batch
 //         len_0 .. len_{b-1}
 //         (the lengths are laid out `stride` ints apart, junk in between)
 // stdout: per case one line: the num_parts * 8 metadata values, then the batch + 1 num_splits values;
@@ -16,9 +17,10 @@ int main() {
   int num_cases = 0;
   if (std::scanf("%d", &num_cases) != 1) return 2;
   for (int c = 0; c < num_cases; ++c) {
-    int stride, num_parts, page_size, overhead, batch;
+    int stride, num_parts, page_size, overhead, min_piece_pages, batch;
     long long combine_pages;
-    if (std::scanf("%d %d %d %d %lld %d", &stride, &num_parts, &page_size, &overhead, &combine_pages, &batch) != 6)
+    if (std::scanf("%d %d %d %d %lld %d %d", &stride, &num_parts, &page_size, &overhead, &combine_pages,
+                   &min_piece_pages, &batch) != 7)
       return 2;
     std::vector<int> lengths(static_cast<size_t>(batch) * (stride > 0 ? stride : 1), -777);
     for (int i = 0; i < batch; ++i)
@@ -34,6 +36,7 @@ int main() {
     p.page_size = page_size;
     p.sequence_overhead_pages = overhead;
     p.split_combine_pages = combine_pages;
+    p.min_piece_pages = min_piece_pages;
     if (const char* error = hf_flashmla::mla_metadata_launch(p, nullptr)) {
       std::printf("error %s\n", error);
       continue;

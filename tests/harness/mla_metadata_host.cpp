@@ -3,7 +3,8 @@
 // tests/test_schedule_kernel_host.py to compare the kernel's arithmetic with hf_flashmla/schedule.py
 // without a GPU. Every word of the outputs starts as a sentinel, so a word no thread writes shows up.
 //
-// stdin:  number of cases, then per case: num_threads num_parts page_size overhead combine_pages batch
+// stdin:  number of cases, then per case: num_threads num_parts page_size overhead combine_pages min_piece_pages
+//         batch
 //         len_0 .. len_{b-1}
 //         (num_threads 0: as many as the kernel's launcher picks)
 // stdout: per case one line: the num_parts * 8 metadata values, then the batch + 1 num_splits values.
@@ -36,7 +37,8 @@ int64_t scan_chunk(const std::vector<int>& lengths, int base, int num_threads, i
 }
 
 void run_case(int num_threads, int num_parts, int page_size, int overhead, int64_t combine_pages,
-              const std::vector<int>& lengths, std::vector<int>& metadata, std::vector<int>& num_splits) {
+              int min_piece_pages, const std::vector<int>& lengths, std::vector<int>& metadata,
+              std::vector<int>& num_splits) {
   const int batch = static_cast<int>(lengths.size());
   metadata.assign(static_cast<size_t>(num_parts) * core::kRowWidth, kSentinel);
   num_splits.assign(batch + 1, kSentinel);
@@ -48,7 +50,8 @@ void run_case(int num_threads, int num_parts, int page_size, int overhead, int64
       total += cost;
       max_cost = core::max64(max_cost, cost);
     }
-  core::Shape shape = core::make_shape(total, max_cost, batch, num_parts, overhead, combine_pages);
+  core::Shape shape = core::make_shape(total, max_cost, batch, num_parts, overhead, combine_pages,
+                                       min_piece_pages);
   std::vector<int64_t> ends(num_threads), pages(num_threads), costs(num_threads);
   std::vector<int64_t> snapped(core::kMaxSnappedParts + 1, -1);
 
@@ -96,15 +99,17 @@ int main() {
   if (std::scanf("%d", &num_cases) != 1) return 2;
   std::vector<int> lengths, metadata, num_splits;
   for (int c = 0; c < num_cases; ++c) {
-    int num_threads, num_parts, page_size, overhead, batch;
+    int num_threads, num_parts, page_size, overhead, min_piece_pages, batch;
     long long combine_pages;
-    if (std::scanf("%d %d %d %d %lld %d", &num_threads, &num_parts, &page_size, &overhead, &combine_pages, &batch) != 6)
+    if (std::scanf("%d %d %d %d %lld %d %d", &num_threads, &num_parts, &page_size, &overhead, &combine_pages,
+                   &min_piece_pages, &batch) != 7)
       return 2;
     if (num_threads == 0) num_threads = core::launch_threads(batch, num_parts);
     lengths.resize(batch);
     for (int& length : lengths)
       if (std::scanf("%d", &length) != 1) return 2;
-    run_case(num_threads, num_parts, page_size, overhead, combine_pages, lengths, metadata, num_splits);
+    run_case(num_threads, num_parts, page_size, overhead, combine_pages, min_piece_pages, lengths, metadata,
+             num_splits);
     for (int v : metadata) std::printf("%d ", v);
     for (int v : num_splits) std::printf("%d ", v);
     std::printf("\n");
