@@ -22,8 +22,9 @@
 //              part; splits_i = pages_i ? 1 : 0, begin_split_p = 0.
 // Pieces and snapped are taken when their largest part (pieces: ceil(max pages / k) + overhead; snapped:
 // max_p (bound_{p+1} - bound_p)) is at most payload + combine_pages (schedule.py's docstring gives the time
-// model); otherwise balanced. Pieces, then, halve k while ceil(max pages / k) < min_piece_pages and k / 2 >=
-// kMinPiecesPerSequence (min_piece_pages = 0: never); the parts past k b stay empty. row p = [seq(bound_p), block(bound_p), seq(bound_{p+1}), block(bound_{p+1}),
+// model); otherwise balanced. Pieces, then, halve k while ceil(max pages / k) < min_piece_pages, k / 2 >=
+// kMinPiecesPerSequence and b min(max pages, k) > num_parts / 2 (min_piece_pages = 0: never); the parts past k b
+// stay empty. row p = [seq(bound_p), block(bound_p), seq(bound_{p+1}), block(bound_{p+1}),
 // begin_split_p, 0, 0, 0]; num_splits = [0, splits_0, splits_0 + splits_1, ...].
 // All sums are 64-bit (b * max pages overflows 32 bits); outputs are truncated to int32 as torch's .to(int32).
 #pragma once
@@ -94,7 +95,9 @@ HF_FLASHMLA_HOST_DEVICE Shape make_shape(int64_t total, int64_t max_cost, int ba
   int pieces = batch <= num_parts ? num_parts / batch : 0;
   const bool use_pieces = pieces > 0 && (max_pages + pieces - 1) / pieces + overhead <= payload + combine_pages;
   if (use_pieces)
-    while (pieces >= 2 * kMinPiecesPerSequence && (max_pages + pieces - 1) / pieces < min_piece_pages) pieces /= 2;
+    while (pieces >= 2 * kMinPiecesPerSequence && (max_pages + pieces - 1) / pieces < min_piece_pages &&
+           2 * batch * min64(max_pages, pieces) > num_parts)
+      pieces /= 2;
   return Shape{total, payload, combine_pages, batch, num_parts, overhead, pieces,
                use_pieces ? Mode::kPieces : Mode::kBalanced};
 }

@@ -39,13 +39,17 @@ are taken when their largest part is at most the balanced payload + C:
     parts (the kernel keeps the bounds in shared memory).
 
 Fewer pieces for little work: where pieces are taken, k is halved while a piece would hold fewer than
-min_piece_pages pages and k / 2 >= MIN_PIECES_PER_SEQUENCE; the parts past k b stay empty. At 64 query rows
-per CTA (s_q * h_q >= 64) each piece writes a 128 KB fp32 partial that the combine reads back, worth more
-than a page or two of KV: H100 run 86, the full grid with the spare parts empty, b1 L4K h128 26.0 -> 22.3 us
-(64 -> 16 pieces), b1 L16K h128 34.3 -> 32.5 (66 -> 33), b2 L8K h128 32.4 -> 31.5, b4 L4K h64 30.3 -> 28.1;
-not at 16 query rows (b4 L4K h16 23.9 -> 24.4), so below 64 rows min_piece_pages is 0 (off). The floor of 16
-pieces keeps enough SMs streaming and the combine's one-block-per-row shape (launched where parts >= 8 b, a
-host-side choice) fed with splits (b8 L4K h128 at 4 pieces: 42 -> 50 us).
+min_piece_pages pages, k / 2 >= MIN_PIECES_PER_SEQUENCE and more than half the parts hold a piece
+(b min(max pages, k) > parts / 2); the parts past k b stay empty. At 64 query rows per CTA (s_q * h_q >= 64)
+each piece writes a 128 KB fp32 partial that the combine reads back, worth more than a page or two of KV when
+nearly every CTA writes one at once. H100 runs 86-87 (the full grid, spare parts empty): b1 L4K h128 25.4 ->
+21.7 us (64 -> 16 pieces), b2 L4K h128 26.6 -> 24.6, b1 L16K h128 34.0 -> 32.0, b4 L2K h64 25.4 -> 22.0,
+b1 L2K s2 h128 23.7 -> 19.7; but where at most half the CTAs had a piece anyway, fewer only cost: b1 L4K h64
+20.7 -> 22.5 (64 pieces on 132 parts), b1 L2K h128 18.7 -> 19.5, b1 L1K h128 15.7 -> 16.8 (the same 16
+one-page pieces on parts 0-15 instead of spread over all 66). Not at 16 query rows (b4 L4K h16 23.9 -> 24.4,
+run 86), so below 64 rows min_piece_pages is 0 (off). The floor of 16 pieces keeps enough SMs streaming and
+the combine's one-block-per-row shape (launched where parts >= 8 b, a host-side choice) fed with splits
+(b8 L4K h128 at 4 pieces: 42 -> 50 us).
 
 Two implementations give the same tensors bit for bit: compute_schedule_torch (vectorised PyTorch
 ops, any device; the ground truth) and the compiled single-CTA kernel torch.ops.hf_flashmla.mla_metadata
@@ -217,7 +221,8 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *, split
         # Each piece is one item with its own overhead: the largest part is ceil(max pages / k) + overhead.
         largest = (num_blocks.max() + pieces - 1) // pieces + overhead
         if min_piece_pages > 0:
-            pieces = fewer_pieces(pieces, num_blocks.max(), largest <= payload + split_combine_pages, min_piece_pages)
+            pieces = fewer_pieces(pieces, num_blocks.max(), largest <= payload + split_combine_pages, min_piece_pages,
+                                  batch, num_parts)
         in_pieces = part_index < pieces * batch
         piece_seq = (part_index // pieces).clamp_max(batch - 1)
         piece = part_index % pieces
@@ -269,13 +274,15 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *, split
     return metadata.to(torch.int32), num_splits.to(torch.int32)
 
 
-def fewer_pieces(pieces: int, max_pages: torch.Tensor, pieces_taken: torch.Tensor, min_piece_pages: int
-                 ) -> torch.Tensor:
-    """k (0-dim int64) after the fewer-pieces rule: halved while pieces are taken, k >= 2 MIN_PIECES_PER_SEQUENCE
-    and ceil(max_pages / k) < min_piece_pages; a fixed number of tensor steps, no host sync."""
+def fewer_pieces(pieces: int, max_pages: torch.Tensor, pieces_taken: torch.Tensor, min_piece_pages: int,
+                 batch: int, num_parts: int) -> torch.Tensor:
+    """k (0-dim int64) after the fewer-pieces rule: halved while pieces are taken, k >= 2 MIN_PIECES_PER_SEQUENCE,
+    ceil(max_pages / k) < min_piece_pages and more than half the parts hold a piece (b min(max_pages, k) >
+    num_parts / 2); a fixed number of tensor steps, no host sync."""
     k = torch.full((), pieces, dtype=torch.int64, device=max_pages.device)
     for _ in range((pieces // (2 * MIN_PIECES_PER_SEQUENCE)).bit_length()):
-        halve = pieces_taken & (k >= 2 * MIN_PIECES_PER_SEQUENCE) & ((max_pages + k - 1) // k < min_piece_pages)
+        halve = pieces_taken & (k >= 2 * MIN_PIECES_PER_SEQUENCE) & ((max_pages + k - 1) // k < min_piece_pages) & (
+            2 * batch * torch.minimum(max_pages, k) > num_parts)
         k = torch.where(halve, k // 2, k)
     return k
 

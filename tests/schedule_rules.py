@@ -14,13 +14,15 @@ def pages_of(lengths):
 def pieces_per_sequence(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES, min_piece_pages=MIN_PIECE_PAGES):
     """The pieces rule, restated: k = parts // b >= 1 and the largest piece (ceil(max pages / k) + overhead)
     within the balanced payload + the combine cost; then k halved while pieces would hold fewer than
-    min_piece_pages pages and k / 2 >= MIN_PIECES_PER_SEQUENCE. Returns k, or 0 where the rule declines."""
+    min_piece_pages pages, k / 2 >= MIN_PIECES_PER_SEQUENCE and b min(max pages, k) > parts / 2. Returns k, or 0
+    where the rule declines."""
     pages = pages_of(lengths)
     payload = -(-(sum(pages) + F * len(pages)) // num_parts)
     k = num_parts // len(lengths)
     if k < 1 or -(-max(pages) // k) + F > payload + combine_pages:
         return 0
-    while k >= 2 * MIN_PIECES_PER_SEQUENCE and -(-max(pages) // k) < min_piece_pages:
+    while (k >= 2 * MIN_PIECES_PER_SEQUENCE and -(-max(pages) // k) < min_piece_pages
+           and 2 * len(pages) * min(max(pages), k) > num_parts):
         k //= 2
     return k
 

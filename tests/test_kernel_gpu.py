@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import hf_flashmla
-from hf_flashmla import flash_mla_with_kvcache, get_mla_metadata, mla_decode_reference
+from hf_flashmla import flash_mla_with_kvcache, get_mla_metadata, mla_decode_reference, schedule
 from hf_flashmla.testing import make_paged_inputs
 
 pytestmark = pytest.mark.gpu
@@ -140,6 +140,19 @@ def test_merge_paths(monkeypatch, lengths, s_q, h_q, merge):
     if merge == "combine_plain_launch":
         monkeypatch.setenv("HF_FLASHMLA_PDL", "0")
     check_case(lengths, s_q, h_q, torch.bfloat16, causal=True, seed=13)
+
+
+@pytest.mark.parametrize("merge", ["combine", "inline"])
+@pytest.mark.parametrize("lengths,s_q,h_q", [([4096], 1, 128), ([2048, 1900, 2048, 1500], 1, 64),
+                                             ([8192, 5000], 1, 128), ([2048], 2, 128)])
+def test_fewer_pieces_schedule(monkeypatch, lengths, s_q, h_q, merge):
+    # Small batches where schedule.py halves the pieces per sequence: spare parts past k b, splits merged by
+    # either path.
+    num_parts = schedule.num_sm_parts_for(s_q * h_q, 1, schedule.num_sms_of(torch.device("cuda")))
+    _, num_splits = get_mla_metadata(torch.tensor(lengths, dtype=torch.int32, device="cuda"), s_q * h_q, 1)
+    assert int(num_splits[-1]) < min(num_parts // len(lengths), -(-max(lengths) // 64)) * len(lengths)
+    monkeypatch.setenv("HF_FLASHMLA_MERGE", merge)
+    check_case(lengths, s_q, h_q, torch.bfloat16, causal=True, seed=17)
 
 
 def test_many_short_sequences():

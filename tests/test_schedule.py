@@ -320,12 +320,17 @@ def test_max_snapped_parts_matches_the_kernel_header():
 
 
 @pytest.mark.parametrize("batch,length,rows,pieces", [
-    (1, 4096, 128, 16),    # 64 pages: 66 -> 33 -> 16 pieces of 4 (run 86: 26.0 -> 22.4 us)
-    (1, 16384, 128, 33),   # 256 pages: 66 -> 33 pieces of 8 (34.3 -> 32.5 us)
-    (2, 8192, 128, 16),    # 33 -> 16 pieces of 8 (32.4 -> 31.5 us)
-    (4, 4096, 64, 16),     # 132 parts: 33 -> 16 pieces of 4 (30.3 -> 28.1 us)
+    (1, 4096, 128, 33),    # 64 pages on 66 parts: 33 pieces of 2 (runs 86-87: 25.4 -> 21.7-22.3 us at 16 or 33)
+    (1, 16384, 128, 33),   # 256 pages: 66 -> 33 pieces of 8 (34.0 -> 32.0 us)
+    (2, 4096, 128, 16),    # 33 -> 16 pieces of 4 (26.6 -> 24.6 us)
+    (2, 8192, 128, 16),    # 33 -> 16 pieces of 8 (32.2 -> 31.3 us)
+    (4, 2048, 64, 16),     # 132 parts: 33 -> 16 pieces of 2 (25.4 -> 22.0 us)
+    (4, 4096, 64, 16),     # 33 -> 16 pieces of 4 (30.2 -> 28.1 us)
+    (1, 2048, 256, 16),    # s2 h128, 33 parts: 32 -> 16 pieces of 2 (23.7 -> 19.7 us)
     (1, 32768, 128, 66),   # 512 pages: pieces of 8 already
-    (1, 1024, 128, 16),    # 16 pages: 16 one-page pieces either way
+    (1, 4096, 64, 132),    # 64 one-page pieces fill only half the 132 parts (fewer: 20.7 -> 22.5 us)
+    (1, 2048, 128, 66),    # 32 of 66 parts busy (fewer: 18.7 -> 19.5 us)
+    (1, 1024, 128, 66),    # 16 of 66 (on parts 0-15 instead: 15.7 -> 16.8 us)
     (8, 4096, 128, 8),     # k = 8 < 32: never below the floor of 16 pieces
     (1, 4096, 16, 132),    # 16 rows: the rule is off (run 86: b4 L4K h16 slower with fewer pieces)
     (64, 4096, 64, 2),     # the benchmark's b = 64: two pieces of 32 pages, unchanged
@@ -348,11 +353,12 @@ def test_fewer_pieces_for_little_work(batch, length, rows, pieces):
 def test_min_piece_pages_override_for_timing(monkeypatch):
     # HF_FLASHMLA_MIN_PIECE_PAGES: 0 gives every part a piece again (A/B timing); any rows.
     cache_seqlens = torch.tensor([4096], dtype=torch.int32)
-    assert int(schedule.compute_schedule(cache_seqlens, 128, 1, num_sms=132)[1][-1]) == 16
+    assert int(schedule.compute_schedule(cache_seqlens, 128, 1, num_sms=132)[1][-1]) == 33
     monkeypatch.setenv(schedule.MIN_PIECE_PAGES_ENV_VAR, "0")
     assert int(schedule.compute_schedule(cache_seqlens, 128, 1, num_sms=132)[1][-1]) == 64
     monkeypatch.setenv(schedule.MIN_PIECE_PAGES_ENV_VAR, "5")
-    assert int(schedule.compute_schedule(cache_seqlens, 16, 1, num_sms=132)[1][-1]) == 16
+    cache_seqlens = torch.tensor([4096] * 2, dtype=torch.int32)
+    assert int(schedule.compute_schedule(cache_seqlens, 16, 1, num_sms=132)[1][-1]) == 2 * 33
     monkeypatch.setenv(schedule.MIN_PIECE_PAGES_ENV_VAR, "-1")
     with pytest.raises(ValueError, match=schedule.MIN_PIECE_PAGES_ENV_VAR):
         schedule.compute_schedule(cache_seqlens, 128, 1, num_sms=132)

@@ -122,6 +122,21 @@ def test_kernel_matches_torch_one_part_per_sequence(batch, num_parts):
     assert one_each >= 1
 
 
+@pytest.mark.parametrize("batch,rows,length", [(1, 128, 4096), (1, 128, 16384), (2, 128, 8192), (4, 64, 2048),
+                                               (1, 256, 2048), (1, 64, 4096), (1, 128, 1024), (1, 16, 4096)])
+def test_kernel_matches_torch_fewer_pieces(batch, rows, length):
+    # schedule.py's fewer-pieces rule (small batches, 64+ query rows), equal and uneven lengths, through
+    # compute_schedule as get_mla_metadata calls it.
+    rng = random.Random(batch * 13 + rows + length)
+    for lengths in ([length] * batch, [rng.randint(length // 2, length) for _ in range(batch)]):
+        cache_seqlens = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+        poison_allocator()
+        got = schedule.compute_schedule(cache_seqlens, rows, 1, implementation="kernel")
+        num_parts = schedule.num_sm_parts_for(rows, 1, schedule.num_sms_of(cache_seqlens.device))
+        assert_same(cache_seqlens, num_parts, got, f"(b {batch}, rows {rows}, lengths {lengths})",
+                    split_cost=schedule.split_cost_pages(rows), min_pages=schedule.min_piece_pages_for(rows))
+
+
 @pytest.mark.parametrize("batch,num_parts,length", [(64, 33, 4096), (64, 33, 8192), (128, 66, 4096), (128, 33, 4096),
                                                     (2049, 132, 100), (3000, 66, 100)])
 def test_kernel_matches_torch_snapped(batch, num_parts, length):

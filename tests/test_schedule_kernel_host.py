@@ -118,6 +118,19 @@ def snapped_cases(num_threads):
     return [case for case in cases if snapped_bounds(case[4], case[1]) is not None]
 
 
+def fewer_pieces_cases(rng, num_threads):
+    """Small batches of a few hundred to a few thousand tokens, where schedule.py's fewer-pieces rule halves k
+    (asserted for every case): equal and uneven lengths."""
+    cases = []
+    for batch, num_parts, length in ((1, 66, 4096), (1, 132, 8192), (2, 66, 4096), (4, 132, 2048), (1, 33, 2048),
+                                     (3, 132, 3000), (2, 1500, 30000), (1, 66, 16384)):
+        for lengths in ([length] * batch, [rng.randint(length // 2, length) for _ in range(batch)]):
+            cases.append((num_threads, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, lengths))
+    assert all(pieces_per_sequence(case[4], case[1]) < pieces_per_sequence(case[4], case[1], min_piece_pages=0)
+               for case in cases)
+    return cases
+
+
 def random_case(rng):
     batch = min(5000, int(2 ** rng.uniform(0, 12.3)))
     rows = rng.choice([16, 32, 64, 100, 128, 192, 256])
@@ -144,10 +157,7 @@ def test_harness_matches_torch_on_random_inputs(harness):
     assert sum(one_part_per_sequence(case[4], case[1]) for case in cases) >= 8  # every mode exercised
     assert sum(pieces_per_sequence(case[4], case[1]) > 1 for case in cases) >= 10
     assert sum(snapped_bounds(case[4], case[1]) is not None for case in cases) >= 10
-    # ... and the fewer-pieces rule (pieces halved: short sequences, small batches)
-    assert sum(pieces_per_sequence(case[4], case[1]) != pieces_per_sequence(case[4], case[1], min_piece_pages=0)
-               for case in cases) >= 5
-    assert_same_as_torch(harness, cases)
+    assert_same_as_torch(harness, cases + fewer_pieces_cases(rng, 0))
 
 
 @pytest.mark.parametrize("num_threads", [0, 32, 96, 1024])
@@ -255,6 +265,7 @@ def test_emulated_kernel_matches_torch(emulated_kernel):
     cases += [(1, *case[1:]) for case in snapped_cases(0)]
     cases.append((1, 132, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [4096] * 64))  # two pieces per sequence
     cases.append((1, 1500, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, [64 * (i % 5) for i in range(40)]))  # 37 pieces
+    cases += fewer_pieces_cases(rng, 1)
     assert sum(one_part_per_sequence(case[4], case[1]) for case in cases) >= 5
     assert sum(pieces_per_sequence(case[4], case[1]) > 1 for case in cases) >= 2
     assert sum(snapped_bounds(case[4], case[1]) is not None for case in cases) >= 12
