@@ -42,14 +42,17 @@ Fewer pieces for little work: where pieces are taken, k is halved while a piece 
 min_piece_pages pages, k / 2 >= MIN_PIECES_PER_SEQUENCE and more than half the parts hold a piece
 (b min(max pages, k) > parts / 2); the parts past k b stay empty. At 64 query rows per CTA (s_q * h_q >= 64)
 each piece writes a 128 KB fp32 partial that the combine reads back, worth more than a page or two of KV when
-nearly every CTA writes one at once. H100 runs 86-87 (the full grid, spare parts empty): b1 L4K h128 25.4 ->
-21.7 us (64 -> 16 pieces), b2 L4K h128 26.6 -> 24.6, b1 L16K h128 34.0 -> 32.0, b4 L2K h64 25.4 -> 22.0,
-b1 L2K s2 h128 23.7 -> 19.7; but where at most half the CTAs had a piece anyway, fewer only cost: b1 L4K h64
-20.7 -> 22.5 (64 pieces on 132 parts), b1 L2K h128 18.7 -> 19.5, b1 L1K h128 15.7 -> 16.8 (the same 16
-one-page pieces on parts 0-15 instead of spread over all 66). Not at 16 query rows (b4 L4K h16 23.9 -> 24.4,
-run 86), so below 64 rows min_piece_pages is 0 (off). The floor of 16 pieces keeps enough SMs streaming and
-the combine's one-block-per-row shape (launched where parts >= 8 b, a host-side choice) fed with splits
-(b8 L4K h128 at 4 pieces: 42 -> 50 us).
+nearly every CTA writes one at once. H100 run 88 (the full grid, spare parts empty; flushed us, rule off -> on):
+b1 h128 L4K 25.5 -> 22.2 (64 -> 33 pieces), L8K 28.7 -> 26.0, L16K 33.9 -> 32.1; b2 h128 L4K 26.6 -> 24.6,
+L8K 32.2 -> 31.2; b2 L4K h64 27.0 -> 23.5; b4 h64 L2K 25.3 -> 22.1, L4K 29.9 -> 28.1; b1 L4K s2 h64 25.2 -> 22.2;
+b1 L2K s2 h128 23.5 -> 19.7. Where at most half the parts had a piece anyway, fewer only cost (run 87, without
+that condition): b1 L4K h64 20.7 -> 22.5 (64 pieces on 132 parts), b1 L2K h128 18.7 -> 19.5, b1 L1K h128
+15.7 -> 16.8 (the same 16 one-page pieces on parts 0-15 instead of spread over all 66). Not at 16 query rows
+(b4 L4K h16 23.9 -> 24.4, run 86), so below 64 rows min_piece_pages is 0 (off). Beyond two tiles it is 3:
+b1 L2K s2 h128 gains from one-page to two-page pieces (above), but b1 L8K s2 h128 lost 1-11% in three timings
+going from four-page to eight-page pieces (runs 87-88), where one and two tiles gained (b1 L16K h128, b2 L8K
+h128). The floor of 16 pieces keeps enough SMs streaming and the combine's one-block-per-row shape (launched
+where parts >= 8 b, a host-side choice) fed with splits (b8 L4K h128 at 4 pieces: 42 -> 50 us, run 86).
 
 Two implementations give the same tensors bit for bit: compute_schedule_torch (vectorised PyTorch
 ops, any device; the ground truth) and the compiled single-CTA kernel torch.ops.hf_flashmla.mla_metadata
@@ -86,8 +89,10 @@ SPLIT_COMBINE_PAGES_MANY_ROWS = 16
 # For timing experiments only (A/B of the pieces and snapped schedules): overrides SPLIT_COMBINE_PAGES in both
 # implementations; a very negative value gives the plain balanced cut.
 SPLIT_COMBINE_ENV_VAR = "HF_FLASHMLA_SPLIT_COMBINE_PAGES"
-# The fewer-pieces rule (module docstring): pieces of fewer pages than this halve k, from 64 query rows per kv head.
+# The fewer-pieces rule (module docstring): pieces of fewer pages than this halve k, from 64 query rows per kv head;
+# beyond two 64-row tiles (s2 h128: four CTAs read each page) only pieces of one or two pages are halved.
 MIN_PIECE_PAGES = 5
+MIN_PIECE_PAGES_MANY_TILES = 3
 MIN_PIECES_PER_SEQUENCE = 16  # csrc/mla_metadata_core.h's kMinPiecesPerSequence
 # For timing experiments only: overrides MIN_PIECE_PAGES (0 turns the rule off) in both implementations.
 MIN_PIECE_PAGES_ENV_VAR = "HF_FLASHMLA_MIN_PIECE_PAGES"
@@ -161,15 +166,18 @@ def split_cost_pages(num_q_rows_per_kv_head: int | None = None) -> int:
 
 
 def min_piece_pages_for(num_q_rows_per_kv_head: int | None = None) -> int:
-    """MIN_PIECE_PAGES from ROWS_PER_TILE query rows per kv head (None: that many), 0 below; the environment
-    overrides."""
+    """MIN_PIECE_PAGES from ROWS_PER_TILE query rows per kv head (None: that many), MIN_PIECE_PAGES_MANY_TILES
+    beyond two tiles, 0 below one; the environment overrides."""
     value = os.environ.get(MIN_PIECE_PAGES_ENV_VAR, "").strip()
     if value:
         if not value.isdigit():
             raise ValueError(f"{MIN_PIECE_PAGES_ENV_VAR}={value!r}: expected a non-negative integer")
         return int(value)
-    few_rows = num_q_rows_per_kv_head is not None and num_q_rows_per_kv_head < ROWS_PER_TILE
-    return 0 if few_rows else MIN_PIECE_PAGES
+    if num_q_rows_per_kv_head is None:
+        return MIN_PIECE_PAGES
+    if num_q_rows_per_kv_head < ROWS_PER_TILE:
+        return 0
+    return MIN_PIECE_PAGES if num_q_rows_per_kv_head <= 2 * ROWS_PER_TILE else MIN_PIECE_PAGES_MANY_TILES
 
 
 def compute_schedule(cache_seqlens: torch.Tensor, num_q_rows_per_kv_head: int, num_heads_k: int,

@@ -327,6 +327,8 @@ def test_max_snapped_parts_matches_the_kernel_header():
     (4, 2048, 64, 16),     # 132 parts: 33 -> 16 pieces of 2 (25.4 -> 22.0 us)
     (4, 4096, 64, 16),     # 33 -> 16 pieces of 4 (30.2 -> 28.1 us)
     (1, 2048, 256, 16),    # s2 h128, 33 parts: 32 -> 16 pieces of 2 (23.7 -> 19.7 us)
+    (1, 8192, 256, 33),    # four tiles: pieces of 4 stay (16 of 8: 29.4 -> 29.8-32.6 us, runs 87-88)
+    (1, 4096, 256, 16),    # four tiles: 33 pieces of 2 -> 16 of 4
     (1, 32768, 128, 66),   # 512 pages: pieces of 8 already
     (1, 4096, 64, 132),    # 64 one-page pieces fill only half the 132 parts (fewer: 20.7 -> 22.5 us)
     (1, 2048, 128, 66),    # 32 of 66 parts busy (fewer: 18.7 -> 19.5 us)
