@@ -8,6 +8,9 @@ decode grid unless HF_FLASHMLA_PDL=0). Not a benchmark.
 
 --pad also times each smaller schedule padded with empty parts to the first --sms value's grid: the same work as
 a device-side rule would leave it (the metadata's shape is fixed on the host), against the smaller grid.
+--layouts default,packed,spread,tail also times each schedule with its rows permuted (the kernel reads row p in the
+CTAs of part p, and rows are independent): the parts with work first (packed), evenly spread over the grid, or
+last: whether where the busy CTAs sit on the GPU matters.
 
 Configs: the names below, or any equal-length main-table-style name bB_LL_sqS_hH (e.g. b1_L4096_sq1_h128).
 """
@@ -45,6 +48,7 @@ def main():
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--sms", default="132,99,66,44")
     parser.add_argument("--pad", action="store_true")
+    parser.add_argument("--layouts", default="default")
     args = parser.parse_args()
     flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device="cuda")
     for name in args.configs.split(","):
@@ -54,7 +58,8 @@ def main():
         full_parts = schedule.num_sm_parts_for(s_q * h_q, 1, sms_values[0])
         for num_sms in sms_values:
             meta, splits = schedule.compute_schedule(seqlens, s_q * h_q, 1, num_sms=num_sms)
-            variants = [("", meta)]
+            variants = [("" if layout == "default" else f" {layout}", with_layout(meta, seqlens, layout))
+                        for layout in args.layouts.split(",")]
             if args.pad and meta.shape[0] < full_parts:
                 variants.append((" padded", pad_with_empty_parts(meta, seqlens, full_parts)))
             for label, rows in variants:
@@ -64,8 +69,30 @@ def main():
                 flushed = flushed_event_median_ms(call, flush, 100) * 1e3
                 warm = back_to_back_us(call, 50)
                 kernels = short_kernel_names(gpu_us_per_kernel(call))
-                print(f"{name:20s} sms {num_sms:3d}{label:7s}: parts {rows.shape[0]:3d}, splits {int(splits[-1]):3d} | "
+                print(f"{name:20s} sms {num_sms:3d}{label:8s}: parts {rows.shape[0]:3d}, splits {int(splits[-1]):3d} | "
                       f"flushed {flushed:6.1f} us, back-to-back {warm:6.1f} us | GPU us/call: {kernels}", flush=True)
+
+
+def with_layout(meta, seqlens, layout):
+    """meta's rows permuted: default (as scheduled), packed (rows with pages first), spread (those evenly over the
+    grid), tail (those last)."""
+    if layout == "default":
+        return meta
+    num_blocks = [(max(int(n), 0) + schedule.PAGE_SIZE - 1) // schedule.PAGE_SIZE for n in seqlens.tolist()]
+    rows = meta.cpu()
+    busy = [p for p in range(rows.shape[0]) if any(True for _ in schedule.iterate_part(rows[p], num_blocks))]
+    idle = [p for p in range(rows.shape[0]) if p not in set(busy)]
+    if layout == "packed":
+        order = busy + idle
+    elif layout == "tail":
+        order = idle + busy
+    elif layout == "spread":
+        slots = {i * rows.shape[0] // len(busy): p for i, p in enumerate(busy)} if busy else {}
+        spare = iter(idle)
+        order = [slots[i] if i in slots else next(spare) for i in range(rows.shape[0])]
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    return meta[torch.tensor(order, device=meta.device)]
 
 
 def pad_with_empty_parts(meta, seqlens, num_parts):
