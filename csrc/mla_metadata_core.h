@@ -23,8 +23,9 @@
 // Pieces and snapped are taken when their largest part (pieces: ceil(max pages / k) + overhead; snapped:
 // max_p (bound_{p+1} - bound_p)) is at most payload + combine_pages (schedule.py's docstring gives the time
 // model); otherwise balanced. Pieces, then, halve k while ceil(max pages / k) < min_piece_pages, k / 2 >=
-// kMinPiecesPerSequence and b min(max pages, k) > num_parts / 2 (min_piece_pages = 0: never); the parts past k b
-// stay empty. row p = [seq(bound_p), block(bound_p), seq(bound_{p+1}), block(bound_{p+1}),
+// kMinPiecesPerSequence and b min(max pages, k) > num_parts / 2 (min_piece_pages = 0: never); where k was halved,
+// the k b pieces are spread over the parts: part p takes piece q(p) = ceil(p k b / num_parts) in place of p in the
+// formulas above (bounds, begin_split), so the parts between pieces are empty. row p = [seq(bound_p), block(bound_p), seq(bound_{p+1}), block(bound_{p+1}),
 // begin_split_p, 0, 0, 0]; num_splits = [0, splits_0, splits_0 + splits_1, ...].
 // All sums are 64-bit (b * max pages overflows 32 bits); outputs are truncated to int32 as torch's .to(int32).
 #pragma once
@@ -55,7 +56,8 @@ struct Shape {  // whole-batch quantities, fixed once the total cost is known
   int batch;
   int num_parts;
   int overhead;  // fixed cost of a sequence, in pages
-  int pieces;    // k = num_parts / batch where batch <= num_parts, else 0
+  int pieces;    // k = num_parts / batch where batch <= num_parts, else 0 (fewer after the min_piece_pages rule)
+  bool spread;   // the rule halved k: part p takes piece ceil(p k b / num_parts) (piece_of_part)
   Mode mode;     // make_shape decides pieces; the kernel may switch balanced to snapped
 };
 
@@ -98,7 +100,8 @@ HF_FLASHMLA_HOST_DEVICE Shape make_shape(int64_t total, int64_t max_cost, int ba
     while (pieces >= 2 * kMinPiecesPerSequence && (max_pages + pieces - 1) / pieces < min_piece_pages &&
            2 * batch * min64(max_pages, pieces) > num_parts)
       pieces /= 2;
-  return Shape{total, payload, combine_pages, batch, num_parts, overhead, pieces,
+  const bool spread = use_pieces && pieces < num_parts / batch;
+  return Shape{total, payload, combine_pages, batch, num_parts, overhead, pieces, spread,
                use_pieces ? Mode::kPieces : Mode::kBalanced};
 }
 
@@ -152,16 +155,24 @@ HF_FLASHMLA_HOST_DEVICE void write_bound(int* metadata, int p, int seq, int64_t 
   }
 }
 
-// Pieces: bound p < k b opens piece j = p % k of sequence i = p / k (placed by the chunk that holds i, no search
-// needed; a bound at the sequence's end, n_i = 0, belongs to sequence i + 1, block 0, as searchsorted puts it),
-// bounds p >= k b are the total (the last chunk, clamped to sequence b - 1 as searchsorted).
+// The piece whose bound is part bound p: p itself, or, spread, ceil(p k b / num_parts) (k b pieces over num_parts
+// parts: part p holds piece q iff q = piece_of_part(p) < piece_of_part(p + 1)).
+HF_FLASHMLA_HOST_DEVICE int64_t piece_of_part(int p, const Shape& s) {
+  const int64_t pieced = static_cast<int64_t>(s.pieces) * s.batch;
+  return s.spread ? (p * pieced + s.num_parts - 1) / s.num_parts : p;
+}
+
+// Pieces: bound p opens piece q = piece_of_part(p); q < k b is piece j = q % k of sequence i = q / k (placed by
+// the chunk that holds i, no search needed; a bound at the sequence's end, n_i = 0, belongs to sequence i + 1,
+// block 0, as searchsorted puts it), q >= k b the total (the last chunk, clamped to sequence b - 1 as searchsorted).
 HF_FLASHMLA_HOST_DEVICE void place_piece_bounds(int* metadata, const Chunk& chunk, const Shape& s, int thread,
                                                 int num_threads) {
   const int64_t pieced = static_cast<int64_t>(s.pieces) * s.batch;
   for (int p = thread; p <= s.num_parts; p += num_threads) {
+    const int64_t q = piece_of_part(p, s);
     int local;
-    if (p < pieced) {
-      const int i = p / s.pieces;
+    if (q < pieced) {
+      const int i = static_cast<int>(q / s.pieces);
       if (i < chunk.base || i >= chunk.base + chunk.count) continue;
       local = i - chunk.base;
     } else {
@@ -172,11 +183,11 @@ HF_FLASHMLA_HOST_DEVICE void place_piece_bounds(int* metadata, const Chunk& chun
     const int64_t cost_end = chunk.ends[local];
     const int64_t pages = cost_end - cost_begin - s.overhead;
     const int seq = chunk.base + local;
-    if (p >= pieced) {
-      write_bound(metadata, p, seq, pages, p - static_cast<int64_t>(s.pieces) * seq, s);
+    if (q >= pieced) {
+      write_bound(metadata, p, seq, pages, q - static_cast<int64_t>(s.pieces) * seq, s);
       continue;
     }
-    const int64_t j = p % s.pieces;
+    const int64_t j = q % s.pieces;
     const int64_t start = j * pages / s.pieces;
     const int64_t bound = j > 0 ? cost_begin + s.overhead + start : cost_begin;
     const int64_t begin_split = min64(j, start);

@@ -40,7 +40,9 @@ are taken when their largest part is at most the balanced payload + C:
 
 Fewer pieces for little work: where pieces are taken, k is halved while a piece would hold fewer than
 min_piece_pages pages, k / 2 >= MIN_PIECES_PER_SEQUENCE and more than half the parts hold a piece
-(b min(max pages, k) > parts / 2); the parts past k b stay empty. At 64 query rows per CTA (s_q * h_q >= 64)
+(b min(max pages, k) > parts / 2); the k b pieces are then spread over the parts, part p taking piece
+ceil(p k b / parts) (the parts between pieces empty), as packing them into the first k b parts cost 1-2 us
+(run 89: b1 L4K h128 22.2 us packed, 20.9 spread, 20.8 on a grid of only the busy parts). At 64 query rows per CTA (s_q * h_q >= 64)
 each piece writes a 128 KB fp32 partial that the combine reads back, worth more than a page or two of KV when
 nearly every CTA writes one at once. H100 run 88 (the full grid, spare parts empty; flushed us, rule off -> on):
 b1 h128 L4K 25.5 -> 22.2 (64 -> 33 pieces), L8K 28.7 -> 26.0, L16K 33.9 -> 32.1; b2 h128 L4K 26.6 -> 24.6,
@@ -228,12 +230,18 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *, split
         pieces = num_parts // batch
         # Each piece is one item with its own overhead: the largest part is ceil(max pages / k) + overhead.
         largest = (num_blocks.max() + pieces - 1) // pieces + overhead
+        piece_index = part_index  # q(p): the piece whose bound is part bound p
         if min_piece_pages > 0:
+            full_pieces = pieces
             pieces = fewer_pieces(pieces, num_blocks.max(), largest <= payload + split_combine_pages, min_piece_pages,
                                   batch, num_parts)
-        in_pieces = part_index < pieces * batch
-        piece_seq = (part_index // pieces).clamp_max(batch - 1)
-        piece = part_index % pieces
+            # Where k was halved, the k b pieces are spread over the parts (q(p) = ceil(p k b / P)), not packed
+            # into the first ones (module docstring).
+            spread_index = (part_index * (pieces * batch) + num_parts - 1) // num_parts
+            piece_index = torch.where(pieces < full_pieces, spread_index, part_index)
+        in_pieces = piece_index < pieces * batch
+        piece_seq = (piece_index // pieces).clamp_max(batch - 1)
+        piece = piece_index % pieces
         piece_pages = num_blocks[piece_seq]
         # Piece j starts at page j n // k (its bound in cost space is past the sequence's overhead, j > 0).
         candidate_bounds = torch.where(in_pieces, cost_begin[piece_seq] + torch.where(
@@ -265,14 +273,14 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *, split
     num_splits = torch.nn.functional.pad(torch.cumsum(splits, 0), (1, 0))
 
     # begin_split: index of the part's first item among its sequence's splits. Pieces: the non-empty pieces
-    # before j, min(j, j n // k) (fewer pages than pieces: one page each); empty parts past k b keep
-    # p - k (b - 1), the rows the balanced cut gives them; snapped: 0.
+    # before j, min(j, j n // k) (fewer pages than pieces: one page each); empty parts past the k b pieces keep
+    # q(p) - k (b - 1), the rows the balanced cut gives them; snapped: 0.
     begin_seq = seq_of_bound[:-1]
     balanced_split = (part_index[:-1] - first_part[begin_seq]).clamp_min(0)
     if batch <= num_parts:
         j, n = piece[:-1], piece_pages[:-1]
         candidate_split = torch.where(in_pieces[:-1], torch.minimum(j, j * n // pieces),
-                                  part_index[:-1] - pieces * (batch - 1))
+                                      piece_index[:-1] - pieces * (batch - 1))
     else:
         candidate_split = torch.zeros_like(begin_seq)
     begin_split = torch.where(use_candidate, candidate_split, balanced_split)

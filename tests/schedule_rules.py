@@ -27,6 +27,12 @@ def pieces_per_sequence(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES, m
     return k
 
 
+def piece_of_part(part, k, batch, num_parts):
+    """The piece (index i k + j) whose bound is part bound `part`: the part itself, or, where the fewer-pieces rule
+    halved k (k < parts // b), ceil(part k b / parts): the pieces spread over the parts."""
+    return -(-part * k * batch // num_parts) if k < num_parts // batch else part
+
+
 def one_part_per_sequence(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES, min_piece_pages=MIN_PIECE_PAGES):
     return pieces_per_sequence(lengths, num_parts, combine_pages, min_piece_pages) == 1
 

@@ -14,7 +14,7 @@ import torch
 import hf_flashmla
 from hf_flashmla import schedule
 from hf_flashmla.schedule import MIN_PIECE_PAGES, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COMBINE_PAGES
-from schedule_rules import one_part_per_sequence, pages_of, pieces_per_sequence, snapped_bounds
+from schedule_rules import one_part_per_sequence, pages_of, piece_of_part, pieces_per_sequence, snapped_bounds
 
 F = SEQUENCE_OVERHEAD_PAGES
 
@@ -35,8 +35,9 @@ def python_schedule(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES, min_p
     k = pieces_per_sequence(lengths, num_parts, combine_pages, min_piece_pages)
     if k:
         mode = "pieces"
-        bounds = [total if p >= k * batch else begins[p // k] + (F + p % k * pages[p // k] // k if p % k else 0)
-                  for p in range(num_parts + 1)]
+        qs = [piece_of_part(p, k, batch, num_parts) for p in range(num_parts + 1)]
+        bounds = [total if q >= k * batch else begins[q // k] + (F + q % k * pages[q // k] // k if q % k else 0)
+                  for q in qs]
     elif snapped is not None:
         mode = "snapped"
         bounds = snapped
@@ -51,8 +52,8 @@ def python_schedule(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES, min_p
         begin_split = [max(p - first[seqs[p]], 0) for p in range(num_parts)]
     elif mode == "pieces":
         splits = [min(n, k) for n in pages]
-        begin_split = [min(p % k, p % k * pages[p // k] // k) if p < k * batch else p - k * (batch - 1)
-                       for p in range(num_parts)]
+        begin_split = [min(q % k, q % k * pages[q // k] // k) if q < k * batch else q - k * (batch - 1)
+                       for q in qs[:-1]]
     else:
         splits = [1 if n else 0 for n in pages]
         begin_split = [0] * num_parts
@@ -125,9 +126,11 @@ def test_schedule_covers_each_page_once_and_balances(mix, rows, h_kv, num_sms):
         if k:
             # Part i k + j holds piece j of sequence i (if not empty): never more than payload + the combine cost,
             # or, where the fewer-pieces rule halved k, than twice its threshold (+ 1 for an odd k).
-            seq, j = divmod(part, k)
+            q, next_q = piece_of_part(part, k, batch, num_parts), piece_of_part(part + 1, k, batch, num_parts)
+            seq, j = divmod(q, k)
             n = num_blocks[seq] if seq < batch else 0
-            piece = [(seq, j * n // k, (j + 1) * n // k)] if seq < batch and (j + 1) * n // k > j * n // k else []
+            piece = [(seq, j * n // k, (j + 1) * n // k)] if (seq < batch and next_q > q
+                                                              and (j + 1) * n // k > j * n // k) else []
             assert [(s, start, stop) for s, start, stop, _ in segments] == piece
             assert pages + SEQUENCE_OVERHEAD_PAGES * len(segments) <= max(payload + cost, 2 * min_pages + 1 + F)
         elif snapped_bounds(lengths, num_parts, cost) is not None:
@@ -345,11 +348,17 @@ def test_fewer_pieces_for_little_work(batch, length, rows, pieces):
     assert pieces_per_sequence(lengths, num_parts, schedule.split_cost_pages(rows),
                                schedule.min_piece_pages_for(rows)) == pieces
     assert num_splits.tolist() == list(range(0, batch * min(pages, pieces) + 1, min(pages, pieces)))
+    busy = []
     for part in range(num_parts):
         segments = list(schedule.iterate_part(metadata[part], [pages] * batch))
-        seq, j = divmod(part, pieces)
+        q, next_q = piece_of_part(part, pieces, batch, num_parts), piece_of_part(part + 1, pieces, batch, num_parts)
+        seq, j = divmod(q, pieces)
         start, stop = j * pages // pieces, (j + 1) * pages // pieces
-        assert segments == ([(seq, start, stop, min(j, start))] if seq < batch and stop > start else []), part
+        held = seq < batch and next_q > q and stop > start
+        assert segments == ([(seq, start, stop, min(j, start))] if held else []), part
+        busy += [part] if held else []
+    if pieces < num_parts // batch:  # halved: the pieces spread over the grid, not packed into its first parts
+        assert busy[-1] >= num_parts * (len(busy) - 1) // len(busy)
 
 
 def test_min_piece_pages_override_for_timing(monkeypatch):
