@@ -717,6 +717,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int m_block = blockIdx.x;
   const int part = blockIdx.y;
   PartWalker walker(params.sched_metadata + part * kMetadataWidth, params.cache_seqlens);
+  // A spare part of the schedule (its row holds no pages) loads and computes nothing: leaving before the barrier
+  // set-up and the item's dependent loads frees its SM for the combine kernel's blocks, launched early (PDL), a
+  // few microseconds sooner. With the in-kernel merge it stays: it writes its share of the empty sequences.
+  if (!params.inline_merge && walker.empty_by_metadata()) return;
 
   run_producer_and_consumers(
       [&] {
