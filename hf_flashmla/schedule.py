@@ -41,16 +41,16 @@ are taken when their largest part is at most the balanced payload + C:
 Fewer pieces for little work: where pieces are taken, k is halved while a piece would hold fewer than
 min_piece_pages pages, k / 2 >= MIN_PIECES_PER_SEQUENCE and more than half the parts hold a piece
 (b min(max pages, k) > parts / 2); the k b pieces are then spread over the parts, part p taking piece
-ceil(p k b / parts) (the parts between pieces empty), as packing them into the first k b parts cost 1-2 us
-(run 89: b1 L4K h128 22.2 us packed, 20.9 spread, 20.8 on a grid of only the busy parts). At 64 query rows per CTA (s_q * h_q >= 64)
-each piece writes a 128 KB fp32 partial that the combine reads back, worth more than a page or two of KV when
-nearly every CTA writes one at once. H100 run 88 (the full grid, spare parts empty; flushed us, rule off -> on):
-b1 h128 L4K 25.5 -> 22.2 (64 -> 33 pieces), L8K 28.7 -> 26.0, L16K 33.9 -> 32.1; b2 h128 L4K 26.6 -> 24.6,
-L8K 32.2 -> 31.2; b2 L4K h64 27.0 -> 23.5; b4 h64 L2K 25.3 -> 22.1, L4K 29.9 -> 28.1; b1 L4K s2 h64 25.2 -> 22.2;
-b1 L2K s2 h128 23.5 -> 19.7. Where at most half the parts had a piece anyway, fewer only cost (run 87, without
-that condition): b1 L4K h64 20.7 -> 22.5 (64 pieces on 132 parts), b1 L2K h128 18.7 -> 19.5, b1 L1K h128
-15.7 -> 16.8 (the same 16 one-page pieces on parts 0-15 instead of spread over all 66). Not at 16 query rows
-(b4 L4K h16 23.9 -> 24.4, run 86), so below 64 rows min_piece_pages is 0 (off). Beyond two tiles it is 3:
+ceil(p k b / parts) (the parts between pieces empty): packed into the first k b parts they were 1-2 us slower
+(run 89: b1 L4K h128 22.2 us packed, 20.9 spread, 20.8 on a grid of only the busy parts). At 64 query rows per
+CTA (s_q * h_q >= 64) each piece writes a 128 KB fp32 partial that the combine reads back, worth more than a
+page or two of KV when nearly every CTA writes one at once. H100 run 90 (the full grid, spare parts empty,
+pieces spread; flushed us, rule off -> on, two rounds): b1 h128 L4K 25.7 -> 21.0 (64 -> 33 pieces), L8K
+28.8 -> 23.5, L16K 33.9 -> 30.4; b2 h128 L4K 26.5 -> 23.1, L8K 32.3 -> 29.7; b2 L4K h64 27.1 -> 22.1; b4 h64
+L2K 25.3 -> 21.0, L4K 30.4 -> 26.9; b1 L4K s2 h64 25.7 -> 20.4; b1 h128 s2 L2K 23.4 -> 18.4, L4K 25.6 -> 22.0.
+Where at most half the parts had a piece anyway, fewer only cost (run 87, without that condition): b1 L4K h64
+20.7 -> 22.5 (64 pieces on 132 parts), b1 L2K h128 18.7 -> 19.5, b1 L1K h128 15.7 -> 16.8. Not at 16 query
+rows (b4 L4K h16 23.9 -> 24.4, run 86), so below 64 rows min_piece_pages is 0 (off). Beyond two tiles it is 3:
 b1 L2K s2 h128 gains from one-page to two-page pieces (above), but b1 L8K s2 h128 lost 1-11% in three timings
 going from four-page to eight-page pieces (runs 87-88), where one and two tiles gained (b1 L16K h128, b2 L8K
 h128). The floor of 16 pieces keeps enough SMs streaming and the combine's one-block-per-row shape (launched
