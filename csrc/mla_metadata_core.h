@@ -25,8 +25,9 @@
 // model); otherwise balanced. Pieces, then, halve k while ceil(max pages / k) < min_piece_pages, k / 2 >=
 // kMinPiecesPerSequence and b min(max pages, k) > num_parts / 2 (min_piece_pages = 0: never); where k was halved,
 // the k b pieces are spread over the parts: part p takes piece q(p) = ceil(p k b / num_parts) in place of p in the
-// formulas above (bounds, begin_split), so the parts between pieces are empty. row p = [seq(bound_p), block(bound_p), seq(bound_{p+1}), block(bound_{p+1}),
-// begin_split_p, 0, 0, 0]; num_splits = [0, splits_0, splits_0 + splits_1, ...].
+// formulas above (bounds, begin_split), so the parts between pieces are empty.
+// row p = [seq(bound_p), block(bound_p), seq(bound_{p+1}), block(bound_{p+1}), begin_split_p, 0, 0, 0];
+// num_splits = [0, splits_0, splits_0 + splits_1, ...].
 // All sums are 64-bit (b * max pages overflows 32 bits); outputs are truncated to int32 as torch's .to(int32).
 #pragma once
 #include <cstdint>
