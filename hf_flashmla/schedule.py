@@ -267,8 +267,7 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *, split
     # its non-empty pieces (min(pages, k)), one (snapped).
     first_part = (cost_begin + overhead) // payload
     last_part = (cost_end - 1) // payload
-    candidate_splits = torch.minimum(num_blocks, torch.as_tensor(pieces, device=device)) if batch <= num_parts \
-        else torch.ones_like(num_blocks)
+    candidate_splits = torch.clamp(num_blocks, max=pieces) if batch <= num_parts else torch.ones_like(num_blocks)
     splits = torch.where(num_blocks > 0, torch.where(use_candidate, candidate_splits, last_part - first_part + 1), 0)
     num_splits = torch.nn.functional.pad(torch.cumsum(splits, 0), (1, 0))
 

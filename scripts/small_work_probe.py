@@ -81,7 +81,8 @@ def with_layout(meta, seqlens, layout):
     num_blocks = [(max(int(n), 0) + schedule.PAGE_SIZE - 1) // schedule.PAGE_SIZE for n in seqlens.tolist()]
     rows = meta.cpu()
     busy = [p for p in range(rows.shape[0]) if any(True for _ in schedule.iterate_part(rows[p], num_blocks))]
-    idle = [p for p in range(rows.shape[0]) if p not in set(busy)]
+    busy_set = set(busy)
+    idle = [p for p in range(rows.shape[0]) if p not in busy_set]
     if layout == "packed":
         order = busy + idle
     elif layout == "tail":
