@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hf_flashmla import schedule  # noqa: E402
+from hf_flashmla.latent_cache import pages_for  # noqa: E402
 from scripts.bench_kernel import flushed_event_median_ms  # noqa: E402
 from scripts.kernel_breakdown import back_to_back_us, gpu_us_per_kernel, parse, short_kernel_names  # noqa: E402
 from scripts.kernel_smoke import decode_call, make_inputs  # noqa: E402
@@ -78,7 +79,7 @@ def with_layout(meta, seqlens, layout):
     grid), tail (those last)."""
     if layout == "default":
         return meta
-    num_blocks = [(max(int(n), 0) + schedule.PAGE_SIZE - 1) // schedule.PAGE_SIZE for n in seqlens.tolist()]
+    num_blocks = [pages_for(max(n, 0)) for n in seqlens.tolist()]
     rows = meta.cpu()
     busy = [p for p in range(rows.shape[0]) if any(True for _ in schedule.iterate_part(rows[p], num_blocks))]
     busy_set = set(busy)
@@ -100,7 +101,7 @@ def pad_with_empty_parts(meta, seqlens, num_parts):
     """meta with rows appended up to num_parts, each empty as the schedule's spare parts are: the last sequence from
     its last page to its last page."""
     last = len(seqlens) - 1
-    last_page = (max(int(seqlens[last]), 0) + schedule.PAGE_SIZE - 1) // schedule.PAGE_SIZE
+    last_page = pages_for(max(int(seqlens[last]), 0))
     spare = torch.tensor([last, last_page, last, last_page, 0, 0, 0, 0], dtype=meta.dtype, device=meta.device)
     return torch.cat([meta, spare.expand(num_parts - meta.shape[0], -1)])
 
