@@ -40,11 +40,13 @@ def kernel_schedule(cache_seqlens, num_parts):
                              schedule.min_piece_pages_for())
 
 
-def assert_same(cache_seqlens, num_parts, got, where="", split_cost=None, min_pages=None):
-    expected = schedule.compute_schedule_torch(cache_seqlens, num_parts, split_combine_pages=split_cost,
-                                               min_piece_pages=min_pages)
-    expected_cpu = schedule.compute_schedule_torch(cache_seqlens.cpu(), num_parts, split_combine_pages=split_cost,
-                                                   min_piece_pages=min_pages)
+def assert_same(cache_seqlens, num_parts, got, where="", rows=None):
+    """got against the PyTorch schedule on the same device and on the CPU, with compute_schedule's split cost and
+    fewer-pieces threshold for `rows` query rows per kv head (None: the defaults, as kernel_schedule passes)."""
+    costs = dict(split_combine_pages=schedule.split_cost_pages(rows),
+                 min_piece_pages=schedule.min_piece_pages_for(rows))
+    expected = schedule.compute_schedule_torch(cache_seqlens, num_parts, **costs)
+    expected_cpu = schedule.compute_schedule_torch(cache_seqlens.cpu(), num_parts, **costs)
     got_metadata, got_splits = got
     assert got_metadata.is_cuda and got_metadata.dtype == torch.int32 and got_metadata.shape == (num_parts, 8)
     assert got_splits.dtype == torch.int32 and got_splits.shape == (cache_seqlens.shape[0] + 1,)
@@ -88,8 +90,7 @@ def test_kernel_matches_torch_on_random_inputs():
         poison_allocator()
         got = schedule.compute_schedule(cache_seqlens, rows, h_kv, num_sms=sms, implementation="kernel")
         assert_same(cache_seqlens, num_parts, got, f"(case {case}, b {batch}, rows {rows}, h_kv {h_kv}, sms {sms})",
-                    split_cost=schedule.split_cost_pages(rows),
-                    min_pages=schedule.min_piece_pages_for(rows))
+                    rows=rows)
 
 
 @pytest.mark.parametrize("batch", [1, 31, 32, 33, 1023, 1024, 1025, 2049, 4096, 5000, 20000])
@@ -134,7 +135,7 @@ def test_kernel_matches_torch_fewer_pieces(batch, rows, length):
         got = schedule.compute_schedule(cache_seqlens, rows, 1, implementation="kernel")
         num_parts = schedule.num_sm_parts_for(rows, 1, schedule.num_sms_of(cache_seqlens.device))
         assert_same(cache_seqlens, num_parts, got, f"(b {batch}, rows {rows}, lengths {lengths})",
-                    split_cost=schedule.split_cost_pages(rows), min_pages=schedule.min_piece_pages_for(rows))
+                    rows=rows)
 
 
 @pytest.mark.parametrize("batch,num_parts,length", [(64, 33, 4096), (64, 33, 8192), (128, 66, 4096), (128, 33, 4096),
@@ -167,8 +168,7 @@ def test_get_mla_metadata_takes_the_kernel_on_cuda(monkeypatch):
     metadata, num_splits = hf_flashmla.get_mla_metadata(cache_seqlens, 2 * 128, 1)
     assert len(calls) == 1 and calls[0][-2:] == (schedule.split_cost_pages(256), schedule.min_piece_pages_for(256))
     num_parts = schedule.num_sm_parts_for(256, 1, schedule.num_sms_of(cache_seqlens.device))
-    assert_same(cache_seqlens, num_parts, (metadata, num_splits), split_cost=schedule.split_cost_pages(256),
-                min_pages=schedule.min_piece_pages_for(256))
+    assert_same(cache_seqlens, num_parts, (metadata, num_splits), rows=256)
     monkeypatch.setenv(schedule.SCHEDULE_ENV_VAR, "torch")
     torch_metadata, torch_splits = hf_flashmla.get_mla_metadata(cache_seqlens, 2 * 128, 1)
     assert len(calls) == 1
@@ -198,8 +198,7 @@ def test_cuda_graph_replay_with_new_lengths():
         graph.replay()
         torch.cuda.synchronize()
         assert_same(static_lengths, num_parts, (static_metadata, static_splits), f"(replay {trial})",
-                    split_cost=schedule.split_cost_pages(128),
-                    min_pages=schedule.min_piece_pages_for(128))
+                    rows=128)
 
 
 def test_runs_in_order_on_the_current_stream():
