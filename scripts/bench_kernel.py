@@ -44,8 +44,9 @@ L2_BYTES = 50 * 1024 * 1024
 FIGURES_PATH = os.path.join(SCRIPTS, "flashmla_reference_figures.json")
 # BENCHMARKS.md's classes by query rows per KV head (h_q * s_q): memory-bound up to 32, compute-bound from 128.
 MEMORY_BOUND_MAX_ROWS, COMPUTE_BOUND_MIN_ROWS = 32, 128
-FLASHINFER_REASON = "not run (wheel 62 MB + deps exceed the 64 MiB per-call carry limit)"
-PEER_MODULES = {"sglang": "peers.sglang_triton", "torch": "peers.torch_gather", "triton": "peers.triton_ours"}
+# FlashInfer runs from a trimmed bundle in .fi/ (scripts/peers/flashinfer_mla.py): without it, its row says "not run".
+PEER_MODULES = {"sglang": "peers.sglang_triton", "torch": "peers.torch_gather", "triton": "peers.triton_ours",
+                "flashinfer": "peers.flashinfer_mla"}
 ALL_IMPLS = ("ours", "sglang", "torch", "triton", "flashinfer")
 
 
@@ -355,9 +356,6 @@ def run_config(cfg, impls, peers, ours, reference, timer, device, dtype, seed, c
         return row
 
     for impl in impls:
-        if impl == "flashinfer":
-            add_row("flashinfer", "flashinfer", error=FLASHINFER_REASON)
-            continue
         if impl == "ours":
             if ours.error:
                 add_row("ours", "ours", error=ours.error)
@@ -499,7 +497,7 @@ def print_config(result, figures, published, log):
             continue
         ratio = base_ms / row["ms"] if base_ms else None
         flag = "" if row["ok"] is not False else "WRONG"
-        if row["ok"] is None and row["impl"] != "flashinfer":
+        if row["ok"] is None:
             flag = "unchecked"
         log(f"   {row['variant']:<14}{row['ms']:>9.4f}{row['tflops']:>9.1f}{row['gbps']:>8.0f}{fmt(ratio, '.2f'):>13}"
             f"{fmt(row['err_out'], '.2e'):>10}{fmt(row['err_lse'], '.2e'):>10}{fmt(row.get('sm_mhz'), '.0f'):>8}"
@@ -579,9 +577,6 @@ def summarize(results, figures, impls, log):
         log(f"   ours, median SM clock while timed: memory-bound {fmt(clocks['memory_bound'], '.0f')} MHz, "
             f"compute-bound {fmt(clocks['compute_bound'], '.0f')} MHz (power-capped GPUs lower it under load)")
     for impl, info in peers.items():
-        if impl == "flashinfer":
-            log(f"   flashinfer: {FLASHINFER_REASON}")
-            continue
         mn = info["min"]
         log(f"   ours vs {impl}: geomean speedup {fmt(info['geomean'], '.2f')}x over {info['configs']} configs"
             + (f", min {mn[0]:.2f}x at {mn[1]}" if mn else "")
@@ -701,7 +696,9 @@ def main(argv=None):
             try:
                 module = importlib.import_module(PEER_MODULES[impl])
                 ok, reason = module.available()
-                peers[impl] = module if ok else f"unavailable: {reason}"
+                if not ok:  # a peer not set up here ("not run: ...") is not an error
+                    reason = reason if str(reason).startswith("not run") else f"unavailable: {reason}"
+                peers[impl] = module if ok else reason
             except Exception as error:
                 peers[impl] = f"unavailable: {short_error(error)}"
     reference, reference_name = load_reference()
@@ -714,14 +711,14 @@ def main(argv=None):
                 torch=torch.__version__, python=platform.python_version(), dtype=args.dtype,
                 backend=ours.backend_name(device), reference=reference_name, timer=timer.kind,
                 impls=impls, peers={k: (v if isinstance(v, str) else f"ok ({v.available()[1]})") for k, v in peers.items()},
-                flashinfer=FLASHINFER_REASON, argv=sys.argv[1:], started=time.strftime("%Y-%m-%d %H:%M:%S"))
+                argv=sys.argv[1:], started=time.strftime("%Y-%m-%d %H:%M:%S"))
     try:
         import triton
         meta["triton"] = triton.__version__
     except Exception:
         meta["triton"] = None
     log("# hf_flashmla decode benchmark (BENCHMARKS.md protocol)")
-    for key in ("device", "torch", "triton", "dtype", "backend", "reference", "timer", "peers", "flashinfer"):
+    for key in ("device", "torch", "triton", "dtype", "backend", "reference", "timer", "peers"):
         log(f"#   {key}: {meta[key]}")
     if "ours" in impls and meta["backend"] != "cuda_sm90" and device.type == "cuda":
         log(f"#   WARNING: ours runs on backend {meta['backend']!r}, not the sm90 CUDA kernel")
