@@ -19,7 +19,8 @@
 //              k = 1 is one part per sequence.
 //   snapped (b > num_parts, num_parts <= kMaxSnappedParts): bound_p = x_p moved to the nearer end of the
 //              sequence that holds it (S or C of seq(x_p); ties to S), so every sequence is whole in one
-//              part; splits_i = pages_i ? 1 : 0, begin_split_p = 0.
+//              part; or, where its largest part is strictly smaller, by count: bound_p = S_{floor(p b / P)}
+//              (p < P), total (p = P); splits_i = pages_i ? 1 : 0, begin_split_p = 0.
 // Pieces and snapped are taken when their largest part (pieces: ceil(max pages / k) + overhead; snapped:
 // max_p (bound_{p+1} - bound_p)) is at most payload + combine_pages (schedule.py's docstring gives the time
 // model); otherwise balanced. Pieces, then, halve k while ceil(max pages / k) < min_piece_pages, k / 2 >=
@@ -217,16 +218,39 @@ HF_FLASHMLA_HOST_DEVICE bool chunk_holds(const Chunk& chunk, int64_t bound) {
   return bound >= chunk.carry && (bound < chunk.ends[chunk.count - 1] || chunk.last);
 }
 
-// Snapped mode, first step: snapped[p] for the balanced bounds p = thread, thread + num_threads, ..
-// <= num_parts that fall in this chunk (the caller then takes the largest difference).
-HF_FLASHMLA_HOST_DEVICE void snap_chunk_bounds(int64_t* snapped, const Chunk& chunk, const Shape& s, int thread,
-                                               int num_threads) {
+// The sequence whose start is part p's bound in the by-count candidate (p < num_parts): floor(p b / P).
+HF_FLASHMLA_HOST_DEVICE int64_t first_sequence_by_count(int p, const Shape& s) {
+  return static_cast<int64_t>(p) * s.batch / s.num_parts;
+}
+
+// Snapped mode, first step, for the bounds p = thread, thread + num_threads, .. <= num_parts: snapped[p], the
+// balanced bound moved to the nearer end of its sequence, where that bound falls in this chunk; by_count[p], the
+// start of sequence floor(p b / P) (the total for p = P), where that sequence is in this chunk. The caller then
+// takes the candidate with the smaller largest difference (choose_snapped_bounds).
+HF_FLASHMLA_HOST_DEVICE void snap_chunk_bounds(int64_t* snapped, int64_t* by_count, const Chunk& chunk,
+                                               const Shape& s, int thread, int num_threads) {
   for (int p = thread; p <= s.num_parts; p += num_threads) {
     const int64_t x = balanced_bound(p, s);
-    if (!chunk_holds(chunk, x)) continue;
-    const int local = locate_in_chunk(chunk, x);
-    snapped[p] = snap_to_sequence(x, local > 0 ? chunk.ends[local - 1] : chunk.carry, chunk.ends[local]);
+    if (chunk_holds(chunk, x)) {
+      const int local = locate_in_chunk(chunk, x);
+      snapped[p] = snap_to_sequence(x, local > 0 ? chunk.ends[local - 1] : chunk.carry, chunk.ends[local]);
+    }
+    if (p == s.num_parts) {
+      if (chunk.last) by_count[p] = s.total;
+      continue;
+    }
+    const int64_t i = first_sequence_by_count(p, s);
+    if (i >= chunk.base && i < chunk.base + chunk.count) {
+      const int local = static_cast<int>(i - chunk.base);
+      by_count[p] = local > 0 ? chunk.ends[local - 1] : chunk.carry;
+    }
   }
+}
+
+// Whether the by-count bounds replace the nearest-end ones: only where their largest part is strictly smaller, so
+// that schedules the nearest-end snapping already balances stay as they were.
+HF_FLASHMLA_HOST_DEVICE bool by_count_preferred(int64_t largest_by_count, int64_t largest_nearest) {
+  return largest_by_count < largest_nearest;
 }
 
 // Places the bounds p = thread, thread + num_threads, .. <= num_parts that fall in this chunk's cost range

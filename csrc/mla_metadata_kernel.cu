@@ -5,8 +5,9 @@
 //   1. sum and maximum of the costs -> total, payload and whether each sequence gets its own part (every
 //      later quantity needs them);
 //   (only where b > num_parts) per chunk: block scan of the costs, then each balanced bound snapped to the
-//      nearer end of its sequence (shared memory); the largest snapped part decides between the snapped
-//      and the balanced mode (mla_metadata_core.h);
+//      nearer end of its sequence and the by-count candidate's bounds (shared memory); the smaller largest part
+//      of the two picks the snapped bounds and decides between the snapped and the balanced mode
+//      (mla_metadata_core.h);
 //   2. per chunk of T sequences: block scan of the costs (cost_end C_i), each sequence's split count, block
 //      scan of the split counts (num_splits), then each part bound p is placed by thread p % T, in the
 //      chunk whose cost range holds it (binary search of the chunk's C_i in shared memory).
@@ -75,6 +76,7 @@ __global__ void __launch_bounds__(kMaxThreads) mla_metadata_kernel(const MlaMeta
   __shared__ int64_t other_totals[kMaxWarps];  // warp totals: the pass-1 sum, then the split scans
   __shared__ int64_t max_totals[kMaxWarps];    // warp totals: the pass-1 maximum, then the largest snapped part
   __shared__ int64_t snapped[core::kMaxSnappedParts + 1];  // snapped mode: the part bounds in cost space
+  __shared__ int64_t by_count[core::kMaxSnappedParts + 1];  // its by-count candidate (mla_metadata_core.h)
   const int tid = threadIdx.x, num_threads = blockDim.x;
   const int batch = p.batch, overhead = p.sequence_overhead_pages;
   auto length_at = [&](int i) { return p.cache_seqlens[static_cast<int64_t>(i) * p.seqlens_stride]; };
@@ -102,14 +104,24 @@ __global__ void __launch_bounds__(kMaxThreads) mla_metadata_kernel(const MlaMeta
       __syncthreads();
       const int count = batch - base < num_threads ? batch - base : num_threads;
       const core::Chunk chunk{chunk_ends, carry, base, count, base + num_threads >= batch};
-      core::snap_chunk_bounds(snapped, chunk, shape, tid, num_threads);
+      core::snap_chunk_bounds(snapped, by_count, chunk, shape, tid, num_threads);
       carry += chunk_cost;
     }
     __syncthreads();
-    int64_t my_largest = 0, largest;
-    for (int part = tid; part < shape.num_parts; part += num_threads)
-      my_largest = core::max64(my_largest, snapped[part + 1] - snapped[part]);
-    block_inclusive_scan(my_largest, max_totals, largest, Max());
+    int64_t my_nearest = 0, my_by_count = 0, largest_nearest, largest_by_count;
+    for (int part = tid; part < shape.num_parts; part += num_threads) {
+      my_nearest = core::max64(my_nearest, snapped[part + 1] - snapped[part]);
+      my_by_count = core::max64(my_by_count, by_count[part + 1] - by_count[part]);
+    }
+    block_inclusive_scan(my_nearest, max_totals, largest_nearest, Max());
+    // A different warp-totals buffer: threads may still read max_totals (block_inclusive_scan's note).
+    block_inclusive_scan(my_by_count, other_totals, largest_by_count, Max());
+    int64_t largest = largest_nearest;
+    if (core::by_count_preferred(largest_by_count, largest_nearest)) {
+      largest = largest_by_count;
+      for (int part = tid; part <= shape.num_parts; part += num_threads) snapped[part] = by_count[part];
+      __syncthreads();
+    }
     if (core::whole_fits(largest, shape)) shape.mode = core::Mode::kSnapped;
   }
 

@@ -38,20 +38,24 @@ def one_part_per_sequence(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES,
 
 
 def snapped_bounds(lengths, num_parts, combine_pages=SPLIT_COMBINE_PAGES):
-    """The snapped schedule's bounds (each balanced bound moved to the nearer end of the sequence holding it)
-    where the rule takes it: b > parts (<= MAX_SNAPPED_PARTS) and its largest part within payload + combine
-    cost; else None."""
+    """The snapped schedule's bounds (each balanced bound moved to the nearer end of the sequence holding it; or
+    by count, part p from sequence floor(p b / P), where that gives a strictly smaller largest part) where the
+    rule takes it: b > parts (<= MAX_SNAPPED_PARTS) and its largest part within payload + combine cost; else None."""
     costs = [n + F for n in pages_of(lengths)]
     total = sum(costs)
     payload = -(-total // num_parts)
     if len(lengths) <= num_parts or num_parts > schedule.MAX_SNAPPED_PARTS:
         return None
     ends = [sum(costs[:i + 1]) for i in range(len(costs))]
-    bounds = []
+    nearest = []
     for p in range(num_parts + 1):
         x = min(p * payload, total)
         i = min(sum(1 for e in ends if e <= x), len(costs) - 1)
         begin, end = ends[i] - costs[i], ends[i]
-        bounds.append(begin if x - begin <= end - x else end)
-    largest = max(b - a for a, b in zip(bounds, bounds[1:]))
-    return bounds if largest <= payload + combine_pages else None
+        nearest.append(begin if x - begin <= end - x else end)
+    # By count: part p starts at sequence floor(p b / P); taken where its largest part is strictly smaller.
+    by_count = [ends[p * len(costs) // num_parts] - costs[p * len(costs) // num_parts] for p in range(num_parts)]
+    by_count.append(total)
+    largest_of = lambda bounds: max(b - a for a, b in zip(bounds, bounds[1:]))  # noqa: E731
+    bounds = by_count if largest_of(by_count) < largest_of(nearest) else nearest
+    return bounds if largest_of(bounds) <= payload + combine_pages else None

@@ -155,6 +155,17 @@ def test_fewer_pieces_schedule(monkeypatch, lengths, s_q, h_q, merge):
     check_case(lengths, s_q, h_q, torch.bfloat16, causal=True, seed=17)
 
 
+@pytest.mark.parametrize("merge", ["combine", "inline"])
+def test_snapped_by_count_schedule(monkeypatch, merge):
+    # FlashMLA's sweep at base 1K (b = 128, lengths 1024 + 2i, h_q = 128): whole sequences by count, one or two
+    # per part, no split.
+    lengths = [1024 + 2 * i for i in range(128)]
+    _, num_splits = get_mla_metadata(torch.tensor(lengths, dtype=torch.int32, device="cuda"), 128, 1)
+    assert num_splits.tolist() == list(range(129))
+    monkeypatch.setenv("HF_FLASHMLA_MERGE", merge)
+    check_case(lengths, 1, 128, torch.bfloat16, causal=True, seed=19)
+
+
 def test_many_short_sequences():
     lengths = [(i * 37) % 300 for i in range(128)]  # includes 0 and lengths below one page
     check_case(lengths, 2, 16, torch.bfloat16, causal=True, seed=5)

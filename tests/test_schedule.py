@@ -249,6 +249,38 @@ def test_equal_lengths_snap_to_whole_sequences(batch, rows, length, per_part):
     assert torch.all(metadata[:, 4] == 0)
 
 
+def test_near_equal_short_sequences_snap_by_count():
+    # FlashMLA's sweep, lengths 1024 + 2i at b = 128, s_q * h_q = 128 (66 parts): the nearest-end snapping gives some
+    # parts three sequences (51 pages) against a payload of 46 cost pages, so it used to fall back to the balanced
+    # cut (3 items, 51 splits); part p from sequence floor(p b / P) gives every part one or two whole sequences.
+    batch, rows = 128, 128
+    lengths = [1024 + 2 * i for i in range(batch)]
+    num_parts = parts_for(rows)
+    metadata, num_splits = schedule.compute_schedule(torch.tensor(lengths, dtype=torch.int32), rows, 1, num_sms=132)
+    assert num_splits.tolist() == list(range(batch + 1))  # whole sequences: no combine
+    held = [[seq for seq, _, _, _ in schedule.iterate_part(metadata[part], pages_of(lengths))]
+            for part in range(num_parts)]
+    assert [h[0] for h in held] == [part * batch // num_parts for part in range(num_parts)]
+    assert max(len(h) for h in held) == 2
+    assert snapped_bounds(lengths, num_parts, schedule.split_cost_pages(rows)) is not None
+
+
+@pytest.mark.parametrize("batch,num_parts,length", [(128, 66, 4096), (64, 33, 8192), (128, 33, 8192), (300, 132, 1000)])
+def test_by_count_only_where_strictly_smaller(batch, num_parts, length):
+    # Equal lengths: the nearest-end bounds already give the fewest sequences per part, and ties keep them (the
+    # schedules measured before the by-count candidate existed stay as they were).
+    lengths = [length] * batch
+    costs = [p + schedule.SEQUENCE_OVERHEAD_PAGES for p in pages_of(lengths)]
+    payload = -(-sum(costs) // num_parts)
+    nearest = []
+    for p in range(num_parts + 1):
+        x = min(p * payload, sum(costs))
+        i = min(x // costs[0], batch - 1)
+        nearest.append(i * costs[0] if x - i * costs[0] <= (i + 1) * costs[0] - x else (i + 1) * costs[0])
+    bounds = snapped_bounds(lengths, num_parts, combine_pages=10**9)
+    assert bounds == nearest
+
+
 @pytest.mark.parametrize("mean", [4096, 8192, 16384])
 @pytest.mark.parametrize("batch", [64, 128])
 def test_uneven_lengths_stay_balanced(batch, mean):

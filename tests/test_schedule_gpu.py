@@ -150,6 +150,19 @@ def test_kernel_matches_torch_snapped(batch, num_parts, length):
     assert got[1].tolist() == list(range(batch + 1))
 
 
+@pytest.mark.parametrize("batch,base,step", [(128, 1024, 2), (125, 1024, 5), (99, 700, 0), (1500, 300, 0)])
+def test_kernel_matches_torch_snapped_by_count(batch, base, step):
+    # The by-count snapped bounds (part p from sequence floor(p b / P); FlashMLA's sweep at base 1K is the first
+    # case) through compute_schedule at s_q * h_q = 128, as get_mla_metadata calls it; 1500 sequences: chunks.
+    lengths = [base + step * i for i in range(batch)]
+    cache_seqlens = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+    poison_allocator()
+    got = schedule.compute_schedule(cache_seqlens, 128, 1, implementation="kernel")
+    num_parts = schedule.num_sm_parts_for(128, 1, schedule.num_sms_of(cache_seqlens.device))
+    assert_same(cache_seqlens, num_parts, got, f"(b {batch}, lengths {base} + {step} i)", rows=128)
+    assert got[1].tolist() == list(range(batch + 1))
+
+
 def test_strided_cache_seqlens():
     wide = torch.randint(0, 50_000, (300, 3), dtype=torch.int32, device="cuda")
     for column in range(3):

@@ -55,20 +55,21 @@ def emulated_kernel(tmp_path_factory):
                          f"-I{ROOT / 'tests' / 'harness' / 'emulated_cuda'}"])
 
 
-def harness_stdin(cases) -> str:
+def harness_stdin(cases, combine_pages=None) -> str:
     """cases: (num_threads, num_parts, page_size, overhead, lengths), as the harness binaries read them (with
-    schedule.py's split cost and fewer-pieces threshold at 64 rows)."""
+    schedule.py's split cost, unless combine_pages is given, and fewer-pieces threshold at 64 rows)."""
     lines = [str(len(cases))]
-    combine, min_pages = schedule.split_cost_pages(), schedule.min_piece_pages_for()
+    combine = schedule.split_cost_pages() if combine_pages is None else combine_pages
+    min_pages = schedule.min_piece_pages_for()
     for num_threads, num_parts, page_size, overhead, lengths in cases:
         lines.append(f"{num_threads} {num_parts} {page_size} {overhead} {combine} {min_pages} {len(lengths)} "
                      + " ".join(map(str, lengths)))
     return "\n".join(lines) + "\n"
 
 
-def run_harness(binary, cases):
-    """cases: as harness_stdin's; yields (metadata, num_splits)."""
-    result = subprocess.run([str(binary)], input=harness_stdin(cases), capture_output=True, text=True)
+def run_harness(binary, cases, combine_pages=None):
+    """cases, combine_pages: as harness_stdin's; yields (metadata, num_splits)."""
+    result = subprocess.run([str(binary)], input=harness_stdin(cases, combine_pages), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     outputs = result.stdout.splitlines()
     assert len(outputs) == len(cases)
@@ -116,6 +117,27 @@ def snapped_cases(num_threads):
         cases.append((num_threads, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES,
                       [length + 64 * (i % 3) - 64 for i in range(batch)]))
     return [case for case in cases if snapped_bounds(case[4], case[1]) is not None]
+
+
+def by_count_cases(num_threads):
+    """Near-equal lengths of under two parts' share each, where the by-count bounds (part p from sequence
+    floor(p b / P)) beat the nearest-end snapping: FlashMLA's sweep at base 1K (b = 128 on 66 parts, split cost 16),
+    equal lengths at 1.5 sequences per part, and more sequences over several chunks (32 and 96 threads; 1500
+    sequences); the last two are cases where the nearest-end bounds stay."""
+    cases = []
+    for batch, num_parts, base, step in ((128, 66, 1024, 2), (128, 66, 1100, 3), (125, 66, 1024, 5), (99, 66, 700, 0),
+                                         (250, 132, 1024, 1), (382, 132, 2000, 1), (1500, 1000, 300, 0),
+                                         (200, 132, 700, 1), (300, 132, 2000, 5)):
+        cases.append((num_threads, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES,
+                      [base + step * i for i in range(batch)]))
+    return cases
+
+
+def by_count_taken(lengths, num_parts, combine_pages):
+    bounds = snapped_bounds(lengths, num_parts, combine_pages)
+    return bounds is not None and bounds[:-1] == [
+        sum(-(-n // PAGE_SIZE) + SEQUENCE_OVERHEAD_PAGES for n in lengths[:p * len(lengths) // num_parts])
+        for p in range(num_parts)]
 
 
 def fewer_pieces_cases(rng, num_threads):
@@ -179,6 +201,17 @@ def test_harness_matches_torch_snapped(harness, num_threads):
     cases = snapped_cases(num_threads)
     assert len(cases) >= 12
     assert_same_as_torch(harness, cases)
+
+
+@pytest.mark.parametrize("num_threads", [0, 32, 96, 1024])
+def test_harness_matches_torch_snapped_by_count(harness, num_threads):
+    cases = by_count_cases(num_threads)
+    cost = schedule.SPLIT_COMBINE_PAGES_MANY_ROWS
+    assert sum(by_count_taken(case[4], case[1], cost) for case in cases) >= 6
+    for case, (metadata, num_splits) in zip(cases, run_harness(harness, cases, combine_pages=cost)):
+        expected = schedule.compute_schedule_torch(torch.tensor(case[4], dtype=torch.int32), case[1],
+                                                   split_combine_pages=cost)
+        assert torch.equal(metadata, expected[0]) and torch.equal(num_splits, expected[1]), case[:2]
 
 
 @pytest.mark.parametrize("num_threads", [0, 32, 96, 1024])
@@ -275,6 +308,16 @@ def test_emulated_kernel_matches_torch(emulated_kernel):
         where = f"stride {stride}, parts {num_parts}, b {len(lengths)}, lengths {lengths[:8]}..."
         assert torch.equal(metadata, expected_metadata), f"metadata differs ({where})"
         assert torch.equal(num_splits, expected_splits), f"num_splits differs ({where})"
+
+
+def test_emulated_kernel_matches_torch_snapped_by_count(emulated_kernel):
+    # The by-count candidate in the kernel source with real threads (stride 1), at the many-rows split cost.
+    cases = [(1, *case[1:]) for case in by_count_cases(0)]
+    cost = schedule.SPLIT_COMBINE_PAGES_MANY_ROWS
+    for case, (metadata, num_splits) in zip(cases, run_harness(emulated_kernel, cases, combine_pages=cost)):
+        expected = schedule.compute_schedule_torch(torch.tensor(case[4], dtype=torch.int32), case[1],
+                                                   split_combine_pages=cost)
+        assert torch.equal(metadata, expected[0]) and torch.equal(num_splits, expected[1]), case[:2]
 
 
 def test_emulated_launcher_refuses_bad_parameters(emulated_kernel):

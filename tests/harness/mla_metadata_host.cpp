@@ -53,7 +53,7 @@ void run_case(int num_threads, int num_parts, int page_size, int overhead, int64
   core::Shape shape = core::make_shape(total, max_cost, batch, num_parts, overhead, combine_pages,
                                        min_piece_pages);
   std::vector<int64_t> ends(num_threads), pages(num_threads), costs(num_threads);
-  std::vector<int64_t> snapped(core::kMaxSnappedParts + 1, -1);
+  std::vector<int64_t> snapped(core::kMaxSnappedParts + 1, -1), by_count(core::kMaxSnappedParts + 1, -1);
 
   if (core::snapping_considered(shape)) {
     int64_t carry = 0;
@@ -62,11 +62,19 @@ void run_case(int num_threads, int num_parts, int page_size, int overhead, int64
       const int count = batch - base < num_threads ? batch - base : num_threads;
       const core::Chunk chunk{ends.data(), carry, base, count, base + num_threads >= batch};
       for (int tid = 0; tid < num_threads; ++tid)
-        core::snap_chunk_bounds(snapped.data(), chunk, shape, tid, num_threads);
+        core::snap_chunk_bounds(snapped.data(), by_count.data(), chunk, shape, tid, num_threads);
       carry += chunk_cost;
     }
-    int64_t largest = 0;
-    for (int part = 0; part < num_parts; ++part) largest = core::max64(largest, snapped[part + 1] - snapped[part]);
+    int64_t largest_nearest = 0, largest_by_count = 0;
+    for (int part = 0; part < num_parts; ++part) {
+      largest_nearest = core::max64(largest_nearest, snapped[part + 1] - snapped[part]);
+      largest_by_count = core::max64(largest_by_count, by_count[part + 1] - by_count[part]);
+    }
+    int64_t largest = largest_nearest;
+    if (core::by_count_preferred(largest_by_count, largest_nearest)) {
+      largest = largest_by_count;
+      snapped = by_count;
+    }
     if (core::whole_fits(largest, shape)) shape.mode = core::Mode::kSnapped;
   }
 
