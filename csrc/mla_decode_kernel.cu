@@ -22,7 +22,8 @@ namespace decode_detail {
 // out = 0, lse = +inf. Two kernels:
 //  - mla_combine_rows_kernel, one warp per row, rows_per_warp rows each, so the grid stays near kCombineMaxBlocks:
 //    every block costs its launch even when it exits at once (one block per row cost ~20 us at b = 128,
-//    s_q * h_q = 256, and 160 us at b = 1024; run 27);
+//    s_q * h_q = 256, and 160 us at b = 1024; run 27); rows of sequences split at most kFewSplits ways take
+//    merge_row_few_splits (one L2 round trip per row);
 //  - mla_combine_shared_row_kernel where sequences are split many ways (parts >= 8 * batch) and rows are few
 //    (batch * s_q * h_q <= kCombineMaxBlocks): one block per row, its 16 warps taking every 16th split and adding
 //    up through shared memory, so a row split over ~100 parts is a few L2 round trips per warp (b = 4 with a 45K
@@ -47,10 +48,12 @@ __global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_rows_kernel(co
   griddep_wait();
   const int rows_total = p.s_q * p.h_q;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const bool few_splits = p.num_splits[batch + 1] - p.num_splits[batch] <= kFewSplits;
   for (int i = 0; i < rows_per_warp; ++i) {
     const int grow = (blockIdx.x * rows_per_warp + i) * kCombineWarps + warp;
     if (grow >= rows_total) break;
-    merge_row<Elem>(p, batch, grow, lane);
+    if (few_splits) merge_row_few_splits<Elem>(p, batch, grow, lane);
+    else merge_row<Elem>(p, batch, grow, lane);
   }
 }
 

@@ -116,6 +116,61 @@ __device__ __forceinline__ void merge_row(const MlaDecodeParams& p, int batch, i
   if (lane == 0) store_merged_lse(p, batch, grow, lse_value);
 }
 
+// merge_row for a sequence split at most kFewSplits ways (warp-uniform: the caller tests num_splits): each lane loads
+// its split's lse and every split's partial columns at once, so the row costs one L2 round trip after the decode
+// grid ends instead of three (lse for the merged lse, lse again for the weights, then the partials), the most
+// common combine (two pieces per sequence at b = 64 on 132 parts, two or three splits under the balanced cut).
+constexpr int kFewSplits = 4;
+
+template <typename Elem>
+__device__ __forceinline__ void merge_row_few_splits(const MlaDecodeParams& p, int batch, int grow, int lane) {
+  const SplitRow r = split_row(p, batch, grow);
+  const float my_lse = lane < r.num_splits ? r.lse_of(lane) : -INFINITY;
+  float4 part[kFewSplits][4];
+#pragma unroll
+  for (int k = 0; k < kFewSplits; ++k) {
+    if (k >= r.num_splits) break;
+    const int64_t row = static_cast<int64_t>(r.split_base + k) * r.rows_total + r.grow;
+    const float4* src = reinterpret_cast<const float4*>(p.o_accum + row * kHeadDimV) + lane;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) part[k][c] = __ldcg(src + 32 * c);
+  }
+  float max_lse = -INFINITY, sum = 0.f;
+  fold_lse(max_lse, sum, my_lse);
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    const float other_max = __shfl_xor_sync(0xffffffff, max_lse, off);
+    const float other_sum = __shfl_xor_sync(0xffffffff, sum, off);
+    const float m = fmaxf(max_lse, other_max);
+    if (m != -INFINITY) sum = sum * __expf(max_lse - m) + other_sum * __expf(other_max - m);
+    max_lse = m;
+  }
+  const float lse_value = max_lse == -INFINITY ? INFINITY : max_lse + __logf(sum);
+  float4 acc[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+  // exp(-inf - lse) = 0: splits that saw no key, and every split of a row that saw none (lse = +inf), weigh nothing.
+  const float my_weight = __expf(my_lse - lse_value);
+#pragma unroll
+  for (int k = 0; k < kFewSplits; ++k) {
+    if (k >= r.num_splits) break;
+    const float weight = __shfl_sync(0xffffffff, my_weight, k);
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      acc[c].x += weight * part[k][c].x;
+      acc[c].y += weight * part[k][c].y;
+      acc[c].z += weight * part[k][c].z;
+      acc[c].w += weight * part[k][c].w;
+    }
+  }
+  Elem* out_row = out_row_of<Elem>(p, batch, grow);
+#pragma unroll
+  for (int c = 0; c < 4; ++c)
+    *reinterpret_cast<uint2*>(out_row + 4 * (lane + 32 * c)) =
+        make_uint2(ElemTraits<Elem>::pack(acc[c].x, acc[c].y), ElemTraits<Elem>::pack(acc[c].z, acc[c].w));
+  if (lane == 0) store_merged_lse(p, batch, grow, lse_value);
+}
+
 // The in-kernel merge of one 64-row tile by the 8 consumer warps of a CTA (rows 8 w .. 8 w + 7 for warp w, all eight at
 // a time). Unlike merge_row, whose row-after-row chain of dependent L2 loads (lse max, sum, weights, partials) cost
 // ~2 us per row and ~16 us per tile on one SM (run 37), a warp loads the lse of its eight rows at once (four lanes

@@ -88,7 +88,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", required=True, help="comma-separated config names (main table or extras)")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--peer", default="flashinfer")
+    parser.add_argument("--peer", default="flashinfer", help="a bench_kernel.py peer, or '' for none")
+    parser.add_argument("--schedules", default="default,balanced,even,per_sequence,inline",
+                        help="which of ours to time (default is always computed: the others are checked against it)")
     parser.add_argument("--warmup-ms", type=float, default=10)
     parser.add_argument("--rep-ms", type=float, default=40)
     args = parser.parse_args()
@@ -144,6 +146,9 @@ def main():
             for key in variants[0]:
                 calls[key] = bk.rotating([v[key][0] for v in variants])
                 notes[key] = ""
+        keep = set(args.schedules.split(",")) | {"default"}
+        calls = {name: call for name, call in calls.items()
+                 if name in keep or (args.peer and name.startswith(args.peer))}
         times = {name: [] for name in calls}
         for _ in range(args.rounds):
             for name, call in calls.items():
