@@ -18,9 +18,9 @@ def fmt(value, spec):
 
 def main(path):
     configs = json.load(open(path))["configs"]
-    print("| b | L | s_q | h_q | ms | TFLOP/s | GB/s | SM MHz | FlashMLA ms | speed vs FlashMLA | SGLang ms (best split) "
-          "| our Triton ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| b | L | s_q | h_q | ms | TFLOP/s | GB/s | SM MHz | FlashMLA ms | speed vs FlashMLA | FlashInfer ms "
+          "| SGLang ms (best split) | our Triton ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for c in configs:
         if c["group"] != "main" or c["varlen"]:
             continue
@@ -32,7 +32,8 @@ def main(path):
         ratio = flashmla_ms / ours["ms"] if flashmla_ms else None
         print(f"| {c['b']} | {c['mean_len']} | {c['s_q']} | {c['h_q']} | {ours['ms']:.3f} | {ours['tflops']:.0f} | "
               f"{ours['gbps']:.0f} | {fmt(ours.get('sm_mhz'), '.0f')} | {fmt(flashmla_ms, '')} | {fmt(ratio, '.2f')} | "
-              f"{fmt(best_ms(c['rows'], 'sglang'), '.3f')} | {fmt(best_ms(c['rows'], 'triton'), '.3f')} |")
+              f"{fmt(best_ms(c['rows'], 'flashinfer'), '.3f')} | {fmt(best_ms(c['rows'], 'sglang'), '.3f')} | "
+              f"{fmt(best_ms(c['rows'], 'triton'), '.3f')} |")
 
 
 if __name__ == "__main__":

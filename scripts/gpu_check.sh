@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one script to run on the GPU machine, from the repo root:   bash scripts/gpu_check.sh
-#   (device call: carry [".whl"] for the SGLang peer's wheel; results land in $OUT)
+#   (device call: carry [".whl", ".fi"] for the SGLang wheel and the FlashInfer bundle, scripts/peers/; results in $OUT)
 # A device command may run 600 s at most: all four stages may not fit in one call; split them, e.g.
 #   STAGES="build tests" bash scripts/gpu_check.sh   then   STAGES="build sanitize bench" ...
 # (build is needed in every fresh machine: the extension is built in place.)
