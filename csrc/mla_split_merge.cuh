@@ -116,6 +116,21 @@ __device__ __forceinline__ void merge_row(const MlaDecodeParams& p, int batch, i
   if (lane == 0) store_merged_lse(p, batch, grow, lse_value);
 }
 
+// The merged lse of a row from one lse value per lane (-inf where a lane holds none), +inf when no split saw a key.
+__device__ __forceinline__ float merged_lse_of_lanes(float my_lse) {
+  float max_lse = -INFINITY, sum = 0.f;
+  fold_lse(max_lse, sum, my_lse);
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    const float other_max = __shfl_xor_sync(0xffffffff, max_lse, off);
+    const float other_sum = __shfl_xor_sync(0xffffffff, sum, off);
+    const float m = fmaxf(max_lse, other_max);
+    if (m != -INFINITY) sum = sum * __expf(max_lse - m) + other_sum * __expf(other_max - m);
+    max_lse = m;
+  }
+  return max_lse == -INFINITY ? INFINITY : max_lse + __logf(sum);
+}
+
 // merge_row for a sequence split at most kFewSplits ways (warp-uniform: the caller tests num_splits): each lane loads
 // its split's lse and every split's partial columns at once, so the row costs one L2 round trip after the decode
 // grid ends instead of three (lse for the merged lse, lse again for the weights, then the partials), the most
@@ -135,17 +150,7 @@ __device__ __forceinline__ void merge_row_few_splits(const MlaDecodeParams& p, i
 #pragma unroll
     for (int c = 0; c < 4; ++c) part[k][c] = __ldcg(src + 32 * c);
   }
-  float max_lse = -INFINITY, sum = 0.f;
-  fold_lse(max_lse, sum, my_lse);
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) {
-    const float other_max = __shfl_xor_sync(0xffffffff, max_lse, off);
-    const float other_sum = __shfl_xor_sync(0xffffffff, sum, off);
-    const float m = fmaxf(max_lse, other_max);
-    if (m != -INFINITY) sum = sum * __expf(max_lse - m) + other_sum * __expf(other_max - m);
-    max_lse = m;
-  }
-  const float lse_value = max_lse == -INFINITY ? INFINITY : max_lse + __logf(sum);
+  const float lse_value = merged_lse_of_lanes(my_lse);
   float4 acc[4];
 #pragma unroll
   for (int c = 0; c < 4; ++c) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);

@@ -166,6 +166,17 @@ def test_snapped_by_count_schedule(monkeypatch, merge):
     check_case(lengths, 1, 128, torch.bfloat16, causal=True, seed=19)
 
 
+@pytest.mark.parametrize("lengths,s_q,h_q", [([1024], 1, 128), ([1000], 1, 16), ([65], 2, 64), ([130, 0, 64], 1, 32),
+                                             ([3000], 4, 16), ([40000], 1, 16)])
+def test_one_wave_combine(monkeypatch, lengths, s_q, h_q):
+    # Small batches whose combine grid (one block per row) fits one wave: the preloading shared-row combine, with up
+    # to 32 splits per row (16 one-page pieces; two pieces where token 0 sees no key of the second: [65] at s_q = 2;
+    # an empty sequence) and beyond (40K tokens on 132 parts), with and without the programmatic launch.
+    for pdl in ("1", "0"):
+        monkeypatch.setenv("HF_FLASHMLA_PDL", pdl)
+        check_case(lengths, s_q, h_q, torch.bfloat16, causal=True, seed=23)
+
+
 def test_many_short_sequences():
     lengths = [(i * 37) % 300 for i in range(128)]  # includes 0 and lengths below one page
     check_case(lengths, 2, 16, torch.bfloat16, causal=True, seed=5)
