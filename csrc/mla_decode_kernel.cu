@@ -95,12 +95,7 @@ __global__ void __launch_bounds__(kSharedRowWarps * 32) mla_combine_shared_row_k
       if (k >= r.num_splits) break;
       const float weight = __shfl_sync(0xffffffff, my_weight, k);
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        acc[c].x += weight * part[j][c].x;
-        acc[c].y += weight * part[j][c].y;
-        acc[c].z += weight * part[j][c].z;
-        acc[c].w += weight * part[j][c].w;
-      }
+      for (int c = 0; c < 4; ++c) add_weighted(acc[c], weight, part[j][c]);
     }
   } else {
     lse_value = merged_lse(r, lane);

@@ -36,6 +36,27 @@ __device__ __forceinline__ void fold_lse(float& max_lse, float& sum, float x) {
   max_lse = m;
 }
 
+// Each lane's running (max, sum) merged across the warp: the lse every lane returns.
+__device__ __forceinline__ float warp_merged_lse(float max_lse, float sum) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    const float other_max = __shfl_xor_sync(0xffffffff, max_lse, off);
+    const float other_sum = __shfl_xor_sync(0xffffffff, sum, off);
+    const float m = fmaxf(max_lse, other_max);
+    if (m != -INFINITY) sum = sum * __expf(max_lse - m) + other_sum * __expf(other_max - m);
+    max_lse = m;
+  }
+  return max_lse == -INFINITY ? INFINITY : max_lse + __logf(sum);
+}
+
+// acc += weight * v, one float4 of a lane's columns.
+__device__ __forceinline__ void add_weighted(float4& acc, float weight, const float4& v) {
+  acc.x += weight * v.x;
+  acc.y += weight * v.y;
+  acc.z += weight * v.z;
+  acc.w += weight * v.w;
+}
+
 __device__ __forceinline__ float merged_lse(const SplitRow& r, int lane) {
   constexpr int kLoadsInFlight = 4;
   float max_lse = -INFINITY, sum = 0.f;
@@ -49,15 +70,7 @@ __device__ __forceinline__ float merged_lse(const SplitRow& r, int lane) {
 #pragma unroll
     for (int i = 0; i < kLoadsInFlight; ++i) fold_lse(max_lse, sum, x[i]);
   }
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) {
-    const float other_max = __shfl_xor_sync(0xffffffff, max_lse, off);
-    const float other_sum = __shfl_xor_sync(0xffffffff, sum, off);
-    const float m = fmaxf(max_lse, other_max);
-    if (m != -INFINITY) sum = sum * __expf(max_lse - m) + other_sum * __expf(other_max - m);
-    max_lse = m;
-  }
-  return max_lse == -INFINITY ? INFINITY : max_lse + __logf(sum);
+  return warp_merged_lse(max_lse, sum);
 }
 
 // acc += weight_k * partial_k over this warp's splits k = split_first + split_step * j (this lane's 16 columns:
@@ -78,13 +91,7 @@ __device__ __forceinline__ void accumulate_splits(float4 (&acc)[4], const MlaDec
           static_cast<int64_t>(r.split_base + split_first + split_step * (j0 + jj)) * r.rows_total + r.grow;
       const float4* part = reinterpret_cast<const float4*>(p.o_accum + row * kHeadDimV) + lane;
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const float4 v = __ldcg(part + 32 * c);
-        acc[c].x += weight * v.x;
-        acc[c].y += weight * v.y;
-        acc[c].z += weight * v.z;
-        acc[c].w += weight * v.w;
-      }
+      for (int c = 0; c < 4; ++c) add_weighted(acc[c], weight, __ldcg(part + 32 * c));
     }
   }
 }
@@ -120,15 +127,7 @@ __device__ __forceinline__ void merge_row(const MlaDecodeParams& p, int batch, i
 __device__ __forceinline__ float merged_lse_of_lanes(float my_lse) {
   float max_lse = -INFINITY, sum = 0.f;
   fold_lse(max_lse, sum, my_lse);
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) {
-    const float other_max = __shfl_xor_sync(0xffffffff, max_lse, off);
-    const float other_sum = __shfl_xor_sync(0xffffffff, sum, off);
-    const float m = fmaxf(max_lse, other_max);
-    if (m != -INFINITY) sum = sum * __expf(max_lse - m) + other_sum * __expf(other_max - m);
-    max_lse = m;
-  }
-  return max_lse == -INFINITY ? INFINITY : max_lse + __logf(sum);
+  return warp_merged_lse(max_lse, sum);
 }
 
 // merge_row for a sequence split at most kFewSplits ways (warp-uniform: the caller tests num_splits): each lane loads
@@ -161,12 +160,7 @@ __device__ __forceinline__ void merge_row_few_splits(const MlaDecodeParams& p, i
     if (k >= r.num_splits) break;
     const float weight = __shfl_sync(0xffffffff, my_weight, k);
 #pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      acc[c].x += weight * part[k][c].x;
-      acc[c].y += weight * part[k][c].y;
-      acc[c].z += weight * part[k][c].z;
-      acc[c].w += weight * part[k][c].w;
-    }
+    for (int c = 0; c < 4; ++c) add_weighted(acc[c], weight, part[k][c]);
   }
   Elem* out_row = out_row_of<Elem>(p, batch, grow);
 #pragma unroll
@@ -228,13 +222,7 @@ __device__ __forceinline__ void merge_tile(const MlaDecodeParams& p, int batch, 
           const int64_t row = static_cast<int64_t>(split_base + k0 + kk) * rows_total + grow0 + j;
           const float4* part = reinterpret_cast<const float4*>(p.o_accum + row * kHeadDimV) + lane;
 #pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const float4 v = __ldcg(part + 32 * c);
-            acc[j][c].x += weight * v.x;
-            acc[j][c].y += weight * v.y;
-            acc[j][c].z += weight * v.z;
-            acc[j][c].w += weight * v.w;
-          }
+          for (int c = 0; c < 4; ++c) add_weighted(acc[j][c], weight, __ldcg(part + 32 * c));
         }
       }
     }
