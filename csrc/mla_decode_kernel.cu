@@ -59,9 +59,10 @@ __global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_rows_kernel(co
 
 // kPreload: rows of at most 32 splits load every split's lse (one per lane) and the warp's two partial rows at
 // once, one L2 round trip after the decode grid instead of three. It takes 75 registers, one block per SM, so the
-// launcher picks it only where the grid is one wave anyway (b * s_q * h_q <= SMs): run 102 measured it 0.6-2.6 us
-// faster on such grids (b1 L1K h16 13.3 -> 12.6 us, b1 L1K h128 16.6 -> 15.2) and 0.7-1.6 us slower on larger
-// ones, where two blocks per SM (64 registers) matter more (b4 L2K h64, b8 L4K h128, b1 L4K s2 h128).
+// launcher picks it only where the grid is one wave anyway (b * s_q * h_q <= SMs): there it is 0.6-3.5 us faster
+// (run 104: b1 L16K h16 27.8 -> 24.3 us, b1 L1K h128 16.4 -> 14.7, b1 L1K h16 13.3 -> 12.5), while on larger grids,
+// where two blocks per SM (64 registers) matter more, it cost 0.7-1.6 us (run 102: b4 L2K h64, b8 L4K h128,
+// b1 L4K s2 h128).
 template <typename Elem, bool kPreload>
 __global__ void __launch_bounds__(kSharedRowWarps * 32) mla_combine_shared_row_kernel(const MlaDecodeParams p) {
   __shared__ float4 shared_acc[kSharedRowWarps][kHeadDimV / 4];

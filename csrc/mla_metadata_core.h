@@ -226,7 +226,7 @@ HF_FLASHMLA_HOST_DEVICE int64_t first_sequence_by_count(int p, const Shape& s) {
 // Snapped mode, first step, for the bounds p = thread, thread + num_threads, .. <= num_parts: snapped[p], the
 // balanced bound moved to the nearer end of its sequence, where that bound falls in this chunk; by_count[p], the
 // start of sequence floor(p b / P) (the total for p = P), where that sequence is in this chunk. The caller then
-// takes the candidate with the smaller largest difference (choose_snapped_bounds).
+// takes the candidate with the smaller largest difference (by_count_preferred).
 HF_FLASHMLA_HOST_DEVICE void snap_chunk_bounds(int64_t* snapped, int64_t* by_count, const Chunk& chunk,
                                                const Shape& s, int thread, int num_threads) {
   for (int p = thread; p <= s.num_parts; p += num_threads) {
