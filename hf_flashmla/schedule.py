@@ -257,11 +257,11 @@ def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *, split
         nearest_largest = (nearest_bounds[1:] - nearest_bounds[:-1]).max()
         # Or by count: part p starts at sequence floor(p b / P) (module docstring), where that is strictly smaller.
         first_seq = (part_index[:-1] * batch) // num_parts
-        even_bounds = torch.cat([cost_begin[first_seq], total.view(1)])
-        even_largest = (even_bounds[1:] - even_bounds[:-1]).max()
-        by_count = even_largest < nearest_largest
-        candidate_bounds = torch.where(by_count, even_bounds, nearest_bounds)
-        largest = torch.minimum(even_largest, nearest_largest)
+        by_count_bounds = torch.cat([cost_begin[first_seq], total.view(1)])
+        by_count_largest = (by_count_bounds[1:] - by_count_bounds[:-1]).max()
+        use_by_count = by_count_largest < nearest_largest
+        candidate_bounds = torch.where(use_by_count, by_count_bounds, nearest_bounds)
+        largest = torch.minimum(by_count_largest, nearest_largest)
     else:
         candidate_bounds = None
     if candidate_bounds is not None:

@@ -5,9 +5,9 @@ turn, in one process (do_bench median, L2 flushed, inputs rotated: scripts/bench
 Schedules (ours):
   default  get_mla_metadata's.
   even     whole sequences, part p taking sequences floor(p b / P) .. floor((p + 1) b / P) - 1 (b > P only): the
-           snapped schedule without its rounding drift. With ~1.9 sequences per part the snapped bounds (each
-           balanced bound moved to the nearer end of its sequence) give some parts three sequences, so the rule
-           falls back to the balanced cut (three items and a split where two whole sequences would do).
+           snapped schedule without its rounding drift. Run 97 measured it where, at ~1.9 sequences per part, the
+           nearest-end bounds gave some parts three sequences and the rule fell back to the balanced cut; since
+           then the schedule takes these bounds itself wherever their largest part is strictly smaller.
   balanced the plain balanced cut (HF_FLASHMLA_SPLIT_COMBINE_PAGES very negative).
   per_sequence  one part per sequence (b <= P only; parts past b empty): no split, no combine, b CTAs streaming.
   inline   the default schedule with the in-kernel merge (HF_FLASHMLA_MERGE=inline: no combine kernel).
