@@ -27,14 +27,18 @@
 // nine 8 KB boxes one by one cost the producer ~60 cycles each, on the path from a freed stage to its next page.
 // Q K^T walks the chunks in load order (4..7, 0..3, 8); the sum is order-free.
 // A sequence range with an odd page count ends on a pair without B: WG1 then only adds P_A V_A,R.
-// Hand-overs between the warpgroups use named barriers (one arrives, the other waits).
-//
-// Reuse of the exchange slots (m_A, m_B, P_A, P_B) needs no barrier the other way: a warpgroup rewrites a
-// slot only after its next Q K^T, which waits for a page the producer loads only after the other warpgroup
-// freed its stage group (mbarrier arrive = release, producer wait = acquire, TMA completion observed by
-// the writer), and the other warpgroup reads the slot before it frees that group. The same chain keeps a
-// warpgroup from arriving twice on a named barrier before the other waited once. compute-sanitizer's
-// racecheck does not model this mbarrier chain and reports these slots (notes/KERNEL_LOG.md, runs 18-22).
+// Hand-overs between the warpgroups are named barriers that both warpgroups bar.sync: kBarPA where WG0 has issued
+// its P_A V_A,L (WG1 gets there when S_B is done, usually later), kBarPB where WG1 has published m_B and P_B (WG0
+// waits there for them). Each side gets there about when it would have arrived or waited anyway: measured against
+// bar.arrive -> bar.sync at the same points, the compute-bound configs ran 0.5-0.9% faster (run 109). The order
+// it gives is one compute-sanitizer's racecheck models: with a bar.arrive anywhere in the kernel, racecheck reported
+// the m slots and even the epilogue's row-sum exchange behind its bar.sync of both warpgroups; with none it reports
+// nothing (runs 107-109).
+// So each m slot is rewritten only after a barrier that the reader passed after its read (m_A: the pair's kBarPB,
+// or the epilogue's; m_B: the next pair's kBarPA). P_A and P_B are read by wgmma (the async proxy): a warpgroup
+// rewrites them only after its next Q K^T, which waits for a page the producer loads only after the other
+// warpgroup freed its stage group (mbarrier arrive = release, producer wait = acquire, TMA completion observed by
+// the writer), and the other warpgroup's P V reading them completed before it freed that group.
 #pragma once
 #include "mla_decode_common.cuh"
 #include "mla_split_merge.cuh"
@@ -59,9 +63,10 @@ struct SeesawLayout {
 constexpr int kSeesawSmemBytes = SeesawLayout::total + 1024;  // + alignment slack for the swizzle atoms
 static_assert(kSeesawSmemBytes <= 232448, "seesaw layout exceeds the 227 KB of opt-in shared memory");
 
-// Named barriers (0 is __syncthreads): one-way hand-overs WG0 -> WG1 and back, and the epilogue's sum exchange.
+// Named barriers (0 is __syncthreads), each synced by both consumer warpgroups: the per-pair hand-overs WG0 -> WG1
+// and back, and the epilogue's sum exchange.
 constexpr uint32_t kBarRowSum = 1;
-constexpr uint32_t kBarPA = 2;     // WG0 published m_A and P_A
+constexpr uint32_t kBarPA = 2;     // WG0 published m_A and P_A (and issued its P_A V_A,L)
 constexpr uint32_t kBarPB = 3;     // WG1 published m_B and P_B
 #ifdef HF_FLASHMLA_TIMELINE
 constexpr uint32_t kBarTimeline = 4;
@@ -311,18 +316,15 @@ __device__ __forceinline__ void seesaw_exp(float (&s)[32], const float (&m)[2], 
     }
 }
 
-// P (times `factor` per row) as a 64 x 64 K-major operand in 128B-swizzled shared memory.
-template <typename Elem>
-__device__ __forceinline__ void seesaw_store_p(uint32_t p_smem, const float (&s)[32], const float (&factor)[2],
-                                               const SeesawThread& t) {
+// P, packed as the P V A operand (seesaw_pack_p), as a 64 x 64 K-major operand in 128B-swizzled shared memory for
+// the other warpgroup: registers 2j, 2j + 1 hold rows row0 and row0 + 8 of k-columns 8j + quad_col, + 1.
+__device__ __forceinline__ void seesaw_store_p(uint32_t p_smem, const uint32_t (&p)[16], const SeesawThread& t) {
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const uint32_t addr = p_smem + swizzle_128b_offset(t.row0 + 8 * h, j) + t.quad_col * 2;
-      const uint32_t packed =
-          ElemTraits<Elem>::pack(s[4 * j + 2 * h] * factor[h], s[4 * j + 2 * h + 1] * factor[h]);
-      asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(packed) : "memory");
+      asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(p[2 * j + h]) : "memory");
     }
 }
 
@@ -546,20 +548,21 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           s_a[h] = seesaw_rescale(row_m[h], m_a[h], scale_log2);
         }
         seesaw_exp(s, m_a, scale_log2, sum);
-        const float one[2] = {1.f, 1.f};
-        seesaw_store_p<Elem>(p_a_smem, s, one, t);
+        seesaw_pack_p<Elem>(s, p_regs);
+        seesaw_store_p(p_a_smem, p_regs, t);
         if (t.lane % 4 == 0) {
           row_max_smem[t.row0] = m_a[0];
           row_max_smem[t.row0 + 8] = m_a[1];
         }
         fence_proxy_async_smem();
-        named_barrier_arrive(kBarPA, kConsumerThreads);
+        seesaw_scale_o(o, s_a);
+        seesaw_pv_regs<Elem>(o, p_regs, stage0, 0);
+        // After the issue, so that the wait for WG1 (it reaches kBarPA once S_B is done) stalls nothing that the
+        // tensor cores could run; WG0 only waits for kBarPB after this.
+        named_barrier_sync(kBarPA, kConsumerThreads);
         SEESAW_MARK(2);
 #pragma unroll
         for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * s_a[h] + sum[h];
-        seesaw_pack_p<Elem>(s, p_regs);
-        seesaw_scale_o(o, s_a);
-        seesaw_pv_regs<Elem>(o, p_regs, stage0, 0);
         SEESAW_MARK(3);
         float s_b[2] = {1.f, 1.f};
         if (has_b) {
@@ -597,6 +600,9 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           if (blk + 3 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);  // last B page
           seesaw_mask(s, t, blk + 1, key_limit, min_limit);
         }
+        // The page's own row max before the hand-over: it needs no m_A, and WG1 often waits here for WG0.
+        float m_b[2];
+        if (has_b) seesaw_row_max(s, m_b);
         named_barrier_sync(kBarPA, kConsumerThreads);
         SEESAW_MARK(2);
         float m_a[2], s_a[2];
@@ -611,29 +617,27 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         seesaw_pv_smem<Elem>(o, p_a_smem, stage0, 1);  // runs while this warpgroup does its softmax
         SEESAW_MARK(3);
         if (has_b) {
-          float m_b[2], s_b[2], sum[2];
-          seesaw_row_max(s, m_b);
+          float s_b[2], sum[2];
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             m_b[h] = fmaxf(m_b[h], m_a[h]);
             s_b[h] = seesaw_rescale(m_a[h], m_b[h], scale_log2);
           }
           seesaw_exp(s, m_b, scale_log2, sum);
-          const float one[2] = {1.f, 1.f};
-          seesaw_store_p<Elem>(p_b_smem, s, one, t);
+          seesaw_pack_p<Elem>(s, p_regs);
+          seesaw_store_p(p_b_smem, p_regs, t);
           if (t.lane % 4 == 0) {
             row_max_smem[kTileRows + t.row0] = m_b[0];
             row_max_smem[kTileRows + t.row0 + 8] = m_b[1];
           }
           fence_proxy_async_smem();
-          named_barrier_arrive(kBarPB, kConsumerThreads);
+          named_barrier_sync(kBarPB, kConsumerThreads);  // WG0 is there first: it waits for m_B
           SEESAW_MARK(4);
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             row_l[h] = row_l[h] * s_b[h] + sum[h];
             row_m[h] = m_b[h];
           }
-          seesaw_pack_p<Elem>(s, p_regs);
           wgmma_wait<0>();
           fence_accumulators(o);
           SEESAW_MARK(5);

@@ -13,6 +13,11 @@
 //      warpgroup down to 40 registers, consumers up to 232), the producer's warps 9-11 gone and one thread of
 //      warp 8 waiting on an mbarrier that the consumer warps arrive at every iteration, then lanes 4q write a
 //      row's sum, bar.sync of both warpgroups, every lane reads both warpgroups' sums, slots by parity
+//   8  as 7 with the seesaw's per-page max hand-over before the sums (a single-page item): lanes 4q of WG0 write m,
+//      bar.arrive; WG1 bar.sync, reads m (the kernel's kBarPA)
+//   9  as 8 with that hand-over as a bar.sync of both warpgroups
+//  10  as 8 with the producer's phase carrying data: each phase a cp.async.bulk (global -> shared, complete_tx on the
+//      full mbarrier) that the consumers read after their wait, as the kernel's page loads
 #include <cstdio>
 #include <cstdlib>
 
@@ -30,8 +35,10 @@ __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
 
 // Pattern 7: the kernel's epilogue exchange in the kernel's role split. The producer thread and the consumer warps
 // hand phases over through a full/empty pair of mbarriers, as the kernel's page stages do (no data on them).
-__global__ void __launch_bounds__(384, 1) probe_epilogue(int iters, float* out) {
+__global__ void __launch_bounds__(384, 1) probe_epilogue(int iters, float* out, int pattern, const float* src) {
   __shared__ float sums[2][2][64];
+  __shared__ float row_max[64];
+  __shared__ alignas(128) float page[256];
   __shared__ unsigned long long full, empty;
   const unsigned full_bar = static_cast<unsigned>(__cvta_generic_to_shared(&full));
   const unsigned empty_bar = static_cast<unsigned>(__cvta_generic_to_shared(&empty));
@@ -45,7 +52,14 @@ __global__ void __launch_bounds__(384, 1) probe_epilogue(int iters, float* out) 
     if (threadIdx.x == 256)
       for (int k = 0; k < iters; ++k) {
         if (k > 0) mbar_wait(empty_bar, (k - 1) & 1);  // the consumers are done with phase k - 1
-        asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(full_bar) : "memory");
+        if (pattern == 10) {
+          const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(page));
+          asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(full_bar), "r"(1024) : "memory");
+          asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                       ::"r"(dst), "l"(src + 256 * k), "r"(1024), "r"(full_bar) : "memory");
+        } else {
+          asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(full_bar) : "memory");
+        }
       }
     return;
   }
@@ -54,7 +68,19 @@ __global__ void __launch_bounds__(384, 1) probe_epilogue(int iters, float* out) 
   float acc = 0.f;
   for (int k = 0; k < iters; ++k) {
     mbar_wait(full_bar, k & 1);
+    if (pattern == 10) acc += page[(threadIdx.x + k) % 256];
+    __syncwarp();
     if (lane == 0) asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(empty_bar) : "memory");
+    if (pattern >= 8) {  // the per-page max hand-over, WG0 -> WG1
+      if (wg == 0) {
+        if (lane % 4 == 0) row_max[row0] = k + row0;
+        if (pattern == 9) bar_sync(2, 256);
+        else bar_arrive(2, 256);
+      } else {
+        bar_sync(2, 256);
+        acc += row_max[row0];
+      }
+    }
     float* slot = &sums[k & 1][0][0];
     if (lane % 4 == 0) {
       slot[wg * 64 + row0] = k + row0;
@@ -119,8 +145,11 @@ int main(int argc, char** argv) {
   const int pattern = argc > 1 ? atoi(argv[1]) : 1;
   float* out = nullptr;
   cudaMalloc(&out, 256 * sizeof(float));
-  if (pattern == 7)
-    probe_epilogue<<<1, 384>>>(4, out);
+  float* src = nullptr;
+  cudaMalloc(&src, 4 * 256 * sizeof(float));
+  cudaMemset(src, 0, 4 * 256 * sizeof(float));
+  if (pattern >= 7)
+    probe_epilogue<<<1, 384>>>(4, out, pattern, src);
   else
     probe<<<1, pattern >= 5 ? 384 : 256>>>(pattern, 4, out);
   cudaError_t err = cudaDeviceSynchronize();
