@@ -99,6 +99,9 @@ struct ElemTraits<__nv_bfloat16> {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
   }
+  static __device__ __forceinline__ float2 unpack(uint32_t v) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
+  }
   static __device__ __forceinline__ void mma_qk(float (&d)[16], uint64_t a, uint64_t b, int scale_d) {
     wgmma_m64n32k16_ss_bf16(d, a, b, scale_d);
   }
@@ -120,6 +123,9 @@ struct ElemTraits<__half> {
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __half2 v = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ float2 unpack(uint32_t v) {
+    return __half22float2(*reinterpret_cast<const __half2*>(&v));
   }
   static __device__ __forceinline__ void mma_qk(float (&d)[16], uint64_t a, uint64_t b, int scale_d) {
     wgmma_m64n32k16_ss_f16(d, a, b, scale_d);
@@ -178,7 +184,8 @@ __device__ __forceinline__ void store_global_v4(void* ptr, const uint32_t (&v)[4
 }
 
 // Writes one warpgroup's half of a finished 64-row tile: normalised output and lse straight to `out`/`lse`
-// when the sequence has one split, else to the split workspace for the combine kernel.
+// when the sequence has one split, else to the split workspace (partials in fp32 or the output's dtype,
+// p.partials_fp32; lse in fp32) for the combine kernel.
 // total[h] is the full row sum (both halves) of row row0 + 8h; o holds columns 256wg .. 256wg+255, thread
 // column 2 (lane % 4) + 8j in o[4j..4j+3]. For bf16 a quad's four lanes hold 8 adjacent columns of a row
 // (4 bytes each); transposing 4 x 4 blocks within the quad gives each lane 8 whole columns, so each store is
@@ -189,7 +196,6 @@ __device__ __forceinline__ void store_tile(const MlaDecodeParams& p, const WorkI
                                            int m_block, int wg, int row0, const float (&o)[128],
                                            const float (&row_m)[2], const float (&total)[2], float scale_log2) {
   using Traits = ElemTraits<Elem>;
-  const int batch = w.batch;
   const int rows_total = p.s_q * p.h_q;
   const int lane = threadIdx.x % 32;
   const int q = lane & 3;
@@ -203,9 +209,21 @@ __device__ __forceinline__ void store_tile(const MlaDecodeParams& p, const WorkI
     float lse_value;
     if (total[h] > 0.f) lse_value = (row_m[h] * scale_log2 + log2f(total[h])) * 0.6931471805599453f;
     else lse_value = slot.direct ? INFINITY : -INFINITY;  // partials with no keys carry no weight
+    const int64_t row = slot.direct ? static_cast<int64_t>(w.batch) * rows_total + grow
+                                    : static_cast<int64_t>(slot.split_row) * rows_total + grow;
     const int col_base = wg * kOutColsPerWarpgroup;
-    if (slot.direct) {
-      Elem* out_row = static_cast<Elem*>(p.out) + (static_cast<int64_t>(batch) * rows_total + grow) * kHeadDimV;
+    if (!slot.direct && p.partials_fp32) {
+      // fp32: a quad's 8-byte stores already fill one 32-byte sector per row (transposing into 16-byte
+      // stores made each instruction write half sectors and was slower: run 28's timeline).
+      float* acc_row = static_cast<float*>(p.o_accum) + row * kHeadDimV + col_base;
+      if (row_valid) {
+#pragma unroll
+        for (int j = 0; j < 32; ++j)
+          *reinterpret_cast<float2*>(acc_row + 8 * j + 2 * q) =
+              make_float2(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
+      }
+    } else {
+      Elem* dst_row = static_cast<Elem*>(slot.direct ? p.out : p.o_accum) + row * kHeadDimV + col_base;
 #pragma unroll
       for (int jj = 0; jj < 8; ++jj) {
         uint32_t v[4];
@@ -215,24 +233,16 @@ __device__ __forceinline__ void store_tile(const MlaDecodeParams& p, const WorkI
           v[t] = Traits::pack(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
         }
         quad_transpose(v);  // now columns 8 (4jj + q) .. + 7
-        if (row_valid) store_global_v4(out_row + col_base + 8 * (4 * jj + q), v);
+        if (row_valid) store_global_v4(dst_row + 8 * (4 * jj + q), v);
       }
-      if (row_valid && wg == 0 && q == 0) {
+    }
+    if (row_valid && wg == 0 && q == 0) {
+      if (slot.direct) {
         const int token = grow / p.h_q, head = grow % p.h_q;
-        p.lse[(static_cast<int64_t>(batch) * p.h_q + head) * p.s_q + token] = lse_value;
+        p.lse[(static_cast<int64_t>(w.batch) * p.h_q + head) * p.s_q + token] = lse_value;
+      } else {
+        p.lse_accum[row] = lse_value;
       }
-    } else {
-      float* acc_row = p.o_accum + (static_cast<int64_t>(slot.split_row) * rows_total + grow) * kHeadDimV;
-      // fp32: a quad's 8-byte stores already fill one 32-byte sector per row (transposing into 16-byte
-      // stores made each instruction write half sectors and was slower: run 28's timeline).
-      if (row_valid) {
-#pragma unroll
-        for (int j = 0; j < 32; ++j)
-          *reinterpret_cast<float2*>(acc_row + col_base + 8 * j + 2 * q) =
-              make_float2(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
-      }
-      if (row_valid && wg == 0 && q == 0)
-        p.lse_accum[static_cast<int64_t>(slot.split_row) * rows_total + grow] = lse_value;
     }
   }
 }

@@ -92,6 +92,10 @@ SPLIT_COMBINE_PAGES = 8
 # payload were 1-3% faster on all four table configs where 16 and 8 differ (b64 L16K s2 h128, b128 L8K s2 h128,
 # b128 L16K s1 h128, b128 L16K s2 h64).
 SPLIT_COMBINE_PAGES_MANY_ROWS = 16
+# Both costs were fitted with fp32 partials. Since run 113 the partials are in the output's dtype wherever the
+# combine is more than one wave (csrc/mla_decode_kernel.cu, partials_fp32_for), so a split costs somewhat less
+# there; not re-fitted (run 115: the split-heavy configs 1-3.5% faster with the costs as they are, the rest within
+# the call-to-call spread).
 # For timing experiments only (A/B of the pieces and snapped schedules): overrides SPLIT_COMBINE_PAGES in both
 # implementations; a very negative value gives the plain balanced cut.
 SPLIT_COMBINE_ENV_VAR = "HF_FLASHMLA_SPLIT_COMBINE_PAGES"
