@@ -198,17 +198,6 @@ int num_sms_of_current_device() {
   return sms[device];
 }
 
-// Partials in the output's dtype take half the bytes of fp32 ones through L2, written by the decode kernel and read
-// by the combine: b64 L4K h64 129.9 -> 126.2 us, b16 x s_q 16 x 1K 36.7 -> 33.0, uneven 52.1 -> 49.9 (run 113). Where
-// the combine is one wave (b * s_q * h_q <= SMs: batch 1-8 as generate() runs them), fp32 ones were faster,
-// b1 L16K h16 24.9 vs 27.0 us, b1 L1K h16 12.4 vs 13.3 (runs 113-114). Each partial is a normalised row like the
-// output, so the output's dtype rounds it the way the output is rounded, once more. The in-kernel merge
-// (merge_tile) reads partials in the output's dtype only.
-bool partials_fp32_for(int64_t batch, int64_t rows_total) {
-  const bool inline_merge = use_seesaw_kernel() && merge_inline_requested();
-  return !inline_merge && batch * rows_total <= num_sms_of_current_device();
-}
-
 template <typename Elem, typename Partial>
 const char* launch_combine(const MlaDecodeParams& p, int rows_total, cudaStream_t stream) {
   cudaLaunchAttribute attribute;
@@ -303,12 +292,18 @@ size_t mla_decode_smem_bytes() {
   return decode_detail::use_seesaw_kernel() ? decode_detail::kSeesawSmemBytes : decode_detail::kSplitSmemBytes;
 }
 
-bool mla_decode_partials_fp32(int64_t batch, int64_t rows_total) {
-  return decode_detail::partials_fp32_for(batch, rows_total);
-}
-
 bool mla_decode_merges_inline() {
   return decode_detail::use_seesaw_kernel() && decode_detail::merge_inline_requested();
+}
+
+// Partials in the output's dtype take half the bytes of fp32 ones through L2, written by the decode kernel and read
+// by the combine: b64 L4K h64 129.9 -> 126.2 us, b16 x s_q 16 x 1K 36.7 -> 33.0, uneven 52.1 -> 49.9 (run 113). Where
+// the combine is one wave (b * s_q * h_q <= SMs: batch 1-8 as generate() runs them), fp32 ones were faster,
+// b1 L16K h16 24.9 vs 27.0 us, b1 L1K h16 12.4 vs 13.3 (runs 113-114). Each partial is a normalised row like the
+// output, so the output's dtype rounds it the way the output is rounded, once more. The in-kernel merge
+// (merge_tile) reads partials in the output's dtype only.
+bool mla_decode_partials_fp32(int64_t batch, int64_t rows_total) {
+  return !mla_decode_merges_inline() && batch * rows_total <= decode_detail::num_sms_of_current_device();
 }
 
 const char* mla_decode_launch(const MlaDecodeParams& params, cudaStream_t stream) {

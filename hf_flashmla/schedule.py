@@ -93,7 +93,7 @@ SPLIT_COMBINE_PAGES = 8
 # b128 L16K s1 h128, b128 L16K s2 h64).
 SPLIT_COMBINE_PAGES_MANY_ROWS = 16
 # Both costs were fitted with fp32 partials. Since run 113 the partials are in the output's dtype wherever the
-# combine is more than one wave (csrc/mla_decode_kernel.cu, partials_fp32_for), so a split costs somewhat less
+# combine is more than one wave (csrc/mla_decode_kernel.cu, mla_decode_partials_fp32), so a split costs somewhat less
 # there; not re-fitted (run 115: the split-heavy configs 1-3.5% faster with the costs as they are, the rest within
 # the call-to-call spread).
 # For timing experiments only (A/B of the pieces and snapped schedules): overrides SPLIT_COMBINE_PAGES in both
