@@ -12,6 +12,7 @@ when they would fit in L2). The schedule (get_mla_metadata) is timed separately.
 Usage (on the GPU machine, from the repo root):
   python3 scripts/bench_kernel.py --quick
   python3 scripts/bench_kernel.py --configs all --json bench.json --plot bench.png
+  python3 scripts/bench_kernel.py --configs all --rounds 3   # median of three passes per config
   python3 scripts/bench_kernel.py --dry-run          # CPU, tiny configs: checks the plumbing only
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ for path in (REPO_ROOT, SCRIPTS):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+from bench_rounds import merge_rounds, round_line  # noqa: E402
 from gpu_monitor import GpuMonitor  # noqa: E402
 
 D_QK, D_V, PAGE, H_KV = 576, 512, 64, 1
@@ -654,11 +656,16 @@ def main(argv=None):
     parser.add_argument("--check-seqs", type=int, default=4, help="sequences checked against the reference")
     parser.add_argument("--warmup-ms", type=float, default=25)
     parser.add_argument("--rep-ms", type=float, default=100)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="passes over the whole config list; each config reports the median pass time "
+                             "(scripts/bench_rounds.py says why)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny configs, plumbing only")
     parser.add_argument("--allow-reference-backend", action="store_true",
                         help="time 'ours' on CUDA even when it runs the PyTorch reference, not the kernel")
     parser.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
 
     def log(text, debug=False):
         if debug and not args.verbose:
@@ -711,7 +718,7 @@ def main(argv=None):
                 torch=torch.__version__, python=platform.python_version(), dtype=args.dtype,
                 backend=ours.backend_name(device), reference=reference_name, timer=timer.kind,
                 impls=impls, peers={k: (v if isinstance(v, str) else f"ok ({v.available()[1]})") for k, v in peers.items()},
-                argv=sys.argv[1:], started=time.strftime("%Y-%m-%d %H:%M:%S"))
+                rounds=args.rounds, argv=sys.argv[1:], started=time.strftime("%Y-%m-%d %H:%M:%S"))
     try:
         import triton
         meta["triton"] = triton.__version__
@@ -728,21 +735,31 @@ def main(argv=None):
         log("#   SM MHz, W: median NVML readings during each timing (the driver averages power over about a second, so a "
             "short timing's W mostly shows what ran before it)")
 
-    results = []
-    for n, cfg in enumerate(configs):
-        try:
-            result = run_config(cfg, impls, peers, ours, reference, timer, device, dtype, args.seed + n,
-                                args.check_seqs, figures, log, monitor)
-        except Exception as error:  # never let one config end the run
-            result = dict(name=cfg.name, group=cfg.group, b=cfg.b, mean_len=cfg.mean_len, s_q=cfg.s_q, h_q=cfg.h_q,
-                          varlen=cfg.varlen, sum_len=cfg.sum_len, max_len=max(cfg.lengths), flops=cfg.flops,
-                          bytes=cfg.bytes, rows=[], error=short_error(error))
-            log(traceback.format_exc(), debug=True)
+    passes = []
+    for round_index in range(args.rounds):
+        if args.rounds > 1:
+            log(f"# pass {round_index + 1} of {args.rounds}")
+        pass_results = []
+        for n, cfg in enumerate(configs):
+            try:  # the same seed in every pass: the same inputs
+                result = run_config(cfg, impls, peers, ours, reference, timer, device, dtype, args.seed + n,
+                                    args.check_seqs, figures, log, monitor)
+            except Exception as error:  # never let one config end the run
+                result = dict(name=cfg.name, group=cfg.group, b=cfg.b, mean_len=cfg.mean_len, s_q=cfg.s_q,
+                              h_q=cfg.h_q, varlen=cfg.varlen, sum_len=cfg.sum_len, max_len=max(cfg.lengths),
+                              flops=cfg.flops, bytes=cfg.bytes, rows=[], error=short_error(error))
+                log(traceback.format_exc(), debug=True)
+            pass_results.append(result)
+            if args.rounds > 1:
+                log(round_line(result, round_index, args.rounds))
+        passes.append(pass_results)
+    if args.rounds > 1:
+        log(f"# per config and implementation: the median of the {args.rounds} passes' times")
+    results = merge_rounds(passes)
+    for cfg, result in zip(configs, results):
         result["published_key"] = cfg.published_key
         result["published"] = published.get(cfg.published_key) if cfg.published_key else None
-        fig = figure_for(result, figures)
-        result["flashmla_figure"] = fig
-        results.append(result)
+        result["flashmla_figure"] = figure_for(result, figures)
         print_config(result, figures, published, log)
 
     summary = summarize(results, figures, impls, log)
