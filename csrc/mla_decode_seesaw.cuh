@@ -124,25 +124,6 @@ __device__ __forceinline__ void seesaw_prefetch_pair(const MlaDecodeParams& p, c
   }
 }
 
-// How many pairs before an item's end the producer prefetches the next item's Q tile and first pair into L2.
-// At an item boundary the consumers wait for both; from HBM (the first touch of a new sequence) they cost
-// ~7 us per item at s2 h128 (runs 74, 119: four items per CTA are ~40 us of a b128 L8K call). Earlier than a few
-// pairs and the lines may be gone again: the part streams ~1 MB through L2 per microsecond.
-constexpr int kNextItemLeadPairs = 2;
-
-// The next item's first pair: page a by m-block 0, page b by m-block 1 (or 0 if the tile is alone), so that a
-// page goes to L2 once per part.
-__device__ __forceinline__ void seesaw_prefetch_next_item(const MlaDecodeParams& p, const CUtensorMap* q_map,
-                                                          int next_batch, int page_a, int page_b, int m_block) {
-#pragma unroll
-  for (int c = 0; c < kNumChunks; ++c) prefetch_tensor_3d_l2(q_map, c * kChunkCols, m_block * kTileRows, next_batch);
-  const int page = m_block == 0 ? page_a : (m_block == 1 % p.num_m_blocks ? page_b : -1);
-  if (page >= 0 && page < p.num_blocks)
-    prefetch_bulk_l2(static_cast<const char*>(p.k_cache) + static_cast<int64_t>(page) * kTileBytes, kTileBytes);
-  if (p.num_m_blocks == 1 && page_b >= 0 && page_b < p.num_blocks)
-    prefetch_bulk_l2(static_cast<const char*>(p.k_cache) + static_cast<int64_t>(page_b) * kTileBytes, kTileBytes);
-}
-
 #ifdef HF_FLASHMLA_TIMELINE
 // The traced pairs: kTracePairs from the HF_FLASHMLA_TRACE_FROM-th of CTA (0, 0), counted across its items.
 #ifndef HF_FLASHMLA_TRACE_FROM
@@ -190,16 +171,6 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
     WorkItem w = walker.item(batch);
     if (w.stop_block <= w.start_block) continue;
     if (!early_q) load_q(batch);
-    // The next item's sequence and first page ids, read now (their latency hides behind this item) and prefetched
-    // into L2 kNextItemLeadPairs pairs before this item ends.
-    int next_batch = -1, next_page_a = -1, next_page_b = -1;
-    if (k + 1 < walker.num_items()) {
-      next_batch = walker.batch_at(k + 1, p.inline_merge);
-      const int* next_row = p.block_table + static_cast<int64_t>(next_batch) * p.block_table_stride;
-      const int next_block = walker.start_block(next_batch);
-      if (next_block < p.max_blocks_per_seq) next_page_a = __ldg(next_row + next_block);
-      if (next_block + 1 < p.max_blocks_per_seq) next_page_b = __ldg(next_row + next_block + 1);
-    }
     // The pairs that the loop's look-ahead starts past.
     for (int blk = w.start_block + 2; blk < w.start_block + 2 * p.prefetch_pairs; blk += 2)
       seesaw_prefetch_pair(p, page_of, blk, w.stop_block, m_block);
@@ -227,10 +198,6 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
       if (has_b) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 1, 1, page_b, uses1);
       SEESAW_PRODUCER_MARK(4);
       if (p.prefetch_pairs > 0) seesaw_prefetch_pair(p, page_of, blk + 2 * p.prefetch_pairs, w.stop_block, m_block);
-      if (next_batch >= 0 && blk + 2 * kNextItemLeadPairs >= w.stop_block) {
-        seesaw_prefetch_next_item(p, q_map, next_batch, next_page_a, next_page_b, m_block);
-        next_batch = -1;
-      }
 #ifdef HF_FLASHMLA_TIMELINE
       if (trace)  // printed after the loop: a printf here would delay the next pairs' loads
         for (int i = 0; i < 5; ++i) g_seesaw_producer[pair_index][i] = issued[i];

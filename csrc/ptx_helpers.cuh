@@ -59,13 +59,6 @@ __device__ __forceinline__ void prefetch_bulk_l2(const void* src, uint32_t bytes
                : "memory");
 }
 
-// The tensor-map form: the box at {c0, c1, c2} into L2 (strided tensors such as Q need no contiguity).
-__device__ __forceinline__ void prefetch_tensor_3d_l2(const CUtensorMap* map, int c0, int c1, int c2) {
-  asm volatile("cp.async.bulk.prefetch.tensor.3d.L2.global.tile [%0, {%1, %2, %3}];"
-               ::"l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2)
-               : "memory");
-}
-
 __device__ __forceinline__ void prefetch_tensor_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }

@@ -325,7 +325,7 @@ def short_error(error):
 
 
 def run_config(cfg, impls, peers, ours, reference, timer, device, dtype, seed, check_seqs, figures, log,
-               monitor=None, cool_to=None, cool_max_s=20.0):
+               monitor=None):
     result = dict(name=cfg.name, group=cfg.group, b=cfg.b, mean_len=cfg.mean_len, s_q=cfg.s_q, h_q=cfg.h_q,
                   varlen=cfg.varlen, sum_len=cfg.sum_len, max_len=max(cfg.lengths), flops=cfg.flops,
                   bytes=cfg.bytes, rows=[], schedule_ms=None, extra=cfg.extra)
@@ -402,10 +402,6 @@ def run_config(cfg, impls, peers, ours, reference, timer, device, dtype, seed, c
                 add_row(impl, variant, error=f"run: {short_error(error)}")
                 log(traceback.format_exc(), debug=True)
                 continue
-            cooled = {}
-            if cool_to is not None and monitor and cfg.s_q * cfg.h_q >= COMPUTE_BOUND_MIN_ROWS:
-                start_temp, waited = monitor.wait_cool(cool_to, max_wait_s=cool_max_s)
-                cooled = dict(start_temp_c=start_temp, cooled_s=waited)
             try:
                 if monitor:
                     monitor.start()
@@ -416,7 +412,7 @@ def run_config(cfg, impls, peers, ours, reference, timer, device, dtype, seed, c
             except Exception as error:
                 add_row(impl, variant, err_out=err_out, err_lse=err_lse, ok=ok, error=f"timing: {short_error(error)}")
                 continue
-            add_row(impl, variant, ms, err_out, err_lse, ok).update(clock, **cooled)
+            add_row(impl, variant, ms, err_out, err_lse, ok).update(clock)
         del variant_sets
     del all_inputs, inputs
     if device.type == "cuda":
@@ -507,9 +503,7 @@ def print_config(result, figures, published, log):
             flag = "unchecked"
         log(f"   {row['variant']:<14}{row['ms']:>9.4f}{row['tflops']:>9.1f}{row['gbps']:>8.0f}{fmt(ratio, '.2f'):>13}"
             f"{fmt(row['err_out'], '.2e'):>10}{fmt(row['err_lse'], '.2e'):>10}{fmt(row.get('sm_mhz'), '.0f'):>8}"
-            f"{fmt(row.get('power_w'), '.0f'):>5}  {flag}{(' ' + row['error']) if row['error'] else ''}"
-            + (f" (started at {row['start_temp_c']} C after {row['cooled_s']} s idle)" if row.get("cooled_s") is not None
-               else ""))
+            f"{fmt(row.get('power_w'), '.0f'):>5}  {flag}{(' ' + row['error']) if row['error'] else ''}")
 
 
 def geomean(values):
@@ -584,12 +578,6 @@ def summarize(results, figures, impls, log):
     if any(clocks.values()):
         log(f"   ours, median SM clock while timed: memory-bound {fmt(clocks['memory_bound'], '.0f')} MHz, "
             f"compute-bound {fmt(clocks['compute_bound'], '.0f')} MHz (power-capped GPUs lower it under load)")
-    cooled = [row for r in results for row in r["rows"] if row.get("cooled_s") is not None]
-    if cooled:
-        summary["cooling"] = dict(timings=len(cooled), idle_s=round(sum(row["cooled_s"] for row in cooled), 1),
-                                  max_start_temp_c=max(row["start_temp_c"] or 0 for row in cooled))
-        log(f"   compute-bound timings started at <= {summary['cooling']['max_start_temp_c']} C "
-            f"({len(cooled)} timings, {summary['cooling']['idle_s']} s idle before them in all)")
     for impl, info in peers.items():
         mn = info["min"]
         log(f"   ours vs {impl}: geomean speedup {fmt(info['geomean'], '.2f')}x over {info['configs']} configs"
@@ -671,12 +659,6 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=1,
                         help="passes over the whole config list; each config reports the median pass time "
                              "(scripts/bench_rounds.py says why)")
-    parser.add_argument("--cool-to", type=float, default=None, metavar="C",
-                        help="before each timing of a compute-bound config (every implementation alike), idle until "
-                             "the GPU is at or below C degrees (or stops cooling for 2 s, or --cool-max-s passed): their "
-                             "figures follow the SM clock, which the 700 W cap lowers as the GPU heats "
-                             "(notes/KERNEL_LOG.md runs 59, 118)")
-    parser.add_argument("--cool-max-s", type=float, default=20.0, help="longest idle before one timing (--cool-to)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny configs, plumbing only")
     parser.add_argument("--allow-reference-backend", action="store_true",
                         help="time 'ours' on CUDA even when it runs the PyTorch reference, not the kernel")
@@ -736,7 +718,7 @@ def main(argv=None):
                 torch=torch.__version__, python=platform.python_version(), dtype=args.dtype,
                 backend=ours.backend_name(device), reference=reference_name, timer=timer.kind,
                 impls=impls, peers={k: (v if isinstance(v, str) else f"ok ({v.available()[1]})") for k, v in peers.items()},
-                rounds=args.rounds, cool_to=args.cool_to, argv=sys.argv[1:], started=time.strftime("%Y-%m-%d %H:%M:%S"))
+                rounds=args.rounds, argv=sys.argv[1:], started=time.strftime("%Y-%m-%d %H:%M:%S"))
     try:
         import triton
         meta["triton"] = triton.__version__
@@ -761,7 +743,7 @@ def main(argv=None):
         for n, cfg in enumerate(configs):
             try:  # the same seed in every pass: the same inputs
                 result = run_config(cfg, impls, peers, ours, reference, timer, device, dtype, args.seed + n,
-                                    args.check_seqs, figures, log, monitor, args.cool_to, args.cool_max_s)
+                                    args.check_seqs, figures, log, monitor)
             except Exception as error:  # never let one config end the run
                 result = dict(name=cfg.name, group=cfg.group, b=cfg.b, mean_len=cfg.mean_len, s_q=cfg.s_q,
                               h_q=cfg.h_q, varlen=cfg.varlen, sum_len=cfg.sum_len, max_len=max(cfg.lengths),

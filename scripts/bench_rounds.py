@@ -12,7 +12,7 @@ import copy
 import statistics
 
 # Readings that describe one timing; the merged row takes them from the pass whose time is the median.
-TIMING_FIELDS = ("sm_mhz", "min_sm_mhz", "power_w", "limits", "max_temp_c", "start_temp_c", "cooled_s")
+TIMING_FIELDS = ("sm_mhz", "min_sm_mhz", "power_w", "limits", "max_temp_c")
 
 
 def _row_key(row):

@@ -61,25 +61,6 @@ class GpuMonitor:
             temp.value = 0
         return clock.value, power.value / 1e3, mask.value, temp.value
 
-    def temperature_c(self):
-        s = self.sample()
-        return s[3] if s else None
-
-    def wait_cool(self, target_c, max_wait_s=20.0, plateau_s=2.0, period_s=0.25):
-        """Idles until the GPU is at or below target_c, or its temperature stopped falling for plateau_s (a machine
-        whose idle temperature is above the target), or max_wait_s passed. Returns (temperature C, seconds waited)."""
-        t0 = time.perf_counter()
-        best, best_at = self.temperature_c(), t0
-        while best is not None and best > target_c:
-            now = time.perf_counter()
-            if now - t0 >= max_wait_s or now - best_at >= plateau_s:
-                break
-            time.sleep(period_s)
-            temp = self.temperature_c()
-            if temp is not None and temp < best:
-                best, best_at = temp, time.perf_counter()
-        return best, round(time.perf_counter() - t0, 2)
-
     def _loop(self):
         while self.running:
             s = self.sample()

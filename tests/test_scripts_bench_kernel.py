@@ -75,29 +75,3 @@ def test_dry_run_with_rounds(tmp_path):
     rows = [row for config in result["configs"] for row in config["rows"] if row.get("ms")]
     assert rows and all(len(row["ms_rounds"]) == 2 and row["ok"] for row in rows)
 
-
-class _FakeThermometer:
-    """gpu_monitor.GpuMonitor.wait_cool against a scripted temperature sequence (no NVML)."""
-
-    def __init__(self, temps):
-        import gpu_monitor
-        self.temps = list(temps)
-        self.wait_cool = gpu_monitor.GpuMonitor.wait_cool.__get__(self)
-
-    def temperature_c(self):
-        return self.temps.pop(0) if len(self.temps) > 1 else self.temps[0]
-
-
-def test_wait_cool_stops_at_the_target():
-    temp, waited = _FakeThermometer([60, 58, 55, 50, 49]).wait_cool(50, period_s=0.001)
-    assert temp == 50 and waited < 1
-
-
-def test_wait_cool_stops_when_the_gpu_no_longer_cools():
-    temp, waited = _FakeThermometer([60, 56, 55]).wait_cool(40, plateau_s=0.05, period_s=0.001)
-    assert temp == 55 and waited < 1
-
-
-def test_wait_cool_gives_up_after_its_limit():
-    temp, waited = _FakeThermometer(list(range(200, 100, -1))).wait_cool(40, max_wait_s=0.02, period_s=0.001)
-    assert temp > 40 and waited < 1
