@@ -301,6 +301,19 @@ __device__ __forceinline__ float seesaw_rescale(float m_old, float m_new, float 
   return m_new == -INFINITY ? 1.f : exp2f((m_old - m_new) * scale_log2);
 }
 
+// Lazy rescaling: the running row max that P and O are relative to moves only when a page's max exceeds it by more
+// than 2^kLazyRescaleLog2 (after the softmax scale), so P stays <= 256 (exact in bf16/fp16 up to their rounding, sums
+// and O in fp32) and the factor exp2(m_old - m_new) is exactly 1 on nearly every page: the 128-register O rescale,
+// on each warpgroup's path to its next P V issue twice per pair, is skipped (seesaw_scale_o). Every use of the
+// running max (exps, factors, the final lse) takes this same value, so the result is exact, not approximate.
+constexpr float kLazyRescaleLog2 = 8.f;
+
+// The new running max. m_run = -inf (no key yet) takes any finite page max; a page with no visible key
+// (m_page = -inf) leaves it (the NaN of -inf - -inf compares false).
+__device__ __forceinline__ float seesaw_lazy_max(float m_run, float m_page, float scale_log2) {
+  return (m_page - m_run) * scale_log2 > kLazyRescaleLog2 ? m_page : m_run;
+}
+
 // P = exp(S - m) in place; returns this thread's partial row sums.
 __device__ __forceinline__ void seesaw_exp(float (&s)[32], const float (&m)[2], float scale_log2, float (&sum)[2]) {
   float m_scaled[2];
@@ -336,6 +349,8 @@ __device__ __forceinline__ void seesaw_pack_p(const float (&s)[32], uint32_t (&p
 }
 
 __device__ __forceinline__ void seesaw_scale_o(float (&o)[128], const float (&f)[2]) {
+  // Warp-uniform through a shuffle (ptxas then knows the branch is uniform: no wgmma serialisation, C7520).
+  if (!__shfl_sync(0xffffffff, __any_sync(0xffffffff, f[0] != 1.f || f[1] != 1.f), 0)) return;
 #pragma unroll
   for (int j = 0; j < 32; ++j) {
     o[4 * j + 0] *= f[0];
@@ -544,7 +559,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         seesaw_row_max(s, m_a);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          m_a[h] = fmaxf(m_a[h], row_m[h]);
+          m_a[h] = seesaw_lazy_max(row_m[h], m_a[h], scale_log2);
           s_a[h] = seesaw_rescale(row_m[h], m_a[h], scale_log2);
         }
         seesaw_exp(s, m_a, scale_log2, sum);
@@ -620,7 +635,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           float s_b[2], sum[2];
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            m_b[h] = fmaxf(m_b[h], m_a[h]);
+            m_b[h] = seesaw_lazy_max(m_a[h], m_b[h], scale_log2);
             s_b[h] = seesaw_rescale(m_a[h], m_b[h], scale_log2);
           }
           seesaw_exp(s, m_b, scale_log2, sum);
