@@ -4,6 +4,7 @@ Skipped (tests/conftest.py) unless a CUDA device of compute capability 9.0 is pr
 built, i.e. hf_flashmla.backend(cuda).name == 'cuda_sm90'. Run on the GPU machine:
     python3 -m pytest -q -m gpu tests/test_kernel_gpu.py
 """
+import dataclasses
 import itertools
 
 import pytest
@@ -116,6 +117,40 @@ def test_batch_128_varlen(s_q, h_q):
     lengths[5] = 0
     lengths[17] = 1
     check_case(lengths, s_q, h_q, torch.bfloat16, causal=True, seed=3)
+
+
+def scale_pages(inputs, multiplier_of):
+    """Each sequence's keys (and values: one latent) scaled page by page, multiplier_of(sequence, logical page)."""
+    factors = torch.ones(inputs.k_cache.shape[0], dtype=torch.float32)
+    table = inputs.block_table.cpu()
+    for i, length in enumerate(inputs.cache_seqlens.tolist()):
+        for j in range(-(-length // 64)):
+            factors[table[i, j]] = multiplier_of(i, j)
+    scaled = inputs.k_cache.float() * factors.to(inputs.k_cache.device).view(-1, 1, 1, 1)
+    return dataclasses.replace(inputs, k_cache=scaled.to(inputs.k_cache.dtype))
+
+
+# The seesaw kernel's lazy rescaling (csrc/mla_decode_seesaw.cuh): the running row max moves only when a page's max
+# passes it by more than 2^8 after the softmax scale, so random data of one scale (whose max settles on the first
+# pages) never takes the update path after the first page. Here key scales grow along each sequence (every few
+# pages a jump past the threshold, on A and B pages of a pair, within and across split pieces) or vary at random
+# per page (jumps up and down, some just under the threshold: P up to 256).
+@pytest.mark.parametrize("pattern", ["ramp", "random"])
+@pytest.mark.parametrize("s_q,h_q", [(1, 16), (1, 128), (2, 64), (2, 128)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
+def test_running_max_jumps(pattern, s_q, h_q, dtype):
+    lengths = [4096, 1000, 65, 3000, 130]
+    inputs = make_paged_inputs(lengths, s_q, h_q, dtype=dtype, device="cuda", seed=23)
+    generator = torch.Generator().manual_seed(29)
+    choices = torch.tensor([0.5, 1.0, 1.25, 1.6, 2.0, 3.0])
+    if pattern == "ramp":
+        inputs = scale_pages(inputs, lambda i, j: 0.5 + 0.1 * j + 0.05 * i)
+    else:
+        inputs = scale_pages(inputs, lambda i, j: choices[torch.randint(len(choices), (1,), generator=generator)].item())
+    poison_allocator()
+    out, lse = run_kernel(inputs, causal=True)
+    torch.cuda.synchronize()
+    assert_close_to_reference(out, lse, inputs, causal=True)
 
 
 @pytest.mark.parametrize("lengths", [
