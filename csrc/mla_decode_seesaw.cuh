@@ -11,7 +11,8 @@
 //   WG1: S_B = Q K_B^T ; [waits m_A, P_A]   O_R = O_R s_A + P_A V_A,R   (P_A from smem; runs during
 //        WG1's own softmax:) m_B, P_B = exp(S_B - m_B) [publishes m_B, P_B]
 //                                           O_R = O_R s_B + P_B V_B,R   (P_B from registers)
-// with s_A = exp(m_prev - m_A), s_B = exp(m_A - m_B): exactly online softmax, reordered so that one
+// with s_A = exp(m_prev - m_A), s_B = exp(m_A - m_B) (m lazy: it moves only past a 2^8 margin, so s is 1 and the
+// O rescale skipped on nearly every page; seesaw_lazy_max): exactly online softmax, reordered so that one
 // warpgroup's exp/max runs while the other's wgmma keeps the tensor cores busy, and Q is read from
 // shared memory once per page (the split kernel reads it once per warpgroup). FlashMLA's published order
 // adds P_A s_B V_A,R last instead; measured equal here (run 17), this one has one hand-over less and frees
