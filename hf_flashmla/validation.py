@@ -113,8 +113,10 @@ def check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_sca
     if softmax_scale is not None:
         if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
             raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
-        if not math.isfinite(softmax_scale):
-            raise ValueError(f"softmax_scale: expected a finite float, got {softmax_scale}")
+        if not math.isfinite(softmax_scale) or softmax_scale <= 0:
+            # <= 0 is no attention softmax; the kernel's masked keys (-inf) times 0 would give NaN, and its running
+            # row max assumes scaled scores grow with raw ones.
+            raise ValueError(f"softmax_scale: expected a finite positive float, got {softmax_scale}")
     if not isinstance(causal, bool):
         raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
 
