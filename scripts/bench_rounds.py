@@ -4,7 +4,8 @@ Why: on the device H100 the compute-bound configs move 3-5% between passes of th
 700 W cap, and a slower mode of b128 L16K s1 h128 seen in some passes: notes/KERNEL_LOG.md runs 59, 93, 117-118).
 One pass therefore decides a config by where it fell in that spread. `--rounds N` walks the whole config list N
 times (so every config and every implementation sees the GPU in the same states) and reports, per config and
-implementation variant, the median of its N pass times; each pass's time is kept in `ms_rounds`.
+implementation variant, the median of its N pass times; each pass's time is kept in `ms_rounds`. It removes a
+single pass's outliers, not the power cap: N passes back to back heat the GPU more than one (run 118).
 """
 from __future__ import annotations
 
