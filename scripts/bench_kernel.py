@@ -38,7 +38,7 @@ for path in (REPO_ROOT, SCRIPTS):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from bench_rounds import merge_rounds, round_line  # noqa: E402
+from bench_rounds import merge_rounds, pass_order, round_line  # noqa: E402
 from gpu_monitor import GpuMonitor  # noqa: E402
 
 D_QK, D_V, PAGE, H_KV = 576, 512, 64, 1
@@ -742,8 +742,8 @@ def main(argv=None):
         pass_results = []
         for n, cfg in enumerate(configs):
             try:  # the same seed in every pass: the same inputs
-                result = run_config(cfg, impls, peers, ours, reference, timer, device, dtype, args.seed + n,
-                                    args.check_seqs, figures, log, monitor)
+                result = run_config(cfg, pass_order(impls, round_index), peers, ours, reference, timer, device,
+                                    dtype, args.seed + n, args.check_seqs, figures, log, monitor)
             except Exception as error:  # never let one config end the run
                 result = dict(name=cfg.name, group=cfg.group, b=cfg.b, mean_len=cfg.mean_len, s_q=cfg.s_q,
                               h_q=cfg.h_q, varlen=cfg.varlen, sum_len=cfg.sum_len, max_len=max(cfg.lengths),

@@ -6,6 +6,9 @@ One pass therefore decides a config by where it fell in that spread. `--rounds N
 times (so every config and every implementation sees the GPU in the same states) and reports, per config and
 implementation variant, the median of its N pass times; each pass's time is kept in `ms_rounds`. It removes a
 single pass's outliers, not the power cap: N passes back to back heat the GPU more than one (run 118).
+With several implementations the order they run in within a config turns by one each pass (pass_order): the
+compute-bound configs reach the cap inside their timing, so an implementation that always ran right after the
+same other one's load would carry that load's heat in every pass.
 """
 from __future__ import annotations
 
@@ -14,6 +17,14 @@ import statistics
 
 # Readings that describe one timing; the merged row takes them from the pass whose time is the median.
 TIMING_FIELDS = ("sm_mhz", "min_sm_mhz", "power_w", "limits", "max_temp_c")
+
+
+def pass_order(impls, round_index):
+    """The implementations in the order pass `round_index` runs them: the list turned left by one per pass."""
+    if not impls:
+        return list(impls)
+    shift = round_index % len(impls)
+    return list(impls[shift:]) + list(impls[:shift])
 
 
 def _row_key(row):

@@ -75,3 +75,17 @@ def test_dry_run_with_rounds(tmp_path):
     rows = [row for config in result["configs"] for row in config["rows"] if row.get("ms")]
     assert rows and all(len(row["ms_rounds"]) == 2 and row["ok"] for row in rows)
 
+
+
+def test_rounds_turn_the_implementation_order_each_pass():
+    import bench_rounds
+    impls = ["ours", "flashinfer", "torch"]
+    assert [bench_rounds.pass_order(impls, r) for r in range(4)] == [
+        ["ours", "flashinfer", "torch"], ["flashinfer", "torch", "ours"], ["torch", "ours", "flashinfer"],
+        ["ours", "flashinfer", "torch"]]
+    # Rows of passes in turned orders still pair up by implementation; the table keeps the first pass's order.
+    passes = [_pass({"ours": (1.0, None), "torch": (9.0, None)}), _pass({"torch": (11.0, None), "ours": (1.2, None)}),
+              _pass({"ours": (1.1, None), "torch": (10.0, None)})]
+    rows = bench_rounds.merge_rounds(passes)[0]["rows"]
+    assert [(row["impl"], row["ms"], row["ms_rounds"]) for row in rows] == [
+        ("ours", 1.1, [1.0, 1.2, 1.1]), ("torch", 10.0, [9.0, 11.0, 10.0])]
