@@ -3,7 +3,7 @@
 Why: on the device H100 the compute-bound configs move 3-5% between passes of the same code (the SM clock under the
 700 W cap, and a slower mode of b128 L16K s1 h128 seen in some passes: notes/KERNEL_LOG.md runs 59, 93, 117-118).
 One pass therefore decides a config by where it fell in that spread. `--rounds N` walks the whole config list N
-times (so every config and every implementation sees the GPU in the same states) and reports, per config and
+times (so every config meets the GPU in more than one state) and reports, per config and
 implementation variant, the median of its N pass times; each pass's time is kept in `ms_rounds`. It removes a
 single pass's outliers, not the power cap: N passes back to back heat the GPU more than one (run 118).
 With several implementations the order they run in within a config turns by one each pass (pass_order): the

@@ -76,7 +76,6 @@ def test_dry_run_with_rounds(tmp_path):
     assert rows and all(len(row["ms_rounds"]) == 2 and row["ok"] for row in rows)
 
 
-
 def test_rounds_turn_the_implementation_order_each_pass():
     import bench_rounds
     impls = ["ours", "flashinfer", "torch"]
