@@ -38,9 +38,7 @@ __device__ __forceinline__ AlignedSmem align_swizzle_atoms(uint8_t* raw) {
 
 // The role split both decode kernels share: thread 0 initialises the CTA's mbarriers (init_barriers), then the
 // producer warpgroup hands its registers to the consumers and its first thread issues the loads (produce), while
-// the two consumer warpgroups compute (consume). The launch gives every thread 168 registers (65536 / 384, rounded
-// down to 8); the producer's single issuing thread fits in 24, and the 144 x 128 registers it frees give each
-// consumer thread 72 more: 240, the most a 384-thread CTA can reach (the seesaw's Q chunks in registers need it).
+// the two consumer warpgroups compute (consume).
 template <class InitBarriers, class Produce, class Consume>
 __device__ __forceinline__ void run_producer_and_consumers(InitBarriers init_barriers, Produce produce,
                                                            Consume consume) {
@@ -50,10 +48,10 @@ __device__ __forceinline__ void run_producer_and_consumers(InitBarriers init_bar
   }
   __syncthreads();
   if (threadIdx.x >= kConsumerThreads) {
-    setmaxnreg_dec<24>();
+    setmaxnreg_dec<40>();
     if (threadIdx.x == kConsumerThreads) produce();
   } else {
-    setmaxnreg_inc<240>();
+    setmaxnreg_inc<232>();
     consume();
   }
 }

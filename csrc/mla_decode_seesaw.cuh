@@ -229,36 +229,25 @@ struct SeesawThread {
   }
 };
 
-// Q's rope chunk (columns 512..575) and latent chunk kQRegLatentChunk as A operands of m64n64k16, held in
-// registers for the whole sequence range: slot r (0 = rope, 1 = latent) k-slice kk in registers 16r + 4kk..+3.
-// Each saves 8 KB of shared-memory reads per page in Q K^T, which is bound by shared-memory bandwidth (run 20, the
-// rope chunk: +0.6..1.1% on compute-bound configs); the 32 registers fit next to O and S under setmaxnreg 240 (at 232, run 127, they spilled 8).
-constexpr int kQRegChunks = 2;
-constexpr int kQRegLatentChunk = 3;
-__host__ __device__ constexpr int seesaw_q_reg_slot(int chunk) {
-  return chunk == 8 ? 0 : (chunk == kQRegLatentChunk ? 1 : -1);
-}
-__device__ __forceinline__ void seesaw_load_q_regs(uint32_t q_smem, const SeesawThread& t,
-                                                   uint32_t (&a)[16 * kQRegChunks]) {
+// Q's rope chunk (columns 512..575) as the A operand of m64n64k16: k-slice kk in registers 4kk..4kk+3.
+// Held for the whole sequence range, it saves 8 KB of shared-memory reads per page in Q K^T, which is bound
+// by shared-memory bandwidth (run 20: +0.6..1.1% on compute-bound configs; the 16 registers fit next to O).
+__device__ __forceinline__ void seesaw_load_q_rope(uint32_t q_smem, const SeesawThread& t, uint32_t (&a)[16]) {
+  const uint32_t rope = q_smem + 8 * kChunkBytes;
 #pragma unroll
-  for (int r = 0; r < kQRegChunks; ++r) {
-    const uint32_t base = q_smem + (r == 0 ? 8 : kQRegLatentChunk) * kChunkBytes;
+  for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int row = t.row0 + 8 * (i & 1), col16 = 2 * kk + (i >> 1);
-        const uint32_t addr = base + swizzle_128b_offset(row, col16) + t.quad_col * 2;
-        asm volatile("ld.shared.b32 %0, [%1];" : "=r"(a[16 * r + 4 * kk + i]) : "r"(addr) : "memory");
-      }
-  }
+    for (int i = 0; i < 4; ++i) {
+      const int row = t.row0 + 8 * (i & 1), chunk = 2 * kk + (i >> 1);
+      const uint32_t addr = rope + swizzle_128b_offset(row, chunk) + t.quad_col * 2;
+      asm volatile("ld.shared.b32 %0, [%1];" : "=r"(a[4 * kk + i]) : "r"(addr) : "memory");
+    }
 }
 
 // S = Q K^T over one page held in `stage`, chunk by chunk as they land.
 template <typename Elem, int kStage>
 __device__ __forceinline__ void seesaw_qk(float (&s)[32], const SeesawBarriers& bars, uint32_t q_smem,
-                                          uint32_t kv_stage, uint32_t parity,
-                                          const uint32_t (&q_regs)[16 * kQRegChunks]) {
+                                          uint32_t kv_stage, uint32_t parity, const uint32_t (&q_rope)[16]) {
   const uint64_t q_desc = smem_desc_sw128(q_smem, 16, 1024);
   const uint64_t k_desc = smem_desc_sw128(kv_stage, 16, 1024);
   wgmma_fence();
@@ -269,9 +258,8 @@ __device__ __forceinline__ void seesaw_qk(float (&s)[32], const SeesawBarriers& 
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       const uint32_t off = (c * kChunkBytes + kk * 32) >> 4;
-      if (seesaw_q_reg_slot(c) >= 0)
-        ElemTraits<Elem>::mma_qk_page_regs(s, q_regs + 16 * seesaw_q_reg_slot(c) + 4 * kk, k_desc + off,
-                                           (i | kk) != 0);
+      if (c == 8)
+        ElemTraits<Elem>::mma_qk_page_regs(s, q_rope + 4 * kk, k_desc + off, (i | kk) != 0);
       else
         ElemTraits<Elem>::mma_qk_page(s, q_desc + off, k_desc + off, (i | kk) != 0);
     }
@@ -543,8 +531,8 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
 
     mbarrier_wait(bars.q_full, item_count & 1);
     SEESAW_ITEM_MARK(1);
-    uint32_t q_regs[16 * kQRegChunks];
-    seesaw_load_q_regs(q_smem, t, q_regs);
+    uint32_t q_rope[16];
+    seesaw_load_q_rope(q_smem, t, q_rope);
     // WG1 reads Q only for B pages; with a single page it has none and releases Q at once.
     if (wg == 1 && num_pages < 2) {
       __syncwarp();  // every lane's rope loads are done before lane 0 lets the producer overwrite Q
@@ -564,7 +552,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
 #endif
       SEESAW_MARK(0);
       if (wg == 0) {
-        seesaw_qk<Elem, 0>(s, bars, q_smem, stage0, uses0 & 1, q_regs);
+        seesaw_qk<Elem, 0>(s, bars, q_smem, stage0, uses0 & 1, q_rope);
         SEESAW_MARK(1);
         if (blk + 2 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);
         seesaw_mask(s, t, blk, key_limit, min_limit);
@@ -623,7 +611,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         }
       } else {
         if (has_b) {
-          seesaw_qk<Elem, 1>(s, bars, q_smem, stage1, uses1 & 1, q_regs);
+          seesaw_qk<Elem, 1>(s, bars, q_smem, stage1, uses1 & 1, q_rope);
           SEESAW_MARK(1);
           if (blk + 3 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);  // last B page
           seesaw_mask(s, t, blk + 1, key_limit, min_limit);

@@ -11,6 +11,8 @@ el() { echo "### t=$(( $(date +%s) - t0 )) s: $*"; }
 finish() { el done; cd $O && tar czf "$OUT/133_results.tgz" 133_* *.log 2>/dev/null; }
 trap finish EXIT
 nvidia-smi --query-gpu=name,temperature.gpu,clocks.max.sm,power.limit --format=csv,noheader
+# NOTE (found in the output): the A build below ran in the repository root, not /tmp/A: "cd /tmp/A" is inside the
+# backgrounded chain. Run 134 on builds A in its own subshell.
 el build; rm -rf build /tmp/A /tmp/C; cp -r . /tmp/A
 (cd /tmp/A && git apply -R notes/device_runs/133_q_regs240.patch && cp -r /tmp/A /tmp/C && (cd /tmp/C && git apply notes/device_runs/133_regs240.patch && HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace > $O/build_C.log 2>&1 || echo "BUILD C FAILED") &
  HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace > $O/build_A.log 2>&1 || echo "BUILD A FAILED"; wait) &
