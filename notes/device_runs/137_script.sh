@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Run 137 (H100): a repeat of run 136 on the same code (is its 45 of 45 reproducible?): the benchmark with every peer, three
-# passes (median per config; implementation order turning each pass), then ours alone, three passes, no racecheck
-# not repeated. Carry [".fi", ".whl"].
+# Run 137 (H100): a repeat of run 136 on the same code, to see whether its 45 of 45 reproduces: the benchmark with every
+# peer, three passes (median per config; implementation order turning each pass), then ours alone, three passes.
+# Carry [".fi", ".whl"].
 set -u; export PYTHONUNBUFFERED=1; O=/tmp/o; mkdir -p $O; t0=$(date +%s)
 el() { echo "### t=$(( $(date +%s) - t0 )) s: $*"; }
 finish() { el done; cd $O && tar czf "$OUT/137_results.tgz" 137_* 2>/dev/null; }
