@@ -22,6 +22,9 @@ The pool grows as needed (doubling), or is fixed by the user (`max_pages`); when
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
+
 import torch
 
 from hf_flashmla.interface import _value_checks_requested
@@ -33,6 +36,10 @@ except ImportError:  # transformers is optional for the kernel API; the cache st
     _TransformersCache = object
 
 SCRATCH_PAGE = 0
+# Every change of the host-side state (a step, a rollback, a crop, a reorder, a reset) takes a new number from
+# here, unique across caches: a CUDA-graph bucket knows whether its device copy of a cache's lengths and block
+# table is current by comparing one int (hf_flashmla.transformers_integration.decode_graphs).
+_STATE_VERSIONS = itertools.count(1)
 
 
 def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -80,16 +87,39 @@ class _Step:
         self.previous: _Step | None = None
 
 
+class _GraphStep:
+    """A decode step inside a CUDA graph: every tensor derives from the graph's persistent device tensors
+    (block table, lengths, and which rows advance: 1 for a real sequence, 0 for a bucket's padding row), so a
+    replay reads the values of the moment, never what the host knew at capture."""
+
+    def __init__(self, block_table: torch.Tensor, seqlens: torch.Tensor, advance: torch.Tensor, query_length: int):
+        self.step = _Step(0, query_length, None, None, None, None, True)
+        state = _DeviceStep()
+        state.block_table = block_table
+        state.seqlens_before = seqlens
+        state.seqlens = seqlens + advance * query_length
+        position = seqlens[:, None] + torch.arange(query_length, device=seqlens.device, dtype=seqlens.dtype)
+        page_col = (position // PAGE_SIZE).clamp(max=block_table.shape[1] - 1).to(torch.long)
+        slots = block_table.gather(1, page_col).to(torch.long) * PAGE_SIZE + (position % PAGE_SIZE).to(torch.long)
+        state.write_slots = slots.reshape(-1)
+        self.state = state
+
+
 class LatentPagedCache(_TransformersCache):
     """Paged latent cache; see the module docstring.
 
     config: the model config (gives the number of layers and the latent width); or pass
     num_hidden_layers / latent_dim directly. max_pages: fixed pool size in pages per layer (excluding
     the scratch page); None grows as needed. initial_pages: first pool size when growing.
+    reserve_tokens: at the first step of a batch, every sequence gets the pages for this many tokens at
+    once (generate() passes its max_length), so that decoding never allocates and the block table never
+    changes: what CUDA-graph decoding needs (decode_graphs). A sequence may still grow past it (eagerly).
+    graph_arena: the decode_graphs.GraphArena whose pools this cache writes into (set by generate()).
     """
 
     def __init__(self, config=None, *, num_hidden_layers: int | None = None, latent_dim: int | None = None,
-                 max_pages: int | None = None, initial_pages: int = 64):
+                 max_pages: int | None = None, initial_pages: int = 64, reserve_tokens: int | None = None,
+                 graph_arena=None):
         # Not calling Cache.__init__: its per-layer objects do not apply to a shared paged pool, and its
         # signature differs between transformers releases. The attributes generate() reads are set here.
         self.layers = []
@@ -101,6 +131,11 @@ class LatentPagedCache(_TransformersCache):
                 raise ValueError(f"{name}: expected a positive int or None, got {value!r}")
         if not _is_positive_int(initial_pages):
             raise ValueError(f"initial_pages: expected a positive int, got {initial_pages!r}")
+        if reserve_tokens is not None and not _is_positive_int(reserve_tokens):
+            raise ValueError(f"reserve_tokens: expected a positive int or None, got {reserve_tokens!r}")
+        self.reserve_tokens = reserve_tokens
+        self._arena = graph_arena
+        self._graph_step = None  # set by decode_graphs while a decode step is captured or replayed
         if config is not None:
             text_config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
             kv_lora_rank = getattr(text_config, "kv_lora_rank", None)
@@ -113,9 +148,11 @@ class LatentPagedCache(_TransformersCache):
         self.num_hidden_layers = num_hidden_layers
         self.latent_dim = latent_dim
         self.max_pages = max_pages
-        # Pages per pool, scratch page included.
+        # Pages per pool, scratch page included (an arena's pools may already hold more).
         self._capacity = (max_pages if max_pages is not None else initial_pages) + 1
-        self._pools: dict[int, torch.Tensor] = {}
+        if graph_arena is not None and max_pages is None:
+            self._capacity = max(self._capacity, graph_arena.capacity)
+        self._pools: dict[int, torch.Tensor] = {} if graph_arena is None else graph_arena.pools
         self.reset()
 
     # ----------------------------------------------------------------------------------------- state
@@ -131,6 +168,8 @@ class LatentPagedCache(_TransformersCache):
         self._step: _Step | None = None
         self._last_step: _Step | None = None   # device lengths of a plain continuation derive from it
         self._step_counter = 0
+        self._reserved_pages = 0                # pages every sequence keeps (reserve_tokens), set at the first step
+        self.state_version = next(_STATE_VERSIONS)
 
     @property
     def batch_size(self) -> int:
@@ -253,6 +292,7 @@ class LatentPagedCache(_TransformersCache):
         # Cropped tokens are the most recent ones, which are real tokens (generate() never pads on the right).
         self._lengths = [max(length - remove, 0) for length in self._lengths]
         self._release_unused_pages()
+        self.state_version = next(_STATE_VERSIONS)
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
         """Sequence i takes the contents of sequence beam_idx[i] (beam search)."""
@@ -269,7 +309,7 @@ class LatentPagedCache(_TransformersCache):
     def _release_unused_pages(self):
         changed = False
         for seq, length in enumerate(self._lengths):
-            keep = pages_for(length)
+            keep = max(pages_for(length), self._reserved_pages)
             pages = self._pages[seq]
             if len(pages) > keep:
                 self._free.extend(reversed(pages[keep:]))
@@ -288,7 +328,8 @@ class LatentPagedCache(_TransformersCache):
                 f"LatentPagedCache: this step needs {needed} free pages of {PAGE_SIZE} tokens but only "
                 f"{len(self._free)} of max_pages={self.max_pages} are free (lengths {self._lengths}); nothing was "
                 f"written. Create the cache with a larger max_pages, or crop()/reset() it.")
-        new_capacity = max(self._capacity * 2, self._capacity + short)
+        # A reserving cache asks once per batch for exactly what it needs; a growing one doubles.
+        new_capacity = self._capacity + short if self._reserved_pages else max(self._capacity * 2, self._capacity + short)
         self._free = list(range(new_capacity - 1, self._capacity - 1, -1)) + self._free
         self._capacity = new_capacity  # pools follow lazily, each on its own device at its next write
 
@@ -337,6 +378,10 @@ class LatentPagedCache(_TransformersCache):
             raise ValueError(f"{name}: expected indices in [0, {batch}), got {indices}")
         if indices == list(range(batch)):
             return
+        self.state_version = next(_STATE_VERSIONS)
+        if self._reserved_pages and len(indices) == batch:
+            self._select_into_own_pages(indices)
+            return
         new_lengths = [self._lengths[i] for i in indices]
         sources = [self._pages[i][:pages_for(self._lengths[i])] for i in indices]
         needed = sum(len(src) for src in sources)
@@ -360,13 +405,50 @@ class LatentPagedCache(_TransformersCache):
         self._last_step = None
         self._rebuild_table()
 
+    def _select_into_own_pages(self, indices: list[int]):
+        """Reorder where every sequence keeps its reserved pages (and so the block table): sequence i's used
+        pages receive a copy of sequence indices[i]'s. index_select gathers every source before index_copy_
+        writes, so a sequence that is both a source and a destination is read before it is overwritten. Needs
+        no free pages beyond a longer source's extra pages, where the destination had fewer."""
+        new_lengths = [self._lengths[i] for i in indices]
+        src_ids, dst_ids = [], []
+        grew = []
+        for seq, source in enumerate(indices):
+            if seq == source:
+                continue
+            used = pages_for(self._lengths[source])
+            short = used - len(self._pages[seq])
+            if short > 0:
+                self._ensure_free(short)
+                before = len(self._pages[seq])
+                self._allocate_to(seq, used * PAGE_SIZE)
+                grew.append((seq, before))
+            src_ids += self._pages[source][:used]
+            dst_ids += self._pages[seq][:used]
+        if grew:
+            self._append_to_table(grew)
+        for layer_idx in list(self._pools):
+            pool = self._grown_pool(layer_idx)
+            if src_ids:
+                src = torch.tensor(src_ids, dtype=torch.long).to(pool.device, non_blocking=True)
+                dst = torch.tensor(dst_ids, dtype=torch.long).to(pool.device, non_blocking=True)
+                pool.index_copy_(0, dst, pool.index_select(0, src))
+        self._lengths = new_lengths
+        self._last_step = None
+
     def _grown_pool(self, layer_idx: int) -> torch.Tensor:
         pool = self._pools[layer_idx]
         if pool.shape[0] < self._capacity:
             grown = pool.new_zeros((self._capacity,) + tuple(pool.shape[1:]))
             grown[:pool.shape[0]].copy_(pool)
             self._pools[layer_idx] = pool = grown
+            self._pools_changed()
         return pool
+
+    def _pools_changed(self):
+        """A pool tensor was created or replaced: CUDA graphs that captured the old one must not replay."""
+        if self._arena is not None:
+            self._arena.pools_replaced(self._capacity)
 
     # ------------------------------------------------------------------------------------ the steps
     def _settle(self):
@@ -382,6 +464,7 @@ class LatentPagedCache(_TransformersCache):
             self._logical_length = step.logical_before
             self._release_unused_pages()
             self._last_step = None
+            self.state_version = next(_STATE_VERSIONS)
         else:
             self._last_step = step
 
@@ -423,9 +506,15 @@ class LatentPagedCache(_TransformersCache):
 
         lengths_before = list(self._lengths)
         lengths_after = [length + count for length, count in zip(lengths_before, counts)]
-        self._ensure_free(self._pages_needed(lengths_after))  # raises before anything changes
+        allocate_to = lengths_after
+        if self.reserve_tokens is not None and self._logical_length == 0:
+            # A new batch: every sequence gets its pages for reserve_tokens now (decode then never allocates).
+            self._reserved_pages = pages_for(max([self.reserve_tokens] + lengths_after))
+            allocate_to = [self._reserved_pages * PAGE_SIZE] * batch
+        self._ensure_free(self._pages_needed(allocate_to))  # raises before anything changes
+        self.state_version = next(_STATE_VERSIONS)
         appended = []  # (seq, first new column): the host table is patched, not rebuilt
-        for seq, length in enumerate(lengths_after):
+        for seq, length in enumerate(allocate_to):
             before = len(self._pages[seq])
             if before * PAGE_SIZE < length:
                 self._allocate_to(seq, length)
@@ -477,6 +566,8 @@ class LatentPagedCache(_TransformersCache):
     def step_for(self, layer_idx: int, batch: int, query_length: int, token_mask: torch.Tensor | None) -> _Step:
         """The step (forward pass) this layer's tokens belong to: a layer that already wrote in the current
         step opens the next one (lengths, page allocation: once per forward pass, not per layer)."""
+        if self._graph_step is not None:
+            return self._graph_step.step
         step = self._step
         if step is None or layer_idx in step.layers_written:
             return self._begin_step(batch, query_length, token_mask)
@@ -502,12 +593,15 @@ class LatentPagedCache(_TransformersCache):
             raise ValueError(f"latent: expected latent_dim {self.latent_dim}, got {dim}")
         if self.num_hidden_layers is not None and not 0 <= layer_idx < self.num_hidden_layers:
             raise ValueError(f"layer_idx: expected 0 <= layer_idx < {self.num_hidden_layers}, got {layer_idx}")
+        if self._graph_step is not None:
+            return self._graph_write(layer_idx, latent)
         step = self.step_for(layer_idx, batch, s, token_mask)
 
         pool = self._pools.get(layer_idx)
         if pool is None:
             pool = latent.new_zeros((self._capacity, PAGE_SIZE, 1, dim))
             self._pools[layer_idx] = pool
+            self._pools_changed()
         else:
             if pool.device != latent.device or pool.dtype != latent.dtype:
                 raise ValueError(f"latent: layer {layer_idx}'s pool is {pool.dtype} on {pool.device}, got "
@@ -517,6 +611,56 @@ class LatentPagedCache(_TransformersCache):
         pool.view(-1, dim).index_copy_(0, state.write_slots, latent.reshape(-1, dim))
         step.layers_written.add(layer_idx)
         return pool, step, state
+
+    # ------------------------------------------------------------------------- CUDA-graph decode steps
+    def _graph_write(self, layer_idx: int, latent: torch.Tensor):
+        """The write of a captured (or replayed) decode step: slots come from the graph's device tensors,
+        the host bookkeeping is left to graph_step_done()."""
+        pool = self._pools.get(layer_idx)
+        if pool is None or pool.device != latent.device or pool.dtype != latent.dtype:
+            raise RuntimeError(f"latent: a CUDA-graph decode step reached layer {layer_idx}, whose pool is not in "
+                               f"place ({None if pool is None else (pool.dtype, pool.device)}); the graph must be "
+                               f"captured after the eager prefill has written every layer")
+        state = self._graph_step.state
+        pool.view(-1, pool.shape[-1]).index_copy_(0, state.write_slots, latent.reshape(-1, pool.shape[-1]))
+        return pool, self._graph_step.step, state
+
+    @contextlib.contextmanager
+    def graph_step(self, block_table: torch.Tensor, seqlens: torch.Tensor, advance: torch.Tensor,
+                   query_length: int):
+        """Within: every layer's write and attention use the graph's device tensors (block_table int32 [B, W],
+        seqlens int32 [B], advance int32 [B]); yields the step's device state (its .seqlens are the lengths
+        after the step, which the caller stores back into seqlens once the forward pass is done)."""
+        self._graph_step = _GraphStep(block_table, seqlens, advance, query_length)
+        try:
+            yield self._graph_step.state
+        finally:
+            self._graph_step = None
+
+    def graph_ready(self, batch: int, query_length: int) -> bool:
+        """Whether a decode step of query_length tokens per sequence can replay a graph: a started batch of
+        this size whose sequences all stay within their reserved pages, pools in place."""
+        self._settle()
+        return (self._reserved_pages > 0 and len(self._lengths) == batch and self._logical_length > 0
+                and max(self._lengths) + query_length <= self._reserved_pages * PAGE_SIZE
+                and all(len(pages) >= self._reserved_pages for pages in self._pages)
+                and bool(self._pools) and all(pool.shape[0] >= self._capacity for pool in self._pools.values()))
+
+    def graph_view(self) -> tuple[list[int], torch.Tensor, int]:
+        """(lengths, host block table [b, reserved pages], reserved pages): what a graph's device tensors copy."""
+        self._settle()
+        width = self._reserved_pages
+        table = self._table[:, :width]
+        if table.shape[1] < width:  # a table narrower than the reservation (not built by _begin_step)
+            table = torch.nn.functional.pad(table, (0, width - table.shape[1]), value=SCRATCH_PAGE)
+        return list(self._lengths), table, width
+
+    def graph_step_done(self, query_length: int):
+        """Host mirror of a replayed decode step: every sequence gained query_length real tokens (the graph
+        advanced the device lengths itself), without reading the device."""
+        self._lengths = [length + query_length for length in self._lengths]
+        self._logical_length += query_length
+        self._last_step = None
 
     def gather(self, layer_idx: int, state: _DeviceStep, max_length: int, rows: slice | None = None) -> torch.Tensor:
         """The stored latent rows of every sequence (or of `rows`), [b, max_length, latent_dim]; rows past a

@@ -20,19 +20,16 @@ import functools
 import importlib
 import inspect
 
+import torch
+
+from hf_flashmla.transformers_integration import decode_graphs
+from hf_flashmla.transformers_integration.compat import cache_kwarg
 from hf_flashmla.transformers_integration.attention import (ATTN_IMPLEMENTATION, call_counts, flash_mla_forward,
                                                             reset_call_counts)
 
 _MODELS = ("deepseek_v2", "deepseek_v3")
 MIN_TRANSFORMERS = (5, 15)  # the DeepSeek-V2/V3 code this mirrors (latent cache protocol, rope helpers)
 _registered = False
-
-
-def cache_kwarg() -> str:
-    """The name generate() and the models take the cache under: "cache" from 5.24 on, "past_key_values"
-    before (ALL_CACHE_NAMES[0] of the installed release)."""
-    from transformers.generation.utils import ALL_CACHE_NAMES
-    return ALL_CACHE_NAMES[0]
 
 
 def flash_mla_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
@@ -69,7 +66,17 @@ def _dispatching_forward(original):
     return forward
 
 
+def _batch_size(signature, args, kwargs):
+    """generate()'s batch_size argument to _prepare_cache_for_generation (rows after beam expansion)."""
+    try:
+        return signature.bind_partial(None, None, None, *args, **kwargs).arguments.get("batch_size")
+    except TypeError:
+        return None
+
+
 def _cache_preparing(original):
+    signature = inspect.signature(original)
+
     @functools.wraps(original)
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         if self.config._attn_implementation != ATTN_IMPLEMENTATION:
@@ -82,15 +89,65 @@ def _cache_preparing(original):
         result = original(self, generation_config, model_kwargs, *args, **kwargs)
         from transformers.cache_utils import DynamicCache
 
-        from hf_flashmla.latent_cache import LatentPagedCache
         for name in ("cache", "past_key_values"):
             cache = model_kwargs.get(name)
             if type(cache) is DynamicCache and not getattr(cache, "_is_user_defined", False):
-                model_kwargs[name] = LatentPagedCache(self.config)
+                model_kwargs[name] = _generation_cache(self, generation_config, model_kwargs,
+                                                       _batch_size(signature, args, kwargs))
         return result
 
     _prepare_cache_for_generation._hf_flashmla_original = original
     return _prepare_cache_for_generation
+
+
+def _generation_cache(model, generation_config, model_kwargs, batch):
+    """The LatentPagedCache generate() decodes with: reserving max_length tokens per sequence, in the model's
+    graph arena, where decode steps can be CUDA graphs (decode_graphs); else a cache that grows as it goes."""
+    from hf_flashmla.latent_cache import LatentPagedCache
+
+    if generation_config.disable_compile or not decode_graphs.graphs_possible(model):
+        return LatentPagedCache(model.config)
+    for value in (model_kwargs.get("inputs_embeds"), model_kwargs.get("attention_mask")):
+        if batch is None and isinstance(value, torch.Tensor):
+            batch = value.shape[0]
+    reserve = generation_config.max_length
+    if batch is None or reserve is None or decode_graphs.reserve_tokens_for(model, batch, reserve) is None:
+        return LatentPagedCache(model.config)
+    arena = decode_graphs.arena_for(model, decode_graphs.model_device(model))
+    cache = LatentPagedCache(model.config, reserve_tokens=reserve, graph_arena=arena)
+    arena.claim(cache)
+    return cache
+
+
+def _graph_criteria(original):
+    """generate() asks this before decoding: True makes it take get_compiled_call()'s forward, which for
+    flash_mla replays CUDA graphs. generate(..., disable_compile=True) keeps every step eager."""
+    @functools.wraps(original)
+    def _valid_auto_compile_criteria(self, model_kwargs, generation_config, *args, **kwargs):
+        if self.config._attn_implementation != ATTN_IMPLEMENTATION:
+            return original(self, model_kwargs, generation_config, *args, **kwargs)
+        from hf_flashmla.latent_cache import LatentPagedCache
+        cache = model_kwargs.get(cache_kwarg())
+        return (not generation_config.disable_compile and isinstance(cache, LatentPagedCache)
+                and cache._arena is not None)
+
+    _valid_auto_compile_criteria._hf_flashmla_original = original
+    return _valid_auto_compile_criteria
+
+
+def _graph_runner(original):
+    @functools.wraps(original)
+    def get_compiled_call(self, *args, **kwargs):
+        if self.config._attn_implementation != ATTN_IMPLEMENTATION:
+            return original(self, *args, **kwargs)
+        runner = self.__dict__.get("_hf_flashmla_decode_runner")
+        if runner is None:
+            runner = decode_graphs.DecodeGraphRunner(self)
+            object.__setattr__(self, "_hf_flashmla_decode_runner", runner)
+        return runner
+
+    get_compiled_call._hf_flashmla_original = original
+    return get_compiled_call
 
 
 def _refusing(original, what):
@@ -180,6 +237,8 @@ def register() -> bool:
         _patch(getattr(modeling, f"{prefix}Attention"), "forward", _dispatching_forward)
         causal_lm = getattr(modeling, f"{prefix}ForCausalLM")
         _patch(causal_lm, "_prepare_cache_for_generation", _cache_preparing)
+        _patch(causal_lm, "_valid_auto_compile_criteria", _graph_criteria)
+        _patch(causal_lm, "get_compiled_call", _graph_runner)
         for method in ("generate_batch", "init_continuous_batching", "continuous_batching_context_manager"):
             _patch(causal_lm, method, _refusing, method)
     from transformers import PreTrainedModel

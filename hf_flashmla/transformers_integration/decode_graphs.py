@@ -1,0 +1,325 @@
+"""generate()'s decode steps as CUDA graphs, for attn_implementation="flash_mla".
+
+A decode step of an MLA model is hundreds of small kernels per layer; launched one by one from Python it
+takes several times the GPU's own time. generate() already has a hook for replacing its forward call
+(`get_compiled_call`, taken when `_valid_auto_compile_criteria` says so); for flash_mla models it returns a
+DecodeGraphRunner, which replays a captured graph for every step of one token per sequence and calls the
+model eagerly for anything else (prefill, chunks of several tokens, beam search's own forward calls).
+
+What makes a step replayable:
+- the cache reserves every sequence's pages for generate()'s max_length at the first step
+  (LatentPagedCache(reserve_tokens=...)), so the pools and the block table do not change while decoding;
+- the graph reads the block table and the lengths from device tensors of its own (a bucket's), which the
+  runner copies from the cache's host state only when that state changed outside the graph (prefill,
+  beam reorder, crop): LatentPagedCache.state_version tells;
+- the write slots, the lengths after the step and the split-KV schedule are computed inside the graph from
+  those tensors (LatentPagedCache.graph_step), and the lengths advance inside the graph; the host mirror
+  advances by the same count without reading the device (graph_step_done);
+- the mask function returns None (no per-step mask tensor), position ids come from a static buffer.
+
+Batches are padded up to a bucket size (BUCKETS); a padding row has length 0, writes to the scratch page
+and does not advance. Graphs are captured on first use of a bucket and kept, with the pools they write, in a
+GraphArena per model; the next generate() takes the arena over (and its graphs) when no live cache holds it.
+release(model) frees the arena. generate(..., disable_compile=True) turns graphs off.
+"""
+from __future__ import annotations
+
+import copy
+import weakref
+
+import torch
+
+from hf_flashmla.latent_cache import LatentPagedCache, _to_device, pages_for
+from hf_flashmla.transformers_integration.compat import cache_kwarg
+
+BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
+GRAPH_QUERY_LENGTH = 1  # tokens per sequence in a replayed step
+# Experts implementations without host syncs (transformers' "eager" loop reads which experts were hit).
+_CAPTURABLE_EXPERTS = ("grouped_mm", "batched_mm")
+_ARENA_ATTRIBUTE = "_hf_flashmla_graph_arena"
+
+
+class _CudaGraph:
+    """step(cache) captured once; replay(cache) returns the captured forward's logits (a static tensor)."""
+
+    def __init__(self, step, cache, memory_pool):
+        # Warm-up on a side stream first (cuBLAS workspaces, lazy initialisation), as torch.cuda.graphs asks.
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            step(cache)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=memory_pool):
+            self.output = step(cache)
+
+    def replay(self, cache):
+        self.graph.replay()
+        return self.output
+
+
+class _EmulatedGraph:
+    """Runs the step again at each replay: the same data flow through the bucket's tensors as a CUDA graph,
+    on any device. Only for tests of the bookkeeping on machines without CUDA (EMULATE_ON_CPU)."""
+
+    def __init__(self, step, cache, memory_pool):
+        self.step = step
+        self.output = step(cache)
+
+    def replay(self, cache):
+        return self.step(cache)
+
+
+EMULATE_ON_CPU = False  # tests set it to exercise the runner's bookkeeping on the CPU
+
+
+class _Bucket:
+    """One captured batch size: the graph and the device tensors it reads and writes."""
+
+    def __init__(self, arena: GraphArena, size: int, width: int, query_length: int):
+        device = arena.device
+        self.size, self.width, self.query_length = size, width, query_length
+        self.epoch = arena.epoch
+        self.input_ids = torch.zeros((size, query_length), dtype=torch.long, device=device)
+        self.position_ids = torch.zeros((size, query_length), dtype=torch.long, device=device)
+        self.block_table = torch.zeros((size, width), dtype=torch.int32, device=device)
+        self.seqlens = torch.zeros((size,), dtype=torch.int32, device=device)
+        self.advance = torch.zeros((size,), dtype=torch.int32, device=device)
+        self.synced_version = None
+        self.graph = None
+        self.output_template = None
+
+    def blank(self):
+        """Every row a padding row: a warm-up or capture run then writes only the scratch page."""
+        for tensor in (self.block_table, self.seqlens, self.advance):
+            tensor.zero_()
+        self.synced_version = None
+
+    def sync(self, cache: LatentPagedCache):
+        """The cache's lengths and block table into the graph's tensors (one host->device copy)."""
+        lengths, table, width = cache.graph_view()
+        batch = len(lengths)
+        packed = torch.zeros((self.size, 2 + self.width), dtype=torch.int32)
+        packed[:batch, 0] = torch.tensor(lengths, dtype=torch.int32)
+        packed[:batch, 1] = 1
+        packed[:batch, 2:2 + width] = table
+        device_packed = _to_device(packed, self.seqlens.device)
+        self.seqlens.copy_(device_packed[:, 0])
+        self.advance.copy_(device_packed[:, 1])
+        self.block_table.copy_(device_packed[:, 2:])
+        self.synced_version = cache.state_version
+
+
+class GraphArena:
+    """Per model: the latent pools that decode graphs write (shared with the LatentPagedCache that owns the
+    arena), the graphs by bucket, and one CUDA memory pool for all of them."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.pools: dict[int, torch.Tensor] = {}
+        self.capacity = 0
+        self.epoch = 0
+        self.buckets: dict[tuple[int, int], _Bucket] = {}
+        self.memory_pool = None
+        self.captures = 0
+        self.capture_seconds = 0.0
+        self._owner = None
+
+    def pools_replaced(self, capacity: int):
+        """A pool was (re)allocated: every graph captured the old tensors."""
+        self.capacity = max(self.capacity, capacity)
+        self.epoch += 1
+        self.buckets.clear()
+
+    def claim(self, cache: LatentPagedCache):
+        self._owner = weakref.ref(cache)
+
+    def is_free(self) -> bool:
+        return self._owner is None or self._owner() is None
+
+    def release(self):
+        self.pools.clear()
+        self.buckets.clear()
+        self.capacity = 0
+        self.epoch += 1
+        self.memory_pool = None
+
+
+def arena_for(model, device: torch.device) -> GraphArena:
+    """The model's arena if no live cache writes into it (and it is on this device), else a new one, which
+    becomes the model's: a cache that a user kept from an earlier generate() keeps its own pools."""
+    arena = getattr(model, _ARENA_ATTRIBUTE, None)
+    if arena is None or not arena.is_free() or arena.device != device:
+        arena = GraphArena(device)
+        object.__setattr__(model, _ARENA_ATTRIBUTE, arena)
+    return arena
+
+
+def release(model) -> None:
+    """Frees the decode graphs and latent pools that `model` keeps between generate() calls."""
+    arena = getattr(model, _ARENA_ATTRIBUTE, None)
+    if arena is not None:
+        arena.release()
+        object.__delattr__(model, _ARENA_ATTRIBUTE)
+
+
+def bucket_size(batch: int) -> int | None:
+    for size in BUCKETS:
+        if size >= batch:
+            return size
+    return None
+
+
+def model_device(model) -> torch.device | None:
+    """The one device of the model's parameters, or None where they span several (device_map) or offload."""
+    devices = {str(device) for device in getattr(model, "hf_device_map", {}).values()}
+    if len(devices) > 1:
+        return None
+    parameter = next(model.parameters(), None)
+    return None if parameter is None else parameter.device
+
+
+def graphs_possible(model) -> bool:
+    device = model_device(model)
+    if device is None:
+        return False
+    return device.type == "cuda" or (EMULATE_ON_CPU and device.type == "cpu")
+
+
+class DecodeGraphRunner:
+    """generate()'s model_forward for flash_mla models: graph replays for one-token steps, eager otherwise."""
+
+    def __init__(self, model):
+        self._model = weakref.ref(model)
+        self._cache_kwarg = cache_kwarg()
+        self.replays = 0
+        self.eager_calls = 0
+
+    def __call__(self, *args, **kwargs):
+        model = self._model()
+        cache = kwargs.get(self._cache_kwarg)
+        input_ids = kwargs.get("input_ids")
+        if args or not self._replayable(model, cache, input_ids, kwargs):
+            self.eager_calls += 1
+            return model(*args, **kwargs)
+        return self._replay(model, cache, input_ids, kwargs)
+
+    def _replayable(self, model, cache, input_ids, kwargs) -> bool:
+        if not isinstance(cache, LatentPagedCache) or cache._arena is None or torch.is_grad_enabled():
+            return False
+        if input_ids is None or kwargs.get("inputs_embeds") is not None or input_ids.dim() != 2:
+            return False
+        if any(kwargs.get(name) for name in ("output_attentions", "output_hidden_states", "output_router_logits",
+                                             "labels")):
+            return False
+        batch, query_length = input_ids.shape
+        if query_length != GRAPH_QUERY_LENGTH or bucket_size(batch) is None:
+            return False
+        if input_ids.device != cache._arena.device:
+            return False
+        return cache.graph_ready(batch, query_length)
+
+    def _replay(self, model, cache, input_ids, kwargs):
+        batch, query_length = input_ids.shape
+        arena = cache._arena
+        bucket = self._bucket(model, cache, arena, batch, query_length)
+        if bucket.synced_version != cache.state_version:
+            bucket.sync(cache)
+        bucket.input_ids[:batch].copy_(input_ids)
+        position_ids = kwargs.get("position_ids")
+        if position_ids is None:  # what the model would compute: the cache's (padded) length onwards
+            start = cache.get_seq_length()
+            positions = torch.arange(start, start + query_length, device=bucket.position_ids.device)
+            bucket.position_ids.copy_(positions[None, :].expand(bucket.size, -1))
+        else:
+            bucket.position_ids[:batch].copy_(position_ids.expand(batch, -1))
+        logits = bucket.graph.replay(cache)
+        cache.graph_step_done(query_length)
+        self.replays += 1
+        result = copy.copy(bucket.output_template)
+        result["logits"] = logits[:batch].clone()
+        if self._cache_kwarg in result:
+            result[self._cache_kwarg] = cache
+        return result
+
+    def _bucket(self, model, cache, arena, batch, query_length) -> _Bucket:
+        size = bucket_size(batch)
+        width = cache._reserved_pages
+        bucket = arena.buckets.get((size, query_length))
+        if bucket is None or bucket.width < width or bucket.epoch != arena.epoch:
+            bucket = _Bucket(arena, size, width, query_length)
+            self._capture(model, cache, arena, bucket)
+            arena.buckets[(size, query_length)] = bucket
+        return bucket
+
+    def _capture(self, model, cache, arena, bucket):
+        import time
+
+        started = time.perf_counter()
+        cache_kwarg = self._cache_kwarg
+        supports_logits_to_keep = getattr(model, "_supports_logits_to_keep", lambda: False)()
+
+        def step(cache):
+            with cache.graph_step(bucket.block_table, bucket.seqlens, bucket.advance, bucket.query_length) as state:
+                inputs = {"input_ids": bucket.input_ids, "position_ids": bucket.position_ids, "attention_mask": None,
+                          "use_cache": True, "return_dict": True, cache_kwarg: cache}
+                if supports_logits_to_keep:
+                    inputs["logits_to_keep"] = 1
+                output = model(**inputs)
+            bucket.seqlens.copy_(state.seqlens)
+            if bucket.output_template is None:
+                # The output's other fields, without the cache (the arena must not keep a cache alive).
+                bucket.output_template = copy.copy(output)
+                if cache_kwarg in bucket.output_template:
+                    bucket.output_template[cache_kwarg] = None
+            return output.logits
+
+        bucket.blank()
+        graph_class = _CudaGraph if arena.device.type == "cuda" else _EmulatedGraph
+        if arena.device.type == "cuda" and arena.memory_pool is None:
+            arena.memory_pool = torch.cuda.graph_pool_handle()
+        with torch.no_grad(), _capturable_experts(model):
+            bucket.graph = graph_class(step, cache, arena.memory_pool)
+        bucket.synced_version = None  # the warm-up and capture ran on blank tensors
+        arena.captures += 1
+        arena.capture_seconds += time.perf_counter() - started
+
+
+class _capturable_experts:
+    """Within: the model's MoE experts run an implementation without host syncs (what is captured is what
+    every replay runs). Models without switchable experts are left as they are."""
+
+    def __init__(self, model):
+        self.model = model
+        self.original = None
+
+    def __enter__(self):
+        getter = getattr(self.model, "get_experts_implementation", None)
+        if getter is None or not getattr(type(self.model), "_can_set_experts_implementation", lambda: False)():
+            return self
+        current = getter()
+        wanted = {key: value if value in _CAPTURABLE_EXPERTS else "grouped_mm" for key, value in current.items()}
+        if wanted != current:
+            self.original = current
+            self.model.set_experts_implementation(wanted)
+        return self
+
+    def __exit__(self, *exc):
+        if self.original is not None:
+            self.model.set_experts_implementation(self.original)
+        return False
+
+
+def reserve_tokens_for(model, batch: int, max_length: int) -> int | None:
+    """max_length if reserving it for every sequence (the pools of a graph-decoded generate()) fits the free
+    device memory with room to spare, else None (the cache then grows as it goes and decoding stays eager)."""
+    device = model_device(model)
+    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    if device is None or device.type != "cuda":
+        return max_length
+    latent = config.kv_lora_rank + config.qk_rope_head_dim
+    layers = config.num_hidden_layers
+    element = torch.empty((), dtype=model.dtype).element_size()
+    needed = batch * pages_for(max_length) * 64 * latent * element * layers
+    free, _ = torch.cuda.mem_get_info(device)
+    return max_length if needed <= 0.5 * free else None
