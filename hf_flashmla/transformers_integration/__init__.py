@@ -239,6 +239,7 @@ def register() -> bool:
         _patch(causal_lm, "_prepare_cache_for_generation", _cache_preparing)
         _patch(causal_lm, "_valid_auto_compile_criteria", _graph_criteria)
         _patch(causal_lm, "get_compiled_call", _graph_runner)
+        _patch(causal_lm, "_optimize_model_for_decode", decode_graphs.keep_experts_for_decode)
         for method in ("generate_batch", "init_continuous_batching", "continuous_batching_context_manager"):
             _patch(causal_lm, method, _refusing, method)
     from transformers import PreTrainedModel

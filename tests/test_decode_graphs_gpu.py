@@ -1,0 +1,78 @@
+"""CUDA-graph decode (decode_graphs) on the GPU: real captures and replays give the tokens of the eager
+flash_mla path (bf16, the sm_90 kernel), across generate() calls that reuse or re-capture graphs."""
+import pytest
+import torch
+
+from hf_flashmla.checkpoint import TINY, make_config, random_model
+from hf_flashmla.transformers_integration import cache_kwarg, call_counts, decode_graphs, reset_call_counts
+
+pytestmark = pytest.mark.gpu
+CACHE = cache_kwarg()
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = make_config("deepseek_v3", base=TINY, num_hidden_layers=3)
+    model = random_model(config, seed=3).to(device="cuda", dtype=torch.bfloat16).eval()
+    model.set_attn_implementation("flash_mla")
+    yield model
+    decode_graphs.release(model)
+
+
+def prompts(batch, length, pads, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, TINY["vocab_size"], (batch, length), generator=generator)
+    mask = torch.ones_like(ids)
+    for row, pad in enumerate(pads):
+        mask[row, :pad] = 0
+        ids[row, :pad] = 0
+    return ids.cuda(), mask.cuda()
+
+
+def both(model, ids, mask, **kwargs):
+    kwargs.setdefault("max_new_tokens", 20)
+    kwargs.setdefault("do_sample", False)
+    outs = {}
+    for graphs in (False, True):
+        if kwargs.get("do_sample"):
+            torch.manual_seed(5)
+        outs[graphs] = model.generate(ids, attention_mask=mask, disable_compile=not graphs,
+                                      return_dict_in_generate=True, **kwargs)
+    return outs[False], outs[True]
+
+
+def runner(model):
+    return model.__dict__["_hf_flashmla_decode_runner"]
+
+
+@pytest.mark.parametrize("batch,length,pads", [(1, 40, (0,)), (3, 70, (0, 9, 66)), (9, 130, (0,) * 8 + (100,))])
+def test_graph_tokens_equal_eager_kernel_tokens(model, batch, length, pads):
+    ids, mask = prompts(batch, length, pads)
+    reset_call_counts()
+    eager, graphs = both(model, ids, mask)
+    assert call_counts["paged_kernel"] > 0
+    assert torch.equal(graphs.sequences, eager.sequences)
+    assert runner(model).replays >= 19
+
+
+def test_sampling_with_a_seed(model):
+    ids, mask = prompts(4, 50, (0, 3, 7, 20), seed=1)
+    eager, graphs = both(model, ids, mask, do_sample=True, top_k=10)
+    assert torch.equal(graphs.sequences, eager.sequences)
+
+
+def test_prompt_lookup_mixes_eager_chunks_and_graph_steps(model):
+    ids, _ = prompts(1, 60, (0,), seed=2)
+    ids[0, 30:50] = ids[0, 5:25]
+    eager, graphs = both(model, ids, None, prompt_lookup_num_tokens=4)
+    assert torch.equal(graphs.sequences, eager.sequences)
+
+
+def test_repeated_generate_reuses_the_arena(model):
+    ids, mask = prompts(3, 90, (0, 30, 60), seed=4)
+    first = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
+    arena = model.__dict__["_hf_flashmla_graph_arena"]
+    captures = arena.captures
+    second = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
+    assert torch.equal(first, second)
+    assert arena.captures == captures
