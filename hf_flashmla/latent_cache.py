@@ -169,6 +169,8 @@ class LatentPagedCache(_TransformersCache):
         self._last_step: _Step | None = None   # device lengths of a plain continuation derive from it
         self._step_counter = 0
         self._reserved_pages = 0                # pages every sequence keeps (reserve_tokens), set at the first step
+        self._row_logical: list[int] | None = None  # per-row padded lengths while row blocks differ (rows())
+        self._window = None                     # (start, stop, full lengths, full pages) inside rows()
         self.state_version = next(_STATE_VERSIONS)
 
     @property
@@ -470,13 +472,7 @@ class LatentPagedCache(_TransformersCache):
 
     def _begin_step(self, batch: int, query_length: int, token_mask: torch.Tensor | None) -> _Step:
         self._settle()
-        if self._logical_length == 0 and len(self._lengths) != batch:
-            # An empty cache takes any batch size (also after a first step that raised).
-            for pages in self._pages:
-                self._free.extend(reversed(pages))
-            self._lengths = [0] * batch
-            self._pages = [[] for _ in range(batch)]
-            self._rebuild_table()
+        self._start_batch(batch)
         if batch != len(self._lengths):
             raise ValueError(f"hidden_states: batch size {batch} differs from the {len(self._lengths)} sequences "
                              f"in this LatentPagedCache; use a new cache (or reset()) for a new batch")
@@ -531,6 +527,59 @@ class LatentPagedCache(_TransformersCache):
         self._logical_length += query_length
         self._step = step
         return step
+
+    def _start_batch(self, batch: int):
+        """An empty cache takes any batch size (also after a first step that raised)."""
+        if self._logical_length == 0 and self._row_logical is None and len(self._lengths) != batch:
+            for pages in self._pages:
+                self._free.extend(reversed(pages))
+            self._lengths = [0] * batch
+            self._pages = [[] for _ in range(batch)]
+            self._rebuild_table()
+
+    def begin_batch(self, batch: int):
+        """Makes an empty cache hold `batch` empty sequences (before a prefill that runs in row blocks)."""
+        if self._window is not None:
+            raise RuntimeError("begin_batch: called inside rows()")
+        self._settle()
+        self._start_batch(batch)
+        if batch != len(self._lengths):
+            raise ValueError(f"batch: {batch} differs from the {len(self._lengths)} sequences in this "
+                             f"LatentPagedCache; use a new cache (or reset()) for a new batch")
+
+    @contextlib.contextmanager
+    def rows(self, start: int, stop: int):
+        """Within: the cache is sequences start..stop-1 alone, with their own padded length, for a forward pass
+        over some rows of the batch (a block of a budgeted prefill, transformers_integration.prefill_blocks).
+        Pages, pools and the free list stay shared; the block table is rebuilt on the way out."""
+        self._settle()
+        if self._window is not None:
+            raise RuntimeError("rows: already inside rows()")
+        batch = len(self._lengths)
+        if not 0 <= start < stop <= batch:
+            raise ValueError(f"rows: expected 0 <= start < stop <= {batch}, got {start}, {stop}")
+        row_logical = self._row_logical or [self._logical_length] * batch
+        self._window = (start, stop, self._lengths, self._pages, self._logical_length)
+        self._lengths = self._lengths[start:stop]
+        self._pages = self._pages[start:stop]  # the same page lists: allocation inside appends to them
+        self._logical_length = row_logical[start]
+        self._row_logical = None
+        self._last_step = None
+        self._rebuild_table()
+        try:
+            yield self
+        finally:
+            self._settle()
+            window_lengths, window_logical = self._lengths, self._logical_length
+            start, stop, self._lengths, self._pages, _ = self._window
+            self._window = None
+            self._lengths[start:stop] = window_lengths
+            row_logical[start:stop] = [window_logical] * (stop - start)
+            self._logical_length = max(row_logical)
+            self._row_logical = None if len(set(row_logical)) == 1 else row_logical
+            self._last_step = None
+            self._rebuild_table()
+            self.state_version = next(_STATE_VERSIONS)
 
     def _device_step(self, step: _Step, device: torch.device) -> _DeviceStep:
         state = step.devices.get(device)
@@ -642,6 +691,7 @@ class LatentPagedCache(_TransformersCache):
         this size whose sequences all stay within their reserved pages, pools in place."""
         self._settle()
         return (self._reserved_pages > 0 and len(self._lengths) == batch and self._logical_length > 0
+                and self._row_logical is None and self._window is None
                 and max(self._lengths) + query_length <= self._reserved_pages * PAGE_SIZE
                 and all(len(pages) >= self._reserved_pages for pages in self._pages)
                 and bool(self._pools) and all(pool.shape[0] >= self._capacity for pool in self._pools.values()))

@@ -22,7 +22,7 @@ import inspect
 
 import torch
 
-from hf_flashmla.transformers_integration import decode_graphs
+from hf_flashmla.transformers_integration import decode_graphs, prefill_blocks
 from hf_flashmla.transformers_integration.compat import cache_kwarg
 from hf_flashmla.transformers_integration.attention import (ATTN_IMPLEMENTATION, call_counts, flash_mla_forward,
                                                             reset_call_counts)
@@ -150,6 +150,24 @@ def _graph_runner(original):
     return get_compiled_call
 
 
+def _budgeted_forward(original):
+    """The causal LM's forward: a flash_mla prompt of more tokens than the prefill budget runs in blocks
+    (prefill_blocks); it takes prefill_tokens= (also through generate()) to set the budget."""
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def forward(self, *args, prefill_tokens=None, **kwargs):
+        if self.config._attn_implementation == ATTN_IMPLEMENTATION:
+            call = prefill_blocks.blocked_call(self, signature, cache_kwarg(), args, kwargs, prefill_tokens)
+            if call is not None:
+                return prefill_blocks.run_blocked(self, original, call)
+        return original(self, *args, **kwargs)
+
+    forward.__signature__ = prefill_blocks.with_prefill_argument(signature)
+    forward._hf_flashmla_original = original
+    return forward
+
+
 def _refusing(original, what):
     @functools.wraps(original)
     def method(self, *args, **kwargs):
@@ -240,6 +258,7 @@ def register() -> bool:
         _patch(causal_lm, "_valid_auto_compile_criteria", _graph_criteria)
         _patch(causal_lm, "get_compiled_call", _graph_runner)
         _patch(causal_lm, "_optimize_model_for_decode", decode_graphs.keep_experts_for_decode)
+        _patch(causal_lm, "forward", _budgeted_forward)
         for method in ("generate_batch", "init_continuous_batching", "continuous_batching_context_manager"):
             _patch(causal_lm, method, _refusing, method)
     from transformers import PreTrainedModel

@@ -22,6 +22,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 from hf_flashmla import interface
 from hf_flashmla.backend import KERNEL, backend
@@ -181,10 +182,21 @@ def _prefill_attention(module, q_nope, q_pe, cache, layer_idx, latent, token_mas
             continue
         stored = cache.gather(layer_idx, state, after, rows=slice(row, row + 1))
         key, value = _expand(module, stored)
-        # Query i of the chunk is token before + i: it sees keys 0 .. before + i.
-        visible = torch.ones(count, after, dtype=torch.bool, device=device).tril(diagonal=before)
-        out[row, s - count:] = _dense_attention(module, q_nope_row, q_pe_row, key, value, visible[None])[0]
+        # Query i of the chunk is token before + i: it sees keys 0 .. before + i (no [count, after] mask built).
+        out[row, s - count:] = _trailing_causal(module, q_nope_row, q_pe_row, key, value)[0]
     return out
+
+
+def _trailing_causal(module, q_nope, q_pe, key, value):
+    """q [1, n, h, *] are the last n of key's L tokens, query i sees keys <= L - n + i: SDPA's lower-right
+    causal variant, so no [n, L] mask is built for a block deep into a long row."""
+    n, length = q_nope.shape[1], key.shape[2]
+    if n == length:
+        return _dense_attention(module, q_nope, q_pe, key, value, None)
+    query = torch.cat((q_nope, q_pe.to(q_nope.dtype)), dim=-1).transpose(1, 2)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=causal_lower_right(n, length),
+                                         scale=module.scaling)
+    return out.transpose(1, 2)
 
 
 def _masked_prefill(module, q_nope, q_pe, cache, layer_idx, latent, step, state):
@@ -247,8 +259,6 @@ def flash_mla_forward(module, hidden_states, position_embeddings=None, attention
                          f"got shape {tuple(attention_mask.shape)} (a prepared 4D mask is not supported)")
     batch, s = hidden_states.shape[:2]
     token_mask = None if attention_mask is None else attention_mask[:, -s:].to(torch.bool)
-    if _slices_prefill(module, cache, hidden_states, token_mask):
-        return prefill_slices.sliced_prefill(module, hidden_states, position_embeddings, cache, token_mask), None
     q_nope, q_pe, latent = _project(module, hidden_states, position_embeddings)
 
     if cache is not None and not isinstance(cache, LatentPagedCache):
@@ -269,19 +279,6 @@ def flash_mla_forward(module, hidden_states, position_embeddings=None, attention
     return module.o_proj(attn), None
 
 
-def _slices_prefill(module, cache, hidden_states, token_mask) -> bool:
-    """A prefill chunk of more than HF_FLASHMLA_PREFILL_TOKENS tokens (b*s) runs in blocks
-    (prefill_slices.py), with no cache or a LatentPagedCache; other caches and the paged path do not."""
-    batch, s = hidden_states.shape[:2]
-    if not prefill_slices.wanted(batch * s):
-        return False
-    if cache is None:
-        return True
-    if not isinstance(cache, LatentPagedCache) or hidden_states.requires_grad:
-        return False  # served, or refused, below
-    return not _use_pages(cache, module.layer_idx, batch, s, token_mask)
-
-
 def _use_pages(cache: LatentPagedCache, layer_idx: int, batch: int, s: int, token_mask) -> bool:
     """Short chunks go to the paged kernel when the kernel's causal rule (query t sees keys <= L - s + t)
     is exact: every row's real tokens at its end (left padding). The step (opened by the first layer of
@@ -289,6 +286,3 @@ def _use_pages(cache: LatentPagedCache, layer_idx: int, batch: int, s: int, toke
     step = cache.step_for(layer_idx, batch, s, token_mask)
     return s <= DECODE_MAX_QUERY and step.left_padded
 
-
-# Last: prefill_slices builds on the helpers above (imported here, not per layer per step).
-from hf_flashmla.transformers_integration import prefill_slices  # noqa: E402
