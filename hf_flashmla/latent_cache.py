@@ -330,10 +330,36 @@ class LatentPagedCache(_TransformersCache):
                 f"LatentPagedCache: this step needs {needed} free pages of {PAGE_SIZE} tokens but only "
                 f"{len(self._free)} of max_pages={self.max_pages} are free (lengths {self._lengths}); nothing was "
                 f"written. Create the cache with a larger max_pages, or crop()/reset() it.")
-        # A reserving cache asks once per batch for exactly what it needs; a growing one doubles.
-        new_capacity = self._capacity + short if self._reserved_pages else max(self._capacity * 2, self._capacity + short)
+        # A reserving cache asks once per batch for exactly what it needs; a growing one doubles, as far as the
+        # devices' free memory allows.
+        minimum = self._capacity + short
+        wanted = minimum if self._reserved_pages else max(self._capacity * 2, minimum)
+        affordable = self._affordable_capacity(needed, minimum)
+        new_capacity = wanted if affordable is None else min(wanted, affordable)
         self._free = list(range(new_capacity - 1, self._capacity - 1, -1)) + self._free
         self._capacity = new_capacity  # pools follow lazily, each on its own device at its next write
+
+    def _affordable_capacity(self, needed: int, minimum: int) -> int | None:
+        """The largest pool size (pages, every layer) that the free memory of the pools' CUDA devices holds
+        (None: no CUDA pool, no limit); raises LatentCacheFullError where even `minimum` does not fit (before
+        anything is written)."""
+        page_bytes: dict[torch.device, int] = {}
+        for pool in self._pools.values():
+            if pool.device.type == "cuda":
+                page_bytes[pool.device] = page_bytes.get(pool.device, 0) + pool[0].numel() * pool.element_size()
+        affordable = None
+        for device, per_page in page_bytes.items():
+            free, _ = torch.cuda.mem_get_info(device)
+            free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            pages = self._capacity + int(0.9 * free) // per_page
+            if pages < minimum:
+                raise LatentCacheFullError(
+                    f"LatentPagedCache: this step needs {needed} free pages of {PAGE_SIZE} tokens but only "
+                    f"{len(self._free)} are free (lengths {self._lengths}), and growing the pools to {minimum} pages "
+                    f"needs {(minimum - self._capacity) * per_page / 2**30:.2f} GiB more on {device}, which has "
+                    f"{free / 2**30:.2f} GiB free; nothing was written. Use a smaller batch or max_new_tokens.")
+            affordable = pages if affordable is None else min(affordable, pages)
+        return affordable
 
     def _allocate_to(self, seq: int, length: int):
         pages = self._pages[seq]
