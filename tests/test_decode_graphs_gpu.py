@@ -76,3 +76,14 @@ def test_repeated_generate_reuses_the_arena(model):
     second = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
     assert torch.equal(first, second)
     assert arena.captures == captures
+
+
+def test_eos_stop_with_the_deferred_check_undoes_its_extra_step(model):
+    ids, _ = prompts(1, 33, (0,), seed=6)
+    free_run = model.generate(ids, max_new_tokens=12, do_sample=False)
+    eos = int(free_run[0, 33 + 6])
+    first = int((free_run[0, 33:] == eos).nonzero()[0, 0])
+    eager, graphs = both(model, ids, None, max_new_tokens=12, eos_token_id=eos)
+    assert torch.equal(graphs.sequences, eager.sequences)
+    assert graphs.sequences.shape[1] == 33 + first + 1
+    assert graphs.get(CACHE).sequence_lengths == eager.get(CACHE).sequence_lengths

@@ -226,6 +226,15 @@ def _guard_flash_imports():
         module.lazy_import_flash_attention = guarded
 
 
+def _patch_deferred_stop():
+    from transformers.generation import utils as generation_utils
+
+    check = getattr(generation_utils, "DeferredStopCheck", None)
+    if check is None or hasattr(check.is_supported, "_hf_flashmla_original"):
+        return
+    check.is_supported = staticmethod(decode_graphs.deferred_stop_for_graphs(check.is_supported))
+
+
 def register() -> bool:
     """Idempotent. Returns False when transformers (or its DeepSeek models) cannot be imported."""
     global _registered
@@ -263,6 +272,7 @@ def register() -> bool:
             _patch(causal_lm, method, _refusing, method)
     from transformers import PreTrainedModel
     _patch(PreTrainedModel, "_check_and_adjust_attn_implementation", _model_check, tuple(served))
+    _patch_deferred_stop()
     _registered = True
     return True
 

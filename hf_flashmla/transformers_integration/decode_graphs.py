@@ -350,3 +350,23 @@ def keep_experts_for_decode(original):
 
     _optimize_model_for_decode._hf_flashmla_original = original
     return _optimize_model_for_decode
+
+
+def deferred_stop_for_graphs(original):
+    """transformers' DeferredStopCheck reads "every sequence finished?" one step late, so that the host queues
+    the next step while the device runs this one, instead of waiting for it every step (transformers enables it
+    on mps only). With graph-decoded steps the host's own work per step (generate()'s bookkeeping, sampling,
+    stopping criteria) is what remains of the step beyond the device's time, so it is enabled for a CUDA
+    LatentPagedCache in graph mode: a step then takes about the larger of the two instead of their sum. The
+    extra step it runs when every sequence stops at an EOS is undone (cache.crop), as transformers does."""
+    import functools
+
+    @functools.wraps(original)
+    def is_supported(device, cache, cache_is_returned, is_assistant, *args, **kwargs):
+        if (isinstance(cache, LatentPagedCache) and cache._arena is not None and device.type == "cuda"
+                and not is_assistant):
+            return True
+        return original(device, cache, cache_is_returned, is_assistant, *args, **kwargs)
+
+    is_supported._hf_flashmla_original = original
+    return is_supported
