@@ -9,7 +9,7 @@ from hf_flashmla.transformers_integration import register as _register_transform
 # attn_implementation="flash_mla" for DeepSeek-V2/V3 (no-op without transformers).
 _register_transformers_integration()
 
-__version__ = "0.1.0"  # keep in step with setup.py
+__version__ = "0.1.0"  # the one version: pyproject.toml reads it from here
 
 __all__ = [
     "BackendChoice",

@@ -1,5 +1,6 @@
-"""Registers the `gpu` marker. Tests marked gpu run only where the sm90 CUDA kernel is usable (a CUDA
-device of compute capability 9.0 and the built extension: hf_flashmla.backend(cuda).name == 'cuda_sm90');
+"""The `gpu` and `triton_gpu` markers (registered in pyproject.toml). Tests marked gpu run only where the sm90
+CUDA kernel is usable (a CUDA device of compute capability 9.0 and the built extension:
+hf_flashmla.backend(cuda).name == 'cuda_sm90');
 everywhere else they are skipped with the reason. Likewise `triton_gpu`: a CUDA device where the Triton
 kernel can run (compute capability >= 8.0, Triton importable), whatever the automatic choice.
 
@@ -24,11 +25,6 @@ def one_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs an sm90 CUDA device and the built hf_flashmla._C extension")
-    config.addinivalue_line("markers", "triton_gpu: needs a CUDA device of compute capability >= 8.0 and Triton")
 
 
 @functools.lru_cache(maxsize=None)
