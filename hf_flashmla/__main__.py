@@ -1,4 +1,6 @@
 """Main job: `python -m hf_flashmla [CHECKPOINT]` (or the `hf-flashmla` console script).
+`hf-flashmla SUBCOMMAND ...` runs one of the tools in hf_flashmla/cli/ instead (`hf-flashmla evaluate`,
+`hf-flashmla check-generate`; `hf-flashmla --help` lists them).
 
 Without a path it builds (first run only) a small random DeepSeek-V3-architecture checkpoint in
 ./hf_flashmla_demo_checkpoint (safetensors), loads it back with from_pretrained, and generates greedily
@@ -11,15 +13,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import torch
 
 import hf_flashmla
-from hf_flashmla.checkpoint import build_checkpoint
+from hf_flashmla.checkpoint import DEMO_CHECKPOINT, build_checkpoint
+from hf_flashmla.cli import run_subcommand, subcommands_help
 from hf_flashmla.generation_check import compare, left_padded_prompts
 from hf_flashmla.latent_cache import cache_bytes_per_token_per_layer
 
-DEFAULT_PATH = "hf_flashmla_demo_checkpoint"
+DEFAULT_PATH = DEMO_CHECKPOINT
 
 
 def _log(message):
@@ -27,7 +31,8 @@ def _log(message):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m hf_flashmla", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hf_flashmla", description=__doc__.split("\n\n")[0],
+                                     epilog=subcommands_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", nargs="?", default=DEFAULT_PATH,
                         help=f"local DeepSeek-V2/V3 checkpoint folder (default: build a random one in ./{DEFAULT_PATH})")
     parser.add_argument("--batch", type=int, default=2)
@@ -62,6 +67,10 @@ def divergence_lines(divergences) -> list[str]:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    code = run_subcommand(argv)
+    if code is not None:
+        return code
     args = parse_args(argv)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
 

@@ -12,6 +12,9 @@ import os
 
 import torch
 
+# Where the main job (`python -m hf_flashmla`) and `hf-flashmla evaluate` build their demo checkpoint.
+DEMO_CHECKPOINT = "hf_flashmla_demo_checkpoint"
+
 SMALL_V3 = dict(
     vocab_size=512, hidden_size=256, intermediate_size=512, moe_intermediate_size=128, num_hidden_layers=4,
     num_attention_heads=16, num_key_value_heads=16, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,

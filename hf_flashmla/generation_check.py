@@ -1,6 +1,6 @@
 """flash_mla against a baseline attention on one model: greedy tokens, logits, kernel calls, speed.
 
-Used by scripts/gpu_generate_check.py, the GPU integration tests and the main job's checks.
+Used by `hf-flashmla check-generate`, the GPU integration tests and the main job.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 # Largest gap between two tokens' logits, relative to the largest logit, that counts as a near-tie at the
-# model's dtype (scripts/evaluate.py's tie_rel tolerances).
+# model's dtype (`hf-flashmla evaluate`'s tie_rel tolerances).
 NEAR_TIE_REL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 1e-2}
 
 

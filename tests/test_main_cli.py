@@ -1,5 +1,5 @@
-"""`python -m hf_flashmla` arguments: bad values stop with a usage error naming the argument, before any
-checkpoint is built or loaded."""
+"""`python -m hf_flashmla` (the `hf-flashmla` console script): bad values stop with a usage error naming the
+argument, before any checkpoint is built or loaded; the main job on the CPU; the subcommands it dispatches to."""
 import pytest
 import torch
 
@@ -43,3 +43,18 @@ def test_main_job_on_the_cpu(capsys, tmp_path, monkeypatch):
     latent_bytes = config["num_hidden_layers"] * (config["kv_lora_rank"] + config["qk_rope_head_dim"]) * 4
     assert "[result] tokens identical: True" in out
     assert f"real tokens x {latent_bytes} bytes" in out
+
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "evaluate" in out and "check-generate" in out
+
+
+def test_check_generate_subcommand_on_the_cpu(capsys):
+    assert main(["check-generate", "--device", "cpu", "--layers", "2", "--heads", "4", "--batch", "2",
+                 "--prompt-length", "20", "--new-tokens", "4", "--no-fp32-reference"]) == 0
+    out = capsys.readouterr().out
+    assert "greedy match rate 1.0000 (identical: True)" in out and "RESULT: PASS" in out

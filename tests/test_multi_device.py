@@ -6,7 +6,7 @@ no data, and only the decode call on meta is stubbed (it cannot compute). What i
 logic: each layer's pool on that layer's device, the step tensors and the schedule built once per device
 per forward pass, and the CPU layers' pages identical to an all-CPU run.
 
-tp_plan: scripts/multi_gpu_check.py --tp under torchrun with 2 CPU processes (gloo): DeepSeek-V2's plan
+tp_plan: tools/multi_gpu_check.py --tp under torchrun with 2 CPU processes (gloo): DeepSeek-V2's plan
 shards the attention heads, DeepSeek-V3's replicates attention; greedy tokens equal the single-process run and
 every rank runs its share of heads against its full copy of the latent cache.
 """
@@ -25,11 +25,9 @@ from hf_flashmla.checkpoint import TINY, make_config, random_model
 from hf_flashmla.latent_cache import LatentPagedCache
 from hf_flashmla.transformers_integration import cache_kwarg
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = os.path.join(REPO_ROOT, "scripts")
-sys.path.insert(0, SCRIPTS)
+from tools import multi_gpu_check
 
-import multi_gpu_check  # noqa: E402
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 META = torch.device("meta")
 CPU = torch.device("cpu")
@@ -160,7 +158,7 @@ def test_tp_plan_two_cpu_processes_gloo(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env["CUDA_VISIBLE_DEVICES"] = ""  # transformers puts a tp_plan model on the accelerator it finds
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               os.path.join(SCRIPTS, "multi_gpu_check.py"), "--tp", "--device", "cpu", "--tiny", "--new-tokens", "6",
+               "-m", "tools.multi_gpu_check", "--tp", "--device", "cpu", "--tiny", "--new-tokens", "6",
                "--prompt-lengths", "20,40,5", "--workdir", str(tmp_path), "--json", str(out)]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
@@ -183,7 +181,7 @@ def test_tp_plan_two_cpu_processes_gloo(tmp_path):
 def test_bench_plumbing_on_cpu(tmp_path):
     """--bench's rows (one device, split, stock sdpa split) on the tiny preset; the numbers mean nothing here."""
     out = tmp_path / "bench.json"
-    code = multi_gpu_check.main(["--bench", "--devices", "cpu,cpu", "--bench-preset", "tiny", "--bench-layers", "2",
+    code = multi_gpu_check.main(["--bench", "--devices", "cpu,cpu", "--bench-preset", "smoke", "--bench-layers", "2",
                                  "--bench-context", "32", "--bench-batch", "2", "--bench-new-tokens", "3",
                                  "--stock-new-tokens", "2", "--json", str(out)])
     result = json.loads(out.read_text())

@@ -1,0 +1,86 @@
+"""Timing inside one generate() call: per-step timestamps, and the GPU's busy time over the decode steps.
+
+generate() calls its logits processors once per forward pass: first after the prefill, then after every decode
+step. StepClock is such a processor: it synchronises the device and records the time, so one generate() call
+yields the time to first token (start -> first call) and the decode steps alone (first call -> last call), without
+a second prefill. The synchronisation costs little: the generate() loop already waits for the device every step
+when its stopping criteria read the `unfinished_sequences` tensor.
+
+For the GPU busy time, a StepClock with a marker records a zero-length profiler range at its first call, after the
+prefill's kernels have finished; the sum of the durations of the device events (kernels, copies, sets) that start
+after it, divided by the decode steps, is the GPU time of one decode step. Concurrent kernels would be counted
+twice; the decode step runs on one stream.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from transformers import LogitsProcessor
+
+DECODE_MARKER = "hf_flashmla_bench::decode_start"
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StepClock(LogitsProcessor):
+    def __init__(self, device: torch.device, marker: str | None = None):
+        self.device = device
+        self.marker = marker  # profiler range recorded at the first call (the end of the prefill)
+        self.start = None
+        self.stamps = []
+
+    def begin(self):
+        synchronize(self.device)
+        self.start = time.perf_counter()
+        self.stamps = []
+
+    def __call__(self, input_ids, scores):
+        synchronize(self.device)
+        self.stamps.append(time.perf_counter())
+        if self.marker is not None and len(self.stamps) == 1:
+            with torch.profiler.record_function(self.marker):
+                pass
+        return scores
+
+    @property
+    def ttft_s(self) -> float | None:
+        return self.stamps[0] - self.start if self.stamps else None
+
+    @property
+    def decode_steps(self) -> int:
+        return max(len(self.stamps) - 1, 0)
+
+    @property
+    def decode_s(self) -> float | None:
+        return self.stamps[-1] - self.stamps[0] if len(self.stamps) > 1 else None
+
+
+def device_busy_after(events, marker: str, device_type) -> tuple[float | None, int]:
+    """(summed duration in ms of the `device_type` events that start after the `marker` range, their count) from a
+    profiler's event list; (None, 0) when the marker is missing."""
+    starts = [e.time_range.start for e in events if e.name == marker]
+    if not starts:
+        return None, 0
+    after = [e for e in events if e.device_type == device_type and e.time_range.start >= starts[0]]
+    return sum(e.time_range.elapsed_us() for e in after) / 1e3, len(after)
+
+
+def profiled_decode_busy(generate, device: torch.device) -> dict:
+    """Runs `generate(clock)` (a generate() call with `clock` among its logits processors) under torch.profiler and
+    returns the GPU busy ms per decode step and the number of device events counted. CUDA only."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    clock = StepClock(device, marker=DECODE_MARKER)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        clock.begin()
+        generate(clock)
+        synchronize(device)
+    busy_ms, events = device_busy_after(prof.events(), DECODE_MARKER, DeviceType.CUDA)
+    steps = clock.decode_steps
+    return {"gpu_busy_ms_per_step": busy_ms / steps if busy_ms is not None and steps else None,
+            "gpu_busy_device_events": events}

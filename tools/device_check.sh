@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# The one script for the GPU machine, run from the repo root:   bash tools/device_check.sh
+# It builds the extension in place, then runs the stages named in STAGES (default "build smoke tests"); each stage
+# runs even if an earlier one failed, and a summary is printed last. Logs and JSON go to $OUT (default
+# /tmp/device_check_out). Peer wheels and bundles are carried in .whl/ and .fi/ (benchmarks/README.md).
+#   build     HF_FLASHMLA_BUILD_EXT=1 python setup.py build_ext --inplace; ptxas registers / spills  -> build.log
+#   smoke     python -m tools.kernel_smoke: the compiled op on edge cases, then a few timings         -> smoke.log
+#   tests     pytest -m "gpu or triton_gpu" tests/ (kernel, schedule kernel, Triton path, integration) -> gpu_tests.log
+#   sanitize  compute-sanitizer memcheck and racecheck on python -m tools.sanitize_case             -> sanitize_*.log
+#   generate  hf-flashmla check-generate, the main job, hf-flashmla evaluate (bf16, kernel required) -> generate.log
+#   multigpu  python -m tools.multi_gpu_check: device_map, tp_plan (torchrun), 2-GPU decode; CPU + one GPU with
+#             a single GPU                                                                           -> multigpu.log
+#   schedule  python -m benchmarks.bench_schedule                                                   -> schedule.log
+#   bench     python -m benchmarks.bench_kernel $BENCH_ARGS (default --quick)                        -> bench.{log,json}
+#   e2e       python -m benchmarks.bench_generate $E2E_ARGS (default: the V2-Lite preset's cases)   -> e2e.{log,json}
+# Stage time limits: TESTS_TIMEOUT (360 s), SANITIZE_TIMEOUT (300 s), STAGE_TIMEOUT (each other step's own).
+set -u
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/device_check_out}
+mkdir -p "$OUT"
+STAGES=${STAGES:-"build smoke tests"}
+ROOT=$(pwd)
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+SUMMARY=()
+note() { SUMMARY+=("$1"); echo "### $1"; }
+has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
+t0=$(date +%s)
+
+echo "### device_check: stages [$STAGES] OUT=$OUT"
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,driver_version --format=csv,noheader 2>&1 | head -8
+python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+nvcc --version 2>&1 | tail -1
+
+# Carried wheels (sgl-flash-mla, ...) go to /tmp/site without their dependencies; the sglang wheel is read in place
+# by benchmarks/peers/sglang_triton.py.
+shopt -s nullglob
+wheels=()
+for w in .whl/*.whl; do [[ $(basename "$w") == sglang-* ]] || wheels+=("$w"); done
+if (( ${#wheels[@]} )); then
+  if python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}"; then
+    export PYTHONPATH="$PYTHONPATH:/tmp/site"; note "wheels: installed ${wheels[*]} into /tmp/site"
+  else
+    note "wheels: install FAILED"
+  fi
+fi
+
+# run_stage NAME LOG LIMIT_S COMMAND...: one step under a time limit (a hang would cost the whole call).
+run_stage() {
+  local name=$1 log=$2 limit=$3; shift 3
+  local s; s=$(date +%s)
+  echo "### $name: $*"
+  timeout "${STAGE_TIMEOUT:-$limit}" "$@" >> "$log" 2>&1
+  local rc=$?
+  tail -40 "$log"
+  if [[ $rc == 0 ]]; then note "$name: ok ($(( $(date +%s) - s )) s)"; else note "$name: FAILED (rc $rc, $(( $(date +%s) - s )) s)"; fi
+}
+
+if has_stage build; then
+  s=$(date +%s)
+  if HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+    note "build: ok ($(( $(date +%s) - s )) s)"
+  else
+    note "build: FAILED (see build.log)"; grep -E "error|Error" "$OUT/build.log" | head -30
+  fi
+  grep -E "ptxas info\s*: (Function properties|Used)|spill" "$OUT/build.log" | sed 's/^.*ptxas info\s*: //' | head -40
+  grep -qE "[1-9][0-9]* bytes spill (stores|loads)" "$OUT/build.log" && note "build: WARNING register spills"
+  python3 -c "import hf_flashmla, torch; print('### backend:', hf_flashmla.backend(torch.device('cuda')))" 2>&1 | tail -3
+fi
+
+if has_stage smoke; then
+  : > "$OUT/smoke.log"
+  run_stage "smoke (tools.kernel_smoke)" "$OUT/smoke.log" 180 python3 -m tools.kernel_smoke
+fi
+
+if has_stage tests; then
+  s=$(date +%s)
+  timeout "${TESTS_TIMEOUT:-360}" python3 -m pytest -q -m "gpu or triton_gpu" -rs ${PYTEST_ARGS:-tests/} 2>&1 \
+    | tee "$OUT/gpu_tests.log" | tail -40
+  rc=${PIPESTATUS[0]}
+  line=$(grep -E "[0-9]+ (passed|failed|skipped|error)" "$OUT/gpu_tests.log" | tail -1)
+  if [[ $rc == 0 && $line != *passed* ]]; then note "tests: NOTHING RAN (kernel not usable?): $line"
+  elif [[ $rc == 0 ]]; then note "tests: ok: $line ($(( $(date +%s) - s )) s)"; else note "tests: FAILED (rc $rc): $line"; fi
+fi
+
+if has_stage sanitize; then
+  if command -v compute-sanitizer >/dev/null 2>&1; then
+    for tool in memcheck racecheck; do
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZE_TIMEOUT:-300}" compute-sanitizer --tool $tool \
+        --print-limit 20 python3 -m tools.sanitize_case > "$OUT/sanitize_$tool.log" 2>&1
+      rc=$?
+      grep -E "^case |sanitize_case:|ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race reported|hazard" "$OUT/sanitize_$tool.log" | head -20
+      summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitize_$tool.log" | tail -1)
+      # racecheck exits 0 even when it reports hazards: its summary's error count decides.
+      if [[ $rc == 0 && $summary =~ \(([1-9][0-9]*)\ errors ]]; then rc=1; fi
+      if [[ $rc == 0 ]]; then note "sanitize $tool: ok: $summary"; else note "sanitize $tool: FAILED (rc $rc): ${summary:-see log}"; fi
+    done
+  else
+    note "sanitize: compute-sanitizer not found"
+  fi
+fi
+
+if has_stage generate; then
+  log="$OUT/generate.log"; : > "$log"
+  run_stage "check-generate (bf16 flash_mla vs eager)" "$log" 240 python3 -m hf_flashmla check-generate
+  run_stage "main job (python -m hf_flashmla)" "$log" 240 python3 -m hf_flashmla
+  run_stage "evaluate (DeepSeek-V3 shapes, bf16)" "$log" 240 python3 -m hf_flashmla evaluate --preset deepseek-v3 \
+    --dtype bfloat16 --seq-len 2048 --prefill-len 1920 --max-windows 4 --batch-size 2 --random-tokens 8192 \
+    --require-kernel --json "$OUT/eval_v3.json"
+fi
+
+if has_stage multigpu; then
+  log="$OUT/multigpu.log"; : > "$log"
+  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # multicast stays off here
+  if (( $(nvidia-smi -L 2>/dev/null | wc -l) >= 2 )); then
+    run_stage "multigpu device_map" "$log" 240 python3 -m tools.multi_gpu_check --json "$OUT/multigpu_device_map.json"
+    run_stage "multigpu tp_plan" "$log" 240 torchrun --nproc-per-node 2 -m tools.multi_gpu_check --tp \
+      --json "$OUT/multigpu_tp.json"
+    run_stage "multigpu bench (16K x 8, 2 GPUs)" "$log" 240 python3 -m tools.multi_gpu_check --bench \
+      --json "$OUT/multigpu_bench.json"
+  else
+    run_stage "multigpu cpu+gpu device_map" "$log" 240 python3 -m tools.multi_gpu_check --devices cpu,cuda:0 \
+      --placement hooks --tiny --json "$OUT/multigpu_cpu_gpu.json"
+    note "multigpu: 2-GPU runs skipped (fewer than 2 GPUs)"
+  fi
+fi
+
+if has_stage schedule; then
+  : > "$OUT/schedule.log"
+  run_stage "schedule bench" "$OUT/schedule.log" 120 python3 -m benchmarks.bench_schedule
+fi
+
+if has_stage bench; then
+  : > "$OUT/bench.log"
+  # shellcheck disable=SC2086
+  run_stage "bench_kernel" "$OUT/bench.log" 590 python3 -m benchmarks.bench_kernel ${BENCH_ARGS:---quick} \
+    --json "$OUT/bench.json"
+fi
+
+if has_stage e2e; then
+  : > "$OUT/e2e.log"
+  # shellcheck disable=SC2086
+  run_stage "bench_generate" "$OUT/e2e.log" 590 python3 -m benchmarks.bench_generate ${E2E_ARGS:-} \
+    --json "$OUT/e2e.json"
+fi
+
+echo
+echo "### device_check summary ($(( $(date +%s) - t0 )) s):"
+for line in "${SUMMARY[@]}"; do echo "  $line"; done
