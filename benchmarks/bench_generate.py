@@ -7,7 +7,8 @@ each case (prompt length x batch) every implementation runs in the same process,
   sdpa_static   stock sdpa with cache_implementation="static": generate() then compiles the decode step
                 (torch.compile, CUDA graphs); eager / eager_static likewise
 Each run is greedy with min_new_tokens = max_new_tokens = --new-tokens. Per run:
-  first call +s     time of a first generate() minus a second identical one: compile / capture cost
+  first call +s     time of a first generate() minus a second identical one: compile / capture cost (flash_mla
+                    captures its decode steps as CUDA graphs; --flash-mla-kwargs disable_compile=True runs eager)
   TTFT              second call: start -> first logits (a syncing logits processor takes the timestamps)
   decode ms/step    second call: first -> last logits over new_tokens - 1 steps (the generate() loop included)
   GPU busy ms/step  a third identical call under torch.profiler: summed device time of the decode steps' kernels
@@ -149,10 +150,18 @@ def make_prompt(vocab_size, context, batch, device, seed):
     return ids.to(device), torch.ones(batch, context, dtype=torch.long, device=device)
 
 
-def release(device, static: bool):
-    """Frees what a run left: its cache, its outputs and, for a compiled static run, dynamo's graphs."""
+def release(model, device, static: bool):
+    """Frees what a run left: its cache and outputs, flash_mla's captured decode graphs and their pools, and for a
+    compiled static run dynamo's graphs, so that the next run starts cold and its peak memory is its own."""
     if static:
         torch._dynamo.reset()
+    try:
+        from hf_flashmla.transformers_integration import decode_graphs
+    except ImportError:  # an hf_flashmla without decode graphs
+        decode_graphs = None
+    if decode_graphs is not None:
+        gc.collect()  # the last run's cache must be gone for its arena to be free
+        decode_graphs.release(model)
     gc.collect()
     if device.type == "cuda":
         synchronize(device)
@@ -182,7 +191,7 @@ def measure(model, impl, context, batch, args, device) -> dict:
 
     out = None
     try:
-        release(device, static)
+        release(model, device, static)
         cold = StepClock(device)
         cold.begin()
         out = generate(cold)
@@ -190,6 +199,7 @@ def measure(model, impl, context, batch, args, device) -> dict:
         first_s = time.perf_counter() - cold.start
         del out
         out = None
+        gc.collect()  # the first call's cache must be gone for the second to reuse its captured graphs
         rt.reset_peak(device)
         clock = StepClock(device)
         clock.begin()
@@ -210,13 +220,14 @@ def measure(model, impl, context, batch, args, device) -> dict:
             row["note"] = f"generated {generated} tokens, not {args.new_tokens}"
         del out, cache
         out = None
+        gc.collect()
         if device.type == "cuda" and not args.no_profile:
             row.update(profiled_decode_busy(generate, device))
     except Exception as error:  # noqa: BLE001  (every failure of one run is that run's result)
         row["status"] = "OOM" if rt.is_oom(error) else "error"
         row["note"] = short_error(error)
     del out
-    release(device, static)
+    release(model, device, static)
     return row
 
 
