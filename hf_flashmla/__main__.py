@@ -34,7 +34,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m hf_flashmla", description=__doc__.split("\n\n")[0],
                                      epilog=subcommands_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", nargs="?", default=DEFAULT_PATH,
-                        help=f"local DeepSeek-V2/V3 checkpoint folder (default: build a random one in ./{DEFAULT_PATH})")
+                        help="local DeepSeek-V2/V3 checkpoint folder "
+                             f"(default: build a random one in ./{DEFAULT_PATH})")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--prompt-length", type=int, default=100)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -72,13 +73,15 @@ def main(argv=None):
     if code is not None:
         return code
     args = parse_args(argv)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    default_dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    dtype = getattr(torch, args.dtype) if args.dtype else default_dtype
 
     from transformers import AutoModelForCausalLM
 
     if args.checkpoint == DEFAULT_PATH:
         build_checkpoint(DEFAULT_PATH, log=_log)
-    _log(f"[load] from_pretrained({args.checkpoint!r}, attn_implementation='flash_mla', dtype={dtype}) on {args.device}")
+    _log(f"[load] from_pretrained({args.checkpoint!r}, attn_implementation='flash_mla', dtype={dtype}) "
+         f"on {args.device}")
     model = AutoModelForCausalLM.from_pretrained(args.checkpoint, attn_implementation="flash_mla", dtype=dtype)
     model = model.to(args.device).eval()
     config = model.config
@@ -104,7 +107,8 @@ def main(argv=None):
     per_token = config.num_hidden_layers * cache_bytes_per_token_per_layer(
         config.kv_lora_rank + config.qk_rope_head_dim, dtype)
     expanded_per_token = config.num_hidden_layers * config.num_attention_heads * (
-        config.qk_nope_head_dim + config.qk_rope_head_dim + config.v_head_dim) * torch.empty((), dtype=dtype).element_size()
+        config.qk_nope_head_dim + config.qk_rope_head_dim + config.v_head_dim
+    ) * torch.empty((), dtype=dtype).element_size()
     _log(f"[result] KV cache: flash_mla {result.flash_cache_bytes / 2**20:.2f} MiB ({real_tokens} real tokens x "
          f"{per_token} bytes: padding not stored), eager {result.baseline_cache_bytes / 2**20:.2f} MiB "
          f"(Transformers >= 5.15 also caches the latent, padding included); expanded K/V for these tokens would "

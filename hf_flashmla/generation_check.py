@@ -177,7 +177,8 @@ def compare(model, ids, mask, max_new_tokens: int, baseline: str = "eager", warm
         logits_rel_error=relative_error(flash_logits, base_logits),
         baseline_logits_rel_error_vs_fp32=base_vs_fp32, flash_logits_rel_error_vs_fp32=flash_vs_fp32,
         kernel_calls=kernel["calls"], paged_calls=paged,
-        flash_tokens_per_s=flash_tokens.numel() / flash_seconds, baseline_tokens_per_s=base_tokens.numel() / base_seconds,
+        flash_tokens_per_s=flash_tokens.numel() / flash_seconds,
+        baseline_tokens_per_s=base_tokens.numel() / base_seconds,
         flash_cache_bytes=cache_bytes(cache), baseline_cache_bytes=cache_bytes(base.get(cache_kwarg())),
         flash_tokens=flash_tokens, baseline_tokens=base_tokens,
         divergences=first_divergences(base_tokens, base_logits, flash_tokens, NEAR_TIE_REL.get(model.dtype, 2e-2)))

@@ -7,7 +7,7 @@ import hf_flashmla
 from hf_flashmla import LatentPagedCache
 from hf_flashmla.checkpoint import make_config, random_model
 from hf_flashmla.generation_check import compare, count_kernel_calls, left_padded_prompts
-from hf_flashmla.transformers_integration import cache_kwarg, call_counts, reset_call_counts
+from hf_flashmla.transformers_integration import cache_kwarg
 
 pytestmark = pytest.mark.gpu
 

@@ -146,7 +146,8 @@ def test_running_max_jumps(pattern, s_q, h_q, dtype):
     if pattern == "ramp":
         inputs = scale_pages(inputs, lambda i, j: 0.5 + 0.1 * j + 0.05 * i)
     else:
-        inputs = scale_pages(inputs, lambda i, j: choices[torch.randint(len(choices), (1,), generator=generator)].item())
+        inputs = scale_pages(inputs,
+                             lambda i, j: choices[torch.randint(len(choices), (1,), generator=generator)].item())
     poison_allocator()
     out, lse = run_kernel(inputs, causal=True)
     torch.cuda.synchronize()

@@ -19,7 +19,6 @@ import sys
 import pytest
 import torch
 
-import hf_flashmla
 from hf_flashmla import interface
 from hf_flashmla.checkpoint import TINY, make_config, random_model
 from hf_flashmla.latent_cache import LatentPagedCache

@@ -296,7 +296,8 @@ def test_uneven_lengths_stay_balanced(batch, mean):
         payload = -(-sum(n + F for n in pages_of(lengths.tolist())) // num_parts)
         num_blocks = pages_of(lengths.tolist())
         for part in range(num_parts):
-            assert sum(stop - start for _, start, stop, _ in schedule.iterate_part(metadata[part], num_blocks)) <= payload
+            pieces = schedule.iterate_part(metadata[part], num_blocks)
+            assert sum(stop - start for _, start, stop, _ in pieces) <= payload
 
 
 def test_rule_threshold_is_payload_plus_combine_cost():

@@ -188,8 +188,8 @@ def test_harness_matches_torch_pieces(harness, num_threads):
     # fewer pages than pieces (empty pieces), zero-length ones, over several chunks (1500 parts).
     cases = []
     for batch, num_parts in ((1, 132), (2, 132), (3, 132), (64, 132), (33, 66), (40, 1500), (500, 1500)):
-        for lengths in ([4096] * batch, [64 * (i % 5) for i in range(batch)], [4096 + 64 * (i % 3) for i in range(batch)],
-                        [1] * batch, [0] * batch):
+        for lengths in ([4096] * batch, [64 * (i % 5) for i in range(batch)],
+                        [4096 + 64 * (i % 3) for i in range(batch)], [1] * batch, [0] * batch):
             cases.append((num_threads, num_parts, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, lengths))
     cases = [case for case in cases if pieces_per_sequence(case[4], case[1]) > 1]
     assert len(cases) >= 15

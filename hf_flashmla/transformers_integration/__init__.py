@@ -198,8 +198,9 @@ def _model_check(original, served_classes):
             raise ValueError(
                 f"attn_implementation='flash_mla' serves Transformers' own DeepSeek-V2/V3 models (model_type "
                 f"deepseek_v2 / deepseek_v3, multi-head latent attention); {type(self).__name__} is not one"
-                f"{' (trust_remote_code classes are not supported: load without trust_remote_code)' if 'transformers.' not in type(self).__module__ else ''}. "
-                f"Use 'sdpa' or 'eager'.")
+                + (" (trust_remote_code classes are not supported: load without trust_remote_code)"
+                   if "transformers." not in type(self).__module__ else "") + ". "
+                "Use 'sdpa' or 'eager'.")
         return original(self, attn_implementation, *args, **kwargs)
 
     _check_and_adjust_attn_implementation._hf_flashmla_original = original

@@ -44,8 +44,9 @@ class PrefillBudget:
     def __str__(self):
         gib = 1 << 30
         return (f"prefill block of at most {self.tokens} tokens = (free {self.free_bytes / gib:.2f} GiB - latent pages "
-                f"still to allocate {self.pool_bytes / gib:.2f} GiB - one row's expanded K/V {self.history_bytes / gib:.2f}"
-                f" GiB - margin {self.margin_bytes / gib:.2f} GiB) / {self.bytes_per_token} B per token "
+                f"still to allocate {self.pool_bytes / gib:.2f} GiB - one row's expanded K/V "
+                f"{self.history_bytes / gib:.2f} GiB - margin {self.margin_bytes / gib:.2f} GiB) / "
+                f"{self.bytes_per_token} B per token "
                 f"(per token: dtype bytes x (6 hidden + 4 heads x (qk_head_dim + v_head_dim) + 3 MLP width), MLP width "
                 f"= max(intermediate_size, 2 (top_k + shared experts) x moe_intermediate_size))")
 
