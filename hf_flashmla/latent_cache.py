@@ -115,11 +115,13 @@ class LatentPagedCache(_TransformersCache):
     once (generate() passes its max_length), so that decoding never allocates and the block table never
     changes: what CUDA-graph decoding needs (decode_graphs). A sequence may still grow past it (eagerly).
     graph_arena: the decode_graphs.GraphArena whose pools this cache writes into (set by generate()).
+    latent_layers: the indices of the layers that store latents, when only some do (hf_flashmla.
+    HybridLatentCache passes a hybrid model's MLA layers); None: every layer.
     """
 
     def __init__(self, config=None, *, num_hidden_layers: int | None = None, latent_dim: int | None = None,
                  max_pages: int | None = None, initial_pages: int = 64, reserve_tokens: int | None = None,
-                 graph_arena=None):
+                 graph_arena=None, latent_layers=None):
         # Not calling Cache.__init__: its per-layer objects do not apply to a shared paged pool, and its
         # signature differs between transformers releases. The attributes generate() reads are set here.
         self.layers = []
@@ -143,8 +145,20 @@ class LatentPagedCache(_TransformersCache):
             if kv_lora_rank is None or rope_dim is None:
                 raise ValueError(f"config: LatentPagedCache needs an MLA model config (kv_lora_rank and "
                                  f"qk_rope_head_dim); {type(config).__name__} has none")
+            other_layers = sorted(set(getattr(text_config, "layer_types", None) or ()) - {"full_attention"})
+            if other_layers and latent_layers is None:
+                raise ValueError(f"config: {type(config).__name__} has {other_layers} layers besides its MLA layers; "
+                                 f"use hf_flashmla.HybridLatentCache(config), which keeps their state too")
             num_hidden_layers = num_hidden_layers or getattr(text_config, "num_hidden_layers", None)
             latent_dim = latent_dim or kv_lora_rank + rope_dim
+        if latent_layers is not None:
+            latent_layers = tuple(latent_layers)
+            if not latent_layers or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 or
+                                        (num_hidden_layers is not None and i >= num_hidden_layers)
+                                        for i in latent_layers):
+                raise ValueError(f"latent_layers: expected layer indices in [0, {num_hidden_layers}), got "
+                                 f"{latent_layers!r}")
+        self.latent_layers = latent_layers
         self.num_hidden_layers = num_hidden_layers
         self.latent_dim = latent_dim
         self.max_pages = max_pages
@@ -486,7 +500,7 @@ class LatentPagedCache(_TransformersCache):
         if step is None:
             return
         self._step = None
-        expected = self.num_hidden_layers
+        expected = self.num_hidden_layers if self.latent_layers is None else len(set(self.latent_layers))
         if expected is not None and len(step.layers_written) < expected:
             self._lengths = list(step.lengths_before)
             self._logical_length = step.logical_before
@@ -668,6 +682,9 @@ class LatentPagedCache(_TransformersCache):
             raise ValueError(f"latent: expected latent_dim {self.latent_dim}, got {dim}")
         if self.num_hidden_layers is not None and not 0 <= layer_idx < self.num_hidden_layers:
             raise ValueError(f"layer_idx: expected 0 <= layer_idx < {self.num_hidden_layers}, got {layer_idx}")
+        if self.latent_layers is not None and layer_idx not in self.latent_layers:
+            raise ValueError(f"layer_idx: layer {layer_idx} stores no latent in this cache (its latent layers are "
+                             f"{list(self.latent_layers)})")
         if self._graph_step is not None:
             return self._graph_write(layer_idx, latent)
         step = self.step_for(layer_idx, batch, s, token_mask)
