@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from hf_flashmla import _ops
-from hf_flashmla.transformers_integration import cache_kwarg, call_counts, reset_call_counts
+from hf_flashmla.transformers_integration import cache_kwarg
+from hf_flashmla.transformers_integration.counters import counters
 
 
 @torch.no_grad()
@@ -22,10 +23,10 @@ def teacher_forced_logits(model, implementation, ids, mask, forced_tokens):
     same tokens, so their logits compare at every step, whatever either would have chosen."""
     from transformers import DynamicCache
 
-    from hf_flashmla.latent_cache import LatentPagedCache
+    from hf_flashmla.hybrid_cache import latent_cache_for
 
     model.set_attn_implementation(implementation)
-    cache = LatentPagedCache(model.config) if implementation == "flash_mla" else DynamicCache(config=model.config)
+    cache = latent_cache_for(model.config) if implementation == "flash_mla" else DynamicCache(config=model.config)
     name = cache_kwarg()
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{name: cache})
@@ -75,7 +76,7 @@ class Comparison:
     baseline_logits_rel_error_vs_fp32: float | None  # the baseline's own error against its fp32 run (noise floor)
     flash_logits_rel_error_vs_fp32: float | None
     kernel_calls: int            # torch.ops.hf_flashmla.mla_decode calls during the flash_mla run
-    paged_calls: dict            # hf_flashmla.transformers_integration.call_counts of the flash_mla run
+    paged_calls: dict            # counters.snapshot() of the flash_mla run (transformers_integration/counters.py)
     flash_tokens_per_s: float
     baseline_tokens_per_s: float
     flash_cache_bytes: int       # bytes of the tokens stored (LatentPagedCache.used_bytes)
@@ -152,10 +153,10 @@ def compare(model, ids, mask, max_new_tokens: int, baseline: str = "eager", warm
         for implementation in ("flash_mla", baseline):
             _timed_generate(model, implementation, ids[:, -4:], mask[:, -4:], 2)
     base, base_seconds = _timed_generate(model, baseline, ids, mask, max_new_tokens)
-    reset_call_counts()
+    counters.reset()
     with count_kernel_calls() as kernel:
         flash, flash_seconds = _timed_generate(model, "flash_mla", ids, mask, max_new_tokens)
-    paged = dict(call_counts)
+    paged = counters.snapshot()
     prompt = ids.shape[1]
     flash_tokens, base_tokens = flash.sequences[:, prompt:], base.sequences[:, prompt:]
     same = flash_tokens == base_tokens

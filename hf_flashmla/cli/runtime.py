@@ -89,11 +89,11 @@ def flash_mla_backend(device: torch.device) -> str:
 def flash_mla_call_counts() -> dict | None:
     """A copy of the integration's per-path call counters (paged_kernel, paged_reference, dense, ...), or None
     where this hf_flashmla keeps none. Differences of two copies say which paths a run took."""
-    import sys
-
-    module = sys.modules.get("hf_flashmla.transformers_integration.attention")
-    counts = getattr(module, "call_counts", None)
-    return dict(counts) if isinstance(counts, dict) else None
+    try:
+        from hf_flashmla.transformers_integration.counters import counters
+    except ImportError:
+        return None
+    return counters.snapshot()
 
 
 def count_delta(before: dict | None, after: dict | None) -> dict | None:

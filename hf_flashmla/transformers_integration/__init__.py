@@ -1,35 +1,49 @@
-"""attn_implementation="flash_mla" for DeepSeek-V2/V3 in Transformers (5.17 .. 5.24 tested).
+"""attn_implementation="flash_mla" for the multi-head latent attention (MLA) models of Transformers (5.17 .. 5.25).
 
 `register()` (run by `import hf_flashmla` when transformers is installed) does, once:
 - registers "flash_mla" in AttentionInterface (so the name is accepted by from_pretrained and
   set_attn_implementation) and its mask function in AttentionMaskInterface (the 2D padding mask is
   passed through to the attention, which needs nothing else);
-- makes DeepseekV2Attention / DeepseekV3Attention run the absorbed, paged forward
-  (hf_flashmla.transformers_integration.attention) when their config says "flash_mla". The stock
-  forward expands the whole latent history through kv_b_proj at every step before any attention
-  function is called, so a registered attention function alone cannot avoid that cost; the class'
-  forward dispatches on the config instead, so eager/sdpa models are untouched. (register_patch_mapping
-  would swap classes only inside from_pretrained and for every attention implementation.)
-- makes generate() of DeepSeek-V2/V3 models with "flash_mla" create a LatentPagedCache instead of a
-  DynamicCache, and refuses what cannot be served (continuous batching, static caches);
+- finds the MLA attention classes of the installed release by structure (families.py) and makes each served
+  one run the absorbed, paged forward (attention.py, through the structural adapter mla_adapter.py) when
+  its config says "flash_mla". The stock forward expands the whole latent history through kv_b_proj at
+  every step before any attention function is called, so a registered attention function alone cannot
+  avoid that cost; the class' forward dispatches on the config instead, so eager/sdpa models are untouched.
+  (register_patch_mapping would swap classes only inside from_pretrained and for every attention
+  implementation.) Every served class gets the same dispatching wrapper: a family needs no patch of its own.
+- makes generate() of a model whose (text) config says "flash_mla" create a LatentPagedCache (a
+  HybridLatentCache for MLA layers between linear-attention layers) instead of a DynamicCache, and refuses
+  what cannot be served (continuous batching, static caches);
+- decodes with CUDA graphs (decode_graphs) and prefills under a memory budget (prefill_blocks: the served
+  families' causal-LM forward) where the cache is a LatentPagedCache of the MLA layers alone;
+- refuses "flash_mla" at load / set_attn_implementation time for any other model, naming why: not MLA,
+  sparse (DSA) MLA, whose top-k sparse decode kernel hf_flashmla does not have, or MLA maths the adapter
+  does not know;
 - keeps Transformers from trying to import a flash-attn package for a name that contains "flash".
 """
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 
 import torch
 
 from hf_flashmla.transformers_integration import decode_graphs, prefill_blocks
+from hf_flashmla.transformers_integration.attention import ATTN_IMPLEMENTATION, flash_mla_forward
 from hf_flashmla.transformers_integration.compat import cache_kwarg
-from hf_flashmla.transformers_integration.attention import (ATTN_IMPLEMENTATION, call_counts, flash_mla_forward,
-                                                            reset_call_counts)
+from hf_flashmla.transformers_integration.counters import counters
+from hf_flashmla.transformers_integration.families import discover
+from hf_flashmla.transformers_integration.mla_adapter import SPARSE_MARKER, UnservedAttention
 
-_MODELS = ("deepseek_v2", "deepseek_v3")
-MIN_TRANSFORMERS = (5, 15)  # the DeepSeek-V2/V3 code this mirrors (latent cache protocol, rope helpers)
+MIN_TRANSFORMERS = (5, 15)  # the MLA code this mirrors (latent cache protocol, rope helpers)
+SPARSE_MISSING = ("hf_flashmla has no sparse top-k decode kernel (attention over each query's top-k keys), only dense "
+                  "MLA decoding, and running it dense would silently change its outputs")
 _registered = False
+_families: dict = {}
+
+# The integration's per-path call counts (counters.py), under the names the tests and scripts use.
+call_counts = counters
+reset_call_counts = counters.reset
 
 
 def flash_mla_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
@@ -42,9 +56,15 @@ def flash_mla_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mas
 
 
 def _unsupported_attention(module, query, key, value, attention_mask, **kwargs):
+    """The registered attention function: reached only by an attention class flash_mla does not serve (its
+    config was given "flash_mla" by hand)."""
+    name = type(module).__name__
+    if kwargs.get("indices") is not None or getattr(module, SPARSE_MARKER, None) is not None:
+        raise NotImplementedError(f"attn_implementation='flash_mla': {name} is sparse (DSA) multi-head latent "
+                                  f"attention; {SPARSE_MISSING}. Use 'eager' or 'sdpa'.")
     raise ValueError(
-        f"attn_implementation='flash_mla' serves only multi-head latent attention (DeepSeek-V2/V3-architecture "
-        f"models loaded as deepseek_v2 / deepseek_v3); {type(module).__name__} is not one. Use 'sdpa' or 'eager'.")
+        f"attn_implementation='flash_mla' serves only multi-head latent attention (the families in "
+        f"hf_flashmla.transformers_integration.families); {name} is not one. Use 'sdpa' or 'eager'.")
 
 
 def _dispatching_forward(original):
@@ -66,6 +86,24 @@ def _dispatching_forward(original):
     return forward
 
 
+def uses_flash_mla(model) -> bool:
+    """Whether the model (or, for a composite model such as kimi_k25, its text model) runs flash_mla."""
+    config = model.config
+    text_config = config.get_text_config(decoder=True)
+    return ATTN_IMPLEMENTATION in (config._attn_implementation, text_config._attn_implementation)
+
+
+def attn_implementation_for(config, implementation: str):
+    """The attn_implementation argument that gives a model's MLA attention `implementation`: the name itself,
+    or for a composite model whose text model is the MLA model (kimi_k25) a dict giving it to the text
+    sub-config and 'eager' to the others (text-only generation never runs them)."""
+    text_config = config.get_text_config(decoder=True)
+    if text_config is config or implementation != ATTN_IMPLEMENTATION:
+        return implementation
+    keys = [key for key in getattr(config, "sub_configs", {}) if getattr(config, key, None) is not None]
+    return {key: implementation if getattr(config, key) is text_config else "eager" for key in keys}
+
+
 def _batch_size(signature, args, kwargs):
     """generate()'s batch_size argument to _prepare_cache_for_generation (rows after beam expansion)."""
     try:
@@ -79,7 +117,7 @@ def _cache_preparing(original):
 
     @functools.wraps(original)
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        if self.config._attn_implementation != ATTN_IMPLEMENTATION:
+        if not uses_flash_mla(self):
             return original(self, generation_config, model_kwargs, *args, **kwargs)
         implementation = getattr(generation_config, "cache_implementation", None)
         if implementation not in (None, "dynamic"):
@@ -102,9 +140,14 @@ def _cache_preparing(original):
 
 def _generation_cache(model, generation_config, model_kwargs, batch):
     """The LatentPagedCache generate() decodes with: reserving max_length tokens per sequence, in the model's
-    graph arena, where decode steps can be CUDA graphs (decode_graphs); else a cache that grows as it goes."""
+    graph arena, where decode steps can be CUDA graphs (decode_graphs); else a cache that grows as it goes.
+    A model with linear-attention layers gets a HybridLatentCache, which grows as it goes (their states are
+    not in the arena's pools, and prefill row blocks would split their batch)."""
+    from hf_flashmla.hybrid_cache import HybridLatentCache, has_state_layers
     from hf_flashmla.latent_cache import LatentPagedCache
 
+    if has_state_layers(model.config):
+        return HybridLatentCache(model.config)
     if generation_config.disable_compile or not decode_graphs.graphs_possible(model):
         return LatentPagedCache(model.config)
     for value in (model_kwargs.get("inputs_embeds"), model_kwargs.get("attention_mask")):
@@ -171,7 +214,7 @@ def _budgeted_forward(original):
 def _refusing(original, what):
     @functools.wraps(original)
     def method(self, *args, **kwargs):
-        if self.config._attn_implementation == ATTN_IMPLEMENTATION:
+        if uses_flash_mla(self):
             raise NotImplementedError(
                 f"{what}: Transformers' continuous batching runs its own paged cache and attention kernels, which "
                 f"attn_implementation='flash_mla' does not plug into. Use model.generate() (padded batches are "
@@ -189,18 +232,58 @@ def _patch(cls, name, wrapper_factory, *extra):
     setattr(cls, name, wrapper_factory(current, *extra))
 
 
-def _model_check(original, served_classes):
-    """Refuses flash_mla at load / set_attn_implementation time for any model whose attention is not
-    Transformers' DeepseekV2/V3Attention (other architectures, trust_remote_code DeepSeek classes)."""
+def _refusal_message(name, model_type, reason) -> str:
+    if reason.sparse:
+        return (f"attn_implementation='flash_mla': {name} ({model_type}) uses sparse (DSA) multi-head latent attention "
+                f"({reason}); {SPARSE_MISSING}. Use 'eager' or 'sdpa'.")
+    return f"attn_implementation='flash_mla': {name} ({model_type}) is not served: {reason}. Use 'eager' or 'sdpa'."
+
+
+def _refusing_forward(original, model_type, reason):
+    """The forward of an MLA attention class flash_mla does not serve: raises when its config was given
+    "flash_mla" anyway (by hand, past the load-time check), so it never runs as something it is not."""
+    @functools.wraps(original)
+    def forward(self, *args, **kwargs):
+        if self.config._attn_implementation == ATTN_IMPLEMENTATION:
+            error = NotImplementedError if reason.sparse else ValueError
+            raise error(_refusal_message(type(self).__name__, model_type, reason))
+        return original(self, *args, **kwargs)
+
+    forward._hf_flashmla_original = original
+    return forward
+
+
+def refusal(model) -> str | None:
+    """Why flash_mla cannot serve this model, or None when it can."""
+    name = type(model).__name__
+    for family in _families.values():
+        if isinstance(model, family.model_classes):
+            reason = family.refusal
+            if reason is None:
+                return None
+            return _refusal_message(name, family.model_type, reason)
+    served = sorted(model_type for model_type, family in _families.items() if family.served)
+    message = (f"attn_implementation='flash_mla' serves Transformers' own multi-head latent attention models "
+               f"(model types {', '.join(served)}); {name} is not one")
+    if "transformers." not in type(model).__module__:
+        message += " (trust_remote_code classes are not supported: load without trust_remote_code)"
+    text_config = model.config.get_text_config(decoder=True)
+    if text_config is not model.config and getattr(text_config, "model_type", None) in served:
+        keys = getattr(model.config, "sub_configs", {})
+        key = next((k for k in keys if getattr(model.config, k, None) is text_config), "text_config")
+        message += (f", but its text model ({text_config.model_type}) is: pass attn_implementation="
+                    f"{{'{key}': 'flash_mla', ...}} with 'sdpa' or 'eager' for its other sub-configs")
+    return message + ". Use 'sdpa' or 'eager'."
+
+
+def _model_check(original):
+    """Refuses flash_mla at load / set_attn_implementation time for any model it does not serve (refusal())."""
     @functools.wraps(original)
     def _check_and_adjust_attn_implementation(self, attn_implementation, *args, **kwargs):
-        if attn_implementation == ATTN_IMPLEMENTATION and not isinstance(self, served_classes):
-            raise ValueError(
-                f"attn_implementation='flash_mla' serves Transformers' own DeepSeek-V2/V3 models (model_type "
-                f"deepseek_v2 / deepseek_v3, multi-head latent attention); {type(self).__name__} is not one"
-                + (" (trust_remote_code classes are not supported: load without trust_remote_code)"
-                   if "transformers." not in type(self).__module__ else "") + ". "
-                "Use 'sdpa' or 'eager'.")
+        if attn_implementation == ATTN_IMPLEMENTATION:
+            reason = refusal(self)
+            if reason is not None:
+                raise ValueError(reason)
         return original(self, attn_implementation, *args, **kwargs)
 
     _check_and_adjust_attn_implementation._hf_flashmla_original = original
@@ -237,13 +320,13 @@ def _patch_deferred_stop():
 
 
 def register() -> bool:
-    """Idempotent. Returns False when transformers (or its DeepSeek models) cannot be imported."""
+    """Idempotent. Returns False when transformers cannot be imported or is too old."""
     global _registered
     if _registered:
         return True
     try:
         import transformers
-        from transformers import AttentionInterface
+        from transformers import AttentionInterface, GenerationMixin, PreTrainedModel
         from transformers.masking_utils import AttentionMaskInterface
     except ImportError:
         return False
@@ -251,31 +334,44 @@ def register() -> bool:
     if version < MIN_TRANSFORMERS:
         import warnings
         warnings.warn(f"hf_flashmla: attn_implementation='flash_mla' needs transformers >= "
-                      f"{'.'.join(map(str, MIN_TRANSFORMERS))} (tested 5.17-5.24), found {transformers.__version__}; "
+                      f"{'.'.join(map(str, MIN_TRANSFORMERS))} (tested 5.17-5.25), found {transformers.__version__}; "
                       f"not registered (the kernel API works without it)")
         return False
     AttentionInterface.register(ATTN_IMPLEMENTATION, _unsupported_attention)
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, flash_mla_mask)
     _guard_flash_imports()
-    served = []
-    for model in _MODELS:
-        modeling = importlib.import_module(f"transformers.models.{model}.modeling_{model}")
-        prefix = "DeepseekV2" if model == "deepseek_v2" else "DeepseekV3"
-        served.append(getattr(modeling, f"{prefix}PreTrainedModel"))
-        _patch(getattr(modeling, f"{prefix}Attention"), "forward", _dispatching_forward)
-        causal_lm = getattr(modeling, f"{prefix}ForCausalLM")
-        _patch(causal_lm, "_prepare_cache_for_generation", _cache_preparing)
-        _patch(causal_lm, "_valid_auto_compile_criteria", _graph_criteria)
-        _patch(causal_lm, "get_compiled_call", _graph_runner)
-        _patch(causal_lm, "_optimize_model_for_decode", decode_graphs.keep_experts_for_decode)
-        _patch(causal_lm, "forward", _budgeted_forward)
-        for method in ("generate_batch", "init_continuous_batching", "continuous_batching_context_manager"):
-            _patch(causal_lm, method, _refusing, method)
-    from transformers import PreTrainedModel
-    _patch(PreTrainedModel, "_check_and_adjust_attn_implementation", _model_check, tuple(served))
+    _families.update(discover())
+    for family in _families.values():
+        for attention_class, form in family.attention_classes.items():
+            if family.served:
+                _patch(attention_class, "forward", _dispatching_forward)
+            elif isinstance(form, UnservedAttention):
+                _patch(attention_class, "forward", _refusing_forward, family.model_type, form)
+        if family.served:
+            for generating_class in family.generating_classes:
+                _patch(generating_class, "forward", _budgeted_forward)
+    # Once for every model; each wrapper passes models that do not use flash_mla to the original.
+    _patch(GenerationMixin, "_prepare_cache_for_generation", _cache_preparing)
+    _patch(GenerationMixin, "_valid_auto_compile_criteria", _graph_criteria)
+    _patch(PreTrainedModel, "get_compiled_call", _graph_runner)
+    _patch(GenerationMixin, "_optimize_model_for_decode", decode_graphs.keep_experts_for_decode)
+    for method in ("generate_batch", "init_continuous_batching", "continuous_batching_context_manager"):
+        _patch(GenerationMixin, method, _refusing, method)
+    _patch(PreTrainedModel, "_check_and_adjust_attn_implementation", _model_check)
     _patch_deferred_stop()
     _registered = True
     return True
 
 
-__all__ = ["ATTN_IMPLEMENTATION", "cache_kwarg", "call_counts", "flash_mla_mask", "register", "reset_call_counts"]
+def served_families() -> list[str]:
+    """The model types flash_mla serves with the installed Transformers (after register())."""
+    return sorted(model_type for model_type, family in _families.items() if family.served)
+
+
+def refused_families() -> dict[str, str]:
+    """Model type -> why flash_mla refuses it, for the MLA families of the installed Transformers it does not serve."""
+    return {model_type: str(family.refusal) for model_type, family in sorted(_families.items()) if not family.served}
+
+
+__all__ = ["ATTN_IMPLEMENTATION", "attn_implementation_for", "cache_kwarg", "call_counts", "flash_mla_mask", "refused_families", "register",
+           "reset_call_counts", "served_families", "uses_flash_mla"]

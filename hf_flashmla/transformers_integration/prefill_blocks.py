@@ -20,8 +20,9 @@ import logging
 
 import torch
 
+from hf_flashmla.hybrid_cache import HybridLatentCache
 from hf_flashmla.latent_cache import LatentPagedCache, pages_for
-from hf_flashmla.transformers_integration.attention import call_counts
+from hf_flashmla.transformers_integration.counters import counters
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ def blocked_call(model, signature, cache_name: str, args, kwargs, prefill_tokens
         cache = arguments.get("past_key_values")
     if not isinstance(cache, LatentPagedCache) or cache._graph_step is not None or cache._window is not None:
         return None
+    if isinstance(cache, HybridLatentCache):
+        return None  # its linear-attention layers' states span the whole batch: rows() cannot split them
     if arguments.get("labels") is not None or arguments.get("logits_to_keep", 0) != 1:
         return None
     if any(arguments.get(name) for name in ("output_attentions", "output_hidden_states", "output_router_logits")):
@@ -196,7 +199,7 @@ def run_blocked(model, original, call: _Call):
                 if call.attention_mask is not None:
                     inputs["attention_mask"] = call.attention_mask[r0:r1, :call.attention_mask.shape[1] - length + c1]
                 output = original(model, **inputs)
-                call_counts["prefill_blocks"] += 1
+                counters.add("prefill_blocks")
         last_logits.append(output.logits[:, -1:])
     output["logits"] = torch.cat(last_logits, dim=0)
     if call.cache_name in output:
