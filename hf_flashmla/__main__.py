@@ -1,13 +1,14 @@
-"""Main job: `python -m hf_flashmla [CHECKPOINT]` (or the `hf-flashmla` console script).
+"""Main job: `python -m hf_flashmla [CHECKPOINT] [--arch FAMILY]` (or the `hf-flashmla` console script).
 `hf-flashmla SUBCOMMAND ...` runs one of the tools in hf_flashmla/cli/ instead (`hf-flashmla evaluate`,
 `hf-flashmla check-generate`; `hf-flashmla --help` lists them).
 
-Without a path it builds (first run only) a small random DeepSeek-V3-architecture checkpoint in
-./hf_flashmla_demo_checkpoint (safetensors), loads it back with from_pretrained, and generates greedily
-with attn_implementation="flash_mla" and "eager": prints the tokens of both, whether they match,
-tokens/s and the KV-cache bytes of each, and the logits error (teacher-forced on eager's tokens, next to
-eager's own error against float32, i.e. the dtype's noise). Any local DeepSeek-V2/V3 checkpoint folder
-can be given instead.
+Without a path it builds (first run only) a small random checkpoint of the --arch family (default
+deepseek_v3; any of hf_flashmla.checkpoint.ARCHITECTURES, e.g. glm4_moe_lite, longcat_flash, kimi_linear,
+kimi_k25) in ./hf_flashmla_demo_checkpoint (./hf_flashmla_demo_checkpoint_FAMILY for the others), in
+safetensors, loads it back with from_pretrained, and generates greedily with attn_implementation="flash_mla"
+and "eager": prints the tokens of both, whether they match, tokens/s and the KV-cache bytes of each, and the
+logits error (teacher-forced on eager's tokens, next to eager's own error against float32, i.e. the dtype's
+noise). Any local checkpoint folder of a served MLA family can be given instead.
 """
 from __future__ import annotations
 
@@ -18,12 +19,19 @@ import sys
 import torch
 
 import hf_flashmla
-from hf_flashmla.checkpoint import DEMO_CHECKPOINT, build_checkpoint
+from hf_flashmla.checkpoint import ARCHITECTURES, DEMO_CHECKPOINT, build_checkpoint, model_class
 from hf_flashmla.cli import run_subcommand, subcommands_help
 from hf_flashmla.generation_check import compare, left_padded_prompts
+from hf_flashmla.hybrid_cache import mla_layers
 from hf_flashmla.latent_cache import cache_bytes_per_token_per_layer
+from hf_flashmla.transformers_integration import attn_implementation_for
 
 DEFAULT_PATH = DEMO_CHECKPOINT
+DEFAULT_ARCH = "deepseek_v3"
+
+
+def demo_path(arch: str) -> str:
+    return DEFAULT_PATH if arch == DEFAULT_ARCH else f"{DEFAULT_PATH}_{arch}"
 
 
 def _log(message):
@@ -33,9 +41,11 @@ def _log(message):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m hf_flashmla", description=__doc__.split("\n\n")[0],
                                      epilog=subcommands_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", nargs="?", default=DEFAULT_PATH,
-                        help="local DeepSeek-V2/V3 checkpoint folder "
-                             f"(default: build a random one in ./{DEFAULT_PATH})")
+    parser.add_argument("checkpoint", nargs="?", default=None,
+                        help=f"local checkpoint folder of an MLA model (default: build a random one of --arch in "
+                             f"./{DEFAULT_PATH}[_ARCH])")
+    parser.add_argument("--arch", default=DEFAULT_ARCH, choices=ARCHITECTURES,
+                        help=f"family of the random demo checkpoint (default {DEFAULT_ARCH})")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--prompt-length", type=int, default=100)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -54,7 +64,7 @@ def parse_args(argv=None):
         parser.error(f"--device: {error}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device: {args.device!r} asked for, but CUDA is not available")
-    if args.checkpoint != DEFAULT_PATH and not os.path.isfile(os.path.join(args.checkpoint, "config.json")):
+    if args.checkpoint is not None and not os.path.isfile(os.path.join(args.checkpoint, "config.json")):
         parser.error(f"checkpoint: {args.checkpoint!r} is not a local checkpoint folder (no config.json in it)")
     return args
 
@@ -76,19 +86,24 @@ def main(argv=None):
     default_dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     dtype = getattr(torch, args.dtype) if args.dtype else default_dtype
 
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig
 
-    if args.checkpoint == DEFAULT_PATH:
-        build_checkpoint(DEFAULT_PATH, log=_log)
-    _log(f"[load] from_pretrained({args.checkpoint!r}, attn_implementation='flash_mla', dtype={dtype}) "
-         f"on {args.device}")
-    model = AutoModelForCausalLM.from_pretrained(args.checkpoint, attn_implementation="flash_mla", dtype=dtype)
+    path = args.checkpoint
+    if path is None:
+        path = build_checkpoint(demo_path(args.arch), architecture=args.arch, log=_log)
+    loaded_config = AutoConfig.from_pretrained(path)
+    implementation = attn_implementation_for(loaded_config, "flash_mla")
+    _log(f"[load] {model_class(loaded_config).__name__}.from_pretrained({path!r}, attn_implementation="
+         f"{implementation!r}, dtype={dtype}) on {args.device}")
+    model = model_class(loaded_config).from_pretrained(path, attn_implementation=implementation, dtype=dtype)
     model = model.to(args.device).eval()
-    config = model.config
+    config = model.config.get_text_config(decoder=True)
+    latent_layers = len(mla_layers(config))
     choice = hf_flashmla.backend(torch.device(args.device))
-    _log(f"[load] {config.model_type}: {config.num_hidden_layers} layers, {config.num_attention_heads} heads, "
-         f"kv_lora_rank {config.kv_lora_rank}, qk_rope_head_dim {config.qk_rope_head_dim}; flash_mla decode "
-         f"backend: {choice.name} ({choice.reason})")
+    _log(f"[load] {model.config.model_type}: {config.num_hidden_layers} layers ({latent_layers} MLA), "
+         f"{config.num_attention_heads} heads, kv_lora_rank {config.kv_lora_rank}, qk_rope_head_dim "
+         f"{config.qk_rope_head_dim}, v_head_dim {config.v_head_dim}; flash_mla decode backend: {choice.name} "
+         f"({choice.reason})")
 
     ids, mask = left_padded_prompts(args.batch, args.prompt_length, config.vocab_size, config.pad_token_id or 0,
                                     device=args.device)
@@ -104,9 +119,8 @@ def main(argv=None):
         _log(line)
     _log(f"[result] tokens/s: flash_mla {result.flash_tokens_per_s:.1f}, eager {result.baseline_tokens_per_s:.1f}")
     real_tokens = int(mask.sum()) + args.batch * (args.max_new_tokens - 1)
-    per_token = config.num_hidden_layers * cache_bytes_per_token_per_layer(
-        config.kv_lora_rank + config.qk_rope_head_dim, dtype)
-    expanded_per_token = config.num_hidden_layers * config.num_attention_heads * (
+    per_token = latent_layers * cache_bytes_per_token_per_layer(config.kv_lora_rank + config.qk_rope_head_dim, dtype)
+    expanded_per_token = latent_layers * config.num_attention_heads * (
         config.qk_nope_head_dim + config.qk_rope_head_dim + config.v_head_dim
     ) * torch.empty((), dtype=dtype).element_size()
     _log(f"[result] KV cache: flash_mla {result.flash_cache_bytes / 2**20:.2f} MiB ({real_tokens} real tokens x "

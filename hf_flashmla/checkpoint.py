@@ -1,12 +1,16 @@
-"""Small random DeepSeek-V2/V3-architecture models and checkpoints (no downloads), for the main job
+"""Small random checkpoints of the MLA families flash_mla serves (no downloads), for the main job
 (`python -m hf_flashmla`), tests and scripts.
 
 The attention keeps the real latent shape (kv_lora_rank 512 + qk_rope_head_dim 64, so the kernel
 path applies) unless told otherwise; everything else is shrunk. Weights are random but scaled so that
 greedy decoding does not collapse onto one token (which would make token comparisons meaningless).
+Shapes are given under DeepSeek-V3's config names (SMALL_V3, TINY); make_config renames them for each
+family (e.g. LongCat-Flash's num_layers and ffn sizes, Kimi-Linear's layer_types).
 """
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
 import os
 
@@ -30,34 +34,110 @@ TINY = dict(
 )
 
 
-def make_config(architecture: str = "deepseek_v3", base: dict | None = None, **overrides):
-    """A DeepseekV2Config / DeepseekV3Config from `base` (default SMALL_V3) with overrides.
-    rope_scaling={...} is accepted and passed as the release expects (rope_parameters)."""
-    from transformers import DeepseekV2Config, DeepseekV3Config
+# The families make_config builds: the dense MLA families flash_mla serves, and kimi_k25 (a vision-language
+# model whose text model is DeepSeek-V3).
+ARCHITECTURES = ("deepseek_v3", "deepseek_v2", "glm4_moe_lite", "longcat_flash", "kimi_linear", "kimi_k25",
+                 "bailing_hybrid", "mistral4", "minicpm3", "youtu", "axk1")
+# Head shapes of the real models that differ from SMALL_V3's, kept by the default small model of the family:
+# GLM-4.7-Flash's 20 heads (not a power of two) and v_head_dim 256.
+REAL_HEAD_SHAPES = {
+    "glm4_moe_lite": dict(num_attention_heads=20, num_key_value_heads=20, q_lora_rank=768, qk_nope_head_dim=192,
+                          v_head_dim=256),
+}
+_MOE_KEYS = ("moe_intermediate_size", "n_routed_experts", "num_experts_per_tok", "n_shared_experts", "n_group",
+             "topk_group", "first_k_dense_replace")
 
-    values = dict(SMALL_V3 if base is None else base)
-    values.update(overrides)
-    if architecture == "deepseek_v2":
+
+def _alternate_with_linear_attention(values: dict, linear_head_dim: str, linear_heads: str) -> dict:
+    """Kimi-Linear / Bailing-hybrid: each of the num_hidden_layers MLA layers follows a linear-attention layer."""
+    layers = values["num_hidden_layers"]
+    values["num_hidden_layers"] = 2 * layers
+    values["layer_types"] = ["linear_attention", "full_attention"] * layers
+    values["num_local_experts"] = values.pop("n_routed_experts")
+    values[linear_head_dim] = values["qk_nope_head_dim"]
+    if linear_heads:
+        values[linear_heads] = values["num_attention_heads"]
+    values.pop("first_k_dense_replace", None)
+    return values
+
+
+def _family_values(architecture: str, values: dict) -> dict:
+    """DeepSeek-V3-named values -> the family's config arguments."""
+    if architecture in ("deepseek_v2", "minicpm3", "youtu"):
         values.pop("rope_interleave", None)
-        for key in ("n_group", "topk_group"):
+        for key in ("n_group", "topk_group") if architecture == "deepseek_v2" else _MOE_KEYS:
             values.pop(key, None)
-        cls = DeepseekV2Config
-    elif architecture == "deepseek_v3":
-        cls = DeepseekV3Config
-    else:
-        raise ValueError(f"architecture: expected 'deepseek_v2' or 'deepseek_v3', got {architecture!r}")
+        if architecture != "deepseek_v2":
+            values["tie_word_embeddings"] = False  # tied tiny heads decode one token over and over
+    elif architecture == "longcat_flash":
+        layers = values.pop("num_hidden_layers")
+        values.update(num_layers=layers, num_hidden_layers=2 * layers,  # two MLA sublayers per decoder layer
+                      ffn_hidden_size=values.pop("intermediate_size"),
+                      expert_ffn_hidden_size=values.pop("moe_intermediate_size"),
+                      moe_topk=values.pop("num_experts_per_tok"),
+                      zero_expert_num=max(values["n_routed_experts"] // 2, 1))  # zero-computation experts
+        for key in ("n_shared_experts", "n_group", "topk_group", "first_k_dense_replace", "rope_interleave"):
+            values.pop(key, None)
+    elif architecture == "kimi_linear":
+        values = _alternate_with_linear_attention(values, "linear_head_dim", "linear_num_heads")
+        values.pop("rope_interleave", None)
+    elif architecture == "bailing_hybrid":
+        values = _alternate_with_linear_attention(values, "head_dim", None)
+        values.update(num_mtp_layers=0)
+        values.pop("rope_interleave", None)
+    elif architecture == "mistral4":
+        # Llama-4 attention scaling from position 16 on, so short test sequences see it (the real models: 8192).
+        values["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                     "original_max_position_embeddings": 16, "beta_fast": 32.0, "beta_slow": 1.0,
+                                     "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1}
+        values["max_position_embeddings"] = 64
+    if architecture in ("longcat_flash", "axk1") and values.get("q_lora_rank") is None:
+        raise ValueError(f"q_lora_rank: {architecture} always projects the query through q_a/q_b, got None")
+    return values
+
+
+def make_config(architecture: str = "deepseek_v3", base: dict | None = None, **overrides):
+    """The config of a small model of `architecture` (ARCHITECTURES) from `base` (default SMALL_V3 with the
+    family's REAL_HEAD_SHAPES) with overrides, in DeepSeek-V3's names. rope_scaling={...} is accepted and passed as the release expects
+    (rope_parameters). kimi_k25 gets a DeepSeek-V3 text config of that shape and a one-layer vision tower."""
+    from transformers import AutoConfig
+
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture: expected one of {ARCHITECTURES}, got {architecture!r}")
+    values = dict(SMALL_V3 if base is None else base)
+    if base is None:
+        values.update(REAL_HEAD_SHAPES.get(architecture, {}))
+    values.update(overrides)
+    if architecture == "kimi_k25":
+        text = make_config("deepseek_v3", values)
+        vision = dict(patch_size=14, pos_emb_height=4, pos_emb_width=4, pos_emb_time=2, num_attention_heads=2,
+                      num_hidden_layers=1, hidden_size=32, intermediate_size=64)
+        return AutoConfig.for_model("kimi_k25", text_config=text.to_dict(), vision_config=vision,
+                                    projection_hidden_size=32, tie_word_embeddings=False,
+                                    pad_token_id=text.pad_token_id)
     rope_scaling = values.pop("rope_scaling", None)
+    values = _family_values(architecture, values)
     values.setdefault("pad_token_id", 0)
     values.setdefault("bos_token_id", 1)
     values.setdefault("eos_token_id", None)
-    config = cls(**values)
+    config = AutoConfig.for_model(architecture, **values)
     if rope_scaling is not None:
         parameters = dict(getattr(config, "rope_parameters", None) or {})
         parameters.update(rope_scaling)
         parameters.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
-        config.rope_parameters = parameters
-        config = cls(**{**config.to_dict(), "rope_parameters": parameters})
+        config = AutoConfig.for_model(architecture, **{**config.to_dict(), "rope_parameters": parameters})
     return config
+
+
+def model_class(config):
+    """The generating class of the config's family: its *ForCausalLM, or *ForConditionalGeneration for a
+    vision-language model (kimi_k25); AutoModelForCausalLM does not list every family (mistral4)."""
+    modeling = importlib.import_module(f"transformers.models.{config.model_type}.modeling_{config.model_type}")
+    for suffix in ("ForCausalLM", "ForConditionalGeneration"):
+        for name, value in vars(modeling).items():
+            if inspect.isclass(value) and value.__module__ == modeling.__name__ and name.endswith(suffix):
+                return value
+    raise ValueError(f"config: no *ForCausalLM / *ForConditionalGeneration class in {modeling.__name__}")
 
 
 def randomize(model: torch.nn.Module, seed: int = 0, gain: float = 0.5, head_gain: float = 8.0) -> torch.nn.Module:
@@ -79,10 +159,8 @@ def randomize(model: torch.nn.Module, seed: int = 0, gain: float = 0.5, head_gai
 
 
 def random_model(config, seed: int = 0, dtype: torch.dtype = torch.float32, attn_implementation: str = "eager"):
-    from transformers import AutoModelForCausalLM
-
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+    model = model_class(config)._from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     return randomize(model, seed).eval()
 
 

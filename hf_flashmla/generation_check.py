@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from hf_flashmla import _ops
-from hf_flashmla.transformers_integration import cache_kwarg
+from hf_flashmla.transformers_integration import attn_implementation_for, cache_kwarg
 from hf_flashmla.transformers_integration.counters import counters
 
 
@@ -25,7 +25,7 @@ def teacher_forced_logits(model, implementation, ids, mask, forced_tokens):
 
     from hf_flashmla.hybrid_cache import latent_cache_for
 
-    model.set_attn_implementation(implementation)
+    model.set_attn_implementation(attn_implementation_for(model.config, implementation))
     cache = latent_cache_for(model.config) if implementation == "flash_mla" else DynamicCache(config=model.config)
     name = cache_kwarg()
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -132,7 +132,7 @@ def left_padded_prompts(batch: int, length: int, vocab_size: int, pad_token_id: 
 
 
 def _timed_generate(model, implementation, ids, mask, max_new_tokens, **kwargs):
-    model.set_attn_implementation(implementation)
+    model.set_attn_implementation(attn_implementation_for(model.config, implementation))
     if ids.device.type == "cuda":
         torch.cuda.synchronize(ids.device)
     start = time.perf_counter()

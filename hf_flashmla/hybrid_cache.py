@@ -36,6 +36,15 @@ def _text_config(config):
     return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
 
 
+def mla_layers(config) -> list[int]:
+    """The indices of the model's MLA layers: those config.layer_types calls full attention, or all layers."""
+    text_config = _text_config(config)
+    layer_types = getattr(text_config, "layer_types", None)
+    if not layer_types:
+        return list(range(text_config.num_hidden_layers))
+    return [index for index, kind in enumerate(layer_types) if kind == MLA_LAYER_TYPE]
+
+
 def has_state_layers(config) -> bool:
     """Whether the model has layers besides its MLA layers (config.layer_types)."""
     return any(kind != MLA_LAYER_TYPE for kind in getattr(_text_config(config), "layer_types", None) or ())
@@ -53,7 +62,7 @@ class HybridLatentCache(LatentPagedCache):
 
         text_config = _text_config(config)
         layer_types = list(getattr(text_config, "layer_types", None) or ())
-        latent_layers = [i for i, kind in enumerate(layer_types) if kind == MLA_LAYER_TYPE]
+        latent_layers = mla_layers(config) if layer_types else []
         if not latent_layers:
             raise ValueError(f"config: HybridLatentCache needs config.layer_types with '{MLA_LAYER_TYPE}' (MLA) "
                              f"layers; {type(config).__name__} has layer_types={layer_types or None}")
