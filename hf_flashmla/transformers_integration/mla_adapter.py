@@ -100,8 +100,7 @@ def mla_form(attention_class) -> MLAForm:
         raise UnservedAttention(f"{name}'s forward does not project through kv_a_proj_with_mqa -> kv_a_layernorm -> "
                                 f"o_proj; it is not multi-head latent attention")
     if SPARSE_MARKER in names:
-        raise UnservedAttention(f"{name} is sparse (DSA) multi-head latent attention: its indexer picks the top-k "
-                                f"keys of every query", sparse=True)
+        raise UnservedAttention(f"{name}'s indexer picks the top-k keys of every query", sparse=True)
     unknown = names - _KNOWN_NAMES
     expand = getattr(attention_class, "expand_kv", None)
     if "expand_kv" in names and expand is not None:
