@@ -282,8 +282,8 @@ class LatentPagedCache(_TransformersCache):
         raise NotImplementedError("LatentPagedCache is not a static cache: it grows as needed "
                                   "(size it with max_pages instead)")
 
-    def activate_past_recording(self):
-        pass
+    def activate_past_recording(self, **kwargs):
+        pass  # crop() rolls the pages back by lengths; 5.25 passes recurrent_states_to_keep, for linear layers
 
     def is_recording_past(self, layer_idx: int) -> bool:
         return False
