@@ -125,7 +125,7 @@ def make_config(architecture: str = "deepseek_v3", base: dict | None = None, **o
         parameters = dict(getattr(config, "rope_parameters", None) or {})
         parameters.update(rope_scaling)
         parameters.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
-        config = AutoConfig.for_model(architecture, **{**config.to_dict(), "rope_parameters": parameters})
+        config = type(config)(**{**config.to_dict(), "rope_parameters": parameters})
     return config
 
 
