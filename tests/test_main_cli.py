@@ -13,6 +13,7 @@ from hf_flashmla.__main__ import main
     (["--dtype", "nn"], "--dtype: invalid choice"),
     (["--device", "bogus"], "--device: "),
     (["no_such_folder"], "checkpoint: 'no_such_folder' is not a local checkpoint folder"),
+    (["--arch", "llama"], "--arch: invalid choice"),
 ])
 def test_bad_arguments_are_usage_errors(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -58,3 +59,18 @@ def test_check_generate_subcommand_on_the_cpu(capsys):
                  "--prompt-length", "20", "--new-tokens", "4", "--no-fp32-reference"]) == 0
     out = capsys.readouterr().out
     assert "greedy match rate 1.0000 (identical: True)" in out and "RESULT: PASS" in out
+
+
+@pytest.mark.usefixtures("one_cpu_thread")
+@pytest.mark.parametrize("arch", ["glm4_moe_lite", "longcat_flash", "kimi_linear", "kimi_k25", "bailing_hybrid",
+                                  "mistral4", "minicpm3", "youtu", "axk1", "deepseek_v2"])
+def test_main_job_of_each_family_on_the_cpu(arch, capsys, tmp_path, monkeypatch):
+    """--arch builds that family's small checkpoint (./hf_flashmla_demo_checkpoint_ARCH) and runs the job."""
+    pytest.importorskip(f"transformers.models.{arch}.modeling_{arch}", reason=f"{arch} is not in this release")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--arch", arch, "--device", "cpu", "--batch", "2", "--prompt-length", "20", "--max-new-tokens", "3",
+                 "--no-fp32-reference"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / f"hf_flashmla_demo_checkpoint_{arch}" / "config.json").is_file()
+    assert "[result] tokens identical: True" in out
+    assert "'paged_reference': 0," not in out  # decode steps ran over the pages
