@@ -16,8 +16,7 @@ import torch
 
 from hf_flashmla import HybridLatentCache, LatentPagedCache
 from hf_flashmla.checkpoint import TINY, make_config, model_class, random_model
-from hf_flashmla.transformers_integration import (attn_implementation_for, cache_kwarg, call_counts, prefill_slices,
-                                                  reset_call_counts)
+from hf_flashmla.transformers_integration import attn_implementation_for, cache_kwarg, call_counts, reset_call_counts
 from hf_flashmla.transformers_integration.families import MLA_FAMILIES, discover
 from hf_flashmla.transformers_integration.mla_adapter import (ROPE_BY_CONFIG, ROPE_COMPLEX, ROPE_INTERLEAVE,
                                                               ROPE_NONE, ROPE_PLAIN, MLAForm, UnservedAttention,
@@ -144,16 +143,24 @@ def test_sampling_with_a_seed_matches_eager(name):
     assert_same_generation(tiny_model(name), *prompts(batch=2, pads=(0, 5)), seed=7, do_sample=True, top_k=5)
 
 
-@pytest.mark.parametrize("name", ["longcat_flash", "kimi_linear", "bailing_hybrid", "mistral4", "glm4_moe_lite"])
-def test_prefill_in_blocks_matches_eager(name, monkeypatch):
-    """Blocks of 7 tokens (prefill_slices.py): the family's hooks (position-sliced query scale, output gate per
-    block, lora scales, NoPE) apply block by block."""
+@pytest.mark.parametrize("name", ["longcat_flash", "mistral4", "glm4_moe_lite", "youtu"])
+def test_prefill_in_blocks_matches_eager(name):
+    """A budget of 7 tokens (prefill_blocks): each block's positions reach the family's hooks (Mistral-4's
+    per-position query scale) and each block attends to its row's pages."""
     model = tiny_model(name)
     ids, mask = prompts(batch=2, length=24, pads=(0, 9))
-    monkeypatch.setattr(prefill_slices, "PREFILL_TOKENS", 7)
     reset_call_counts()
-    assert_same_generation(model, ids, mask, max_new_tokens=4)
-    assert call_counts["prefill_blocks"] > 0
+    assert_same_generation(model, ids, mask, max_new_tokens=4, prefill_tokens=7)
+    assert call_counts["prefill_blocks"] == 2 * 4  # rows x ceil(24 / 7)
+
+
+@pytest.mark.parametrize("name", sorted(HYBRID))
+def test_hybrid_models_prefill_in_one_pass(name):
+    """Row blocks would split the linear-attention layers' batch-wide states: a HybridLatentCache prefills whole."""
+    model = tiny_model(name)
+    reset_call_counts()
+    assert_same_generation(model, *prompts(batch=2, length=24, pads=(0, 9)), max_new_tokens=4, prefill_tokens=7)
+    assert call_counts["prefill_blocks"] == 0
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -310,8 +317,29 @@ def test_latent_layers_are_checked(latent_layers):
         LatentPagedCache(num_hidden_layers=4, latent_dim=8, latent_layers=latent_layers)
 
 
-def test_prefill_slices_does_not_import_attention():
-    """No import circle: prefill_slices builds on mla_adapter / dense / counters, never on attention.py."""
-    source = pathlib.Path(importlib.import_module("hf_flashmla.transformers_integration.prefill_slices").__file__)
-    imported = {node.module for node in ast.walk(ast.parse(source.read_text())) if isinstance(node, ast.ImportFrom)}
-    assert "hf_flashmla.transformers_integration.attention" not in imported
+def test_no_import_circle_in_the_package():
+    """Module-level imports between hf_flashmla's modules form no cycle (the package __init__ files aside:
+    importing a submodule runs them, so they may gather what they re-export)."""
+    package = pathlib.Path(importlib.import_module("hf_flashmla").__file__).parent
+    graph = {}
+    for path in package.rglob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        name = ".".join(("hf_flashmla",) + path.relative_to(package).with_suffix("").parts)
+        imported = set()
+        for node in ast.parse(path.read_text()).body:  # module level only: function-local imports are lazy
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hf_flashmla"):
+                imported |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names if alias.name.startswith("hf_flashmla")}
+        graph[name] = imported
+    modules = set(graph)
+    graph = {name: {target for target in targets if target in modules and target != name}
+             for name, targets in graph.items()}
+
+    def reaches(start, goal, seen):
+        return any(target == goal or (target not in seen and reaches(target, goal, seen | {target}))
+                   for target in graph[start])
+
+    circular = sorted(name for name in graph if reaches(name, name, {name}))
+    assert not circular, circular
