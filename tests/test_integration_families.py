@@ -16,7 +16,8 @@ import torch
 
 from hf_flashmla import HybridLatentCache, LatentPagedCache
 from hf_flashmla.checkpoint import TINY, make_config, model_class, random_model
-from hf_flashmla.transformers_integration import attn_implementation_for, cache_kwarg, call_counts, reset_call_counts
+from hf_flashmla.transformers_integration import (attn_implementation_for, cache_kwarg, call_counts, decode_graphs,
+                                                  reset_call_counts)
 from hf_flashmla.transformers_integration.families import MLA_FAMILIES, discover
 from hf_flashmla.transformers_integration.mla_adapter import (ROPE_BY_CONFIG, ROPE_COMPLEX, ROPE_INTERLEAVE,
                                                               ROPE_NONE, ROPE_PLAIN, MLAForm, UnservedAttention,
@@ -161,6 +162,23 @@ def test_hybrid_models_prefill_in_one_pass(name):
     reset_call_counts()
     assert_same_generation(model, *prompts(batch=2, length=24, pads=(0, 9)), max_new_tokens=4, prefill_tokens=7)
     assert call_counts["prefill_blocks"] == 0
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_decode_graphs_replay_for_every_family(name, monkeypatch):
+    """CUDA-graph decode steps (decode_graphs), emulated on the CPU (each replay runs the captured step again
+    through the bucket's tensors): the family's hooks see the graph's static position ids; a hybrid model
+    decodes eagerly (its linear layers' states are not in the graph arena)."""
+    monkeypatch.setattr(decode_graphs, "EMULATE_ON_CPU", True)
+    model = tiny_model(name)
+    try:
+        assert_same_generation(model, *prompts(), max_new_tokens=6)
+        runner = model.__dict__.get("_hf_flashmla_decode_runner")
+        replays = 0 if runner is None else runner.replays
+        assert replays == (0 if name in HYBRID else 5)  # every step after the prefill
+    finally:
+        decode_graphs.release(model)
+        model.__dict__.pop("_hf_flashmla_decode_runner", None)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

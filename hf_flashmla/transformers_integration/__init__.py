@@ -167,7 +167,7 @@ def _graph_criteria(original):
     flash_mla replays CUDA graphs. generate(..., disable_compile=True) keeps every step eager."""
     @functools.wraps(original)
     def _valid_auto_compile_criteria(self, model_kwargs, generation_config, *args, **kwargs):
-        if self.config._attn_implementation != ATTN_IMPLEMENTATION:
+        if not uses_flash_mla(self):
             return original(self, model_kwargs, generation_config, *args, **kwargs)
         from hf_flashmla.latent_cache import LatentPagedCache
         cache = model_kwargs.get(cache_kwarg())
@@ -181,7 +181,7 @@ def _graph_criteria(original):
 def _graph_runner(original):
     @functools.wraps(original)
     def get_compiled_call(self, *args, **kwargs):
-        if self.config._attn_implementation != ATTN_IMPLEMENTATION:
+        if not uses_flash_mla(self):
             return original(self, *args, **kwargs)
         runner = self.__dict__.get("_hf_flashmla_decode_runner")
         if runner is None:
