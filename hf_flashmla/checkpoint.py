@@ -98,8 +98,9 @@ def _family_values(architecture: str, values: dict) -> dict:
 
 def make_config(architecture: str = "deepseek_v3", base: dict | None = None, **overrides):
     """The config of a small model of `architecture` (ARCHITECTURES) from `base` (default SMALL_V3 with the
-    family's REAL_HEAD_SHAPES) with overrides, in DeepSeek-V3's names. rope_scaling={...} is accepted and passed as the release expects
-    (rope_parameters). kimi_k25 gets a DeepSeek-V3 text config of that shape and a one-layer vision tower."""
+    family's REAL_HEAD_SHAPES) with overrides, in DeepSeek-V3's names. rope_scaling={...} is accepted and passed
+    as the release expects (rope_parameters). kimi_k25 gets a DeepSeek-V3 text config of that shape and a
+    one-layer vision tower."""
     from transformers import AutoConfig
 
     if architecture not in ARCHITECTURES:
@@ -126,6 +127,18 @@ def make_config(architecture: str = "deepseek_v3", base: dict | None = None, **o
         parameters.update(rope_scaling)
         parameters.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
         config = type(config)(**{**config.to_dict(), "rope_parameters": parameters})
+    return config
+
+
+def dense_mlp(config):
+    """The config with dense MLPs in every layer where the family lets it choose (mlp_layer_types,
+    first_k_dense_replace): bf16 rounding can flip MoE routing, which would dominate a logits comparison.
+    LongCat-Flash's layers are all MoE."""
+    text_config = config.get_text_config(decoder=True)
+    if getattr(text_config, "mlp_layer_types", None):
+        text_config.mlp_layer_types = ["dense"] * len(text_config.mlp_layer_types)
+    if getattr(text_config, "first_k_dense_replace", None) is not None:
+        text_config.first_k_dense_replace = text_config.num_hidden_layers
     return config
 
 

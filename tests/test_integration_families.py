@@ -291,7 +291,7 @@ def test_every_sparse_family_is_refused_at_load(model_type):
 
 def test_composite_model_given_the_name_for_all_sub_models_is_told_the_dict_form():
     model = tiny_model("kimi_k25")
-    with pytest.raises(ValueError, match=r"its text model \(deepseek_v3\) is: pass attn_implementation=\{'text_config'"):
+    with pytest.raises(ValueError, match=r"text model \(deepseek_v3\) is: pass attn_implementation=\{'text_config'"):
         model.set_attn_implementation("flash_mla")
     use(model, "flash_mla")
     assert model.config.get_text_config(decoder=True)._attn_implementation == "flash_mla"

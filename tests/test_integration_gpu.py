@@ -5,7 +5,7 @@ import torch
 
 import hf_flashmla
 from hf_flashmla import LatentPagedCache
-from hf_flashmla.checkpoint import make_config, random_model
+from hf_flashmla.checkpoint import dense_mlp, make_config, random_model
 from hf_flashmla.generation_check import compare, count_kernel_calls, left_padded_prompts
 from hf_flashmla.transformers_integration import attn_implementation_for, cache_kwarg
 
@@ -97,12 +97,7 @@ def bf16_family_model(architecture, layers=3, **overrides):
     """Dense MLPs where the family has a choice (no bf16 routing flips); LongCat-Flash's layers are all MoE."""
     module = "deepseek_v3" if architecture == "kimi_k25" else architecture
     pytest.importorskip(f"transformers.models.{module}.modeling_{module}", reason=f"{module} is not in this release")
-    config = make_config(architecture, num_hidden_layers=layers, **overrides)
-    text_config = config.get_text_config(decoder=True)
-    if getattr(text_config, "mlp_layer_types", None):
-        text_config.mlp_layer_types = ["dense"] * len(text_config.mlp_layer_types)
-    if getattr(text_config, "first_k_dense_replace", None) is not None:
-        text_config.first_k_dense_replace = text_config.num_hidden_layers
+    config = dense_mlp(make_config(architecture, num_hidden_layers=layers, **overrides))
     return random_model(config, dtype=torch.float32).to(torch.bfloat16).to(DEVICE).eval()
 
 

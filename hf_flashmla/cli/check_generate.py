@@ -1,7 +1,8 @@
 """`hf-flashmla check-generate`: flash_mla generate() against eager: greedy match rate, logits error, kernel calls.
 
     hf-flashmla check-generate                      # random small DeepSeek-V3 model, bf16 on CUDA
-    hf-flashmla check-generate --checkpoint PATH    # any local DeepSeek-V2/V3 checkpoint
+    hf-flashmla check-generate --architecture glm4_moe_lite --heads 20   # another served MLA family
+    hf-flashmla check-generate --checkpoint PATH    # any local checkpoint of a served MLA family
     hf-flashmla check-generate --device cpu         # the same check on the reference path (float32)
 
 Exits 1 when the logits' relative error reaches --max-rel-error (default 1e-2) or, on an sm90 device,
@@ -14,14 +15,15 @@ import argparse
 import torch
 
 import hf_flashmla  # registers flash_mla
-from hf_flashmla.checkpoint import make_config, random_model
+from hf_flashmla.checkpoint import ARCHITECTURES, dense_mlp, make_config, model_class, random_model
 from hf_flashmla.generation_check import compare, left_padded_prompts
+from hf_flashmla.transformers_integration import attn_implementation_for
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="hf-flashmla check-generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--architecture", default="deepseek_v3", choices=["deepseek_v2", "deepseek_v3"])
+    parser.add_argument("--architecture", default="deepseek_v3", choices=ARCHITECTURES)
     parser.add_argument("--heads", type=int, default=16, help="query heads of the random model")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--moe", action="store_true", help="MoE MLP in layers 1.. of the random model")
@@ -40,23 +42,27 @@ def main(argv=None):
     device = torch.device(args.device)
 
     if args.checkpoint:
-        from transformers import AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=dtype, attn_implementation="eager")
+        from transformers import AutoConfig
+        config = AutoConfig.from_pretrained(args.checkpoint)
+        model = model_class(config).from_pretrained(args.checkpoint, dtype=dtype,
+                                                    attn_implementation=attn_implementation_for(config, "eager"))
     else:
-        # Dense MLP by default: MoE routing flips on bf16 rounding and would dominate the logits error.
         config = make_config(args.architecture, num_attention_heads=args.heads, num_key_value_heads=args.heads,
-                             num_hidden_layers=args.layers, first_k_dense_replace=1 if args.moe else args.layers)
+                             num_hidden_layers=args.layers)
+        if not args.moe:  # MoE routing flips on bf16 rounding and would dominate the logits error
+            config = dense_mlp(config)
         model = random_model(config, dtype=torch.float32).to(dtype)
     model = model.to(device).eval()
     choice = hf_flashmla.backend(device)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), {dtype}, "
           f"backend {choice.name}: {choice.reason}", flush=True)
-    print(f"model {model.config.model_type}: {model.config.num_hidden_layers} layers, "
-          f"{model.config.num_attention_heads} heads; batch {args.batch}, prompt {args.prompt_length} (left-padded "
+    text_config = model.config.get_text_config(decoder=True)
+    print(f"model {model.config.model_type}: {text_config.num_hidden_layers} layers, "
+          f"{text_config.num_attention_heads} heads; batch {args.batch}, prompt {args.prompt_length} (left-padded "
           f"rows), {args.new_tokens} new tokens", flush=True)
 
-    ids, mask = left_padded_prompts(args.batch, args.prompt_length, model.config.vocab_size,
-                                    model.config.pad_token_id or 0, device=device)
+    ids, mask = left_padded_prompts(args.batch, args.prompt_length, text_config.vocab_size,
+                                    text_config.pad_token_id or 0, device=device)
     result = compare(model, ids, mask, args.new_tokens, fp32_reference=not args.no_fp32_reference)
     print(f"greedy match rate {result.match_rate:.4f} (identical: {result.identical})")
     print(f"logits relative error, teacher-forced over the prefill and {args.new_tokens - 1} decode steps: "

@@ -121,9 +121,9 @@ def new_cache(model, attn: str):
     """An empty cache of the kind generate() would create for `attn`: hf_flashmla's paged latent cache for
     flash_mla, Transformers' DynamicCache otherwise."""
     if attn == "flash_mla":
-        import hf_flashmla
+        from hf_flashmla.hybrid_cache import latent_cache_for
 
-        return hf_flashmla.LatentPagedCache(model.config)
+        return latent_cache_for(model.config)
     from transformers import DynamicCache
 
     return DynamicCache(config=model.config)

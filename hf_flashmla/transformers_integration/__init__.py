@@ -373,5 +373,5 @@ def refused_families() -> dict[str, str]:
     return {model_type: str(family.refusal) for model_type, family in sorted(_families.items()) if not family.served}
 
 
-__all__ = ["ATTN_IMPLEMENTATION", "attn_implementation_for", "cache_kwarg", "call_counts", "flash_mla_mask", "refused_families", "register",
-           "reset_call_counts", "served_families", "uses_flash_mla"]
+__all__ = ["ATTN_IMPLEMENTATION", "attn_implementation_for", "cache_kwarg", "call_counts", "flash_mla_mask",
+           "refused_families", "register", "reset_call_counts", "served_families", "uses_flash_mla"]
