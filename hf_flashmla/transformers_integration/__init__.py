@@ -1,4 +1,8 @@
-"""attn_implementation="flash_mla" for DeepSeek-V2/V3 in Transformers (5.17 .. 5.24 tested).
+"""attn_implementation="flash_mla" for DeepSeek-V2/V3 in Transformers 5.17 to 5.25.
+
+The supported range is declared once, in hf_flashmla/transformers_range.py (setup.py's requirement, the
+check below, .ci/run's two ends). Below it nothing is registered (with a warning); a release newer than the
+newest tested one is registered with a warning.
 
 `register()` (run by `import hf_flashmla` when transformers is installed) does, once:
 - registers "flash_mla" in AttentionInterface (so the name is accepted by from_pretrained and
@@ -11,8 +15,17 @@
   forward dispatches on the config instead, so eager/sdpa models are untouched. (register_patch_mapping
   would swap classes only inside from_pretrained and for every attention implementation.)
 - makes generate() of DeepSeek-V2/V3 models with "flash_mla" create a LatentPagedCache instead of a
-  DynamicCache, and refuses what cannot be served (continuous batching, static caches);
+  DynamicCache, and refuses what cannot be served (continuous batching, cache_implementation="static" and
+  the like; a StaticCache passed by the user is served dense);
+- runs the decoder stack's forward (DeepseekV2Model / DeepseekV3Model) inside its LatentPagedCache's
+  forward_pass(): a step is kept only when the stack returns (an exception rolls it back), and a cache
+  built for more layers than the stack runs is refused rather than rolled back at every step;
 - keeps Transformers from trying to import a flash-attn package for a name that contains "flash".
+
+Under tp_plan each model follows the installed release's plan: DeepSeek-V2's shards the attention heads
+(q_proj/q_b_proj and kv_b_proj colwise, o_proj rowwise) in every supported release, DeepSeek-V3's only from
+5.25 on (before, attention and its cache are replicated). Every rank keeps the whole latent cache and runs
+the heads its kv_b_proj shard holds.
 """
 from __future__ import annotations
 
@@ -28,7 +41,6 @@ from hf_flashmla.transformers_integration.attention import (ATTN_IMPLEMENTATION,
                                                             reset_call_counts)
 
 _MODELS = ("deepseek_v2", "deepseek_v3")
-MIN_TRANSFORMERS = (5, 15)  # the DeepSeek-V2/V3 code this mirrors (latent cache protocol, rope helpers)
 _registered = False
 
 
@@ -168,6 +180,25 @@ def _budgeted_forward(original):
     return forward
 
 
+def _closing_forward(original):
+    """The decoder stack's forward, run inside its LatentPagedCache's forward_pass(): a step is kept only when
+    the stack returns, and a cache built for more layers than the stack ran is refused."""
+    @functools.wraps(original)
+    def forward(self, *args, **kwargs):
+        if self.config._attn_implementation != ATTN_IMPLEMENTATION:
+            return original(self, *args, **kwargs)
+        from hf_flashmla.latent_cache import LatentPagedCache
+        # The cache's parameter name and position vary between releases.
+        cache = next((value for value in (*args, *kwargs.values()) if isinstance(value, LatentPagedCache)), None)
+        if cache is None:
+            return original(self, *args, **kwargs)
+        with cache.forward_pass():
+            return original(self, *args, **kwargs)
+
+    forward._hf_flashmla_original = original
+    return forward
+
+
 def _refusing(original, what):
     @functools.wraps(original)
     def method(self, *args, **kwargs):
@@ -236,6 +267,27 @@ def _patch_deferred_stop():
     check.is_supported = staticmethod(decode_graphs.deferred_stop_for_graphs(check.is_supported))
 
 
+def _version_supported(version: str) -> bool:
+    """False (with a warning) below the supported range; past its newest tested release, True with a warning."""
+    import warnings
+
+    from hf_flashmla import transformers_range as supported
+    try:
+        found = supported.minor(version)
+    except ValueError:
+        found = None
+    if found is not None and found < supported.OLDEST_MINOR:
+        warnings.warn(f"hf_flashmla: attn_implementation='flash_mla' needs transformers >= {supported.OLDEST} "
+                      f"(supported: {supported.REQUIREMENT}), found {version}; not registered (the kernel API works "
+                      f"without it)")
+        return False
+    if found is None or found > supported.NEWEST_TESTED_MINOR:
+        warnings.warn(f"hf_flashmla: transformers {version} is newer than the newest release tested with "
+                      f"attn_implementation='flash_mla' ({supported.NEWEST_TESTED}; supported: "
+                      f"{supported.REQUIREMENT}); registering anyway")
+    return True
+
+
 def register() -> bool:
     """Idempotent. Returns False when transformers (or its DeepSeek models) cannot be imported."""
     global _registered
@@ -247,12 +299,7 @@ def register() -> bool:
         from transformers.masking_utils import AttentionMaskInterface
     except ImportError:
         return False
-    version = tuple(int(part) for part in transformers.__version__.split(".")[:2] if part.isdigit())
-    if version < MIN_TRANSFORMERS:
-        import warnings
-        warnings.warn(f"hf_flashmla: attn_implementation='flash_mla' needs transformers >= "
-                      f"{'.'.join(map(str, MIN_TRANSFORMERS))} (tested 5.17-5.24), found {transformers.__version__}; "
-                      f"not registered (the kernel API works without it)")
+    if not _version_supported(transformers.__version__):
         return False
     AttentionInterface.register(ATTN_IMPLEMENTATION, _unsupported_attention)
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, flash_mla_mask)
@@ -263,6 +310,7 @@ def register() -> bool:
         prefix = "DeepseekV2" if model == "deepseek_v2" else "DeepseekV3"
         served.append(getattr(modeling, f"{prefix}PreTrainedModel"))
         _patch(getattr(modeling, f"{prefix}Attention"), "forward", _dispatching_forward)
+        _patch(getattr(modeling, f"{prefix}Model"), "forward", _closing_forward)
         causal_lm = getattr(modeling, f"{prefix}ForCausalLM")
         _patch(causal_lm, "_prepare_cache_for_generation", _cache_preparing)
         _patch(causal_lm, "_valid_auto_compile_criteria", _graph_criteria)
