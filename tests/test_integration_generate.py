@@ -413,6 +413,30 @@ def test_import_registers_everything():
     assert hf_flashmla.transformers_integration.register() is True
 
 
+def test_supported_range_is_checked_at_registration():
+    import warnings
+
+    import transformers
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    from hf_flashmla import transformers_range
+    from hf_flashmla.transformers_integration import _version_supported
+
+    requirement = SpecifierSet(transformers_range.REQUIREMENT.removeprefix("transformers"))
+    assert Version(transformers.__version__) in requirement  # the suite runs inside the range it declares
+    assert transformers_range.OLDEST in requirement and transformers_range.NEWEST_TESTED in requirement
+    assert "5.25.1" in requirement and "5.26.0" not in requirement and "5.16.2" not in requirement
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _version_supported("5.17.0") and _version_supported("5.25.1")
+    with pytest.warns(UserWarning, match="needs transformers >= 5.17.0"):
+        assert not _version_supported("5.16.2")
+    for newer in ("5.26.0", "5.26.0.dev0", "6.0.0"):
+        with pytest.warns(UserWarning, match="newer than the newest release tested"):
+            assert _version_supported(newer)
+
+
 def test_metadata_once_per_forward_pass_not_per_layer(monkeypatch):
     from hf_flashmla import interface
 
