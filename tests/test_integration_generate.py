@@ -521,6 +521,29 @@ def test_static_cache_that_is_too_small_is_refused_before_writing():
     assert int(cache.get_seq_length()) == 24  # the prompt and 4 tokens fit; the step that did not wrote nothing
 
 
+def test_caches_that_drop_or_pad_tokens_are_refused_before_attending():
+    import copy
+
+    from transformers import DynamicCache
+
+    model = tiny_model("v3")
+    model.set_attn_implementation("flash_mla")
+    ids, mask = prompts(batch=1, pads=(0,))
+    windowed = copy.deepcopy(model.config)
+    windowed.sliding_window = 8
+    with pytest.raises(ValueError, match=f"^{CACHE}: .*sliding window"):
+        model.generate(ids, attention_mask=mask, max_new_tokens=2, **{CACHE: DynamicCache(config=windowed)})
+
+    class PaddedCache(DynamicCache):  # returns more positions than it holds, and no capacity to explain them
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+            pad = lambda t: torch.cat((t, t.new_zeros(t.shape[:2] + (4,) + t.shape[3:])), dim=2)  # noqa: E731
+            return pad(keys), pad(values)
+
+    with pytest.raises(ValueError, match=f"^{CACHE}: this PaddedCache returned 24 positions"):
+        model.generate(ids, attention_mask=mask, max_new_tokens=2, **{CACHE: PaddedCache(config=model.config)})
+
+
 def test_cache_built_for_more_layers_than_run_is_refused():
     model = tiny_model("v3")  # 2 layers
     model.set_attn_implementation("flash_mla")
