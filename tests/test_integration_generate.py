@@ -413,6 +413,22 @@ def test_import_registers_everything():
     assert hf_flashmla.transformers_integration.register() is True
 
 
+def _installed_from_this_tree():
+    """The hf_flashmla distribution when it is an install of this source tree, else None."""
+    import importlib.metadata
+    import json
+    import os
+    import pathlib
+
+    try:
+        distribution = importlib.metadata.distribution("hf_flashmla")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    direct_url = json.loads(distribution.read_text("direct_url.json") or "{}").get("url")
+    here = pathlib.Path(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).as_uri()
+    return distribution if direct_url == here else None
+
+
 def test_supported_range_is_checked_at_registration():
     import warnings
 
@@ -427,6 +443,11 @@ def test_supported_range_is_checked_at_registration():
     assert Version(transformers.__version__) in requirement  # the suite runs inside the range it declares
     assert transformers_range.OLDEST in requirement and transformers_range.NEWEST_TESTED in requirement
     assert "5.25.1" in requirement and "5.26.0" not in requirement and "5.16.2" not in requirement
+    installed = _installed_from_this_tree()
+    if installed is not None:  # pip install -e . of this tree (CI): its metadata carries the declared range
+        from packaging.requirements import Requirement
+        declared = [Requirement(line).specifier for line in installed.requires or [] if line.startswith("transformers")]
+        assert declared == [requirement]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _version_supported("5.17.0") and _version_supported("5.25.1")
