@@ -1,13 +1,17 @@
-"""Builds the CUDA extension hf_flashmla._C; everything else about the package is in pyproject.toml.
+"""Builds the CUDA extension hf_flashmla._C and lists the dependencies; everything else about the package is in
+pyproject.toml.
 
 The extension is built only where it can run: torch with CUDA and nvcc present. HF_FLASHMLA_BUILD_EXT=1 forces the
 build (failing loudly if it cannot), =0 skips it, so a CPU machine installs the pure-Python package (reference and
 Triton paths) in seconds. On the GPU machine: HF_FLASHMLA_BUILD_EXT=1 python setup.py build_ext --inplace."""
 import os
+import runpy
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# The supported transformers range is declared once, in a module that imports nothing (the package needs torch).
+TRANSFORMERS_REQUIREMENT = runpy.run_path(os.path.join(ROOT, "hf_flashmla", "transformers_range.py"))["REQUIREMENT"]
 
 
 def want_extension() -> bool:
@@ -43,4 +47,5 @@ def extension_setup_args() -> dict:
     return {"ext_modules": [ext], "cmdclass": {"build_ext": BuildExtension}}
 
 
-setup(**extension_setup_args())
+# The dependencies are dynamic in pyproject.toml so that the transformers range comes from transformers_range.py.
+setup(install_requires=["torch>=2.4", TRANSFORMERS_REQUIREMENT, "accelerate", "safetensors"], **extension_setup_args())

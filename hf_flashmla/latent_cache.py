@@ -18,7 +18,16 @@ Page 0 of every pool is a scratch page: padding tokens are written there (so the
 host-side compaction), and unused block-table entries point at it. It is never read as a real token.
 
 The pool grows as needed (doubling), or is fixed by the user (`max_pages`); when a step does not fit,
-`LatentCacheFullError` is raised before anything is written, and the cache stays usable.
+`LatentCacheFullError` is raised before anything is written, and the cache stays usable. Beam reordering
+moves page ownership rather than contents: a row that one new row takes keeps its pages, only a row taken
+twice is copied (into the pages of the rows that no one took), so beam search needs no spare pages when the
+beams of a prompt have the same length (they do under generate()). A cache that reserves its pages for CUDA
+graphs (reserve_tokens) keeps its block table instead: each row copies its source into its own pages, which
+needs no spare pages either.
+
+It implements the transformers Cache API of every supported release (hf_flashmla/transformers_range.py);
+what belongs to other layer kinds (linear-attention conv/recurrent states, DSA indexer keys, offloading,
+static early initialization) raises an error that names the feature.
 """
 from __future__ import annotations
 
@@ -245,8 +254,16 @@ class LatentPagedCache(_TransformersCache):
     def get_max_length(self, layer_idx: int | None = None) -> int:
         return -1
 
-    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:  # before 5.20
         return -1
+
+    @property
+    def max_cache_len(self) -> int:  # before 5.20
+        return -1
+
+    @property
+    def max_batch_size(self) -> int:  # before 5.20
+        return self.batch_size
 
     @property
     def is_compileable(self) -> bool:
@@ -274,19 +291,75 @@ class LatentPagedCache(_TransformersCache):
 
     def update(self, *args, **kwargs):
         raise NotImplementedError(
-            "LatentPagedCache holds paged MLA latents written by attn_implementation='flash_mla'; it cannot serve "
-            "the stock attention's cache.update. Load the model with attn_implementation='flash_mla' (after "
+            "update: LatentPagedCache holds paged MLA latents written by attn_implementation='flash_mla'; it cannot "
+            "serve the stock attention's cache.update. Load the model with attn_implementation='flash_mla' (after "
             "`import hf_flashmla`), or pass a DynamicCache for other attention implementations.")
 
     def early_initialization(self, *args, **kwargs):
-        raise NotImplementedError("LatentPagedCache is not a static cache: it grows as needed "
-                                  "(size it with max_pages instead)")
+        raise NotImplementedError("early_initialization: LatentPagedCache is not a static cache: it grows as "
+                                  "needed (size it with max_pages instead)")
 
-    def activate_past_recording(self, **kwargs):
-        pass  # crop() rolls the pages back by lengths; 5.25 passes recurrent_states_to_keep, for linear layers
+    # Past recording exists for caches that drop history (linear attention, sliding windows) so that assisted
+    # decoding and DeferredStopCheck can roll back; this cache keeps every token, so crop() can undo any number
+    # of steps with or without it, and it has no recurrent states to keep: as DynamicCache's full-attention
+    # layers, it reports 0 states and no recording.
+    def activate_past_recording(self, recurrent_states_to_keep: int | None = None):
+        if recurrent_states_to_keep is not None and not (
+                isinstance(recurrent_states_to_keep, int) and not isinstance(recurrent_states_to_keep, bool)
+                and recurrent_states_to_keep >= 0):
+            raise ValueError(f"recurrent_states_to_keep: expected a non-negative int or None, got "
+                             f"{recurrent_states_to_keep!r}")
 
     def is_recording_past(self, layer_idx: int) -> bool:
+        self._check_layer_idx(layer_idx)
         return False
+
+    def get_recurrent_states_to_keep(self, layer_idx: int | None = None) -> int:
+        if layer_idx is not None:
+            self._check_layer_idx(layer_idx)
+        return 0
+
+    # ---------------------------------------------------- Cache API of the layer kinds this cache has not
+    def _check_layer_idx(self, layer_idx):
+        if isinstance(layer_idx, bool) or not isinstance(layer_idx, int):
+            raise TypeError(f"layer_idx: expected an int, got {type(layer_idx).__name__}")
+        if self.num_hidden_layers is not None and not 0 <= layer_idx < self.num_hidden_layers:
+            raise ValueError(f"layer_idx: expected 0 <= layer_idx < {self.num_hidden_layers}, got {layer_idx}")
+
+    def _not_linear_attention(self, method: str):
+        raise ValueError(f"{method}: LatentPagedCache holds only multi-head latent attention layers; conv and "
+                         f"recurrent states belong to linear-attention (Mamba/SSM) layers, which it does not serve. "
+                         f"Use a DynamicCache for such models.")
+
+    def has_previous_state(self, layer_idx: int | None = None, state_idx: int | None = None) -> bool:
+        self._not_linear_attention("has_previous_state")
+
+    def get_conv_state(self, layer_idx: int, state_idx: int = 0):
+        self._not_linear_attention("get_conv_state")
+
+    def update_conv_state(self, conv_states, layer_idx: int, state_idx: int = 0, **kwargs):
+        self._not_linear_attention("update_conv_state")
+
+    def get_recurrent_state(self, layer_idx: int, state_idx: int = 0):
+        self._not_linear_attention("get_recurrent_state")
+
+    def update_recurrent_state(self, recurrent_states, layer_idx: int, state_idx: int = 0, **kwargs):
+        self._not_linear_attention("update_recurrent_state")
+
+    def increase_count(self, layer_idx: int, state_idx: int):
+        self._not_linear_attention("increase_count")
+
+    def update_indexer(self, indexer_key_states, layer_idx: int):
+        raise ValueError("update_indexer: LatentPagedCache has no indexer key cache (the sparse-attention indexer "
+                         "of DeepSeek-V3.2 / GLM-MoE-DSA models); attn_implementation='flash_mla' serves dense MLA")
+
+    def offload(self, layer_idx: int, only_non_sliding: bool = True):
+        raise NotImplementedError("offload: LatentPagedCache does not offload its pools to the CPU (the latent is "
+                                  "a small fraction of a full K/V cache); size it with max_pages instead")
+
+    def prefetch(self, layer_idx: int, only_non_sliding: bool = True):
+        raise NotImplementedError("prefetch: LatentPagedCache does not offload its pools, so there is nothing to "
+                                  "prefetch")
 
     def crop(self, tokens_to_remove: int) -> None:
         """Negative n removes |n| tokens from every sequence (transformers >= 5.x); a positive n keeps the
@@ -315,9 +388,14 @@ class LatentPagedCache(_TransformersCache):
         self._select(beam_idx, "beam_idx")
 
     def batch_select_indices(self, indices: torch.Tensor):
+        """Keeps sequences `indices`, in that order (the batch size becomes len(indices))."""
         self._select(indices, "indices")
 
     def batch_repeat_interleave(self, repeats: int):
+        """Each sequence becomes `repeats` consecutive copies of itself (e.g. one prefilled prompt, several
+        samples)."""
+        if not _is_positive_int(repeats):
+            raise ValueError(f"repeats: expected a positive int, got {repeats!r}")
         order = [i for i in range(len(self._lengths)) for _ in range(repeats)]
         self._select(order, "repeats")
 
@@ -412,9 +490,7 @@ class LatentPagedCache(_TransformersCache):
 
     def _select(self, indices, name: str):
         self._settle()
-        if isinstance(indices, torch.Tensor):
-            indices = indices.tolist()  # beam search only: one small device->host copy per step
-        indices = [int(i) for i in indices]
+        indices = _host_indices(indices, name)
         batch = len(self._lengths)
         if any(i < 0 or i >= batch for i in indices):
             raise ValueError(f"{name}: expected indices in [0, {batch}), got {indices}")
@@ -424,26 +500,35 @@ class LatentPagedCache(_TransformersCache):
         if self._reserved_pages and len(indices) == batch:
             self._select_into_own_pages(indices)
             return
-        new_lengths = [self._lengths[i] for i in indices]
-        sources = [self._pages[i][:pages_for(self._lengths[i])] for i in indices]
-        needed = sum(len(src) for src in sources)
-        # Fresh pages for the new rows, then the old rows' pages go back: the copy never overwrites a source.
-        self._ensure_free(needed)
-        old_pages = self._pages
-        self._pages = [[] for _ in indices]
-        for seq, length in enumerate(new_lengths):
-            self._allocate_to(seq, length)
-        src_ids = [page for src in sources for page in src]
-        dst_ids = [page for pages in self._pages for page in pages]
-        for layer_idx, pool in list(self._pools.items()):
-            pool = self._grown_pool(layer_idx)
-            if src_ids:
+        # The first new row that takes an old row takes its pages as they are; a second one gets a copy of them.
+        # Rows that no one takes give their pages back first, so the copies land there: the pool needs spare
+        # pages only where the copied rows are longer than the dropped ones.
+        owner: dict[int, int] = {}
+        for row, source in enumerate(indices):
+            owner.setdefault(source, row)
+        copies = [(row, source) for row, source in enumerate(indices) if owner[source] != row]
+        released = [page for row, pages in enumerate(self._pages) if row not in owner for page in pages]
+        needed = sum(pages_for(self._lengths[source]) for _, source in copies)
+        free_before = list(self._free)
+        self._free.extend(reversed(released))
+        try:
+            self._ensure_free(needed)  # raises before anything changes
+        except LatentCacheFullError:
+            self._free = free_before
+            raise
+        old_pages, old_lengths = self._pages, self._lengths
+        self._pages = [old_pages[source] if owner[source] == row else [] for row, source in enumerate(indices)]
+        self._lengths = [old_lengths[source] for source in indices]
+        for row, _ in copies:
+            self._allocate_to(row, self._lengths[row])
+        if copies and self._pools:
+            src_ids = [page for _, source in copies for page in old_pages[source][:pages_for(old_lengths[source])]]
+            dst_ids = [page for row, _ in copies for page in self._pages[row]]
+            for layer_idx in list(self._pools):
+                pool = self._grown_pool(layer_idx)
                 src = torch.tensor(src_ids, dtype=torch.long).to(pool.device, non_blocking=True)
                 dst = torch.tensor(dst_ids, dtype=torch.long).to(pool.device, non_blocking=True)
-                pool.index_copy_(0, dst, pool.index_select(0, src))
-        for pages in old_pages:
-            self._free.extend(reversed(pages))
-        self._lengths = new_lengths
+                pool.index_copy_(0, dst, pool.index_select(0, src))  # sources are never among the destinations
         self._last_step = None
         self._rebuild_table()
 
@@ -502,13 +587,44 @@ class LatentPagedCache(_TransformersCache):
         self._step = None
         expected = self.num_hidden_layers if self.latent_layers is None else len(set(self.latent_layers))
         if expected is not None and len(step.layers_written) < expected:
-            self._lengths = list(step.lengths_before)
-            self._logical_length = step.logical_before
-            self._release_unused_pages()
-            self._last_step = None
-            self.state_version = next(_STATE_VERSIONS)
+            self._roll_back(step)
         else:
             self._last_step = step
+
+    def _roll_back(self, step: _Step):
+        self._lengths = list(step.lengths_before)
+        self._logical_length = step.logical_before
+        self._release_unused_pages()
+        self._last_step = None
+        self.state_version = next(_STATE_VERSIONS)
+
+    @contextlib.contextmanager
+    def forward_pass(self):
+        """The integration runs the decoder stack's forward inside this, which makes a step's end exact:
+        - an exception rolls the step back, also one raised after the last layer wrote (in its MLP, say);
+        - a forward pass that returns without every layer having written was not cut short, so this cache
+          was built for layers that do not run (a pruned model, a hand-built cache): the step is rolled
+          back, as every later one would be, and refused instead of serving tokens that attend to nothing."""
+        self._settle()
+        try:
+            yield self
+        except BaseException:
+            step, self._step = self._step, None
+            if step is not None:
+                self._roll_back(step)
+            raise
+        step = self._step
+        if step is None:
+            return
+        written = sorted(step.layers_written)
+        self._settle()
+        expected = self.num_hidden_layers if self.latent_layers is None else len(set(self.latent_layers))
+        if expected is not None and len(written) < expected:
+            raise ValueError(
+                f"num_hidden_layers: this LatentPagedCache was built for {expected} latent layers but the "
+                f"forward pass wrote {len(written)} (layers {written}); the step was rolled back. Build the cache for "
+                f"the layers that run: LatentPagedCache(model.config) with config.num_hidden_layers equal to the "
+                f"model's decoder layers (after pruning), or LatentPagedCache(num_hidden_layers=...)")
 
     def _begin_step(self, batch: int, query_length: int, token_mask: torch.Tensor | None) -> _Step:
         self._settle()
@@ -764,6 +880,25 @@ class LatentPagedCache(_TransformersCache):
         page_col = (position // PAGE_SIZE).clamp(max=table.shape[1] - 1)
         slots = table[:, page_col].to(torch.long) * PAGE_SIZE + position % PAGE_SIZE
         return pool.view(-1, pool.shape[-1])[slots]
+
+
+def _host_indices(indices, name: str) -> list[int]:
+    """Row indices as a list of ints; float or bool indices are refused (they would be truncated)."""
+    if isinstance(indices, torch.Tensor):
+        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+            raise TypeError(f"{name}: expected integer indices, got a {indices.dtype} tensor")
+        if indices.dim() != 1:
+            raise ValueError(f"{name}: expected a 1-D tensor of row indices, got shape {tuple(indices.shape)}")
+        return indices.tolist()  # beam search only: one small device->host copy per step
+    try:
+        values = list(indices)
+    except TypeError:
+        raise TypeError(f"{name}: expected a 1-D tensor or a sequence of row indices, got "
+                        f"{type(indices).__name__}") from None
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name}: expected integer indices, got {value!r}")
+    return values
 
 
 def cache_bytes_per_token_per_layer(latent_dim: int, dtype: torch.dtype) -> int:

@@ -6,9 +6,12 @@ no data, and only the decode call on meta is stubbed (it cannot compute). What i
 logic: each layer's pool on that layer's device, the step tensors and the schedule built once per device
 per forward pass, and the CPU layers' pages identical to an all-CPU run.
 
-tp_plan: tools/multi_gpu_check.py --tp under torchrun with 2 CPU processes (gloo): DeepSeek-V2's plan
-shards the attention heads, DeepSeek-V3's replicates attention; greedy tokens equal the single-process run and
-every rank runs its share of heads against its full copy of the latent cache.
+tp_plan: tools/multi_gpu_check.py --tp under torchrun with 2 CPU processes (gloo). Each model follows the
+plan of the installed release, read here from its config class: DeepSeek-V2's plan shards the attention heads
+in every supported release; DeepSeek-V3's shards only the MLP and experts up to 5.24 (attention and the latent
+cache replicated) and the heads as V2's does from 5.25 on. Greedy tokens equal the single-process run, and
+every rank runs its share of heads (all of them where attention is replicated) against its full copy of the
+latent cache.
 """
 import copy
 import json
@@ -151,8 +154,22 @@ def _gloo_unavailable():
     return None
 
 
+def plan_shards_attention_heads(config_class) -> bool:
+    """Whether the installed release's tp_plan for this architecture splits the heads: q and kv_b_proj
+    colwise, o_proj rowwise (kv_a_proj_with_mqa always keeps the whole latent)."""
+    plan = config_class.base_model_tp_plan or {}
+    styles = {key.rsplit(".", 1)[-1]: style for key, style in plan.items() if ".self_attn." in key}
+    sharded = styles.get("kv_b_proj") == "colwise"
+    if sharded:
+        query = styles.get("q_b_proj") or styles.get("q_proj")
+        assert query == "colwise" and styles.get("o_proj") == "rowwise", plan
+    return sharded
+
+
 @pytest.mark.skipif(_gloo_unavailable() is not None, reason=str(_gloo_unavailable()))
 def test_tp_plan_two_cpu_processes_gloo(tmp_path):
+    from transformers import DeepseekV2Config, DeepseekV3Config
+
     out = tmp_path / "tp.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env["CUDA_VISIBLE_DEVICES"] = ""  # transformers puts a tp_plan model on the accelerator it finds
@@ -164,7 +181,8 @@ def test_tp_plan_two_cpu_processes_gloo(tmp_path):
     result = json.loads(out.read_text())
     assert result["world_size"] == 2 and result["failures"] == []
     ranks = result["ranks"]
-    for arch, shards in (("deepseek_v2", True), ("deepseek_v3", False)):
+    for arch, config_class in (("deepseek_v2", DeepseekV2Config), ("deepseek_v3", DeepseekV3Config)):
+        shards = plan_shards_attention_heads(config_class)
         rows = [rank[arch] for rank in ranks]
         assert [row["rank"] for row in rows] == [0, 1]
         total = rows[0]["total_heads"]

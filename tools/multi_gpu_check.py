@@ -14,7 +14,8 @@ device_map (default): a small random DeepSeek-V3-architecture checkpoint (hf_fla
 --tp (under torchrun): every rank loads the checkpoint with tp_plan="auto" (NCCL on GPUs, gloo on CPUs).
   DeepSeek-V2's plan shards the attention heads (q_proj/q_b_proj and kv_b_proj colwise, o_proj rowwise): each
   rank runs heads / world_size query heads against its own full copy of the shared latent cache. DeepSeek-V3's
-  plan shards only the MLP / experts: attention and its cache are replicated. Hard checks: every rank's
+  plan does the same from transformers 5.25 on; up to 5.24 it shards only the MLP / experts, and attention and
+  its cache are replicated. Each model follows the installed release's plan. Hard checks: every rank's
   tokens are identical; the local head counts (query projection, kv_b_proj rows, absorbed W_UK, and the h_q
   the decode API saw) equal the plan's share; in float32 the tokens equal the single-process run's; on sm90
   the kernel ran. In bf16 the agreement with the single-process run is reported (sharded matmuls and the

@@ -1,4 +1,8 @@
-"""attn_implementation="flash_mla" for the multi-head latent attention (MLA) models of Transformers (5.17 .. 5.25).
+"""attn_implementation="flash_mla" for the multi-head latent attention (MLA) models of Transformers 5.17 to 5.25.
+
+The supported range is declared once, in hf_flashmla/transformers_range.py (setup.py's requirement, the
+check below, .ci/run's two ends). Below it nothing is registered (with a warning); a release newer than the
+newest tested one is registered with a warning.
 
 `register()` (run by `import hf_flashmla` when transformers is installed) does, once:
 - registers "flash_mla" in AttentionInterface (so the name is accepted by from_pretrained and
@@ -19,7 +23,15 @@
 - refuses "flash_mla" at load / set_attn_implementation time for any other model, naming why: not MLA,
   sparse (DSA) MLA, whose top-k sparse decode kernel hf_flashmla does not have, or MLA maths the adapter
   does not know;
+- runs each served family's decoder stack (its base model's forward) inside its LatentPagedCache's
+  forward_pass(): a step is kept only when the stack returns (an exception rolls it back), and a cache
+  built for more layers than the stack runs is refused rather than rolled back at every step;
 - keeps Transformers from trying to import a flash-attn package for a name that contains "flash".
+
+Under tp_plan each model follows the installed release's plan: DeepSeek-V2's shards the attention heads
+(q_proj/q_b_proj and kv_b_proj colwise, o_proj rowwise) in every supported release, DeepSeek-V3's only from
+5.25 on (before, attention and its cache are replicated). Every rank keeps the whole latent cache and runs
+the heads its kv_b_proj shard holds.
 """
 from __future__ import annotations
 
@@ -35,7 +47,6 @@ from hf_flashmla.transformers_integration.counters import counters
 from hf_flashmla.transformers_integration.families import discover
 from hf_flashmla.transformers_integration.mla_adapter import SPARSE_MARKER, UnservedAttention
 
-MIN_TRANSFORMERS = (5, 15)  # the MLA code this mirrors (latent cache protocol, rope helpers)
 SPARSE_MISSING = ("hf_flashmla has no sparse top-k decode kernel (attention over each query's top-k keys), only dense "
                   "MLA decoding, and running it dense would silently change its outputs")
 _registered = False
@@ -211,6 +222,25 @@ def _budgeted_forward(original):
     return forward
 
 
+def _closing_forward(original):
+    """The decoder stack's forward, run inside its LatentPagedCache's forward_pass(): a step is kept only when
+    the stack returns, and a cache built for more layers than the stack ran is refused."""
+    @functools.wraps(original)
+    def forward(self, *args, **kwargs):
+        if self.config._attn_implementation != ATTN_IMPLEMENTATION:
+            return original(self, *args, **kwargs)
+        from hf_flashmla.latent_cache import LatentPagedCache
+        # The cache's parameter name and position vary between releases.
+        cache = next((value for value in (*args, *kwargs.values()) if isinstance(value, LatentPagedCache)), None)
+        if cache is None:
+            return original(self, *args, **kwargs)
+        with cache.forward_pass():
+            return original(self, *args, **kwargs)
+
+    forward._hf_flashmla_original = original
+    return forward
+
+
 def _refusing(original, what):
     @functools.wraps(original)
     def method(self, *args, **kwargs):
@@ -319,6 +349,27 @@ def _patch_deferred_stop():
     check.is_supported = staticmethod(decode_graphs.deferred_stop_for_graphs(check.is_supported))
 
 
+def _version_supported(version: str) -> bool:
+    """False (with a warning) below the supported range; past its newest tested release, True with a warning."""
+    import warnings
+
+    from hf_flashmla import transformers_range as supported
+    try:
+        found = supported.minor(version)
+    except ValueError:
+        found = None
+    if found is not None and found < supported.OLDEST_MINOR:
+        warnings.warn(f"hf_flashmla: attn_implementation='flash_mla' needs transformers >= {supported.OLDEST} "
+                      f"(supported: {supported.REQUIREMENT}), found {version}; not registered (the kernel API works "
+                      f"without it)")
+        return False
+    if found is None or found > supported.NEWEST_TESTED_MINOR:
+        warnings.warn(f"hf_flashmla: transformers {version} is newer than the newest release tested with "
+                      f"attn_implementation='flash_mla' ({supported.NEWEST_TESTED}; supported: "
+                      f"{supported.REQUIREMENT}); registering anyway")
+    return True
+
+
 def register() -> bool:
     """Idempotent. Returns False when transformers cannot be imported or is too old."""
     global _registered
@@ -330,12 +381,7 @@ def register() -> bool:
         from transformers.masking_utils import AttentionMaskInterface
     except ImportError:
         return False
-    version = tuple(int(part) for part in transformers.__version__.split(".")[:2] if part.isdigit())
-    if version < MIN_TRANSFORMERS:
-        import warnings
-        warnings.warn(f"hf_flashmla: attn_implementation='flash_mla' needs transformers >= "
-                      f"{'.'.join(map(str, MIN_TRANSFORMERS))} (tested 5.17-5.25), found {transformers.__version__}; "
-                      f"not registered (the kernel API works without it)")
+    if not _version_supported(transformers.__version__):
         return False
     AttentionInterface.register(ATTN_IMPLEMENTATION, _unsupported_attention)
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, flash_mla_mask)
@@ -350,6 +396,8 @@ def register() -> bool:
         if family.served:
             for generating_class in family.generating_classes:
                 _patch(generating_class, "forward", _budgeted_forward)
+            for stack_class in family.decoder_stack_classes:
+                _patch(stack_class, "forward", _closing_forward)
     # Once for every model; each wrapper passes models that do not use flash_mla to the original.
     _patch(GenerationMixin, "_prepare_cache_for_generation", _cache_preparing)
     _patch(GenerationMixin, "_valid_auto_compile_criteria", _graph_criteria)

@@ -55,8 +55,8 @@ class AbsorbedWeights:
     def __init__(self, module: torch.nn.Module, dtype: torch.dtype, device: torch.device):
         weight = dense_weight(module.kv_b_proj, dtype).to(device)
         nope, v_dim, rank = module.qk_nope_head_dim, module.v_head_dim, module.kv_lora_rank
-        # Heads from the weight, not module.num_heads: a tp_plan that shards kv_b_proj colwise (DeepSeek-V2's)
-        # leaves each rank a whole number of heads' rows.
+        # Heads from the weight, not module.num_heads: a tp_plan that shards kv_b_proj colwise (DeepSeek-V2's in every
+        # supported release, DeepSeek-V3's from transformers 5.25 on) leaves each rank a whole number of heads' rows.
         heads = weight.shape[0] // (nope + v_dim)
         if weight.dim() != 2 or heads < 1 or tuple(weight.shape) != (heads * (nope + v_dim), rank):
             raise ValueError(f"kv_b_proj: expected weight shape (heads * {nope + v_dim}, {rank}), got "

@@ -26,6 +26,7 @@ from hf_flashmla.backend import KERNEL, backend
 from hf_flashmla.latent_cache import LatentPagedCache
 from hf_flashmla.reference import mla_decode_reference
 from hf_flashmla.transformers_integration.absorbed import absorbed_weights
+from hf_flashmla.transformers_integration.compat import cache_kwarg
 from hf_flashmla.transformers_integration.counters import counters
 from hf_flashmla.transformers_integration.dense import causal, dense_attention, trailing_causal
 from hf_flashmla.transformers_integration.mla_adapter import expand_latent, gate_output, project, softmax_scale
@@ -125,16 +126,35 @@ def _masked_prefill(module, q_nope, q_pe, cache, layer_idx, latent, step, state)
 
 
 def _other_cache_attention(module, q_nope, q_pe, cache, layer_idx, latent, mask_2d, kwargs):
-    """A cache that is not a LatentPagedCache (e.g. a DynamicCache passed by the user): it takes the
-    latent through the stock cache.update protocol and attention runs dense. Correct, not paged."""
+    """A cache that is not a LatentPagedCache (e.g. a DynamicCache or a StaticCache passed by the user): it
+    takes the latent through the stock cache.update protocol and attention runs dense. Correct, not paged.
+
+    A fixed-size layer (StaticCache) returns its whole buffer, token i in slot i: the first past + s slots
+    are the tokens. A layer that keeps fewer tokens than it was given (a sliding window) cannot be served."""
     batch, s = q_nope.shape[:2]
+    argument = cache_kwarg()
+    sliding = cache.is_sliding  # one entry per layer created so far (a DynamicCache creates them lazily)
+    if layer_idx < len(sliding) and sliding[layer_idx]:
+        raise ValueError(f"{argument}: attn_implementation='flash_mla' attends over every stored token; this "
+                         f"{type(cache).__name__}'s layer {layer_idx} is a sliding window. Pass no cache (generate() "
+                         f"creates a LatentPagedCache) or a DynamicCache without sliding layers.")
+    past = int(cache.get_seq_length(layer_idx))
+    capacity = cache.get_max_length(layer_idx)
+    if capacity is not None and capacity >= 0 and past + s > capacity:
+        raise ValueError(f"{argument}: this {type(cache).__name__} holds {capacity} tokens per sequence; layer "
+                         f"{layer_idx} has {past} and this step adds {s}. Create it with a larger max_cache_len, or "
+                         f"pass no cache (generate() creates a LatentPagedCache that grows).")
     c_kv, k_pe = torch.split(latent, [module.kv_lora_rank, module.qk_rope_head_dim], dim=-1)
     try:
         c_kv, k_pe = cache.update(c_kv[:, None], k_pe[:, None], module.layer_idx, kwargs=kwargs)
     except TypeError:  # releases before 5.24 take no kwargs
         c_kv, k_pe = cache.update(c_kv[:, None], k_pe[:, None], module.layer_idx)
-    full = torch.cat((c_kv[:, 0], k_pe[:, 0]), dim=-1)
-    n = full.shape[1]
+    n = past + s
+    if c_kv.shape[2] != n and (c_kv.shape[2] < n or capacity is None or capacity < 0):
+        raise ValueError(f"{argument}: this {type(cache).__name__} returned {c_kv.shape[2]} positions for layer "
+                         f"{layer_idx} after storing {n} tokens; attn_implementation='flash_mla' serves caches that "
+                         f"return every stored token (DynamicCache, StaticCache) or a LatentPagedCache.")
+    full = torch.cat((c_kv[:, 0, :n], k_pe[:, 0, :n]), dim=-1)
     key, value = expand_latent(module, full)
     key_index = torch.arange(n, device=q_nope.device)
     query_index = torch.arange(n - s, n, device=q_nope.device)

@@ -54,6 +54,16 @@ class Family:
         return tuple(cls for cls in self.model_classes if issubclass(cls, GenerationMixin))
 
     @property
+    def decoder_stack_classes(self) -> tuple:
+        """The base models that run the decoder layers (e.g. DeepseekV3Model): neither a generating class nor
+        the shared PreTrainedModel base, and holding the layers (a task head wraps one of them)."""
+        from transformers import GenerationMixin
+
+        return tuple(cls for cls in self.model_classes
+                     if not issubclass(cls, GenerationMixin) and cls.__name__.endswith("Model")
+                     and not cls.__name__.endswith("PreTrainedModel"))
+
+    @property
     def refusal(self) -> UnservedAttention | None:
         """The first refused attention class's reason, or None when the family is served."""
         for form in self.attention_classes.values():
