@@ -50,6 +50,9 @@ def has_state_layers(config) -> bool:
     return any(kind != MLA_LAYER_TYPE for kind in getattr(_text_config(config), "layer_types", None) or ())
 
 
+_TransformersCache = LatentPagedCache.__mro__[1]  # transformers' Cache (LatentPagedCache's base)
+
+
 class HybridLatentCache(LatentPagedCache):
     """LatentPagedCache for the MLA layers + Transformers' own state objects for the linear-attention layers.
 
@@ -133,6 +136,15 @@ class HybridLatentCache(LatentPagedCache):
     @property
     def is_linear(self) -> list[bool]:
         return [not isinstance(layer, PagedLatentLayer) for layer in self.layers]
+
+
+# The linear-attention layers' state API is Transformers' own (Cache's methods index self.layers, which holds this
+# release's state objects at their layer indices), not LatentPagedCache's refusals; where a release's Cache has no
+# such method, its models do not call it either.
+for _name in ("has_previous_state", "get_conv_state", "update_conv_state", "get_recurrent_state",
+              "update_recurrent_state", "increase_count", "get_recurrent_states_to_keep"):
+    if hasattr(_TransformersCache, _name):
+        setattr(HybridLatentCache, _name, getattr(_TransformersCache, _name))
 
 
 def latent_cache_for(config, **kwargs) -> LatentPagedCache:

@@ -621,7 +621,7 @@ class LatentPagedCache(_TransformersCache):
         expected = self.num_hidden_layers if self.latent_layers is None else len(set(self.latent_layers))
         if expected is not None and len(written) < expected:
             raise ValueError(
-                f"num_hidden_layers: this LatentPagedCache was built for {expected} latent layers but the "
+                f"num_hidden_layers: this LatentPagedCache was built for {expected} layers but the "
                 f"forward pass wrote {len(written)} (layers {written}); the step was rolled back. Build the cache for "
                 f"the layers that run: LatentPagedCache(model.config) with config.num_hidden_layers equal to the "
                 f"model's decoder layers (after pruning), or LatentPagedCache(num_hidden_layers=...)")
