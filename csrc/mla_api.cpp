@@ -67,14 +67,7 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
   auto o_accum = at::empty({max_splits, rows_total, kHeadDimV},
                            partials_fp32 ? q.options().dtype(at::kFloat) : q.options());
   auto lse_accum = at::empty({max_splits, rows_total}, q.options().dtype(at::kFloat));
-  const bool inline_merge = mla_decode_merges_inline();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  // Counts the finished pieces of each (sequence, 64-row tile); the piece that completes the count merges.
-  at::Tensor merge_counters;
-  if (inline_merge) {
-    merge_counters = at::empty({batch * num_m_blocks}, q.options().dtype(at::kInt));
-    C10_CUDA_CHECK(cudaMemsetAsync(merge_counters.data_ptr<int>(), 0, merge_counters.numel() * sizeof(int), stream));
-  }
 
   MlaDecodeParams p{};
   p.q = q.data_ptr();
@@ -88,8 +81,6 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
   p.o_accum = o_accum.data_ptr();
   p.partials_fp32 = partials_fp32;
   p.lse_accum = lse_accum.data_ptr<float>();
-  p.merge_counters = inline_merge ? merge_counters.data_ptr<int>() : nullptr;
-  p.inline_merge = inline_merge;
   p.batch = static_cast<int>(batch);
   p.s_q = static_cast<int>(s_q);
   p.h_q = static_cast<int>(h_q);

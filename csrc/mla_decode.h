@@ -23,27 +23,18 @@ struct MlaDecodeParams {
   void* o_accum;               // [max_splits, s_q * h_q, 512] partial outputs (normalised): fp32 or q's dtype
   bool partials_fp32;          // o_accum's type (mla_decode_partials_fp32)
   float* lse_accum;            // [max_splits, s_q * h_q] partial lse (natural log)
-  int* merge_counters;         // [b, num_m_blocks], zero on entry (inline_merge): pieces of a split tile finished
   int batch, s_q, h_q, num_blocks, block_table_stride, max_blocks_per_seq;
   int num_parts, num_m_blocks;
-  int prefetch_pairs;          // the seesaw producer prefetches pages this many pairs ahead into L2 (0: none)
+  int prefetch_pairs;          // the producer prefetches pages this many pairs ahead into L2 (0: none; set by the launch)
   float softmax_scale;
   bool causal;
   bool is_bf16;
-  bool inline_merge;           // the seesaw kernel merges split sequences itself (no combine kernel)
 };
 
-// Launches the split-KV decode kernel (and, where it does not merge split sequences itself, the combine kernel)
-// on `stream`.
+// Launches the split-KV decode kernel and the combine kernel on `stream`.
 // Returns a message on failure (static storage), nullptr on success.
 const char* mla_decode_launch(const MlaDecodeParams& params, cudaStream_t stream);
 // Whether the split partials of a call with batch x rows_total query rows are fp32 (else the output's dtype).
 bool mla_decode_partials_fp32(int64_t batch, int64_t rows_total);
-
-size_t mla_decode_smem_bytes();
-
-// Whether the next launch merges split sequences inside the decode kernel (then params.merge_counters must be
-// zeroed memory of b * num_m_blocks ints): the seesaw kernel with HF_FLASHMLA_MERGE=inline (mla_decode_kernel.cu).
-bool mla_decode_merges_inline();
 
 }  // namespace hf_flashmla

@@ -1,5 +1,5 @@
-// Pieces both decode kernels share: tile constants, the walk over a part's schedule, the element-type
-// traits (wgmma shapes per dtype) and the epilogue that writes a finished tile.
+// Building blocks of the decode kernel (mla_decode_seesaw.cuh): tile constants, the walk over a part's schedule,
+// the element-type traits (wgmma shapes per dtype) and the epilogue that writes a finished tile.
 #pragma once
 #include <cuda.h>
 #include <cuda_bf16.h>
@@ -36,7 +36,7 @@ __device__ __forceinline__ AlignedSmem align_swizzle_atoms(uint8_t* raw) {
   return AlignedSmem{raw + (addr - raw_addr), addr};
 }
 
-// The role split both decode kernels share: thread 0 initialises the CTA's mbarriers (init_barriers), then the
+// The kernel's role split: thread 0 initialises the CTA's mbarriers (init_barriers), then the
 // producer warpgroup hands its registers to the consumers and its first thread issues the loads (produce), while
 // the two consumer warpgroups compute (consume). Register split, measured in cycles at locked base clock (runs 133-135):
 // consumers 232 (224: +4.2% cycles, 240: +2%), producer 24 (40: +0.8%; its one issuing thread needs few).
@@ -69,14 +69,6 @@ struct PartWalker {
       : begin_batch(row[0]), begin_block(row[1]), end_batch(row[2]), end_block(row[3]), begin_split(row[4]),
         cache_seqlens(seqlens) {}
   __device__ int num_items() const { return end_batch - begin_batch + 1; }
-  // The sequence of a part's k-th item. last_first: the part's last item first, then the others in order; with
-  // the in-kernel merge, the last item is usually the first piece of a sequence that the next part continues
-  // (and processes first anyway), so every piece of a split sequence is among its part's first two items and
-  // the merge, done by the piece that finishes last, runs early, under the other CTAs' work, not at the end.
-  __device__ int batch_at(int k, bool last_first) const {
-    if (!last_first) return begin_batch + k;
-    return k == 0 ? end_batch : begin_batch + k - 1;
-  }
   // A part whose row says it has no pages at all (a schedule's spare parts: one sequence, start == stop).
   __device__ bool empty_by_metadata() const { return begin_batch == end_batch && begin_block >= end_block; }
   // Where the part starts in sequence `batch`: known from the metadata row alone, before the length is read.
@@ -103,9 +95,6 @@ struct ElemTraits<__nv_bfloat16> {
   static __device__ __forceinline__ float2 unpack(uint32_t v) {
     return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
   }
-  static __device__ __forceinline__ void mma_qk(float (&d)[16], uint64_t a, uint64_t b, int scale_d) {
-    wgmma_m64n32k16_ss_bf16(d, a, b, scale_d);
-  }
   static __device__ __forceinline__ void mma_pv(float (&d)[128], uint64_t a, uint64_t b) {
     wgmma_m64n256k16_ss_bf16_tb(d, a, b, 1);
   }
@@ -127,9 +116,6 @@ struct ElemTraits<__half> {
   }
   static __device__ __forceinline__ float2 unpack(uint32_t v) {
     return __half22float2(*reinterpret_cast<const __half2*>(&v));
-  }
-  static __device__ __forceinline__ void mma_qk(float (&d)[16], uint64_t a, uint64_t b, int scale_d) {
-    wgmma_m64n32k16_ss_f16(d, a, b, scale_d);
   }
   static __device__ __forceinline__ void mma_pv(float (&d)[128], uint64_t a, uint64_t b) {
     wgmma_m64n256k16_ss_f16_tb(d, a, b, 1);

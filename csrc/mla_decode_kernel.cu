@@ -1,18 +1,13 @@
-// Split-KV MLA decode for Hopper (sm_90a): kernel choice, tensor maps, launch, and the combine kernel that
-// merges the partial results of split sequences. The decode kernels live in mla_decode_split.cuh (both
-// warpgroups on every page) and mla_decode_seesaw.cuh (warpgroups alternate pages, FlashMLA's schedule).
+// Split-KV MLA decode for Hopper (sm_90a): tensor maps, launch, and the combine kernels that merge the partial
+// results of split sequences. The decode kernel itself is mla_decode_seesaw.cuh.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cudaTypedefs.h>
 
-#include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <mutex>
 
 #include "mla_decode_seesaw.cuh"
-#include "mla_decode_split.cuh"
 #include "mla_split_merge.cuh"
 
 namespace hf_flashmla {
@@ -31,8 +26,6 @@ namespace decode_detail {
 //    quarter row, run 71). At 2-3 splits per sequence a block per row was ~1% slower (run 34).
 // Sequences with one split exit at once (the decode kernel wrote them), before waiting for the decode grid: both
 // are launched as programmatic dependents of it (launch_combine), so those blocks cost nothing on the critical path.
-// Runs after either decode kernel unless the seesaw kernel merges in-kernel (HF_FLASHMLA_MERGE=inline, opt-in:
-// merge_inline_requested below).
 constexpr int kCombineWarps = 4;
 constexpr int kSharedRowWarps = 16;
 constexpr int kCombineMaxBlocks = 4096;
@@ -148,42 +141,11 @@ bool encode_tile_map(CUtensorMap* map, const void* base, bool is_bf16, int rank,
   return res == CUDA_SUCCESS;
 }
 
-// HF_FLASHMLA_KERNEL=split|seesaw picks the decode kernel (read at every launch, so a benchmark can compare
-// both in one process; a CUDA graph keeps the kernel it captured).
-bool use_seesaw_kernel() {
-  const char* choice = std::getenv("HF_FLASHMLA_KERNEL");
-  if (choice == nullptr || choice[0] == '\0') return true;
-  return std::strcmp(choice, "split") != 0;
-}
-
-// Who merges split sequences after the seesaw kernel: the combine kernel, unless HF_FLASHMLA_MERGE=inline (the
-// decode kernel itself: the piece that finishes a tile last merges it). Measured (runs 37-39): inline was 1-4%
-// faster on equal-length configs at s_q * h_q >= 128, but 1-5% slower on memory-bound configs with splits, 1-4%
-// slower on varlen compute-bound configs and 13% on b = 128 x 1K at h_q = 128 (a split item's store fence and
-// the merges on the critical path of their SM), so it stays opt-in.
-bool merge_inline_requested() {
-  const char* choice = std::getenv("HF_FLASHMLA_MERGE");
-  return choice != nullptr && std::strcmp(choice, "inline") == 0;
-}
-
-// How many pairs ahead the seesaw producer prefetches pages into L2: one where two m-block CTAs share each page
-// (s_q * h_q in 65..128, e.g. h_q = 128 at s_q = 1), none elsewhere. Run 53 (H100, a subset three times): with one
-// CTA per page (h_q * s_q <= 64, HBM-bound) 6-9% slower (the prefetched pages compete for L2 with the loads), with
-// four (s2 h128, compute-bound) no change, with two 4-8% faster; run 54 (main table twice): all 24 configs of 128
-// rows 2.9-7.8% faster, the others unchanged (geomean vs FlashMLA 1.070/1.068 vs 1.058/1.057).
-// HF_FLASHMLA_PREFETCH_PAIRS overrides it (A/B timing; read at every launch, a CUDA graph keeps what it captured).
-int prefetch_pairs_for(int num_m_blocks) {
-  const char* choice = std::getenv("HF_FLASHMLA_PREFETCH_PAIRS");
-  if (choice != nullptr && choice[0] != '\0') return std::max(0, std::atoi(choice));
-  return num_m_blocks == 2 ? 1 : 0;
-}
-
-// HF_FLASHMLA_PDL=0 launches the combine kernel in plain stream order (for A/B timing; read at every launch, a CUDA
-// graph keeps what it captured).
-bool programmatic_combine_launch() {
-  const char* choice = std::getenv("HF_FLASHMLA_PDL");
-  return choice == nullptr || std::strcmp(choice, "0") != 0;
-}
+// How many pairs ahead the producer prefetches pages into L2: one where two m-block CTAs share each page
+// (s_q * h_q in 65..128, e.g. h_q = 128 at s_q = 1), none elsewhere. Measured on the H100: with one CTA per page
+// (h_q * s_q <= 64, HBM-bound) prefetching was 6-9% slower (the prefetched pages compete for L2 with the loads), with
+// four (s2 h128, compute-bound) no change, with two all 24 configs of the main table 2.9-7.8% faster.
+int prefetch_pairs_for(int num_m_blocks) { return num_m_blocks == 2 ? 1 : 0; }
 
 // The current device's SM count, read once per device (a launch must not query device attributes every call).
 int num_sms_of_current_device() {
@@ -206,7 +168,7 @@ const char* launch_combine(const MlaDecodeParams& p, int rows_total, cudaStream_
   cudaLaunchConfig_t config = {};
   config.stream = stream;
   config.attrs = &attribute;
-  config.numAttrs = programmatic_combine_launch() ? 1 : 0;
+  config.numAttrs = 1;
   cudaError_t error;
   if (p.num_parts >= 8 * p.batch && static_cast<int64_t>(p.batch) * rows_total <= kCombineMaxBlocks) {
     config.gridDim = dim3(rows_total, p.batch);
@@ -252,16 +214,9 @@ const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
   if (!encode_tile_map(&kv4_map, p.k_cache, p.is_bf16, 3, kv4_dims, kv4_strides, kBoxChunks))
     return "cuTensorMapEncodeTiled failed for k_cache (4-chunk view)";
 
-  const bool seesaw = use_seesaw_kernel();
-  if (p.inline_merge && (!seesaw || p.merge_counters == nullptr || p.partials_fp32))
-    return "mla_decode: the in-kernel merge needs the seesaw kernel, zeroed merge counters and partials in the "
-           "output's dtype";
-  const void* kernel = seesaw ? reinterpret_cast<const void*>(mla_decode_seesaw_kernel<Elem>)
-                              : reinterpret_cast<const void*>(mla_decode_split_kernel<Elem>);
-  const int smem_bytes = seesaw ? kSeesawSmemBytes : kSplitSmemBytes;
   {
-    // The shared-memory opt-in belongs to the kernel in each device's context, so it is set once per device
-    // and kernel: under device_map one process launches on several GPUs (mla_api.cpp's guard made q's current).
+    // The shared-memory opt-in belongs to the kernel in each device's context, so it is set once per device:
+    // under device_map one process launches on several GPUs (mla_api.cpp's guard made q's device current).
     constexpr int kMaxAttrDevices = 64;
     static bool attr_set[2][kMaxAttrDevices] = {};
     static std::mutex attr_mutex;
@@ -269,41 +224,30 @@ const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
     if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxAttrDevices)
       return "mla_decode: cannot tell the current CUDA device (or its index is >= 64)";
     std::lock_guard<std::mutex> lock(attr_mutex);
-    if (!attr_set[seesaw][device]) {
-      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes) != cudaSuccess)
+    bool& done = attr_set[std::is_same_v<Elem, __half>][device];
+    if (!done) {
+      if (cudaFuncSetAttribute(mla_decode_seesaw_kernel<Elem>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               kSeesawSmemBytes) != cudaSuccess)
         return cudaGetErrorString(cudaGetLastError());
-      attr_set[seesaw][device] = true;
+      done = true;
     }
   }
   dim3 grid(p.num_m_blocks, p.num_parts);
-  if (seesaw)
-    mla_decode_seesaw_kernel<Elem><<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map, kv4_map);
-  else
-    mla_decode_split_kernel<Elem><<<grid, kThreads, smem_bytes, stream>>>(p, q_map, kv_map);
+  mla_decode_seesaw_kernel<Elem><<<grid, kThreads, kSeesawSmemBytes, stream>>>(p, q_map, kv_map, kv4_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
-  if (p.inline_merge) return nullptr;
   return p.partials_fp32 ? launch_combine<Elem, float>(p, rows_total, stream)
                          : launch_combine<Elem, Elem>(p, rows_total, stream);
 }
 
 }  // namespace decode_detail
 
-size_t mla_decode_smem_bytes() {
-  return decode_detail::use_seesaw_kernel() ? decode_detail::kSeesawSmemBytes : decode_detail::kSplitSmemBytes;
-}
-
-bool mla_decode_merges_inline() {
-  return decode_detail::use_seesaw_kernel() && decode_detail::merge_inline_requested();
-}
-
 // Partials in the output's dtype take half the bytes of fp32 ones through L2, written by the decode kernel and read
 // by the combine: b64 L4K h64 129.9 -> 126.2 us, b16 x s_q 16 x 1K 36.7 -> 33.0, uneven 52.1 -> 49.9 (run 113). Where
 // the combine is one wave (b * s_q * h_q <= SMs: batch 1-8 as generate() runs them), fp32 ones were faster,
 // b1 L16K h16 24.9 vs 27.0 us, b1 L1K h16 12.4 vs 13.3 (runs 113-114). Each partial is a normalised row like the
-// output, so the output's dtype rounds it the way the output is rounded, once more. The in-kernel merge
-// (merge_tile) reads partials in the output's dtype only.
+// output, so the output's dtype rounds it the way the output is rounded, once more.
 bool mla_decode_partials_fp32(int64_t batch, int64_t rows_total) {
-  return !mla_decode_merges_inline() && batch * rows_total <= decode_detail::num_sms_of_current_device();
+  return batch * rows_total <= decode_detail::num_sms_of_current_device();
 }
 
 const char* mla_decode_launch(const MlaDecodeParams& params, cudaStream_t stream) {

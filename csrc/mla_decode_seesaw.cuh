@@ -1,5 +1,5 @@
-// The "seesaw" decode kernel: the two consumer warpgroups alternate pages (FlashMLA's published schedule,
-// written here from its description; notes/KERNEL_LOG.md has the measurements).
+// The decode kernel ("seesaw"): the two consumer warpgroups alternate pages (FlashMLA's published schedule,
+// written here from its description; docs/kernel-design.md has the measurements).
 //
 // One CTA = one 64-row query tile x one part of the tile schedule; 384 threads: warpgroups 0 and 1
 // compute, warpgroup 2's first thread issues TMA. Pages go in pairs (A, B): A lands in stage 0 and
@@ -14,16 +14,17 @@
 // with s_A = exp(m_prev - m_A), s_B = exp(m_A - m_B) (m lazy: it moves only past a 2^8 margin, so s is 1 and the
 // O rescale skipped on nearly every page; seesaw_lazy_max): exactly online softmax, reordered so that one
 // warpgroup's exp/max runs while the other's wgmma keeps the tensor cores busy, and Q is read from
-// shared memory once per page (the split kernel reads it once per warpgroup). FlashMLA's published order
-// adds P_A s_B V_A,R last instead; measured equal here (run 17), this one has one hand-over less and frees
-// page A's stage by mid-pair.
+// shared memory once per page (a split of every page between the warpgroups reads it once per warpgroup).
+// FlashMLA's published order adds P_A s_B V_A,R last instead; measured equal here, this one has one hand-over
+// less and frees page A's stage by mid-pair.
 //
 // Shared memory: Q (72 KB) + two page stages (2 x 72 KB) + P_A (8 KB) fill the 227 KB; P_B goes into
 // page B's rope chunk, dead once S_B is computed. Each stage is freed in two column groups, so the next
 // pair's loads start as soon as part of a page is consumed; in both stages
 //   group 0 = chunks {4..7} (V's right half), freed by WG1 after its P V_R,
 //   group 1 = chunks {0..3} and 8 (V's left half and the rope chunk; P_B in stage 1), freed by WG0 after P V_L.
-// In steady state WG1's P_A V_A,R ends before WG0's P_A V_A,L (run 31), so group 0 goes first in both stages.
+// In steady state WG1's P_A V_A,R ends before WG0's P_A V_A,L (seen in a clock64 timeline), so group 0 goes first
+// in both stages.
 // A group is one TMA box per run of adjacent chunks (a 3-D view of the cache: {4..7}, {0..3}, {8}): issuing the
 // nine 8 KB boxes one by one cost the producer ~60 cycles each, on the path from a freed stage to its next page.
 // Q K^T walks the chunks in load order (4..7, 0..3, 8); the sum is order-free.
@@ -31,10 +32,9 @@
 // Hand-overs between the warpgroups are named barriers that both warpgroups bar.sync: kBarPA where WG0 has issued
 // its P_A V_A,L (WG1 gets there when S_B is done, usually later), kBarPB where WG1 has published m_B and P_B (WG0
 // waits there for them). Each side gets there about when it would have arrived or waited anyway: measured against
-// bar.arrive -> bar.sync at the same points, the compute-bound configs ran 0.5-0.9% faster (run 109). The order
-// it gives is one compute-sanitizer's racecheck models: with a bar.arrive anywhere in the kernel, racecheck reported
-// the m slots and even the epilogue's row-sum exchange behind its bar.sync of both warpgroups; with none it reports
-// nothing (runs 107-109).
+// bar.arrive -> bar.sync at the same points, the compute-bound configs ran 0.5-0.9% faster. The order it gives is
+// one compute-sanitizer's racecheck models: with a bar.arrive anywhere in the kernel, racecheck reported the m slots
+// and even the epilogue's row-sum exchange behind its bar.sync of both warpgroups; with none it reports nothing.
 // So each m slot is rewritten only after a barrier that the reader passed after its read (m_A: the pair's kBarPB,
 // or the epilogue's; m_B: the next pair's kBarPA). P_A and P_B are read by wgmma (the async proxy): a warpgroup
 // rewrites them only after its next Q K^T, which waits for a page the producer loads only after the other
@@ -42,10 +42,6 @@
 // the writer), and the other warpgroup's P V reading them completed before it freed that group.
 #pragma once
 #include "mla_decode_common.cuh"
-#include "mla_split_merge.cuh"
-#ifdef HF_FLASHMLA_TIMELINE
-#include <cstdio>
-#endif
 
 namespace hf_flashmla {
 namespace decode_detail {
@@ -56,8 +52,7 @@ struct SeesawLayout {
   static constexpr int p_a = kv + kNumStages * kTileBytes;       // P_A, 64 x 64, 128B-swizzled
   static constexpr int row_max = p_a + kChunkBytes;             // float [2][64]: m published by WG w
   static constexpr int row_sum = row_max + 2 * kTileRows * 4;   // float [2 items][2 wg][64]
-  static constexpr int merge_flag = row_sum + 4 * kTileRows * 4;  // int: this CTA finished a split tile last
-  static constexpr int barriers = merge_flag + 16;
+  static constexpr int barriers = row_sum + 4 * kTileRows * 4;
   // q_full, q_empty, kv_full[2][9], kv_empty[2 stages][2 groups]
   static constexpr int total = barriers + 8 * (2 + kNumStages * kNumChunks + kNumStages * 2);
 };
@@ -69,9 +64,6 @@ static_assert(kSeesawSmemBytes <= 232448, "seesaw layout exceeds the 227 KB of o
 constexpr uint32_t kBarRowSum = 1;
 constexpr uint32_t kBarPA = 2;     // WG0 published m_A and P_A (and issued its P_A V_A,L)
 constexpr uint32_t kBarPB = 3;     // WG1 published m_B and P_B
-#ifdef HF_FLASHMLA_TIMELINE
-constexpr uint32_t kBarTimeline = 4;
-#endif
 
 // Chunk i (0..8) of a stage in load and Q K^T order: group 0 = {4..7}, then group 1 = {0..3}, {8}.
 __host__ __device__ constexpr int seesaw_chunk(int i) { return i < 4 ? i + 4 : (i < 8 ? i - 4 : 8); }
@@ -125,16 +117,6 @@ __device__ __forceinline__ void seesaw_prefetch_pair(const MlaDecodeParams& p, c
   }
 }
 
-#ifdef HF_FLASHMLA_TIMELINE
-// The traced pairs: kTracePairs from the HF_FLASHMLA_TRACE_FROM-th of CTA (0, 0), counted across its items.
-#ifndef HF_FLASHMLA_TRACE_FROM
-#define HF_FLASHMLA_TRACE_FROM 8
-#endif
-constexpr int kTracePairs = 8;
-// Producer side of the debug timeline: SM clock before the pair's first group wait and after issuing each of its
-// four groups (stage 0 g0, g1, stage 1 g0, g1).
-__device__ long long g_seesaw_producer[kTracePairs][5];
-#endif
 
 __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, const CUtensorMap* q_map,
                                                      const CUtensorMap* kv_map, const CUtensorMap* kv4_map,
@@ -142,9 +124,6 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
                                                      const SeesawBarriers& bars, uint32_t q_smem, uint32_t kv_smem,
                                                      int m_block) {
   uint32_t item_count = 0, uses0 = 0, uses1 = 0;
-#ifdef HF_FLASHMLA_TIMELINE
-  int pair_serial = 0;
-#endif
   auto load_q = [&](int batch) {
     mbarrier_wait(bars.q_empty, (item_count & 1) ^ 1);
     mbarrier_arrive_expect_tx(bars.q_full, kTileBytes);
@@ -154,7 +133,7 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
     ++item_count;
   };
   for (int k = 0; k < walker.num_items(); ++k) {
-    const int batch = walker.batch_at(k, p.inline_merge);
+    const int batch = walker.begin_batch + k;
     // The first item's Q goes out before its length is read: at kernel start that dependent load comes from a cold
     // L2 and delayed the first Q K^T by ~1500 clocks. Not for a part that its metadata already shows empty (a
     // schedule's spare parts: 116 of 132 at b = 1, where 72 KB each would be wasted HBM traffic). Should the item
@@ -180,40 +159,16 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
       const bool first_pair = blk == first_block;
       const int page_a = first_pair ? first_page_a : page_of(blk);
       const int page_b = has_b ? (first_pair ? first_page_b : page_of(blk + 1)) : -1;
-#ifdef HF_FLASHMLA_TIMELINE
-      const int pair_index = pair_serial++ - HF_FLASHMLA_TRACE_FROM;
-      const bool trace = blockIdx.x == 0 && blockIdx.y == 0 && pair_index >= 0 && pair_index < kTracePairs;
-      long long issued[5];
-#define SEESAW_PRODUCER_MARK(i) issued[i] = clock64()
-#else
-#define SEESAW_PRODUCER_MARK(i)
-#endif
       // In the order the consumers free them during the previous pair.
-      SEESAW_PRODUCER_MARK(0);
       seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 0, 0, page_a, uses0);
-      SEESAW_PRODUCER_MARK(1);
       seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 0, 1, page_a, uses0);
-      SEESAW_PRODUCER_MARK(2);
       if (has_b) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 1, 0, page_b, uses1);
-      SEESAW_PRODUCER_MARK(3);
       if (has_b) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 1, 1, page_b, uses1);
-      SEESAW_PRODUCER_MARK(4);
       if (p.prefetch_pairs > 0) seesaw_prefetch_pair(p, page_of, blk + 2 * p.prefetch_pairs, w.stop_block, m_block);
-#ifdef HF_FLASHMLA_TIMELINE
-      if (trace)  // printed after the loop: a printf here would delay the next pairs' loads
-        for (int i = 0; i < 5; ++i) g_seesaw_producer[pair_index][i] = issued[i];
-#endif
       ++uses0;
       if (has_b) ++uses1;
     }
   }
-#ifdef HF_FLASHMLA_TIMELINE
-  if (blockIdx.x == 0 && blockIdx.y == 0)
-    for (int k = 0; k < kTracePairs; ++k)
-      printf("producer pair %d: %lld %lld %lld %lld %lld\n", k + HF_FLASHMLA_TRACE_FROM, g_seesaw_producer[k][0],
-             g_seesaw_producer[k][1],
-             g_seesaw_producer[k][2], g_seesaw_producer[k][3], g_seesaw_producer[k][4]);
-#endif
 }
 
 // Per-thread view of the consumer warpgroups' fragments.
@@ -390,68 +345,6 @@ __device__ __forceinline__ void seesaw_pv_smem(float (&o)[128], uint32_t p_smem,
   wgmma_commit();
 }
 
-// Debug timeline (build with -DHF_FLASHMLA_TIMELINE, e.g. NVCC_APPEND_FLAGS): CTA (0, 0) prints the SM clock at
-// seven points of kTracePairs pairs from its HF_FLASHMLA_TRACE_FROM-th (pairs counted across items, so that a
-// window can span an item boundary), per warpgroup (scripts/seesaw_timeline.sh).
-#ifdef HF_FLASHMLA_TIMELINE
-#define SEESAW_MARK(i) marks[i] = clock64()  // every thread: a lane-dependent branch here would serialise wgmma
-__device__ long long g_seesaw_timeline[2][kTracePairs][7];
-// Per item of CTA (0, 0) (first kTraceItems): 0 item start, 1 Q landed, 2 last pair done, 3 row sums exchanged,
-// 4 tile stored (issued).
-constexpr int kTraceItems = 6;
-__device__ long long g_seesaw_items[2][kTraceItems][5];
-#define SEESAW_ITEM_MARK(k) \
-  if (item_trace) g_seesaw_items[wg][item_count][k] = clock64()
-__device__ __forceinline__ unsigned long long seesaw_global_ns() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-#else
-#define SEESAW_MARK(i)
-#define SEESAW_ITEM_MARK(k)
-#endif
-
-// In-kernel merge of a split sequence's 64-row tile (p.inline_merge), after this CTA stored its piece: the
-// pieces count themselves in merge_counters, and the one that completes the count merges every piece's partial
-// (its own included, from L2) into out / lse (merge_tile). Pieces never wait for each other, so no CTA
-// depends on another being resident. Threadfence before the count (every consumer thread's partial stores are
-// ordered before thread 0's atomic by the barrier) and after seeing it, as in CUDA's threadFenceReduction.
-template <typename Elem>
-__device__ __forceinline__ void seesaw_merge_if_last(const MlaDecodeParams& p, int batch, int m_block, int* last_flag,
-                                                     int consumer_warp, int lane) {
-  __threadfence();
-  named_barrier_sync(kBarRowSum, kConsumerThreads);
-  if (threadIdx.x == 0) {
-    const int pieces = p.num_splits[batch + 1] - p.num_splits[batch];
-    const int done = atomicAdd(p.merge_counters + static_cast<int64_t>(batch) * p.num_m_blocks + m_block, 1) + 1;
-    *last_flag = done == pieces;
-  }
-  named_barrier_sync(kBarRowSum, kConsumerThreads);
-  // Through a shuffle, so that ptxas sees the branch as warp-uniform (else it serialises the wgmma: C7520).
-  if (!__shfl_sync(0xffffffff, *last_flag, 0)) return;
-  __threadfence();
-  merge_tile<Elem>(p, batch, m_block, consumer_warp, lane);
-}
-
-// With the in-kernel merge no combine kernel runs, so the decode kernel writes sequences without pages (no split)
-// itself: out = 0, lse = +inf, sequence b by the CTAs of part b % num_parts, each its 64-row tile.
-template <typename Elem>
-__device__ __forceinline__ void write_empty_sequences(const MlaDecodeParams& p, int part, int m_block, int thread) {
-  const int rows_total = p.s_q * p.h_q;
-  const int row_end = min(kTileRows, rows_total - m_block * kTileRows);
-  constexpr int kVectorsPerRow = kHeadDimV * static_cast<int>(sizeof(Elem)) / 16;
-  for (int batch = part; batch < p.batch; batch += p.num_parts) {
-    if (p.num_splits[batch + 1] != p.num_splits[batch]) continue;
-    for (int i = thread; i < row_end * kVectorsPerRow; i += kConsumerThreads) {
-      const int grow = m_block * kTileRows + i / kVectorsPerRow;
-      reinterpret_cast<uint4*>(out_row_of<Elem>(p, batch, grow))[i % kVectorsPerRow] = make_uint4(0, 0, 0, 0);
-    }
-    for (int r = thread; r < row_end; r += kConsumerThreads)
-      store_merged_lse(p, batch, m_block * kTileRows + r, INFINITY);
-  }
-}
-
 // What the consumers need to start an item, read one item ahead: these dependent global loads (the part's next
 // sequence, its length, its split counts) took ~1800 SM clocks at every item boundary when read there (run 75).
 struct ItemPlan {
@@ -461,7 +354,7 @@ struct ItemPlan {
 };
 __device__ __forceinline__ ItemPlan load_item_plan(const MlaDecodeParams& p, const PartWalker& walker, int k) {
   ItemPlan plan;
-  plan.w = walker.item(walker.batch_at(k, p.inline_merge));
+  plan.w = walker.item(walker.begin_batch + k);
   plan.seqlen = p.cache_seqlens[plan.w.batch];
   plan.slot = output_slot(p, plan.w);
   return plan;
@@ -481,14 +374,10 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
   const uint32_t p_b_smem = stage1 + 8 * kChunkBytes;  // page B's rope chunk
   float* row_max_smem = reinterpret_cast<float*>(smem + SeesawLayout::row_max);
   float* row_sum_smem = reinterpret_cast<float*>(smem + SeesawLayout::row_sum);
-  int* merge_flag = reinterpret_cast<int*>(smem + SeesawLayout::merge_flag);
   const int rows_total = p.s_q * p.h_q;
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
 
   uint32_t item_count = 0, uses0 = 0, uses1 = 0;
-#ifdef HF_FLASHMLA_TIMELINE
-  int pair_serial = 0;
-#endif
   const int num_items = walker.num_items();
   ItemPlan next_plan;
   if (num_items > 0) next_plan = load_item_plan(p, walker, 0);
@@ -505,7 +394,6 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       }
       continue;
     }
-    const int batch = w.batch;
     const int seqlen = plan.seqlen;
     const OutputSlot& slot = plan.slot;
     int key_limit[2];
@@ -517,11 +405,6 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
     }
     const int min_limit = p.causal ? seqlen - p.s_q + 1 : seqlen;
     const int num_pages = w.stop_block - w.start_block;
-#ifdef HF_FLASHMLA_TIMELINE
-    const bool item_trace =
-        __shfl_sync(0xffffffff, blockIdx.x == 0 && blockIdx.y == 0 && item_count < kTraceItems, 0);
-#endif
-    SEESAW_ITEM_MARK(0);
 
     float o[128];
 #pragma unroll
@@ -530,7 +413,6 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
     float row_l[2] = {0.f, 0.f};  // this thread's partial sums of this warpgroup's pages
 
     mbarrier_wait(bars.q_full, item_count & 1);
-    SEESAW_ITEM_MARK(1);
     uint32_t q_rope[16];
     seesaw_load_q_rope(q_smem, t, q_rope);
     // WG1 reads Q only for B pages; with a single page it has none and releases Q at once.
@@ -543,17 +425,8 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       const bool has_b = blk + 1 < w.stop_block;
       float s[32];
       uint32_t p_regs[16];
-#ifdef HF_FLASHMLA_TIMELINE
-      const int pair_index = pair_serial++ - HF_FLASHMLA_TRACE_FROM;
-      // Warp-uniform through a shuffle (a lane-dependent branch would serialise wgmma); every lane of warp 0 prints.
-      const bool trace = __shfl_sync(0xffffffff, blockIdx.x == 0 && blockIdx.y == 0 && t.warp_in_wg == 0 &&
-                                                     pair_index >= 0 && pair_index < kTracePairs, 0);
-      long long marks[7] = {0, 0, 0, 0, 0, 0, 0};
-#endif
-      SEESAW_MARK(0);
       if (wg == 0) {
         seesaw_qk<Elem, 0>(s, bars, q_smem, stage0, uses0 & 1, q_rope);
-        SEESAW_MARK(1);
         if (blk + 2 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);
         seesaw_mask(s, t, blk, key_limit, min_limit);
         float m_a[2], s_a[2], sum[2];
@@ -576,14 +449,11 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         // After the issue, so that the wait for WG1 (it reaches kBarPA once S_B is done) stalls nothing that the
         // tensor cores could run; WG0 only waits for kBarPB after this.
         named_barrier_sync(kBarPA, kConsumerThreads);
-        SEESAW_MARK(2);
 #pragma unroll
         for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * s_a[h] + sum[h];
-        SEESAW_MARK(3);
         float s_b[2] = {1.f, 1.f};
         if (has_b) {
           named_barrier_sync(kBarPB, kConsumerThreads);
-          SEESAW_MARK(4);
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const float m_b = row_max_smem[kTileRows + t.row0 + 8 * h];
@@ -598,7 +468,6 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         wgmma_wait<0>();
         fence_accumulators(o);
         fence_operands(p_regs);
-        SEESAW_MARK(5);
         if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 1));
         if (has_b) {
           seesaw_scale_o(o, s_b);
@@ -606,13 +475,11 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           seesaw_pv_smem<Elem>(o, p_b_smem, stage1, 0);
           wgmma_wait<0>();
           fence_accumulators(o);
-          SEESAW_MARK(6);
           if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 1));
         }
       } else {
         if (has_b) {
           seesaw_qk<Elem, 1>(s, bars, q_smem, stage1, uses1 & 1, q_rope);
-          SEESAW_MARK(1);
           if (blk + 3 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);  // last B page
           seesaw_mask(s, t, blk + 1, key_limit, min_limit);
         }
@@ -620,7 +487,6 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         float m_b[2];
         if (has_b) seesaw_row_max(s, m_b);
         named_barrier_sync(kBarPA, kConsumerThreads);
-        SEESAW_MARK(2);
         float m_a[2], s_a[2];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -631,7 +497,6 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         seesaw_scale_o(o, s_a);
         seesaw_wait_v_half(bars, 0, 1, uses0 & 1);
         seesaw_pv_smem<Elem>(o, p_a_smem, stage0, 1);  // runs while this warpgroup does its softmax
-        SEESAW_MARK(3);
         if (has_b) {
           float s_b[2], sum[2];
 #pragma unroll
@@ -648,7 +513,6 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           }
           fence_proxy_async_smem();
           named_barrier_sync(kBarPB, kConsumerThreads);  // WG0 is there first: it waits for m_B
-          SEESAW_MARK(4);
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             row_l[h] = row_l[h] * s_b[h] + sum[h];
@@ -656,14 +520,12 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           }
           wgmma_wait<0>();
           fence_accumulators(o);
-          SEESAW_MARK(5);
           if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 0));
           seesaw_scale_o(o, s_b);
           seesaw_pv_regs<Elem>(o, p_regs, stage1, 1);
           wgmma_wait<0>();
           fence_accumulators(o);
           fence_operands(p_regs);
-          SEESAW_MARK(6);
           if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 0));
         } else {
           row_m[0] = m_a[0];
@@ -674,15 +536,10 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         }
       }
 
-#ifdef HF_FLASHMLA_TIMELINE
-      if (trace)  // stores only: a printf call here would serialise the wgmma around it; printed at the end
-        for (int i = 0; i < 7; ++i) g_seesaw_timeline[wg][pair_index][i] = marks[i];
-#endif
       ++uses0;
       if (has_b) ++uses1;
     }
 
-    SEESAW_ITEM_MARK(2);
     // Epilogue: both warpgroups end on the same running max; add their partial sums.
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -696,31 +553,12 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       sums[wg * kTileRows + t.row0 + 8] = row_l[1];
     }
     named_barrier_sync(kBarRowSum, kConsumerThreads);
-    SEESAW_ITEM_MARK(3);
     float total[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) total[h] = sums[t.row0 + 8 * h] + sums[kTileRows + t.row0 + 8 * h];
     store_tile<Elem>(p, w, slot, m_block, wg, t.row0, o, row_m, total, scale_log2);
-    // Warp-uniform through a shuffle: a branch ptxas cannot prove uniform serialises the wgmma (C7520).
-    if (__shfl_sync(0xffffffff, p.inline_merge && !slot.direct, 0))
-      seesaw_merge_if_last<Elem>(p, batch, m_block, merge_flag, __shfl_sync(0xffffffff, 4 * wg + t.warp_in_wg, 0),
-                                 t.lane);
-    SEESAW_ITEM_MARK(4);
     ++item_count;
   }
-  if (p.inline_merge) write_empty_sequences<Elem>(p, blockIdx.y, m_block, threadIdx.x);
-#ifdef HF_FLASHMLA_TIMELINE
-  if (blockIdx.x == 0 && blockIdx.y == 0 && t.warp_in_wg == 0 && t.lane == 0)
-    for (int k = 0; k < kTracePairs; ++k)
-      printf("timeline wg%d pair %d: %lld %lld %lld %lld %lld %lld %lld\n", wg, k + HF_FLASHMLA_TRACE_FROM,
-             g_seesaw_timeline[wg][k][0],
-             g_seesaw_timeline[wg][k][1], g_seesaw_timeline[wg][k][2], g_seesaw_timeline[wg][k][3],
-             g_seesaw_timeline[wg][k][4], g_seesaw_timeline[wg][k][5], g_seesaw_timeline[wg][k][6]);
-  if (blockIdx.x == 0 && blockIdx.y == 0 && t.warp_in_wg == 0 && t.lane == 0)
-    for (int k = 0; k < min(item_count, static_cast<uint32_t>(kTraceItems)); ++k)
-      printf("items wg%d item %d: %lld %lld %lld %lld %lld\n", wg, k, g_seesaw_items[wg][k][0],
-             g_seesaw_items[wg][k][1], g_seesaw_items[wg][k][2], g_seesaw_items[wg][k][3], g_seesaw_items[wg][k][4]);
-#endif
 }
 
 template <typename Elem>
@@ -739,8 +577,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   PartWalker walker(params.sched_metadata + part * kMetadataWidth, params.cache_seqlens);
   // A spare part of the schedule (its row holds no pages) loads and computes nothing: leaving before the barrier
   // set-up and the item's dependent loads frees its SM for the combine kernel's blocks, launched early (PDL), a
-  // few microseconds sooner. With the in-kernel merge it stays: it writes its share of the empty sequences.
-  if (!params.inline_merge && walker.empty_by_metadata()) return;
+  // few microseconds sooner.
+  if (walker.empty_by_metadata()) return;
 
   run_producer_and_consumers(
       [&] {
@@ -759,26 +597,10 @@ __global__ void __launch_bounds__(kThreads, 1)
                              smem_base + SeesawLayout::kv, m_block);
       },
       [&] {
-#ifdef HF_FLASHMLA_TIMELINE
-        const unsigned long long cta_start_ns = seesaw_global_ns();
-#endif
         // Read through a shuffle so that ptxas sees the warpgroup index as warp-uniform: wgmma inside a branch
         // it cannot prove uniform gets serialised (C7520).
         const int wg = __shfl_sync(0xffffffff, static_cast<int>(threadIdx.x) / 128, 0);
         seesaw_consumer_loop<Elem>(params, walker, bars, smem, smem_base, m_block, wg);
-#ifdef HF_FLASHMLA_TIMELINE
-        // Every CTA: start and end (global ns), items and pages, to see start-up, tail and imbalance across SMs.
-        named_barrier_sync(kBarTimeline, kConsumerThreads);
-        if (threadIdx.x == 0) {
-          int items = 0, pages = 0;
-          for (int batch = walker.begin_batch; batch <= walker.end_batch; ++batch) {
-            const WorkItem w = walker.item(batch);
-            if (w.stop_block > w.start_block) ++items, pages += w.stop_block - w.start_block;
-          }
-          printf("cta %d %d: %llu %llu items %d pages %d\n", m_block, part, cta_start_ns, seesaw_global_ns(),
-                 items, pages);
-        }
-#endif
       });
 }
 

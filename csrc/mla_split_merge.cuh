@@ -1,10 +1,8 @@
-// Merging the partial results of a split sequence through their lse, one query row per warp: shared by the
-// combine kernel (mla_decode_kernel.cu) and the seesaw kernel's in-kernel merge, where the CTA that finishes a
-// sequence's last piece merges its 64-row tile (mla_decode_seesaw.cuh).
+// Merging the partial results of a split sequence through their lse, one query row per warp (the combine kernels
+// of mla_decode_kernel.cu).
 // A warp reads a row's partials (Partial: float or the output's dtype, MlaDecodeParams::partials_fp32) 512 or 256
 // contiguous bytes at a time (a lane owns 16 of the 512 columns: four runs of 4), with the splits' weights one per
-// lane, and adds them up in fp32. Loads bypass L1 (ld.global.cg): in the in-kernel merge the partials were written
-// by other SMs, whose stores L1 does not see.
+// lane, and adds them up in fp32. Loads bypass L1 (ld.global.cg): the partials were written by other SMs.
 #pragma once
 #include <type_traits>
 
@@ -19,8 +17,7 @@ struct SplitRow {
   __device__ float lse_of(int k) const { return __ldcg(lse_col + static_cast<int64_t>(k) * rows_total); }
 };
 
-// Loop bounds and branches of these helpers are warp-uniform through shuffles: inside the decode kernel, control
-// flow that ptxas cannot prove uniform makes it serialise the wgmma that follow (C7520).
+// Loop bounds and branches of these helpers are warp-uniform through shuffles, so every lane takes the same path.
 __device__ __forceinline__ SplitRow split_row(const MlaDecodeParams& p, int batch, int grow) {
   const int rows_total = p.s_q * p.h_q;
   const int split_base = __shfl_sync(0xffffffff, p.num_splits[batch], 0);
@@ -183,74 +180,6 @@ __device__ __forceinline__ void merge_row_few_splits(const MlaDecodeParams& p, i
     *reinterpret_cast<uint2*>(out_row + 4 * (lane + 32 * c)) =
         make_uint2(ElemTraits<Elem>::pack(acc[c].x, acc[c].y), ElemTraits<Elem>::pack(acc[c].z, acc[c].w));
   if (lane == 0) store_merged_lse(p, batch, grow, lse_value);
-}
-
-// The in-kernel merge of one 64-row tile by the 8 consumer warps of a CTA (rows 8 w .. 8 w + 7 for warp w, all eight at
-// a time). Unlike merge_row, whose row-after-row chain of dependent L2 loads (lse max, sum, weights, partials) cost
-// ~2 us per row and ~16 us per tile on one SM (run 37), a warp loads the lse of its eight rows at once (four lanes
-// per row, one split each) and then every split's partials of the eight rows together, so the loads overlap
-// (the 128 accumulators fit: the tile's O registers are dead by now).
-constexpr int kMergeRows = 8;
-constexpr int kLanesPerMergeRow = 32 / kMergeRows;
-
-template <typename Elem>
-__device__ __forceinline__ void merge_tile(const MlaDecodeParams& p, int batch, int m_block, int warp, int lane) {
-  const int rows_total = p.s_q * p.h_q;
-  const int row_end = min(kTileRows, rows_total - m_block * kTileRows);
-  const int split_base = __shfl_sync(0xffffffff, p.num_splits[batch], 0);
-  const int num_splits = __shfl_sync(0xffffffff, p.num_splits[batch + 1], 0) - split_base;
-  // lse phase: kLanesPerMergeRow lanes per row, one split each (+ kLanesPerMergeRow i).
-  const int my_row = lane / kLanesPerMergeRow, my_split = lane % kLanesPerMergeRow;
-  for (int r0 = 8 * warp; r0 < 8 * warp + 8; r0 += kMergeRows) {
-    const int grow0 = m_block * kTileRows + r0;
-    const bool my_row_valid = r0 + my_row < row_end;
-    const float* my_lse = p.lse_accum + static_cast<int64_t>(split_base) * rows_total + grow0 + my_row;
-    auto lse_at = [&](int k) {
-      return my_row_valid && k < num_splits ? __ldcg(my_lse + static_cast<int64_t>(k) * rows_total) : -INFINITY;
-    };
-    float row_max = -INFINITY;
-    for (int k0 = 0; k0 < num_splits; k0 += kLanesPerMergeRow) row_max = fmaxf(row_max, lse_at(k0 + my_split));
-#pragma unroll
-    for (int off = 1; off < kLanesPerMergeRow; off *= 2)
-      row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffff, row_max, off));
-    const float reference = row_max == -INFINITY ? 0.f : row_max;
-    float sum = 0.f;
-    for (int k0 = 0; k0 < num_splits; k0 += kLanesPerMergeRow) sum += __expf(lse_at(k0 + my_split) - reference);
-#pragma unroll
-    for (int off = 1; off < kLanesPerMergeRow; off *= 2) sum += __shfl_xor_sync(0xffffffff, sum, off);
-    const float row_lse = row_max == -INFINITY ? INFINITY : row_max + __logf(sum);
-
-    float4 acc[kMergeRows][4];
-#pragma unroll
-    for (int j = 0; j < kMergeRows; ++j)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) acc[j][c] = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int k0 = 0; k0 < num_splits; k0 += kLanesPerMergeRow) {
-      // exp(-inf - (+inf)) = 0: rows that saw no key, and splits past the end, weigh nothing.
-      const float my_weight = __expf(lse_at(k0 + my_split) - row_lse);
-      const int count = min(kLanesPerMergeRow, num_splits - k0);
-      for (int kk = 0; kk < count; ++kk) {
-#pragma unroll
-        for (int j = 0; j < kMergeRows; ++j) {
-          const float weight = __shfl_sync(0xffffffff, my_weight, kLanesPerMergeRow * j + kk);
-          if (r0 + j >= row_end) continue;
-          const int64_t row = static_cast<int64_t>(split_base + k0 + kk) * rows_total + grow0 + j;
-#pragma unroll
-          for (int c = 0; c < 4; ++c) add_weighted(acc[j][c], weight, load_partial<Elem>(p, row, lane, c));
-        }
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < kMergeRows; ++j) {
-      if (r0 + j >= row_end) continue;
-      Elem* out_row = out_row_of<Elem>(p, batch, grow0 + j);
-#pragma unroll
-      for (int c = 0; c < 4; ++c)
-        *reinterpret_cast<uint2*>(out_row + 4 * (lane + 32 * c)) = make_uint2(
-            ElemTraits<Elem>::pack(acc[j][c].x, acc[j][c].y), ElemTraits<Elem>::pack(acc[j][c].z, acc[j][c].w));
-    }
-    if (my_split == 0 && my_row_valid) store_merged_lse(p, batch, grow0 + my_row, row_lse);
-  }
 }
 
 }  // namespace decode_detail

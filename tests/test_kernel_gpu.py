@@ -165,52 +165,41 @@ def test_long_contexts(lengths, s_q, h_q, dtype):
     check_case(lengths, s_q, h_q, dtype, causal=True, seed=11)
 
 
-@pytest.mark.parametrize("merge", ["combine", "combine_plain_launch", "inline"])
 @pytest.mark.parametrize("lengths", [[32768, 1, 17000, 32000], [(i * 37) % 300 for i in range(128)],
                                      [4096] * 64], ids=["mixed32K", "short128", "equal64"])
 @pytest.mark.parametrize("s_q,h_q", [(1, 16), (2, 128)])
-def test_merge_paths(monkeypatch, lengths, s_q, h_q, merge):
-    # HF_FLASHMLA_MERGE: who merges split sequences, the combine kernel (default) or the decode kernel itself;
-    # HF_FLASHMLA_PDL=0: the combine kernel in plain stream order instead of as a programmatic dependent.
-    monkeypatch.setenv("HF_FLASHMLA_MERGE", "inline" if merge == "inline" else "combine")
-    if merge == "combine_plain_launch":
-        monkeypatch.setenv("HF_FLASHMLA_PDL", "0")
+def test_combine_paths(lengths, s_q, h_q):
+    # Split sequences merged by the combine kernel (one warp per row, or a block per row where few rows are split
+    # many ways), next to sequences written whole and empty ones.
     check_case(lengths, s_q, h_q, torch.bfloat16, causal=True, seed=13)
 
 
-@pytest.mark.parametrize("merge", ["combine", "inline"])
 @pytest.mark.parametrize("lengths,s_q,h_q", [([4096], 1, 128), ([2048, 1900, 2048, 1500], 1, 64),
                                              ([8192, 5000], 1, 128), ([2048], 2, 128)])
-def test_fewer_pieces_schedule(monkeypatch, lengths, s_q, h_q, merge):
-    # Small batches where schedule.py halves the pieces per sequence: spare parts past k b, splits merged by
-    # either path.
+def test_fewer_pieces_schedule(lengths, s_q, h_q):
+    # Small batches where schedule.py halves the pieces per sequence: spare parts past k b, splits merged.
     num_parts = schedule.num_sm_parts_for(s_q * h_q, 1, schedule.num_sms_of(torch.device("cuda")))
     _, num_splits = get_mla_metadata(torch.tensor(lengths, dtype=torch.int32, device="cuda"), s_q * h_q, 1)
     assert int(num_splits[-1]) < min(num_parts // len(lengths), -(-max(lengths) // 64)) * len(lengths)
-    monkeypatch.setenv("HF_FLASHMLA_MERGE", merge)
     check_case(lengths, s_q, h_q, torch.bfloat16, causal=True, seed=17)
 
 
-@pytest.mark.parametrize("merge", ["combine", "inline"])
-def test_snapped_by_count_schedule(monkeypatch, merge):
+def test_snapped_by_count_schedule():
     # FlashMLA's sweep at base 1K (b = 128, lengths 1024 + 2i, h_q = 128): whole sequences by count, one or two
     # per part, no split.
     lengths = [1024 + 2 * i for i in range(128)]
     _, num_splits = get_mla_metadata(torch.tensor(lengths, dtype=torch.int32, device="cuda"), 128, 1)
     assert num_splits.tolist() == list(range(129))
-    monkeypatch.setenv("HF_FLASHMLA_MERGE", merge)
     check_case(lengths, 1, 128, torch.bfloat16, causal=True, seed=19)
 
 
 @pytest.mark.parametrize("lengths,s_q,h_q", [([1024], 1, 128), ([1000], 1, 16), ([65], 2, 64), ([130, 0, 64], 1, 32),
                                              ([3000], 4, 16), ([40000], 1, 16)])
-def test_one_wave_combine(monkeypatch, lengths, s_q, h_q):
+def test_one_wave_combine(lengths, s_q, h_q):
     # Small batches whose combine grid (one block per row) fits one wave: the preloading shared-row combine, with up
     # to 32 splits per row (16 one-page pieces; two pieces where token 0 sees no key of the second: [65] at s_q = 2;
-    # an empty sequence) and beyond (40K tokens on 132 parts), with and without the programmatic launch.
-    for pdl in ("1", "0"):
-        monkeypatch.setenv("HF_FLASHMLA_PDL", pdl)
-        check_case(lengths, s_q, h_q, torch.bfloat16, causal=True, seed=23)
+    # an empty sequence) and beyond (40K tokens on 132 parts).
+    check_case(lengths, s_q, h_q, torch.bfloat16, causal=True, seed=23)
 
 
 def test_many_short_sequences():

@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 SHAPES = [  # (n, trans_b, a_in_registers)
-    (32, 0, False),   # split kernel: Q K^T, K-major B, 32 tokens per warpgroup
-    (256, 1, False),  # both kernels: P V with P and MN-major V from shared memory
-    (64, 0, False),   # seesaw kernel: Q K^T over a whole page (64 tokens)
-    (256, 1, True),   # seesaw kernel: the owner's P V with P still in registers
-    (64, 0, True),    # seesaw kernel: Q K^T over the rope chunk with that part of Q held in registers
+    (256, 1, False),  # P V with P and MN-major V from shared memory
+    (64, 0, False),   # Q K^T over a whole page (64 tokens)
+    (256, 1, True),   # the owner's P V with P still in registers
+    (64, 0, True),    # Q K^T over the rope chunk with that part of Q held in registers
 ]
 TYPES = {"bf16": "__nv_bfloat16", "f16": "__half"}
 
