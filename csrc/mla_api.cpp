@@ -63,9 +63,7 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
   if (batch == 0 || rows_total == 0) return {out, lse};
   // Each part boundary adds at most one split to the sequences it cuts.
   const int64_t max_splits = batch + num_parts;
-  const bool partials_fp32 = mla_decode_partials_fp32(batch, rows_total);
-  auto o_accum = at::empty({max_splits, rows_total, kHeadDimV},
-                           partials_fp32 ? q.options().dtype(at::kFloat) : q.options());
+  auto o_accum = at::empty({max_splits, rows_total, kHeadDimV}, q.options().dtype(at::kFloat));
   auto lse_accum = at::empty({max_splits, rows_total}, q.options().dtype(at::kFloat));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 
@@ -78,8 +76,7 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
   p.num_splits = num_splits.data_ptr<int>();
   p.out = out.data_ptr();
   p.lse = lse.data_ptr<float>();
-  p.o_accum = o_accum.data_ptr();
-  p.partials_fp32 = partials_fp32;
+  p.o_accum = o_accum.data_ptr<float>();
   p.lse_accum = lse_accum.data_ptr<float>();
   p.batch = static_cast<int>(batch);
   p.s_q = static_cast<int>(s_q);

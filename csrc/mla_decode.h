@@ -20,8 +20,7 @@ struct MlaDecodeParams {
   const int* num_splits;       // [b + 1], exclusive prefix of splits per sequence
   void* out;                   // [b, s_q, h_q, 512], q's dtype
   float* lse;                  // [b, h_q, s_q]
-  void* o_accum;               // [max_splits, s_q * h_q, 512] partial outputs (normalised): fp32 or q's dtype
-  bool partials_fp32;          // o_accum's type (mla_decode_partials_fp32)
+  float* o_accum;              // [max_splits, s_q * h_q, 512] partial outputs (normalised rows), fp32
   float* lse_accum;            // [max_splits, s_q * h_q] partial lse (natural log)
   int batch, s_q, h_q, num_blocks, block_table_stride, max_blocks_per_seq;
   int num_parts, num_m_blocks;
@@ -34,7 +33,5 @@ struct MlaDecodeParams {
 // Launches the split-KV decode kernel and the combine kernel on `stream`.
 // Returns a message on failure (static storage), nullptr on success.
 const char* mla_decode_launch(const MlaDecodeParams& params, cudaStream_t stream);
-// Whether the split partials of a call with batch x rows_total query rows are fp32 (else the output's dtype).
-bool mla_decode_partials_fp32(int64_t batch, int64_t rows_total);
 
 }  // namespace hf_flashmla

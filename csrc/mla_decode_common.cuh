@@ -171,13 +171,12 @@ __device__ __forceinline__ void store_global_v4(void* ptr, const uint32_t (&v)[4
 }
 
 // Writes one warpgroup's half of a finished 64-row tile: normalised output and lse straight to `out`/`lse`
-// when the sequence has one split, else to the split workspace (partials in fp32 or the output's dtype,
-// p.partials_fp32; lse in fp32) for the combine kernel.
+// when the sequence has one split, else to the split workspace (fp32 partials and lse) for the combine kernel.
 // total[h] is the full row sum (both halves) of row row0 + 8h; o holds columns 256wg .. 256wg+255, thread
-// column 2 (lane % 4) + 8j in o[4j..4j+3]. For bf16 a quad's four lanes hold 8 adjacent columns of a row
-// (4 bytes each); transposing 4 x 4 blocks within the quad gives each lane 8 whole columns, so each store is
-// 16 bytes instead of 4: a store instruction touches 8 rows either way, and the epilogue was bound by the
-// number of instructions (run 27: ~5 us per item at s_q * h_q = 256 with 4-byte stores; run 28: 2.2x faster).
+// column 2 (lane % 4) + 8j in o[4j..4j+3]. For the 16-bit output a quad's four lanes hold 8 adjacent columns of
+// a row (4 bytes each); transposing 4 x 4 blocks within the quad gives each lane 8 whole columns, so each store
+// is 16 bytes instead of 4: a store instruction touches 8 rows either way, and the epilogue was bound by the
+// number of instructions (~5 us per item at s_q * h_q = 256 with 4-byte stores, 2.2x faster with 16-byte ones).
 template <typename Elem>
 __device__ __forceinline__ void store_tile(const MlaDecodeParams& p, const WorkItem& w, const OutputSlot& slot,
                                            int m_block, int wg, int row0, const float (&o)[128],
@@ -199,9 +198,11 @@ __device__ __forceinline__ void store_tile(const MlaDecodeParams& p, const WorkI
     const int64_t row = slot.direct ? static_cast<int64_t>(w.batch) * rows_total + grow
                                     : static_cast<int64_t>(slot.split_row) * rows_total + grow;
     const int col_base = wg * kOutColsPerWarpgroup;
-    if (!slot.direct && p.partials_fp32) {
-      // fp32: a quad's 8-byte stores already fill one 32-byte sector per row (transposing into 16-byte
-      // stores made each instruction write half sectors and was slower: run 28's timeline).
+    if (!slot.direct) {
+      // Partials stay fp32: rounding them to the output's dtype as well would round each output twice (with
+      // bf16 partials the error against a float32 reference was 1.6x FlashMLA's on split varlen configs). A quad's
+      // 8-byte stores already fill one 32-byte sector per row (16-byte stores after a transpose wrote half
+      // sectors per instruction and were slower).
       float* acc_row = static_cast<float*>(p.o_accum) + row * kHeadDimV + col_base;
       if (row_valid) {
 #pragma unroll
@@ -209,18 +210,8 @@ __device__ __forceinline__ void store_tile(const MlaDecodeParams& p, const WorkI
           *reinterpret_cast<float2*>(acc_row + 8 * j + 2 * q) =
               make_float2(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
       }
-    } else if (!slot.direct && rows_total - m_block * kTileRows <= kTileRows / 4) {
-      // A partial tile of at most 16 valid rows (h_q = 16, s_q = 1): 4-byte stores by the rows' own lanes, no
-      // transposes (run 114's C: decode 107.9 vs 109.3 us at b64 L4K h16, 9.6 vs 10.6 at b1 L16K h16).
-      Elem* dst_row = static_cast<Elem*>(p.o_accum) + row * kHeadDimV + col_base;
-      if (row_valid) {
-#pragma unroll
-        for (int j = 0; j < 32; ++j)
-          *reinterpret_cast<uint32_t*>(dst_row + 8 * j + 2 * q) =
-              Traits::pack(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
-      }
     } else {
-      Elem* dst_row = static_cast<Elem*>(slot.direct ? p.out : p.o_accum) + row * kHeadDimV + col_base;
+      Elem* dst_row = static_cast<Elem*>(p.out) + row * kHeadDimV + col_base;
 #pragma unroll
       for (int jj = 0; jj < 8; ++jj) {
         uint32_t v[4];

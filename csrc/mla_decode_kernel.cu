@@ -34,7 +34,7 @@ __device__ __forceinline__ bool sequence_was_written_whole(const MlaDecodeParams
   return p.num_splits[batch + 1] - p.num_splits[batch] == 1;
 }
 
-template <typename Elem, typename Partial>
+template <typename Elem>
 __global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_rows_kernel(const MlaDecodeParams p, int rows_per_warp) {
   const int batch = blockIdx.y;
   if (sequence_was_written_whole(p, batch)) return;
@@ -45,8 +45,8 @@ __global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_rows_kernel(co
   for (int i = 0; i < rows_per_warp; ++i) {
     const int grow = (blockIdx.x * rows_per_warp + i) * kCombineWarps + warp;
     if (grow >= rows_total) break;
-    if (few_splits) merge_row_few_splits<Elem, Partial>(p, batch, grow, lane);
-    else merge_row<Elem, Partial>(p, batch, grow, lane);
+    if (few_splits) merge_row_few_splits<Elem>(p, batch, grow, lane);
+    else merge_row<Elem>(p, batch, grow, lane);
   }
 }
 
@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_rows_kernel(co
 // (run 104: b1 L16K h16 27.8 -> 24.3 us, b1 L1K h128 16.4 -> 14.7, b1 L1K h16 13.3 -> 12.5), while on larger grids,
 // where two blocks per SM (64 registers) matter more, it cost 0.7-1.6 us (run 102: b4 L2K h64, b8 L4K h128,
 // b1 L4K s2 h128).
-template <typename Elem, typename Partial, bool kPreload>
+template <typename Elem, bool kPreload>
 __global__ void __launch_bounds__(kSharedRowWarps * 32) mla_combine_shared_row_kernel(const MlaDecodeParams p) {
   __shared__ float4 shared_acc[kSharedRowWarps][kHeadDimV / 4];
   const int batch = blockIdx.y, grow = blockIdx.x;
@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(kSharedRowWarps * 32) mla_combine_shared_row_k
       if (k >= r.num_splits) break;
       const int64_t row = static_cast<int64_t>(r.split_base + k) * r.rows_total + r.grow;
 #pragma unroll
-      for (int c = 0; c < 4; ++c) part[j][c] = load_partial<Partial>(p, row, lane, c);
+      for (int c = 0; c < 4; ++c) part[j][c] = load_partial(p, row, lane, c);
     }
     lse_value = merged_lse_of_lanes(my_lse);
     const float my_weight = __expf(my_lse - lse_value);  // 0 for splits without keys and rows without any
@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(kSharedRowWarps * 32) mla_combine_shared_row_k
     }
   } else {
     lse_value = merged_lse(r, lane);
-    accumulate_splits<Partial>(acc, p, r, lse_value, warp, kSharedRowWarps, lane);
+    accumulate_splits(acc, p, r, lse_value, warp, kSharedRowWarps, lane);
   }
 #pragma unroll
   for (int c = 0; c < 4; ++c) shared_acc[warp][lane + 32 * c] = acc[c];
@@ -160,7 +160,7 @@ int num_sms_of_current_device() {
   return sms[device];
 }
 
-template <typename Elem, typename Partial>
+template <typename Elem>
 const char* launch_combine(const MlaDecodeParams& p, int rows_total, cudaStream_t stream) {
   cudaLaunchAttribute attribute;
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -174,9 +174,9 @@ const char* launch_combine(const MlaDecodeParams& p, int rows_total, cudaStream_
     config.gridDim = dim3(rows_total, p.batch);
     config.blockDim = dim3(kSharedRowWarps * 32);
     if (static_cast<int64_t>(p.batch) * rows_total <= num_sms_of_current_device())
-      error = cudaLaunchKernelEx(&config, mla_combine_shared_row_kernel<Elem, Partial, true>, p);
+      error = cudaLaunchKernelEx(&config, mla_combine_shared_row_kernel<Elem, true>, p);
     else
-      error = cudaLaunchKernelEx(&config, mla_combine_shared_row_kernel<Elem, Partial, false>, p);
+      error = cudaLaunchKernelEx(&config, mla_combine_shared_row_kernel<Elem, false>, p);
   } else {
     auto blocks_per_sequence = [&](int rows_per_warp) {
       const int rows_per_block = kCombineWarps * rows_per_warp;
@@ -188,7 +188,7 @@ const char* launch_combine(const MlaDecodeParams& p, int rows_total, cudaStream_
       rows_per_warp *= 2;
     config.gridDim = dim3(blocks_per_sequence(rows_per_warp), p.batch);
     config.blockDim = dim3(kCombineWarps * 32);
-    error = cudaLaunchKernelEx(&config, mla_combine_rows_kernel<Elem, Partial>, p, rows_per_warp);
+    error = cudaLaunchKernelEx(&config, mla_combine_rows_kernel<Elem>, p, rows_per_warp);
   }
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
@@ -235,20 +235,10 @@ const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
   dim3 grid(p.num_m_blocks, p.num_parts);
   mla_decode_seesaw_kernel<Elem><<<grid, kThreads, kSeesawSmemBytes, stream>>>(p, q_map, kv_map, kv4_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
-  return p.partials_fp32 ? launch_combine<Elem, float>(p, rows_total, stream)
-                         : launch_combine<Elem, Elem>(p, rows_total, stream);
+  return launch_combine<Elem>(p, rows_total, stream);
 }
 
 }  // namespace decode_detail
-
-// Partials in the output's dtype take half the bytes of fp32 ones through L2, written by the decode kernel and read
-// by the combine: b64 L4K h64 129.9 -> 126.2 us, b16 x s_q 16 x 1K 36.7 -> 33.0, uneven 52.1 -> 49.9 (run 113). Where
-// the combine is one wave (b * s_q * h_q <= SMs: batch 1-8 as generate() runs them), fp32 ones were faster,
-// b1 L16K h16 24.9 vs 27.0 us, b1 L1K h16 12.4 vs 13.3 (runs 113-114). Each partial is a normalised row like the
-// output, so the output's dtype rounds it the way the output is rounded, once more.
-bool mla_decode_partials_fp32(int64_t batch, int64_t rows_total) {
-  return batch * rows_total <= decode_detail::num_sms_of_current_device();
-}
 
 const char* mla_decode_launch(const MlaDecodeParams& params, cudaStream_t stream) {
   return params.is_bf16 ? decode_detail::launch_typed<__nv_bfloat16>(params, stream)

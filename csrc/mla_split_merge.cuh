@@ -1,10 +1,8 @@
 // Merging the partial results of a split sequence through their lse, one query row per warp (the combine kernels
 // of mla_decode_kernel.cu).
-// A warp reads a row's partials (Partial: float or the output's dtype, MlaDecodeParams::partials_fp32) 512 or 256
-// contiguous bytes at a time (a lane owns 16 of the 512 columns: four runs of 4), with the splits' weights one per
-// lane, and adds them up in fp32. Loads bypass L1 (ld.global.cg): the partials were written by other SMs.
+// A warp reads a row's fp32 partials 512 contiguous bytes at a time (a lane owns 16 of the 512 columns: four runs
+// of 4), with the splits' weights one per lane, and adds them up in fp32. Loads bypass L1 (ld.global.cg): the partials were written by other SMs.
 #pragma once
-#include <type_traits>
 
 #include "mla_decode_common.cuh"
 
@@ -49,17 +47,9 @@ __device__ __forceinline__ float warp_merged_lse(float max_lse, float sum) {
   return max_lse == -INFINITY ? INFINITY : max_lse + __logf(sum);
 }
 
-// Columns 4 (lane + 32 c) .. + 3 of partial row `row` (a split's row of the workspace), as fp32.
-template <typename Partial>
+// Columns 4 (lane + 32 c) .. + 3 of partial row `row` (a split's row of the workspace).
 __device__ __forceinline__ float4 load_partial(const MlaDecodeParams& p, int64_t row, int lane, int c) {
-  const Partial* base = static_cast<const Partial*>(p.o_accum) + row * kHeadDimV;
-  if constexpr (std::is_same_v<Partial, float>) {
-    return __ldcg(reinterpret_cast<const float4*>(base) + lane + 32 * c);
-  } else {
-    const uint2 v = __ldcg(reinterpret_cast<const uint2*>(base) + lane + 32 * c);
-    const float2 lo = ElemTraits<Partial>::unpack(v.x), hi = ElemTraits<Partial>::unpack(v.y);
-    return make_float4(lo.x, lo.y, hi.x, hi.y);
-  }
+  return __ldcg(reinterpret_cast<const float4*>(p.o_accum + row * kHeadDimV) + lane + 32 * c);
 }
 
 // acc += weight * v, one float4 of a lane's columns.
@@ -89,7 +79,6 @@ __device__ __forceinline__ float merged_lse(const SplitRow& r, int lane) {
 // acc += weight_k * partial_k over this warp's splits k = split_first + split_step * j (this lane's 16 columns:
 // 4 (lane + 32 c) .. + 3 in acc[c]). Lane j holds the weight of the warp's j-th split (32 at a time), and the
 // partial rows are read 8 splits ahead, so that a warp with few splits of a long row waits for L2 about twice.
-template <typename Partial>
 __device__ __forceinline__ void accumulate_splits(float4 (&acc)[4], const MlaDecodeParams& p, const SplitRow& r,
                                                   float lse_value, int split_first, int split_step, int lane) {
   if (__shfl_sync(0xffffffff, lse_value == INFINITY, 0)) return;
@@ -104,7 +93,7 @@ __device__ __forceinline__ void accumulate_splits(float4 (&acc)[4], const MlaDec
       const int64_t row =
           static_cast<int64_t>(r.split_base + split_first + split_step * (j0 + jj)) * r.rows_total + r.grow;
 #pragma unroll
-      for (int c = 0; c < 4; ++c) add_weighted(acc[c], weight, load_partial<Partial>(p, row, lane, c));
+      for (int c = 0; c < 4; ++c) add_weighted(acc[c], weight, load_partial(p, row, lane, c));
     }
   }
 }
@@ -120,14 +109,14 @@ __device__ __forceinline__ void store_merged_lse(const MlaDecodeParams& p, int b
 }
 
 // One warp merges row `grow` of sequence `batch` and writes it to out / lse.
-template <typename Elem, typename Partial>
+template <typename Elem>
 __device__ __forceinline__ void merge_row(const MlaDecodeParams& p, int batch, int grow, int lane) {
   const SplitRow r = split_row(p, batch, grow);
   const float lse_value = merged_lse(r, lane);
   float4 acc[4];
 #pragma unroll
   for (int c = 0; c < 4; ++c) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
-  accumulate_splits<Partial>(acc, p, r, lse_value, 0, 1, lane);
+  accumulate_splits(acc, p, r, lse_value, 0, 1, lane);
   Elem* out_row = out_row_of<Elem>(p, batch, grow);
 #pragma unroll
   for (int c = 0; c < 4; ++c)
@@ -149,7 +138,7 @@ __device__ __forceinline__ float merged_lse_of_lanes(float my_lse) {
 // common combine (two pieces per sequence at b = 64 on 132 parts, two or three splits under the balanced cut).
 constexpr int kFewSplits = 4;
 
-template <typename Elem, typename Partial>
+template <typename Elem>
 __device__ __forceinline__ void merge_row_few_splits(const MlaDecodeParams& p, int batch, int grow, int lane) {
   const SplitRow r = split_row(p, batch, grow);
   const float my_lse = lane < r.num_splits ? r.lse_of(lane) : -INFINITY;
@@ -159,7 +148,7 @@ __device__ __forceinline__ void merge_row_few_splits(const MlaDecodeParams& p, i
     if (k >= r.num_splits) break;
     const int64_t row = static_cast<int64_t>(r.split_base + k) * r.rows_total + r.grow;
 #pragma unroll
-    for (int c = 0; c < 4; ++c) part[k][c] = load_partial<Partial>(p, row, lane, c);
+    for (int c = 0; c < 4; ++c) part[k][c] = load_partial(p, row, lane, c);
   }
   const float lse_value = merged_lse_of_lanes(my_lse);
   float4 acc[4];
