@@ -59,8 +59,17 @@ __device__ __forceinline__ void run_producer_and_consumers(InitBarriers init_bar
 
 // One (sequence, page range) item of a part's work, as the schedule defines it.
 struct WorkItem {
-  int batch, start_block, stop_block, split_index;
+  int batch, start_block, stop_block, split_index, seqlen;
 };
+
+// The last page of a sequence whose length is not a multiple of 64 holds tokens past the length: in a pool that is
+// not cleared, or pages recycled from another sequence, any bits (NaN included). Masking their scores is not enough,
+// since P V multiplies their values by P = 0, and 0 * NaN is NaN inside the MMA. So that page is loaded shifted:
+// its token 0 lands in row page_tail_shift(...) of the stage, and the rows above, outside the tensor map, are
+// zero-filled by TMA. The consumers mask those rows (seesaw_mask). Full pages have shift 0: no extra work there.
+__host__ __device__ __forceinline__ int page_tail_shift(int block, int seqlen) {
+  return min(max((block + 1) * kPageSize - seqlen, 0), kPageSize);
+}
 
 struct PartWalker {
   int begin_batch, begin_block, end_batch, end_block, begin_split;
@@ -74,8 +83,9 @@ struct PartWalker {
   // Where the part starts in sequence `batch`: known from the metadata row alone, before the length is read.
   __device__ int start_block(int batch) const { return batch == begin_batch ? begin_block : 0; }
   __device__ WorkItem item(int batch) const {
-    int num_blocks = (max(cache_seqlens[batch], 0) + kPageSize - 1) / kPageSize;
+    const int num_blocks = (max(cache_seqlens[batch], 0) + kPageSize - 1) / kPageSize;
     WorkItem w;
+    w.seqlen = cache_seqlens[batch];
     w.batch = batch;
     w.start_block = start_block(batch);
     w.stop_block = batch == end_batch ? end_block : num_blocks;

@@ -6,6 +6,7 @@
 #include <cudaTypedefs.h>
 
 #include <mutex>
+#include <type_traits>
 
 #include "mla_decode_seesaw.cuh"
 #include "mla_split_merge.cuh"
@@ -127,13 +128,15 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return encoder;
 }
 
-// A 64 x 64 (x box_depth) box of 128-byte-swizzled elements over `rank` dims (innermost first).
+// A box of 64 columns x 64 rows (x 1 x box_depth in a rank-4 map) of 128-byte-swizzled elements over `rank`
+// dims (innermost first).
 bool encode_tile_map(CUtensorMap* map, const void* base, bool is_bf16, int rank, const cuuint64_t* dims,
                      const cuuint64_t* byte_strides, cuuint32_t box_depth = 1) {
   auto encode = tensor_map_encoder();
   if (encode == nullptr) return false;
-  cuuint32_t box[3] = {static_cast<cuuint32_t>(kChunkCols), static_cast<cuuint32_t>(kTileRows), box_depth};
-  cuuint32_t elem_strides[3] = {1, 1, 1};
+  cuuint32_t box[4] = {static_cast<cuuint32_t>(kChunkCols), static_cast<cuuint32_t>(kTileRows), 1, 1};
+  box[rank - 1] = box_depth;
+  cuuint32_t elem_strides[4] = {1, 1, 1, 1};
   CUresult res = encode(map, is_bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, rank,
                         const_cast<void*>(base), dims, byte_strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                         CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
@@ -198,20 +201,21 @@ const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
   MlaDecodeParams p = params;
   p.prefetch_pairs = prefetch_pairs_for(p.num_m_blocks);
   const int rows_total = p.s_q * p.h_q;
-  CUtensorMap q_map, kv_map;
+  CUtensorMap q_map, kv_map, kv4_map;
+  // Q tile rows past s_q * h_q fall outside the map: TMA fills them with zeros.
   const cuuint64_t q_dims[3] = {kHeadDim, static_cast<cuuint64_t>(rows_total), static_cast<cuuint64_t>(p.batch)};
   const cuuint64_t q_strides[2] = {kHeadDim * 2, static_cast<cuuint64_t>(rows_total) * kHeadDim * 2};
   if (!encode_tile_map(&q_map, p.q, p.is_bf16, 3, q_dims, q_strides)) return "cuTensorMapEncodeTiled failed for q";
-  const cuuint64_t kv_dims[2] = {kHeadDim, static_cast<cuuint64_t>(p.num_blocks) * kPageSize};
-  const cuuint64_t kv_strides[1] = {kHeadDim * 2};
-  if (!encode_tile_map(&kv_map, p.k_cache, p.is_bf16, 2, kv_dims, kv_strides))
+  // The cache as {64 columns, 64 tokens of a page, pages, 9 chunks of 64 columns}: a 64 x 64 x 1 x n box is n
+  // adjacent chunks of one page, landing chunk after chunk (kv_map: one chunk, kv4_map: the four of a V half).
+  // The tokens of a page are a dimension of their own so that a box may start at a negative token: the last page
+  // of a sequence is loaded shifted (page_tail_shift), and the rows before token 0 fall outside the tensor, where
+  // TMA writes zeros instead of reading the previous page. Pages outside the pool read as zeros too.
+  const cuuint64_t kv_dims[4] = {kChunkCols, kPageSize, static_cast<cuuint64_t>(p.num_blocks), kNumChunks};
+  const cuuint64_t kv_strides[3] = {kHeadDim * 2, static_cast<cuuint64_t>(kPageSize) * kHeadDim * 2, kChunkCols * 2};
+  if (!encode_tile_map(&kv_map, p.k_cache, p.is_bf16, 4, kv_dims, kv_strides, 1))
     return "cuTensorMapEncodeTiled failed for k_cache";
-  // The same cache as {64 columns, tokens, 9 chunks of 64 columns}: a 64 x 64 x 4 box is four adjacent chunks of
-  // one page, landing chunk after chunk (the seesaw kernel's group loads).
-  CUtensorMap kv4_map;
-  const cuuint64_t kv4_dims[3] = {kChunkCols, static_cast<cuuint64_t>(p.num_blocks) * kPageSize, kNumChunks};
-  const cuuint64_t kv4_strides[2] = {kHeadDim * 2, kChunkCols * 2};
-  if (!encode_tile_map(&kv4_map, p.k_cache, p.is_bf16, 3, kv4_dims, kv4_strides, kBoxChunks))
+  if (!encode_tile_map(&kv4_map, p.k_cache, p.is_bf16, 4, kv_dims, kv_strides, kBoxChunks))
     return "cuTensorMapEncodeTiled failed for k_cache (4-chunk view)";
 
   {

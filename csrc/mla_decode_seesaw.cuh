@@ -80,26 +80,27 @@ struct SeesawBarriers {
   __device__ uint32_t kv_empty(int stage, int group) const { return kv_empty_base + 8 * (stage * 2 + group); }
 };
 
-// kv_map: 64 x 64 boxes (one chunk); kv4_map: the cache viewed as {64 columns, tokens, 9 chunks} with 64 x 64 x 4
-// boxes, which land in shared memory chunk after chunk, as the single-chunk boxes do.
+// kv_map: boxes of one chunk; kv4_map: boxes of four adjacent chunks, which land in shared memory chunk after chunk
+// (both view the cache as {64 columns, 64 tokens, pages, 9 chunks}: mla_decode_kernel.cu). first_row is minus the
+// page's tail shift (page_tail_shift): 0 except on the last page of a sequence.
 __device__ __forceinline__ void seesaw_load_box4(const CUtensorMap* kv4_map, const SeesawBarriers& bars, uint32_t dst,
-                                                 int stage, int first_chunk, int page) {
+                                                 int stage, int first_chunk, int page, int first_row) {
   mbarrier_arrive_expect_tx(bars.kv_full(stage, first_chunk), kBoxChunks * kChunkBytes);
-  tma_load_3d(dst + first_chunk * kChunkBytes, kv4_map, bars.kv_full(stage, first_chunk), 0, page * kPageSize,
+  tma_load_4d(dst + first_chunk * kChunkBytes, kv4_map, bars.kv_full(stage, first_chunk), 0, first_row, page,
               first_chunk);
 }
 
 __device__ __forceinline__ void seesaw_load_group(const CUtensorMap* kv_map, const CUtensorMap* kv4_map,
                                                   const SeesawBarriers& bars, uint32_t kv_smem, int stage,
-                                                  int group, int page, uint32_t use_count) {
+                                                  int group, int page, int first_row, uint32_t use_count) {
   mbarrier_wait(bars.kv_empty(stage, group), (use_count & 1) ^ 1);
   const uint32_t dst = kv_smem + stage * kTileBytes;
   if (group == 0) {
-    seesaw_load_box4(kv4_map, bars, dst, stage, 4, page);
+    seesaw_load_box4(kv4_map, bars, dst, stage, 4, page, first_row);
   } else {
-    seesaw_load_box4(kv4_map, bars, dst, stage, 0, page);
+    seesaw_load_box4(kv4_map, bars, dst, stage, 0, page, first_row);
     mbarrier_arrive_expect_tx(bars.kv_full(stage, 8), kChunkBytes);
-    tma_load_2d(dst + 8 * kChunkBytes, kv_map, bars.kv_full(stage, 8), 8 * kChunkCols, page * kPageSize);
+    tma_load_4d(dst + 8 * kChunkBytes, kv_map, bars.kv_full(stage, 8), 0, first_row, page, 8);
   }
 }
 
@@ -159,11 +160,12 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
       const bool first_pair = blk == first_block;
       const int page_a = first_pair ? first_page_a : page_of(blk);
       const int page_b = has_b ? (first_pair ? first_page_b : page_of(blk + 1)) : -1;
+      const int row_a = -page_tail_shift(blk, w.seqlen), row_b = -page_tail_shift(blk + 1, w.seqlen);
       // In the order the consumers free them during the previous pair.
-      seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 0, 0, page_a, uses0);
-      seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 0, 1, page_a, uses0);
-      if (has_b) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 1, 0, page_b, uses1);
-      if (has_b) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 1, 1, page_b, uses1);
+      seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 0, 0, page_a, row_a, uses0);
+      seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 0, 1, page_a, row_a, uses0);
+      if (has_b) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 1, 0, page_b, row_b, uses1);
+      if (has_b) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 1, 1, page_b, row_b, uses1);
       if (p.prefetch_pairs > 0) seesaw_prefetch_pair(p, page_of, blk + 2 * p.prefetch_pairs, w.stop_block, m_block);
       ++uses0;
       if (has_b) ++uses1;
@@ -224,17 +226,19 @@ __device__ __forceinline__ void seesaw_qk(float (&s)[32], const SeesawBarriers& 
   fence_accumulators(s);
 }
 
-// Keys past the sequence end and, for causal, past each row's last visible key get -inf.
+// Keys past the sequence end and, for causal, past each row's last visible key get -inf; so do the zero rows of a
+// last page loaded shifted (page_tail_shift): column c holds token token_base - shift + c, and c < shift none.
 __device__ __forceinline__ void seesaw_mask(float (&s)[32], const SeesawThread& t, int blk, const int (&key_limit)[2],
-                                            int min_limit) {
+                                            int min_limit, int seqlen) {
   const int token_base = blk * kPageSize;
   if (token_base + kPageSize <= min_limit) return;
+  const int first_token = token_base - page_tail_shift(blk, seqlen);
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int token = token_base + 8 * j + t.quad_col + (e & 1);
-      if (token >= key_limit[e >> 1]) s[4 * j + e] = -INFINITY;
+      const int token = first_token + 8 * j + t.quad_col + (e & 1);
+      if (token < token_base || token >= key_limit[e >> 1]) s[4 * j + e] = -INFINITY;
     }
 }
 
@@ -428,7 +432,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       if (wg == 0) {
         seesaw_qk<Elem, 0>(s, bars, q_smem, stage0, uses0 & 1, q_rope);
         if (blk + 2 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);
-        seesaw_mask(s, t, blk, key_limit, min_limit);
+        seesaw_mask(s, t, blk, key_limit, min_limit, seqlen);
         float m_a[2], s_a[2], sum[2];
         seesaw_row_max(s, m_a);
 #pragma unroll
@@ -481,7 +485,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         if (has_b) {
           seesaw_qk<Elem, 1>(s, bars, q_smem, stage1, uses1 & 1, q_rope);
           if (blk + 3 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);  // last B page
-          seesaw_mask(s, t, blk + 1, key_limit, min_limit);
+          seesaw_mask(s, t, blk + 1, key_limit, min_limit, seqlen);
         }
         // The page's own row max before the hand-over: it needs no m_A, and WG1 often waits here for WG0.
         float m_b[2];

@@ -13,6 +13,7 @@ import torch
 import hf_flashmla
 from hf_flashmla import flash_mla_with_kvcache, get_mla_metadata, mla_decode_reference, schedule
 from hf_flashmla.testing import make_paged_inputs
+from paged_garbage import fill_past_lengths
 
 pytestmark = pytest.mark.gpu
 
@@ -200,6 +201,25 @@ def test_one_wave_combine(lengths, s_q, h_q):
     # to 32 splits per row (16 one-page pieces; two pieces where token 0 sees no key of the second: [65] at s_q = 2;
     # an empty sequence) and beyond (40K tokens on 132 parts).
     check_case(lengths, s_q, h_q, torch.bfloat16, causal=True, seed=23)
+
+
+# Garbage past each sequence's length (the tail of its last page, pages no sequence uses) never reaches the output:
+# the last page is loaded shifted with zero rows in front (csrc/mla_decode_common.cuh, page_tail_shift), so the
+# result equals the one of the same cache with clean bits there, bit for bit.
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 6e4], ids=["nan", "inf", "-inf", "6e4"])
+@pytest.mark.parametrize("lengths,s_q,h_q", [([65, 1, 130, 0, 700], 1, 16), ([63, 127, 4000], 2, 128),
+                                             ([1000, 17], 1, 128), ([3000] + [7] * 40, 4, 16), ([200], 1, 20)])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
+def test_nothing_past_the_length_reaches_the_output(lengths, s_q, h_q, causal, dtype, value):
+    clean = make_paged_inputs(lengths, s_q, h_q, dtype=dtype, device="cuda", seed=31)
+    dirty = fill_past_lengths(clean, value)
+    poison_allocator()
+    out, lse = run_kernel(dirty, causal)
+    clean_out, clean_lse = run_kernel(clean, causal)
+    torch.cuda.synchronize()
+    assert torch.equal(out, clean_out) and torch.equal(lse, clean_lse)
+    assert_close_to_reference(out, lse, clean, causal)
 
 
 def test_many_short_sequences():
