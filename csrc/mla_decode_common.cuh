@@ -201,9 +201,12 @@ __device__ __forceinline__ void store_tile(const MlaDecodeParams& p, const WorkI
     const int grow = m_block * kTileRows + r;
     // Rows past rows_total still take part in the shuffles (whole quads share a row, so a quad is uniform).
     const bool row_valid = grow < rows_total;
-    const float inv = total[h] > 0.f ? 1.f / total[h] : 0.f;
+    // A row saw a key iff its sum is not 0 (the largest term is exp(0) = 1 or more). A NaN sum (NaN in q or in a
+    // visible key) counts as seen, so that the NaN reaches out and lse rather than turning into "no key".
+    const bool seen = total[h] != 0.f;
+    const float inv = seen ? 1.f / total[h] : 0.f;
     float lse_value;
-    if (total[h] > 0.f) lse_value = (row_m[h] * scale_log2 + log2f(total[h])) * 0.6931471805599453f;
+    if (seen) lse_value = (row_m[h] * scale_log2 + log2f(total[h])) * 0.6931471805599453f;
     else lse_value = slot.direct ? INFINITY : -INFINITY;  // partials with no keys carry no weight
     const int64_t row = slot.direct ? static_cast<int64_t>(w.batch) * rows_total + grow
                                     : static_cast<int64_t>(slot.split_row) * rows_total + grow;

@@ -24,18 +24,24 @@ __device__ __forceinline__ SplitRow split_row(const MlaDecodeParams& p, int batc
                   rows_total, grow};
 }
 
-// The row's merged lse (natural log), +inf when no split saw a key (the row is then written as zeros). One pass
-// (running max and sum per lane, merged across the warp), the lse loads of up to 128 splits issued together: a
-// row's merge is a chain of L2 round trips, and this one takes one where the two-pass form took 2 x splits / 32.
-__device__ __forceinline__ void fold_lse(float& max_lse, float& sum, float x) {
+// The row's merged lse (natural log), +inf when no split saw a key (the row is then written as zeros), NaN when a
+// split's is (NaN in q or in a visible key propagates; fmaxf alone would drop it). One pass (running max and sum per
+// lane, merged across the warp), the lse loads of up to 128 splits issued together: a row's merge is a chain of L2
+// round trips, and this one takes one where the two-pass form took 2 x splits / 32.
+__device__ __forceinline__ void fold_lse(float& max_lse, float& sum, bool& has_nan, float x) {
   if (x == -INFINITY) return;
+  if (x != x) {
+    has_nan = true;
+    return;
+  }
   const float m = fmaxf(max_lse, x);
   sum = sum * __expf(max_lse - m) + __expf(x - m);
   max_lse = m;
 }
 
 // Each lane's running (max, sum) merged across the warp: the lse every lane returns.
-__device__ __forceinline__ float warp_merged_lse(float max_lse, float sum) {
+__device__ __forceinline__ float warp_merged_lse(float max_lse, float sum, bool has_nan) {
+  if (__any_sync(0xffffffff, has_nan)) return NAN;
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) {
     const float other_max = __shfl_xor_sync(0xffffffff, max_lse, off);
@@ -63,6 +69,7 @@ __device__ __forceinline__ void add_weighted(float4& acc, float weight, const fl
 __device__ __forceinline__ float merged_lse(const SplitRow& r, int lane) {
   constexpr int kLoadsInFlight = 4;
   float max_lse = -INFINITY, sum = 0.f;
+  bool has_nan = false;
   for (int k0 = 0; k0 < r.num_splits; k0 += 32 * kLoadsInFlight) {
     float x[kLoadsInFlight];
 #pragma unroll
@@ -71,9 +78,9 @@ __device__ __forceinline__ float merged_lse(const SplitRow& r, int lane) {
       x[i] = k < r.num_splits ? r.lse_of(k) : -INFINITY;
     }
 #pragma unroll
-    for (int i = 0; i < kLoadsInFlight; ++i) fold_lse(max_lse, sum, x[i]);
+    for (int i = 0; i < kLoadsInFlight; ++i) fold_lse(max_lse, sum, has_nan, x[i]);
   }
-  return warp_merged_lse(max_lse, sum);
+  return warp_merged_lse(max_lse, sum, has_nan);
 }
 
 // acc += weight_k * partial_k over this warp's splits k = split_first + split_step * j (this lane's 16 columns:
@@ -128,8 +135,9 @@ __device__ __forceinline__ void merge_row(const MlaDecodeParams& p, int batch, i
 // The merged lse of a row from one lse value per lane (-inf where a lane holds none), +inf when no split saw a key.
 __device__ __forceinline__ float merged_lse_of_lanes(float my_lse) {
   float max_lse = -INFINITY, sum = 0.f;
-  fold_lse(max_lse, sum, my_lse);
-  return warp_merged_lse(max_lse, sum);
+  bool has_nan = false;
+  fold_lse(max_lse, sum, has_nan, my_lse);
+  return warp_merged_lse(max_lse, sum, has_nan);
 }
 
 // merge_row for a sequence split at most kFewSplits ways (warp-uniform: the caller tests num_splits): each lane loads

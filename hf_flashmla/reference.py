@@ -10,7 +10,8 @@ Semantics (FlashMLA's):
   Query head h reads kv head h // (h_q // h_kv).
   With causal, query token t (0-based) of a sequence of length L sees keys 0 .. L - s_q + t;
   without causal it sees keys 0 .. L - 1.
-  A query that sees no key gets out = 0 and lse = +inf.
+  A query that sees no key gets out = 0 and lse = +inf. NaN in q or in a visible key propagates to out and lse
+  (whether a query sees a key depends on the lengths and the mask only, never on the values).
   Returns out [b, s_q, h_q, head_dim_v] in q's dtype and lse float32 [b, h_q, s_q] (natural log of
   the sum of exp(softmax_scale * q.k) over the visible keys).
 Inputs are not validated here; hf_flashmla.flash_mla_with_kvcache validates before calling this.
@@ -83,7 +84,8 @@ def _decode_one_sequence(q_seq, k_cache, block_row, length, page_size, h_kv, hea
         accumulator = accumulator * rescale + torch.matmul(probs, keys[..., :head_dim_v].unsqueeze(1))
         running_max = new_max
 
-    has_keys = running_sum > 0
+    # From the mask, not from running_sum > 0: a NaN sum (NaN in q or a visible key) must stay NaN.
+    has_keys = (last_visible >= 0).view(1, 1, s_q, 1)
     out = torch.where(has_keys, accumulator / torch.where(has_keys, running_sum, torch.ones_like(running_sum)),
                       torch.zeros_like(accumulator))
     lse = torch.where(has_keys, running_max + torch.log(running_sum),

@@ -4,7 +4,9 @@ HF_FLASHMLA_BACKEND=triton (on the CPU only under TRITON_INTERPRET=1, for tests)
 
 Same semantics as hf_flashmla.reference (see README's API table): q [b, s_q, h_q, 576],
 k_cache [num_blocks, 64, h_kv, 576], V = the first 512 values of each K vector; causal query token t
-of a sequence of length L sees keys 0 .. L - s_q + t; a query that sees no key gets out = 0, lse = +inf.
+of a sequence of length L sees keys 0 .. L - s_q + t; a query that sees no key gets out = 0, lse = +inf; NaN in q
+or in a visible key propagates to out and lse. Keys past a sequence's length are never loaded (masked loads), so
+whatever the cache holds there (NaN included) never reaches the output.
 
 Design (split-KV, two launches):
   1. _split_kernel, grid (row blocks, splits, b * h_kv). A program takes BLOCK_M query rows that share
@@ -140,7 +142,8 @@ def _split_kernel(Q, KV, BLOCK_TABLE, SEQLENS, OUT, LSE, O_PART, LSE_PART,
         row_max = new_max
         block = next_block
 
-    seen = row_sum > 0
+    # A row saw a key iff its sum is not 0 (its largest term is 1); a NaN sum counts as seen so that NaN propagates.
+    seen = row_sum != 0
     out = acc / tl.where(seen, row_sum, 1.0)[:, None]
     lse = (row_max + tl.math.log2(tl.where(seen, row_sum, 1.0))) * 0.6931471805599453
     if DIRECT_OUT:  # a single split: write the final result, no combine launch
@@ -176,6 +179,9 @@ def _combine_kernel(OUT, LSE, O_PART, LSE_PART, s_q, group, h_q, num_splits,
     shift = tl.where(seen, top, 0.0)
     total = tl.sum(tl.exp(split_lse - shift), axis=0)
     lse = tl.where(seen, shift + tl.log(tl.where(seen, total, 1.0)), float("inf"))
+    # A split's NaN lse (NaN in q or in a visible key) makes the row NaN: max may skip NaN, so test it explicitly.
+    has_nan = tl.sum((split_lse != split_lse).to(tl.int32), axis=0) > 0
+    lse = tl.where(has_nan, float("nan"), lse)
     weights = tl.exp(split_lse - lse)  # 0 for empty splits, and everywhere for a row that saw nothing
 
     o_ptr = OUT + ((batch.to(tl.int64) * s_q + token) * h_q + head) * D_V

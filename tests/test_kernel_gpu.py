@@ -13,7 +13,7 @@ import torch
 import hf_flashmla
 from hf_flashmla import flash_mla_with_kvcache, get_mla_metadata, mla_decode_reference, schedule
 from hf_flashmla.testing import make_paged_inputs
-from paged_garbage import fill_past_lengths
+from paged_garbage import assert_nan_propagates, fill_past_lengths
 
 pytestmark = pytest.mark.gpu
 
@@ -220,6 +220,18 @@ def test_nothing_past_the_length_reaches_the_output(lengths, s_q, h_q, causal, d
     torch.cuda.synchronize()
     assert torch.equal(out, clean_out) and torch.equal(lse, clean_lse)
     assert_close_to_reference(out, lse, clean, causal)
+
+
+# NaN in q, or in a key every query of its sequence sees, reaches exactly the rows that see it, whether the
+# sequence is written whole or split and merged by the combine (20000 tokens at b = 4: pieces); a query that sees
+# no key keeps out = 0, lse = +inf.
+@pytest.mark.parametrize("lengths,s_q,h_q", [([200, 0, 70, 1], 2, 16), ([20000, 0, 70, 1], 2, 64),
+                                             ([9000, 0, 300, 1], 1, 128)])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_nan_in_q_or_a_visible_key_propagates(lengths, s_q, h_q, causal):
+    inputs = make_paged_inputs(lengths, s_q, h_q, dtype=torch.bfloat16, device="cuda", seed=8)
+    for nan_query in ((2, s_q - 1, 3), (3, 0, 0)):
+        assert_nan_propagates(run_kernel, inputs, causal, nan_query=nan_query, nan_key=(0, 5))
 
 
 def test_many_short_sequences():

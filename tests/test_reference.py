@@ -7,6 +7,7 @@ import torch
 import hf_flashmla
 from hf_flashmla import reference
 from hf_flashmla.testing import dense_attention, make_paged_inputs
+from paged_garbage import assert_nan_propagates, fill_past_lengths
 
 # Relative Frobenius error of out: the inputs are identical for both sides, so what remains is the
 # float32 accumulation plus one rounding of out to the input dtype (bf16: 8 mantissa bits).
@@ -116,6 +117,26 @@ def test_long_sequences_are_processed_in_chunks(monkeypatch):
     inputs = make_paged_inputs([1000, 129, 5], 3, 32, dtype=torch.float32, seed=13)
     for causal in (False, True):
         assert_matches_dense(inputs, causal)
+
+
+# NaN in q, or in a key that every query of its sequence sees, reaches exactly the rows that see it; a query that
+# sees no key keeps out = 0, lse = +inf even with a NaN q (whether a query sees a key depends on the lengths only).
+# A NaN query whose token sees nothing: (3, 0, 0) with length 1, s_q 2, causal.
+@pytest.mark.parametrize("nan_query", [(2, 1, 3), (3, 0, 0)], ids=["sees_keys", "sees_none_when_causal"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_nan_in_q_or_a_visible_key_propagates(causal, nan_query):
+    inputs = make_paged_inputs([130, 0, 70, 1], 2, 16, dtype=torch.float32, seed=8)
+    assert_nan_propagates(run_public_api, inputs, causal, nan_query=nan_query, nan_key=(0, 5))
+
+
+# FlashMLA's test data: K is NaN (or anything) past each length, in the last page's tail and in unused pages.
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_nothing_past_the_length_reaches_the_output(value, causal):
+    clean = make_paged_inputs([65, 1, 130, 0, 63, 64], 2, 16, dtype=torch.bfloat16, seed=9)
+    out, lse = run_public_api(fill_past_lengths(clean, value), causal)
+    clean_out, clean_lse = run_public_api(clean, causal)
+    assert torch.equal(out, clean_out) and torch.equal(lse, clean_lse)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -19,6 +19,7 @@ import hf_flashmla  # noqa: E402
 from hf_flashmla import _ops, mla_decode_reference  # noqa: E402
 from hf_flashmla.backend import BACKEND_ENV_VAR, BackendChoice  # noqa: E402
 from hf_flashmla.testing import make_paged_inputs  # noqa: E402
+from paged_garbage import assert_nan_propagates, fill_past_lengths  # noqa: E402
 
 backend_module = importlib.import_module("hf_flashmla.backend")  # the package's `backend` is a function
 DV = 512
@@ -155,6 +156,36 @@ def test_interpreter_row_strided_block_table(interpreted):
     out, lse = interpreted.mla_decode_triton(inputs.q, inputs.k_cache, strided, inputs.cache_seqlens, DV,
                                              576 ** -0.5, True, num_splits=2)
     assert_matches_reference(out, lse, inputs, True)
+
+
+def run_interpreted(num_splits):
+    module = importlib.import_module("hf_flashmla.triton_decode")
+
+    def run(inputs, causal):
+        return module.mla_decode_triton(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens, DV,
+                                        576 ** -0.5, causal, num_splits=num_splits)
+    return run
+
+
+# NaN in q or in a key every query of its sequence sees reaches exactly the rows that see it, written directly (one
+# split) or through the combine (several); a query that sees no key keeps out = 0, lse = +inf.
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize("nan_query", [(2, 1, 3), (3, 0, 0)], ids=["sees_keys", "sees_none_when_causal"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_interpreter_nan_in_q_or_a_visible_key_propagates(interpreted, causal, nan_query, num_splits):
+    inputs = make_paged_inputs([200, 0, 70, 1], 2, 16, dtype=torch.float32, seed=8)
+    assert_nan_propagates(run_interpreted(num_splits), inputs, causal, nan_query=nan_query, nan_key=(0, 5))
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_interpreter_nothing_past_the_length_reaches_the_output(interpreted, value, num_splits):
+    clean = make_paged_inputs([65, 1, 130, 0, 63], 2, 16, dtype=torch.bfloat16, seed=9)
+    run = run_interpreted(num_splits)
+    out, lse = run(fill_past_lengths(clean, value), True)
+    clean_out, clean_lse = run(clean, True)
+    assert torch.equal(out, clean_out) and torch.equal(lse, clean_lse)
+    assert_matches_reference(out, lse, clean, True)
 
 
 # ----------------------------------------------------------------------------------- heuristics, backend
