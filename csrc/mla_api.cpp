@@ -4,6 +4,7 @@
 #include <Python.h>
 
 #include <limits>
+#include <optional>
 
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -26,7 +27,7 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
                                               const at::Tensor& block_table, const at::Tensor& cache_seqlens,
                                               const at::Tensor& tile_scheduler_metadata,
                                               const at::Tensor& num_splits, double softmax_scale, bool causal,
-                                              int64_t head_dim_v) {
+                                              int64_t head_dim_v, const std::optional<at::Tensor>& schedule_seqlens) {
   check_cuda_contiguous(q, "q");
   check_cuda_contiguous(k_cache, "k_cache");
   // Rows may be strided (a slice of a wider table): the kernel reads block_table_stride.
@@ -53,6 +54,12 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
   TORCH_CHECK(num_splits.dim() == 1 && num_splits.size(0) == batch + 1, "num_splits must be [b + 1]");
   TORCH_CHECK(tile_scheduler_metadata.dim() == 2 && tile_scheduler_metadata.size(1) == kMetadataWidth,
               "tile_scheduler_metadata must be [num_parts, 8]");
+  if (schedule_seqlens.has_value()) {
+    check_cuda_contiguous(*schedule_seqlens, "schedule_seqlens");
+    TORCH_CHECK(schedule_seqlens->scalar_type() == at::kInt && schedule_seqlens->dim() == 1 &&
+                    schedule_seqlens->size(0) == batch,
+                "schedule_seqlens must be int32 [b]");
+  }
   const int64_t rows_total = s_q * h_q;
   const int64_t num_m_blocks = (rows_total + kTileRows - 1) / kTileRows;
   const int64_t num_parts = tile_scheduler_metadata.size(0);
@@ -71,7 +78,10 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
   p.q = q.data_ptr();
   p.k_cache = k_cache.data_ptr();
   p.block_table = block_table.data_ptr<int>();
-  p.cache_seqlens = cache_seqlens.data_ptr<int>();
+  // With the lengths the schedule was computed for (newest API), the kernel keeps to them and makes the sequences
+  // whose length changed since NaN; without, the schedule belongs to cache_seqlens by the caller's word.
+  p.seqlens = schedule_seqlens.has_value() ? schedule_seqlens->data_ptr<int>() : cache_seqlens.data_ptr<int>();
+  p.current_seqlens = schedule_seqlens.has_value() ? cache_seqlens.data_ptr<int>() : nullptr;
   p.sched_metadata = tile_scheduler_metadata.data_ptr<int>();
   p.num_splits = num_splits.data_ptr<int>();
   p.out = out.data_ptr();
@@ -132,8 +142,8 @@ std::tuple<at::Tensor, at::Tensor> mla_metadata(const at::Tensor& cache_seqlens,
 TORCH_LIBRARY(hf_flashmla, m) {
   m.def(
       "mla_decode(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens, "
-      "Tensor tile_scheduler_metadata, Tensor num_splits, float softmax_scale, bool causal, int head_dim_v) "
-      "-> (Tensor, Tensor)");
+      "Tensor tile_scheduler_metadata, Tensor num_splits, float softmax_scale, bool causal, int head_dim_v, "
+      "Tensor? schedule_seqlens=None) -> (Tensor, Tensor)");
   m.def(
       "mla_metadata(Tensor cache_seqlens, int num_sm_parts, int page_size, int sequence_overhead_pages, "
       "int split_combine_pages, int min_piece_pages) "

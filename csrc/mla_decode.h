@@ -15,7 +15,9 @@ struct MlaDecodeParams {
   const void* q;               // [b, s_q, h_q, 576], contiguous
   const void* k_cache;         // [num_blocks, 64, 1, 576], contiguous
   const int* block_table;      // [b, block_table_stride]
-  const int* cache_seqlens;    // [b]
+  const int* seqlens;          // [b] the lengths the schedule was computed for: the walk and the masks use them
+  const int* current_seqlens;  // [b] or nullptr: the caller's cache_seqlens where `seqlens` is a copy taken with the
+                               // schedule (newest API); a sequence whose length differs gets NaN out and lse
   const int* sched_metadata;   // [num_parts, 8]
   const int* num_splits;       // [b + 1], exclusive prefix of splits per sequence
   void* out;                   // [b, s_q, h_q, 512], q's dtype

@@ -73,19 +73,19 @@ __host__ __device__ __forceinline__ int page_tail_shift(int block, int seqlen) {
 
 struct PartWalker {
   int begin_batch, begin_block, end_batch, end_block, begin_split;
-  const int* cache_seqlens;
-  __device__ PartWalker(const int* row, const int* seqlens)
+  const int* seqlens;
+  __device__ PartWalker(const int* row, const int* lengths)
       : begin_batch(row[0]), begin_block(row[1]), end_batch(row[2]), end_block(row[3]), begin_split(row[4]),
-        cache_seqlens(seqlens) {}
+        seqlens(lengths) {}
   __device__ int num_items() const { return end_batch - begin_batch + 1; }
   // A part whose row says it has no pages at all (a schedule's spare parts: one sequence, start == stop).
   __device__ bool empty_by_metadata() const { return begin_batch == end_batch && begin_block >= end_block; }
   // Where the part starts in sequence `batch`: known from the metadata row alone, before the length is read.
   __device__ int start_block(int batch) const { return batch == begin_batch ? begin_block : 0; }
   __device__ WorkItem item(int batch) const {
-    const int num_blocks = (max(cache_seqlens[batch], 0) + kPageSize - 1) / kPageSize;
+    const int num_blocks = (max(seqlens[batch], 0) + kPageSize - 1) / kPageSize;
     WorkItem w;
-    w.seqlen = cache_seqlens[batch];
+    w.seqlen = seqlens[batch];
     w.batch = batch;
     w.start_block = start_block(batch);
     w.stop_block = batch == end_batch ? end_block : num_blocks;
@@ -141,6 +141,13 @@ struct ElemTraits<__half> {
   }
 };
 
+// Whether the length of sequence `batch` changed since its schedule was computed (p.current_seqlens): its out and lse
+// are then written as NaN, since the schedule no longer covers its pages. The schedule and the walk keep to the
+// lengths they were computed for, so every output row is still written and nothing outside the cache is read.
+__device__ __forceinline__ bool length_changed(const MlaDecodeParams& p, int batch) {
+  return p.current_seqlens != nullptr && p.current_seqlens[batch] != p.seqlens[batch];
+}
+
 // Where a finished tile goes: straight to out/lse when the sequence has one split, else to split row
 // `split_row` of the workspace. Read at the start of an item, so the loads are done by the epilogue.
 struct OutputSlot {
@@ -187,10 +194,12 @@ __device__ __forceinline__ void store_global_v4(void* ptr, const uint32_t (&v)[4
 // a row (4 bytes each); transposing 4 x 4 blocks within the quad gives each lane 8 whole columns, so each store
 // is 16 bytes instead of 4: a store instruction touches 8 rows either way, and the epilogue was bound by the
 // number of instructions (~5 us per item at s_q * h_q = 256 with 4-byte stores, 2.2x faster with 16-byte ones).
+// poison: length_changed for this sequence (every value written is NaN).
 template <typename Elem>
 __device__ __forceinline__ void store_tile(const MlaDecodeParams& p, const WorkItem& w, const OutputSlot& slot,
                                            int m_block, int wg, int row0, const float (&o)[128],
-                                           const float (&row_m)[2], const float (&total)[2], float scale_log2) {
+                                           const float (&row_m)[2], const float (&total)[2], float scale_log2,
+                                           bool poison) {
   using Traits = ElemTraits<Elem>;
   const int rows_total = p.s_q * p.h_q;
   const int lane = threadIdx.x % 32;
@@ -204,10 +213,11 @@ __device__ __forceinline__ void store_tile(const MlaDecodeParams& p, const WorkI
     // A row saw a key iff its sum is not 0 (the largest term is exp(0) = 1 or more). A NaN sum (NaN in q or in a
     // visible key) counts as seen, so that the NaN reaches out and lse rather than turning into "no key".
     const bool seen = total[h] != 0.f;
-    const float inv = seen ? 1.f / total[h] : 0.f;
+    float inv = seen ? 1.f / total[h] : 0.f;
     float lse_value;
     if (seen) lse_value = (row_m[h] * scale_log2 + log2f(total[h])) * 0.6931471805599453f;
     else lse_value = slot.direct ? INFINITY : -INFINITY;  // partials with no keys carry no weight
+    if (poison) inv = lse_value = NAN;
     const int64_t row = slot.direct ? static_cast<int64_t>(w.batch) * rows_total + grow
                                     : static_cast<int64_t>(slot.split_row) * rows_total + grow;
     const int col_base = wg * kOutColsPerWarpgroup;

@@ -43,10 +43,12 @@ __global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_rows_kernel(co
   const int rows_total = p.s_q * p.h_q;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const bool few_splits = p.num_splits[batch + 1] - p.num_splits[batch] <= kFewSplits;
+  const bool nan_rows = empty_but_length_changed(p, batch);
   for (int i = 0; i < rows_per_warp; ++i) {
     const int grow = (blockIdx.x * rows_per_warp + i) * kCombineWarps + warp;
     if (grow >= rows_total) break;
-    if (few_splits) merge_row_few_splits<Elem>(p, batch, grow, lane);
+    if (nan_rows) write_nan_row<Elem>(p, batch, grow, lane);
+    else if (few_splits) merge_row_few_splits<Elem>(p, batch, grow, lane);
     else merge_row<Elem>(p, batch, grow, lane);
   }
 }
@@ -64,6 +66,10 @@ __global__ void __launch_bounds__(kSharedRowWarps * 32) mla_combine_shared_row_k
   if (sequence_was_written_whole(p, batch) || grow >= p.s_q * p.h_q) return;
   griddep_wait();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (empty_but_length_changed(p, batch)) {
+    if (warp == 0) write_nan_row<Elem>(p, batch, grow, lane);
+    return;
+  }
   const SplitRow r = split_row(p, batch, grow);
   float lse_value;
   float4 acc[4];

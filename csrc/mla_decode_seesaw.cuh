@@ -350,17 +350,17 @@ __device__ __forceinline__ void seesaw_pv_smem(float (&o)[128], uint32_t p_smem,
 }
 
 // What the consumers need to start an item, read one item ahead: these dependent global loads (the part's next
-// sequence, its length, its split counts) took ~1800 SM clocks at every item boundary when read there (run 75).
+// sequence, its length, its split counts) took ~1800 SM clocks at every item boundary when read there.
 struct ItemPlan {
   WorkItem w;
-  int seqlen;
   OutputSlot slot;
+  bool length_changed;
 };
 __device__ __forceinline__ ItemPlan load_item_plan(const MlaDecodeParams& p, const PartWalker& walker, int k) {
   ItemPlan plan;
   plan.w = walker.item(walker.begin_batch + k);
-  plan.seqlen = p.cache_seqlens[plan.w.batch];
   plan.slot = output_slot(p, plan.w);
+  plan.length_changed = length_changed(p, plan.w.batch);
   return plan;
 }
 
@@ -398,7 +398,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       }
       continue;
     }
-    const int seqlen = plan.seqlen;
+    const int seqlen = w.seqlen;
     const OutputSlot& slot = plan.slot;
     int key_limit[2];
 #pragma unroll
@@ -560,7 +560,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
     float total[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) total[h] = sums[t.row0 + 8 * h] + sums[kTileRows + t.row0 + 8 * h];
-    store_tile<Elem>(p, w, slot, m_block, wg, t.row0, o, row_m, total, scale_log2);
+    store_tile<Elem>(p, w, slot, m_block, wg, t.row0, o, row_m, total, scale_log2, plan.length_changed);
     ++item_count;
   }
 }
@@ -578,7 +578,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int m_block = blockIdx.x;
   const int part = blockIdx.y;
-  PartWalker walker(params.sched_metadata + part * kMetadataWidth, params.cache_seqlens);
+  PartWalker walker(params.sched_metadata + part * kMetadataWidth, params.seqlens);
   // A spare part of the schedule (its row holds no pages) loads and computes nothing: leaving before the barrier
   // set-up and the item's dependent loads frees its SM for the combine kernel's blocks, launched early (PDL), a
   // few microseconds sooner.

@@ -115,6 +115,32 @@ __device__ __forceinline__ void store_merged_lse(const MlaDecodeParams& p, int b
   p.lse[(static_cast<int64_t>(batch) * p.h_q + head) * p.s_q + token] = lse_value;
 }
 
+// One warp writes row `grow` of sequence `batch`: this lane's 16 columns (acc[c]: columns 4 (lane + 32 c) .. + 3)
+// to out and the lse.
+template <typename Elem>
+__device__ __forceinline__ void write_merged_row(const MlaDecodeParams& p, int batch, int grow, int lane,
+                                                 const float4 (&acc)[4], float lse_value) {
+  Elem* out_row = out_row_of<Elem>(p, batch, grow);
+#pragma unroll
+  for (int c = 0; c < 4; ++c)
+    *reinterpret_cast<uint2*>(out_row + 4 * (lane + 32 * c)) =
+        make_uint2(ElemTraits<Elem>::pack(acc[c].x, acc[c].y), ElemTraits<Elem>::pack(acc[c].z, acc[c].w));
+  if (lane == 0) store_merged_lse(p, batch, grow, lse_value);
+}
+
+// A sequence without splits has no pages in its schedule: its rows are the merge of nothing (out = 0, lse = +inf),
+// or NaN where its length changed since the schedule was computed (length_changed).
+__device__ __forceinline__ bool empty_but_length_changed(const MlaDecodeParams& p, int batch) {
+  return p.num_splits[batch + 1] == p.num_splits[batch] && length_changed(p, batch);
+}
+
+template <typename Elem>
+__device__ __forceinline__ void write_nan_row(const MlaDecodeParams& p, int batch, int grow, int lane) {
+  const float4 nan4 = make_float4(NAN, NAN, NAN, NAN);
+  const float4 acc[4] = {nan4, nan4, nan4, nan4};
+  write_merged_row<Elem>(p, batch, grow, lane, acc, NAN);
+}
+
 // One warp merges row `grow` of sequence `batch` and writes it to out / lse.
 template <typename Elem>
 __device__ __forceinline__ void merge_row(const MlaDecodeParams& p, int batch, int grow, int lane) {
@@ -124,12 +150,7 @@ __device__ __forceinline__ void merge_row(const MlaDecodeParams& p, int batch, i
 #pragma unroll
   for (int c = 0; c < 4; ++c) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
   accumulate_splits(acc, p, r, lse_value, 0, 1, lane);
-  Elem* out_row = out_row_of<Elem>(p, batch, grow);
-#pragma unroll
-  for (int c = 0; c < 4; ++c)
-    *reinterpret_cast<uint2*>(out_row + 4 * (lane + 32 * c)) =
-        make_uint2(ElemTraits<Elem>::pack(acc[c].x, acc[c].y), ElemTraits<Elem>::pack(acc[c].z, acc[c].w));
-  if (lane == 0) store_merged_lse(p, batch, grow, lse_value);
+  write_merged_row<Elem>(p, batch, grow, lane, acc, lse_value);
 }
 
 // The merged lse of a row from one lse value per lane (-inf where a lane holds none), +inf when no split saw a key.
@@ -171,12 +192,7 @@ __device__ __forceinline__ void merge_row_few_splits(const MlaDecodeParams& p, i
 #pragma unroll
     for (int c = 0; c < 4; ++c) add_weighted(acc[c], weight, part[k][c]);
   }
-  Elem* out_row = out_row_of<Elem>(p, batch, grow);
-#pragma unroll
-  for (int c = 0; c < 4; ++c)
-    *reinterpret_cast<uint2*>(out_row + 4 * (lane + 32 * c)) =
-        make_uint2(ElemTraits<Elem>::pack(acc[c].x, acc[c].y), ElemTraits<Elem>::pack(acc[c].z, acc[c].w));
-  if (lane == 0) store_merged_lse(p, batch, grow, lse_value);
+  write_merged_row<Elem>(p, batch, grow, lane, acc, lse_value);
 }
 
 }  // namespace decode_detail

@@ -3,9 +3,11 @@
 The extension registers, in the `hf_flashmla` torch.library namespace:
   mla_decode(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens,
              Tensor tile_scheduler_metadata, Tensor num_splits, float softmax_scale, bool causal,
-             int head_dim_v) -> (Tensor out, Tensor lse)
+             int head_dim_v, Tensor? schedule_seqlens=None) -> (Tensor out, Tensor lse)
     q [b, s_q, h_q, 576], k_cache [num_blocks, 64, 1, 576] (bf16 or fp16, contiguous),
     block_table int32 [b, max_blocks], cache_seqlens int32 [b], metadata from hf_flashmla.schedule.
+    schedule_seqlens: the lengths the metadata was computed for, where they may differ from
+    cache_seqlens (newest API): the kernel keeps to them, and a sequence whose length differs gets NaN.
     out [b, s_q, h_q, head_dim_v] (q's dtype), lse float32 [b, h_q, s_q].
   mla_metadata(Tensor cache_seqlens, int num_sm_parts, int page_size, int sequence_overhead_pages,
                int split_combine_pages, int min_piece_pages)
@@ -38,7 +40,7 @@ def metadata_kernel_available() -> bool:
 if _C is not None:
     @torch.library.register_fake("hf_flashmla::mla_decode")
     def _mla_decode_fake(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                         softmax_scale, causal, head_dim_v):
+                         softmax_scale, causal, head_dim_v, schedule_seqlens=None):
         batch, s_q, h_q, _ = q.shape
         out = q.new_empty((batch, s_q, h_q, head_dim_v))
         lse = q.new_empty((batch, h_q, s_q), dtype=torch.float32)
@@ -46,9 +48,9 @@ if _C is not None:
 
 
 def mla_decode(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-               softmax_scale: float, causal: bool, head_dim_v: int):
+               softmax_scale: float, causal: bool, head_dim_v: int, schedule_seqlens=None):
     return torch.ops.hf_flashmla.mla_decode(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata,
-                                            num_splits, softmax_scale, causal, head_dim_v)
+                                            num_splits, softmax_scale, causal, head_dim_v, schedule_seqlens)
 
 
 if metadata_kernel_available():

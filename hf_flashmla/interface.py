@@ -27,25 +27,30 @@ CHECK_VALUES_ENV_VAR = "HF_FLASHMLA_CHECK_VALUES"
 class FlashMLASchedMeta:
     """Newest-generation schedule holder: empty until the first flash_mla_with_kvcache call, which
     computes the schedule and records what it was computed for. Later calls must pass the same
-    shapes (b, s_q, h_q, h_kv), the same device and the same cache_seqlens, or they raise ValueError.
+    shapes (b, s_q, h_q, h_kv), the same device and the same cache_seqlens. Use one FlashMLASchedMeta
+    per batch state, e.g. one per decoding step shared by all layers.
 
-    cache_seqlens are compared by value (against a clone kept at the first call) on CPU, and on CUDA
-    when value checks are on (check_values=True or HF_FLASHMLA_CHECK_VALUES=1; this costs a sync).
-    Otherwise, on CUDA, the comparison is by identity: the same tensor (data_ptr, shape) whose
-    version counter has not moved, i.e. no in-place write through PyTorch since the first call. A
-    reference to that tensor is kept so that its memory cannot be handed to another tensor meanwhile.
-    Writes that bypass PyTorch's version counter (raw kernels, CUDA graph replays of other code)
-    are not detected without check_values. Use one FlashMLASchedMeta per batch state, e.g. one per
-    decoding step shared by all layers.
+    The first call keeps a copy of cache_seqlens (on its device, no sync). A later call's
+    cache_seqlens is checked, most thorough first:
+      - by value against that copy, raising ValueError, on CPU and wherever value checks are on
+        (check_values=True or HF_FLASHMLA_CHECK_VALUES=1; on CUDA this costs a sync);
+      - otherwise by identity, raising ValueError: the same memory and shape, and, where the tensor
+        has a version counter, no in-place write through PyTorch since. Inference tensors
+        (torch.inference_mode) have none, and torch.compile cannot trace this check, so it is
+        skipped there;
+      - always on the sm_90 kernel, on the device: the kernel compares each sequence's length with
+        the copy and writes NaN out and lse for a sequence whose length changed (writes through
+        raw kernels or CUDA graph replays included), without a sync.
     """
 
     def __init__(self):
         self.tile_scheduler_metadata: torch.Tensor | None = None
         self.num_splits: torch.Tensor | None = None
         self.shapes: dict | None = None
+        self.seqlens: torch.Tensor | None = None  # the copy of cache_seqlens the schedule was computed for
+        # The caller's tensor: kept so that its memory is not handed to another tensor while this is in use.
         self._seqlens_tensor: torch.Tensor | None = None
         self._seqlens_identity: tuple | None = None
-        self._seqlens_values: torch.Tensor | None = None
 
     @property
     def initialized(self) -> bool:
@@ -61,29 +66,35 @@ class FlashMLASchedMeta:
         batch, s_q, h_q, _ = q.shape
         h_kv = k_cache.shape[2]
         shapes = {"b": batch, "s_q": s_q, "h_q": h_q, "h_kv": h_kv, "device": q.device}
-        identity = (cache_seqlens.data_ptr(), tuple(cache_seqlens.shape), cache_seqlens._version)
         if not self.initialized:
             self.tile_scheduler_metadata, self.num_splits = schedule.compute_schedule(
                 cache_seqlens, s_q * h_q // h_kv, h_kv)
             self.shapes = shapes
-            self._seqlens_tensor = cache_seqlens
-            self._seqlens_identity = identity
-            self._seqlens_values = cache_seqlens.clone()
+            self.seqlens = cache_seqlens.clone()
+            if not torch.compiler.is_compiling():
+                self._seqlens_tensor = cache_seqlens
+                self._seqlens_identity = _identity_of(cache_seqlens)
             return self.tile_scheduler_metadata, self.num_splits
 
         if shapes != self.shapes:
             raise ValueError(f"tile_scheduler_metadata: this FlashMLASchedMeta was computed for {self.shapes}, "
                              f"got {shapes}; call get_mla_metadata() again for a new batch")
         if compare_values:
-            same = torch.equal(self._seqlens_values, cache_seqlens)
-            what = "values"
-        else:
-            same = identity == self._seqlens_identity
-            what = "tensor (compared by identity and version; pass check_values=True to compare values)"
-        if not same:
-            raise ValueError(f"cache_seqlens: differs from the {what} this FlashMLASchedMeta was computed for; "
-                             f"call get_mla_metadata() again for a new batch")
+            if not torch.equal(self.seqlens, cache_seqlens):
+                raise ValueError("cache_seqlens: differs from the values this FlashMLASchedMeta was computed for; "
+                                 "call get_mla_metadata() again for a new batch")
+        elif not torch.compiler.is_compiling() and self._seqlens_identity is not None:
+            if _identity_of(cache_seqlens) != self._seqlens_identity:
+                raise ValueError("cache_seqlens: differs from the tensor this FlashMLASchedMeta was computed for "
+                                 "(compared by identity and version; pass check_values=True to compare values); "
+                                 "call get_mla_metadata() again for a new batch")
         return self.tile_scheduler_metadata, self.num_splits
+
+
+def _identity_of(tensor: torch.Tensor) -> tuple:
+    """Memory, shape and version counter; inference tensors (torch.inference_mode) have no version counter."""
+    version = None if tensor.is_inference() else tensor._version
+    return tensor.data_ptr(), tuple(tensor.shape), version
 
 
 def get_mla_metadata(cache_seqlens: torch.Tensor | None = None, num_q_tokens_per_head_k: int | None = None,
@@ -145,7 +156,9 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
             raise ValueError("num_splits: expected None with a FlashMLASchedMeta (newest generation), got "
                              f"{type(num_splits).__name__}")
         metadata, splits = tile_scheduler_metadata.schedule_for(q, k_cache, cache_seqlens, read_values)
+        schedule_seqlens = tile_scheduler_metadata.seqlens
     else:
+        schedule_seqlens = None
         validation.check_schedule_tensors(tile_scheduler_metadata, num_splits, batch, q.device)
         metadata, splits = tile_scheduler_metadata, num_splits
         if read_values:
@@ -155,7 +168,7 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
         softmax_scale = head_dim ** -0.5
     if for_kernel:
         return _ops.mla_decode(q, k_cache, block_table, cache_seqlens, metadata, splits, float(softmax_scale),
-                               causal, head_dim_v)
+                               causal, head_dim_v, schedule_seqlens)
     if choice.name == TRITON:
         from hf_flashmla import triton_decode  # imported on first use: Triton is optional and slow to import
         if q.device.type != "cuda":  # TRITON_INTERPRET on the CPU

@@ -106,6 +106,47 @@ def test_identity_comparison_used_when_values_are_not_read():
         sched_meta.schedule_for(inputs.q, inputs.k_cache, inputs.cache_seqlens, compare_values=False)
 
 
+def test_newest_generation_under_inference_mode():
+    # Inference tensors have no version counter: the identity check does without it, and CPU compares values.
+    with torch.inference_mode():
+        inputs = make_paged_inputs([10, 70, 0], 2, 16, seed=4)
+        sched_meta, _ = hf_flashmla.get_mla_metadata()
+        first = newest_generation(inputs, sched_meta)
+        second = newest_generation(inputs, sched_meta)
+        assert torch.equal(first[0], second[0])
+        inputs.cache_seqlens[1] -= 1
+        with pytest.raises(ValueError, match="^cache_seqlens:"):
+            newest_generation(inputs, sched_meta)
+        other = interface.FlashMLASchedMeta()
+        other.schedule_for(inputs.q, inputs.k_cache, inputs.cache_seqlens, compare_values=False)
+        other.schedule_for(inputs.q, inputs.k_cache, inputs.cache_seqlens, compare_values=False)
+        with pytest.raises(ValueError, match="^cache_seqlens:.*identity"):
+            other.schedule_for(inputs.q, inputs.k_cache, inputs.cache_seqlens.clone(), compare_values=False)
+
+
+def test_newest_generation_under_torch_compile():
+    inputs = make_paged_inputs([10, 70, 0], 2, 16, seed=4)
+
+    def attend(q, k_cache, block_table, cache_seqlens, sched_meta):
+        out, lse = hf_flashmla.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 512, sched_meta, None,
+                                                      causal=True)
+        return out * 2, lse
+
+    torch._dynamo.reset()
+    compiled = torch.compile(attend, backend="eager")
+    sched_meta, _ = hf_flashmla.get_mla_metadata()
+    args = (inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens)
+    got = compiled(*args, sched_meta)
+    again = compiled(*args, sched_meta)  # the schedule computed inside the first compiled call is reused
+    expected = attend(*args, hf_flashmla.get_mla_metadata()[0])
+    assert sched_meta.initialized
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]) and torch.equal(again[0], got[0])
+    changed = inputs.cache_seqlens.clone()
+    changed[1] -= 1
+    with pytest.raises(ValueError, match="cache_seqlens"):
+        compiled(inputs.q, inputs.k_cache, inputs.block_table, changed, sched_meta)
+
+
 def test_backend_reports_reference_on_cpu_with_a_reason(monkeypatch):
     monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
     for where in (torch.zeros(1), "cpu", torch.device("cpu")):
@@ -153,13 +194,17 @@ def test_kernel_backend_receives_the_schedule_and_defaults(monkeypatch, generati
         first_generation(inputs, causal=True)
     else:
         newest_generation(inputs, hf_flashmla.get_mla_metadata()[0], causal=True)
-    (q, k_cache, block_table, cache_seqlens, metadata, num_splits, scale, causal, head_dim_v), = calls
+    (q, k_cache, block_table, cache_seqlens, metadata, num_splits, scale, causal, head_dim_v, schedule_seqlens), = calls
     assert q is inputs.q and k_cache is inputs.k_cache and block_table is inputs.block_table
     assert cache_seqlens is inputs.cache_seqlens
     expected_metadata, expected_splits = schedule.compute_schedule(inputs.cache_seqlens, 2 * 16, 1)
     assert torch.equal(metadata, expected_metadata) and torch.equal(num_splits, expected_splits)
     assert scale == pytest.approx(576 ** -0.5) and isinstance(scale, float)
     assert causal is True and head_dim_v == 512
+    if generation == "first":  # the caller vouches for the metadata
+        assert schedule_seqlens is None
+    else:  # the copy the schedule was computed for, which the kernel compares with cache_seqlens
+        assert schedule_seqlens is not cache_seqlens and torch.equal(schedule_seqlens, cache_seqlens)
 
 
 def test_package_exports():

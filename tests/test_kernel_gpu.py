@@ -258,6 +258,29 @@ def test_newest_generation_metadata():
     assert_close_to_reference(out, lse, inputs, True)
 
 
+@pytest.mark.parametrize("lengths,changes", [
+    ([20000, 300, 0, 65, 1000], {0: -1, 2: 5, 3: 1}),      # split sequences, an empty one, a small one
+    ([1024] * 127 + [0], {0: 1, 5: -1000, 127: 5}),        # one part per sequence: written whole, and an empty one
+], ids=["pieces", "whole"])
+def test_newest_generation_changed_lengths_give_nan(lengths, changes):
+    """Under inference mode (no version counter) an in-place change of cache_seqlens after the schedule passes the
+    host's identity check; the kernel compares each length with the copy taken with the schedule and writes NaN
+    for the changed sequences (whatever their schedule: pieces, whole, none), the others unchanged."""
+    with torch.inference_mode():
+        inputs = make_paged_inputs(lengths, 1, 64, device="cuda", seed=5)
+        sched_meta, _ = get_mla_metadata()
+        args = (inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens, DV, sched_meta, None)
+        before_out, before_lse = flash_mla_with_kvcache(*args, causal=True)
+        for index, delta in changes.items():
+            inputs.cache_seqlens[index] += delta
+        out, lse = flash_mla_with_kvcache(*args, causal=True)
+        torch.cuda.synchronize()
+    changed = sorted(changes)
+    kept = [i for i in range(len(lengths)) if i not in changes]
+    assert out[changed].isnan().all() and lse[changed].isnan().all()
+    assert torch.equal(out[kept], before_out[kept]) and torch.equal(lse[kept], before_lse[kept])
+
+
 @pytest.mark.parametrize("s_q,h_q", [(1, 128), (2, 16)])
 def test_cuda_graph_replay_with_new_data(s_q, h_q):
     """Capture the schedule and the kernel in one CUDA graph, then replay it after writing new cache
