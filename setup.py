@@ -4,6 +4,7 @@ pyproject.toml.
 The extension is built only where it can run: torch with CUDA and nvcc present. HF_FLASHMLA_BUILD_EXT=1 forces the
 build (failing loudly if it cannot), =0 skips it, so a CPU machine installs the pure-Python package (reference and
 Triton paths) in seconds. On the GPU machine: HF_FLASHMLA_BUILD_EXT=1 python setup.py build_ext --inplace."""
+import importlib.util
 import os
 import runpy
 
@@ -14,9 +15,18 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 TRANSFORMERS_REQUIREMENT = runpy.run_path(os.path.join(ROOT, "hf_flashmla", "transformers_range.py"))["REQUIREMENT"]
 
 
+def load_envs():
+    """hf_flashmla/envs.py, the registry of the HF_FLASHMLA_* settings, without importing the package (which
+    needs torch and transformers, not installed yet at this point)."""
+    spec = importlib.util.spec_from_file_location("hf_flashmla_envs", os.path.join(ROOT, "hf_flashmla", "envs.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def want_extension() -> bool:
-    forced = os.environ.get("HF_FLASHMLA_BUILD_EXT")
-    if forced is not None:
+    forced = load_envs().BUILD_EXT.value()
+    if forced:
         return forced == "1"
     try:
         import torch

@@ -1,5 +1,5 @@
 """FlashMLA-compatible multi-head latent attention decoding for Hopper, packaged for Transformers."""
-from hf_flashmla.backend import BackendChoice, backend
+from hf_flashmla.dispatch import BackendChoice, backend
 from hf_flashmla.hybrid_cache import HybridLatentCache
 from hf_flashmla.interface import FlashMLASchedMeta, flash_mla_with_kvcache, get_mla_metadata
 from hf_flashmla.latent_cache import LatentCacheFullError, LatentPagedCache

@@ -13,15 +13,10 @@ Both generations of FlashMLA's calling convention are accepted unchanged:
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
-from hf_flashmla import _ops, schedule, validation
-from hf_flashmla.backend import KERNEL, TRITON, backend
+from hf_flashmla import _ops, dispatch, envs, schedule, validation
 from hf_flashmla.reference import mla_decode_reference
-
-CHECK_VALUES_ENV_VAR = "HF_FLASHMLA_CHECK_VALUES"
 
 
 class FlashMLASchedMeta:
@@ -115,7 +110,7 @@ def get_mla_metadata(cache_seqlens: torch.Tensor | None = None, num_q_tokens_per
 
 def _value_checks_requested(check_values: bool | None) -> bool:
     if check_values is None:
-        return os.environ.get(CHECK_VALUES_ENV_VAR, "0").strip().lower() in ("1", "true", "yes", "on")
+        return envs.check_values_requested(envs.CHECK_VALUES.raw())
     if not isinstance(check_values, bool):
         raise TypeError(f"check_values: expected a bool or None, got {type(check_values).__name__}")
     return check_values
@@ -133,7 +128,8 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
     get_mla_metadata (either generation). softmax_scale defaults to 576 ** -0.5.
     With causal, query token t of a sequence of length L sees keys 0 .. L - s_q + t.
     Returns out [b, s_q, h_q, 512] in q's dtype and lse float32 [b, h_q, s_q]; a query that sees no
-    key gets out = 0, lse = +inf.
+    key gets out = 0, lse = +inf. Nothing in k_cache past a sequence's length reaches its output; NaN in q
+    or in a visible key propagates. hf_flashmla.backend(q.device, num_heads_k=h_kv) says which path runs.
 
     check_values: also run the checks that read tensor values (cache_seqlens range, block ids of the
     pages in use, metadata computed for this batch). They always run on CPU; on CUDA they cost a
@@ -141,8 +137,10 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
     """
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"q: expected a torch.Tensor, got {type(q).__name__}")
-    choice = backend(q)
-    for_kernel = choice.name == KERNEL
+    if not isinstance(k_cache, torch.Tensor):
+        raise TypeError(f"k_cache: expected a torch.Tensor, got {type(k_cache).__name__}")
+    choice = dispatch.choice_for(q.device, k_cache.shape[2] if k_cache.dim() == 4 else 1)
+    for_kernel = choice.name == dispatch.KERNEL
     validation.check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
                             for_kernel=for_kernel)
     read_values = _value_checks_requested(check_values) or q.device.type == "cpu"
@@ -169,7 +167,7 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
     if for_kernel:
         return _ops.mla_decode(q, k_cache, block_table, cache_seqlens, metadata, splits, float(softmax_scale),
                                causal, head_dim_v, schedule_seqlens)
-    if choice.name == TRITON:
+    if choice.name == dispatch.TRITON:
         from hf_flashmla import triton_decode  # imported on first use: Triton is optional and slow to import
         if q.device.type != "cuda":  # TRITON_INTERPRET on the CPU
             return triton_decode.mla_decode_triton(q, k_cache, block_table, cache_seqlens, head_dim_v,

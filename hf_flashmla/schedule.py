@@ -30,46 +30,49 @@ are taken when their largest part is at most the balanced payload + C:
     [j n_i // k, (j + 1) n_i // k) of sequence i, one item per part; parts k b.. get empty items (the rows
     an over-provisioned balanced schedule also ends with: [b-1, pages_{b-1}, b-1, pages_{b-1}, ...]).
     Largest part: ceil(max pages / k) + overhead. k = 1 is one part per sequence, no combine (+1..10% on
-    b = 128 equal-length configs, run 14); k = 2 at b = 64 on 132 parts: 128 pieces of half a sequence
-    instead of 132 parts of mostly two items, 1-6.5% faster on all 15 such configs of BENCHMARKS.md (run 42).
+    b = 128 equal-length configs); k = 2 at b = 64 on 132 parts: 128 pieces of half a sequence instead of
+    132 parts of mostly two items, 1-6.5% faster on all 15 such configs of the benchmark table.
   - snapped (b > num_sm_parts): each balanced bound p * payload moves to the nearer end of the sequence
     that holds it, so whole sequences go to the part where most of their cost was; parts may be empty.
     E.g. 64 sequences of 4K tokens on 33 parts (s_q * h_q = 256): parts of two sequences, 138 pages
-    against a payload of 134, and no combine (2-7% faster, run 37). Skipped above MAX_SNAPPED_PARTS
+    against a payload of 134, and no combine (2-7% faster). Skipped above MAX_SNAPPED_PARTS
     parts (the kernel keeps the bounds in shared memory). Where a part's share is under two sequences the
     nearest ends drift: FlashMLA's sweep at b = 128, lengths 1024 + 2i, on 66 parts snaps some parts to
     three sequences (51 pages), so the balanced cut was taken (3 items, 51 splits). Part p then starts at
     sequence floor(p b / P) instead ("by count") wherever that gives a strictly smaller largest part: two
-    whole sequences, 40 pages, no combine; H100 run 97: 112.6 -> 99.4 us (FlashInfer's MLA decode 101.3).
+    whole sequences, 40 pages, no combine; on the H100 112.6 -> 99.4 us (FlashInfer's MLA decode 101.3).
 
 Fewer pieces for little work: where pieces are taken, k is halved while a piece would hold fewer than
 min_piece_pages pages, k / 2 >= MIN_PIECES_PER_SEQUENCE and more than half the parts hold a piece
 (b min(max pages, k) > parts / 2); the k b pieces are then spread over the parts, part p taking piece
 ceil(p k b / parts) (the parts between pieces empty): packed into the first k b parts they were 1-2 us slower
-(run 89: b1 L4K h128 22.2 us packed, 20.9 spread, 20.8 on a grid of only the busy parts). At 64 query rows per
-CTA (s_q * h_q >= 64) each piece writes a 128 KB fp32 partial that the combine reads back, worth more than a
-page or two of KV when nearly every CTA writes one at once. H100 run 90 (the full grid, spare parts empty,
-pieces spread; flushed us, rule off -> on, two rounds): b1 h128 L4K 25.7 -> 21.0 (64 -> 33 pieces), L8K
-28.8 -> 23.5, L16K 33.9 -> 30.4; b2 h128 L4K 26.5 -> 23.1, L8K 32.3 -> 29.7; b2 L4K h64 27.1 -> 22.1; b4 h64
-L2K 25.3 -> 21.0, L4K 30.4 -> 26.9; b1 L4K s2 h64 25.7 -> 20.4; b1 h128 s2 L2K 23.4 -> 18.4, L4K 25.6 -> 22.0.
-Where at most half the parts had a piece anyway, fewer only cost (run 87, without that condition): b1 L4K h64
-20.7 -> 22.5 (64 pieces on 132 parts), b1 L2K h128 18.7 -> 19.5, b1 L1K h128 15.7 -> 16.8. Not at 16 query
-rows (b4 L4K h16 23.9 -> 24.4, run 86), so below 64 rows min_piece_pages is 0 (off). Beyond two tiles it is 3:
-b1 L2K s2 h128 gains from one-page to two-page pieces (above), but b1 L8K s2 h128 lost 1-11% in three timings
-going from four-page to eight-page pieces (runs 87-88), where one and two tiles gained (b1 L16K h128, b2 L8K
-h128). The floor of 16 pieces keeps enough SMs streaming and the combine's one-block-per-row shape (launched
-where parts >= 8 b, a host-side choice) fed with splits (b8 L4K h128 at 4 pieces: 42 -> 50 us, run 86).
+(b1 L4K h128 22.2 us packed, 20.9 spread, 20.8 on a grid of only the busy parts). At 64 query rows per CTA
+(s_q * h_q >= 64) each piece writes a 128 KB fp32 partial that the combine reads back, worth more than a page
+or two of KV when nearly every CTA writes one at once. On the H100 (the full grid, spare parts empty, pieces
+spread; flushed us, rule off -> on, two rounds): b1 h128 L4K 25.7 -> 21.0 (64 -> 33 pieces), L8K 28.8 -> 23.5,
+L16K 33.9 -> 30.4; b2 h128 L4K 26.5 -> 23.1, L8K 32.3 -> 29.7; b2 L4K h64 27.1 -> 22.1; b4 h64 L2K 25.3 -> 21.0,
+L4K 30.4 -> 26.9; b1 L4K s2 h64 25.7 -> 20.4; b1 h128 s2 L2K 23.4 -> 18.4, L4K 25.6 -> 22.0. Where at most half
+the parts had a piece anyway, fewer only cost (measured without that condition): b1 L4K h64 20.7 -> 22.5 (64
+pieces on 132 parts), b1 L2K h128 18.7 -> 19.5, b1 L1K h128 15.7 -> 16.8. Not at 16 query rows (b4 L4K h16
+23.9 -> 24.4), so below 64 rows min_piece_pages is 0 (off). Beyond two tiles it is 3: b1 L2K s2 h128 gains from
+one-page to two-page pieces (above), but b1 L8K s2 h128 lost 1-11% in three timings going from four-page to
+eight-page pieces, where one and two tiles gained (b1 L16K h128, b2 L8K h128). The floor of 16 pieces keeps
+enough SMs streaming and the combine's one-block-per-row shape (launched where parts >= 8 b, a host-side choice)
+fed with splits (b8 L4K h128 at 4 pieces: 42 -> 50 us).
 
 Two implementations give the same tensors bit for bit: compute_schedule_torch (vectorised PyTorch
 ops, any device; the ground truth) and the compiled single-CTA kernel torch.ops.hf_flashmla.mla_metadata
 (csrc/mla_metadata_kernel.cu: one launch instead of ~46 ops). compute_schedule takes the kernel for
-CUDA tensors on an sm_90 device when the extension has it, else PyTorch. HF_FLASHMLA_SCHEDULE (or the
-`implementation` argument) overrides: "auto" (default), "torch" (always PyTorch, e.g. to compare),
-"kernel" (require the kernel: RuntimeError instead of falling back).
+CUDA tensors on an sm_90 device when the extension has it, else PyTorch. The `implementation` argument
+overrides: "auto" (default), "torch" (always PyTorch, e.g. to compare), "kernel" (require the kernel:
+RuntimeError instead of falling back).
+
+The cost model's constants (ScheduleCosts: the per-sequence overhead, the split cost, the smallest piece) are
+arguments with the measured defaults below; benchmarks pass other values to compare schedules.
 """
 from __future__ import annotations
 
-import os
+import dataclasses
 
 import torch
 
@@ -77,47 +80,83 @@ from hf_flashmla import _ops
 
 PAGE_SIZE = 64
 ROWS_PER_TILE = 64  # query rows (s_q * h_q / h_kv folded) per CTA tile
+# Fixed cost of a sequence (loading Q, the epilogue, the combine), in pages, placed before its pages.
 SEQUENCE_OVERHEAD_PAGES = 5
-# For timing experiments only: overrides SEQUENCE_OVERHEAD_PAGES in both implementations.
-SEQUENCE_OVERHEAD_ENV_VAR = "HF_FLASHMLA_SEQUENCE_OVERHEAD_PAGES"
-# Cost of splitting (the combine), in pages; passed to the schedule kernel. Up to 64 query rows per kv head,
-# from the H100 runs 10-11 (notes/KERNEL_LOG.md): a one-part-per-sequence schedule at b = 128, equal lengths,
-# 132 parts (largest cost vs payload: L4K 69 vs 67, L8K 133 vs 129, L16K 261 vs 254) was 0.3-11% faster, i.e.
-# splitting cost 4.6-17 pages (payload + C = largest cost * measured speed ratio): ~5-8 at h_q*s_q = 16, 6-12
-# at 32, 9-17 at 64 (more rows: larger fp32 partials). 8 is near the low end, so the rule switches only where
-# every measured configuration gained (re-measured against 12 and 16 in run 45: 8 as good or better).
+# Cost of splitting (the combine), in pages; passed to the schedule kernel. Up to 64 query rows per kv head: on the
+# H100 a one-part-per-sequence schedule at b = 128, equal lengths, 132 parts (largest cost vs payload: L4K 69 vs 67,
+# L8K 133 vs 129, L16K 261 vs 254) was 0.3-11% faster, i.e. splitting cost 4.6-17 pages (payload + C = largest
+# cost * measured speed ratio): ~5-8 at h_q*s_q = 16, 6-12 at 32, 9-17 at 64 (more rows: larger fp32 partials).
+# 8 is near the low end, so the rule switches only where every measured configuration gained (re-measured against
+# 12 and 16: 8 as good or better).
 SPLIT_COMBINE_PAGES = 8
 # From two 64-row tiles up (s_q*h_q >= 128) a split costs more: each of the tiles' CTAs writes its fp32 partial
-# and the combine moves 2-4x the rows. Run 50 (interleaved three times): whole sequences 16 pages over the
-# payload were 1-3% faster on all four table configs where 16 and 8 differ (b64 L16K s2 h128, b128 L8K s2 h128,
-# b128 L16K s1 h128, b128 L16K s2 h64).
+# and the combine moves 2-4x the rows. Interleaved three times, whole sequences 16 pages over the payload were
+# 1-3% faster on all four table configs where 16 and 8 differ (b64 L16K s2 h128, b128 L8K s2 h128, b128 L16K s1
+# h128, b128 L16K s2 h64). Both costs were fitted with fp32 partials, which the kernel writes.
 SPLIT_COMBINE_PAGES_MANY_ROWS = 16
-# Both costs were fitted with fp32 partials. Since run 113 the partials are in the output's dtype wherever the
-# combine is more than one wave (csrc/mla_decode_kernel.cu, mla_decode_partials_fp32), so a split costs somewhat less
-# there; not re-fitted (run 115: the split-heavy configs 1-3.5% faster with the costs as they are, the rest within
-# the call-to-call spread).
-# For timing experiments only (A/B of the pieces and snapped schedules): overrides SPLIT_COMBINE_PAGES in both
-# implementations; a very negative value gives the plain balanced cut.
-SPLIT_COMBINE_ENV_VAR = "HF_FLASHMLA_SPLIT_COMBINE_PAGES"
 # The fewer-pieces rule (module docstring): pieces of fewer pages than this halve k, from 64 query rows per kv head;
 # beyond two 64-row tiles (s2 h128: four CTAs read each page) only pieces of one or two pages are halved.
 MIN_PIECE_PAGES = 5
 MIN_PIECE_PAGES_MANY_TILES = 3
 MIN_PIECES_PER_SEQUENCE = 16  # csrc/mla_metadata_core.h's kMinPiecesPerSequence
-# For timing experiments only: overrides MIN_PIECE_PAGES (0 turns the rule off) in both implementations.
-MIN_PIECE_PAGES_ENV_VAR = "HF_FLASHMLA_MIN_PIECE_PAGES"
 MAX_SNAPPED_PARTS = 1024  # csrc/mla_metadata_core.h's kMaxSnappedParts
 METADATA_WIDTH = 8
 DEFAULT_NUM_SMS = 132  # H100 SXM; used where no CUDA device says otherwise
-SCHEDULE_ENV_VAR = "HF_FLASHMLA_SCHEDULE"
 AUTO, TORCH, KERNEL = "auto", "torch", "kernel"
 KERNEL_CAPABILITY = (9, 0)  # the extension is compiled for sm_90a only
 
 
+@dataclasses.dataclass(frozen=True)
+class ScheduleCosts:
+    """The cost model's constants, in pages (module docstring). The defaults are the measured ones; a benchmark
+    passes others to compare schedules (a very negative split_combine_pages gives the plain balanced cut,
+    min_piece_pages = 0 turns the fewer-pieces rule off)."""
+    sequence_overhead_pages: int = SEQUENCE_OVERHEAD_PAGES
+    split_combine_pages: int = SPLIT_COMBINE_PAGES
+    split_combine_pages_many_rows: int = SPLIT_COMBINE_PAGES_MANY_ROWS
+    min_piece_pages: int = MIN_PIECE_PAGES
+    min_piece_pages_many_tiles: int = MIN_PIECE_PAGES_MANY_TILES
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{field.name}: expected an int, got {type(value).__name__}")
+        if self.sequence_overhead_pages < 1:
+            raise ValueError(f"sequence_overhead_pages: expected >= 1, got {self.sequence_overhead_pages}")
+        for name in ("min_piece_pages", "min_piece_pages_many_tiles"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
+
+    def split_cost(self, num_q_rows_per_kv_head: int) -> int:
+        """split_combine_pages up to one 64-row tile, split_combine_pages_many_rows beyond."""
+        many_rows = num_q_rows_per_kv_head > ROWS_PER_TILE
+        return self.split_combine_pages_many_rows if many_rows else self.split_combine_pages
+
+    def min_piece(self, num_q_rows_per_kv_head: int) -> int:
+        """min_piece_pages from one 64-row tile, min_piece_pages_many_tiles beyond two, 0 below one."""
+        if num_q_rows_per_kv_head < ROWS_PER_TILE:
+            return 0
+        return self.min_piece_pages if num_q_rows_per_kv_head <= 2 * ROWS_PER_TILE else self.min_piece_pages_many_tiles
+
+
+DEFAULT_COSTS = ScheduleCosts()
+
+
+# Per-device facts that do not change, kept so that get_mla_metadata queries no device property per call (plain
+# dicts rather than functools caches, which torch.compile warns about and traces through).
+_NUM_SMS: dict = {}
+_KERNEL_UNAVAILABLE: dict = {}
+
+
 def num_sms_of(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return DEFAULT_NUM_SMS
+    """The device's SM count."""
+    count = _NUM_SMS.get(device)
+    if count is None:
+        count = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" \
+            else DEFAULT_NUM_SMS
+        _NUM_SMS[device] = count
+    return count
 
 
 def num_sm_parts_for(num_q_rows_per_kv_head: int, num_heads_k: int, num_sms: int) -> int:
@@ -126,6 +165,13 @@ def num_sm_parts_for(num_q_rows_per_kv_head: int, num_heads_k: int, num_sms: int
 
 
 def _kernel_unavailable_reason(device: torch.device) -> str | None:
+    """Why the schedule kernel cannot run for tensors on `device` (None: it can); fixed per device."""
+    if device not in _KERNEL_UNAVAILABLE:
+        _KERNEL_UNAVAILABLE[device] = _why_kernel_unavailable(device)
+    return _KERNEL_UNAVAILABLE[device]
+
+
+def _why_kernel_unavailable(device: torch.device) -> str | None:
     if device.type != "cuda":
         return f"device {device} is not a CUDA device"
     if not _ops.metadata_kernel_available():
@@ -136,92 +182,59 @@ def _kernel_unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
-def schedule_implementation(device: torch.device, implementation: str | None = None) -> str:
+def schedule_implementation(device: torch.device, implementation: str = AUTO) -> str:
     """TORCH or KERNEL: what compute_schedule runs for tensors on `device` (see the module docstring)."""
-    requested = implementation if implementation is not None else os.environ.get(SCHEDULE_ENV_VAR, AUTO)
-    requested = requested.strip().lower() or AUTO
-    if requested == TORCH:
+    if implementation == TORCH:
         return TORCH
-    if requested not in (AUTO, KERNEL):
-        what = "implementation" if implementation is not None else SCHEDULE_ENV_VAR
-        raise ValueError(f"{what}: expected one of '{AUTO}', '{TORCH}', '{KERNEL}', got {requested!r}")
+    if implementation not in (AUTO, KERNEL):
+        raise ValueError(f"implementation: expected one of '{AUTO}', '{TORCH}', '{KERNEL}', got {implementation!r}")
     reason = _kernel_unavailable_reason(device)
     if reason is None:
         return KERNEL
-    if requested == KERNEL:
-        raise RuntimeError(f"{SCHEDULE_ENV_VAR}={KERNEL} (or implementation='{KERNEL}') requires the schedule kernel, "
-                           f"but {reason}")
+    if implementation == KERNEL:
+        raise RuntimeError(f"implementation='{KERNEL}' requires the schedule kernel, but {reason}")
     return TORCH
 
 
-def sequence_overhead_pages() -> int:
-    value = os.environ.get(SEQUENCE_OVERHEAD_ENV_VAR, "").strip()
-    if not value:
-        return SEQUENCE_OVERHEAD_PAGES
-    if not value.isdigit():
-        raise ValueError(f"{SEQUENCE_OVERHEAD_ENV_VAR}={value!r}: expected a non-negative integer")
-    return int(value)
+def split_cost_pages(num_q_rows_per_kv_head: int = ROWS_PER_TILE, costs: ScheduleCosts = DEFAULT_COSTS) -> int:
+    return costs.split_cost(num_q_rows_per_kv_head)
 
 
-def split_cost_pages(num_q_rows_per_kv_head: int | None = None) -> int:
-    """SPLIT_COMBINE_PAGES, or SPLIT_COMBINE_PAGES_MANY_ROWS beyond one 64-row tile; the environment overrides."""
-    value = os.environ.get(SPLIT_COMBINE_ENV_VAR, "").strip()
-    if not value:
-        many_rows = num_q_rows_per_kv_head is not None and num_q_rows_per_kv_head > ROWS_PER_TILE
-        return SPLIT_COMBINE_PAGES_MANY_ROWS if many_rows else SPLIT_COMBINE_PAGES
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{SPLIT_COMBINE_ENV_VAR}={value!r}: expected an integer") from None
-
-
-def min_piece_pages_for(num_q_rows_per_kv_head: int | None = None) -> int:
-    """MIN_PIECE_PAGES from ROWS_PER_TILE query rows per kv head (None: that many), MIN_PIECE_PAGES_MANY_TILES
-    beyond two tiles, 0 below one; the environment overrides."""
-    value = os.environ.get(MIN_PIECE_PAGES_ENV_VAR, "").strip()
-    if value:
-        if not value.isdigit():
-            raise ValueError(f"{MIN_PIECE_PAGES_ENV_VAR}={value!r}: expected a non-negative integer")
-        return int(value)
-    if num_q_rows_per_kv_head is None:
-        return MIN_PIECE_PAGES
-    if num_q_rows_per_kv_head < ROWS_PER_TILE:
-        return 0
-    return MIN_PIECE_PAGES if num_q_rows_per_kv_head <= 2 * ROWS_PER_TILE else MIN_PIECE_PAGES_MANY_TILES
+def min_piece_pages_for(num_q_rows_per_kv_head: int = ROWS_PER_TILE, costs: ScheduleCosts = DEFAULT_COSTS) -> int:
+    return costs.min_piece(num_q_rows_per_kv_head)
 
 
 def compute_schedule(cache_seqlens: torch.Tensor, num_q_rows_per_kv_head: int, num_heads_k: int,
-                     num_sms: int | None = None, *, implementation: str | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     num_sms: int | None = None, *, implementation: str = AUTO,
+                     costs: ScheduleCosts = DEFAULT_COSTS) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (tile_scheduler_metadata [P, 8] int32, num_splits [b + 1] int32) on cache_seqlens' device,
     from the kernel or the PyTorch ops (identical results; see the module docstring)."""
     device = cache_seqlens.device
     if num_sms is None:
         num_sms = num_sms_of(device)
     num_parts = num_sm_parts_for(num_q_rows_per_kv_head, num_heads_k, num_sms)
-    split_cost = split_cost_pages(num_q_rows_per_kv_head)
-    min_pages = min_piece_pages_for(num_q_rows_per_kv_head)
+    split_cost = costs.split_cost(num_q_rows_per_kv_head)
+    min_pages = costs.min_piece(num_q_rows_per_kv_head)
     if schedule_implementation(device, implementation) == KERNEL:
-        return _ops.mla_metadata(cache_seqlens, num_parts, PAGE_SIZE, sequence_overhead_pages(), split_cost,
+        return _ops.mla_metadata(cache_seqlens, num_parts, PAGE_SIZE, costs.sequence_overhead_pages, split_cost,
                                  min_pages)
-    return compute_schedule_torch(cache_seqlens, num_parts, split_combine_pages=split_cost,
-                                  min_piece_pages=min_pages)
+    return compute_schedule_torch(cache_seqlens, num_parts, sequence_overhead_pages=costs.sequence_overhead_pages,
+                                  split_combine_pages=split_cost, min_piece_pages=min_pages)
 
 
-def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *, split_combine_pages: int | None = None,
-                           min_piece_pages: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_schedule_torch(cache_seqlens: torch.Tensor, num_parts: int, *,
+                           sequence_overhead_pages: int = SEQUENCE_OVERHEAD_PAGES,
+                           split_combine_pages: int = SPLIT_COMBINE_PAGES,
+                           min_piece_pages: int = MIN_PIECE_PAGES) -> tuple[torch.Tensor, torch.Tensor]:
     """The schedule with vectorised PyTorch ops on cache_seqlens' device (the ground truth).
-    split_combine_pages, min_piece_pages: what compute_schedule passes for the query rows (split_cost_pages,
-    min_piece_pages_for); by default the values at 64 rows. A very negative split_combine_pages turns the
-    pieces and snapped schedules off (the plain balanced cut), for timing comparisons."""
-    if split_combine_pages is None:
-        split_combine_pages = split_cost_pages()
-    if min_piece_pages is None:
-        min_piece_pages = min_piece_pages_for()
+    split_combine_pages, min_piece_pages: what compute_schedule passes for the query rows
+    (ScheduleCosts.split_cost, .min_piece); by default the values at 64 rows. A very negative
+    split_combine_pages turns the pieces and snapped schedules off (the plain balanced cut), for timing
+    comparisons."""
     device = cache_seqlens.device
     batch = cache_seqlens.shape[0]
 
-    overhead = sequence_overhead_pages()
+    overhead = sequence_overhead_pages
     lengths = cache_seqlens.to(torch.int64).clamp_min(0)
     num_blocks = (lengths + PAGE_SIZE - 1) // PAGE_SIZE
     cost = num_blocks + overhead

@@ -6,7 +6,7 @@ Structural checks (check_inputs, check_schedule_tensors, check_metadata_args) re
 dtypes, strides and devices: they never synchronise with the GPU.
 Value checks (check_cache_values, check_schedule_values) read tensor contents; on CUDA tensors that
 costs a device->host sync, so flash_mla_with_kvcache runs them on CUDA only when asked
-(check_values=True or HF_FLASHMLA_CHECK_VALUES=1). On CPU tensors they always run.
+(check_values=True or HF_FLASHMLA_CHECK_VALUES=1, hf_flashmla/envs.py). On CPU tensors they always run.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ HEAD_DIM_V = 512
 PAGE_SIZE = schedule.PAGE_SIZE
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 REFERENCE_DTYPES = KERNEL_DTYPES + (torch.float32,)
-KERNEL_NUM_KV_HEADS = 1  # the compiled op's contract (see hf_flashmla/_ops.py)
+KERNEL_NUM_KV_HEADS = 1  # the compiled op's contract (see hf_flashmla/_ops.py); dispatch.py sends other h_kv elsewhere
 
 
 def _require_tensor(name, value):
@@ -82,8 +82,7 @@ def check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_sca
     if h_kv < 1 or h_q % h_kv != 0:
         raise ValueError(f"k_cache: expected h_kv (dim 2) >= 1 dividing h_q = {h_q}, got h_kv = {h_kv}")
     if for_kernel and h_kv != KERNEL_NUM_KV_HEADS:
-        raise ValueError(f"k_cache: the sm_90 kernel expects h_kv = {KERNEL_NUM_KV_HEADS}, got {h_kv}; "
-                         f"set HF_FLASHMLA_BACKEND=reference to use the reference")
+        raise ValueError(f"k_cache: the sm_90 kernel expects h_kv = {KERNEL_NUM_KV_HEADS}, got {h_kv}")
     if not k_cache.is_contiguous():
         raise ValueError(f"k_cache: expected a contiguous tensor (pages are addressed by block id), got "
                          f"strides {k_cache.stride()}")

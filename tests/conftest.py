@@ -48,11 +48,10 @@ def _triton_gpu_unavailable_reason():
         import torch
         if not torch.cuda.is_available():
             return "no CUDA device"
-        import importlib
-        backend = importlib.import_module("hf_flashmla.backend")  # the package's `backend` is a function
-        if torch.cuda.get_device_capability() < backend.TRITON_MIN_CAPABILITY:
-            return f"compute capability {torch.cuda.get_device_capability()} < {backend.TRITON_MIN_CAPABILITY}"
-        error = backend.triton_import_error()
+        from hf_flashmla import dispatch
+        if torch.cuda.get_device_capability() < dispatch.TRITON_MIN_CAPABILITY:
+            return f"compute capability {torch.cuda.get_device_capability()} < {dispatch.TRITON_MIN_CAPABILITY}"
+        error = dispatch.triton_import_error()
         if error:
             return f"Triton not importable: {error}"
     except Exception as error:  # an import error skips the tests with the reason

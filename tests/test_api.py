@@ -1,17 +1,15 @@
 """Public API: both FlashMLA generations, the newest generation's cached schedule, backend choice
 and dispatch."""
-import importlib
-
 import pytest
 import torch
 
 import hf_flashmla
-from hf_flashmla import _ops, interface, schedule
-from hf_flashmla.backend import BACKEND_ENV_VAR, BackendChoice
+from hf_flashmla import _ops, dispatch, interface, schedule
+from hf_flashmla.dispatch import BackendChoice
+from hf_flashmla.envs import BACKEND
 from hf_flashmla.testing import make_paged_inputs
 
-# The package exports the function `backend`, which shadows the submodule of the same name.
-backend_module = importlib.import_module("hf_flashmla.backend")
+BACKEND_ENV_VAR = BACKEND.name
 
 
 def first_generation(inputs, causal, **kwargs):
@@ -172,11 +170,51 @@ def test_backend_without_extension_says_so(monkeypatch):
     monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(_ops, "extension_available", lambda: False)
-    monkeypatch.setattr(backend_module, "triton_import_error", lambda: "no triton")  # else Triton is chosen
-    choice = backend_module.backend(torch.device("cuda", 0))
+    monkeypatch.setattr(dispatch, "triton_import_error", lambda: "no triton")  # else Triton is chosen
+    choice = dispatch.backend(torch.device("cuda", 0))
     assert choice.name == "reference" and "not built" in choice.reason
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    assert "8.0" in backend_module.backend(torch.device("cuda", 0)).reason
+    assert "8.0" in dispatch.backend(torch.device("cuda", 0)).reason
+
+
+def pretend_hopper_with_extension(monkeypatch, triton_error=None):
+    monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(_ops, "extension_available", lambda: True)
+    monkeypatch.setattr(dispatch, "triton_import_error", lambda: triton_error)
+
+
+@pytest.mark.parametrize("h_kv", [2, 3, 8])
+def test_grouped_kv_heads_fall_back_without_an_environment_variable(monkeypatch, h_kv):
+    # FlashMLA accepts h_kv > 1; the sm_90 kernel serves h_kv = 1 only: Triton takes it, or the reference.
+    pretend_hopper_with_extension(monkeypatch)
+    cuda = torch.device("cuda", 0)
+    assert hf_flashmla.backend(cuda).name == "cuda_sm90"
+    choice = hf_flashmla.backend(cuda, num_heads_k=h_kv)
+    assert choice.name == "triton" and f"h_kv = {h_kv}" in choice.reason and "Triton kernel runs" in choice.reason
+    assert dispatch.choice_for(cuda, h_kv) == choice
+    pretend_hopper_with_extension(monkeypatch, triton_error="ImportError: no triton")
+    choice = hf_flashmla.backend(cuda, num_heads_k=h_kv)
+    assert choice.name == "reference" and f"h_kv = {h_kv}" in choice.reason and "no triton" in choice.reason
+    monkeypatch.setenv(BACKEND_ENV_VAR, "cuda_sm90")
+    with pytest.raises(RuntimeError, match=f"h_kv = {h_kv}"):
+        hf_flashmla.backend(cuda, num_heads_k=h_kv)
+
+
+def test_the_choice_is_cached_per_device(monkeypatch):
+    # The hot path asks no device property per call; the environment variable is still read at each call.
+    pretend_hopper_with_extension(monkeypatch)
+    cuda = torch.device("cuda", 0)
+    hf_flashmla.backend(cuda)
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or (9, 0))
+    for _ in range(3):
+        assert dispatch.choice_for(cuda, 1).name == "cuda_sm90"
+    assert asked == []
+    monkeypatch.setenv(BACKEND_ENV_VAR, "reference")
+    assert dispatch.choice_for(cuda, 1).name == "reference"
+    monkeypatch.delenv(BACKEND_ENV_VAR)
+    assert dispatch.choice_for(cuda, 1).name == "cuda_sm90"
 
 
 @pytest.mark.parametrize("generation", ["first", "newest"])
@@ -187,7 +225,7 @@ def test_kernel_backend_receives_the_schedule_and_defaults(monkeypatch, generati
         calls.append(args)
         return torch.zeros(1), torch.zeros(1)
 
-    monkeypatch.setattr(interface, "backend", lambda tensor: BackendChoice("cuda_sm90", "test"))
+    monkeypatch.setattr(dispatch, "choice_for", lambda device, num_heads_k: BackendChoice("cuda_sm90", "test"))
     monkeypatch.setattr(_ops, "mla_decode", fake_kernel)
     inputs = make_paged_inputs([100, 3], 2, 16, dtype=torch.float16, seed=5)
     if generation == "first":

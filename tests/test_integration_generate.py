@@ -313,7 +313,7 @@ def test_non_mla_model_raises():
 
 
 def test_kernel_path_rejects_non_576_latent(monkeypatch):
-    from hf_flashmla.backend import KERNEL, BackendChoice
+    from hf_flashmla.dispatch import KERNEL, BackendChoice
     from hf_flashmla.transformers_integration import attention
 
     monkeypatch.setattr(attention, "backend", lambda *_: BackendChoice(KERNEL, "pretend sm90 for the test"))

@@ -394,22 +394,22 @@ def test_fewer_pieces_for_little_work(batch, length, rows, pieces):
         assert busy[-1] >= num_parts * (len(busy) - 1) // len(busy)
 
 
-def test_min_piece_pages_override_for_timing(monkeypatch):
-    # HF_FLASHMLA_MIN_PIECE_PAGES: 0 gives every part a piece again (A/B timing); any rows.
+def test_min_piece_pages_argument_for_timing():
+    # costs.min_piece_pages = 0 gives every part a piece again (A/B timing); below 64 rows the rule is off.
     cache_seqlens = torch.tensor([4096], dtype=torch.int32)
     assert int(schedule.compute_schedule(cache_seqlens, 128, 1, num_sms=132)[1][-1]) == 33
-    monkeypatch.setenv(schedule.MIN_PIECE_PAGES_ENV_VAR, "0")
-    assert int(schedule.compute_schedule(cache_seqlens, 128, 1, num_sms=132)[1][-1]) == 64
-    monkeypatch.setenv(schedule.MIN_PIECE_PAGES_ENV_VAR, "5")
+    off = schedule.ScheduleCosts(min_piece_pages=0)
+    assert int(schedule.compute_schedule(cache_seqlens, 128, 1, num_sms=132, costs=off)[1][-1]) == 64
     cache_seqlens = torch.tensor([4096] * 2, dtype=torch.int32)
-    assert int(schedule.compute_schedule(cache_seqlens, 16, 1, num_sms=132)[1][-1]) == 2 * 33
-    monkeypatch.setenv(schedule.MIN_PIECE_PAGES_ENV_VAR, "-1")
-    with pytest.raises(ValueError, match=schedule.MIN_PIECE_PAGES_ENV_VAR):
-        schedule.compute_schedule(cache_seqlens, 128, 1, num_sms=132)
+    assert int(schedule.compute_schedule(cache_seqlens, 16, 1, num_sms=132)[1][-1]) == 2 * 64
+    with pytest.raises(ValueError, match="^min_piece_pages:"):
+        schedule.ScheduleCosts(min_piece_pages=-1)
+    with pytest.raises(TypeError, match="^sequence_overhead_pages:"):
+        schedule.ScheduleCosts(sequence_overhead_pages=2.5)
 
 
 def test_split_cost_grows_beyond_one_tile():
-    # Two 64-row tiles and more: SPLIT_COMBINE_PAGES_MANY_ROWS (run 50); b = 128 of 8K on 33 parts (s_q*h_q = 256)
+    # Two 64-row tiles and more: SPLIT_COMBINE_PAGES_MANY_ROWS; b = 128 of 8K on 33 parts (s_q*h_q = 256)
     # snaps to four whole sequences per part (532 pages against a payload of 516) only with it.
     assert schedule.split_cost_pages(64) == SPLIT_COMBINE_PAGES
     assert schedule.split_cost_pages(128) == schedule.SPLIT_COMBINE_PAGES_MANY_ROWS == 16
@@ -420,18 +420,15 @@ def test_split_cost_grows_beyond_one_tile():
     assert int(num_splits[-1]) > 128
 
 
-def test_split_combine_override_for_timing(monkeypatch):
-    # HF_FLASHMLA_SPLIT_COMBINE_PAGES (A/B timing of the whole-sequence schedules): a very negative value gives
-    # the balanced cut, which splits; the default snaps (b = 64 of 4K on 33 parts).
+def test_split_combine_argument_for_timing():
+    # A very negative split cost (A/B timing of the whole-sequence schedules) gives the balanced cut, which
+    # splits; the default snaps (b = 64 of 4K on 33 parts).
     cache_seqlens = torch.tensor([4096] * 64, dtype=torch.int32)
     _, whole = schedule.compute_schedule(cache_seqlens, 256, 1, num_sms=132)
     assert int(whole[-1]) == 64
-    monkeypatch.setenv(schedule.SPLIT_COMBINE_ENV_VAR, str(-(1 << 40)))
-    _, balanced = schedule.compute_schedule(cache_seqlens, 256, 1, num_sms=132)
+    never_whole = schedule.ScheduleCosts(split_combine_pages=-(1 << 40), split_combine_pages_many_rows=-(1 << 40))
+    _, balanced = schedule.compute_schedule(cache_seqlens, 256, 1, num_sms=132, costs=never_whole)
     assert int(balanced[-1]) > 64
-    monkeypatch.setenv(schedule.SPLIT_COMBINE_ENV_VAR, "eight")
-    with pytest.raises(ValueError, match=schedule.SPLIT_COMBINE_ENV_VAR):
-        schedule.compute_schedule(cache_seqlens, 256, 1, num_sms=132)
 
 
 def test_combine_cost_argument_turns_the_rule_off_for_comparisons():
@@ -444,16 +441,16 @@ def test_combine_cost_argument_turns_the_rule_off_for_comparisons():
     assert mode == "balanced" and num_splits.tolist() == expected_splits
 
 
-def test_sequence_overhead_override_for_timing(monkeypatch):
-    # HF_FLASHMLA_SEQUENCE_OVERHEAD_PAGES (timing experiments, notes/KERNEL_LOG.md runs 29 and 31) replaces the
-    # per-sequence overhead in the cost model: every page still covered once, parts balanced on the new cost.
+def test_sequence_overhead_argument_for_timing():
+    # costs.sequence_overhead_pages (timing experiments) replaces the per-sequence overhead in the cost model:
+    # every page still covered once, parts balanced on the new cost.
     batch = 200  # more sequences than parts, not snapped: the balanced cut
     lengths = [4096] * batch
     num_blocks = [64] * batch
     cache_seqlens = torch.tensor(lengths, dtype=torch.int32)
     default_metadata, _ = schedule.compute_schedule(cache_seqlens, 16, 1, num_sms=132)
-    monkeypatch.setenv(schedule.SEQUENCE_OVERHEAD_ENV_VAR, "2")
-    metadata, num_splits = schedule.compute_schedule(cache_seqlens, 16, 1, num_sms=132)
+    costs = schedule.ScheduleCosts(sequence_overhead_pages=2)
+    metadata, num_splits = schedule.compute_schedule(cache_seqlens, 16, 1, num_sms=132, costs=costs)
     assert not torch.equal(metadata, default_metadata)
     payload = -(-(sum(num_blocks) + 2 * batch) // 132)
     covered = [[0] * n for n in num_blocks]
@@ -468,8 +465,8 @@ def test_sequence_overhead_override_for_timing(monkeypatch):
     assert int(num_splits[-1]) >= batch
 
 
-@pytest.mark.parametrize("value", ["abc", "-1", "2.5"])
-def test_sequence_overhead_override_rejects_non_integers(monkeypatch, value):
-    monkeypatch.setenv(schedule.SEQUENCE_OVERHEAD_ENV_VAR, value)
-    with pytest.raises(ValueError, match=schedule.SEQUENCE_OVERHEAD_ENV_VAR):
-        schedule.compute_schedule(torch.tensor([100, 200], dtype=torch.int32), 16, 1, num_sms=132)
+@pytest.mark.parametrize("value,error", [("abc", TypeError), (0, ValueError), (-1, ValueError), (2.5, TypeError),
+                                         (True, TypeError)])
+def test_sequence_overhead_argument_rejects_bad_values(value, error):
+    with pytest.raises(error, match="^sequence_overhead_pages:"):
+        schedule.ScheduleCosts(sequence_overhead_pages=value)

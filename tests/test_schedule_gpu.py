@@ -182,8 +182,7 @@ def test_get_mla_metadata_takes_the_kernel_on_cuda(monkeypatch):
     assert len(calls) == 1 and calls[0][-2:] == (schedule.split_cost_pages(256), schedule.min_piece_pages_for(256))
     num_parts = schedule.num_sm_parts_for(256, 1, schedule.num_sms_of(cache_seqlens.device))
     assert_same(cache_seqlens, num_parts, (metadata, num_splits), rows=256)
-    monkeypatch.setenv(schedule.SCHEDULE_ENV_VAR, "torch")
-    torch_metadata, torch_splits = hf_flashmla.get_mla_metadata(cache_seqlens, 2 * 128, 1)
+    torch_metadata, torch_splits = schedule.compute_schedule(cache_seqlens, 2 * 128, 1, implementation="torch")
     assert len(calls) == 1
     assert torch.equal(torch_metadata, metadata) and torch.equal(torch_splits, num_splits)
 

@@ -249,33 +249,27 @@ def test_harness_matches_torch_on_edge_batches(harness, num_threads):
     assert_same_as_torch(harness, cases)
 
 
-def test_compute_schedule_is_torch_on_cpu_whatever_is_requested_but_kernel(monkeypatch):
+def test_compute_schedule_is_torch_on_cpu_whatever_is_requested_but_kernel():
     cache_seqlens = torch.tensor([5, 0, 700], dtype=torch.int32)
     expected = schedule.compute_schedule_torch(cache_seqlens, schedule.num_sm_parts_for(256, 1, 132),
                                                split_combine_pages=schedule.split_cost_pages(256))
-    for value in ("", "auto", "torch", " Torch "):
-        monkeypatch.setenv(schedule.SCHEDULE_ENV_VAR, value)
-        assert schedule.schedule_implementation(cache_seqlens.device) == schedule.TORCH
-        metadata, num_splits = schedule.compute_schedule(cache_seqlens, 256, 1, num_sms=132)
+    for implementation in ("auto", "torch"):
+        assert schedule.schedule_implementation(cache_seqlens.device, implementation) == schedule.TORCH
+        metadata, num_splits = schedule.compute_schedule(cache_seqlens, 256, 1, num_sms=132,
+                                                         implementation=implementation)
         assert torch.equal(metadata, expected[0]) and torch.equal(num_splits, expected[1])
 
 
-def test_kernel_request_on_cpu_raises(monkeypatch):
+def test_kernel_request_on_cpu_raises():
     cache_seqlens = torch.tensor([5], dtype=torch.int32)
     with pytest.raises(RuntimeError, match="not a CUDA device"):
         schedule.compute_schedule(cache_seqlens, 128, 1, implementation="kernel")
-    monkeypatch.setenv(schedule.SCHEDULE_ENV_VAR, "kernel")
-    with pytest.raises(RuntimeError, match=schedule.SCHEDULE_ENV_VAR):
-        schedule.compute_schedule(cache_seqlens, 128, 1)
 
 
-def test_unknown_implementation_raises(monkeypatch):
+def test_unknown_implementation_raises():
     cache_seqlens = torch.tensor([5], dtype=torch.int32)
     with pytest.raises(ValueError, match="^implementation: "):
         schedule.compute_schedule(cache_seqlens, 128, 1, implementation="cuda")
-    monkeypatch.setenv(schedule.SCHEDULE_ENV_VAR, "fast")
-    with pytest.raises(ValueError, match=f"^{schedule.SCHEDULE_ENV_VAR}: "):
-        schedule.compute_schedule(cache_seqlens, 128, 1)
 
 
 def test_emulated_kernel_matches_torch(emulated_kernel):

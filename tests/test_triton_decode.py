@@ -17,11 +17,13 @@ pytest.importorskip("triton")
 
 import hf_flashmla  # noqa: E402
 from hf_flashmla import _ops, mla_decode_reference  # noqa: E402
-from hf_flashmla.backend import BACKEND_ENV_VAR, BackendChoice  # noqa: E402
+from hf_flashmla import dispatch  # noqa: E402
+from hf_flashmla.dispatch import BackendChoice  # noqa: E402
+from hf_flashmla.envs import BACKEND  # noqa: E402
 from hf_flashmla.testing import make_paged_inputs  # noqa: E402
 from paged_garbage import assert_nan_propagates, fill_past_lengths  # noqa: E402
 
-backend_module = importlib.import_module("hf_flashmla.backend")  # the package's `backend` is a function
+BACKEND_ENV_VAR = BACKEND.name
 DV = 512
 # Relative Frobenius error of out against the float32 reference (P is rounded to the input dtype
 # before P V, as in the CUDA kernel); lse is computed in float32 throughout.
@@ -214,7 +216,7 @@ def test_tile_table():
 
 def test_backend_chooses_triton_where_the_sm90_kernel_does_not_apply(monkeypatch):
     monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
-    monkeypatch.setattr(backend_module, "triton_import_error", lambda: None)
+    monkeypatch.setattr(dispatch, "triton_import_error", lambda: None)
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
     choice = hf_flashmla.backend(cuda)
@@ -227,7 +229,7 @@ def test_backend_chooses_triton_where_the_sm90_kernel_does_not_apply(monkeypatch
     choice = hf_flashmla.backend(cuda)
     assert choice.name == "reference" and ">= 8.0" in choice.reason
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    monkeypatch.setattr(backend_module, "triton_import_error", lambda: "ImportError: no triton")
+    monkeypatch.setattr(dispatch, "triton_import_error", lambda: "ImportError: no triton")
     choice = hf_flashmla.backend(cuda)
     assert choice.name == "reference" and "no triton" in choice.reason
     assert hf_flashmla.backend("cpu") == BackendChoice("reference", "device cpu is not a CUDA device")
@@ -240,7 +242,7 @@ def test_backend_forced_triton(monkeypatch):
         hf_flashmla.backend("cpu")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert hf_flashmla.backend("cpu") == BackendChoice("triton", f"forced by {BACKEND_ENV_VAR}=triton")
-    monkeypatch.setattr(backend_module, "triton_import_error", lambda: "ImportError: no triton")
+    monkeypatch.setattr(dispatch, "triton_import_error", lambda: "ImportError: no triton")
     with pytest.raises(RuntimeError, match="not importable: ImportError: no triton"):
         hf_flashmla.backend("cpu")
     monkeypatch.setenv(BACKEND_ENV_VAR, "fast")

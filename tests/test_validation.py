@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import hf_flashmla
-from hf_flashmla import interface, validation
+from hf_flashmla import envs, interface, validation
 from hf_flashmla.testing import make_paged_inputs
 
 LENGTHS = [65, 0, 130]
@@ -184,9 +184,9 @@ def test_kernel_path_rejects_what_only_the_reference_accepts():
 @pytest.mark.parametrize("env_value,expected", [(None, False), ("0", False), ("1", True), ("true", True)])
 def test_value_checks_default_comes_from_the_environment(monkeypatch, env_value, expected):
     if env_value is None:
-        monkeypatch.delenv(interface.CHECK_VALUES_ENV_VAR, raising=False)
+        monkeypatch.delenv(envs.CHECK_VALUES.name, raising=False)
     else:
-        monkeypatch.setenv(interface.CHECK_VALUES_ENV_VAR, env_value)
+        monkeypatch.setenv(envs.CHECK_VALUES.name, env_value)
     assert interface._value_checks_requested(None) is expected
     assert interface._value_checks_requested(True) is True
     assert interface._value_checks_requested(False) is False

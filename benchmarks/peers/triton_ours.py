@@ -41,7 +41,8 @@ def supports(inputs):
 
 @contextlib.contextmanager
 def _forced_triton():
-    from hf_flashmla.backend import BACKEND_ENV_VAR
+    from hf_flashmla.envs import BACKEND
+    BACKEND_ENV_VAR = BACKEND.name
     previous = os.environ.get(BACKEND_ENV_VAR)
     os.environ[BACKEND_ENV_VAR] = "triton"
     try:

@@ -22,7 +22,7 @@ import warnings
 import torch
 
 from hf_flashmla import interface
-from hf_flashmla.backend import KERNEL, backend
+from hf_flashmla.dispatch import KERNEL, backend
 from hf_flashmla.latent_cache import LatentPagedCache
 from hf_flashmla.reference import mla_decode_reference
 from hf_flashmla.transformers_integration.absorbed import absorbed_weights
