@@ -1,6 +1,6 @@
-// torch.library registration of the compiled ops. Python-side validation (hf_flashmla/validation.py)
-// gives the user-facing errors; the TORCH_CHECKs here guard the kernel's own assumptions so that a
-// direct torch.ops call can never launch it on memory it would misread.
+// torch.library registration of the compiled ops. mla_decode checks its inputs' structure here (mla_checks.h: the
+// messages hf_flashmla/validation.py gives, raised as the same Python exceptions), so that the Python hot path does
+// not, and so that a direct torch.ops call can never launch the kernel on memory it would misread.
 #include <Python.h>
 
 #include <limits>
@@ -11,55 +11,23 @@
 #include <torch/library.h>
 #include <torch/torch.h>
 
-
+#include "mla_checks.h"
 #include "mla_decode.h"
 #include "mla_metadata.h"
 
 namespace hf_flashmla {
 namespace {
 
-void check_cuda_contiguous(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-}
-
 std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Tensor& k_cache,
                                               const at::Tensor& block_table, const at::Tensor& cache_seqlens,
                                               const at::Tensor& tile_scheduler_metadata,
                                               const at::Tensor& num_splits, double softmax_scale, bool causal,
                                               int64_t head_dim_v, const std::optional<at::Tensor>& schedule_seqlens) {
-  check_cuda_contiguous(q, "q");
-  check_cuda_contiguous(k_cache, "k_cache");
-  // Rows may be strided (a slice of a wider table): the kernel reads block_table_stride.
-  TORCH_CHECK(block_table.is_cuda(), "block_table must be a CUDA tensor");
-  TORCH_CHECK(block_table.dim() != 2 || block_table.size(1) <= 1 || block_table.stride(1) == 1,
-              "block_table must have last-dim stride 1");
-  check_cuda_contiguous(cache_seqlens, "cache_seqlens");
-  check_cuda_contiguous(tile_scheduler_metadata, "tile_scheduler_metadata");
-  check_cuda_contiguous(num_splits, "num_splits");
-  TORCH_CHECK(q.dim() == 4 && q.size(3) == kHeadDim, "q must be [b, s_q, h_q, 576]");
-  TORCH_CHECK(k_cache.dim() == 4 && k_cache.size(1) == kPageSize && k_cache.size(2) == 1 &&
-                  k_cache.size(3) == kHeadDim,
-              "k_cache must be [num_blocks, 64, 1, 576]");
-  TORCH_CHECK(head_dim_v == kHeadDimV, "head_dim_v must be 512");
-  const auto dtype = q.scalar_type();
-  TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kHalf, "q must be bfloat16 or float16");
-  TORCH_CHECK(k_cache.scalar_type() == dtype, "k_cache must have q's dtype");
-  TORCH_CHECK(block_table.scalar_type() == at::kInt && cache_seqlens.scalar_type() == at::kInt &&
-                  tile_scheduler_metadata.scalar_type() == at::kInt && num_splits.scalar_type() == at::kInt,
-              "block_table, cache_seqlens, tile_scheduler_metadata and num_splits must be int32");
+  TORCH_CHECK_VALUE(q.is_cuda(), "q: expected a CUDA tensor (the sm_90 kernel), got one on ", q.device());
+  checks::check_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale);
   const int64_t batch = q.size(0), s_q = q.size(1), h_q = q.size(2);
-  TORCH_CHECK(block_table.dim() == 2 && block_table.size(0) == batch, "block_table must be [b, max_blocks]");
-  TORCH_CHECK(cache_seqlens.dim() == 1 && cache_seqlens.size(0) == batch, "cache_seqlens must be [b]");
-  TORCH_CHECK(num_splits.dim() == 1 && num_splits.size(0) == batch + 1, "num_splits must be [b + 1]");
-  TORCH_CHECK(tile_scheduler_metadata.dim() == 2 && tile_scheduler_metadata.size(1) == kMetadataWidth,
-              "tile_scheduler_metadata must be [num_parts, 8]");
-  if (schedule_seqlens.has_value()) {
-    check_cuda_contiguous(*schedule_seqlens, "schedule_seqlens");
-    TORCH_CHECK(schedule_seqlens->scalar_type() == at::kInt && schedule_seqlens->dim() == 1 &&
-                    schedule_seqlens->size(0) == batch,
-                "schedule_seqlens must be int32 [b]");
-  }
+  checks::check_schedule_tensors(tile_scheduler_metadata, num_splits, batch, q.device(), schedule_seqlens);
+  const auto dtype = q.scalar_type();
   const int64_t rows_total = s_q * h_q;
   const int64_t num_m_blocks = (rows_total + kTileRows - 1) / kTileRows;
   const int64_t num_parts = tile_scheduler_metadata.size(0);
@@ -107,16 +75,22 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
 std::tuple<at::Tensor, at::Tensor> mla_metadata(const at::Tensor& cache_seqlens, int64_t num_sm_parts,
                                                 int64_t page_size, int64_t sequence_overhead_pages,
                                                 int64_t split_combine_pages, int64_t min_piece_pages) {
-  TORCH_CHECK(cache_seqlens.is_cuda(), "cache_seqlens must be a CUDA tensor");
-  TORCH_CHECK(cache_seqlens.scalar_type() == at::kInt, "cache_seqlens must be int32");
-  TORCH_CHECK(cache_seqlens.dim() == 1 && cache_seqlens.size(0) >= 1, "cache_seqlens must be [b] with b >= 1");
-  TORCH_CHECK(cache_seqlens.size(0) < std::numeric_limits<int>::max() - 1024, "cache_seqlens: batch too large");
-  TORCH_CHECK(num_sm_parts >= 1 && num_sm_parts <= std::numeric_limits<int>::max() - 1, "num_sm_parts must be >= 1");
-  TORCH_CHECK(page_size >= 1 && page_size <= std::numeric_limits<int>::max(), "page_size must be >= 1");
-  TORCH_CHECK(sequence_overhead_pages >= 1 && sequence_overhead_pages <= std::numeric_limits<int>::max(),
-              "sequence_overhead_pages must be >= 1");
-  TORCH_CHECK(min_piece_pages >= 0 && min_piece_pages <= std::numeric_limits<int>::max(),
-              "min_piece_pages must be >= 0");
+  TORCH_CHECK_VALUE(cache_seqlens.is_cuda(), "cache_seqlens: expected a CUDA tensor, got one on ",
+                    cache_seqlens.device());
+  TORCH_CHECK_TYPE(cache_seqlens.scalar_type() == at::kInt, "cache_seqlens: expected dtype int32, got ",
+                   checks::dtype_name(cache_seqlens.scalar_type()));
+  TORCH_CHECK_VALUE(cache_seqlens.dim() == 1 && cache_seqlens.size(0) >= 1,
+                    "cache_seqlens: expected shape [batch >= 1], got ", checks::shape_of(cache_seqlens));
+  TORCH_CHECK_VALUE(cache_seqlens.size(0) < std::numeric_limits<int>::max() - 1024,
+                    "cache_seqlens: expected a batch below 2^31 - 1024, got ", cache_seqlens.size(0));
+  TORCH_CHECK_VALUE(num_sm_parts >= 1 && num_sm_parts <= std::numeric_limits<int>::max() - 1,
+                    "num_sm_parts: expected >= 1, got ", num_sm_parts);
+  TORCH_CHECK_VALUE(page_size >= 1 && page_size <= std::numeric_limits<int>::max(), "page_size: expected >= 1, got ",
+                    page_size);
+  TORCH_CHECK_VALUE(sequence_overhead_pages >= 1 && sequence_overhead_pages <= std::numeric_limits<int>::max(),
+                    "sequence_overhead_pages: expected >= 1, got ", sequence_overhead_pages);
+  TORCH_CHECK_VALUE(min_piece_pages >= 0 && min_piece_pages <= std::numeric_limits<int>::max(),
+                    "min_piece_pages: expected >= 0, got ", min_piece_pages);
   const int64_t batch = cache_seqlens.size(0);
   c10::cuda::CUDAGuard guard(cache_seqlens.device());
   auto metadata = at::empty({num_sm_parts, kMetadataWidth}, cache_seqlens.options());

@@ -14,11 +14,15 @@ The extension registers, in the `hf_flashmla` torch.library namespace:
              -> (Tensor tile_scheduler_metadata, Tensor num_splits)
     the split-KV schedule of hf_flashmla.schedule (int32 [num_sm_parts, 8] and int32 [b + 1]) from one
     single-CTA kernel (csrc/mla_metadata_kernel.cu); cache_seqlens int32 [b], any stride.
-The fake (meta) implementations let torch.compile trace calls without running the kernels.
+The fake (meta) implementations let torch.compile trace calls without running the kernels; mla_decode's runs
+the structural checks the op runs in C++ (hf_flashmla/validation.py's, the same messages), so that a compiled
+call rejects bad inputs while it is traced.
 """
 from __future__ import annotations
 
 import torch
+
+from hf_flashmla import validation
 
 try:
     from hf_flashmla import _C  # noqa: F401  (registers torch.ops.hf_flashmla.*)
@@ -41,6 +45,9 @@ if _C is not None:
     @torch.library.register_fake("hf_flashmla::mla_decode")
     def _mla_decode_fake(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                          softmax_scale, causal, head_dim_v, schedule_seqlens=None):
+        validation.check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                                for_kernel=True)
+        validation.check_schedule_tensors(tile_scheduler_metadata, num_splits, q.shape[0], q.device)
         batch, s_q, h_q, _ = q.shape
         out = q.new_empty((batch, s_q, h_q, head_dim_v))
         lse = q.new_empty((batch, h_q, s_q), dtype=torch.float32)

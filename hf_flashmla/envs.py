@@ -23,7 +23,6 @@ SETTINGS and to the table above, and read it with .value() where it is used (at 
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
 
 # CPython keeps os.environ's items encoded in this mapping; os.environ[...] = ... and putenv through os.environ
 # update it. Looking a key up here costs ~30 ns, os.environ.get ~0.4 us (~3 us for an unset name).
@@ -32,16 +31,23 @@ _ENCODE_KEY = getattr(os.environ, "encodekey", None)
 _DECODE_VALUE = getattr(os.environ, "decodevalue", None)
 
 
-class Setting(NamedTuple):
-    name: str
-    choices: tuple[str, ...]  # normalised values (stripped, lower case); the first is the default
-    doc: str
+class Setting:
+    """One environment setting: its name, its values (normalised: stripped, lower case; the first is the
+    default) and what it does."""
+    __slots__ = ("name", "choices", "doc", "_key")
+
+    def __init__(self, name: str, choices: tuple[str, ...], doc: str):
+        self.name, self.choices, self.doc = name, choices, doc
+        self._key = _ENCODE_KEY(name) if _ENCODE_KEY is not None else None
+
+    def __repr__(self):
+        return f"Setting({self.name!r})"
 
     def raw(self) -> str | None:
         """The variable's value as set (None where unset), read now."""
-        if _ENVIRON_DATA is None or _ENCODE_KEY is None or _DECODE_VALUE is None:
+        if _ENVIRON_DATA is None or self._key is None or _DECODE_VALUE is None:
             return os.environ.get(self.name)
-        value = _ENVIRON_DATA.get(_ENCODE_KEY(self.name))
+        value = _ENVIRON_DATA.get(self._key)
         return None if value is None else _DECODE_VALUE(value)
 
     def value(self, raw: str | None = None) -> str:
@@ -64,5 +70,5 @@ SETTINGS = (BUILD_EXT, BACKEND, CHECK_VALUES)
 
 
 def check_values_requested(raw: str | None) -> bool:
-    """HF_FLASHMLA_CHECK_VALUES's meaning, from its raw value."""
-    return CHECK_VALUES.value(raw) in ("1", "true", "yes", "on")
+    """HF_FLASHMLA_CHECK_VALUES's meaning, from its raw value (None: unset)."""
+    return raw is not None and CHECK_VALUES.value(raw) in ("1", "true", "yes", "on")

@@ -42,6 +42,7 @@ class FlashMLASchedMeta:
         self.tile_scheduler_metadata: torch.Tensor | None = None
         self.num_splits: torch.Tensor | None = None
         self.shapes: dict | None = None
+        self._key: tuple | None = None  # (q.shape, h_kv, device): what later calls must match
         self.seqlens: torch.Tensor | None = None  # the copy of cache_seqlens the schedule was computed for
         # The caller's tensor: kept so that its memory is not handed to another tensor while this is in use.
         self._seqlens_tensor: torch.Tensor | None = None
@@ -56,24 +57,30 @@ class FlashMLASchedMeta:
             return "FlashMLASchedMeta(not yet computed)"
         return (f"FlashMLASchedMeta({self.shapes}, num_sm_parts={self.tile_scheduler_metadata.shape[0]})")
 
+    def computed_for(self, q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+        """Whether the schedule exists and was computed for these shapes and this device (no error)."""
+        return self._key is not None and k_cache.dim() == 4 and self._key == _key_of(q, k_cache)
+
     def schedule_for(self, q: torch.Tensor, k_cache: torch.Tensor, cache_seqlens: torch.Tensor,
                      compare_values: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, s_q, h_q, _ = q.shape
-        h_kv = k_cache.shape[2]
-        shapes = {"b": batch, "s_q": s_q, "h_q": h_q, "h_kv": h_kv, "device": q.device}
+        """(tile_scheduler_metadata, num_splits) for this call: computed at the first call, checked after
+        (the class docstring). q and k_cache must have passed the structural checks."""
+        key = _key_of(q, k_cache)
         if not self.initialized:
+            shapes = _shapes_of(q, k_cache)
+            s_q, h_q, h_kv = shapes["s_q"], shapes["h_q"], shapes["h_kv"]
             self.tile_scheduler_metadata, self.num_splits = schedule.compute_schedule(
                 cache_seqlens, s_q * h_q // h_kv, h_kv)
-            self.shapes = shapes
+            self.shapes, self._key = shapes, key
             self.seqlens = cache_seqlens.clone()
             if not torch.compiler.is_compiling():
                 self._seqlens_tensor = cache_seqlens
                 self._seqlens_identity = _identity_of(cache_seqlens)
             return self.tile_scheduler_metadata, self.num_splits
 
-        if shapes != self.shapes:
+        if key != self._key:
             raise ValueError(f"tile_scheduler_metadata: this FlashMLASchedMeta was computed for {self.shapes}, "
-                             f"got {shapes}; call get_mla_metadata() again for a new batch")
+                             f"got {_shapes_of(q, k_cache)}; call get_mla_metadata() again for a new batch")
         if compare_values:
             if not torch.equal(self.seqlens, cache_seqlens):
                 raise ValueError("cache_seqlens: differs from the values this FlashMLASchedMeta was computed for; "
@@ -86,6 +93,15 @@ class FlashMLASchedMeta:
         return self.tile_scheduler_metadata, self.num_splits
 
 
+def _key_of(q: torch.Tensor, k_cache: torch.Tensor) -> tuple:
+    return q.shape, k_cache.shape[2], q.device
+
+
+def _shapes_of(q: torch.Tensor, k_cache: torch.Tensor) -> dict:
+    batch, s_q, h_q, _ = q.shape
+    return {"b": batch, "s_q": s_q, "h_q": h_q, "h_kv": k_cache.shape[2], "device": q.device}
+
+
 def _identity_of(tensor: torch.Tensor) -> tuple:
     """Memory, shape and version counter; inference tensors (torch.inference_mode) have no version counter."""
     version = None if tensor.is_inference() else tensor._version
@@ -93,11 +109,13 @@ def _identity_of(tensor: torch.Tensor) -> tuple:
 
 
 def get_mla_metadata(cache_seqlens: torch.Tensor | None = None, num_q_tokens_per_head_k: int | None = None,
-                     num_heads_k: int | None = None):
+                     num_heads_k: int | None = None, *, check_values: bool | None = None):
     """First generation: get_mla_metadata(cache_seqlens, s_q * h_q // h_kv, h_kv) returns
     (tile_scheduler_metadata int32 [num_sm_parts, 8], num_splits int32 [b + 1]) on cache_seqlens'
     device, without a host sync (see hf_flashmla.schedule for the format).
-    Newest generation: get_mla_metadata() returns (FlashMLASchedMeta(), None)."""
+    Newest generation: get_mla_metadata() returns (FlashMLASchedMeta(), None).
+    check_values: also check that the lengths are >= 0 (always on CPU; on CUDA, where it costs a sync, when
+    check_values is True, default HF_FLASHMLA_CHECK_VALUES=1), as flash_mla_with_kvcache does."""
     if cache_seqlens is None and num_q_tokens_per_head_k is None and num_heads_k is None:
         return FlashMLASchedMeta(), None
     if num_q_tokens_per_head_k is None or num_heads_k is None:
@@ -105,7 +123,26 @@ def get_mla_metadata(cache_seqlens: torch.Tensor | None = None, num_q_tokens_per
         raise TypeError(f"{missing}: expected an int (first generation: get_mla_metadata(cache_seqlens, "
                         f"s_q * h_q // h_kv, h_kv); newest generation: get_mla_metadata() with no arguments)")
     validation.check_metadata_args(cache_seqlens, num_q_tokens_per_head_k, num_heads_k)
+    if _value_checks_requested(check_values) or cache_seqlens.device.type == "cpu":
+        validation.check_metadata_lengths(cache_seqlens)
     return schedule.compute_schedule(cache_seqlens, num_q_tokens_per_head_k, num_heads_k)
+
+
+def _check_schedule_values(tile_scheduler_metadata, num_splits, cache_seqlens, num_q_tokens_per_head_k: int,
+                           num_heads_k: int) -> None:
+    """The metadata equals the schedule of this cache_seqlens (same number of SM parts).
+    Reads tensor values: a device->host sync on CUDA."""
+    num_parts = tile_scheduler_metadata.shape[0]
+    num_m_blocks = -(-num_q_tokens_per_head_k // schedule.ROWS_PER_TILE)
+    # compute_schedule derives the part count from an SM count; this one reproduces num_parts.
+    expected_metadata, expected_splits = schedule.compute_schedule(
+        cache_seqlens, num_q_tokens_per_head_k, num_heads_k, num_sms=num_parts * num_heads_k * num_m_blocks)
+    if not torch.equal(num_splits, expected_splits):
+        raise ValueError("num_splits: does not match this cache_seqlens; was the metadata computed for another "
+                         "batch? Call get_mla_metadata(cache_seqlens, s_q * h_q // h_kv, h_kv) again")
+    if not torch.equal(tile_scheduler_metadata, expected_metadata):
+        raise ValueError("tile_scheduler_metadata: does not match this cache_seqlens; was it computed for "
+                         "another batch? Call get_mla_metadata(cache_seqlens, s_q * h_q // h_kv, h_kv) again")
 
 
 def _value_checks_requested(check_values: bool | None) -> bool:
@@ -134,25 +171,47 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
     check_values: also run the checks that read tensor values (cache_seqlens range, block ids of the
     pages in use, metadata computed for this batch). They always run on CPU; on CUDA they cost a
     device->host sync, so they run only when check_values is True (default: HF_FLASHMLA_CHECK_VALUES=1).
+    Structural problems (shapes, dtypes, layouts, devices) always raise TypeError or ValueError naming the
+    argument: on the sm_90 kernel's path the op checks them in C++ (csrc/mla_checks.h), elsewhere
+    hf_flashmla/validation.py does, with the same messages.
     """
-    if not isinstance(q, torch.Tensor):
-        raise TypeError(f"q: expected a torch.Tensor, got {type(q).__name__}")
-    if not isinstance(k_cache, torch.Tensor):
-        raise TypeError(f"k_cache: expected a torch.Tensor, got {type(k_cache).__name__}")
-    choice = dispatch.choice_for(q.device, k_cache.shape[2] if k_cache.dim() == 4 else 1)
+    for name, value in (("q", q), ("k_cache", k_cache), ("block_table", block_table),
+                        ("cache_seqlens", cache_seqlens)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    device = q.device
+    choice = dispatch.choice_for(device, k_cache.shape[2] if k_cache.dim() == 4 else 1)
+    read_values = _value_checks_requested(check_values) or device.type == "cpu"
+    scale = validation.softmax_scale_or_default(softmax_scale)
+    validation.check_scalars(head_dim_v, causal)
+    newest = isinstance(tile_scheduler_metadata, FlashMLASchedMeta)
+    if newest and num_splits is not None:
+        raise ValueError("num_splits: expected None with a FlashMLASchedMeta (newest generation), got "
+                         f"{type(num_splits).__name__}")
+
+    if choice.name == dispatch.KERNEL and not read_values:
+        # The hot path: the op checks the structure itself, in C++; nothing reads values (no sync).
+        if not newest:
+            if not isinstance(tile_scheduler_metadata, torch.Tensor) or not isinstance(num_splits, torch.Tensor):
+                validation.check_schedule_tensors(tile_scheduler_metadata, num_splits, 0, q.device)  # raises
+            return _ops.mla_decode(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+                                   scale, causal, head_dim_v)
+        if not tile_scheduler_metadata.computed_for(q, k_cache):
+            # Once per batch state (or on a mismatch, to name what is wrong): the schedule needs a sound q.
+            validation.check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal,
+                                    for_kernel=True)
+        metadata, splits = tile_scheduler_metadata.schedule_for(q, k_cache, cache_seqlens, compare_values=False)
+        return _ops.mla_decode(q, k_cache, block_table, cache_seqlens, metadata, splits, scale, causal, head_dim_v,
+                               tile_scheduler_metadata.seqlens)
+
     for_kernel = choice.name == dispatch.KERNEL
-    validation.check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+    validation.check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal,
                             for_kernel=for_kernel)
-    read_values = _value_checks_requested(check_values) or q.device.type == "cpu"
     if read_values:
         validation.check_cache_values(k_cache, block_table, cache_seqlens)
-
-    batch, s_q, h_q, head_dim = q.shape
+    batch, s_q, h_q, _ = q.shape
     h_kv = k_cache.shape[2]
-    if isinstance(tile_scheduler_metadata, FlashMLASchedMeta):
-        if num_splits is not None:
-            raise ValueError("num_splits: expected None with a FlashMLASchedMeta (newest generation), got "
-                             f"{type(num_splits).__name__}")
+    if newest:
         metadata, splits = tile_scheduler_metadata.schedule_for(q, k_cache, cache_seqlens, read_values)
         schedule_seqlens = tile_scheduler_metadata.seqlens
     else:
@@ -160,20 +219,16 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
         validation.check_schedule_tensors(tile_scheduler_metadata, num_splits, batch, q.device)
         metadata, splits = tile_scheduler_metadata, num_splits
         if read_values:
-            validation.check_schedule_values(metadata, splits, cache_seqlens, s_q * h_q // h_kv, h_kv)
+            _check_schedule_values(metadata, splits, cache_seqlens, s_q * h_q // h_kv, h_kv)
 
-    if softmax_scale is None:
-        softmax_scale = head_dim ** -0.5
     if for_kernel:
-        return _ops.mla_decode(q, k_cache, block_table, cache_seqlens, metadata, splits, float(softmax_scale),
-                               causal, head_dim_v, schedule_seqlens)
+        return _ops.mla_decode(q, k_cache, block_table, cache_seqlens, metadata, splits, scale, causal, head_dim_v,
+                               schedule_seqlens)
     if choice.name == dispatch.TRITON:
         from hf_flashmla import triton_decode  # imported on first use: Triton is optional and slow to import
         if q.device.type != "cuda":  # TRITON_INTERPRET on the CPU
-            return triton_decode.mla_decode_triton(q, k_cache, block_table, cache_seqlens, head_dim_v,
-                                                   float(softmax_scale), causal)
+            return triton_decode.mla_decode_triton(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal)
         # Triton launches on the current device and stream: make them q's (device_map puts layers on several GPUs).
         with torch.cuda.device(q.device):
-            return triton_decode.mla_decode_triton(q, k_cache, block_table, cache_seqlens, head_dim_v,
-                                                   float(softmax_scale), causal)
-    return mla_decode_reference(q, k_cache, block_table, cache_seqlens, head_dim_v, float(softmax_scale), causal)
+            return triton_decode.mla_decode_triton(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal)
+    return mla_decode_reference(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal)

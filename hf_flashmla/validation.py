@@ -1,10 +1,13 @@
 """Input checks for the public API. Each failure raises TypeError (wrong kind of object or dtype) or
 ValueError (wrong shape, device, layout or value) whose message starts with the argument's name and
-says what was expected.
+says what was expected. The sm_90 op runs the structural checks of its own inputs in C++
+(csrc/mla_checks.h), with the same messages, so that its hot path skips these (tests/test_csrc_checks.py
+compares the two).
 
 Structural checks (check_inputs, check_schedule_tensors, check_metadata_args) read only shapes,
 dtypes, strides and devices: they never synchronise with the GPU.
-Value checks (check_cache_values, check_schedule_values) read tensor contents; on CUDA tensors that
+Value checks (check_cache_values, check_metadata_lengths; interface.py's schedule comparison) read tensor
+contents; on CUDA tensors that
 costs a device->host sync, so flash_mla_with_kvcache runs them on CUDA only when asked
 (check_values=True or HF_FLASHMLA_CHECK_VALUES=1, hf_flashmla/envs.py). On CPU tensors they always run.
 """
@@ -15,11 +18,12 @@ import numbers
 
 import torch
 
-from hf_flashmla import schedule
-
 HEAD_DIM = 576
 HEAD_DIM_V = 512
-PAGE_SIZE = schedule.PAGE_SIZE
+# As in hf_flashmla/schedule.py, which this module does not import: hf_flashmla._ops's fake implementations use
+# these checks, and schedule.py imports _ops.
+PAGE_SIZE = 64
+METADATA_WIDTH = 8
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 REFERENCE_DTYPES = KERNEL_DTYPES + (torch.float32,)
 KERNEL_NUM_KV_HEADS = 1  # the compiled op's contract (see hf_flashmla/_ops.py); dispatch.py sends other h_kv elsewhere
@@ -49,6 +53,30 @@ def _require_device(name, tensor, device):
 def _require_int(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+
+
+def softmax_scale_or_default(softmax_scale) -> float:
+    """softmax_scale as a float, 576 ** -0.5 for None; TypeError / ValueError for anything but a finite
+    positive number."""
+    if softmax_scale is None:
+        return HEAD_DIM ** -0.5
+    if type(softmax_scale) is float and 0 < softmax_scale < math.inf:  # the common case, without the ABC check
+        return softmax_scale
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
+        raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
+    if not math.isfinite(softmax_scale) or softmax_scale <= 0:
+        # <= 0 is no attention softmax; the kernel's masked keys (-inf) times 0 would give NaN, and its running
+        # row max assumes scaled scores grow with raw ones.
+        raise ValueError(f"softmax_scale: expected a finite positive float, got {softmax_scale}")
+    return float(softmax_scale)
+
+
+def check_scalars(head_dim_v, causal) -> None:
+    """The types of flash_mla_with_kvcache's scalar arguments (their values are checked with the tensors)."""
+    if type(head_dim_v) is not int:  # the common case skips the numbers.Integral check
+        _require_int("head_dim_v", head_dim_v)
+    if type(causal) is not bool:
+        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
 
 
 def check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, *,
@@ -109,15 +137,8 @@ def check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_sca
     if head_dim_v != HEAD_DIM_V:
         raise ValueError(f"head_dim_v: expected {HEAD_DIM_V} (V is the first {HEAD_DIM_V} values of K), "
                          f"got {head_dim_v}")
-    if softmax_scale is not None:
-        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
-            raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
-        if not math.isfinite(softmax_scale) or softmax_scale <= 0:
-            # <= 0 is no attention softmax; the kernel's masked keys (-inf) times 0 would give NaN, and its running
-            # row max assumes scaled scores grow with raw ones.
-            raise ValueError(f"softmax_scale: expected a finite positive float, got {softmax_scale}")
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
+    softmax_scale_or_default(softmax_scale)
+    check_scalars(head_dim_v, causal)
 
 
 def check_schedule_tensors(tile_scheduler_metadata, num_splits, batch: int, device: torch.device) -> None:
@@ -126,8 +147,8 @@ def check_schedule_tensors(tile_scheduler_metadata, num_splits, batch: int, devi
     _require_tensor("num_splits", num_splits)
     _require_dtype("tile_scheduler_metadata", tile_scheduler_metadata, (torch.int32,))
     if (tile_scheduler_metadata.dim() != 2 or tile_scheduler_metadata.shape[0] < 1
-            or tile_scheduler_metadata.shape[1] != schedule.METADATA_WIDTH):
-        raise ValueError(f"tile_scheduler_metadata: expected shape [num_sm_parts >= 1, {schedule.METADATA_WIDTH}], "
+            or tile_scheduler_metadata.shape[1] != METADATA_WIDTH):
+        raise ValueError(f"tile_scheduler_metadata: expected shape [num_sm_parts >= 1, {METADATA_WIDTH}], "
                          f"got {tuple(tile_scheduler_metadata.shape)}")
     if not tile_scheduler_metadata.is_contiguous():
         raise ValueError("tile_scheduler_metadata: expected a contiguous tensor")
@@ -139,6 +160,15 @@ def check_schedule_tensors(tile_scheduler_metadata, num_splits, batch: int, devi
     if not num_splits.is_contiguous():
         raise ValueError("num_splits: expected a contiguous tensor")
     _require_device("num_splits", num_splits, device)
+
+
+def check_metadata_lengths(cache_seqlens) -> None:
+    """get_mla_metadata's lengths are >= 0 (a negative one would make the schedule skip pages the decode call
+    then reads as length 0, or fail there). Reads tensor values: a device->host sync on CUDA."""
+    negative = cache_seqlens < 0
+    if bool(negative.any()):
+        i = int(negative.nonzero()[0, 0])
+        raise ValueError(f"cache_seqlens: expected values >= 0, got {int(cache_seqlens[i])} at index {i}")
 
 
 def check_metadata_args(cache_seqlens, num_q_tokens_per_head_k, num_heads_k) -> None:
@@ -179,20 +209,3 @@ def check_cache_values(k_cache, block_table, cache_seqlens) -> None:
         i, j = (int(v) for v in out_of_pool.nonzero()[0])
         raise ValueError(f"block_table: expected block ids in [0, {num_blocks}) (the pages of k_cache) for the "
                          f"pages in use, got {int(block_table[i, j])} at [{i}, {j}]")
-
-
-def check_schedule_values(tile_scheduler_metadata, num_splits, cache_seqlens, num_q_tokens_per_head_k: int,
-                          num_heads_k: int) -> None:
-    """The metadata equals the schedule of this cache_seqlens (same number of SM parts).
-    Reads tensor values: a device->host sync on CUDA."""
-    num_parts = tile_scheduler_metadata.shape[0]
-    num_m_blocks = -(-num_q_tokens_per_head_k // schedule.ROWS_PER_TILE)
-    # compute_schedule derives the part count from an SM count; this one reproduces num_parts.
-    expected_metadata, expected_splits = schedule.compute_schedule(
-        cache_seqlens, num_q_tokens_per_head_k, num_heads_k, num_sms=num_parts * num_heads_k * num_m_blocks)
-    if not torch.equal(num_splits, expected_splits):
-        raise ValueError("num_splits: does not match this cache_seqlens; was the metadata computed for another "
-                         "batch? Call get_mla_metadata(cache_seqlens, s_q * h_q // h_kv, h_kv) again")
-    if not torch.equal(tile_scheduler_metadata, expected_metadata):
-        raise ValueError("tile_scheduler_metadata: does not match this cache_seqlens; was it computed for "
-                         "another batch? Call get_mla_metadata(cache_seqlens, s_q * h_q // h_kv, h_kv) again")

@@ -24,15 +24,80 @@ def newest_generation(inputs, sched_meta, causal=True, **kwargs):
                                               512, sched_meta, None, causal=causal, **kwargs)
 
 
+def emulate_kernel(q, k_cache, block_table, cache_seqlens, metadata, num_splits, softmax_scale, causal, head_dim_v,
+                   schedule_seqlens=None):
+    """What the sm_90 op computes, from the schedule it is given (CPU, float64): each part's items as the kernel
+    walks them (schedule.iterate_part), a partial softmax per item, merged per sequence by lse. A schedule that
+    misses or repeats a page, or belongs to other lengths, gives another result or fails here."""
+    batch, s_q, h_q, _ = q.shape
+    lengths = cache_seqlens.tolist()
+    num_blocks = [-(-n // 64) for n in lengths]
+    partials = [[] for _ in range(batch)]  # (out [s_q, h_q, dv], lse [s_q, h_q]) per item
+    covered = [[0] * n for n in num_blocks]
+    for row in metadata.tolist():
+        for i, start, stop, _ in schedule.iterate_part(row, num_blocks):
+            for page in range(start, stop):
+                assert page < num_blocks[i], "the schedule must cover every page exactly once (a page past the end)"
+                covered[i][page] += 1
+            keys = k_cache[block_table[i, start:stop].long()].reshape(-1, k_cache.shape[-1])[:lengths[i] - 64 * start]
+            keys = keys.double()
+            scores = torch.einsum("thd,kd->thk", q[i].double(), keys) * softmax_scale
+            key_index = torch.arange(64 * start, 64 * start + keys.shape[0])
+            last = torch.arange(s_q) + lengths[i] - s_q if causal else torch.full((s_q,), lengths[i] - 1)
+            scores = scores.masked_fill(key_index[None, None, :] > last[:, None, None], float("-inf"))
+            lse = torch.logsumexp(scores, dim=-1)
+            weights = torch.exp(scores - lse[..., None]).nan_to_num(0.0)
+            partials[i].append((torch.einsum("thk,kd->thd", weights, keys[:, :head_dim_v]), lse))
+    assert covered == [[1] * n for n in num_blocks], "the schedule must cover every page exactly once"
+    out = torch.zeros(batch, s_q, h_q, head_dim_v, dtype=torch.float64)
+    lse = torch.full((batch, h_q, s_q), float("inf"), dtype=torch.float64)
+    for i, items in enumerate(partials):
+        if not items:
+            continue
+        item_lse = torch.stack([item[1] for item in items])  # [items, s_q, h_q]
+        total = torch.logsumexp(item_lse, dim=0)
+        seen = torch.isfinite(total)
+        weights = torch.exp(item_lse - total).nan_to_num(0.0)
+        out[i] = (weights[..., None] * torch.stack([item[0] for item in items])).sum(0)
+        lse[i] = torch.where(seen, total, float("inf")).transpose(0, 1)
+    return out.to(q.dtype), lse.float()
+
+
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("lengths,s_q,h_q", [([70], 1, 16), ([0, 300, 64, 1], 2, 64), ([5] * 8, 4, 128)])
-def test_both_generations_give_identical_results(lengths, s_q, h_q, causal):
-    inputs = make_paged_inputs(lengths, s_q, h_q, dtype=torch.bfloat16, seed=len(lengths))
+@pytest.mark.parametrize("lengths,s_q,h_q", [([70], 1, 16), ([0, 300, 64, 1], 2, 64), ([5] * 8, 4, 128),
+                                             ([4000, 70, 129], 2, 16)])
+def test_both_generations_give_identical_results(monkeypatch, lengths, s_q, h_q, causal):
+    # Both generations through the kernel's path, the kernel emulated on the CPU from the schedule it receives:
+    # the schedule each generation computes and passes must be the same and must give the reference's result.
+    received = []
+
+    def kernel(*args):
+        received.append(args)
+        return emulate_kernel(*args)
+
+    monkeypatch.setattr(dispatch, "choice_for", lambda device, num_heads_k: BackendChoice("cuda_sm90", "emulated"))
+    monkeypatch.setattr(_ops, "mla_decode", kernel)
+    inputs = make_paged_inputs(lengths, s_q, h_q, dtype=torch.float16, seed=len(lengths))
     out_first, lse_first = first_generation(inputs, causal)
     sched_meta, none = hf_flashmla.get_mla_metadata()
     assert none is None and isinstance(sched_meta, hf_flashmla.FlashMLASchedMeta)
     out_newest, lse_newest = newest_generation(inputs, sched_meta, causal)
+    (first_args, newest_args) = received
+    assert torch.equal(first_args[4], newest_args[4]) and torch.equal(first_args[5], newest_args[5])
     assert torch.equal(out_first, out_newest) and torch.equal(lse_first, lse_newest)
+    ref_out, ref_lse = hf_flashmla.mla_decode_reference(inputs.q, inputs.k_cache, inputs.block_table,
+                                                        inputs.cache_seqlens, 512, None, causal)
+    torch.testing.assert_close(out_first, ref_out, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(lse_first, ref_lse, atol=1e-4, rtol=1e-4)
+
+
+def test_the_kernel_emulation_notices_a_wrong_schedule(monkeypatch):
+    # What test_both_generations_give_identical_results relies on: a schedule of other lengths fails.
+    inputs = make_paged_inputs([4000, 70, 129], 2, 16, dtype=torch.float16, seed=3)
+    metadata, num_splits = hf_flashmla.get_mla_metadata(torch.tensor([4000, 70, 200], dtype=torch.int32), 32, 1)
+    with pytest.raises(AssertionError, match="exactly once"):
+        emulate_kernel(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens, metadata, num_splits,
+                       576 ** -0.5, True, 512)
 
 
 def test_newest_generation_computes_the_schedule_once_and_reuses_it():

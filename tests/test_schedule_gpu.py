@@ -238,15 +238,16 @@ def test_fake_implementation_and_compile():
 
 
 def test_bad_arguments_raise():
+    # The op's own checks (a direct torch.ops call): ValueError / TypeError whose message names the argument.
     lengths = torch.tensor([5], dtype=torch.int32, device="cuda")
-    with pytest.raises(RuntimeError, match="num_sm_parts"):
+    with pytest.raises(ValueError, match="^num_sm_parts:"):
         torch.ops.hf_flashmla.mla_metadata(lengths, 0, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST, MIN_PAGES)
-    with pytest.raises(RuntimeError, match="int32"):
+    with pytest.raises(TypeError, match="^cache_seqlens: expected dtype int32"):
         torch.ops.hf_flashmla.mla_metadata(lengths.long(), 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST,
                                            MIN_PAGES)
-    with pytest.raises(RuntimeError, match="b >= 1"):
+    with pytest.raises(ValueError, match="^cache_seqlens: expected shape"):
         torch.ops.hf_flashmla.mla_metadata(lengths[:0], 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST, MIN_PAGES)
-    with pytest.raises(RuntimeError, match="sequence_overhead_pages"):
+    with pytest.raises(ValueError, match="^sequence_overhead_pages:"):
         torch.ops.hf_flashmla.mla_metadata(lengths, 66, PAGE_SIZE, 0, SPLIT_COST, MIN_PAGES)
-    with pytest.raises(RuntimeError, match="min_piece_pages"):
+    with pytest.raises(ValueError, match="^min_piece_pages:"):
         torch.ops.hf_flashmla.mla_metadata(lengths, 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST, -1)

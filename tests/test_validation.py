@@ -157,6 +157,7 @@ BAD_METADATA_ARGS = [
     ("rows_zero", (torch.tensor([3, 4], dtype=torch.int32), 0, 1), ValueError, "num_q_tokens_per_head_k"),
     ("num_heads_k_float", (torch.tensor([3, 4], dtype=torch.int32), 16, 1.0), TypeError, "num_heads_k"),
     ("num_heads_k_zero", (torch.tensor([3, 4], dtype=torch.int32), 16, 0), ValueError, "num_heads_k"),
+    ("cache_seqlens_negative", (torch.tensor([3, -4], dtype=torch.int32), 16, 1), ValueError, "cache_seqlens"),
 ]
 
 
@@ -190,3 +191,54 @@ def test_value_checks_default_comes_from_the_environment(monkeypatch, env_value,
     assert interface._value_checks_requested(None) is expected
     assert interface._value_checks_requested(True) is True
     assert interface._value_checks_requested(False) is False
+
+
+def test_negative_lengths_name_the_index_and_are_checked_on_cuda_when_asked(monkeypatch):
+    with pytest.raises(ValueError, match="^cache_seqlens: expected values >= 0, got -4 at index 1"):
+        hf_flashmla.get_mla_metadata(torch.tensor([3, -4], dtype=torch.int32), 16, 1)
+    # On CUDA the check reads values (a sync): it runs where value checks are on, as in flash_mla_with_kvcache.
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda", 0)))
+    checked = []
+    monkeypatch.setattr(validation, "check_metadata_lengths", lambda lengths: checked.append(lengths))
+    monkeypatch.setattr(interface.schedule, "compute_schedule", lambda *args, **kwargs: ("metadata", "splits"))
+    lengths = torch.tensor([3, -4], dtype=torch.int32)
+    monkeypatch.delenv(envs.CHECK_VALUES.name, raising=False)
+    hf_flashmla.get_mla_metadata(lengths, 16, 1)
+    assert checked == []
+    hf_flashmla.get_mla_metadata(lengths, 16, 1, check_values=True)
+    monkeypatch.setenv(envs.CHECK_VALUES.name, "1")
+    hf_flashmla.get_mla_metadata(lengths, 16, 1)
+    assert len(checked) == 2
+
+
+def test_constants_agree_with_the_schedule():
+    # validation.py repeats two of schedule.py's constants (it must not import it: _ops's fake impls use it).
+    from hf_flashmla import schedule
+    assert (validation.PAGE_SIZE, validation.METADATA_WIDTH) == (schedule.PAGE_SIZE, schedule.METADATA_WIDTH)
+
+
+# Bad inputs that only a value check finds (no sync on CUDA unless asked).
+VALUE_CASES = {"cache_seqlens_negative", "cache_seqlens_beyond_block_table", "block_id_past_pool",
+               "block_id_negative_in_use", "metadata_of_another_batch"}
+
+
+def on_cuda(value):
+    return value.cuda() if isinstance(value, torch.Tensor) and value.device.type == "cpu" else value
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("check_values", [False, True], ids=["hot_path", "value_checks"])
+@pytest.mark.parametrize("change,error,argument", [case[1:] for case in BAD_CALLS],
+                         ids=[case[0] for case in BAD_CALLS])
+def test_bad_input_names_the_argument_on_the_kernel_path(change, error, argument, check_values):
+    # On the sm_90 path the op checks the structure in C++ (csrc/mla_checks.h): same exception, same argument.
+    name = next(case[0] for case in BAD_CALLS if case[1] is change)
+    if name in VALUE_CASES and not check_values:
+        pytest.skip("found by a value check only, which the hot path skips on CUDA")
+    call = good_call()
+    call.update(change(call))
+    call = {key: on_cuda(value) for key, value in call.items()}
+    with pytest.raises(error) as raised:
+        hf_flashmla.flash_mla_with_kvcache(**call, check_values=check_values)
+    message = str(raised.value)
+    assert message.startswith(argument + ":"), message

@@ -1,0 +1,109 @@
+"""csrc/mla_checks.h (the sm_90 op's structural checks, run in C++ so that the Python hot path need not) raises,
+on every bad input of tests/test_validation.py that reaches it, the exception hf_flashmla/validation.py raises:
+same type, same message. Built for the CPU with torch's extension builder (a host C++ compiler, ~1 minute the
+first time, cached after); skipped where none is found. Also: mla_api.cpp, the CUDA op's binding, compiles."""
+import numbers
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_flashmla import validation
+from test_validation import BAD_CALLS, good_call
+
+ROOT = Path(__file__).resolve().parent.parent
+TENSORS = ("q", "k_cache", "block_table", "cache_seqlens", "tile_scheduler_metadata", "num_splits")
+
+
+@pytest.fixture(scope="module")
+def checks_op():
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no host C++ compiler")
+    from torch.utils.cpp_extension import load
+    load(name="hf_flashmla_checks_cpu", sources=[str(ROOT / "tests" / "harness" / "mla_checks_cpu.cpp")],
+         extra_include_paths=[str(ROOT / "csrc")], is_python_module=False, verbose=False)
+    return torch.ops.hf_flashmla_checks.check_inputs
+
+
+def outcome(function):
+    try:
+        function()
+    except (TypeError, ValueError) as error:
+        return type(error), str(error)
+    return None
+
+
+def reaches_the_op(call):
+    """The schema's types: tensors, a float scale (None is Python's default), an int head_dim_v, a bool causal."""
+    return (all(isinstance(call[name], torch.Tensor) for name in TENSORS) and isinstance(call["causal"], bool)
+            and (call["softmax_scale"] is None or (isinstance(call["softmax_scale"], numbers.Real)
+                                                   and not isinstance(call["softmax_scale"], bool)))
+            and isinstance(call["head_dim_v"], int) and not isinstance(call["head_dim_v"], bool))
+
+
+def python_checks(call):
+    validation.check_inputs(call["q"], call["k_cache"], call["block_table"], call["cache_seqlens"],
+                            call["head_dim_v"], call["softmax_scale"], call["causal"], for_kernel=True)
+    validation.check_schedule_tensors(call["tile_scheduler_metadata"], call["num_splits"], call["q"].shape[0],
+                                      call["q"].device)
+
+
+def cpp_checks(op, call):
+    scale = call["q"].shape[-1] ** -0.5 if call["softmax_scale"] is None else float(call["softmax_scale"])
+    op(*(call[name] for name in TENSORS), scale, call["head_dim_v"])
+
+
+CASES = [case for case in BAD_CALLS]
+
+
+@pytest.mark.parametrize("change", [case[1] for case in CASES], ids=[case[0] for case in CASES])
+def test_cpp_checks_raise_what_python_raises(checks_op, change):
+    call = good_call()
+    call.update(change(call))
+    if not reaches_the_op(call):
+        pytest.skip("rejected in Python before the op (not a tensor, or a scalar of another type)")
+    expected = outcome(lambda: python_checks(call))
+    got = outcome(lambda: cpp_checks(checks_op, call))
+    assert got == expected
+
+
+def test_the_good_call_and_grouped_heads(checks_op):
+    call = good_call()
+    assert outcome(lambda: cpp_checks(checks_op, call)) is None
+    call["k_cache"] = call["k_cache"].expand(-1, -1, 2, -1).contiguous()
+    got = outcome(lambda: cpp_checks(checks_op, call))
+    assert got == outcome(lambda: python_checks(call)) and got[0] is ValueError and got[1].startswith("k_cache:")
+    call = good_call()
+    call["q"] = call["q"].float()
+    call["k_cache"] = call["k_cache"].float()
+    assert outcome(lambda: cpp_checks(checks_op, call)) == outcome(lambda: python_checks(call))
+
+
+def test_schedule_seqlens_checks(checks_op):
+    call = good_call()
+    lengths = call["cache_seqlens"]
+    scale = 0.1
+    args = [call[name] for name in TENSORS] + [scale, 512]
+    checks_op(*args, lengths.clone())
+    with pytest.raises(TypeError, match="^schedule_seqlens: expected dtype int32"):
+        checks_op(*args, lengths.long())
+    with pytest.raises(ValueError, match=r"^schedule_seqlens: expected shape \(3,\)"):
+        checks_op(*args, lengths[:2].contiguous())
+
+
+def test_op_binding_compiles():
+    """csrc/mla_api.cpp against torch's headers (syntax only: the CPU wheel has no CUDA libraries to link)."""
+    compiler = shutil.which("c++") or shutil.which("g++")
+    cuda_include = Path("/usr/local/cuda/include")
+    if compiler is None or not (cuda_include / "cuda_runtime.h").exists():
+        pytest.skip("no host C++ compiler or CUDA headers")
+    from torch.utils.cpp_extension import include_paths
+    stub = ROOT / "tests" / "harness" / "cuda_cmake_stub"  # the CPU wheel lacks this generated header
+    cmd = [compiler, "-std=c++17", "-fsyntax-only", "-w", f"-I{stub}", f"-I{cuda_include}", f"-I{ROOT / 'csrc'}",
+           f"-I{sysconfig.get_paths()['include']}"] + [f"-I{path}" for path in include_paths()]
+    result = subprocess.run(cmd + [str(ROOT / "csrc" / "mla_api.cpp")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
