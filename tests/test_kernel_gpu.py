@@ -104,6 +104,26 @@ def test_matrix(case):
     check_case(VARLEN_BY_BATCH[batch], s_q, h_q, dtype, causal, seed=batch * 100 + s_q * 10 + h_q)
 
 
+# Any h_q from 1 to 128 (GLM-4.7-Flash's 20, tensor-parallel shards such as 10), not only powers of two: s_q * h_q
+# rows fold into 64-row tiles, the last one partial (h_q = 63 at s_q = 2: 126 rows, two tiles; 126 at s_q = 4:
+# 504 rows, eight).
+ODD_HEADS = (1, 3, 10, 20, 63, 126)
+
+
+@pytest.mark.parametrize("h_q", ODD_HEADS)
+@pytest.mark.parametrize("s_q", [1, 2, 4])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
+def test_any_number_of_heads(h_q, s_q, dtype):
+    check_case([65, 0, 1000, 7, 4096, 130], s_q, h_q, dtype, causal=True, seed=h_q * 10 + s_q)
+
+
+@pytest.mark.parametrize("h_q", ODD_HEADS)
+def test_any_number_of_heads_long_and_batched(h_q):
+    # Split sequences (pieces and combine) and a batch of 128 (whole sequences) at the same odd head counts.
+    check_case([20000, 3000], 1, h_q, torch.bfloat16, causal=False, seed=h_q)
+    check_case([(i * 53) % 700 + 1 for i in range(128)], 2, h_q, torch.bfloat16, causal=True, seed=h_q + 1)
+
+
 @pytest.mark.parametrize("length", [0, 1, 2, 63, 64, 65, 127, 128, 129, 1000, 4097])
 @pytest.mark.parametrize("s_q", [1, 2, 4])
 def test_single_lengths(length, s_q):
