@@ -38,7 +38,7 @@ __device__ __forceinline__ AlignedSmem align_swizzle_atoms(uint8_t* raw) {
 
 // The kernel's role split: thread 0 initialises the CTA's mbarriers (init_barriers), then the
 // producer warpgroup hands its registers to the consumers and its first thread issues the loads (produce), while
-// the two consumer warpgroups compute (consume). Register split, measured in cycles at locked base clock (runs 133-135):
+// the two consumer warpgroups compute (consume). Register split, measured in cycles at locked base clock:
 // consumers 232 (224: +4.2% cycles, 240: +2%), producer 24 (40: +0.8%; its one issuing thread needs few).
 template <class InitBarriers, class Produce, class Consume>
 __device__ __forceinline__ void run_producer_and_consumers(InitBarriers init_barriers, Produce produce,

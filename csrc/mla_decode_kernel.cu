@@ -15,16 +15,16 @@ namespace hf_flashmla {
 namespace decode_detail {
 
 // Merges the partial results of split sequences (mla_split_merge.cuh); writes empty sequences (no split) as
-// out = 0, lse = +inf. Two kernels:
+// out = 0, lse = +inf (NaN where the length changed since the schedule: length_changed). Two kernels:
 //  - mla_combine_rows_kernel, one warp per row, rows_per_warp rows each, so the grid stays near kCombineMaxBlocks:
 //    every block costs its launch even when it exits at once (one block per row cost ~20 us at b = 128,
-//    s_q * h_q = 256, and 160 us at b = 1024; run 27); rows of sequences split at most kFewSplits ways take
+//    s_q * h_q = 256, and 160 us at b = 1024); rows of sequences split at most kFewSplits ways take
 //    merge_row_few_splits (one L2 round trip per row);
 //  - mla_combine_shared_row_kernel where sequences are split many ways (parts >= 8 * batch) and rows are few
 //    (batch * s_q * h_q <= kCombineMaxBlocks): one block per row, its 16 warps taking every 16th split and adding
 //    up through shared memory, so a row split over ~100 parts is a few L2 round trips per warp (b = 4 with a 45K
-//    context: 14 us with 4 warps and the two-pass lse, run 68; 8.3 us like this, run 69; 19 us with a block per
-//    quarter row, run 71). At 2-3 splits per sequence a block per row was ~1% slower (run 34).
+//    context: 14 us with 4 warps and the two-pass lse, 8.3 us like this, 19 us with a block per quarter row). At
+//    2-3 splits per sequence a block per row was ~1% slower.
 // Sequences with one split exit at once (the decode kernel wrote them), before waiting for the decode grid: both
 // are launched as programmatic dependents of it (launch_combine), so those blocks cost nothing on the critical path.
 constexpr int kCombineWarps = 4;
@@ -56,9 +56,8 @@ __global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_rows_kernel(co
 // kPreload: rows of at most 32 splits load every split's lse (one per lane) and the warp's two partial rows at
 // once, one L2 round trip after the decode grid instead of three. It takes 75 registers, one block per SM, so the
 // launcher picks it only where the grid is one wave anyway (b * s_q * h_q <= SMs): there it is 0.6-3.5 us faster
-// (run 104: b1 L16K h16 27.8 -> 24.3 us, b1 L1K h128 16.4 -> 14.7, b1 L1K h16 13.3 -> 12.5), while on larger grids,
-// where two blocks per SM (64 registers) matter more, it cost 0.7-1.6 us (run 102: b4 L2K h64, b8 L4K h128,
-// b1 L4K s2 h128).
+// (b1 L16K h16 27.8 -> 24.3 us, b1 L1K h128 16.4 -> 14.7, b1 L1K h16 13.3 -> 12.5), while on larger grids, where two
+// blocks per SM (64 registers) matter more, it cost 0.7-1.6 us (b4 L2K h64, b8 L4K h128, b1 L4K s2 h128).
 template <typename Elem, bool kPreload>
 __global__ void __launch_bounds__(kSharedRowWarps * 32) mla_combine_shared_row_kernel(const MlaDecodeParams p) {
   __shared__ float4 shared_acc[kSharedRowWarps][kHeadDimV / 4];

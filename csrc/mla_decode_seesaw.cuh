@@ -188,7 +188,7 @@ struct SeesawThread {
 
 // Q's rope chunk (columns 512..575) as the A operand of m64n64k16: k-slice kk in registers 4kk..4kk+3.
 // Held for the whole sequence range, it saves 8 KB of shared-memory reads per page in Q K^T, which is bound
-// by shared-memory bandwidth (run 20: +0.6..1.1% on compute-bound configs; the 16 registers fit next to O).
+// by shared-memory bandwidth (+0.6..1.1% on compute-bound configs; the 16 registers fit next to O).
 __device__ __forceinline__ void seesaw_load_q_rope(uint32_t q_smem, const SeesawThread& t, uint32_t (&a)[16]) {
   const uint32_t rope = q_smem + 8 * kChunkBytes;
 #pragma unroll

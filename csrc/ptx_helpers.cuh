@@ -72,7 +72,7 @@ __device__ __forceinline__ void fence_proxy_async_smem() {
 }
 
 // The kernels have no bar.arrive: with one in the kernel, compute-sanitizer's racecheck stopped modelling even the
-// bar.sync of both sides (run 107), and two-sided hand-overs were as fast (mla_decode_seesaw.cuh).
+// bar.sync of both sides, and two-sided hand-overs were as fast (mla_decode_seesaw.cuh).
 __device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }

@@ -182,7 +182,7 @@ def parts_for(rows):
 @pytest.mark.parametrize("length", [1024, 4096, 8192, 16384])
 @pytest.mark.parametrize("rows", [16, 32, 48, 64])
 def test_b128_equal_lengths_get_one_part_each(length, rows):
-    # run 10 (H100): one part per sequence at b = 128 was 3.6% (h_q*s_q <= 32) to 7.8% (64) faster than
+    # On the H100, one part per sequence at b = 128 was 3.6% (h_q*s_q <= 32) to 7.8% (64) faster than
     # 132 balanced parts, which split nearly every sequence in two.
     metadata, num_splits = schedule.compute_schedule(torch.tensor([length] * 128, dtype=torch.int32), rows, 1,
                                                      num_sms=132)
@@ -197,7 +197,7 @@ def test_b128_equal_lengths_get_one_part_each(length, rows):
 
 @pytest.mark.parametrize("length", [4096, 8192, 16384])
 def test_b64_two_tiles_equal_lengths_get_one_part_each(length):
-    # h_q*s_q = 128: 66 parts for 64 sequences (run 10: +1.3..3.7% for one part each, clusters of 2).
+    # h_q*s_q = 128: 66 parts for 64 sequences (+1.3..3.7% for one part each, clusters of 2).
     _, num_splits = schedule.compute_schedule(torch.tensor([length] * 64, dtype=torch.int32), 128, 1, num_sms=132)
     assert num_splits.tolist() == list(range(65))
 
@@ -205,7 +205,7 @@ def test_b64_two_tiles_equal_lengths_get_one_part_each(length):
 @pytest.mark.parametrize("length", [4096, 8192, 16384])
 @pytest.mark.parametrize("rows", [16, 32, 64])
 def test_b64_on_132_parts_gets_two_pieces_each(length, rows):
-    # run 42 (H100): half a sequence per part (128 parts) was 1-6.5% faster than the balanced cut's 132 parts,
+    # On the H100, half a sequence per part (128 parts) was 1-6.5% faster than the balanced cut's 132 parts,
     # most of which held two items.
     metadata, num_splits = schedule.compute_schedule(torch.tensor([length] * 64, dtype=torch.int32), rows, 1,
                                                      num_sms=132)
@@ -356,21 +356,21 @@ def test_max_snapped_parts_matches_the_kernel_header():
 
 
 @pytest.mark.parametrize("batch,length,rows,pieces", [
-    (1, 4096, 128, 33),    # 64 pages on 66 parts: 33 pieces of 2 (runs 86-87: 25.4 -> 21.7-22.3 us at 16 or 33)
+    (1, 4096, 128, 33),    # 64 pages on 66 parts: 33 pieces of 2 (25.4 -> 21.7-22.3 us at 16 or 33)
     (1, 16384, 128, 33),   # 256 pages: 66 -> 33 pieces of 8 (34.0 -> 32.0 us)
     (2, 4096, 128, 16),    # 33 -> 16 pieces of 4 (26.6 -> 24.6 us)
     (2, 8192, 128, 16),    # 33 -> 16 pieces of 8 (32.2 -> 31.3 us)
     (4, 2048, 64, 16),     # 132 parts: 33 -> 16 pieces of 2 (25.4 -> 22.0 us)
     (4, 4096, 64, 16),     # 33 -> 16 pieces of 4 (30.2 -> 28.1 us)
     (1, 2048, 256, 16),    # s2 h128, 33 parts: 32 -> 16 pieces of 2 (23.7 -> 19.7 us)
-    (1, 8192, 256, 33),    # four tiles: pieces of 4 stay (16 of 8: 29.4 -> 29.8-32.6 us, runs 87-88)
+    (1, 8192, 256, 33),    # four tiles: pieces of 4 stay (16 of 8: 29.4 -> 29.8-32.6 us)
     (1, 4096, 256, 16),    # four tiles: 33 pieces of 2 -> 16 of 4
     (1, 32768, 128, 66),   # 512 pages: pieces of 8 already
     (1, 4096, 64, 132),    # 64 one-page pieces fill only half the 132 parts (fewer: 20.7 -> 22.5 us)
     (1, 2048, 128, 66),    # 32 of 66 parts busy (fewer: 18.7 -> 19.5 us)
     (1, 1024, 128, 66),    # 16 of 66 (on parts 0-15 instead: 15.7 -> 16.8 us)
     (8, 4096, 128, 8),     # k = 8 < 32: never below the floor of 16 pieces
-    (1, 4096, 16, 132),    # 16 rows: the rule is off (run 86: b4 L4K h16 slower with fewer pieces)
+    (1, 4096, 16, 132),    # 16 rows: the rule is off (b4 L4K h16 slower with fewer pieces)
     (64, 4096, 64, 2),     # the benchmark's b = 64: two pieces of 32 pages, unchanged
 ])
 def test_fewer_pieces_for_little_work(batch, length, rows, pieces):
