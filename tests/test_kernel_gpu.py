@@ -366,6 +366,31 @@ def test_torch_compile_fullgraph_matches_eager():
     assert_close_to_reference(eager_out / 2, eager_lse, inputs, True)
 
 
+@pytest.mark.parametrize("fullgraph", [False, True], ids=["graph_breaks_allowed", "fullgraph"])
+def test_newest_generation_under_inference_mode_and_torch_compile(fullgraph):
+    """FlashMLA's callers: the schedule object under torch.inference_mode() and inside a compiled function (the
+    schedule computed in the first compiled call, reused by the second; the device-side length check stays)."""
+    with torch.inference_mode():
+        inputs = make_paged_inputs([900, 1, 4000, 65], 2, 64, device="cuda", seed=8)
+
+        def attend(q, k_cache, block_table, cache_seqlens, sched_meta):
+            out, lse = flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, DV, sched_meta, None,
+                                              causal=True)
+            return out * 2, lse
+
+        torch._dynamo.reset()
+        compiled = torch.compile(attend, fullgraph=fullgraph)
+        args = (inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens)
+        sched_meta, _ = get_mla_metadata()
+        first = compiled(*args, sched_meta)
+        second = compiled(*args, sched_meta)
+        eager = attend(*args, get_mla_metadata()[0])
+        torch.cuda.synchronize()
+    assert sched_meta.initialized
+    assert torch.equal(first[0], eager[0]) and torch.equal(first[1], eager[1]) and torch.equal(second[0], first[0])
+    assert_close_to_reference(eager[0] / 2, eager[1], inputs, True)
+
+
 def test_unchecked_bad_values_do_not_fault():
     """Without check_values the kernel trusts block ids and lengths; bad ones must still not fault or hang:
     TMA zero-fills pages outside the pool and the producer never reads past a block-table row."""
