@@ -391,6 +391,16 @@ def test_newest_generation_under_inference_mode_and_torch_compile(fullgraph):
     assert_close_to_reference(eager[0] / 2, eager[1], inputs, True)
 
 
+@pytest.mark.parametrize("generation", ["first", "newest"])
+def test_fake_implementation_matches_the_op(generation):
+    inputs = make_paged_inputs([900, 1, 0, 65], 2, 20, device="cuda", seed=9)
+    metadata, num_splits = get_mla_metadata(inputs.cache_seqlens, 2 * 20, 1)
+    lengths = inputs.cache_seqlens.clone() if generation == "newest" else None
+    args = (inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens, metadata, num_splits, 576 ** -0.5,
+            True, DV, lengths)
+    torch.library.opcheck(torch.ops.hf_flashmla.mla_decode.default, args, test_utils=("test_schema", "test_faketensor"))
+
+
 def test_unchecked_bad_values_do_not_fault():
     """Without check_values the kernel trusts block ids and lengths; bad ones must still not fault or hang:
     TMA zero-fills pages outside the pool and the producer never reads past a block-table row."""
