@@ -131,8 +131,10 @@ def choice_for(device: torch.device, num_heads_k: int = KERNEL_NUM_KV_HEADS) -> 
 def backend(device_or_tensor=None, *, num_heads_k: int = KERNEL_NUM_KV_HEADS) -> BackendChoice:
     """Says which path flash_mla_with_kvcache takes for tensors on this device (default: the current CUDA
     device if there is one, else the CPU) with num_heads_k latent KV heads (k_cache's dim 2), and why.
-    Decided afresh, and cached for the calls that follow."""
-    device = _device_of(device_or_tensor)
-    raw = envs.BACKEND.raw()
-    choice = _CHOICES[(device, num_heads_k, raw)] = _choose(device, num_heads_k, raw)
-    return choice
+    Cached like the calls' own choice (the Transformers integration asks it at every layer)."""
+    return choice_for(_device_of(device_or_tensor), num_heads_k)
+
+
+def forget_choices() -> None:
+    """Drop the cached choices, for tests that change what a device offers (e.g. by monkeypatching)."""
+    _CHOICES.clear()

@@ -12,6 +12,12 @@ from hf_flashmla.testing import make_paged_inputs
 BACKEND_ENV_VAR = BACKEND.name
 
 
+@pytest.fixture(autouse=True)
+def fresh_backend_choices(monkeypatch):
+    """Each test starts with no cached backend choice, and what it caches (monkeypatched devices) goes with it."""
+    monkeypatch.setattr(dispatch, "_CHOICES", {})
+
+
 def first_generation(inputs, causal, **kwargs):
     _, s_q, h_q, _ = inputs.q.shape
     metadata, num_splits = hf_flashmla.get_mla_metadata(inputs.cache_seqlens, s_q * h_q // 1, 1)
@@ -234,19 +240,26 @@ def test_backend_environment_override(monkeypatch):
 def test_backend_without_extension_says_so(monkeypatch):
     monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    dispatch.forget_choices()
     monkeypatch.setattr(_ops, "extension_available", lambda: False)
+    dispatch.forget_choices()
     monkeypatch.setattr(dispatch, "triton_import_error", lambda: "no triton")  # else Triton is chosen
+    dispatch.forget_choices()
     choice = dispatch.backend(torch.device("cuda", 0))
     assert choice.name == "reference" and "not built" in choice.reason
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    dispatch.forget_choices()
     assert "8.0" in dispatch.backend(torch.device("cuda", 0)).reason
 
 
 def pretend_hopper_with_extension(monkeypatch, triton_error=None):
     monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    dispatch.forget_choices()
     monkeypatch.setattr(_ops, "extension_available", lambda: True)
+    dispatch.forget_choices()
     monkeypatch.setattr(dispatch, "triton_import_error", lambda: triton_error)
+    dispatch.forget_choices()
 
 
 @pytest.mark.parametrize("h_kv", [2, 3, 8])
@@ -274,7 +287,7 @@ def test_the_choice_is_cached_per_device(monkeypatch):
     asked = []
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or (9, 0))
     for _ in range(3):
-        assert dispatch.choice_for(cuda, 1).name == "cuda_sm90"
+        assert dispatch.choice_for(cuda, 1).name == "cuda_sm90" and hf_flashmla.backend(cuda).name == "cuda_sm90"
     assert asked == []
     monkeypatch.setenv(BACKEND_ENV_VAR, "reference")
     assert dispatch.choice_for(cuda, 1).name == "reference"

@@ -8,8 +8,8 @@ import pytest
 from hf_flashmla import envs
 
 ROOT = Path(__file__).resolve().parent.parent
-# Names being removed from transformers_integration by the lead; drop them here once they are gone.
-BEING_REMOVED = {"HF_FLASHMLA_DECODE_MAX_QUERY", "HF_FLASHMLA_PREFILL_TOKENS"}
+# Read at import by transformers_integration/attention.py, which the lead is replacing; drop it here once gone.
+BEING_REMOVED = {"HF_FLASHMLA_DECODE_MAX_QUERY"}
 NOT_SETTINGS = {"HF_FLASHMLA_HOST_DEVICE"}  # a C++ macro of csrc/mla_metadata_core.h
 
 

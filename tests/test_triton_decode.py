@@ -24,6 +24,12 @@ from hf_flashmla.testing import make_paged_inputs  # noqa: E402
 from paged_garbage import assert_nan_propagates, fill_past_lengths  # noqa: E402
 
 BACKEND_ENV_VAR = BACKEND.name
+
+
+@pytest.fixture(autouse=True)
+def fresh_backend_choices(monkeypatch):
+    """Each test starts with no cached backend choice, and what it caches (monkeypatched devices) goes with it."""
+    monkeypatch.setattr(dispatch, "_CHOICES", {})
 DV = 512
 # Relative Frobenius error of out against the float32 reference (P is rounded to the input dtype
 # before P V, as in the CUDA kernel); lse is computed in float32 throughout.
@@ -217,19 +223,26 @@ def test_tile_table():
 def test_backend_chooses_triton_where_the_sm90_kernel_does_not_apply(monkeypatch):
     monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
     monkeypatch.setattr(dispatch, "triton_import_error", lambda: None)
+    dispatch.forget_choices()
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    dispatch.forget_choices()
     choice = hf_flashmla.backend(cuda)
     assert choice.name == "triton" and "8.9" in choice.reason and "Triton kernel runs instead" in choice.reason
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    dispatch.forget_choices()
     monkeypatch.setattr(_ops, "extension_available", lambda: False)
+    dispatch.forget_choices()
     choice = hf_flashmla.backend(cuda)
     assert choice.name == "triton" and "not built" in choice.reason
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    dispatch.forget_choices()
     choice = hf_flashmla.backend(cuda)
     assert choice.name == "reference" and ">= 8.0" in choice.reason
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    dispatch.forget_choices()
     monkeypatch.setattr(dispatch, "triton_import_error", lambda: "ImportError: no triton")
+    dispatch.forget_choices()
     choice = hf_flashmla.backend(cuda)
     assert choice.name == "reference" and "no triton" in choice.reason
     assert hf_flashmla.backend("cpu") == BackendChoice("reference", "device cpu is not a CUDA device")
@@ -243,6 +256,7 @@ def test_backend_forced_triton(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert hf_flashmla.backend("cpu") == BackendChoice("triton", f"forced by {BACKEND_ENV_VAR}=triton")
     monkeypatch.setattr(dispatch, "triton_import_error", lambda: "ImportError: no triton")
+    dispatch.forget_choices()
     with pytest.raises(RuntimeError, match="not importable: ImportError: no triton"):
         hf_flashmla.backend("cpu")
     monkeypatch.setenv(BACKEND_ENV_VAR, "fast")
