@@ -25,8 +25,9 @@
 //   group 1 = chunks {0..3} and 8 (V's left half and the rope chunk; P_B in stage 1), freed by WG0 after P V_L.
 // In steady state WG1's P_A V_A,R ends before WG0's P_A V_A,L (seen in a clock64 timeline), so group 0 goes first
 // in both stages.
-// A group is one TMA box per run of adjacent chunks (a 3-D view of the cache: {4..7}, {0..3}, {8}): issuing the
-// nine 8 KB boxes one by one cost the producer ~60 cycles each, on the path from a freed stage to its next page.
+// A group is one TMA box per run of adjacent chunks (the chunks are a dimension of the cache's tensor maps: {4..7},
+// {0..3}, {8}): issuing the nine 8 KB boxes one by one cost the producer ~60 cycles each, on the path from a freed
+// stage to its next page.
 // Q K^T walks the chunks in load order (4..7, 0..3, 8); the sum is order-free.
 // A sequence range with an odd page count ends on a pair without B: WG1 then only adds P_A V_A,R.
 // Hand-overs between the warpgroups are named barriers that both warpgroups bar.sync: kBarPA where WG0 has issued
@@ -117,7 +118,6 @@ __device__ __forceinline__ void seesaw_prefetch_pair(const MlaDecodeParams& p, c
       prefetch_bulk_l2(static_cast<const char*>(p.k_cache) + static_cast<int64_t>(page) * kTileBytes, kTileBytes);
   }
 }
-
 
 __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, const CUtensorMap* q_map,
                                                      const CUtensorMap* kv_map, const CUtensorMap* kv4_map,
