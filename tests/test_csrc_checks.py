@@ -5,7 +5,6 @@ first time, cached after); skipped where none is found. Also: mla_api.cpp, the C
 import numbers
 import shutil
 import subprocess
-import sys
 import sysconfig
 from pathlib import Path
 
