@@ -10,7 +10,9 @@ Each run is greedy with min_new_tokens = max_new_tokens = --new-tokens. Per run:
   first call +s     time of a first generate() minus a second identical one: compile / capture cost (flash_mla
                     captures its decode steps as CUDA graphs; --flash-mla-kwargs disable_compile=True runs eager)
   TTFT              second call: start -> first logits (a syncing logits processor takes the timestamps)
-  decode ms/step    second call: first -> last logits over new_tokens - 1 steps (the generate() loop included)
+  decode ms/step    second call: first logits -> generate() returns, over new_tokens - 1 steps (the generate() loop
+                    included; the device is synchronised only after the prefill and at the end, so a host that
+                    runs a step ahead of the device keeps that overlap, as it does for users)
   GPU busy ms/step  a third identical call under torch.profiler: summed device time of the decode steps' kernels
   peak GB           torch.cuda.max_memory_allocated over the second call, weights included
 Out of memory is a result ("OOM"): memory is freed and the next run goes on. The table is printed last and every
@@ -110,6 +112,8 @@ def parse_args(argv=None):
     p.add_argument("--experts-implementation", default=None,
                    help="transformers' experts implementation for MoE layers (e.g. eager, grouped_mm, batched_mm)")
     p.add_argument("--no-profile", action="store_true", help="skip the profiled call (no GPU busy figure)")
+    p.add_argument("--single-call", action="store_true",
+                   help="one generate() per run (no first-call figure, no profiled call): for the long prefills")
     p.add_argument("--time-budget-s", type=float, default=None,
                    help="start no run after this many seconds (the rest: 'skipped: time budget')")
     p.add_argument("--device", default="auto")
@@ -192,24 +196,27 @@ def measure(model, impl, context, batch, args, device) -> dict:
     out = None
     try:
         release(model, device, static)
-        cold = StepClock(device)
-        cold.begin()
-        out = generate(cold)
-        synchronize(device)
-        first_s = time.perf_counter() - cold.start
-        del out
-        out = None
-        gc.collect()  # the first call's cache must be gone for the second to reuse its captured graphs
+        first_s = None
+        if not args.single_call:
+            cold = StepClock(device)
+            cold.begin()
+            out = generate(cold)
+            synchronize(device)
+            first_s = time.perf_counter() - cold.start
+            del out
+            out = None
+            gc.collect()  # the first call's cache must be gone for the second to reuse its captured graphs
         rt.reset_peak(device)
         clock = StepClock(device)
         clock.begin()
         out = generate(clock)
-        synchronize(device)
-        second_s = time.perf_counter() - clock.start
+        clock.finish()
+        second_s = clock.end - clock.start
         peak = rt.peak_bytes(device)
         cache = rt.output_cache(out)
         generated = out.sequences.shape[1] - context
-        row.update(first_call_s=first_s, second_call_s=second_s, first_call_extra_s=first_s - second_s,
+        row.update(first_call_s=first_s, second_call_s=second_s,
+                   first_call_extra_s=None if first_s is None else first_s - second_s,
                    ttft_s=clock.ttft_s, decode_steps=clock.decode_steps, generated=generated,
                    peak_gb=None if peak is None else peak / 1e9, cache_class=type(cache).__name__,
                    cached_tokens=rt.cache_seq_length(cache))
@@ -221,7 +228,7 @@ def measure(model, impl, context, batch, args, device) -> dict:
         del out, cache
         out = None
         gc.collect()
-        if device.type == "cuda" and not args.no_profile:
+        if device.type == "cuda" and not args.no_profile and not args.single_call:
             row.update(profiled_decode_busy(generate, device))
     except Exception as error:  # noqa: BLE001  (every failure of one run is that run's result)
         row["status"] = "OOM" if rt.is_oom(error) else "error"

@@ -1,10 +1,11 @@
 """Timing inside one generate() call: per-step timestamps, and the GPU's busy time over the decode steps.
 
 generate() calls its logits processors once per forward pass: first after the prefill, then after every decode
-step. StepClock is such a processor: it synchronises the device and records the time, so one generate() call
-yields the time to first token (start -> first call) and the decode steps alone (first call -> last call), without
-a second prefill. The synchronisation costs little: the generate() loop already waits for the device every step
-when its stopping criteria read the `unfinished_sequences` tensor.
+step. StepClock is such a processor: at its first call it synchronises the device and records the time (the time
+to first token, start -> first call); the decode steps are timed from there to the end of the generate() call,
+synchronised (finish()). It does not synchronise at later calls: where generate() lets the host run a step ahead
+of the device (flash_mla's graph decoding reads the stop flag one step late), a per-step synchronisation would
+take that overlap away and time something users never run.
 
 For the GPU busy time, a StepClock with a marker records a zero-length profiler range at its first call, after the
 prefill's kernels have finished; the sum of the durations of the device events (kernels, copies, sets) that start
@@ -31,15 +32,23 @@ class StepClock(LogitsProcessor):
         self.device = device
         self.marker = marker  # profiler range recorded at the first call (the end of the prefill)
         self.start = None
+        self.end = None
         self.stamps = []
 
     def begin(self):
         synchronize(self.device)
         self.start = time.perf_counter()
+        self.end = None
         self.stamps = []
 
-    def __call__(self, input_ids, scores):
+    def finish(self):
+        """At the end of the generate() call: waits for the device and records the end of the decode steps."""
         synchronize(self.device)
+        self.end = time.perf_counter()
+
+    def __call__(self, input_ids, scores):
+        if not self.stamps:
+            synchronize(self.device)
         self.stamps.append(time.perf_counter())
         if self.marker is not None and len(self.stamps) == 1:
             with torch.profiler.record_function(self.marker):
@@ -56,7 +65,9 @@ class StepClock(LogitsProcessor):
 
     @property
     def decode_s(self) -> float | None:
-        return self.stamps[-1] - self.stamps[0] if len(self.stamps) > 1 else None
+        if len(self.stamps) < 2:
+            return None
+        return (self.end if self.end is not None else self.stamps[-1]) - self.stamps[0]
 
 
 def device_busy_after(events, marker: str, device_type) -> tuple[float | None, int]:
