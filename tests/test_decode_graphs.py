@@ -149,3 +149,18 @@ def test_a_step_past_the_reservation_runs_eagerly():
         runner(input_ids=token, position_ids=torch.tensor([[71], [69]]), **{CACHE: cache})
         assert runner.replays == 1 and runner.eager_calls == 1
         assert cache.sequence_lengths == [72, 70]
+
+
+def test_a_deep_copy_of_the_model_gets_its_own_arena_and_runner():
+    import copy
+
+    model = tiny_model("v3")
+    ids, mask = prompts(batch=2, pads=(0, 4))
+    run(model, "flash_mla", ids, mask, max_new_tokens=4)
+    copied = copy.deepcopy(model)
+    assert copied.__dict__["_hf_flashmla_graph_arena"] is not model.__dict__["_hf_flashmla_graph_arena"]
+    assert not copied.__dict__["_hf_flashmla_graph_arena"].pools
+    assert runner_of(copied)._model() is copied
+    first = run(model, "flash_mla", ids, mask, max_new_tokens=4).sequences
+    assert torch.equal(run(copied, "flash_mla", ids, mask, max_new_tokens=4).sequences, first)
+    decode_graphs.release(copied)

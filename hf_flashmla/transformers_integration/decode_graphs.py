@@ -125,6 +125,11 @@ class GraphArena:
         self.capture_seconds = 0.0
         self._owner = None
 
+    def __deepcopy__(self, memo):
+        """A copied model (copy.deepcopy(model), e.g. for a float32 reference) starts with no pools or graphs of
+        its own: the graphs captured this model's pools, and the pools are large."""
+        return GraphArena(self.device)
+
     def pools_replaced(self, capacity: int):
         """A pool was (re)allocated: every graph captured the old tensors."""
         self.capacity = max(self.capacity, capacity)
@@ -199,6 +204,11 @@ class DecodeGraphRunner:
         self._cache_kwarg = cache_kwarg()
         self.replays = 0
         self.eager_calls = 0
+
+    def __deepcopy__(self, memo):
+        """A copied model gets a runner of its own (this one names the original model)."""
+        copied = memo.get(id(self._model()))
+        return DecodeGraphRunner(copied if copied is not None else self._model())
 
     def __call__(self, *args, **kwargs):
         model = self._model()
