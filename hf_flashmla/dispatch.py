@@ -6,13 +6,15 @@
     (FlashMLA accepts grouped latent heads; the sm_90 kernel does not): hf_flashmla.triton_decode, where Triton
     imports.
 "reference": everything else (hf_flashmla.reference), the CPU included.
+An FP8 latent cache (is_fp8_kvcache) goes to "triton" on every CUDA device where Triton runs, sm_90 included: the
+sm_90 kernel reads bf16/fp16 caches only (for now), and the Triton kernel dequantizes the FP8 pages in registers.
 HF_FLASHMLA_BACKEND (hf_flashmla/envs.py) overrides the choice:
   unset / "auto"   choose as above;
   "reference"      always take the reference (e.g. to compare against the kernel);
   "cuda_sm90"      require the kernel: raise RuntimeError instead of silently falling back;
   "triton"         use the Triton kernel on any CUDA device (or on the CPU under TRITON_INTERPRET=1, for
                    tests); raise RuntimeError where it cannot run.
-The choice is made once per (device, h_kv, HF_FLASHMLA_BACKEND value) and cached: a call costs a
+The choice is made once per (device, h_kv, FP8 or not, HF_FLASHMLA_BACKEND value) and cached: a call costs a
 dictionary lookup, not a device query.
 """
 from __future__ import annotations
@@ -63,7 +65,7 @@ def _device_of(device_or_tensor) -> torch.device:
     return device
 
 
-def _kernel_choice(device: torch.device, num_heads_k: int) -> BackendChoice:
+def _kernel_choice(device: torch.device, num_heads_k: int, fp8: bool = False) -> BackendChoice:
     """The sm_90 kernel, or the reference with the reason the kernel does not apply."""
     if device.type != "cuda":
         return BackendChoice(REFERENCE, f"device {device} is not a CUDA device")
@@ -76,11 +78,14 @@ def _kernel_choice(device: torch.device, num_heads_k: int) -> BackendChoice:
     if num_heads_k != KERNEL_NUM_KV_HEADS:
         return BackendChoice(REFERENCE, f"k_cache has h_kv = {num_heads_k}, the sm_90 kernel serves h_kv = "
                                         f"{KERNEL_NUM_KV_HEADS} only")
+    if fp8:
+        return BackendChoice(REFERENCE, "the k_cache is FP8 (is_fp8_kvcache), which the sm_90 kernel does not read "
+                                        "yet")
     return BackendChoice(KERNEL, f"device {device} is sm_90 and the CUDA extension is built")
 
 
-def _automatic_choice(device: torch.device, num_heads_k: int) -> BackendChoice:
-    choice = _kernel_choice(device, num_heads_k)
+def _automatic_choice(device: torch.device, num_heads_k: int, fp8: bool) -> BackendChoice:
+    choice = _kernel_choice(device, num_heads_k, fp8)
     if choice.name == KERNEL or device.type != "cuda":
         return choice
     # A CUDA device where the sm_90 kernel does not apply: the portable Triton kernel if it can run.
@@ -94,15 +99,15 @@ def _automatic_choice(device: torch.device, num_heads_k: int) -> BackendChoice:
     return BackendChoice(TRITON, f"{choice.reason}; the Triton kernel runs instead")
 
 
-def _choose(device: torch.device, num_heads_k: int, forced_raw: str | None) -> BackendChoice:
+def _choose(device: torch.device, num_heads_k: int, fp8: bool, forced_raw: str | None) -> BackendChoice:
     forced = envs.BACKEND.value(forced_raw)
     name = envs.BACKEND.name
     if forced == "auto":
-        return _automatic_choice(device, num_heads_k)
+        return _automatic_choice(device, num_heads_k, fp8)
     if forced == REFERENCE:
         return BackendChoice(REFERENCE, f"forced by {name}={REFERENCE}")
     if forced == KERNEL:
-        choice = _kernel_choice(device, num_heads_k)
+        choice = _kernel_choice(device, num_heads_k, fp8)
         if choice.name != KERNEL:
             raise RuntimeError(f"{name}={KERNEL} requires the kernel, but {choice.reason}")
         return BackendChoice(KERNEL, f"forced by {name}={KERNEL}; {choice.reason}")
@@ -115,24 +120,25 @@ def _choose(device: torch.device, num_heads_k: int, forced_raw: str | None) -> B
     return BackendChoice(TRITON, f"forced by {name}={TRITON}")
 
 
-# (device, h_kv, HF_FLASHMLA_BACKEND as set) -> BackendChoice. Errors are not cached: they raise every time.
+# (device, h_kv, FP8, HF_FLASHMLA_BACKEND as set) -> BackendChoice. Errors are not cached: they raise every time.
 _CHOICES: dict = {}
 
 
-def choice_for(device: torch.device, num_heads_k: int = KERNEL_NUM_KV_HEADS) -> BackendChoice:
+def choice_for(device: torch.device, num_heads_k: int = KERNEL_NUM_KV_HEADS, fp8: bool = False) -> BackendChoice:
     """backend() for a device as a tensor names it (with its index); what flash_mla_with_kvcache calls."""
-    key = (device, num_heads_k, envs.BACKEND.raw())
+    key = (device, num_heads_k, fp8, envs.BACKEND.raw())
     choice = _CHOICES.get(key)
     if choice is None:
-        choice = _CHOICES[key] = _choose(device, num_heads_k, key[2])
+        choice = _CHOICES[key] = _choose(device, num_heads_k, fp8, key[3])
     return choice
 
 
-def backend(device_or_tensor=None, *, num_heads_k: int = KERNEL_NUM_KV_HEADS) -> BackendChoice:
+def backend(device_or_tensor=None, *, num_heads_k: int = KERNEL_NUM_KV_HEADS,
+            is_fp8_kvcache: bool = False) -> BackendChoice:
     """Says which path flash_mla_with_kvcache takes for tensors on this device (default: the current CUDA
-    device if there is one, else the CPU) with num_heads_k latent KV heads (k_cache's dim 2), and why.
-    Cached like the calls' own choice (the Transformers integration asks it at every layer)."""
-    return choice_for(_device_of(device_or_tensor), num_heads_k)
+    device if there is one, else the CPU) with num_heads_k latent KV heads (k_cache's dim 2) and an FP8 cache or
+    not, and why. Cached like the calls' own choice (the Transformers integration asks it at every layer)."""
+    return choice_for(_device_of(device_or_tensor), num_heads_k, bool(is_fp8_kvcache))
 
 
 def forget_choices() -> None:

@@ -57,10 +57,10 @@ class HybridLatentCache(LatentPagedCache):
     """LatentPagedCache for the MLA layers + Transformers' own state objects for the linear-attention layers.
 
     config: the model config; its layer_types say which layers are MLA ("full_attention": pages) and which
-    are linear attention. max_pages / initial_pages: as LatentPagedCache's, for the MLA layers' pools.
+    are linear attention. max_pages / initial_pages / kv_cache_dtype: as LatentPagedCache's, for the MLA layers' pools.
     """
 
-    def __init__(self, config, *, max_pages: int | None = None, initial_pages: int = 64):
+    def __init__(self, config, *, max_pages: int | None = None, initial_pages: int = 64, kv_cache_dtype: str = "auto"):
         from transformers.cache_utils import DynamicCache, LinearAttentionCacheLayerMixin
 
         text_config = _text_config(config)
@@ -70,7 +70,7 @@ class HybridLatentCache(LatentPagedCache):
             raise ValueError(f"config: HybridLatentCache needs config.layer_types with '{MLA_LAYER_TYPE}' (MLA) "
                              f"layers; {type(config).__name__} has layer_types={layer_types or None}")
         super().__init__(config, num_hidden_layers=len(layer_types), max_pages=max_pages, initial_pages=initial_pages,
-                         latent_layers=latent_layers)
+                         latent_layers=latent_layers, kv_cache_dtype=kv_cache_dtype)
         own_layers = DynamicCache(config=config).layers  # this release's state objects, one per layer
         layers = []
         for index, kind in enumerate(layer_types):
@@ -149,7 +149,7 @@ for _name in ("has_previous_state", "get_conv_state", "update_conv_state", "get_
 
 def latent_cache_for(config, **kwargs) -> LatentPagedCache:
     """The cache a flash_mla model generates with: HybridLatentCache when the model has layers besides its MLA
-    layers (config.layer_types), else LatentPagedCache. kwargs: max_pages, initial_pages."""
+    layers (config.layer_types), else LatentPagedCache. kwargs: max_pages, initial_pages, kv_cache_dtype."""
     if has_state_layers(config):
         return HybridLatentCache(config, **kwargs)
     return LatentPagedCache(config, **kwargs)

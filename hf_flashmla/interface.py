@@ -156,7 +156,7 @@ def _value_checks_requested(check_values: bool | None) -> bool:
 def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor,
                            cache_seqlens: torch.Tensor, head_dim_v: int, tile_scheduler_metadata,
                            num_splits: torch.Tensor | None, softmax_scale: float | None = None,
-                           causal: bool = False, *, check_values: bool | None = None):
+                           causal: bool = False, is_fp8_kvcache: bool = False, *, check_values: bool | None = None):
     """Paged MLA decoding attention.
 
     q [b, s_q, h_q, 576]; k_cache [num_blocks, 64, h_kv, 576]; block_table int32 [b, max_blocks];
@@ -166,7 +166,14 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
     With causal, query token t of a sequence of length L sees keys 0 .. L - s_q + t.
     Returns out [b, s_q, h_q, 512] in q's dtype and lse float32 [b, h_q, s_q]; a query that sees no
     key gets out = 0, lse = +inf. Nothing in k_cache past a sequence's length reaches its output; NaN in q
-    or in a visible key propagates. hf_flashmla.backend(q.device, num_heads_k=h_kv) says which path runs.
+    or in a visible key propagates. hf_flashmla.backend(q.device, num_heads_k=h_kv, is_fp8_kvcache=...) says which
+    path runs.
+
+    is_fp8_kvcache (FlashMLA's newest API): k_cache holds FlashMLA's FP8 layout, uint8 or float8_e4m3fn
+    [num_blocks, 64, h_kv, 656] (per token: 512 e4m3 latent values, 4 float32 scales, one per 128 of them, 64 bf16
+    rope values; hf_flashmla.fp8_latent.quantize writes it). q is bf16 (float32 on the reference path), out is
+    in q's dtype. Served by the Triton kernel on CUDA (the sm_90 kernel does not read FP8 yet), the reference on
+    the CPU.
 
     check_values: also run the checks that read tensor values (cache_seqlens range, block ids of the
     pages in use, metadata computed for this batch). They always run on CPU; on CUDA they cost a
@@ -180,10 +187,10 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
     device = q.device
-    choice = dispatch.choice_for(device, k_cache.shape[2] if k_cache.dim() == 4 else 1)
+    validation.check_scalars(head_dim_v, causal, is_fp8_kvcache)
+    choice = dispatch.choice_for(device, k_cache.shape[2] if k_cache.dim() == 4 else 1, is_fp8_kvcache)
     read_values = _value_checks_requested(check_values) or device.type == "cpu"
     scale = validation.softmax_scale_or_default(softmax_scale)
-    validation.check_scalars(head_dim_v, causal)
     newest = isinstance(tile_scheduler_metadata, FlashMLASchedMeta)
     if newest and num_splits is not None:
         raise ValueError("num_splits: expected None with a FlashMLASchedMeta (newest generation), got "
@@ -206,7 +213,7 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
 
     for_kernel = choice.name == dispatch.KERNEL
     validation.check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal,
-                            for_kernel=for_kernel)
+                            for_kernel=for_kernel, is_fp8_kvcache=is_fp8_kvcache)
     if read_values:
         validation.check_cache_values(k_cache, block_table, cache_seqlens)
     batch, s_q, h_q, _ = q.shape
@@ -227,8 +234,10 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
     if choice.name == dispatch.TRITON:
         from hf_flashmla import triton_decode  # imported on first use: Triton is optional and slow to import
         if q.device.type != "cuda":  # TRITON_INTERPRET on the CPU
-            return triton_decode.mla_decode_triton(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal)
+            return triton_decode.mla_decode_triton(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal,
+                                                   is_fp8_kvcache=is_fp8_kvcache)
         # Triton launches on the current device and stream: make them q's (device_map puts layers on several GPUs).
         with torch.cuda.device(q.device):
-            return triton_decode.mla_decode_triton(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal)
-    return mla_decode_reference(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal)
+            return triton_decode.mla_decode_triton(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal,
+                                                   is_fp8_kvcache=is_fp8_kvcache)
+    return mla_decode_reference(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal, is_fp8_kvcache)

@@ -25,6 +25,11 @@ beams of a prompt have the same length (they do under generate()). A cache that 
 graphs (reserve_tokens) keeps its block table instead: each row copies its source into its own pages, which
 needs no spare pages either.
 
+kv_cache_dtype="fp8_e4m3" stores each token's latent row in FlashMLA's FP8 layout instead (hf_flashmla/fp8_latent.py:
+656 bytes for 512 + 64, a uint8 pool [num_pages, 64, 1, 656]); the latent is quantized on its device as it is
+written, and every reader (the kernels, the reference, the dense prefill) sees it dequantized, so all routes
+attend to the same keys. Everything else (pages, reorders, crops, graphs) is byte-for-byte the same.
+
 It implements the transformers Cache API of every supported release (hf_flashmla/transformers_range.py);
 what belongs to other layer kinds (linear-attention conv/recurrent states, DSA indexer keys, offloading,
 static early initialization) raises an error that names the feature.
@@ -36,6 +41,7 @@ import itertools
 
 import torch
 
+from hf_flashmla import fp8_latent
 from hf_flashmla.interface import _value_checks_requested
 from hf_flashmla.schedule import PAGE_SIZE
 
@@ -45,6 +51,8 @@ except ImportError:  # transformers is optional for the kernel API; the cache st
     _TransformersCache = object
 
 SCRATCH_PAGE = 0
+DEFAULT_ROPE_DIM = 64  # an FP8 cache built without a model config takes the last 64 values as the rope part
+FP8_MODEL_DTYPES = (torch.bfloat16, torch.float32)
 # Every change of the host-side state (a step, a rollback, a crop, a reorder, a reset) takes a new number from
 # here, unique across caches: a CUDA-graph bucket knows whether its device copy of a cache's lengths and block
 # table is current by comparing one int (hf_flashmla.transformers_integration.decode_graphs).
@@ -126,11 +134,14 @@ class LatentPagedCache(_TransformersCache):
     graph_arena: the decode_graphs.GraphArena whose pools this cache writes into (set by generate()).
     latent_layers: the indices of the layers that store latents, when only some do (hf_flashmla.
     HybridLatentCache passes a hybrid model's MLA layers); None: every layer.
+    kv_cache_dtype: "auto" (the latent in the model's dtype) or "fp8_e4m3" (FlashMLA's FP8 layout, see the module
+    docstring; bf16 models, or float32 where the reference serves them). Without a config, an FP8 cache takes the
+    rope part to be the last 64 values.
     """
 
     def __init__(self, config=None, *, num_hidden_layers: int | None = None, latent_dim: int | None = None,
                  max_pages: int | None = None, initial_pages: int = 64, reserve_tokens: int | None = None,
-                 graph_arena=None, latent_layers=None):
+                 graph_arena=None, latent_layers=None, kv_cache_dtype: str = "auto"):
         # Not calling Cache.__init__: its per-layer objects do not apply to a shared paged pool, and its
         # signature differs between transformers releases. The attributes generate() reads are set here.
         self.layers = []
@@ -145,6 +156,7 @@ class LatentPagedCache(_TransformersCache):
         if reserve_tokens is not None and not _is_positive_int(reserve_tokens):
             raise ValueError(f"reserve_tokens: expected a positive int or None, got {reserve_tokens!r}")
         self.reserve_tokens = reserve_tokens
+        self.kv_cache_dtype = fp8_latent.kv_cache_dtype_or_default(kv_cache_dtype)
         self._arena = graph_arena
         self._graph_step = None  # set by decode_graphs while a decode step is captured or replayed
         if config is not None:
@@ -170,11 +182,21 @@ class LatentPagedCache(_TransformersCache):
         self.latent_layers = latent_layers
         self.num_hidden_layers = num_hidden_layers
         self.latent_dim = latent_dim
+        # The latent's width before the rope part: what the FP8 layout quantizes.
+        self.kv_lora_rank = kv_lora_rank if config is not None else None
+        if self.is_fp8:
+            if self.kv_lora_rank is None and latent_dim is not None:
+                self.kv_lora_rank = latent_dim - DEFAULT_ROPE_DIM
+            if self.kv_lora_rank is not None:
+                fp8_latent.check_latent_shape(self.kv_lora_rank, latent_dim - self.kv_lora_rank)
         self.max_pages = max_pages
         # Pages per pool, scratch page included (an arena's pools may already hold more).
         self._capacity = (max_pages if max_pages is not None else initial_pages) + 1
         if graph_arena is not None and max_pages is None:
             self._capacity = max(self._capacity, graph_arena.capacity)
+        if graph_arena is not None and any(pool.dtype != torch.uint8 for pool in graph_arena.pools.values()) \
+                == self.is_fp8 and graph_arena.pools:
+            graph_arena.release()  # its pools were made for the other layout (an earlier generate() of this model)
         self._pools: dict[int, torch.Tensor] = {} if graph_arena is None else graph_arena.pools
         self.reset()
 
@@ -195,6 +217,16 @@ class LatentPagedCache(_TransformersCache):
         self._row_logical: list[int] | None = None  # per-row padded lengths while row blocks differ (rows())
         self._window = None                     # (start, stop, full lengths, full pages) inside rows()
         self.state_version = next(_STATE_VERSIONS)
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.kv_cache_dtype == fp8_latent.FP8_E4M3
+
+    def bytes_per_token_per_layer(self, dtype: torch.dtype) -> int:
+        """Bytes of one token's latent row in a layer's pool, for a model computing in dtype (656 in FP8)."""
+        if self.latent_dim is None:
+            raise ValueError("latent_dim: unknown until the first write (build the cache with the model config)")
+        return cache_bytes_per_token_per_layer(self.latent_dim, dtype, self.kv_cache_dtype, self.kv_lora_rank)
 
     @property
     def batch_size(self) -> int:
@@ -228,8 +260,9 @@ class LatentPagedCache(_TransformersCache):
         return sum(self._lengths) * sum(pool.shape[-1] * pool.element_size() for pool in self._pools.values())
 
     def __repr__(self):
+        fp8 = f", kv_cache_dtype={self.kv_cache_dtype!r}" if self.is_fp8 else ""
         return (f"LatentPagedCache(batch={len(self._lengths)}, lengths={self._lengths}, layers={len(self._pools)}, "
-                f"pool_pages={self._capacity}, pages_in_use={self.num_pages_in_use})")
+                f"pool_pages={self._capacity}, pages_in_use={self.num_pages_in_use}{fp8})")
 
     def __len__(self):
         return self.num_hidden_layers or len(self._pools)
@@ -793,9 +826,16 @@ class LatentPagedCache(_TransformersCache):
             raise ValueError(f"latent: expected [batch, seq, latent_dim], got shape {tuple(latent.shape)}")
         batch, s, dim = latent.shape
         if self.latent_dim is None:
+            if self.is_fp8:
+                fp8_latent.check_latent_shape(dim - DEFAULT_ROPE_DIM, DEFAULT_ROPE_DIM)
+                self.kv_lora_rank = dim - DEFAULT_ROPE_DIM
             self.latent_dim = dim
         if dim != self.latent_dim:
             raise ValueError(f"latent: expected latent_dim {self.latent_dim}, got {dim}")
+        if self.is_fp8 and latent.dtype not in FP8_MODEL_DTYPES:
+            raise ValueError(f"kv_cache_dtype: an FP8 cache serves bfloat16 models (float32 too, on the reference "
+                             f"path): the FP8 kernels take bfloat16 queries; this layer's latent is {latent.dtype}. "
+                             f"Load the model in bfloat16, or use kv_cache_dtype='auto'")
         if self.num_hidden_layers is not None and not 0 <= layer_idx < self.num_hidden_layers:
             raise ValueError(f"layer_idx: expected 0 <= layer_idx < {self.num_hidden_layers}, got {layer_idx}")
         if self.latent_layers is not None and layer_idx not in self.latent_layers:
@@ -807,30 +847,47 @@ class LatentPagedCache(_TransformersCache):
 
         pool = self._pools.get(layer_idx)
         if pool is None:
-            pool = latent.new_zeros((self._capacity, PAGE_SIZE, 1, dim))
+            pool = torch.zeros((self._capacity, PAGE_SIZE, 1, self._row_width(dim)), dtype=self._pool_dtype(latent),
+                               device=latent.device)
             self._pools[layer_idx] = pool
             self._pools_changed()
         else:
-            if pool.device != latent.device or pool.dtype != latent.dtype:
+            if pool.device != latent.device or pool.dtype != self._pool_dtype(latent):
                 raise ValueError(f"latent: layer {layer_idx}'s pool is {pool.dtype} on {pool.device}, got "
                                  f"{latent.dtype} on {latent.device}")
             pool = self._grown_pool(layer_idx)
         state = self._device_step(step, latent.device)
-        pool.view(-1, dim).index_copy_(0, state.write_slots, latent.reshape(-1, dim))
+        pool.view(-1, pool.shape[-1]).index_copy_(0, state.write_slots, self._stored_rows(latent))
         step.layers_written.add(layer_idx)
         return pool, step, state
+
+    def _pool_dtype(self, latent: torch.Tensor) -> torch.dtype:
+        return torch.uint8 if self.is_fp8 else latent.dtype
+
+    def _row_width(self, dim: int) -> int:
+        return fp8_latent.token_bytes(self.kv_lora_rank, dim - self.kv_lora_rank) if self.is_fp8 else dim
+
+    def _stored_rows(self, latent: torch.Tensor) -> torch.Tensor:
+        """latent [b, s, dim] as the pool's rows [b * s, row width] (quantized on the device in FP8)."""
+        rows = latent.reshape(-1, latent.shape[-1])
+        return fp8_latent.quantize(rows, self.kv_lora_rank) if self.is_fp8 else rows
+
+    def stored_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """The latent as a reader of this cache sees it once stored: itself, or its FP8 round trip (the dense
+        prefill attends to this, so that its keys are the ones later steps read from the pages)."""
+        return fp8_latent.round_trip(latent, self.kv_lora_rank) if self.is_fp8 else latent
 
     # ------------------------------------------------------------------------- CUDA-graph decode steps
     def _graph_write(self, layer_idx: int, latent: torch.Tensor):
         """The write of a captured (or replayed) decode step: slots come from the graph's device tensors,
         the host bookkeeping is left to graph_step_done()."""
         pool = self._pools.get(layer_idx)
-        if pool is None or pool.device != latent.device or pool.dtype != latent.dtype:
+        if pool is None or pool.device != latent.device or pool.dtype != self._pool_dtype(latent):
             raise RuntimeError(f"latent: a CUDA-graph decode step reached layer {layer_idx}, whose pool is not in "
                                f"place ({None if pool is None else (pool.dtype, pool.device)}); the graph must be "
                                f"captured after the eager prefill has written every layer")
         state = self._graph_step.state
-        pool.view(-1, pool.shape[-1]).index_copy_(0, state.write_slots, latent.reshape(-1, pool.shape[-1]))
+        pool.view(-1, pool.shape[-1]).index_copy_(0, state.write_slots, self._stored_rows(latent))
         return pool, self._graph_step.step, state
 
     @contextlib.contextmanager
@@ -871,15 +928,20 @@ class LatentPagedCache(_TransformersCache):
         self._logical_length += query_length
         self._last_step = None
 
-    def gather(self, layer_idx: int, state: _DeviceStep, max_length: int, rows: slice | None = None) -> torch.Tensor:
+    def gather(self, layer_idx: int, state: _DeviceStep, max_length: int, rows: slice | None = None,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
         """The stored latent rows of every sequence (or of `rows`), [b, max_length, latent_dim]; rows past a
-        sequence's length hold scratch data (mask them with the lengths)."""
+        sequence's length hold scratch data (mask them with the lengths). An FP8 cache's rows come dequantized,
+        in dtype (default float32)."""
         pool = self._pools[layer_idx]
         table = state.block_table if rows is None else state.block_table[rows]
         position = torch.arange(max_length, device=pool.device)
         page_col = (position // PAGE_SIZE).clamp(max=table.shape[1] - 1)
         slots = table[:, page_col].to(torch.long) * PAGE_SIZE + position % PAGE_SIZE
-        return pool.view(-1, pool.shape[-1])[slots]
+        stored = pool.view(-1, pool.shape[-1])[slots]
+        if self.is_fp8:
+            return fp8_latent.dequantize(stored, self.kv_lora_rank, dtype or torch.float32)
+        return stored
 
 
 def _host_indices(indices, name: str) -> list[int]:
@@ -901,7 +963,13 @@ def _host_indices(indices, name: str) -> list[int]:
     return values
 
 
-def cache_bytes_per_token_per_layer(latent_dim: int, dtype: torch.dtype) -> int:
+def cache_bytes_per_token_per_layer(latent_dim: int, dtype: torch.dtype, kv_cache_dtype: str = "auto",
+                                    kv_lora_rank: int | None = None) -> int:
+    """One token's latent row in one layer: latent_dim values of dtype, or the FP8 layout's bytes (656 for
+    512 + 64; kv_lora_rank defaults to latent_dim - 64)."""
+    if fp8_latent.kv_cache_dtype_or_default(kv_cache_dtype) == fp8_latent.FP8_E4M3:
+        rank = latent_dim - DEFAULT_ROPE_DIM if kv_lora_rank is None else kv_lora_rank
+        return fp8_latent.token_bytes(rank, latent_dim - rank)
     return latent_dim * torch.empty((), dtype=dtype).element_size()
 
 

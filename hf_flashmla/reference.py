@@ -14,18 +14,24 @@ Semantics (FlashMLA's):
   (whether a query sees a key depends on the lengths and the mask only, never on the values).
   Returns out [b, s_q, h_q, head_dim_v] in q's dtype and lse float32 [b, h_q, s_q] (natural log of
   the sum of exp(softmax_scale * q.k) over the visible keys).
+With is_fp8_kvcache, k_cache holds FlashMLA's FP8 layout (hf_flashmla/fp8_latent.py: uint8 or float8_e4m3fn
+[num_blocks, page_size, h_kv, 656] for d = 576); each gathered key is dequantized as the kernels do it:
+float(e4m3) * scale in float32, rounded to q's dtype (bf16 on the kernels), the rope part as stored. The
+attention itself is the same float32 computation.
 Inputs are not validated here; hf_flashmla.flash_mla_with_kvcache validates before calling this.
 """
 from __future__ import annotations
 
 import torch
 
+from hf_flashmla import fp8_latent
+
 CHUNK_PAGES = 64
 
 
 def mla_decode_reference(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor,
                          cache_seqlens: torch.Tensor, head_dim_v: int, softmax_scale: float | None = None,
-                         causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                         causal: bool = False, is_fp8_kvcache: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     batch, s_q, h_q, head_dim = q.shape
     page_size, h_kv = k_cache.shape[1], k_cache.shape[2]
     if softmax_scale is None:
@@ -39,14 +45,14 @@ def mla_decode_reference(q: torch.Tensor, k_cache: torch.Tensor, block_table: to
         if length <= 0:
             continue
         out_i, lse_i = _decode_one_sequence(q[i], k_cache, block_table[i], length, page_size, h_kv,
-                                            head_dim_v, softmax_scale, causal)
+                                            head_dim_v, softmax_scale, causal, is_fp8_kvcache)
         out[i] = out_i.to(q.dtype)
         lse[i] = lse_i
     return out, lse
 
 
 def _decode_one_sequence(q_seq, k_cache, block_row, length, page_size, h_kv, head_dim_v, softmax_scale,
-                         causal):
+                         causal, is_fp8_kvcache=False):
     """q_seq [s_q, h_q, d] -> (out float32 [s_q, h_q, dv], lse float32 [h_q, s_q])."""
     s_q, h_q, head_dim = q_seq.shape
     group = h_q // h_kv
@@ -67,7 +73,12 @@ def _decode_one_sequence(q_seq, k_cache, block_row, length, page_size, h_kv, hea
     for first_page in range(0, num_pages, CHUNK_PAGES):
         page_ids = block_row[first_page:min(first_page + CHUNK_PAGES, num_pages)].to(torch.long)
         first_key = first_page * page_size
-        keys = k_cache.index_select(0, page_ids).reshape(-1, h_kv, head_dim)[:length - first_key]
+        if is_fp8_kvcache:
+            stored = k_cache.view(torch.uint8).index_select(0, page_ids)
+            stored = stored.reshape(-1, h_kv, stored.shape[-1])[:length - first_key]
+            keys = fp8_latent.dequantize(stored, head_dim_v, q_seq.dtype)
+        else:
+            keys = k_cache.index_select(0, page_ids).reshape(-1, h_kv, head_dim)[:length - first_key]
         keys = keys.to(torch.float32).permute(1, 0, 2)  # [h_kv, n, d]
         key_index = torch.arange(first_key, first_key + keys.shape[1], device=device)
 

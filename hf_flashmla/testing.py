@@ -73,3 +73,20 @@ def dense_attention(q, k_cache, block_table, cache_seqlens, head_dim_v: int = HE
         out[i] = torch.einsum("htl,lhd->thd", weights, keys_per_q_head[..., :head_dim_v])
         lse[i] = torch.where(seen, row_lse, torch.full_like(row_lse, float("inf")))
     return out, lse
+
+
+def fp8_round_trip_cache(config):
+    """A transformers DynamicCache whose update() stores and returns each token's latent as an FP8 latent cache
+    gives it back (hf_flashmla.fp8_latent.round_trip of [kv_nope, k_rot]): eager attention with it is the exact
+    attention over an FP8 cache's keys, for models whose attention caches the latent (DeepSeek-V3's family)."""
+    from transformers.cache_utils import DynamicCache
+
+    from hf_flashmla import fp8_latent
+
+    class FP8RoundTripCache(DynamicCache):
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            rank = key_states.shape[-1]
+            stored = fp8_latent.round_trip(torch.cat((key_states, value_states), dim=-1), rank)
+            return super().update(stored[..., :rank], stored[..., rank:], layer_idx, *args, **kwargs)
+
+    return FP8RoundTripCache(config=config.get_text_config(decoder=True))

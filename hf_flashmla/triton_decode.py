@@ -22,6 +22,11 @@ batches with long contexts still fill the GPU. Tile sizes come from a fixed tabl
 from autotuning: autotuning would time every new shape on first use (each decode batch size) and its
 choice would differ between runs; the table is what the shapes need (see the comments there).
 
+FP8 cache (is_fp8_kvcache, hf_flashmla/fp8_latent.py): the same kernel with FP8=True loads each K tile as its
+bytes (512 e4m3 values per token), the token's four float32 scales and its 64 bf16 rope values, and dequantizes in
+registers (float(e4m3) * scale in float32, rounded to q's dtype: the reference's rule) before the same two dots;
+the tile then serves as V as before. Only the loads differ: 656 bytes per token are read instead of 1152.
+
 Robustness without value checks: a program reads only block-table entries below
 min(ceil(L / 64), max_blocks) of its own row, and clamps block ids into [0, num_blocks), so bad
 lengths or ids give wrong numbers but never a memory fault.
@@ -35,6 +40,8 @@ import torch
 import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
+
+from hf_flashmla import fp8_latent
 
 PAGE_SIZE = 64
 D_LATENT = 512  # = head_dim_v: V is the latent part of K
@@ -58,14 +65,29 @@ def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _split_kernel(Q, KV, BLOCK_TABLE, SEQLENS, OUT, LSE, O_PART, LSE_PART,
+def _load_fp8_tile(KV, KV_SCALE, KV_ROPE, row_bytes, key_ok, offs_v, offs_rope, DTYPE: tl.constexpr,
+                   D_V: tl.constexpr, GROUP: tl.constexpr):
+    """One tile of FP8 tokens (row_bytes: each token's byte offset in the pool) -> (latent [N, D_V], rope [N, D_PE])
+    in DTYPE. KV_SCALE / KV_ROPE are the pool viewed as float32 / bf16; the scales start at byte D_V, the rope at
+    byte D_V + 4 * D_V / GROUP."""
+    values = tl.load(KV + row_bytes[:, None] + offs_v[None, :], mask=key_ok[:, None], other=0)
+    scale_ptr = KV_SCALE + (row_bytes // 4 + D_V // 4)[:, None] + (offs_v // GROUP)[None, :]
+    scales = tl.load(scale_ptr, mask=key_ok[:, None], other=0.0)  # one address per group: broadcast loads
+    latent = (values.to(tl.float8e4nv, bitcast=True).to(tl.float32) * scales).to(DTYPE)
+    rope_ptr = KV_ROPE + (row_bytes // 2 + (D_V + 4 * (D_V // GROUP)) // 2)[:, None] + offs_rope[None, :]
+    rope = tl.load(rope_ptr, mask=key_ok[:, None], other=0.0).to(DTYPE)
+    return latent, rope
+
+
+@triton.jit
+def _split_kernel(Q, KV, KV_SCALE, KV_ROPE, BLOCK_TABLE, SEQLENS, OUT, LSE, O_PART, LSE_PART,
                   stride_qb, stride_qt, stride_qh,
                   stride_kv_page, stride_kv_tok, stride_kv_head,
                   stride_bt, max_blocks, num_blocks,
                   s_q, group, h_q, scale_log2, num_splits,
                   DIRECT_OUT: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, PAGE: tl.constexpr, D_V: tl.constexpr,
-                  D_PE: tl.constexpr):
+                  D_PE: tl.constexpr, FP8: tl.constexpr, GROUP: tl.constexpr):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     pid_bk = tl.program_id(2)  # batch * h_kv + kv head
@@ -120,9 +142,14 @@ def _split_kernel(Q, KV, BLOCK_TABLE, SEQLENS, OUT, LSE, O_PART, LSE_PART,
         block = tl.minimum(tl.maximum(block, 0), num_blocks - 1).to(tl.int64)
         offs_n = start + tl.arange(0, BLOCK_N)
         key_ok = offs_n < key_end
-        k_ptr = kv_base + block * stride_kv_page + (offs_n % PAGE) * stride_kv_tok
-        k_latent = tl.load(k_ptr[:, None] + offs_v[None, :], mask=key_ok[:, None], other=0.0)  # also V
-        k_rope = tl.load(k_ptr[:, None] + offs_pe[None, :], mask=key_ok[:, None], other=0.0)
+        if FP8:  # strides in bytes
+            row_bytes = kv_head * stride_kv_head + block * stride_kv_page + (offs_n % PAGE) * stride_kv_tok
+            k_latent, k_rope = _load_fp8_tile(KV, KV_SCALE, KV_ROPE, row_bytes, key_ok, offs_v,
+                                              tl.arange(0, D_PE), Q.dtype.element_ty, D_V, GROUP)  # also V
+        else:
+            k_ptr = kv_base + block * stride_kv_page + (offs_n % PAGE) * stride_kv_tok
+            k_latent = tl.load(k_ptr[:, None] + offs_v[None, :], mask=key_ok[:, None], other=0.0)  # also V
+            k_rope = tl.load(k_ptr[:, None] + offs_pe[None, :], mask=key_ok[:, None], other=0.0)
 
         scores = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         scores = _mma(q_latent, tl.trans(k_latent), scores, DOT_PRECISION, UPCAST)
@@ -235,9 +262,11 @@ def _fallbacks(config: TileConfig):
         yield config._replace(block_n=16, num_stages=2)
 
 
-def _shared_bytes(config: TileConfig, element_size: int) -> int:
-    """Q tile + buffered K tiles (+1 KB reserved per block): matches the compiled kernels' figures."""
-    return (config.block_m + (config.num_stages - 1) * config.block_n) * 576 * element_size + 1024
+def _shared_bytes(config: TileConfig, element_size: int, token_bytes: int | None = None) -> int:
+    """Q tile + buffered K tiles (+1 KB reserved per block): matches the compiled kernels' figures for bf16/fp16
+    caches. token_bytes: a K token's bytes when they differ from the Q row's (an FP8 cache: 656)."""
+    token_bytes = 576 * element_size if token_bytes is None else token_bytes
+    return config.block_m * 576 * element_size + (config.num_stages - 1) * config.block_n * token_bytes + 1024
 
 
 @functools.lru_cache(maxsize=None)
@@ -280,14 +309,23 @@ _WORKING_CONFIG: dict = {}
 
 def mla_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor,
                       cache_seqlens: torch.Tensor, head_dim_v: int, softmax_scale: float, causal: bool,
-                      num_splits: int | None = None,
-                      config: TileConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      num_splits: int | None = None, config: TileConfig | None = None,
+                      is_fp8_kvcache: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs as validated by hf_flashmla.flash_mla_with_kvcache (q, k_cache contiguous; block_table
     last-dim stride 1). Returns out [b, s_q, h_q, 512] in q's dtype and lse float32 [b, h_q, s_q].
-    num_splits and config override the heuristics (tests, tuning runs)."""
+    num_splits and config override the heuristics (tests, tuning runs). is_fp8_kvcache: k_cache is uint8 or
+    float8_e4m3fn [num_blocks, 64, h_kv, 656] in FlashMLA's FP8 layout (hf_flashmla/fp8_latent.py)."""
     batch, s_q, h_q, head_dim = q.shape
-    num_blocks, page_size, h_kv, _ = k_cache.shape
+    num_blocks, page_size, h_kv, token_width = k_cache.shape
     assert head_dim == D_LATENT + D_ROPE and head_dim_v == D_LATENT and page_size == PAGE_SIZE
+    if is_fp8_kvcache:
+        assert token_width == fp8_latent.token_bytes(D_LATENT, D_ROPE)
+        kv = k_cache.view(torch.uint8)
+        kv_scale, kv_rope = kv.view(torch.float32), kv.view(fp8_latent.ROPE_DTYPE)  # the same bytes, other units
+        token_bytes = token_width
+    else:
+        kv = kv_scale = kv_rope = k_cache
+        token_bytes = None
     group = h_q // h_kv
     rows = s_q * group
     config = config or tile_config(rows, q.dtype)
@@ -296,7 +334,8 @@ def mla_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch
     max_blocks = block_table.shape[1]
     if num_splits is None:
         num_sms, shared_per_sm = _device_limits(q.device)
-        resident = max(1, min(config.programs_per_sm, shared_per_sm // _shared_bytes(config, q.element_size())))
+        resident = max(1, min(config.programs_per_sm,
+                               shared_per_sm // _shared_bytes(config, q.element_size(), token_bytes)))
         num_splits = choose_num_splits(row_blocks * batch * h_kv, max_blocks, num_sms, resident)
 
     out = torch.empty(batch, s_q, h_q, D_LATENT, dtype=q.dtype, device=q.device)
@@ -311,15 +350,16 @@ def mla_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch
 
     def launch(tiles: TileConfig):
         _split_kernel[(triton.cdiv(rows, tiles.block_m), num_splits, batch * h_kv)](
-            q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part,
+            q, kv, kv_scale, kv_rope, block_table, cache_seqlens, out, lse, o_part, lse_part,
             q.stride(0), q.stride(1), q.stride(2),
-            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            kv.stride(0), kv.stride(1), kv.stride(2),
             block_table.stride(0), max_blocks, max(num_blocks, 1),
             s_q, group, h_q, softmax_scale * LOG2E, num_splits,
             DIRECT_OUT=num_splits == 1, CAUSAL=causal, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else None,  # None: the default (16-bit dots)
             UPCAST=INTERPRETED and q.dtype == torch.bfloat16,
-            PAGE=PAGE_SIZE, D_V=D_LATENT, D_PE=D_ROPE, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+            PAGE=PAGE_SIZE, D_V=D_LATENT, D_PE=D_ROPE, FP8=is_fp8_kvcache, GROUP=fp8_latent.GROUP,
+            num_warps=tiles.num_warps, num_stages=tiles.num_stages)
 
     for tiles in _fallbacks(config):
         try:

@@ -18,6 +18,8 @@ import numbers
 
 import torch
 
+from hf_flashmla import fp8_latent
+
 HEAD_DIM = 576
 HEAD_DIM_V = 512
 # As in hf_flashmla/schedule.py, which this module does not import: hf_flashmla._ops's fake implementations use
@@ -26,6 +28,9 @@ PAGE_SIZE = 64
 METADATA_WIDTH = 8
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 REFERENCE_DTYPES = KERNEL_DTYPES + (torch.float32,)
+# FP8 cache (fp8_latent): FlashMLA's FP8 kernels take bf16 queries; float32 q is the reference's (and Triton's) own.
+FP8_Q_DTYPES = (torch.bfloat16, torch.float32)
+FP8_TOKEN_BYTES = fp8_latent.token_bytes(HEAD_DIM_V, HEAD_DIM - HEAD_DIM_V)
 KERNEL_NUM_KV_HEADS = 1  # the compiled op's contract (see hf_flashmla/_ops.py); dispatch.py sends other h_kv elsewhere
 
 
@@ -71,16 +76,18 @@ def softmax_scale_or_default(softmax_scale) -> float:
     return float(softmax_scale)
 
 
-def check_scalars(head_dim_v, causal) -> None:
+def check_scalars(head_dim_v, causal, is_fp8_kvcache=False) -> None:
     """The types of flash_mla_with_kvcache's scalar arguments (their values are checked with the tensors)."""
     if type(head_dim_v) is not int:  # the common case skips the numbers.Integral check
         _require_int("head_dim_v", head_dim_v)
     if type(causal) is not bool:
         raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
+    if type(is_fp8_kvcache) is not bool:
+        raise TypeError(f"is_fp8_kvcache: expected a bool, got {type(is_fp8_kvcache).__name__}")
 
 
 def check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, *,
-                 for_kernel: bool) -> None:
+                 for_kernel: bool, is_fp8_kvcache: bool = False) -> None:
     """Shapes, dtypes, layouts and devices of flash_mla_with_kvcache's inputs (no sync)."""
     for name, value in (("q", q), ("k_cache", k_cache), ("block_table", block_table),
                         ("cache_seqlens", cache_seqlens)):
@@ -92,8 +99,12 @@ def check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_sca
         raise ValueError(f"q: expected batch, s_q and h_q >= 1, got shape {tuple(q.shape)}")
     if head_dim != HEAD_DIM:
         raise ValueError(f"q: expected head_dim (last dim) {HEAD_DIM}, got {head_dim}")
-    dtypes = KERNEL_DTYPES if for_kernel else REFERENCE_DTYPES
-    _require_dtype("q", q, dtypes, " (float32 only on the reference path)" if for_kernel else "")
+    if is_fp8_kvcache:
+        _require_dtype("q", q, FP8_Q_DTYPES, " with is_fp8_kvcache=True (the FP8 kernels take bf16 queries; float32 on "
+                                             "the reference path)")
+    else:
+        dtypes = KERNEL_DTYPES if for_kernel else REFERENCE_DTYPES
+        _require_dtype("q", q, dtypes, " (float32 only on the reference path)" if for_kernel else "")
     if not q.is_contiguous():
         raise ValueError(f"q: expected a contiguous tensor (the kernel reads it densely), got strides "
                          f"{q.stride()}; call q.contiguous()")
@@ -101,11 +112,22 @@ def check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_sca
 
     _require_rank("k_cache", k_cache, 4, "[num_blocks, page_size, h_kv, head_dim]")
     _require_device("k_cache", k_cache, device)
-    _require_dtype("k_cache", k_cache, (q.dtype,), " (the dtype of q)")
+    if is_fp8_kvcache:
+        _require_dtype("k_cache", k_cache, fp8_latent.FP8_CACHE_DTYPES, " with is_fp8_kvcache=True (FlashMLA's FP8 "
+                                                                        "layout, bytes)")
+    elif k_cache.dtype in fp8_latent.FP8_CACHE_DTYPES:
+        raise TypeError(f"k_cache: expected dtype {str(q.dtype).replace('torch.', '')} (the dtype of q), got "
+                        f"{str(k_cache.dtype).replace('torch.', '')}; an FP8 latent cache needs is_fp8_kvcache=True")
+    else:
+        _require_dtype("k_cache", k_cache, (q.dtype,), " (the dtype of q)")
     num_blocks, page_size, h_kv, k_head_dim = k_cache.shape
     if page_size != PAGE_SIZE:
         raise ValueError(f"k_cache: expected page size (dim 1) {PAGE_SIZE}, got {page_size}")
-    if k_head_dim != HEAD_DIM:
+    if is_fp8_kvcache and k_head_dim != FP8_TOKEN_BYTES:
+        raise ValueError(f"k_cache: expected {FP8_TOKEN_BYTES} bytes per token (last dim) with is_fp8_kvcache=True "
+                         f"({HEAD_DIM_V} e4m3 values, {HEAD_DIM_V // fp8_latent.GROUP} float32 scales, "
+                         f"{HEAD_DIM - HEAD_DIM_V} bf16 rope values), got {k_head_dim}")
+    if not is_fp8_kvcache and k_head_dim != HEAD_DIM:
         raise ValueError(f"k_cache: expected head_dim (last dim) {HEAD_DIM}, got {k_head_dim}")
     if h_kv < 1 or h_q % h_kv != 0:
         raise ValueError(f"k_cache: expected h_kv (dim 2) >= 1 dividing h_q = {h_q}, got h_kv = {h_kv}")
@@ -138,7 +160,7 @@ def check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_sca
         raise ValueError(f"head_dim_v: expected {HEAD_DIM_V} (V is the first {HEAD_DIM_V} values of K), "
                          f"got {head_dim_v}")
     softmax_scale_or_default(softmax_scale)
-    check_scalars(head_dim_v, causal)
+    check_scalars(head_dim_v, causal, is_fp8_kvcache)
 
 
 def check_schedule_tensors(tile_scheduler_metadata, num_splits, batch: int, device: torch.device) -> None:

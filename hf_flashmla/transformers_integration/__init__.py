@@ -17,7 +17,8 @@ newest tested one is registered with a warning.
   implementation.) Every served class gets the same dispatching wrapper: a family needs no patch of its own.
 - makes generate() of a model whose (text) config says "flash_mla" create a LatentPagedCache (a
   HybridLatentCache for MLA layers between linear-attention layers) instead of a DynamicCache, and refuses
-  what cannot be served (continuous batching, static caches);
+  what cannot be served (continuous batching, static caches); generate(..., cache_config={"kv_cache_dtype":
+  "fp8_e4m3"}) (or the model's generation_config.cache_config) makes that cache FP8;
 - decodes with CUDA graphs (decode_graphs) and prefills under a memory budget (prefill_blocks: the served
   families' causal-LM forward) where the cache is a LatentPagedCache of the MLA layers alone;
 - refuses "flash_mla" at load / set_attn_implementation time for any other model, naming why: not MLA,
@@ -135,21 +136,46 @@ def _cache_preparing(original):
             raise ValueError(f"cache_implementation: attn_implementation='flash_mla' keeps its own paged latent cache "
                              f"(hf_flashmla.LatentPagedCache); got cache_implementation={implementation!r}. Leave it "
                              f"unset, or pass cache=hf_flashmla.LatentPagedCache(model.config, max_pages=...)")
+        kv_cache_dtype = generation_kv_cache_dtype(generation_config)
         result = original(self, generation_config, model_kwargs, *args, **kwargs)
         from transformers.cache_utils import DynamicCache
 
+        from hf_flashmla.latent_cache import LatentPagedCache
         for name in ("cache", "past_key_values"):
             cache = model_kwargs.get(name)
             if type(cache) is DynamicCache and not getattr(cache, "_is_user_defined", False):
                 model_kwargs[name] = _generation_cache(self, generation_config, model_kwargs,
-                                                       _batch_size(signature, args, kwargs))
+                                                       _batch_size(signature, args, kwargs), kv_cache_dtype)
+            elif isinstance(cache, LatentPagedCache) and generation_config.cache_config and \
+                    cache.kv_cache_dtype != kv_cache_dtype:
+                raise ValueError(f"cache_config: asks for kv_cache_dtype={kv_cache_dtype!r}, but the cache passed to "
+                                 f"generate() is a LatentPagedCache with kv_cache_dtype={cache.kv_cache_dtype!r}")
         return result
 
     _prepare_cache_for_generation._hf_flashmla_original = original
     return _prepare_cache_for_generation
 
 
-def _generation_cache(model, generation_config, model_kwargs, batch):
+CACHE_CONFIG_KEYS = ("kv_cache_dtype",)
+
+
+def generation_kv_cache_dtype(generation_config) -> str:
+    """The kv_cache_dtype that generation_config.cache_config asks for ("auto" when it says nothing); an unknown key
+    or value raises ValueError naming cache_config."""
+    from hf_flashmla import fp8_latent
+
+    cache_config = getattr(generation_config, "cache_config", None) or {}
+    if not isinstance(cache_config, dict):
+        raise ValueError(f"cache_config: expected a dict such as {{'kv_cache_dtype': 'fp8_e4m3'}}, got "
+                         f"{type(cache_config).__name__}")
+    unknown = sorted(set(cache_config) - set(CACHE_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"cache_config: attn_implementation='flash_mla' builds a hf_flashmla.LatentPagedCache, which "
+                         f"takes {list(CACHE_CONFIG_KEYS)} from cache_config; got {unknown}")
+    return fp8_latent.kv_cache_dtype_or_default(cache_config.get("kv_cache_dtype"), "cache_config['kv_cache_dtype']")
+
+
+def _generation_cache(model, generation_config, model_kwargs, batch, kv_cache_dtype="auto"):
     """The LatentPagedCache generate() decodes with: reserving max_length tokens per sequence, in the model's
     graph arena, where decode steps can be CUDA graphs (decode_graphs); else a cache that grows as it goes.
     A model with linear-attention layers gets a HybridLatentCache, which grows as it goes (their states are
@@ -158,17 +184,18 @@ def _generation_cache(model, generation_config, model_kwargs, batch):
     from hf_flashmla.latent_cache import LatentPagedCache
 
     if has_state_layers(model.config):
-        return HybridLatentCache(model.config)
+        return HybridLatentCache(model.config, kv_cache_dtype=kv_cache_dtype)
     if generation_config.disable_compile or not decode_graphs.graphs_possible(model):
-        return LatentPagedCache(model.config)
+        return LatentPagedCache(model.config, kv_cache_dtype=kv_cache_dtype)
     for value in (model_kwargs.get("inputs_embeds"), model_kwargs.get("attention_mask")):
         if batch is None and isinstance(value, torch.Tensor):
             batch = value.shape[0]
     reserve = generation_config.max_length
-    if batch is None or reserve is None or decode_graphs.reserve_tokens_for(model, batch, reserve) is None:
-        return LatentPagedCache(model.config)
+    if batch is None or reserve is None or \
+            decode_graphs.reserve_tokens_for(model, batch, reserve, kv_cache_dtype) is None:
+        return LatentPagedCache(model.config, kv_cache_dtype=kv_cache_dtype)
     arena = decode_graphs.arena_for(model, decode_graphs.model_device(model))
-    cache = LatentPagedCache(model.config, reserve_tokens=reserve, graph_arena=arena)
+    cache = LatentPagedCache(model.config, reserve_tokens=reserve, graph_arena=arena, kv_cache_dtype=kv_cache_dtype)
     arena.claim(cache)
     return cache
 

@@ -11,6 +11,10 @@ calls the modeling module's own rope functions, so each release's and config's v
 - long chunks (prefill): the latent still goes to the pages, and attention runs dense (SDPA) on K/V
   expanded from the latent for this layer only, then dropped, as serving engines do.
 
+With an FP8 cache (LatentPagedCache(kv_cache_dtype="fp8_e4m3")) the pages hold the quantized latent, and the
+dense prefill attends to the latent's FP8 round trip (cache.stored_latent), so that every route (one prefill or
+blocks, paged or dense, eager or graphs) attends to the same keys: those the pages give back.
+
 Latents other than 512 + 64 can run only where the reference path runs (CPU, or HF_FLASHMLA_BACKEND=
 reference): the reference is called directly for them, since the public API checks the kernel's 576.
 """
@@ -56,19 +60,20 @@ def _paged_attention(module, q_nope, q_pe, cache, layer_idx, latent, token_mask)
     q_abs = q_abs.transpose(0, 1).reshape(batch, s, heads, -1)
     query = torch.cat((q_abs, q_pe.to(q_abs.dtype)), dim=-1).contiguous()
     rank = module.kv_lora_rank
-    choice = backend(query)
+    choice = backend(query, is_fp8_kvcache=cache.is_fp8)
     if (rank, module.qk_rope_head_dim) == KERNEL_LATENT:
         metadata = state.metadata.get(heads)
         if metadata is None:
             metadata = state.metadata[heads] = interface.get_mla_metadata(state.seqlens, s * heads, 1)
         out, _ = interface.flash_mla_with_kvcache(query, pool, state.block_table, state.seqlens, rank,
                                                   metadata[0], metadata[1], softmax_scale=softmax_scale(module),
-                                                  causal=True)
+                                                  causal=True, is_fp8_kvcache=cache.is_fp8)
         counters.add("paged_kernel" if choice.name == KERNEL else "paged_reference")
     else:
         if choice.name == KERNEL:
             _check_kernel_shapes(module, query.device)
-        out, _ = mla_decode_reference(query, pool, state.block_table, state.seqlens, rank, softmax_scale(module), True)
+        out, _ = mla_decode_reference(query, pool, state.block_table, state.seqlens, rank, softmax_scale(module), True,
+                                      cache.is_fp8)
         counters.add("paged_reference")
     # [h, b*s, rank] @ [h, rank, v] -> [b, s, h, v]
     attn = torch.bmm(out.reshape(batch * s, heads, rank).transpose(0, 1), weights.w_uv_t)
@@ -97,10 +102,10 @@ def _prefill_attention(module, q_nope, q_pe, cache, layer_idx, latent, token_mas
             continue
         q_nope_row, q_pe_row = q_nope[row:row + 1, s - count:], q_pe[row:row + 1, s - count:]
         if before == 0:
-            key, value = expand_latent(module, latent[row:row + 1, s - count:])
+            key, value = expand_latent(module, cache.stored_latent(latent[row:row + 1, s - count:]))
             out[row, s - count:] = dense_attention(module, q_nope_row, q_pe_row, key, value, None)[0]
             continue
-        stored = cache.gather(layer_idx, state, after, rows=slice(row, row + 1))
+        stored = cache.gather(layer_idx, state, after, rows=slice(row, row + 1), dtype=latent.dtype)
         key, value = expand_latent(module, stored)
         # Query i of the chunk is token before + i: it sees keys 0 .. before + i (no [count, after] mask built).
         out[row, s - count:] = trailing_causal(module, q_nope_row, q_pe_row, key, value)[0]
@@ -112,7 +117,7 @@ def _masked_prefill(module, q_nope, q_pe, cache, layer_idx, latent, step, state)
     batch, s = q_nope.shape[:2]
     device = q_nope.device
     max_length = max(step.lengths_after)
-    stored = cache.gather(layer_idx, state, max_length)
+    stored = cache.gather(layer_idx, state, max_length, dtype=latent.dtype)
     key, value = expand_latent(module, stored)
     if state.token_mask is None:
         rank = torch.arange(s, device=device, dtype=torch.int32)[None, :].expand(batch, s)

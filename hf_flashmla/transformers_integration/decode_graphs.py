@@ -29,7 +29,7 @@ import weakref
 
 import torch
 
-from hf_flashmla.latent_cache import LatentPagedCache, _to_device, pages_for
+from hf_flashmla.latent_cache import LatentPagedCache, _to_device, cache_bytes_per_token_per_layer, pages_for
 from hf_flashmla.transformers_integration.compat import cache_kwarg
 
 BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
@@ -326,17 +326,17 @@ class _capturable_experts:
         return False
 
 
-def reserve_tokens_for(model, batch: int, max_length: int) -> int | None:
+def reserve_tokens_for(model, batch: int, max_length: int, kv_cache_dtype: str = "auto") -> int | None:
     """max_length if reserving it for every sequence (the pools of a graph-decoded generate()) fits the free
     device memory with room to spare, else None (the cache then grows as it goes and decoding stays eager)."""
     device = model_device(model)
     config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
     if device is None or device.type != "cuda":
         return max_length
-    latent = config.kv_lora_rank + config.qk_rope_head_dim
+    per_token = cache_bytes_per_token_per_layer(config.kv_lora_rank + config.qk_rope_head_dim, model.dtype,
+                                                kv_cache_dtype, config.kv_lora_rank)
     layers = config.num_hidden_layers
-    element = torch.empty((), dtype=model.dtype).element_size()
-    needed = batch * pages_for(max_length) * 64 * latent * element * layers
+    needed = batch * pages_for(max_length) * 64 * per_token * layers
     free, _ = torch.cuda.mem_get_info(device)
     return max_length if needed <= 0.5 * free else None
 

@@ -1,6 +1,6 @@
 """Prefill under a memory budget: a forward pass over more prompt tokens than fit runs in blocks.
 
-The latent cache of a prompt batch is small (1152 B per token and layer in bf16), but a forward pass over
+The latent cache of a prompt batch is small (1152 B per token and layer in bf16, 656 in FP8), but a forward pass over
 the whole batch holds every token's activations at once: queries, MLP and MoE intermediates, about 100-200
 KB per token for DeepSeek-V2-Lite. So with attn_implementation="flash_mla" and a LatentPagedCache, the
 causal-LM forward of a prompt of more than N tokens (batch x length) runs the model on blocks of at most N
@@ -21,7 +21,7 @@ import logging
 import torch
 
 from hf_flashmla.hybrid_cache import HybridLatentCache
-from hf_flashmla.latent_cache import LatentPagedCache, pages_for
+from hf_flashmla.latent_cache import LatentPagedCache, cache_bytes_per_token_per_layer, pages_for
 from hf_flashmla.transformers_integration.counters import counters
 
 logger = logging.getLogger(__name__)
@@ -87,11 +87,12 @@ def _free_bytes(device: torch.device) -> int:
 def _pool_bytes_to_come(model, cache: LatentPagedCache, batch: int, length: int) -> int:
     """The latent pages this prompt will still allocate (all layers), beyond what the pools hold."""
     config = _text_config(model)
-    element = torch.empty((), dtype=model.dtype).element_size()
     tokens_per_row = max(length + cache.get_seq_length(), cache.reserve_tokens or 0)
     pages = batch * pages_for(tokens_per_row) + 1
     held = cache.pool_pages if cache.is_initialized else 0
-    row_bytes = 64 * (config.kv_lora_rank + config.qk_rope_head_dim) * element * config.num_hidden_layers
+    per_token = cache_bytes_per_token_per_layer(config.kv_lora_rank + config.qk_rope_head_dim, model.dtype,
+                                                cache.kv_cache_dtype, config.kv_lora_rank)
+    row_bytes = 64 * per_token * config.num_hidden_layers
     return max(pages - held, 0) * row_bytes
 
 

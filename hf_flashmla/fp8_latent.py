@@ -1,0 +1,101 @@
+"""The FP8 latent layout (FlashMLA's, for DeepSeek-V3.2): what a token's latent row becomes in an FP8 cache.
+
+A latent row of kv_lora_rank + rope values (512 + 64 for every served model) is stored as bytes:
+  [0, rank)                     the latent, float8_e4m3fn, group g of GROUP values divided by scale g;
+  [rank, rank + 4 * rank/GROUP) one float32 scale per group: amax(|group|) / 448 (448: e4m3's largest value);
+  [.., + 2 * rope)              the rope part in bfloat16 (not quantized: it carries the positions).
+For 512 + 64 that is 512 + 16 + 128 = 656 bytes, against 1152 in bf16.
+
+Dequantization (what every reader does, the kernels and the reference alike): float(e4m3) * scale in float32,
+rounded to the dtype the attention computes in (bf16 on the kernels' tensor cores, float32 for a float32 q on
+the reference path). The rope part is bf16 as stored.
+
+Quantization is pure torch ops on the latent's device: no host sync, so it runs inside CUDA graphs.
+"""
+from __future__ import annotations
+
+import torch
+
+FP8_E4M3 = "fp8_e4m3"
+KV_CACHE_DTYPES = ("auto", FP8_E4M3)  # "auto": the latent in the model's dtype
+GROUP = 128          # latent values per scale
+FP8_MAX = 448.0      # largest finite float8_e4m3fn
+SCALE_BYTES = 4      # one float32 per group
+ROPE_DTYPE = torch.bfloat16
+FP8_CACHE_DTYPES = (torch.uint8, torch.float8_e4m3fn)  # what a k_cache in this layout may be typed as
+
+
+def kv_cache_dtype_or_default(value, name: str = "kv_cache_dtype") -> str:
+    """'auto' (None too) or 'fp8_e4m3' (also spelled 'fp8', 'fp8_e4m3fn', torch.float8_e4m3fn); else ValueError."""
+    if value is None:
+        return "auto"
+    if value is torch.float8_e4m3fn:
+        return FP8_E4M3
+    if isinstance(value, str):
+        spelled = value.strip().lower()
+        if spelled in ("auto", "bf16", "bfloat16", "model"):
+            return "auto"
+        if spelled in ("fp8", "fp8_e4m3", "fp8_e4m3fn", "float8_e4m3fn"):
+            return FP8_E4M3
+    raise ValueError(f"{name}: expected 'auto' (the latent in the model's dtype) or '{FP8_E4M3}' (FlashMLA's FP8 "
+                     f"layout: e4m3 latent with one float32 scale per {GROUP} values, bf16 rope), got {value!r}")
+
+
+def token_bytes(kv_lora_rank: int, rope_dim: int) -> int:
+    """Bytes of one token's latent row in the FP8 layout (656 for 512 + 64)."""
+    return kv_lora_rank + SCALE_BYTES * (kv_lora_rank // GROUP) + ROPE_DTYPE.itemsize * rope_dim
+
+
+def check_latent_shape(kv_lora_rank: int, rope_dim: int, name: str = "kv_cache_dtype") -> None:
+    if kv_lora_rank < GROUP or kv_lora_rank % GROUP:
+        raise ValueError(f"{name}: the FP8 layout quantizes the latent in groups of {GROUP} values; this model's "
+                         f"kv_lora_rank is {kv_lora_rank}")
+
+
+def split_dims(row_bytes: int, latent_dim: int) -> tuple[int, int]:
+    """(kv_lora_rank, rope_dim) of a layout whose rows are row_bytes long and hold latent_dim values."""
+    # row_bytes = rank + 4 rank / 128 + 2 (latent_dim - rank) = 2 latent_dim - rank (1 - 1/32)
+    rank = (2 * latent_dim - row_bytes) * GROUP // (GROUP - SCALE_BYTES)
+    if rank <= 0 or token_bytes(rank, latent_dim - rank) != row_bytes:
+        raise ValueError(f"k_cache: {row_bytes} bytes per token is not the FP8 layout of {latent_dim} values")
+    return rank, latent_dim - rank
+
+
+def quantize(latent: torch.Tensor, kv_lora_rank: int) -> torch.Tensor:
+    """latent [..., rank + rope] (any float dtype) -> uint8 [..., token_bytes]."""
+    rank = kv_lora_rank
+    rope = latent.shape[-1] - rank
+    lead = latent.shape[:-1]
+    groups = latent[..., :rank].to(torch.float32).reshape(*lead, rank // GROUP, GROUP)
+    scale = groups.abs().amax(dim=-1, keepdim=True) / FP8_MAX
+    # A zero group keeps scale 0 (it dequantizes to 0); dividing by 1 there avoids 0 / 0. Clamping keeps a value
+    # that rounds just above 448 from becoming NaN (e4m3fn has no infinity).
+    divisor = torch.where(scale > 0, scale, torch.ones_like(scale))
+    values = (groups / divisor).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    out = torch.empty(*lead, token_bytes(rank, rope), dtype=torch.uint8, device=latent.device)
+    out[..., :rank] = values.reshape(*lead, rank).view(torch.uint8)
+    scale_end = rank + SCALE_BYTES * (rank // GROUP)
+    out[..., rank:scale_end] = scale.reshape(*lead, rank // GROUP).view(torch.uint8).reshape(*lead, scale_end - rank)
+    rope_bytes = latent[..., rank:].to(ROPE_DTYPE).contiguous().view(torch.uint8)
+    out[..., scale_end:] = rope_bytes
+    return out
+
+
+def dequantize(stored: torch.Tensor, kv_lora_rank: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (or float8_e4m3fn) [..., token_bytes] -> [..., rank + rope] in dtype: float(e4m3) * scale in float32,
+    then rounded to dtype (see the module docstring)."""
+    stored = stored.view(torch.uint8)
+    rank = kv_lora_rank
+    groups = rank // GROUP
+    scale_end = rank + SCALE_BYTES * groups
+    lead = stored.shape[:-1]
+    values = stored[..., :rank].contiguous().view(torch.float8_e4m3fn).to(torch.float32)
+    scale = stored[..., rank:scale_end].contiguous().view(torch.float32)
+    latent = (values.reshape(*lead, groups, GROUP) * scale[..., None]).reshape(*lead, rank)
+    rope = stored[..., scale_end:].contiguous().view(ROPE_DTYPE)
+    return torch.cat((latent.to(dtype), rope.to(dtype)), dim=-1)
+
+
+def round_trip(latent: torch.Tensor, kv_lora_rank: int) -> torch.Tensor:
+    """What a reader gets back for this latent from an FP8 cache, in the latent's dtype."""
+    return dequantize(quantize(latent, kv_lora_rank), kv_lora_rank, latent.dtype)
