@@ -65,15 +65,43 @@ def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _e4m3_to_float32(bits, NATIVE: tl.constexpr):
+    """float8_e4m3fn bytes -> float32. NATIVE: Triton's conversion (compute capability >= 8.9, and the interpreter);
+    else decoded with integer ops (Triton refuses the e4m3 type below sm_89): 2^(e - 7) * (1 + m / 8), subnormals
+    m * 2^-9, 0x7F / 0xFF NaN."""
+    if NATIVE:
+        value = bits.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    else:
+        word = bits.to(tl.int32)
+        magnitude = word & 0x7F
+        normal = ((magnitude << 20) + (120 << 23)).to(tl.float32, bitcast=True)
+        value = tl.where(magnitude >= 8, normal, magnitude.to(tl.float32) * 0.001953125)
+        value = tl.where(magnitude == 0x7F, float("nan"), value)
+        value = tl.where((word & 0x80) != 0, -value, value)
+    return value
+
+
+@triton.jit
+def _rounded(x, DTYPE: tl.constexpr, EXACT_ROUNDING: tl.constexpr):
+    """float32 -> DTYPE rounding to nearest even. EXACT_ROUNDING (the interpreter, whose float32 -> bf16 cast
+    truncates): the rounding is done on the bits first, so that the cast is exact."""
+    if EXACT_ROUNDING:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(DTYPE)
+
+
+@triton.jit
 def _load_fp8_tile(KV, KV_SCALE, KV_ROPE, row_bytes, key_ok, offs_v, offs_rope, DTYPE: tl.constexpr,
-                   D_V: tl.constexpr, GROUP: tl.constexpr):
+                   D_V: tl.constexpr, GROUP: tl.constexpr, NATIVE: tl.constexpr, EXACT_ROUNDING: tl.constexpr):
     """One tile of FP8 tokens (row_bytes: each token's byte offset in the pool) -> (latent [N, D_V], rope [N, D_PE])
     in DTYPE. KV_SCALE / KV_ROPE are the pool viewed as float32 / bf16; the scales start at byte D_V, the rope at
     byte D_V + 4 * D_V / GROUP."""
     values = tl.load(KV + row_bytes[:, None] + offs_v[None, :], mask=key_ok[:, None], other=0)
     scale_ptr = KV_SCALE + (row_bytes // 4 + D_V // 4)[:, None] + (offs_v // GROUP)[None, :]
     scales = tl.load(scale_ptr, mask=key_ok[:, None], other=0.0)  # one address per group: broadcast loads
-    latent = (values.to(tl.float8e4nv, bitcast=True).to(tl.float32) * scales).to(DTYPE)
+    latent = _rounded(_e4m3_to_float32(values, NATIVE) * scales, DTYPE, EXACT_ROUNDING)
     rope_ptr = KV_ROPE + (row_bytes // 2 + (D_V + 4 * (D_V // GROUP)) // 2)[:, None] + offs_rope[None, :]
     rope = tl.load(rope_ptr, mask=key_ok[:, None], other=0.0).to(DTYPE)
     return latent, rope
@@ -87,7 +115,7 @@ def _split_kernel(Q, KV, KV_SCALE, KV_ROPE, BLOCK_TABLE, SEQLENS, OUT, LSE, O_PA
                   s_q, group, h_q, scale_log2, num_splits,
                   DIRECT_OUT: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, PAGE: tl.constexpr, D_V: tl.constexpr,
-                  D_PE: tl.constexpr, FP8: tl.constexpr, GROUP: tl.constexpr):
+                  D_PE: tl.constexpr, FP8: tl.constexpr, GROUP: tl.constexpr, FP8_NATIVE: tl.constexpr):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     pid_bk = tl.program_id(2)  # batch * h_kv + kv head
@@ -145,7 +173,8 @@ def _split_kernel(Q, KV, KV_SCALE, KV_ROPE, BLOCK_TABLE, SEQLENS, OUT, LSE, O_PA
         if FP8:  # strides in bytes
             row_bytes = kv_head * stride_kv_head + block * stride_kv_page + (offs_n % PAGE) * stride_kv_tok
             k_latent, k_rope = _load_fp8_tile(KV, KV_SCALE, KV_ROPE, row_bytes, key_ok, offs_v,
-                                              tl.arange(0, D_PE), Q.dtype.element_ty, D_V, GROUP)  # also V
+                                              tl.arange(0, D_PE), Q.dtype.element_ty, D_V, GROUP, FP8_NATIVE,
+                                              UPCAST)  # also V
         else:
             k_ptr = kv_base + block * stride_kv_page + (offs_n % PAGE) * stride_kv_tok
             k_latent = tl.load(k_ptr[:, None] + offs_v[None, :], mask=key_ok[:, None], other=0.0)  # also V
@@ -285,6 +314,12 @@ def _device_limits(device: torch.device) -> tuple[int, int]:
     return props.multi_processor_count, shared
 
 
+@functools.lru_cache(maxsize=None)
+def _native_fp8(device: torch.device) -> bool:
+    """Whether Triton converts e4m3 itself here: compute capability >= 8.9 (and the interpreter)."""
+    return device.type != "cuda" or tuple(torch.cuda.get_device_capability(device)) >= (8, 9)
+
+
 def choose_num_splits(work_items: int, max_pages: int, num_sms: int, programs_per_sm: int) -> int:
     """Smallest split count whose waves are nearly full (within 85% of the best wave efficiency), bounded
     so that a split keeps >= MIN_PAGES_PER_SPLIT pages of the longest sequence the block table allows.
@@ -359,6 +394,7 @@ def mla_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else None,  # None: the default (16-bit dots)
             UPCAST=INTERPRETED and q.dtype == torch.bfloat16,
             PAGE=PAGE_SIZE, D_V=D_LATENT, D_PE=D_ROPE, FP8=is_fp8_kvcache, GROUP=fp8_latent.GROUP,
+            FP8_NATIVE=_native_fp8(q.device),
             num_warps=tiles.num_warps, num_stages=tiles.num_stages)
 
     for tiles in _fallbacks(config):

@@ -1,0 +1,331 @@
+"""The FP8 latent layout (hf_flashmla/fp8_latent.py), the reference and the Triton kernel reading it, and the public
+API's checks of FP8 inputs.
+
+CPU: the quantization round trip, the reference against a bf16 cache holding the dequantized keys (exactly equal:
+the reference dequantizes as the kernels do) and against float64 attention, the Triton kernel under Triton's
+interpreter (tests/conftest.py sets TRITON_INTERPRET=1 where there is no CUDA), bad input.
+GPU (marker triton_gpu): the Triton FP8 kernel against the reference on the configuration matrix, through the public
+API (which sends FP8 to Triton on every GPU, sm_90 included). Run on the GPU machine:
+    python3 -m pytest -q -rs tests/test_fp8_kernel.py
+"""
+import importlib
+import itertools
+
+import pytest
+import torch
+
+import hf_flashmla
+from hf_flashmla import dispatch, fp8_latent, mla_decode_reference
+from hf_flashmla.envs import BACKEND
+from hf_flashmla.testing import dense_attention, make_paged_inputs
+from paged_garbage import used_token_mask
+
+DV = 512
+SCALE = 576 ** -0.5
+# Relative Frobenius error of out against the reference, as tests/test_triton_decode.py's (P rounded to the input
+# dtype before P V); the FP8 keys are dequantized identically in both, so no extra allowance.
+OUT_TOLERANCE = {torch.bfloat16: 1e-2, torch.float32: 1e-5}
+LSE_ATOL, LSE_RTOL = 1e-3, 1e-4
+
+
+@pytest.fixture(autouse=True)
+def fresh_backend_choices(monkeypatch):
+    monkeypatch.setattr(dispatch, "_CHOICES", {})
+
+
+def fp8_inputs(lengths, s_q, h_q, dtype=torch.bfloat16, seed=0, device="cpu", h_kv=1):
+    """Paged inputs whose cache is the FP8 layout of make_paged_inputs' random keys (scaled per token, so that the
+    groups' scales differ widely)."""
+    inputs = make_paged_inputs(lengths, s_q, h_q, h_kv, dtype=torch.float32, seed=seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    spread = torch.exp(torch.randn(inputs.k_cache.shape[:-1] + (1,), generator=generator) * 2)
+    inputs.k_cache = fp8_latent.quantize(inputs.k_cache * spread, DV).to(device)
+    inputs.q = inputs.q.to(dtype=dtype, device=device)
+    inputs.block_table = inputs.block_table.to(device)
+    inputs.cache_seqlens = inputs.cache_seqlens.to(device)
+    return inputs
+
+
+def reference(inputs, causal):
+    return mla_decode_reference(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens, DV, SCALE, causal,
+                                is_fp8_kvcache=True)
+
+
+def relative_error(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+# ------------------------------------------------------------------------------------------ quantization
+def test_layout_is_flashmla_656_bytes():
+    latent = torch.randn(2, 3, 576)
+    stored = fp8_latent.quantize(latent, DV)
+    assert stored.dtype == torch.uint8 and stored.shape == (2, 3, 656)
+    assert fp8_latent.token_bytes(512, 64) == 656
+    groups = latent[..., :512].reshape(2, 3, 4, 128)
+    scales = stored[..., 512:528].contiguous().view(torch.float32)
+    assert torch.equal(scales, groups.abs().amax(dim=-1) / 448)
+    assert torch.equal(stored[..., 528:].contiguous().view(torch.bfloat16), latent[..., 512:].to(torch.bfloat16))
+    values = stored[..., :512].contiguous().view(torch.float8_e4m3fn).float().reshape(2, 3, 4, 128)
+    assert values.abs().amax(dim=-1).eq(448).all()  # each group's largest value maps to e4m3's largest
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_round_trip_error_within_e4m3_rounding_per_group(dtype):
+    generator = torch.Generator().manual_seed(0)
+    latent = torch.randn(64, 576, generator=generator) * torch.exp(torch.randn(64, 1, generator=generator) * 3)
+    latent[3, 128:256] = 0               # a zero group: scale 0, dequantizes to 0
+    latent[5, :128] *= 1e-30             # a tiny group
+    latent[7, 300] = 1e4                 # one outlier: its group's other values go subnormal
+    latent = latent.to(dtype)
+    back = fp8_latent.dequantize(fp8_latent.quantize(latent, DV), DV)
+    x = latent.float()
+    groups = x[:, :512].reshape(64, 4, 128)
+    scale = (groups.abs().amax(dim=-1, keepdim=True) / 448)
+    error = (back[:, :512].reshape(64, 4, 128) - groups).abs()
+    # e4m3: 3 mantissa bits, so a normal value rounds within 2^-4 of itself; below 2^-6 (subnormal) the step is 2^-9.
+    bound = torch.maximum(groups.abs() * 2 ** -4, scale * 2 ** -10) * (1 + 1e-6)
+    assert torch.all(error <= bound)
+    assert torch.all(back[3, 128:256] == 0)
+    assert torch.equal(back[:, 512:], x[:, 512:].to(torch.bfloat16).float())
+    assert torch.isfinite(back).all()
+    relative = (error.norm(dim=-1) / groups.norm(dim=-1).clamp_min(1e-38))
+    assert relative.max() < 0.05
+
+
+def test_round_trip_keeps_nan_in_its_group_only():
+    latent = torch.randn(2, 576)
+    latent[0, 130] = float("nan")
+    back = fp8_latent.dequantize(fp8_latent.quantize(latent, DV), DV)
+    assert torch.isnan(back[0, 128:256]).all()
+    assert torch.isfinite(back[0, :128]).all() and torch.isfinite(back[0, 256:]).all() and torch.isfinite(back[1]).all()
+
+
+def test_quantize_stays_on_the_device_without_sync():
+    """Pure tensor ops: the same code under torch.compile's fake tensors would fail on a host read; here: meta."""
+    latent = torch.empty(3, 4, 576, device="meta")
+    assert fp8_latent.quantize(latent, DV).shape == (3, 4, 656)
+
+
+# -------------------------------------------------------------------------------------------- reference
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("causal", [True, False])
+def test_reference_fp8_equals_reference_on_dequantized_keys(dtype, causal):
+    """The reference reads an FP8 cache as a cache of q's dtype holding float(e4m3) * scale rounded to that dtype."""
+    inputs = fp8_inputs([0, 70, 200, 1], 2, 16, dtype=dtype, seed=3)
+    out, lse = reference(inputs, causal)
+    dequantized = fp8_latent.dequantize(inputs.k_cache, DV, dtype)
+    plain_out, plain_lse = mla_decode_reference(inputs.q, dequantized, inputs.block_table, inputs.cache_seqlens, DV,
+                                                SCALE, causal)
+    assert torch.equal(out, plain_out) and torch.equal(lse, plain_lse)
+    dense_out, dense_lse = dense_attention(inputs.q, dequantized, inputs.block_table, inputs.cache_seqlens, DV, SCALE,
+                                           causal)
+    seen = torch.isfinite(dense_lse)
+    assert torch.allclose(lse[seen].double(), dense_lse[seen], atol=1e-4)
+    assert relative_error(out, dense_out) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
+
+
+def test_reference_fp8_error_against_the_bf16_cache_is_bounded():
+    """Kernel-level accuracy of the FP8 cache on random inputs (standard normal keys): the FP8 reference against the
+    float32 reference on the bf16 cache it was quantized from (figure in README's limitations)."""
+    inputs = make_paged_inputs([300, 1000, 64, 4096], 1, 16, dtype=torch.bfloat16, seed=5)
+    fp8_cache = fp8_latent.quantize(inputs.k_cache, DV)
+    q = inputs.q
+    out_bf16, lse_bf16 = mla_decode_reference(q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens, DV, SCALE,
+                                              True)
+    out_fp8, lse_fp8 = mla_decode_reference(q, fp8_cache, inputs.block_table, inputs.cache_seqlens, DV, SCALE, True,
+                                            is_fp8_kvcache=True)
+    assert relative_error(out_fp8, out_bf16) < 0.06
+    assert (lse_fp8 - lse_bf16).abs().max() < 0.05
+
+
+def test_float8_typed_cache_reads_like_bytes():
+    inputs = fp8_inputs([70, 130], 1, 16, seed=2)
+    out, lse = reference(inputs, True)
+    typed = inputs.k_cache.view(torch.float8_e4m3fn)
+    out2, lse2 = hf_flashmla.flash_mla_with_kvcache(inputs.q, typed, inputs.block_table, inputs.cache_seqlens, DV,
+                                                    hf_flashmla.get_mla_metadata()[0], None, causal=True,
+                                                    is_fp8_kvcache=True)
+    assert torch.equal(out, out2) and torch.equal(lse, lse2)
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def _call(q, k_cache, inputs, **kwargs):
+    metadata, splits = hf_flashmla.get_mla_metadata(inputs.cache_seqlens, q.shape[1] * q.shape[2], 1)
+    return hf_flashmla.flash_mla_with_kvcache(q, k_cache, inputs.block_table, inputs.cache_seqlens, DV, metadata,
+                                              splits, causal=True, **kwargs)
+
+
+def test_fp16_q_with_an_fp8_cache_is_refused():
+    inputs = fp8_inputs([70], 1, 16)
+    with pytest.raises(TypeError, match=r"^q: expected dtype bfloat16 or float32 with is_fp8_kvcache=True"):
+        _call(inputs.q.to(torch.float16), inputs.k_cache, inputs, is_fp8_kvcache=True)
+
+
+@pytest.mark.parametrize("width", [576, 655, 1152])
+def test_wrong_byte_width_is_refused(width):
+    inputs = fp8_inputs([70], 1, 16)
+    k_cache = torch.zeros(inputs.k_cache.shape[:-1] + (width,), dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"^k_cache: expected 656 bytes per token"):
+        _call(inputs.q, k_cache, inputs, is_fp8_kvcache=True)
+
+
+def test_bf16_cache_flagged_fp8_is_refused():
+    inputs = make_paged_inputs([70], 1, 16)
+    with pytest.raises(TypeError, match=r"^k_cache: expected dtype uint8 or float8_e4m3fn with is_fp8_kvcache=True"):
+        _call(inputs.q, inputs.k_cache, inputs, is_fp8_kvcache=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float8_e4m3fn])
+def test_fp8_cache_without_the_flag_is_refused(dtype):
+    inputs = fp8_inputs([70], 1, 16)
+    with pytest.raises(TypeError, match=r"^k_cache: .*needs is_fp8_kvcache=True"):
+        _call(inputs.q, inputs.k_cache.view(dtype), inputs)
+
+
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_is_fp8_kvcache_must_be_a_bool(value):
+    inputs = fp8_inputs([70], 1, 16)
+    with pytest.raises(TypeError, match=r"^is_fp8_kvcache: expected a bool"):
+        _call(inputs.q, inputs.k_cache, inputs, is_fp8_kvcache=value)
+
+
+def test_q_head_dim_checked_with_an_fp8_cache():
+    inputs = fp8_inputs([70], 1, 16)
+    with pytest.raises(ValueError, match=r"^q: expected head_dim"):
+        _call(inputs.q[..., :512].contiguous(), inputs.k_cache, inputs, is_fp8_kvcache=True)
+
+
+def test_forcing_the_sm90_kernel_for_fp8_raises(monkeypatch):
+    monkeypatch.setenv(BACKEND.name, "cuda_sm90")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(hf_flashmla._ops, "extension_available", lambda: True)
+    cuda = torch.device("cuda", 0)
+    assert hf_flashmla.backend(cuda).name == "cuda_sm90"
+    with pytest.raises(RuntimeError, match="FP8"):
+        hf_flashmla.backend(cuda, is_fp8_kvcache=True)
+
+
+def test_dispatch_sends_fp8_to_triton_on_sm90(monkeypatch):
+    monkeypatch.delenv(BACKEND.name, raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(hf_flashmla._ops, "extension_available", lambda: True)
+    monkeypatch.setattr(dispatch, "triton_import_error", lambda: None)
+    cuda = torch.device("cuda", 0)
+    assert hf_flashmla.backend(cuda).name == "cuda_sm90"
+    choice = hf_flashmla.backend(cuda, is_fp8_kvcache=True)
+    assert choice.name == "triton" and "FP8" in choice.reason
+    assert hf_flashmla.backend("cpu", is_fp8_kvcache=True).name == "reference"
+
+
+# ---------------------------------------------------------------------------------- Triton (interpreter)
+@pytest.fixture(scope="module")
+def interpreted():
+    module = importlib.import_module("hf_flashmla.triton_decode")
+    if not module.INTERPRETED:
+        pytest.skip("Triton runs compiled here (CUDA present, TRITON_INTERPRET unset): the triton_gpu tests cover it")
+    return module
+
+
+def assert_matches_reference(out, lse, inputs, causal):
+    ref_out, ref_lse = reference(inputs, causal)
+    out, lse, ref_out, ref_lse = out.cpu(), lse.cpu(), ref_out.cpu(), ref_lse.cpu()
+    assert out.dtype == inputs.q.dtype and out.shape == ref_out.shape
+    unseen = torch.isinf(ref_lse)
+    assert torch.equal(torch.isinf(lse), unseen)
+    assert torch.all(out.permute(0, 2, 1, 3)[unseen] == 0)
+    assert torch.isfinite(out).all()
+    if (~unseen).any():
+        assert torch.all((lse - ref_lse)[~unseen].abs() <= LSE_ATOL + LSE_RTOL * ref_lse[~unseen].abs())
+        assert relative_error(out, ref_out) < OUT_TOLERANCE[inputs.q.dtype]
+
+
+# (lengths, s_q, h_q, dtype, causal, num_splits): 16 / 32 / 64-row tiles, empty and partial pages, splits.
+INTERPRETER_CASES = [
+    ([70], 1, 16, torch.bfloat16, True, None),
+    ([0, 300, 64, 1], 2, 16, torch.bfloat16, True, 3),
+    ([5, 130], 4, 8, torch.bfloat16, False, 1),
+    ([129, 3], 1, 64, torch.float32, True, 2),
+]
+
+
+@pytest.mark.parametrize("lengths,s_q,h_q,dtype,causal,num_splits", INTERPRETER_CASES,
+                         ids=[f"L{'-'.join(map(str, c[0]))}_sq{c[1]}_h{c[2]}_{str(c[3])[6:]}_"
+                              f"{'causal' if c[4] else 'full'}_splits{c[5]}" for c in INTERPRETER_CASES])
+def test_interpreter_fp8_matches_reference(interpreted, lengths, s_q, h_q, dtype, causal, num_splits):
+    inputs = fp8_inputs(lengths, s_q, h_q, dtype=dtype, seed=len(lengths) + s_q)
+    out, lse = interpreted.mla_decode_triton(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens, DV,
+                                             SCALE, causal, num_splits=num_splits, is_fp8_kvcache=True)
+    assert_matches_reference(out, lse, inputs, causal)
+
+
+def test_interpreter_fp8_decoded_with_integer_ops_equals_native(interpreted, monkeypatch):
+    """Below sm_89 Triton has no e4m3 type: the kernel decodes the bytes itself, to the same values (every byte value
+    occurs here: subnormals, NaN excepted by the quantizer, both signs)."""
+    inputs = fp8_inputs([130, 64], 1, 16, dtype=torch.float32, seed=4)
+    every_byte = torch.arange(256, dtype=torch.uint8)
+    every_byte = every_byte[(every_byte & 0x7F) != 0x7F]
+    inputs.k_cache[..., :every_byte.numel()] = every_byte
+    args = (inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens, DV, SCALE, True)
+    native = interpreted.mla_decode_triton(*args, num_splits=2, is_fp8_kvcache=True)
+    monkeypatch.setattr(interpreted, "_native_fp8", lambda device: False)
+    decoded = interpreted.mla_decode_triton(*args, num_splits=2, is_fp8_kvcache=True)
+    assert torch.equal(native[0], decoded[0]) and torch.equal(native[1], decoded[1])
+    assert_matches_reference(*decoded, inputs, True)
+
+
+def test_interpreter_fp8_through_the_public_api(interpreted, monkeypatch):
+    monkeypatch.setenv(BACKEND.name, "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    inputs = fp8_inputs([0, 130, 64], 2, 16, seed=3)
+    out, lse = _call(inputs.q, inputs.k_cache, inputs, is_fp8_kvcache=True)
+    assert_matches_reference(out, lse, inputs, True)
+
+
+def test_interpreter_fp8_garbage_past_the_lengths_never_reaches_the_output(interpreted):
+    """Bytes that decode as NaN (0x7F) everywhere no sequence reads, scales and rope included."""
+    inputs = fp8_inputs([65, 1, 130, 0], 2, 16, seed=9)
+    used = used_token_mask(inputs)
+    dirty = inputs.k_cache.clone()
+    dirty[~used] = 0x7F
+    run = [interpreted.mla_decode_triton(inputs.q, cache, inputs.block_table, inputs.cache_seqlens, DV, SCALE, True,
+                                         num_splits=2, is_fp8_kvcache=True) for cache in (inputs.k_cache, dirty)]
+    assert torch.equal(run[0][0], run[1][0]) and torch.equal(run[0][1], run[1][1])
+    out, lse = reference(inputs.__class__(inputs.q, dirty, inputs.block_table, inputs.cache_seqlens), True)
+    assert torch.equal(out, reference(inputs, True)[0])
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+GPU_LENGTHS = {"short_varlen": [1, 63, 64, 65, 0, 200, 1000, 4097], "long": [32768, 16384], "one_long": [65536]}
+GPU_MATRIX = list(itertools.product(
+    ["short_varlen", "long", "one_long"],
+    [(1, 16), (2, 16), (1, 32), (1, 64), (1, 128), (2, 64), (4, 128)],   # (s_q, h_q)
+    [True, False],                                                          # causal
+))
+
+
+@pytest.mark.triton_gpu
+@pytest.mark.parametrize("lengths,shape,causal", GPU_MATRIX,
+                         ids=[f"{c[0]}_sq{c[1][0]}_h{c[1][1]}_{'causal' if c[2] else 'full'}" for c in GPU_MATRIX])
+def test_gpu_triton_fp8_matches_reference(lengths, shape, causal, monkeypatch):
+    """Through the public API on the GPU, in automatic dispatch: FP8 goes to Triton on every GPU (sm_90 too)."""
+    monkeypatch.delenv(BACKEND.name, raising=False)
+    s_q, h_q = shape
+    inputs = fp8_inputs(GPU_LENGTHS[lengths], s_q, h_q, seed=s_q * h_q, device="cuda")
+    assert hf_flashmla.backend(inputs.q, is_fp8_kvcache=True).name == "triton"
+    for generation in ("first", "newest"):
+        if generation == "first":
+            metadata, splits = hf_flashmla.get_mla_metadata(inputs.cache_seqlens, s_q * h_q, 1)
+        else:
+            metadata, splits = hf_flashmla.get_mla_metadata()[0], None
+        out, lse = hf_flashmla.flash_mla_with_kvcache(inputs.q, inputs.k_cache, inputs.block_table,
+                                                      inputs.cache_seqlens, DV, metadata, splits, causal=causal,
+                                                      is_fp8_kvcache=True)
+        torch.cuda.synchronize()
+        assert_matches_reference(out, lse, inputs, causal)
+
+
+@pytest.mark.triton_gpu
+def test_gpu_fp8_cache_quantized_on_the_device_matches_the_cpu():
+    generator = torch.Generator().manual_seed(0)
+    latent = torch.randn(4, 33, 576, generator=generator).to(torch.bfloat16)
+    assert torch.equal(fp8_latent.quantize(latent.cuda(), DV).cpu(), fp8_latent.quantize(latent, DV))
