@@ -22,6 +22,7 @@ Usage (repo root):
   python -m benchmarks.bench_generate --preset deepseek-v2-lite --cases 4Kx8,16Kx8,32Kx1,128Kx1 --json e2e.json
   python -m benchmarks.bench_generate --preset glm-4.7-flash --layers 24 --cases 4Kx8,32Kx1
   python -m benchmarks.bench_generate --flash-mla-kwargs prefill_chunk_size=4096 --cases 32Kx8
+  python -m benchmarks.bench_generate --kv-cache-dtype fp8_e4m3 --impls flash_mla --cases 160Kx8   # FP8 latent cache
   python -m benchmarks.bench_generate --smoke        # 2-layer model, small cases, seconds on a CPU
 Exit status: 0 when every run finished or ran out of memory; 1 when a run failed or an implementation was
 unavailable; 2 for bad arguments.
@@ -109,6 +110,9 @@ def parse_args(argv=None):
     p.add_argument("--generate-kwargs", default="", help="KEY=VALUE,... passed to every generate() call")
     p.add_argument("--flash-mla-kwargs", default="", help="KEY=VALUE,... passed to flash_mla's generate() calls only "
                                                            "(e.g. prefill_chunk_size=4096)")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "fp8_e4m3"),
+                   help="flash_mla's latent cache: auto (the model's dtype) or fp8_e4m3 (FlashMLA's FP8 layout, 656 B "
+                        "per token and layer); passed as generate(cache_config={'kv_cache_dtype': ...})")
     p.add_argument("--experts-implementation", default=None,
                    help="transformers' experts implementation for MoE layers (e.g. eager, grouped_mm, batched_mm)")
     p.add_argument("--no-profile", action="store_true", help="skip the profiled call (no GPU busy figure)")
@@ -185,6 +189,9 @@ def measure(model, impl, context, batch, args, device) -> dict:
                   return_dict_in_generate=True, **args.gen_kwargs)
     if attn == "flash_mla":
         kwargs.update(args.flash_kwargs)
+        if args.kv_cache_dtype != "auto":
+            kwargs["cache_config"] = {"kv_cache_dtype": args.kv_cache_dtype}
+            row["kv_cache_dtype"] = args.kv_cache_dtype
     if static:
         kwargs["cache_implementation"] = "static"
     row["generate_kwargs"] = {k: v for k, v in kwargs.items() if k != "return_dict_in_generate"}
@@ -220,6 +227,9 @@ def measure(model, impl, context, batch, args, device) -> dict:
                    ttft_s=clock.ttft_s, decode_steps=clock.decode_steps, generated=generated,
                    peak_gb=None if peak is None else peak / 1e9, cache_class=type(cache).__name__,
                    cached_tokens=rt.cache_seq_length(cache))
+        used = rt.kv_cache_used_bytes(cache)
+        if used is not None:
+            row["kv_cache_used_gb"] = used / 1e9
         if clock.decode_s:
             row["decode_ms_per_step"] = clock.decode_s * 1e3 / clock.decode_steps
             row["decode_tokens_per_s"] = batch * clock.decode_steps / clock.decode_s
@@ -289,7 +299,7 @@ def main(argv=None) -> int:
         "python": platform.python_version(), "flash_mla_backend": rt.flash_mla_backend(device),
         "experts_implementation": args.experts_implementation, "impls": args.impl_list,
         "cases": [generate_report.case_label(c, b) for c, b in args.case_list], "new_tokens": args.new_tokens,
-        "generate_kwargs": args.gen_kwargs, "flash_mla_kwargs": args.flash_kwargs,
+        "generate_kwargs": args.gen_kwargs, "flash_mla_kwargs": args.flash_kwargs, "kv_cache_dtype": args.kv_cache_dtype,
         "timing": "per run: a first generate(), then an identical one timed by a syncing logits processor (TTFT, "
                   "decode = first -> last logits over new_tokens - 1 steps), then one under torch.profiler (GPU busy "
                   "= device time after the first logits / decode steps); first call +s = first - second",
@@ -297,7 +307,8 @@ def main(argv=None) -> int:
     report = {"meta": meta, "rows": []}
     title = (f"generate(): {args.preset} ({layers_text}, {meta['parameters_b']:.1f} B params), "
              f"{rt.dtype_name(dtype)}, {args.new_tokens} new tokens greedy, {meta['device']}, "
-             f"transformers {transformers.__version__}")
+             f"transformers {transformers.__version__}"
+             + (f", flash_mla latent cache {args.kv_cache_dtype}" if args.kv_cache_dtype != "auto" else ""))
     print(title, flush=True)
     rows = run_all(model, args, device, report, t0)
     generate_report.add_comparisons(rows)

@@ -145,3 +145,17 @@ def test_plot_is_written(tmp_path):
     rows.append({"case": "32Kx1", "impl": "sdpa_static", "status": "OOM"})
     path = generate_report.write_plot(rows, str(tmp_path / "e2e.png"), "test")
     assert os.path.getsize(path) > 1000
+
+
+def test_kv_cache_dtype_gives_flash_mla_an_fp8_cache(tmp_path):
+    path = tmp_path / "e2e.json"
+    assert bench_generate.main(["--smoke", "--device", "cpu", "--cases", "16x1", "--new-tokens", "2",
+                                "--impls", "flash_mla,sdpa", "--kv-cache-dtype", "fp8_e4m3", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["meta"]["kv_cache_dtype"] == "fp8_e4m3"
+    flash, sdpa = report["rows"]
+    assert flash["status"] == "ok" and flash["kv_cache_dtype"] == "fp8_e4m3"
+    assert flash["generate_kwargs"]["cache_config"] == {"kv_cache_dtype": "fp8_e4m3"}
+    layers = generate_models.make_config("smoke").num_hidden_layers
+    assert flash["kv_cache_used_gb"] * 1e9 == pytest.approx((16 + 1) * 656 * layers)
+    assert "cache_config" not in sdpa["generate_kwargs"]

@@ -176,3 +176,31 @@ def test_summary_headline_is_ours_against_flashmla():
     assert summary["max_rel_error_vs_float32"] == {"ours": (5e-3, "c"), "flashmla": (3e-3, "c")}
     lines = bench_kernel.summary_lines(summary, {"repeats": 3, "rounds": 1})
     assert any("main   geomean 0.995 over 2, min 0.900 at b, below 1.0 on 1" in line for line in lines)
+
+
+def test_fp8_rows_checked_with_their_own_tolerance_and_summarized_against_triton():
+    ref = torch.ones(1, 1, 1, 8)
+    lse = torch.zeros(1, 1, 1)
+    out = ref * 1.04  # an FP8 cache's error on random inputs is ~3e-2: beyond the bf16 tolerance, within FP8's
+    assert not bench_kernel.compare(out, lse, ref, lse, [0], torch.bfloat16)[3]
+    assert bench_kernel.compare(out, lse, ref, lse, [0], torch.bfloat16, bench_kernel.LOSSY_TOLERANCES["triton_fp8"])[3]
+
+    def result(name, rows, triton_ms, fp8_ms):
+        base = _result(name, "main", 1.0, 1.0, rows=rows)
+        base["rows"] += [dict(base["rows"][0], impl="triton", variant="ours-triton", ms=triton_ms),
+                         dict(base["rows"][0], impl="triton_fp8", variant="ours-triton-fp8", ms=fp8_ms)]
+        return base
+    results = [result("mem", 16, 2.0, 1.0), result("comp", 128, 1.0, 1.0)]
+    summary = bench_kernel.summarize(results, {}, ["ours", "triton", "triton_fp8"], host=None)
+    fp8 = summary["triton_fp8_vs_triton"]
+    assert fp8["by_bound"]["memory"] == pytest.approx(2.0) and fp8["by_bound"]["compute"] == pytest.approx(1.0)
+    lines = bench_kernel.summary_lines(summary, {"repeats": 1})
+    assert any(line.startswith("   our Triton FP8 vs our Triton") for line in lines)
+
+
+def test_dry_run_lists_the_fp8_peer_as_not_run_without_cuda(tmp_path):
+    path = tmp_path / "dry.json"
+    assert bench_kernel.main(["--dry-run", "--impls", "ours,triton_fp8", "--json", str(path)]) == 0
+    rows = [row for config in json.loads(path.read_text())["configs"] for row in config["rows"]]
+    fp8 = [row for row in rows if row["impl"] == "triton_fp8"]
+    assert fp8 and all(row["ms"] is None for row in fp8)

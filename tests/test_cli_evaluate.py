@@ -175,3 +175,18 @@ def test_evaluate_is_a_subcommand_of_the_console_script(checkpoint, capsys):
 
     assert main(["evaluate", checkpoint, "--candidate", "sdpa", "--baselines", ""] + SMALL) == 0
     assert "RESULT: PASS" in capsys.readouterr().out
+
+
+def test_fp8_cache_measured_against_eager(checkpoint, tmp_path, capsys):
+    """--kv-cache-dtype fp8_e4m3: flash_mla with the FP8 cache against eager (exact keys), under the FP8 tolerances."""
+    if rt.attn_unavailable_reason("flash_mla"):
+        pytest.skip(rt.attn_unavailable_reason("flash_mla"))
+    path = tmp_path / "eval.json"
+    assert evaluate.main([checkpoint, "--kv-cache-dtype", "fp8_e4m3", "--baselines", "", "--json", str(path)]
+                         + SMALL) == 0
+    report = json.loads(path.read_text())
+    assert report["kv_cache_dtype"] == "fp8_e4m3" and report["tolerances"] == evaluate.FP8_TOLERANCES
+    logits = report["results"]["flash_mla"]["logits"]["all"]
+    assert 0 < logits["mean_rel"] < evaluate.FP8_TOLERANCES["mean_rel"]  # quantized: not bit-equal to eager
+    out = capsys.readouterr().out
+    assert "flash_mla latent cache fp8_e4m3" in out and "FP8 cache tolerances" in out

@@ -121,9 +121,11 @@ def test_decode_graphs_emulated(monkeypatch):
     model = tiny_model("v3")
     try:
         ids, mask = prompts(batch=3, pads=(0, 7, 13))
+        runner = model.__dict__.get("_hf_flashmla_decode_runner")
+        replays = runner.replays if runner is not None else 0
         flash = flash_fp8(model, ids, mask, max_new_tokens=12)
         runner = model.__dict__["_hf_flashmla_decode_runner"]
-        assert runner.replays == 11
+        assert runner.replays - replays == 11
         cache = flash.get(CACHE)
         assert cache._arena is not None and cache.is_fp8
         assert all(pool.dtype == torch.uint8 for pool in cache._arena.pools.values())

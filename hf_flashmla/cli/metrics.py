@@ -22,10 +22,11 @@ _TINY = 1e-30
 
 
 @torch.no_grad()
-def teacher_forced_logits(model, attn: str, ids: torch.Tensor, prefill_len: int, step_tokens: int) -> torch.Tensor:
+def teacher_forced_logits(model, attn: str, ids: torch.Tensor, prefill_len: int, step_tokens: int,
+                          kv_cache_dtype: str = "auto") -> torch.Tensor:
     """float32 [batch, seq_len, vocab]."""
     key = cache_kwarg(model)
-    cache = new_cache(model, attn)
+    cache = new_cache(model, attn, kv_cache_dtype)
     out = model(input_ids=ids[:, :prefill_len], use_cache=True, **{key: cache})
     cache = output_cache(out) or cache
     chunks = [out.logits.float()]
@@ -92,11 +93,12 @@ class Perplexity:
 
 
 @torch.no_grad()
-def greedy(model, prompts: torch.Tensor, new_tokens: int):
+def greedy(model, prompts: torch.Tensor, new_tokens: int, cache_config: dict | None = None):
     """(tokens [p, n], unprocessed logits float32 [p, n, vocab]) of a greedy generate()."""
+    extra = {"cache_config": cache_config} if cache_config else {}
     out = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
                          min_new_tokens=new_tokens, do_sample=False, num_beams=1, return_dict_in_generate=True,
-                         output_logits=True)
+                         output_logits=True, **extra)
     return out.sequences[:, prompts.shape[1]:], torch.stack(out.logits, dim=1).float()
 
 

@@ -117,13 +117,13 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def new_cache(model, attn: str):
+def new_cache(model, attn: str, kv_cache_dtype: str = "auto"):
     """An empty cache of the kind generate() would create for `attn`: hf_flashmla's paged latent cache for
-    flash_mla, Transformers' DynamicCache otherwise."""
+    flash_mla (of kv_cache_dtype), Transformers' DynamicCache otherwise."""
     if attn == "flash_mla":
         from hf_flashmla.hybrid_cache import latent_cache_for
 
-        return latent_cache_for(model.config)
+        return latent_cache_for(model.config, kv_cache_dtype=kv_cache_dtype)
     from transformers import DynamicCache
 
     return DynamicCache(config=model.config)
