@@ -299,7 +299,8 @@ def main(argv=None) -> int:
         "python": platform.python_version(), "flash_mla_backend": rt.flash_mla_backend(device),
         "experts_implementation": args.experts_implementation, "impls": args.impl_list,
         "cases": [generate_report.case_label(c, b) for c, b in args.case_list], "new_tokens": args.new_tokens,
-        "generate_kwargs": args.gen_kwargs, "flash_mla_kwargs": args.flash_kwargs, "kv_cache_dtype": args.kv_cache_dtype,
+        "generate_kwargs": args.gen_kwargs, "flash_mla_kwargs": args.flash_kwargs,
+        "kv_cache_dtype": args.kv_cache_dtype,
         "timing": "per run: a first generate(), then an identical one timed by a syncing logits processor (TTFT, "
                   "decode = first -> last logits over new_tokens - 1 steps), then one under torch.profiler (GPU busy "
                   "= device time after the first logits / decode steps); first call +s = first - second",

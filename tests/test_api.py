@@ -304,7 +304,8 @@ def test_kernel_backend_receives_the_schedule_and_defaults(monkeypatch, generati
         calls.append(args)
         return torch.zeros(1), torch.zeros(1)
 
-    monkeypatch.setattr(dispatch, "choice_for", lambda device, num_heads_k, fp8=False: BackendChoice("cuda_sm90", "test"))
+    monkeypatch.setattr(dispatch, "choice_for",
+                        lambda device, num_heads_k, fp8=False: BackendChoice("cuda_sm90", "test"))
     monkeypatch.setattr(_ops, "mla_decode", fake_kernel)
     inputs = make_paged_inputs([100, 3], 2, 16, dtype=torch.float16, seed=5)
     if generation == "first":

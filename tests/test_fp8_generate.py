@@ -165,7 +165,8 @@ def test_cache_config_conflicting_with_the_cache_passed_raises():
     model = tiny_model("v3")
     ids, mask = prompts()
     with pytest.raises(ValueError, match=r"cache_config: asks for kv_cache_dtype='fp8_e4m3'"):
-        run(model, "flash_mla", ids, mask, max_new_tokens=2, cache_config=FP8, **{CACHE: LatentPagedCache(model.config)})
+        run(model, "flash_mla", ids, mask, max_new_tokens=2, cache_config=FP8,
+            **{CACHE: LatentPagedCache(model.config)})
 
 
 def test_fp16_model_refused_with_the_argument_named():
