@@ -194,9 +194,10 @@ class LatentPagedCache(_TransformersCache):
         self._capacity = (max_pages if max_pages is not None else initial_pages) + 1
         if graph_arena is not None and max_pages is None:
             self._capacity = max(self._capacity, graph_arena.capacity)
-        if graph_arena is not None and any(pool.dtype != torch.uint8 for pool in graph_arena.pools.values()) \
-                == self.is_fp8 and graph_arena.pools:
-            graph_arena.release()  # its pools were made for the other layout (an earlier generate() of this model)
+        if graph_arena is not None:
+            held_as_bytes = {pool.dtype == torch.uint8 for pool in graph_arena.pools.values()}
+            if held_as_bytes and held_as_bytes != {self.is_fp8}:
+                graph_arena.release()  # its pools hold the other layout (an earlier generate() of this model)
         self._pools: dict[int, torch.Tensor] = {} if graph_arena is None else graph_arena.pools
         self.reset()
 
