@@ -316,7 +316,7 @@ def test_kernel_path_rejects_non_576_latent(monkeypatch):
     from hf_flashmla.dispatch import KERNEL, BackendChoice
     from hf_flashmla.transformers_integration import attention
 
-    monkeypatch.setattr(attention, "backend", lambda *_: BackendChoice(KERNEL, "pretend sm90 for the test"))
+    monkeypatch.setattr(attention, "backend", lambda *_, **__: BackendChoice(KERNEL, "pretend sm90 for the test"))
     model = tiny_model("v3_tiny_latent")
     ids, mask = prompts(batch=1, length=5, pads=(0,))
     model.set_attn_implementation("flash_mla")
