@@ -78,7 +78,7 @@ def dense_attention(q, k_cache, block_table, cache_seqlens, head_dim_v: int = HE
 def fp8_round_trip_cache(config):
     """A transformers DynamicCache whose update() stores and returns each token's latent as an FP8 latent cache
     gives it back (hf_flashmla.fp8_latent.round_trip of [kv_nope, k_rot]): eager attention with it is the exact
-    attention over an FP8 cache's keys, for models whose attention caches the latent (DeepSeek-V3's family)."""
+    attention over an FP8 cache's keys, for models whose attention caches the latent (DeepSeek-V2 and V3)."""
     from transformers.cache_utils import DynamicCache
 
     from hf_flashmla import fp8_latent

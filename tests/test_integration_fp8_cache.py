@@ -46,7 +46,7 @@ def assert_same(flash, eager, scores=True):
         assert torch.allclose(torch.stack(flash.scores), torch.stack(eager.scores), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["v3", "v3_no_interleave", "v3_no_q_lora", "v3_yarn"])
+@pytest.mark.parametrize("name", ["v3", "v3_no_interleave", "v3_no_q_lora", "v3_yarn", "v2", "v2_no_q_lora_yarn"])
 def test_greedy_padded_batch_equals_eager_on_the_fp8_keys(name):
     model = tiny_model(name)
     ids, mask = prompts()
