@@ -71,17 +71,16 @@ def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 @triton.jit
 def _e4m3_to_float32(bits, NATIVE: tl.constexpr):
     """float8_e4m3fn bytes -> float32. NATIVE: Triton's conversion (compute capability >= 8.9, and the interpreter);
-    else decoded with integer ops (Triton refuses the e4m3 type below sm_89): 2^(e - 7) * (1 + m / 8), subnormals
-    m * 2^-9, 0x7F / 0xFF NaN."""
+    else (Triton refuses the e4m3 type below sm_89) the byte's exponent and mantissa are placed in an fp16's
+    (sign to bit 15, the other 7 bits to bits 7-13) and the fp16 times 2^8 (the bias 15 - 7) is the value, subnormals
+    included; 0x7F / 0xFF, e4m3's NaN, would read as 480 and are set to NaN."""
     if NATIVE:
         value = bits.to(tl.float8e4nv, bitcast=True).to(tl.float32)
     else:
-        word = bits.to(tl.int32)
-        magnitude = word & 0x7F
-        normal = ((magnitude << 20) + (120 << 23)).to(tl.float32, bitcast=True)
-        value = tl.where(magnitude >= 8, normal, magnitude.to(tl.float32) * 0.001953125)
-        value = tl.where(magnitude == 0x7F, float("nan"), value)
-        value = tl.where((word & 0x80) != 0, -value, value)
+        word = bits.to(tl.uint16)
+        half = ((word & 0x80) << 8) | ((word & 0x7F) << 7)
+        value = half.to(tl.float16, bitcast=True).to(tl.float32) * 256.0
+        value = tl.where((word & 0x7F) == 0x7F, float("nan"), value)
     return value
 
 
