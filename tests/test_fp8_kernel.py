@@ -126,7 +126,7 @@ def test_reference_fp8_equals_reference_on_dequantized_keys(dtype, causal):
 
 def test_reference_fp8_error_against_the_bf16_cache_is_bounded():
     """Kernel-level accuracy of the FP8 cache on random inputs (standard normal keys): the FP8 reference against the
-    float32 reference on the bf16 cache it was quantized from (figure in README's limitations)."""
+    float32 reference on the bf16 cache it was quantized from (the figure is in docs/kernel-design.md)."""
     inputs = make_paged_inputs([300, 1000, 64, 4096], 1, 16, dtype=torch.bfloat16, seed=5)
     fp8_cache = fp8_latent.quantize(inputs.k_cache, DV)
     q = inputs.q
