@@ -90,3 +90,14 @@ def fp8_round_trip_cache(config):
             return super().update(stored[..., :rank], stored[..., rank:], layer_idx, *args, **kwargs)
 
     return FP8RoundTripCache(config=config.get_text_config(decoder=True))
+
+
+def left_padded_ids(batch: int, length: int, pads, vocab_size: int, seed: int = 0, device="cpu"):
+    """Random prompt ids and their attention mask; row r is left-padded by pads[r] tokens (pad id 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab_size, (batch, length), generator=generator)
+    mask = torch.ones_like(ids)
+    for row, pad in enumerate(pads):
+        mask[row, :pad] = 0
+        ids[row, :pad] = 0
+    return ids.to(device), mask.to(device)

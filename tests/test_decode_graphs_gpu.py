@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from hf_flashmla.checkpoint import TINY, make_config, random_model
+from hf_flashmla.testing import left_padded_ids
 from hf_flashmla.transformers_integration import cache_kwarg, call_counts, decode_graphs, reset_call_counts
 
 pytestmark = pytest.mark.gpu
@@ -20,13 +21,7 @@ def model():
 
 
 def prompts(batch, length, pads, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, TINY["vocab_size"], (batch, length), generator=generator)
-    mask = torch.ones_like(ids)
-    for row, pad in enumerate(pads):
-        mask[row, :pad] = 0
-        ids[row, :pad] = 0
-    return ids.cuda(), mask.cuda()
+    return left_padded_ids(batch, length, pads, TINY["vocab_size"], seed, device="cuda")
 
 
 def both(model, ids, mask, **kwargs):

@@ -8,7 +8,7 @@ import torch
 
 import hf_flashmla
 from hf_flashmla.checkpoint import TINY, make_config, random_model
-from hf_flashmla.testing import fp8_round_trip_cache
+from hf_flashmla.testing import fp8_round_trip_cache, left_padded_ids
 from hf_flashmla.transformers_integration import cache_kwarg, decode_graphs
 
 pytestmark = pytest.mark.triton_gpu
@@ -25,13 +25,7 @@ def model():
 
 
 def prompts(batch, length, pads, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, TINY["vocab_size"], (batch, length), generator=generator)
-    mask = torch.ones_like(ids)
-    for row, pad in enumerate(pads):
-        mask[row, :pad] = 0
-        ids[row, :pad] = 0
-    return ids.cuda(), mask.cuda()
+    return left_padded_ids(batch, length, pads, TINY["vocab_size"], seed, device="cuda")
 
 
 def generate(model, implementation, ids, mask, **kwargs):

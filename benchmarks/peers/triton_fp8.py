@@ -10,24 +10,12 @@ summary's "our Triton FP8 vs our Triton" line).
 """
 from __future__ import annotations
 
-import os
-
 import torch
+
+from benchmarks.peers.triton_ours import available, tile_variants  # noqa: F401  (available: the same check)
 
 NAME = "triton_fp8"
 VARIANT = "ours-triton-fp8"
-
-
-def available():
-    if not torch.cuda.is_available():
-        return False, "not run: needs CUDA"
-    try:
-        import triton
-
-        from hf_flashmla import triton_decode  # noqa: F401  (compiles nothing yet; fails if Triton is broken)
-    except Exception as error:  # reported as the peer's error row
-        return False, f"hf_flashmla.triton_decode not importable: {error!r}"
-    return True, f"triton {triton.__version__}"
 
 
 def supports(inputs):
@@ -54,17 +42,5 @@ def make(inputs):
 
     def run():
         return hf_flashmla.flash_mla_with_kvcache(*args, **kwargs)
-    variants = {VARIANT: (run, run)}
-    # Tuning runs only, as for the "triton" peer: HF_FLASHMLA_TRITON_TILES="16,32,4,3;32,32,8,3" adds a variant per
-    # tile config (block_m, block_n, num_warps, num_stages) calling the launcher directly.
-    for spec in filter(None, os.environ.get("HF_FLASHMLA_TRITON_TILES", "").replace(" ", "").split(";")):
-        from hf_flashmla import triton_decode
-        block_m, block_n, num_warps, num_stages = (int(v) for v in spec.split(","))
-        config = triton_decode.TileConfig(block_m, block_n, num_warps, num_stages, 1 if block_m >= 64 else 2)
-
-        def tuned(config=config):
-            return triton_decode.mla_decode_triton(q, k_cache, inputs["block_table"], inputs["cache_seqlens"],
-                                                   inputs["dv"], inputs["softmax_scale"], inputs["causal"],
-                                                   config=config, is_fp8_kvcache=True)
-        variants[f"tiles:{spec}"] = (tuned, tuned)
-    return variants
+    # Tuning runs only, as for the "triton" peer: HF_FLASHMLA_TRITON_TILES adds a variant per tile config.
+    return {VARIANT: (run, run), **tile_variants(q, k_cache, inputs, is_fp8_kvcache=True)}

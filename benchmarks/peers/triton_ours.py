@@ -70,7 +70,12 @@ def make(inputs):
     def run():
         with _forced_triton():
             return hf_flashmla.flash_mla_with_kvcache(*args, **kwargs)
-    variants = {VARIANT: (run, run)}
+    return {VARIANT: (run, run), **tile_variants(q, k_cache, inputs)}
+
+
+def tile_variants(q, k_cache, inputs, **launch_kwargs):
+    """One variant per tile config of HF_FLASHMLA_TRITON_TILES (tuning runs only), calling the launcher directly."""
+    variants = {}
     for spec in filter(None, os.environ.get("HF_FLASHMLA_TRITON_TILES", "").replace(" ", "").split(";")):
         from hf_flashmla import triton_decode
         block_m, block_n, num_warps, num_stages = (int(v) for v in spec.split(","))
@@ -79,6 +84,6 @@ def make(inputs):
         def tuned(config=config):
             return triton_decode.mla_decode_triton(q, k_cache, inputs["block_table"], inputs["cache_seqlens"],
                                                    inputs["dv"], inputs["softmax_scale"], inputs["causal"],
-                                                   config=config)
+                                                   config=config, **launch_kwargs)
         variants[f"tiles:{spec}"] = (tuned, tuned)
     return variants
