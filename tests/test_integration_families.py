@@ -16,6 +16,7 @@ import torch
 
 from hf_flashmla import HybridLatentCache, LatentPagedCache
 from hf_flashmla.checkpoint import TINY, make_config, model_class, random_model
+from hf_flashmla.testing import left_padded_ids
 from hf_flashmla.transformers_integration import (attn_implementation_for, cache_kwarg, call_counts, decode_graphs,
                                                   reset_call_counts)
 from hf_flashmla.transformers_integration.families import MLA_FAMILIES, discover
@@ -66,12 +67,7 @@ def tiny_model(name):
 
 
 def prompts(batch=3, length=20, pads=(0, 7, 13), seed=0):
-    ids = torch.randint(3, TINY["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(seed))
-    mask = torch.ones_like(ids)
-    for row, pad in enumerate(pads[:batch]):
-        mask[row, :pad] = 0
-        ids[row, :pad] = 0
-    return ids, mask
+    return left_padded_ids(batch, length, pads[:batch], TINY["vocab_size"], seed)
 
 
 def use(model, implementation):

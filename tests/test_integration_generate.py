@@ -10,6 +10,7 @@ import hf_flashmla
 from hf_flashmla import LatentCacheFullError, LatentPagedCache
 from hf_flashmla.latent_cache import pages_for
 from hf_flashmla.checkpoint import TINY, make_config, random_model
+from hf_flashmla.testing import left_padded_ids
 from hf_flashmla.transformers_integration import cache_kwarg, call_counts, reset_call_counts
 
 CACHE = cache_kwarg()
@@ -38,12 +39,7 @@ def tiny_model(name):
 
 
 def prompts(batch=3, length=20, pads=(0, 7, 13), seed=0):
-    ids = torch.randint(3, TINY["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(seed))
-    mask = torch.ones_like(ids)
-    for row, pad in enumerate(pads[:batch]):
-        mask[row, :pad] = 0
-        ids[row, :pad] = 0
-    return ids, mask
+    return left_padded_ids(batch, length, pads[:batch], TINY["vocab_size"], seed)
 
 
 def generate(model, implementation, ids, mask=None, **kwargs):

@@ -33,20 +33,18 @@ import importlib.machinery
 import os
 import sys
 import tarfile
-import tempfile
 import time
 import types
 import zipfile
 
 import torch
 
-from benchmarks.peers.loading import import_package
+from benchmarks.peers.loading import REPO_ROOT, import_package, unpack_once
 
 NAME = "flashinfer"
 BACKEND = "fa3"
 WORKSPACE_BYTES = 128 * 1024 * 1024
 NO_BUNDLE = "not run: no FlashInfer bundle in .fi/ (benchmarks/peers/flashinfer_mla.py says how to make it)"
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _PEER_DIR = os.environ.get("FLASHINFER_PEER_DIR", "/tmp/flashinfer_peer")
 
 _mla = None  # the flashinfer.mla module
@@ -57,7 +55,7 @@ _planned = {}  # one planned wrapper per input set (the bench's input copies sha
 
 
 def bundle_dir():
-    return os.environ.get("FLASHINFER_BUNDLE") or os.path.join(_REPO_ROOT, ".fi")
+    return os.environ.get("FLASHINFER_BUNDLE") or os.path.join(REPO_ROOT, ".fi")
 
 
 def _find_bundle():
@@ -88,28 +86,19 @@ def _set_env():
 
 
 def _unpack(tar_path, wheel):
-    """Unpacks the bundle once into _PEER_DIR/<bundle name> (atomically: a temp dir renamed into place)."""
-    stat = os.stat(tar_path)
-    target = os.path.join(_PEER_DIR, f"{os.path.basename(tar_path).split('.tar')[0]}-{stat.st_size}")
-    done = os.path.join(target, ".complete")
-    if not os.path.exists(done):
-        os.makedirs(_PEER_DIR, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".unpack-", dir=_PEER_DIR)
+    """Unpacks the bundle (and the tvm_ffi wheel, a zip of the site-packages layout) once into
+    _PEER_DIR/<bundle name>-<size>."""
+    def fill(folder):
         with tarfile.open(tar_path) as archive:
             try:
-                archive.extractall(staging, filter="data")
+                archive.extractall(folder, filter="data")
             except TypeError:  # Python without extraction filters
-                archive.extractall(staging)
-        if wheel:  # a wheel is a zip of the site-packages layout (tvm_ffi has no .data part)
+                archive.extractall(folder)
+        if wheel:
             with zipfile.ZipFile(wheel) as archive:
-                archive.extractall(os.path.join(staging, "site"))
-        open(os.path.join(staging, ".complete"), "w").close()
-        try:
-            os.rename(staging, target)
-        except OSError:  # another process got there first
-            import shutil
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+                archive.extractall(os.path.join(folder, "site"))
+    name = f"{os.path.basename(tar_path).split('.tar')[0]}-{os.stat(tar_path).st_size}"
+    return unpack_once(os.path.join(_PEER_DIR, name), fill)
 
 
 def _load():

@@ -16,30 +16,20 @@ sched_meta every call (schedule + decode, as a decoding step that does not reuse
 """
 from __future__ import annotations
 
-import glob
 import os
 import tempfile
 
 import torch
 
-from benchmarks.peers.loading import import_package, unpack_wheel
+from benchmarks.peers.loading import carried_wheel, import_package, unpack_wheel
 
 NAME = "flashmla"
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _PEER_DIR = os.environ.get("FLASHMLA_PEER_DIR", os.path.join(tempfile.gettempdir(), "flashmla_peer"))
 NO_WHEEL = ("not run: flash_mla is not installed and there is no sgl_flash_mla wheel in .whl/ "
             "(pip download sgl-flash-mla==1.0.0 --no-deps -d .whl)")
 
 _module = None
 _load_error = None
-
-
-def _find_wheel():
-    explicit = os.environ.get("FLASHMLA_WHEEL")
-    if explicit:
-        return explicit
-    wheels = sorted(glob.glob(os.path.join(_REPO_ROOT, ".whl", "sgl_flash_mla-*.whl")))
-    return wheels[-1] if wheels else None
 
 
 def _load():
@@ -50,7 +40,7 @@ def _load():
         try:
             import flash_mla
         except ImportError:
-            wheel = _find_wheel()
+            wheel = carried_wheel("sgl_flash_mla-*.whl", "FLASHMLA_WHEEL")
             if wheel is None:
                 _load_error = NO_WHEEL
                 return None

@@ -9,7 +9,6 @@ s_q = 1 only. Variants: num_kv_splits in {4, 8, 16, 32}; the bench reports the b
 """
 from __future__ import annotations
 
-import glob
 import importlib.util
 import os
 import sys
@@ -19,21 +18,14 @@ import zipfile
 
 import torch
 
+from benchmarks.peers.loading import carried_wheel
+
 NAME = "sglang"
 MODULE_PATH = "sglang/srt/layers/attention/triton_ops/decode_attention.py"
 SPLITS = (4, 8, 16, 32)
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _module = None
 _load_error = None
-
-
-def _find_wheel():
-    explicit = os.environ.get("SGLANG_WHEEL")
-    if explicit:
-        return explicit
-    wheels = sorted(glob.glob(os.path.join(_REPO_ROOT, ".whl", "sglang-*.whl")))
-    return wheels[-1] if wheels else None
 
 
 def _load():
@@ -45,7 +37,7 @@ def _load():
     except ImportError as error:
         _load_error = f"triton not importable: {error}"
         return None
-    wheel = _find_wheel()
+    wheel = carried_wheel("sglang-*.whl", "SGLANG_WHEEL")
     if wheel is None:
         _load_error = "not run: no sglang wheel in .whl/ (benchmarks/README.md)"
         return None
