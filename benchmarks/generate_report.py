@@ -28,8 +28,10 @@ def row_line(row) -> str:
     head = f"{row['case']:>8} {row['impl']:<12}"
     if row["status"] != "ok":
         return f"{head} {status_text(row)}"
-    return (f"{head} decode {fmt(row.get('decode_ms_per_step'), '.2f')} ms/step, GPU busy "
-            f"{fmt(row.get('gpu_busy_ms_per_step'), '.2f')} ms/step, TTFT {fmt(row.get('ttft_s'), '.3f')} s, peak "
+    busy = (f"GPU busy {fmt(row.get('gpu_busy_ms_per_step'), '.2f')} ms/step (span "
+            f"{fmt(row.get('gpu_span_ms_per_step'), '.2f')} ms, {fmt(row.get('gpu_events_per_step'), '.0f')} events)")
+    return (f"{head} decode {fmt(row.get('decode_ms_per_step'), '.2f')} ms/step, {busy}, "
+            f"TTFT {fmt(row.get('ttft_s'), '.3f')} s, peak "
             f"{fmt(row.get('peak_gb'), '.2f')} GB, first call +{fmt(row.get('first_call_extra_s'), '.2f')} s "
             f"({row.get('cache_class')})")
 

@@ -80,6 +80,15 @@ def device_busy_after(events, marker: str, device_type) -> tuple[float | None, i
     return sum(e.time_range.elapsed_us() for e in after) / 1e3, len(after)
 
 
+def device_span_after(events, marker: str, device_type) -> float | None:
+    """ms from the first `device_type` event that starts after the `marker` range to the end of the last one."""
+    starts = [e.time_range.start for e in events if e.name == marker]
+    after = [e for e in events if starts and e.device_type == device_type and e.time_range.start >= starts[0]]
+    if not after:
+        return None
+    return (max(e.time_range.end for e in after) - min(e.time_range.start for e in after)) / 1e3
+
+
 def profiled_decode_busy(generate, device: torch.device) -> dict:
     """Runs `generate(clock)` (a generate() call with `clock` among its logits processors) under torch.profiler and
     returns the GPU busy ms per decode step and the number of device events counted. CUDA only."""
@@ -92,6 +101,13 @@ def profiled_decode_busy(generate, device: torch.device) -> dict:
         generate(clock)
         synchronize(device)
     busy_ms, events = device_busy_after(prof.events(), DECODE_MARKER, DeviceType.CUDA)
+    span_ms = device_span_after(prof.events(), DECODE_MARKER, DeviceType.CUDA)
     steps = clock.decode_steps
-    return {"gpu_busy_ms_per_step": busy_ms / steps if busy_ms is not None and steps else None,
-            "gpu_busy_device_events": events}
+
+    def per_step(value):
+        return value / steps if value is not None and steps else None
+
+    # span - busy = the device's idle time between the decode steps' events: launch gaps inside a replayed graph
+    # and waits on the host; kernels per step says how many launches share it.
+    return {"gpu_busy_ms_per_step": per_step(busy_ms), "gpu_busy_device_events": events,
+            "gpu_span_ms_per_step": per_step(span_ms), "gpu_events_per_step": per_step(events or None)}

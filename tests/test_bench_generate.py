@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmarks import bench_generate, generate_models, generate_report
-from benchmarks.generate_timing import device_busy_after
+from benchmarks.generate_timing import device_busy_after, device_span_after
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # tests/conftest.py
 
@@ -136,6 +136,8 @@ def test_gpu_busy_counts_device_time_after_the_marker():
     marker_start = next(e.time_range.start for e in events if e.name == "marker")
     assert count == sum(1 for e in events if e.time_range.start >= marker_start) and busy > 0
     assert device_busy_after(events, "missing", DeviceType.CPU) == (None, 0)
+    span = device_span_after(events, "marker", DeviceType.CPU)
+    assert span >= busy / count and device_span_after(events, "missing", DeviceType.CPU) is None
 
 
 def test_plot_is_written(tmp_path):
