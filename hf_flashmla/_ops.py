@@ -14,6 +14,9 @@ The extension registers, in the `hf_flashmla` torch.library namespace:
              -> (Tensor tile_scheduler_metadata, Tensor num_splits)
     the split-KV schedule of hf_flashmla.schedule (int32 [num_sm_parts, 8] and int32 [b + 1]) from one
     single-CTA kernel (csrc/mla_metadata_kernel.cu); cache_seqlens int32 [b], any stride.
+A bad input makes either op raise RuntimeError("ValueError: <argument>: ..." or "TypeError: ..."), see
+csrc/mla_checks.h; mla_decode and mla_metadata below raise that ValueError / TypeError instead, with the message
+that hf_flashmla/validation.py gives for the same input.
 The fake (meta) implementations let torch.compile trace calls without running the kernels; mla_decode's runs
 the structural checks the op runs in C++ (hf_flashmla/validation.py's, the same messages), so that a compiled
 call rejects bad inputs while it is traced.
@@ -54,10 +57,25 @@ if _C is not None:
         return out, lse
 
 
+_CHECK_ERRORS = {"ValueError: ": ValueError, "TypeError: ": TypeError}
+
+
+def check_error(error: RuntimeError) -> Exception:
+    """The exception an op's failed input check stands for (its message's prefix names it), else `error`."""
+    message = str(error)
+    for prefix, error_type in _CHECK_ERRORS.items():
+        if message.startswith(prefix):
+            return error_type(message[len(prefix):])
+    return error
+
+
 def mla_decode(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                softmax_scale: float, causal: bool, head_dim_v: int, schedule_seqlens=None):
-    return torch.ops.hf_flashmla.mla_decode(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata,
-                                            num_splits, softmax_scale, causal, head_dim_v, schedule_seqlens)
+    try:
+        return torch.ops.hf_flashmla.mla_decode(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata,
+                                                num_splits, softmax_scale, causal, head_dim_v, schedule_seqlens)
+    except RuntimeError as error:
+        raise check_error(error) from None
 
 
 if metadata_kernel_available():
@@ -71,5 +89,8 @@ if metadata_kernel_available():
 
 def mla_metadata(cache_seqlens, num_sm_parts: int, page_size: int, sequence_overhead_pages: int,
                  split_combine_pages: int, min_piece_pages: int):
-    return torch.ops.hf_flashmla.mla_metadata(cache_seqlens, num_sm_parts, page_size, sequence_overhead_pages,
-                                              split_combine_pages, min_piece_pages)
+    try:
+        return torch.ops.hf_flashmla.mla_metadata(cache_seqlens, num_sm_parts, page_size, sequence_overhead_pages,
+                                                  split_combine_pages, min_piece_pages)
+    except RuntimeError as error:
+        raise check_error(error) from None

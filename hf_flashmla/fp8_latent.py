@@ -2,7 +2,7 @@
 
 A latent row of kv_lora_rank + rope values (512 + 64 for every served model) is stored as bytes:
   [0, rank)                     the latent, float8_e4m3fn, group g of GROUP values divided by scale g;
-  [rank, rank + 4 * rank/GROUP) one float32 scale per group: amax(|group|) / 448 (448: e4m3's largest value);
+  [rank, rank + 4 * rank/GROUP) one float32 scale per group: amax(|group|) * (1 / 448) (448: e4m3's largest);
   [.., + 2 * rope)              the rope part in bfloat16 (not quantized: it carries the positions).
 For 512 + 64 that is 512 + 16 + 128 = 656 bytes, against 1152 in bf16.
 
@@ -67,7 +67,9 @@ def quantize(latent: torch.Tensor, kv_lora_rank: int) -> torch.Tensor:
     rope = latent.shape[-1] - rank
     lead = latent.shape[:-1]
     groups = latent[..., :rank].to(torch.float32).reshape(*lead, rank // GROUP, GROUP)
-    scale = groups.abs().amax(dim=-1, keepdim=True) / FP8_MAX
+    # Times the reciprocal, not divided by 448: CUDA computes a tensor divided by a Python number as that product,
+    # the CPU as a true division, so only the product gives the same bytes on every device (tested on the GPU).
+    scale = groups.abs().amax(dim=-1, keepdim=True) * (1.0 / FP8_MAX)
     # A zero group keeps scale 0 (it dequantizes to 0); dividing by 1 there avoids 0 / 0. Clamping keeps a value
     # that rounds just above 448 from becoming NaN (e4m3fn has no infinity).
     divisor = torch.where(scale > 0, scale, torch.ones_like(scale))

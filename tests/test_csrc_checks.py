@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_flashmla import validation
+from hf_flashmla import _ops, validation
 from test_validation import BAD_CALLS, good_call
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,8 +52,13 @@ def python_checks(call):
 
 
 def cpp_checks(op, call):
+    """The header's checks through the dispatcher, their RuntimeError turned into the exception it names, as
+    hf_flashmla._ops does for the CUDA op."""
     scale = call["q"].shape[-1] ** -0.5 if call["softmax_scale"] is None else float(call["softmax_scale"])
-    op(*(call[name] for name in TENSORS), scale, call["head_dim_v"])
+    try:
+        op(*(call[name] for name in TENSORS), scale, call["head_dim_v"])
+    except RuntimeError as error:
+        raise _ops.check_error(error) from None
 
 
 CASES = [case for case in BAD_CALLS]
@@ -88,10 +93,17 @@ def test_schedule_seqlens_checks(checks_op):
     scale = 0.1
     args = [call[name] for name in TENSORS] + [scale, 512]
     checks_op(*args, lengths.clone())
-    with pytest.raises(TypeError, match="^schedule_seqlens: expected dtype int32"):
+    with pytest.raises(RuntimeError, match="^TypeError: schedule_seqlens: expected dtype int32"):
         checks_op(*args, lengths.long())
-    with pytest.raises(ValueError, match=r"^schedule_seqlens: expected shape \(3,\)"):
+    with pytest.raises(RuntimeError, match=r"^ValueError: schedule_seqlens: expected shape \(3,\)"):
         checks_op(*args, lengths[:2].contiguous())
+
+
+def test_check_error_names_the_exception_and_keeps_other_errors():
+    assert type(_ops.check_error(RuntimeError("ValueError: q: bad"))) is ValueError
+    assert str(_ops.check_error(RuntimeError("TypeError: q: bad"))) == "q: bad"
+    other = RuntimeError("CUDA error: an illegal memory access was encountered")
+    assert _ops.check_error(other) is other
 
 
 def test_op_binding_compiles():

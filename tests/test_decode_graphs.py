@@ -53,6 +53,36 @@ def test_greedy_padded_batch_replays_graphs_and_matches_eager(name):
     assert cache.sequence_lengths == [20 + 11, 13 + 11, 7 + 11]
     arena = cache._arena
     assert list(arena.buckets) == [(4, 1)]
+    # A replay runs no Python, yet counts what its captured forward did: one paged call per layer per step.
+    layers = model.config.num_hidden_layers
+    assert call_counts["graph_steps"] == 11 and call_counts["paged_reference"] == 11 * layers
+    assert call_counts["graph_paged_kernel"] == 0  # the CPU's reference path, no compiled kernel
+
+
+def test_a_step_that_cannot_be_captured_runs_eagerly_with_a_warning(monkeypatch):
+    model = tiny_model("v3")
+    ids, mask = prompts(batch=2, pads=(0, 5))
+    expected = run(model, "eager", ids, mask, max_new_tokens=6).sequences
+
+    class Uncapturable:
+        def __init__(self, step, cache, memory_pool):
+            raise decode_graphs.GraphCaptureError("the decode step waits on the device: nonzero")
+
+    monkeypatch.setattr(decode_graphs, "_EmulatedGraph", Uncapturable)
+    decode_graphs.release(model)  # no bucket captured earlier: this generate() must try
+    runner = runner_of(model) if "_hf_flashmla_decode_runner" in model.__dict__ else None
+    replays = runner.replays if runner is not None else 0
+    try:
+        with pytest.warns(UserWarning, match="decode steps run eagerly, not as CUDA graphs"):
+            out = run(model, "flash_mla", ids, mask, max_new_tokens=6)
+        runner = runner_of(model)
+        assert torch.equal(out.sequences, expected)
+        assert runner.replays == replays and "nonzero" in runner.uncapturable
+        again = run(model, "flash_mla", ids, mask, max_new_tokens=6)  # no second attempt
+        assert torch.equal(again.sequences, expected) and runner.replays == replays
+    finally:
+        if runner is not None:
+            runner.uncapturable = None
 
 
 def test_second_generate_reuses_or_recaptures_and_never_reads_stale_tables():

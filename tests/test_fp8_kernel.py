@@ -63,7 +63,7 @@ def test_layout_is_flashmla_656_bytes():
     assert fp8_latent.token_bytes(512, 64) == 656
     groups = latent[..., :512].reshape(2, 3, 4, 128)
     scales = stored[..., 512:528].contiguous().view(torch.float32)
-    assert torch.equal(scales, groups.abs().amax(dim=-1) / 448)
+    assert torch.equal(scales, groups.abs().amax(dim=-1) * (1 / 448))
     assert torch.equal(stored[..., 528:].contiguous().view(torch.bfloat16), latent[..., 512:].to(torch.bfloat16))
     values = stored[..., :512].contiguous().view(torch.float8_e4m3fn).float().reshape(2, 3, 4, 128)
     assert values.abs().amax(dim=-1).eq(448).all()  # each group's largest value maps to e4m3's largest
@@ -80,7 +80,7 @@ def test_round_trip_error_within_e4m3_rounding_per_group(dtype):
     back = fp8_latent.dequantize(fp8_latent.quantize(latent, DV), DV)
     x = latent.float()
     groups = x[:, :512].reshape(64, 4, 128)
-    scale = (groups.abs().amax(dim=-1, keepdim=True) / 448)
+    scale = (groups.abs().amax(dim=-1, keepdim=True) * (1 / 448))
     error = (back[:, :512].reshape(64, 4, 128) - groups).abs()
     # e4m3: 3 mantissa bits, so a normal value rounds within 2^-4 of itself; below 2^-6 (subnormal) the step is 2^-9.
     bound = torch.maximum(groups.abs() * 2 ** -4, scale * 2 ** -10) * (1 + 1e-6)

@@ -43,8 +43,9 @@ def kernel_schedule(cache_seqlens, num_parts):
 def assert_same(cache_seqlens, num_parts, got, where="", rows=None):
     """got against the PyTorch schedule on the same device and on the CPU, with compute_schedule's split cost and
     fewer-pieces threshold for `rows` query rows per kv head (None: the defaults, as kernel_schedule passes)."""
-    costs = dict(split_combine_pages=schedule.split_cost_pages(rows),
-                 min_piece_pages=schedule.min_piece_pages_for(rows))
+    row_args = () if rows is None else (rows,)
+    costs = dict(split_combine_pages=schedule.split_cost_pages(*row_args),
+                 min_piece_pages=schedule.min_piece_pages_for(*row_args))
     expected = schedule.compute_schedule_torch(cache_seqlens, num_parts, **costs)
     expected_cpu = schedule.compute_schedule_torch(cache_seqlens.cpu(), num_parts, **costs)
     got_metadata, got_splits = got
@@ -238,16 +239,18 @@ def test_fake_implementation_and_compile():
 
 
 def test_bad_arguments_raise():
-    # The op's own checks (a direct torch.ops call): ValueError / TypeError whose message names the argument.
+    # The op's own checks: ValueError / TypeError whose message names the argument (through _ops, which turns the
+    # op's RuntimeError into the exception its message names; a direct torch.ops call raises that RuntimeError).
     lengths = torch.tensor([5], dtype=torch.int32, device="cuda")
     with pytest.raises(ValueError, match="^num_sm_parts:"):
-        torch.ops.hf_flashmla.mla_metadata(lengths, 0, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST, MIN_PAGES)
+        _ops.mla_metadata(lengths, 0, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST, MIN_PAGES)
     with pytest.raises(TypeError, match="^cache_seqlens: expected dtype int32"):
-        torch.ops.hf_flashmla.mla_metadata(lengths.long(), 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST,
-                                           MIN_PAGES)
+        _ops.mla_metadata(lengths.long(), 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST, MIN_PAGES)
     with pytest.raises(ValueError, match="^cache_seqlens: expected shape"):
-        torch.ops.hf_flashmla.mla_metadata(lengths[:0], 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST, MIN_PAGES)
+        _ops.mla_metadata(lengths[:0], 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST, MIN_PAGES)
     with pytest.raises(ValueError, match="^sequence_overhead_pages:"):
-        torch.ops.hf_flashmla.mla_metadata(lengths, 66, PAGE_SIZE, 0, SPLIT_COST, MIN_PAGES)
+        _ops.mla_metadata(lengths, 66, PAGE_SIZE, 0, SPLIT_COST, MIN_PAGES)
     with pytest.raises(ValueError, match="^min_piece_pages:"):
-        torch.ops.hf_flashmla.mla_metadata(lengths, 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST, -1)
+        _ops.mla_metadata(lengths, 66, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST, -1)
+    with pytest.raises(RuntimeError, match="^ValueError: num_sm_parts:"):
+        torch.ops.hf_flashmla.mla_metadata(lengths, 0, PAGE_SIZE, SEQUENCE_OVERHEAD_PAGES, SPLIT_COST, MIN_PAGES)

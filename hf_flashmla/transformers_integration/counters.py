@@ -11,6 +11,9 @@ PATHS = (
     "dense",              # prefill chunk: dense attention on K/V expanded from the latent
     "dense_other_cache",  # a cache that is not a LatentPagedCache (e.g. a user's DynamicCache): dense
     "prefill_blocks",     # blocks of a long prefill chunk run by prefill_slices
+    "graph_steps",        # decode steps replayed as CUDA graphs (decode_graphs.py): each also adds the paths that
+                          # its captured forward took (paged_kernel per layer, ...), as an eager step would
+    "graph_paged_kernel",  # the paged_kernel calls among those: compiled-kernel launches inside graph replays
 )
 
 
@@ -34,6 +37,10 @@ class PathCounters:
     def snapshot(self) -> dict:
         """A copy of the counts; the difference of two snapshots says what ran in between."""
         return dict(self._counts)
+
+    def restore(self, snapshot: dict) -> None:
+        """Back to an earlier snapshot()."""
+        self._counts.update(snapshot)
 
     def reset(self) -> None:
         for path in self._counts:

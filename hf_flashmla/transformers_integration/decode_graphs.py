@@ -25,12 +25,14 @@ release(model) frees the arena. generate(..., disable_compile=True) turns graphs
 from __future__ import annotations
 
 import copy
+import warnings
 import weakref
 
 import torch
 
 from hf_flashmla.latent_cache import LatentPagedCache, _to_device, cache_bytes_per_token_per_layer, pages_for
 from hf_flashmla.transformers_integration.compat import cache_kwarg
+from hf_flashmla.transformers_integration.counters import counters
 
 BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
 GRAPH_QUERY_LENGTH = 1  # tokens per sequence in a replayed step
@@ -39,19 +41,35 @@ _CAPTURABLE_EXPERTS = ("grouped_mm", "batched_mm")
 _ARENA_ATTRIBUTE = "_hf_flashmla_graph_arena"
 
 
+class GraphCaptureError(RuntimeError):
+    """The model's decode step cannot be captured (it waits on the device, e.g. to read which experts were hit)."""
+
+
 class _CudaGraph:
     """step(cache) captured once; replay(cache) returns the captured forward's logits (a static tensor)."""
 
     def __init__(self, step, cache, memory_pool):
-        # Warm-up on a side stream first (cuBLAS workspaces, lazy initialisation), as torch.cuda.graphs asks.
+        # Warm-up on a side stream first (cuBLAS workspaces, lazy initialisation), as torch.cuda.graphs asks. It runs
+        # with CUDA syncs made errors: an op that waits on the device (nonzero, .item(), .tolist()) cannot be
+        # captured, and found here it is reported before a capture is begun (a failed capture is harder to undo).
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            step(cache)
+        previous_mode = torch.cuda.get_sync_debug_mode()
+        try:
+            torch.cuda.set_sync_debug_mode("error")
+            with torch.cuda.stream(stream):
+                step(cache)
+        except RuntimeError as error:
+            raise GraphCaptureError(f"the decode step waits on the device: {error}") from error
+        finally:
+            torch.cuda.set_sync_debug_mode(previous_mode)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=memory_pool):
-            self.output = step(cache)
+        try:
+            with torch.cuda.graph(self.graph, pool=memory_pool):
+                self.output = step(cache)
+        except RuntimeError as error:
+            raise GraphCaptureError(f"capturing the decode step failed: {error}") from error
 
     def replay(self, cache):
         self.graph.replay()
@@ -67,7 +85,7 @@ class _EmulatedGraph:
         self.output = step(cache)
 
     def replay(self, cache):
-        return self.step(cache)
+        return self.step(cache)  # the step leaves the path counters as they were, as a real replay does
 
 
 EMULATE_ON_CPU = False  # tests set it to exercise the runner's bookkeeping on the CPU
@@ -88,6 +106,7 @@ class _Bucket:
         self.synced_version = None
         self.graph = None
         self.output_template = None
+        self.replay_counts: list[tuple[str, int]] = []  # what each replay adds to the path counters
 
     def blank(self):
         """Every row a padding row: a warm-up or capture run then writes only the scratch page."""
@@ -204,6 +223,7 @@ class DecodeGraphRunner:
         self._cache_kwarg = cache_kwarg()
         self.replays = 0
         self.eager_calls = 0
+        self.uncapturable: str | None = None  # why this model's decode steps run eagerly, once a capture failed
 
     def __deepcopy__(self, memo):
         """A copied model gets a runner of its own (this one names the original model)."""
@@ -220,6 +240,8 @@ class DecodeGraphRunner:
         return self._replay(model, cache, input_ids, kwargs)
 
     def _replayable(self, model, cache, input_ids, kwargs) -> bool:
+        if self.uncapturable is not None:
+            return False
         if not isinstance(cache, LatentPagedCache) or cache._arena is None or torch.is_grad_enabled():
             return False
         if input_ids is None or kwargs.get("inputs_embeds") is not None or input_ids.dim() != 2:
@@ -237,7 +259,14 @@ class DecodeGraphRunner:
     def _replay(self, model, cache, input_ids, kwargs):
         batch, query_length = input_ids.shape
         arena = cache._arena
-        bucket = self._bucket(model, cache, arena, batch, query_length)
+        try:
+            bucket = self._bucket(model, cache, arena, batch, query_length)
+        except GraphCaptureError as error:
+            self.uncapturable = str(error)
+            warnings.warn(f"attn_implementation='flash_mla': {type(model).__name__}'s decode steps run eagerly, not "
+                          f"as CUDA graphs ({error})", stacklevel=2)
+            self.eager_calls += 1
+            return model(**kwargs)
         if bucket.synced_version != cache.state_version:
             bucket.sync(cache)
         bucket.input_ids[:batch].copy_(input_ids)
@@ -251,6 +280,8 @@ class DecodeGraphRunner:
         logits = bucket.graph.replay(cache)
         cache.graph_step_done(query_length)
         self.replays += 1
+        for path, calls in bucket.replay_counts:
+            counters.add(path, calls)
         # One output object per bucket, refilled each step (building a ModelOutput costs more than the rest of
         # the host work of a replay); generate() copies what it keeps of it before the next step.
         result = bucket.output_template
@@ -277,12 +308,17 @@ class DecodeGraphRunner:
         supports_logits_to_keep = getattr(model, "_supports_logits_to_keep", lambda: False)()
 
         def step(cache):
+            before = counters.snapshot()
             with cache.graph_step(bucket.block_table, bucket.seqlens, bucket.advance, bucket.query_length) as state:
                 inputs = {"input_ids": bucket.input_ids, "position_ids": bucket.position_ids, "attention_mask": None,
                           "use_cache": True, "return_dict": True, cache_kwarg: cache}
                 if supports_logits_to_keep:
                     inputs["logits_to_keep"] = 1
                 output = model(**inputs)
+            # The warm-up and capture runs are not decode steps (blank rows): what they took is kept as what each
+            # replay adds, and taken back from the counters.
+            bucket.replay_counts = _replay_counts(before, counters.snapshot())
+            counters.restore(before)
             bucket.seqlens.copy_(state.seqlens)
             if bucket.output_template is None:
                 bucket.output_template = copy.copy(output)
@@ -297,6 +333,14 @@ class DecodeGraphRunner:
         bucket.synced_version = None  # the warm-up and capture ran on blank tensors
         arena.captures += 1
         arena.capture_seconds += time.perf_counter() - started
+
+
+def _replay_counts(before: dict, after: dict) -> list[tuple[str, int]]:
+    """What one replay adds to the path counters: the paths the captured forward took, one graph step, and its
+    compiled-kernel calls again as graph_paged_kernel (generation_check counts kernel launches with them)."""
+    taken = [(path, after[path] - before[path]) for path in after if after[path] != before[path]]
+    kernel_calls = after["paged_kernel"] - before["paged_kernel"]
+    return taken + [("graph_steps", 1)] + ([("graph_paged_kernel", kernel_calls)] if kernel_calls else [])
 
 
 class _capturable_experts:
