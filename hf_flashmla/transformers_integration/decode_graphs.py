@@ -20,7 +20,10 @@ What makes a step replayable:
 Batches are padded up to a bucket size (BUCKETS); a padding row has length 0, writes to the scratch page
 and does not advance. Graphs are captured on first use of a bucket and kept, with the pools they write, in a
 GraphArena per model; the next generate() takes the arena over (and its graphs) when no live cache holds it.
-release(model) frees the arena. generate(..., disable_compile=True) turns graphs off.
+release(model) frees the arena. generate(..., disable_compile=True) turns graphs off. A model whose decode step
+waits on the device (e.g. LongCat-Flash's experts loop, which reads which experts were hit) cannot be captured: the
+warm-up before the capture finds that (GraphCaptureError) and the runner decodes that model eagerly, with a warning.
+A replay runs no Python, so it adds to the path counters (counters.py) what its captured forward took.
 """
 from __future__ import annotations
 
@@ -308,17 +311,20 @@ class DecodeGraphRunner:
         supports_logits_to_keep = getattr(model, "_supports_logits_to_keep", lambda: False)()
 
         def step(cache):
-            before = counters.snapshot()
-            with cache.graph_step(bucket.block_table, bucket.seqlens, bucket.advance, bucket.query_length) as state:
-                inputs = {"input_ids": bucket.input_ids, "position_ids": bucket.position_ids, "attention_mask": None,
-                          "use_cache": True, "return_dict": True, cache_kwarg: cache}
-                if supports_logits_to_keep:
-                    inputs["logits_to_keep"] = 1
-                output = model(**inputs)
             # The warm-up and capture runs are not decode steps (blank rows): what they took is kept as what each
             # replay adds, and taken back from the counters.
-            bucket.replay_counts = _replay_counts(before, counters.snapshot())
-            counters.restore(before)
+            before = counters.snapshot()
+            try:
+                with cache.graph_step(bucket.block_table, bucket.seqlens, bucket.advance,
+                                      bucket.query_length) as state:
+                    inputs = {"input_ids": bucket.input_ids, "position_ids": bucket.position_ids,
+                              "attention_mask": None, "use_cache": True, "return_dict": True, cache_kwarg: cache}
+                    if supports_logits_to_keep:
+                        inputs["logits_to_keep"] = 1
+                    output = model(**inputs)
+                bucket.replay_counts = _replay_counts(before, counters.snapshot())
+            finally:
+                counters.restore(before)
             bucket.seqlens.copy_(state.seqlens)
             if bucket.output_template is None:
                 bucket.output_template = copy.copy(output)
