@@ -82,3 +82,30 @@ def test_eos_stop_with_the_deferred_check_undoes_its_extra_step(model):
     assert torch.equal(graphs.sequences, eager.sequences)
     assert graphs.sequences.shape[1] == 33 + first + 1
     assert graphs.get(CACHE).sequence_lengths == eager.get(CACHE).sequence_lengths
+
+
+def test_a_step_that_waits_on_the_device_decodes_eagerly(model):
+    # A forward that reads a value on the host (as LongCat-Flash's experts loop does on 5.17) cannot be captured:
+    # the capture's CUDA error must end in an eager decode with a warning, and CUDA must keep working.
+    config = make_config("deepseek_v3", base=TINY, num_hidden_layers=2)
+    syncing = random_model(config, seed=7).to(device="cuda", dtype=torch.bfloat16).eval()
+    syncing.set_attn_implementation("flash_mla")
+    norm = syncing.model.norm
+    original_forward = norm.forward
+    norm.forward = lambda hidden: original_forward(hidden) * (hidden.abs().max() >= 0).item()  # a host read
+    try:
+        ids, mask = prompts(2, 40, (0, 5), seed=8)
+        eager = syncing.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, disable_compile=True)
+        with pytest.warns(UserWarning, match="decode steps run eagerly"):
+            out = syncing.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+        assert torch.equal(out, eager)
+        assert runner(syncing).replays == 0 and runner(syncing).uncapturable
+        assert torch.cuda.current_stream() == torch.cuda.default_stream()
+        assert torch.equal(syncing.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False), eager)
+    finally:
+        decode_graphs.release(syncing)
+    # The module's model still captures and replays.
+    ids, mask = prompts(2, 40, (0, 5), seed=8)
+    before = runner(model).replays
+    model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    assert runner(model).replays > before

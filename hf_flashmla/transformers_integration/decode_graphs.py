@@ -21,8 +21,8 @@ Batches are padded up to a bucket size (BUCKETS); a padding row has length 0, wr
 and does not advance. Graphs are captured on first use of a bucket and kept, with the pools they write, in a
 GraphArena per model; the next generate() takes the arena over (and its graphs) when no live cache holds it.
 release(model) frees the arena. generate(..., disable_compile=True) turns graphs off. A model whose decode step
-waits on the device (e.g. LongCat-Flash's experts loop, which reads which experts were hit) cannot be captured: the
-warm-up before the capture finds that (GraphCaptureError) and the runner decodes that model eagerly, with a warning.
+waits on the device (e.g. LongCat-Flash's experts loop on 5.17, which reads which experts were hit) cannot be
+captured: the capture fails (GraphCaptureError) and the runner decodes that model eagerly, with a warning.
 A replay runs no Python, so it adds to the path counters (counters.py) what its captured forward took.
 """
 from __future__ import annotations
@@ -52,26 +52,23 @@ class _CudaGraph:
     """step(cache) captured once; replay(cache) returns the captured forward's logits (a static tensor)."""
 
     def __init__(self, step, cache, memory_pool):
-        # Warm-up on a side stream first (cuBLAS workspaces, lazy initialisation), as torch.cuda.graphs asks. It runs
-        # with CUDA syncs made errors: an op that waits on the device (nonzero, .item(), .tolist()) cannot be
-        # captured, and found here it is reported before a capture is begun (a failed capture is harder to undo).
+        # Warm-up on a side stream first (cuBLAS workspaces, lazy initialisation), as torch.cuda.graphs asks.
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        previous_mode = torch.cuda.get_sync_debug_mode()
-        try:
-            torch.cuda.set_sync_debug_mode("error")
-            with torch.cuda.stream(stream):
-                step(cache)
-        except RuntimeError as error:
-            raise GraphCaptureError(f"the decode step waits on the device: {error}") from error
-        finally:
-            torch.cuda.set_sync_debug_mode(previous_mode)
+        with torch.cuda.stream(stream):
+            step(cache)
         torch.cuda.current_stream().wait_stream(stream)
+        # A step that waits on the device (nonzero, .item(), .tolist()) makes the capture fail with a CUDA error;
+        # the CUDA context stays usable (the error ends the capture only). The warm-up cannot tell that in advance:
+        # transformers skips some syncing checks only while a stream is capturing (utils.is_tracing).
         self.graph = torch.cuda.CUDAGraph()
+        caller_stream = torch.cuda.current_stream()
         try:
             with torch.cuda.graph(self.graph, pool=memory_pool):
                 self.output = step(cache)
         except RuntimeError as error:
+            # torch.cuda.graph's exit raised before it restored the caller's stream (capture_end fails first).
+            torch.cuda.set_stream(caller_stream)
             raise GraphCaptureError(f"capturing the decode step failed: {error}") from error
 
     def replay(self, cache):
