@@ -24,7 +24,7 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
                                               const at::Tensor& tile_scheduler_metadata,
                                               const at::Tensor& num_splits, double softmax_scale, bool causal,
                                               int64_t head_dim_v, const std::optional<at::Tensor>& schedule_seqlens) {
-  HF_FLASHMLA_CHECK_VALUE(q.is_cuda(), "q: expected a CUDA tensor (the sm_90 kernel), got one on ", q.device());
+  MLA_CHECK_VALUE(q.is_cuda(), "q: expected a CUDA tensor (the sm_90 kernel), got one on ", q.device());
   checks::check_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale);
   const int64_t batch = q.size(0), s_q = q.size(1), h_q = q.size(2);
   checks::check_schedule_tensors(tile_scheduler_metadata, num_splits, batch, q.device(), schedule_seqlens);
@@ -76,21 +76,21 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
 std::tuple<at::Tensor, at::Tensor> mla_metadata(const at::Tensor& cache_seqlens, int64_t num_sm_parts,
                                                 int64_t page_size, int64_t sequence_overhead_pages,
                                                 int64_t split_combine_pages, int64_t min_piece_pages) {
-  HF_FLASHMLA_CHECK_VALUE(cache_seqlens.is_cuda(), "cache_seqlens: expected a CUDA tensor, got one on ",
+  MLA_CHECK_VALUE(cache_seqlens.is_cuda(), "cache_seqlens: expected a CUDA tensor, got one on ",
                     cache_seqlens.device());
-  HF_FLASHMLA_CHECK_TYPE(cache_seqlens.scalar_type() == at::kInt, "cache_seqlens: expected dtype int32, got ",
+  MLA_CHECK_TYPE(cache_seqlens.scalar_type() == at::kInt, "cache_seqlens: expected dtype int32, got ",
                    checks::dtype_name(cache_seqlens.scalar_type()));
-  HF_FLASHMLA_CHECK_VALUE(cache_seqlens.dim() == 1 && cache_seqlens.size(0) >= 1,
+  MLA_CHECK_VALUE(cache_seqlens.dim() == 1 && cache_seqlens.size(0) >= 1,
                     "cache_seqlens: expected shape [batch >= 1], got ", checks::shape_of(cache_seqlens));
-  HF_FLASHMLA_CHECK_VALUE(cache_seqlens.size(0) < std::numeric_limits<int>::max() - 1024,
+  MLA_CHECK_VALUE(cache_seqlens.size(0) < std::numeric_limits<int>::max() - 1024,
                     "cache_seqlens: expected a batch below 2^31 - 1024, got ", cache_seqlens.size(0));
-  HF_FLASHMLA_CHECK_VALUE(num_sm_parts >= 1 && num_sm_parts <= std::numeric_limits<int>::max() - 1,
+  MLA_CHECK_VALUE(num_sm_parts >= 1 && num_sm_parts <= std::numeric_limits<int>::max() - 1,
                     "num_sm_parts: expected >= 1, got ", num_sm_parts);
-  HF_FLASHMLA_CHECK_VALUE(page_size >= 1 && page_size <= std::numeric_limits<int>::max(), "page_size: expected >= 1, got ",
+  MLA_CHECK_VALUE(page_size >= 1 && page_size <= std::numeric_limits<int>::max(), "page_size: expected >= 1, got ",
                     page_size);
-  HF_FLASHMLA_CHECK_VALUE(sequence_overhead_pages >= 1 && sequence_overhead_pages <= std::numeric_limits<int>::max(),
+  MLA_CHECK_VALUE(sequence_overhead_pages >= 1 && sequence_overhead_pages <= std::numeric_limits<int>::max(),
                     "sequence_overhead_pages: expected >= 1, got ", sequence_overhead_pages);
-  HF_FLASHMLA_CHECK_VALUE(min_piece_pages >= 0 && min_piece_pages <= std::numeric_limits<int>::max(),
+  MLA_CHECK_VALUE(min_piece_pages >= 0 && min_piece_pages <= std::numeric_limits<int>::max(),
                     "min_piece_pages: expected >= 0, got ", min_piece_pages);
   const int64_t batch = cache_seqlens.size(0);
   c10::cuda::CUDAGuard guard(cache_seqlens.device());

@@ -24,8 +24,8 @@
 #include <torch/torch.h>
 
 // A failed check: RuntimeError in Python, its message prefixed with the exception _ops.py raises instead.
-#define HF_FLASHMLA_CHECK_VALUE(cond, ...) TORCH_CHECK(cond, "ValueError: ", __VA_ARGS__)
-#define HF_FLASHMLA_CHECK_TYPE(cond, ...) TORCH_CHECK(cond, "TypeError: ", __VA_ARGS__)
+#define MLA_CHECK_VALUE(cond, ...) TORCH_CHECK(cond, "ValueError: ", __VA_ARGS__)
+#define MLA_CHECK_TYPE(cond, ...) TORCH_CHECK(cond, "TypeError: ", __VA_ARGS__)
 
 namespace hf_flashmla {
 namespace checks {
@@ -84,22 +84,22 @@ inline std::string dtype_name(at::ScalarType type) {
 }
 
 inline void require_rank(const char* name, const at::Tensor& t, int64_t rank, const char* layout) {
-  HF_FLASHMLA_CHECK_VALUE(t.dim() == rank, name, ": expected a rank-", rank, " tensor ", layout, ", got shape ",
+  MLA_CHECK_VALUE(t.dim() == rank, name, ": expected a rank-", rank, " tensor ", layout, ", got shape ",
                     shape_of(t));
 }
 
 inline void require_dtype(const char* name, const at::Tensor& t, at::ScalarType type, const char* why = "") {
-  HF_FLASHMLA_CHECK_TYPE(t.scalar_type() == type, name, ": expected dtype ", dtype_name(type), why, ", got ",
+  MLA_CHECK_TYPE(t.scalar_type() == type, name, ": expected dtype ", dtype_name(type), why, ", got ",
                    dtype_name(t.scalar_type()));
 }
 
 inline void require_device(const char* name, const at::Tensor& t, const at::Device& device) {
-  HF_FLASHMLA_CHECK_VALUE(t.device() == device, name, ": expected a tensor on ", device, " (the device of q), got one on ",
+  MLA_CHECK_VALUE(t.device() == device, name, ": expected a tensor on ", device, " (the device of q), got one on ",
                     t.device());
 }
 
 inline void require_contiguous(const char* name, const at::Tensor& t, const char* why = "") {
-  HF_FLASHMLA_CHECK_VALUE(t.is_contiguous(), name, ": expected a contiguous tensor", why, ", got strides ", strides_of(t));
+  MLA_CHECK_VALUE(t.is_contiguous(), name, ": expected a contiguous tensor", why, ", got strides ", strides_of(t));
 }
 
 // q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale for the sm_90 kernel (check_inputs's rules in
@@ -108,54 +108,54 @@ inline void check_decode_inputs(const at::Tensor& q, const at::Tensor& k_cache, 
                                 const at::Tensor& cache_seqlens, int64_t head_dim_v, double softmax_scale) {
   require_rank("q", q, 4, "[batch, s_q, h_q, head_dim]");
   const int64_t batch = q.size(0), s_q = q.size(1), h_q = q.size(2);
-  HF_FLASHMLA_CHECK_VALUE(batch >= 1 && s_q >= 1 && h_q >= 1, "q: expected batch, s_q and h_q >= 1, got shape ",
+  MLA_CHECK_VALUE(batch >= 1 && s_q >= 1 && h_q >= 1, "q: expected batch, s_q and h_q >= 1, got shape ",
                     shape_of(q));
-  HF_FLASHMLA_CHECK_VALUE(q.size(3) == kHeadDim, "q: expected head_dim (last dim) ", kHeadDim, ", got ", q.size(3));
+  MLA_CHECK_VALUE(q.size(3) == kHeadDim, "q: expected head_dim (last dim) ", kHeadDim, ", got ", q.size(3));
   const auto dtype = q.scalar_type();
-  HF_FLASHMLA_CHECK_TYPE(dtype == at::kBFloat16 || dtype == at::kHalf,
+  MLA_CHECK_TYPE(dtype == at::kBFloat16 || dtype == at::kHalf,
                    "q: expected dtype bfloat16 or float16 (float32 only on the reference path), got ",
                    dtype_name(dtype));
-  HF_FLASHMLA_CHECK_VALUE(q.is_contiguous(), "q: expected a contiguous tensor (the kernel reads it densely), got strides ",
+  MLA_CHECK_VALUE(q.is_contiguous(), "q: expected a contiguous tensor (the kernel reads it densely), got strides ",
                     strides_of(q), "; call q.contiguous()");
-  HF_FLASHMLA_CHECK_VALUE(batch <= kIntMax && s_q * h_q <= kIntMax, "q: expected batch and s_q * h_q below 2^31, got shape ",
+  MLA_CHECK_VALUE(batch <= kIntMax && s_q * h_q <= kIntMax, "q: expected batch and s_q * h_q below 2^31, got shape ",
                     shape_of(q));
   const at::Device device = q.device();
 
   require_rank("k_cache", k_cache, 4, "[num_blocks, page_size, h_kv, head_dim]");
   require_device("k_cache", k_cache, device);
   require_dtype("k_cache", k_cache, dtype, " (the dtype of q)");
-  HF_FLASHMLA_CHECK_VALUE(k_cache.size(1) == kPageSize, "k_cache: expected page size (dim 1) ", kPageSize, ", got ",
+  MLA_CHECK_VALUE(k_cache.size(1) == kPageSize, "k_cache: expected page size (dim 1) ", kPageSize, ", got ",
                     k_cache.size(1));
-  HF_FLASHMLA_CHECK_VALUE(k_cache.size(3) == kHeadDim, "k_cache: expected head_dim (last dim) ", kHeadDim, ", got ",
+  MLA_CHECK_VALUE(k_cache.size(3) == kHeadDim, "k_cache: expected head_dim (last dim) ", kHeadDim, ", got ",
                     k_cache.size(3));
   const int64_t h_kv = k_cache.size(2);
-  HF_FLASHMLA_CHECK_VALUE(h_kv >= 1 && h_q % h_kv == 0, "k_cache: expected h_kv (dim 2) >= 1 dividing h_q = ", h_q,
+  MLA_CHECK_VALUE(h_kv >= 1 && h_q % h_kv == 0, "k_cache: expected h_kv (dim 2) >= 1 dividing h_q = ", h_q,
                     ", got h_kv = ", h_kv);
-  HF_FLASHMLA_CHECK_VALUE(h_kv == kNumKvHeads, "k_cache: the sm_90 kernel expects h_kv = ", kNumKvHeads, ", got ", h_kv);
+  MLA_CHECK_VALUE(h_kv == kNumKvHeads, "k_cache: the sm_90 kernel expects h_kv = ", kNumKvHeads, ", got ", h_kv);
   require_contiguous("k_cache", k_cache, " (pages are addressed by block id)");
-  HF_FLASHMLA_CHECK_VALUE(k_cache.size(0) <= kIntMax, "k_cache: expected fewer than 2^31 pages, got ", k_cache.size(0));
+  MLA_CHECK_VALUE(k_cache.size(0) <= kIntMax, "k_cache: expected fewer than 2^31 pages, got ", k_cache.size(0));
 
   require_rank("block_table", block_table, 2, "[batch, max_blocks_per_seq]");
   require_device("block_table", block_table, device);
   require_dtype("block_table", block_table, at::kInt);
-  HF_FLASHMLA_CHECK_VALUE(block_table.size(0) == batch, "block_table: expected ", batch,
+  MLA_CHECK_VALUE(block_table.size(0) == batch, "block_table: expected ", batch,
                     " rows (the batch size of q), got shape ", shape_of(block_table));
   // Rows may be strided (a slice of a wider table): the kernel reads the row stride.
-  HF_FLASHMLA_CHECK_VALUE(block_table.size(1) == 0 || block_table.stride(1) == 1,
+  MLA_CHECK_VALUE(block_table.size(1) == 0 || block_table.stride(1) == 1,
                     "block_table: expected last-dim stride 1, got strides ", strides_of(block_table));
-  HF_FLASHMLA_CHECK_VALUE(block_table.stride(0) <= kIntMax && block_table.size(1) <= kIntMax,
+  MLA_CHECK_VALUE(block_table.stride(0) <= kIntMax && block_table.size(1) <= kIntMax,
                     "block_table: expected a row stride below 2^31, got strides ", strides_of(block_table));
 
   require_rank("cache_seqlens", cache_seqlens, 1, "[batch]");
   require_device("cache_seqlens", cache_seqlens, device);
   require_dtype("cache_seqlens", cache_seqlens, at::kInt);
-  HF_FLASHMLA_CHECK_VALUE(cache_seqlens.size(0) == batch, "cache_seqlens: expected shape (", batch,
+  MLA_CHECK_VALUE(cache_seqlens.size(0) == batch, "cache_seqlens: expected shape (", batch,
                     ",) (the batch size of q), got ", shape_of(cache_seqlens));
   require_contiguous("cache_seqlens", cache_seqlens);
 
-  HF_FLASHMLA_CHECK_VALUE(head_dim_v == kHeadDimV, "head_dim_v: expected ", kHeadDimV, " (V is the first ", kHeadDimV,
+  MLA_CHECK_VALUE(head_dim_v == kHeadDimV, "head_dim_v: expected ", kHeadDimV, " (V is the first ", kHeadDimV,
                     " values of K), got ", head_dim_v);
-  HF_FLASHMLA_CHECK_VALUE(std::isfinite(softmax_scale) && softmax_scale > 0,
+  MLA_CHECK_VALUE(std::isfinite(softmax_scale) && softmax_scale > 0,
                     "softmax_scale: expected a finite positive float, got ", float_repr(softmax_scale));
 }
 
@@ -164,24 +164,24 @@ inline void check_schedule_tensors(const at::Tensor& tile_scheduler_metadata, co
                                    int64_t batch, const at::Device& device,
                                    const std::optional<at::Tensor>& schedule_seqlens) {
   require_dtype("tile_scheduler_metadata", tile_scheduler_metadata, at::kInt);
-  HF_FLASHMLA_CHECK_VALUE(tile_scheduler_metadata.dim() == 2 && tile_scheduler_metadata.size(0) >= 1 &&
+  MLA_CHECK_VALUE(tile_scheduler_metadata.dim() == 2 && tile_scheduler_metadata.size(0) >= 1 &&
                         tile_scheduler_metadata.size(1) == kMetadataWidth,
                     "tile_scheduler_metadata: expected shape [num_sm_parts >= 1, ", kMetadataWidth, "], got ",
                     shape_of(tile_scheduler_metadata));
-  HF_FLASHMLA_CHECK_VALUE(tile_scheduler_metadata.is_contiguous(), "tile_scheduler_metadata: expected a contiguous tensor");
+  MLA_CHECK_VALUE(tile_scheduler_metadata.is_contiguous(), "tile_scheduler_metadata: expected a contiguous tensor");
   require_device("tile_scheduler_metadata", tile_scheduler_metadata, device);
-  HF_FLASHMLA_CHECK_VALUE(tile_scheduler_metadata.size(0) <= kIntMax,
+  MLA_CHECK_VALUE(tile_scheduler_metadata.size(0) <= kIntMax,
                     "tile_scheduler_metadata: expected fewer than 2^31 parts, got ", tile_scheduler_metadata.size(0));
   require_dtype("num_splits", num_splits, at::kInt);
-  HF_FLASHMLA_CHECK_VALUE(num_splits.dim() == 1 && num_splits.size(0) == batch + 1, "num_splits: expected shape (",
+  MLA_CHECK_VALUE(num_splits.dim() == 1 && num_splits.size(0) == batch + 1, "num_splits: expected shape (",
                     batch + 1, ",) (batch + 1), got ", shape_of(num_splits),
                     "; was the metadata computed for another batch?");
-  HF_FLASHMLA_CHECK_VALUE(num_splits.is_contiguous(), "num_splits: expected a contiguous tensor");
+  MLA_CHECK_VALUE(num_splits.is_contiguous(), "num_splits: expected a contiguous tensor");
   require_device("num_splits", num_splits, device);
   if (schedule_seqlens.has_value()) {
     const at::Tensor& lengths = *schedule_seqlens;
     require_dtype("schedule_seqlens", lengths, at::kInt);
-    HF_FLASHMLA_CHECK_VALUE(lengths.dim() == 1 && lengths.size(0) == batch, "schedule_seqlens: expected shape (", batch,
+    MLA_CHECK_VALUE(lengths.dim() == 1 && lengths.size(0) == batch, "schedule_seqlens: expected shape (", batch,
                       ",), got ", shape_of(lengths));
     require_contiguous("schedule_seqlens", lengths);
     require_device("schedule_seqlens", lengths, device);
