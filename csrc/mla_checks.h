@@ -37,14 +37,17 @@ constexpr int64_t kMetadataWidth = 8;
 constexpr int64_t kNumKvHeads = 1;  // one latent head (hf_flashmla/dispatch.py sends other h_kv elsewhere)
 constexpr int64_t kIntMax = std::numeric_limits<int>::max();
 
-// A shape the way Python prints a torch.Size tuple: (2, 16, 576), (3,), ().
-inline std::string shape_of(const at::Tensor& t) {
+// Sizes the way Python prints a tuple of ints: (2, 16, 576), (3,), ().
+inline std::string int_tuple(at::IntArrayRef values) {
   std::ostringstream text;
   text << "(";
-  for (int64_t i = 0; i < t.dim(); ++i) text << (i ? ", " : "") << t.size(i);
-  text << (t.dim() == 1 ? ",)" : ")");
+  for (size_t i = 0; i < values.size(); ++i) text << (i ? ", " : "") << values[i];
+  text << (values.size() == 1 ? ",)" : ")");
   return text.str();
 }
+
+inline std::string shape_of(const at::Tensor& t) { return int_tuple(t.sizes()); }
+inline std::string strides_of(const at::Tensor& t) { return int_tuple(t.strides()); }
 
 // A float the way Python's repr prints the common cases: 0.0, 100.0, -0.1, nan, inf (the shortest digits that
 // read back to the same double).
@@ -61,14 +64,6 @@ inline std::string float_repr(double value) {
     if (std::strtod(text, nullptr) == value) break;
   }
   return text;
-}
-
-inline std::string strides_of(const at::Tensor& t) {
-  std::ostringstream text;
-  text << "(";
-  for (int64_t i = 0; i < t.dim(); ++i) text << (i ? ", " : "") << t.stride(i);
-  text << (t.dim() == 1 ? ",)" : ")");
-  return text.str();
 }
 
 inline std::string dtype_name(at::ScalarType type) {

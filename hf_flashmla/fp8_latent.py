@@ -68,7 +68,8 @@ def quantize(latent: torch.Tensor, kv_lora_rank: int) -> torch.Tensor:
     lead = latent.shape[:-1]
     groups = latent[..., :rank].to(torch.float32).reshape(*lead, rank // GROUP, GROUP)
     # Times the reciprocal, not divided by 448: CUDA computes a tensor divided by a Python number as that product,
-    # the CPU as a true division, so only the product gives the same bytes on every device (tested on the GPU).
+    # the CPU as a true division, so only the product gives the same bytes on every device (test_fp8_kernel.py
+    # compares the two on a GPU).
     scale = groups.abs().amax(dim=-1, keepdim=True) * (1.0 / FP8_MAX)
     # A zero group keeps scale 0 (it dequantizes to 0); dividing by 1 there avoids 0 / 0. Clamping keeps a value
     # that rounds just above 448 from becoming NaN (e4m3fn has no infinity).
