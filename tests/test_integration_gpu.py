@@ -30,16 +30,24 @@ def bf16_model(architecture="deepseek_v3", heads=16, layers=3, **overrides):
 ])
 def test_bf16_generate_close_to_eager_on_the_kernel(architecture, heads, overrides):
     model = bf16_model(architecture, heads, **overrides)
-    ids, mask = left_padded_prompts(4, 150, model.config.vocab_size, device=DEVICE)
-    result = compare(model, ids, mask, max_new_tokens=80)  # 150 + 80 crosses pages 64, 128 and 192
-    print(f"\n{architecture} h={heads} {overrides}: greedy match rate {result.match_rate:.3f}, logits rel err "
-          f"{result.logits_rel_error:.2e} (vs fp32: flash {result.flash_logits_rel_error_vs_fp32:.2e}, eager "
+    result = compare_on_the_kernel(model, f"{architecture} h={heads} {overrides}")
+    assert result.match_rate > 0.5
+
+
+def compare_on_the_kernel(model, label):
+    """flash_mla against eager on 4 left-padded rows of 150 + 80 tokens (pages 64, 128 and 192 crossed): every
+    decode step on the compiled kernel (eager or replayed in a graph), none on the reference, logits close."""
+    text_config = model.config.get_text_config(decoder=True)
+    ids, mask = left_padded_prompts(4, 150, text_config.vocab_size, device=DEVICE)
+    result = compare(model, ids, mask, max_new_tokens=80)
+    print(f"\n{label}: greedy match rate {result.match_rate:.3f}, logits rel err {result.logits_rel_error:.2e} (vs "
+          f"fp32: flash {result.flash_logits_rel_error_vs_fp32:.2e}, eager "
           f"{result.baseline_logits_rel_error_vs_fp32:.2e}), kernel calls {result.kernel_calls}, {result.paged_calls}")
     assert result.kernel_calls > 0
     assert result.kernel_calls == result.paged_calls["paged_kernel"]
     assert result.paged_calls["paged_reference"] == 0
     assert result.logits_rel_error < 1e-2
-    assert result.match_rate > 0.5
+    return result
 
 
 def test_bf16_beam_search_and_prompt_lookup_run_on_the_kernel():
@@ -105,16 +113,8 @@ def bf16_family_model(architecture, layers=3, **overrides):
 def test_bf16_family_generate_close_to_eager_on_the_kernel(architecture, overrides):
     model = bf16_family_model(architecture, **overrides)
     text_config = model.config.get_text_config(decoder=True)
-    ids, mask = left_padded_prompts(4, 150, text_config.vocab_size, device=DEVICE)
-    result = compare(model, ids, mask, max_new_tokens=80)  # 150 + 80 crosses pages 64, 128 and 192
-    print(f"\n{architecture} h={text_config.num_attention_heads} v={text_config.v_head_dim}: greedy match rate "
-          f"{result.match_rate:.3f}, logits rel err {result.logits_rel_error:.2e} (vs fp32: flash "
-          f"{result.flash_logits_rel_error_vs_fp32:.2e}, eager {result.baseline_logits_rel_error_vs_fp32:.2e}), "
-          f"kernel calls {result.kernel_calls}, {result.paged_calls}")
-    assert result.kernel_calls > 0
-    assert result.kernel_calls == result.paged_calls["paged_kernel"]
-    assert result.paged_calls["paged_reference"] == 0
-    assert result.logits_rel_error < 1e-2
+    result = compare_on_the_kernel(
+        model, f"{architecture} h={text_config.num_attention_heads} v={text_config.v_head_dim}")
     # Greedy rows may part where eager's own bf16 logits nearly tie (tiny random models tie exactly at times).
     assert all(divergence["near_tie"] for divergence in result.divergences), result.divergences
 
