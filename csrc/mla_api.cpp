@@ -69,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
   p.causal = causal;
   p.is_bf16 = dtype == at::kBFloat16;
   const char* error = mla_decode_launch(p, stream);
-  TORCH_CHECK(error == nullptr, "hf_flashmla decode launch failed: ", error == nullptr ? "" : error);
+  if (error != nullptr) checks::fail(__func__, __FILE__, __LINE__, "hf_flashmla decode launch failed: ", error);
   return {out, lse};
 }
 
@@ -108,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor> mla_metadata(const at::Tensor& cache_seqlens,
   p.split_combine_pages = split_combine_pages;
   p.min_piece_pages = static_cast<int>(min_piece_pages);
   const char* error = mla_metadata_launch(p, c10::cuda::getCurrentCUDAStream().stream());
-  TORCH_CHECK(error == nullptr, "hf_flashmla metadata launch failed: ", error == nullptr ? "" : error);
+  if (error != nullptr) checks::fail(__func__, __FILE__, __LINE__, "hf_flashmla metadata launch failed: ", error);
   return {metadata, num_splits};
 }
 

@@ -6,10 +6,12 @@
 // tests/test_csrc_checks.py builds this header on the CPU and compares both on every bad input. Torch headers only,
 // no CUDA: the CPU test compiles it.
 //
-// Why not TORCH_CHECK_VALUE / TORCH_CHECK_TYPE: those throw c10::ValueError / c10::TypeError from this library,
-// and on the device (torch 2.11, the extension built by BuildExtension) the first such throw ended the process
-// with a segmentation fault instead of reaching Python. TORCH_CHECK throws from libc10 (torchCheckFail), the path
-// every earlier version of this op took without trouble, so every check here goes through it.
+// How a failure is raised: the message is built here from strings and std::to_string (no iostreams), then handed to
+// c10::detail::torchCheckFail, the function TORCH_CHECK calls, which throws c10::Error from libc10. On the device (torch
+// 2.11, the extension built by BuildExtension with the machine's own g++) a failed check whose message held a number
+// ended the process with a segmentation fault, while one of strings alone was raised (both went through c10::str,
+// an std::ostringstream instantiated in this library; TORCH_CHECK_VALUE's c10::ValueError crashed the same way). So
+// nothing here streams.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -17,15 +19,46 @@
 #include <cstdlib>
 #include <limits>
 #include <optional>
-#include <sstream>
 #include <string>
+#include <type_traits>
 
 #include <torch/library.h>
 #include <torch/torch.h>
 
+namespace hf_flashmla {
+namespace checks {
+
+inline void append_text(std::string& out, const char* text) { out += text; }
+inline void append_text(std::string& out, const std::string& text) { out += text; }
+inline void append_text(std::string& out, const c10::Device& device) { out += device.str(); }
+template <typename Int, typename = std::enable_if_t<std::is_integral_v<Int> && !std::is_same_v<Int, bool> &&
+                                                    !std::is_same_v<Int, char>>>
+inline void append_text(std::string& out, Int value) {
+  out += std::to_string(value);
+}
+
+// Throws c10::Error (RuntimeError in Python) with the parts' text as its message.
+template <typename... Parts>
+[[noreturn]] inline void fail(const char* func, const char* file, uint32_t line, const Parts&... parts) {
+  std::string message;
+  (append_text(message, parts), ...);
+  ::c10::detail::torchCheckFail(func, file, line, message);
+}
+
+}  // namespace checks
+}  // namespace hf_flashmla
+
 // A failed check: RuntimeError in Python, its message prefixed with the exception _ops.py raises instead.
-#define MLA_CHECK_VALUE(cond, ...) TORCH_CHECK(cond, "ValueError: ", __VA_ARGS__)
-#define MLA_CHECK_TYPE(cond, ...) TORCH_CHECK(cond, "TypeError: ", __VA_ARGS__)
+#define MLA_CHECK_VALUE(cond, ...)                                                                       \
+  do {                                                                                                   \
+    if (C10_UNLIKELY(!(cond)))                                                                           \
+      ::hf_flashmla::checks::fail(__func__, __FILE__, __LINE__, "ValueError: ", __VA_ARGS__);           \
+  } while (false)
+#define MLA_CHECK_TYPE(cond, ...)                                                                        \
+  do {                                                                                                   \
+    if (C10_UNLIKELY(!(cond)))                                                                           \
+      ::hf_flashmla::checks::fail(__func__, __FILE__, __LINE__, "TypeError: ", __VA_ARGS__);            \
+  } while (false)
 
 namespace hf_flashmla {
 namespace checks {
@@ -39,11 +72,9 @@ constexpr int64_t kIntMax = std::numeric_limits<int>::max();
 
 // Sizes the way Python prints a tuple of ints: (2, 16, 576), (3,), ().
 inline std::string int_tuple(at::IntArrayRef values) {
-  std::ostringstream text;
-  text << "(";
-  for (size_t i = 0; i < values.size(); ++i) text << (i ? ", " : "") << values[i];
-  text << (values.size() == 1 ? ",)" : ")");
-  return text.str();
+  std::string text = "(";
+  for (size_t i = 0; i < values.size(); ++i) text += (i ? ", " : "") + std::to_string(values[i]);
+  return text + (values.size() == 1 ? ",)" : ")");
 }
 
 inline std::string shape_of(const at::Tensor& t) { return int_tuple(t.sizes()); }
@@ -74,6 +105,12 @@ inline std::string dtype_name(at::ScalarType type) {
     case at::kDouble: return "float64";
     case at::kInt: return "int32";
     case at::kLong: return "int64";
+    case at::kShort: return "int16";
+    case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kBool: return "bool";
+    case at::kFloat8_e4m3fn: return "float8_e4m3fn";
+    case at::kFloat8_e5m2: return "float8_e5m2";
     default: return c10::toString(type);
   }
 }
