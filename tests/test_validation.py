@@ -235,9 +235,10 @@ def test_bad_input_names_the_argument_on_the_kernel_path(change, error, argument
     name = next(case[0] for case in BAD_CALLS if case[1] is change)
     if name in VALUE_CASES and not check_values:
         pytest.skip("found by a value check only, which the hot path skips on CUDA")
-    call = good_call()
-    call.update(change(call))
-    call = {key: on_cuda(value) for key, value in call.items()}
+    # The change is made to the CUDA tensors: moving a strided CPU tensor with .cuda() would make it contiguous
+    # (a copy), and the layout cases would test nothing. Tensors a change creates on the CPU are moved after it.
+    call = {key: on_cuda(value) for key, value in good_call().items()}
+    call.update({key: on_cuda(value) for key, value in change(call).items()})
     with pytest.raises(error) as raised:
         hf_flashmla.flash_mla_with_kvcache(**call, check_values=check_values)
     message = str(raised.value)
