@@ -69,6 +69,16 @@ constexpr int64_t kPageSize = 64;
 constexpr int64_t kMetadataWidth = 8;
 constexpr int64_t kNumKvHeads = 1;  // one latent head (hf_flashmla/dispatch.py sends other h_kv elsewhere)
 constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+constexpr int64_t kMaxGridRows = 65535;  // CUDA's gridDim.y: the combine has a grid row per sequence, the decode per part
+constexpr uintptr_t kTmaAlignment = 16;  // TMA reads q and k_cache from 16-byte aligned addresses
+
+// q and k_cache are read with TMA, from a 16-byte aligned start (validation.py's _require_aligned).
+inline void require_aligned(const char* name, const at::Tensor& t) {
+  const uintptr_t offset = reinterpret_cast<uintptr_t>(t.data_ptr()) % kTmaAlignment;
+  MLA_CHECK_VALUE(offset == 0, name, ": expected data aligned to ", static_cast<int64_t>(kTmaAlignment),
+                  " bytes (the kernel reads it with TMA), got a view starting ", static_cast<int64_t>(offset),
+                  " bytes past such a boundary; call ", name, ".clone()");
+}
 
 // Sizes the way Python prints a tuple of ints: (2, 16, 576), (3,), ().
 inline std::string int_tuple(at::IntArrayRef values) {
@@ -149,8 +159,10 @@ inline void check_decode_inputs(const at::Tensor& q, const at::Tensor& k_cache, 
                    dtype_name(dtype));
   MLA_CHECK_VALUE(q.is_contiguous(), "q: expected a contiguous tensor (the kernel reads it densely), got strides ",
                     strides_of(q), "; call q.contiguous()");
-  MLA_CHECK_VALUE(batch <= kIntMax && s_q * h_q <= kIntMax, "q: expected batch and s_q * h_q below 2^31, got shape ",
-                    shape_of(q));
+  MLA_CHECK_VALUE(batch <= kMaxGridRows, "q: expected a batch of at most ", kMaxGridRows,
+                  " on the sm_90 kernel (its combine grid has a row per sequence), got ", batch);
+  require_aligned("q", q);
+  MLA_CHECK_VALUE(s_q * h_q <= kIntMax, "q: expected s_q * h_q below 2^31, got shape ", shape_of(q));
   const at::Device device = q.device();
 
   require_rank("k_cache", k_cache, 4, "[num_blocks, page_size, h_kv, head_dim]");
@@ -165,6 +177,7 @@ inline void check_decode_inputs(const at::Tensor& q, const at::Tensor& k_cache, 
                     ", got h_kv = ", h_kv);
   MLA_CHECK_VALUE(h_kv == kNumKvHeads, "k_cache: the sm_90 kernel expects h_kv = ", kNumKvHeads, ", got ", h_kv);
   require_contiguous("k_cache", k_cache, " (pages are addressed by block id)");
+  require_aligned("k_cache", k_cache);
   MLA_CHECK_VALUE(k_cache.size(0) <= kIntMax, "k_cache: expected fewer than 2^31 pages, got ", k_cache.size(0));
 
   require_rank("block_table", block_table, 2, "[batch, max_blocks_per_seq]");
@@ -202,8 +215,8 @@ inline void check_schedule_tensors(const at::Tensor& tile_scheduler_metadata, co
                     shape_of(tile_scheduler_metadata));
   MLA_CHECK_VALUE(tile_scheduler_metadata.is_contiguous(), "tile_scheduler_metadata: expected a contiguous tensor");
   require_device("tile_scheduler_metadata", tile_scheduler_metadata, device);
-  MLA_CHECK_VALUE(tile_scheduler_metadata.size(0) <= kIntMax,
-                    "tile_scheduler_metadata: expected fewer than 2^31 parts, got ", tile_scheduler_metadata.size(0));
+  MLA_CHECK_VALUE(tile_scheduler_metadata.size(0) <= kMaxGridRows, "tile_scheduler_metadata: expected at most ",
+                  kMaxGridRows, " parts (the decode grid has a row per part), got ", tile_scheduler_metadata.size(0));
   require_dtype("num_splits", num_splits, at::kInt);
   MLA_CHECK_VALUE(num_splits.dim() == 1 && num_splits.size(0) == batch + 1, "num_splits: expected shape (",
                     batch + 1, ",) (batch + 1), got ", shape_of(num_splits),

@@ -31,7 +31,28 @@ REFERENCE_DTYPES = KERNEL_DTYPES + (torch.float32,)
 # FP8 cache (fp8_latent): FlashMLA's FP8 kernels take bf16 queries; float32 q is the reference's (and Triton's) own.
 FP8_Q_DTYPES = (torch.bfloat16, torch.float32)
 FP8_TOKEN_BYTES = fp8_latent.token_bytes(HEAD_DIM_V, HEAD_DIM - HEAD_DIM_V)
+# The sm_90 kernel's own limits: its combine grid has a row per sequence and its decode grid a row per schedule part
+# (CUDA's grid rows: at most 65535), and TMA reads q and k_cache from 16-byte aligned addresses (csrc/mla_checks.h
+# checks the same).
+KERNEL_MAX_GRID_ROWS = 65535
+TMA_ALIGNMENT = 16
 KERNEL_NUM_KV_HEADS = 1  # the compiled op's contract (see hf_flashmla/_ops.py); dispatch.py sends other h_kv elsewhere
+
+
+def _misalignment(tensor) -> int:
+    """Bytes past a 16-byte boundary where the tensor's data starts (0 where there is no address: meta and fake
+    tensors, as torch.compile traces them)."""
+    try:
+        return tensor.data_ptr() % TMA_ALIGNMENT
+    except (RuntimeError, NotImplementedError):
+        return 0
+
+
+def _require_aligned(name, tensor):
+    offset = _misalignment(tensor)
+    if offset:
+        raise ValueError(f"{name}: expected data aligned to {TMA_ALIGNMENT} bytes (the kernel reads it with TMA), got "
+                         f"a view starting {offset} bytes past such a boundary; call {name}.clone()")
 
 
 def _require_tensor(name, value):
@@ -108,6 +129,11 @@ def check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_sca
     if not q.is_contiguous():
         raise ValueError(f"q: expected a contiguous tensor (the kernel reads it densely), got strides "
                          f"{q.stride()}; call q.contiguous()")
+    if for_kernel:
+        if batch > KERNEL_MAX_GRID_ROWS:
+            raise ValueError(f"q: expected a batch of at most {KERNEL_MAX_GRID_ROWS} on the sm_90 kernel (its combine "
+                             f"grid has a row per sequence), got {batch}")
+        _require_aligned("q", q)
     device = q.device
 
     _require_rank("k_cache", k_cache, 4, "[num_blocks, page_size, h_kv, head_dim]")
@@ -136,6 +162,8 @@ def check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_sca
     if not k_cache.is_contiguous():
         raise ValueError(f"k_cache: expected a contiguous tensor (pages are addressed by block id), got "
                          f"strides {k_cache.stride()}")
+    if for_kernel:
+        _require_aligned("k_cache", k_cache)
 
     _require_rank("block_table", block_table, 2, "[batch, max_blocks_per_seq]")
     _require_device("block_table", block_table, device)
@@ -175,6 +203,9 @@ def check_schedule_tensors(tile_scheduler_metadata, num_splits, batch: int, devi
     if not tile_scheduler_metadata.is_contiguous():
         raise ValueError("tile_scheduler_metadata: expected a contiguous tensor")
     _require_device("tile_scheduler_metadata", tile_scheduler_metadata, device)
+    if tile_scheduler_metadata.shape[0] > KERNEL_MAX_GRID_ROWS:
+        raise ValueError(f"tile_scheduler_metadata: expected at most {KERNEL_MAX_GRID_ROWS} parts (the decode grid has "
+                         f"a row per part), got {tile_scheduler_metadata.shape[0]}")
     _require_dtype("num_splits", num_splits, (torch.int32,))
     if tuple(num_splits.shape) != (batch + 1,):
         raise ValueError(f"num_splits: expected shape ({batch + 1},) (batch + 1), got {tuple(num_splits.shape)}; "

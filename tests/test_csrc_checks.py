@@ -118,3 +118,42 @@ def test_op_binding_compiles():
            f"-I{sysconfig.get_paths()['include']}"] + [f"-I{path}" for path in include_paths()]
     result = subprocess.run(cmd + [str(ROOT / "csrc" / "mla_api.cpp")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def misaligned(tensor):
+    """The same values in a view whose data starts one element (2 bytes) past a 16-byte boundary."""
+    flat = torch.empty(tensor.numel() + 1, dtype=tensor.dtype)
+    view = flat[1:].view(tensor.shape)
+    view.copy_(tensor)
+    return view
+
+
+def wide_batch(call):
+    batch = 65536
+    return dict(q=torch.zeros(batch, 1, 1, 576, dtype=torch.bfloat16),
+                block_table=torch.zeros(batch, 1, dtype=torch.int32),
+                cache_seqlens=torch.zeros(batch, dtype=torch.int32),
+                num_splits=torch.zeros(batch + 1, dtype=torch.int32))
+
+
+# The sm_90 kernel's own limits (TMA alignment, grid rows), which the reference path does not have.
+KERNEL_LIMIT_CASES = [
+    ("q_misaligned", lambda c: dict(q=misaligned(c["q"])), "q"),
+    ("k_cache_misaligned", lambda c: dict(k_cache=misaligned(c["k_cache"])), "k_cache"),
+    ("batch_65536", wide_batch, "q"),
+    ("parts_65536", lambda c: dict(tile_scheduler_metadata=torch.zeros(65536, 8, dtype=torch.int32)),
+     "tile_scheduler_metadata"),
+]
+
+
+@pytest.mark.parametrize("change,argument", [case[1:] for case in KERNEL_LIMIT_CASES],
+                         ids=[case[0] for case in KERNEL_LIMIT_CASES])
+def test_kernel_limits_raise_the_same_in_cpp_and_python(checks_op, change, argument):
+    call = good_call()
+    call.update(change(call))
+    expected = outcome(lambda: python_checks(call))
+    assert expected is not None and expected[0] is ValueError and expected[1].startswith(argument + ":"), expected
+    assert outcome(lambda: cpp_checks(checks_op, call)) == expected
+    if argument != "tile_scheduler_metadata":  # the reference path reads any alignment and batch
+        validation.check_inputs(call["q"], call["k_cache"], call["block_table"], call["cache_seqlens"], 512, None,
+                                True, for_kernel=False)

@@ -243,3 +243,17 @@ def test_bad_input_names_the_argument_on_the_kernel_path(change, error, argument
         hf_flashmla.flash_mla_with_kvcache(**call, check_values=check_values)
     message = str(raised.value)
     assert message.startswith(argument + ":"), message
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("argument", ["q", "k_cache"])
+def test_misaligned_views_are_refused_on_the_kernel_path(argument):
+    # TMA reads q and k_cache from 16-byte aligned addresses: a view one element past such a boundary is refused by
+    # name (csrc/mla_checks.h), never read from a rounded address or a failed tensor map.
+    call = {key: on_cuda(value) for key, value in good_call().items()}
+    tensor = call[argument]
+    flat = torch.empty(tensor.numel() + 1, dtype=tensor.dtype, device=tensor.device)
+    call[argument] = flat[1:].view(tensor.shape)
+    call[argument].copy_(tensor)
+    with pytest.raises(ValueError, match=f"^{argument}: expected data aligned to 16 bytes"):
+        hf_flashmla.flash_mla_with_kvcache(**call)
