@@ -433,7 +433,7 @@ def test_supported_range_is_checked_at_registration():
     from packaging.version import Version
 
     from hf_flashmla import transformers_range
-    from hf_flashmla.transformers_integration import _version_supported
+    from hf_flashmla.transformers_integration.registration import _version_supported
 
     requirement = SpecifierSet(transformers_range.REQUIREMENT.removeprefix("transformers"))
     assert Version(transformers.__version__) in requirement  # the suite runs inside the range it declares
