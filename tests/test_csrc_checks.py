@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hf_flashmla import _ops, validation
-from test_validation import BAD_CALLS, good_call
+from test_validation import BAD_CALLS, good_call, misaligned
 
 ROOT = Path(__file__).resolve().parent.parent
 TENSORS = ("q", "k_cache", "block_table", "cache_seqlens", "tile_scheduler_metadata", "num_splits")
@@ -118,14 +118,6 @@ def test_op_binding_compiles():
            f"-I{sysconfig.get_paths()['include']}"] + [f"-I{path}" for path in include_paths()]
     result = subprocess.run(cmd + [str(ROOT / "csrc" / "mla_api.cpp")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
-
-
-def misaligned(tensor):
-    """The same values in a view whose data starts one element (2 bytes) past a 16-byte boundary."""
-    flat = torch.empty(tensor.numel() + 1, dtype=tensor.dtype)
-    view = flat[1:].view(tensor.shape)
-    view.copy_(tensor)
-    return view
 
 
 def wide_batch(call):

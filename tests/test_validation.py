@@ -30,6 +30,14 @@ def strided(tensor, dim):
     return view
 
 
+def misaligned(tensor):
+    """The same values in a contiguous view whose data starts one element past a 16-byte boundary."""
+    flat = torch.empty(tensor.numel() + 1, dtype=tensor.dtype, device=tensor.device)
+    view = flat[1:].view(tensor.shape)
+    view.copy_(tensor)
+    return view
+
+
 def on_meta(tensor):
     return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
 
@@ -251,9 +259,6 @@ def test_misaligned_views_are_refused_on_the_kernel_path(argument):
     # TMA reads q and k_cache from 16-byte aligned addresses: a view one element past such a boundary is refused by
     # name (csrc/mla_checks.h), never read from a rounded address or a failed tensor map.
     call = {key: on_cuda(value) for key, value in good_call().items()}
-    tensor = call[argument]
-    flat = torch.empty(tensor.numel() + 1, dtype=tensor.dtype, device=tensor.device)
-    call[argument] = flat[1:].view(tensor.shape)
-    call[argument].copy_(tensor)
+    call[argument] = misaligned(call[argument])
     with pytest.raises(ValueError, match=f"^{argument}: expected data aligned to 16 bytes"):
         hf_flashmla.flash_mla_with_kvcache(**call)
