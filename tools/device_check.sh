@@ -87,6 +87,8 @@ if has_stage tests; then
     cat "$OUT/file.log" >> "$OUT/gpu_tests.log"
     line=$(grep -E "[0-9]+ (passed|failed|skipped|deselected|error)" "$OUT/file.log" | tail -1)
     echo "   $file: rc $rc: $line"
+    # A process that died (segmentation fault, abort) names no failed test: show where it was (faulthandler's frames).
+    if (( rc > 128 )); then grep -E "Fatal Python error|File \"$ROOT" "$OUT/file.log" | head -6 | sed 's/^/      /'; fi
     [[ $line =~ ([0-9]+)\ passed ]] && passed=$(( passed + BASH_REMATCH[1] ))
     # rc 5: every test of the file was deselected (no GPU test in it for this machine)
     [[ $rc == 0 || $rc == 5 ]] || failed+=("$file (rc $rc: $line)")
