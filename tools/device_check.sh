@@ -5,7 +5,10 @@
 # /tmp/device_check_out). Peer wheels and bundles are carried in .whl/ and .fi/ (benchmarks/README.md).
 #   build     HF_FLASHMLA_BUILD_EXT=1 python setup.py build_ext --inplace; ptxas registers / spills  -> build.log
 #   smoke     python -m tools.kernel_smoke: the compiled op on edge cases, then a few timings         -> smoke.log
-#   tests     pytest -m "gpu or triton_gpu", one process per test file that has GPU tests              -> gpu_tests.log
+#   tests     pytest -m "gpu or triton_gpu", one process per test file that has GPU tests (FlashMLA's conditions
+#             matrix excepted)                                                                     -> gpu_tests.log
+#   conditions  tests/test_flashmla_conditions.py, 12,800 GPU cases, in six processes at once (path x dtype):
+#             each case is small, so they share the GPU well                                       -> conditions.log
 #   sanitize  compute-sanitizer memcheck and racecheck on python -m tools.sanitize_case             -> sanitize_*.log
 #   generate  hf-flashmla check-generate, the main job, hf-flashmla evaluate (bf16, kernel required) -> generate.log
 #   multigpu  python -m tools.multi_gpu_check: device_map, tp_plan (torchrun), 2-GPU decode; CPU + one GPU with
@@ -13,7 +16,8 @@
 #   schedule  python -m benchmarks.bench_schedule                                                   -> schedule.log
 #   bench     python -m benchmarks.bench_kernel $BENCH_ARGS (default --quick)                        -> bench.{log,json}
 #   e2e       python -m benchmarks.bench_generate $E2E_ARGS (default: the V2-Lite preset's cases)   -> e2e.{log,json}
-# Stage time limits: TESTS_TIMEOUT (480 s), SANITIZE_TIMEOUT (300 s), STAGE_TIMEOUT (each other step's own).
+# Stage time limits: TESTS_TIMEOUT (480 s), CONDITIONS_TIMEOUT (540 s), SANITIZE_TIMEOUT (300 s), STAGE_TIMEOUT (each
+# other step's own).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/device_check_out}
@@ -76,8 +80,7 @@ if has_stage tests; then
   # One pytest process per test file: a fault that ends a process (or poisons its CUDA context) then names its
   # file, and the files after it still run.
   s=$(date +%s); failed=(); passed=0; : > "$OUT/gpu_tests.log"
-  # FlashMLA's conditions matrix (12,800 cases) goes last: the other files then run within the time limit.
-  files=${PYTEST_ARGS:-$(grep -lE "mark\.gpu|triton_gpu" tests/test_*.py | grep -v flashmla_conditions; echo tests/test_flashmla_conditions.py)}
+  files=${PYTEST_ARGS:-$(grep -lE "mark\.gpu|triton_gpu" tests/test_*.py | grep -v flashmla_conditions)}
   for file in $files; do
     left=$(( ${TESTS_TIMEOUT:-480} - ($(date +%s) - s) ))
     if (( left <= 0 )); then failed+=("$file (no time left)"); continue; fi
@@ -97,6 +100,27 @@ if has_stage tests; then
   elif (( passed == 0 )); then note "tests: NOTHING RAN (kernel not usable?)"
   else note "tests: ok: $passed passed ($(( $(date +%s) - s )) s)"; fi
   rm -f "$OUT/file.log"
+fi
+
+if has_stage conditions; then
+  s=$(date +%s); : > "$OUT/conditions.log"
+  for path in auto triton reference; do
+    for dtype in bf16 fp16; do
+      ( part="$OUT/conditions_${path}_${dtype}.part"
+        timeout "${CONDITIONS_TIMEOUT:-540}" python3 -m pytest -q -m gpu -p no:cacheprovider \
+          tests/test_flashmla_conditions.py -k "$path and $dtype" > "$part" 2>&1
+        rc=$?
+        # A run stopped by the time limit prints no summary: its last progress mark says how far it got.
+        echo "   $path $dtype: rc $rc: $(grep -E "[0-9]+ (passed|failed)" "$part" | tail -1)" \
+          "$( (( rc == 124 )) && grep -oE "\[ *[0-9]+%\]" "$part" | tail -1)" >> "$OUT/conditions.log"
+        grep -E "^FAILED" "$part" | head -10 >> "$OUT/conditions.log"
+        rm -f "$part" ) &
+    done
+  done
+  wait
+  cat "$OUT/conditions.log"
+  if grep -qE ": rc [^0]" "$OUT/conditions.log"; then note "conditions: FAILED or incomplete ($(( $(date +%s) - s )) s)"
+  else note "conditions: ok ($(( $(date +%s) - s )) s)"; fi
 fi
 
 if has_stage sanitize; then
