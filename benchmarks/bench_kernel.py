@@ -40,20 +40,22 @@ FIGURES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flashml
 # Peers that are not set up here (no wheel, no bundle) give "not run" rows, not errors.
 PEER_MODULES = {"flashmla": "benchmarks.peers.flashmla", "flashinfer": "benchmarks.peers.flashinfer_mla",
                 "triton": "benchmarks.peers.triton_ours", "sglang": "benchmarks.peers.sglang_triton",
-                "torch": "benchmarks.peers.torch_gather", "triton_fp8": "benchmarks.peers.triton_fp8"}
+                "torch": "benchmarks.peers.torch_gather", "triton_fp8": "benchmarks.peers.triton_fp8",
+                "ours_fp8": "benchmarks.peers.ours_fp8"}
 DEFAULT_IMPLS = ("ours", "flashmla", "flashinfer", "triton", "sglang", "torch")
 # Schedule + decode in every call with a fresh FlashMLASchedMeta (the newest API without reuse); opt-in.
 STEP_IMPLS = ("ours_step", "flashmla_step")
-# The FP8 latent cache on the Triton path (opt-in): --impls triton,triton_fp8 times it next to the bf16 cache.
-LOSSY_IMPLS = ("triton_fp8",)
+# The FP8 latent cache (opt-in): --impls ours,ours_fp8 (the sm_90 kernel) or triton,triton_fp8 (the Triton path) times
+# it next to the bf16 cache.
+LOSSY_IMPLS = ("ours_fp8", "triton_fp8")
 ALL_IMPLS = DEFAULT_IMPLS + STEP_IMPLS + LOSSY_IMPLS
 # An implementation whose cache is lossy is checked against the float32 reference of the exact cache with its own
 # (out, lse) tolerances: e4m3 rounds each key value within 2^-4, about 3e-2 relative on out for random inputs.
-LOSSY_TOLERANCES = {"triton_fp8": (6e-2, 0.1)}
+LOSSY_TOLERANCES = {"ours_fp8": (6e-2, 0.1), "triton_fp8": (6e-2, 0.1)}
 INTERLEAVED = ("ours", "flashmla", "ours_step", "flashmla_step")  # timed alternately, --repeats times each
 LABELS = {"ours": "ours", "flashmla": "FlashMLA", "flashinfer": "FlashInfer", "triton": "our Triton",
           "sglang": "SGLang", "torch": "torch", "ours_step": "ours step", "flashmla_step": "FlashMLA step",
-          "triton_fp8": "our Triton FP8"}
+          "triton_fp8": "our Triton FP8", "ours_fp8": "ours FP8"}
 HOST_CONFIG = kc.Config("host_b1_L256_sq1_h16", "host", 1, [256], 1, 16, 256)
 
 
@@ -300,7 +302,7 @@ def run_config(cfg, impls, peers, ours, reference, timer, device, dtype, seed, a
         if ms:
             row["tflops"] = cfg.flops / (ms * 1e-3) / 1e12
             row["gbps"] = cfg.bytes / (ms * 1e-3) / 1e9
-            if impl == "triton_fp8":  # the bytes it reads: the FP8 cache (656 B per token) instead of 1152
+            if impl in LOSSY_IMPLS:  # the bytes it reads: the FP8 cache (656 B per token) instead of 1152
                 fp8_bytes = cfg.bytes - 2 * cfg.sum_len * kc.H_KV * kc.D_QK + cfg.sum_len * kc.H_KV * 656
                 row["gbps"] = fp8_bytes / (ms * 1e-3) / 1e9
         row.update(extra or {})
@@ -541,16 +543,17 @@ def summarize(results, figures, impls, host):
                 speedups.append((theirs["ms"] / mine["ms"], r["name"]))
         peers[impl] = ratio_stats(speedups)
     summary["ours_speedup_over_peers"] = peers
-    fp8 = []  # (bf16-cache Triton time / FP8-cache Triton time, config name)
-    for r in results:
-        exact, lossy = best[r["name"]].get("triton"), best[r["name"]].get("triton_fp8")
-        if timed_ok(exact) and timed_ok(lossy):
-            fp8.append((exact["ms"] / lossy["ms"], r["name"]))
-    if fp8:
-        summary["triton_fp8_vs_triton"] = {
-            "all": ratio_stats(fp8),
-            "by_bound": {bound: geomean([x for x, n in fp8 if kc.bound_of(by_name[n]["s_q"] * by_name[n]["h_q"])
-                                         == bound]) for bound in ("memory", "middle", "compute")}}
+    for exact_impl, lossy_impl in (("ours", "ours_fp8"), ("triton", "triton_fp8")):
+        fp8 = []  # (bf16-cache time / FP8-cache time, config name)
+        for r in results:
+            exact, lossy = best[r["name"]].get(exact_impl), best[r["name"]].get(lossy_impl)
+            if timed_ok(exact) and timed_ok(lossy):
+                fp8.append((exact["ms"] / lossy["ms"], r["name"]))
+        if fp8:
+            summary[f"{lossy_impl}_vs_{exact_impl}"] = {
+                "all": ratio_stats(fp8),
+                "by_bound": {bound: geomean([x for x, n in fp8 if kc.bound_of(by_name[n]["s_q"] * by_name[n]["h_q"])
+                                             == bound]) for bound in ("memory", "middle", "compute")}}
     summary["wrong"] = [(r["name"], row["variant"]) for r in results for row in r["rows"] if row["ok"] is False]
     summary["errors"] = [(r["name"], row["variant"], row["error"]) for r in results for row in r["rows"]
                          if row["error"] and not row["error"].startswith("not run")][:50]
@@ -601,10 +604,12 @@ def summary_lines(summary, meta):
     for impl, s in summary["ours_speedup_over_peers"].items():
         if s["configs"]:
             lines.append(f"   ours vs {LABELS.get(impl, impl)}: {LABELS.get(impl, impl)} time / ours {stats_text(s)}")
-    fp8 = summary.get("triton_fp8_vs_triton")
-    if fp8:
-        lines.append(f"   our Triton FP8 vs our Triton (bf16 cache): bf16 time / FP8 time {stats_text(fp8['all'])}; by "
-                     "bound: " + ", ".join(f"{k} {fmt(v, '.3f')}" for k, v in fp8["by_bound"].items()))
+    fp8_lines = (("ours_fp8_vs_ours", "ours FP8 vs ours"), ("triton_fp8_vs_triton", "our Triton FP8 vs our Triton"))
+    for key, label in fp8_lines:
+        fp8 = summary.get(key)
+        if fp8:
+            lines.append(f"   {label} (bf16 cache): bf16 time / FP8 time {stats_text(fp8['all'])}; by bound: "
+                         + ", ".join(f"{k} {fmt(v, '.3f')}" for k, v in fp8["by_bound"].items()))
     wrong, errors = summary["wrong"], summary["errors"]
     lines.append(f"   incorrect results: {len(wrong)}" + (f" {wrong[:10]}" if wrong else ""))
     lines.append(f"   errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))

@@ -23,9 +23,10 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
                                               const at::Tensor& block_table, const at::Tensor& cache_seqlens,
                                               const at::Tensor& tile_scheduler_metadata,
                                               const at::Tensor& num_splits, double softmax_scale, bool causal,
-                                              int64_t head_dim_v, const std::optional<at::Tensor>& schedule_seqlens) {
+                                              int64_t head_dim_v, const std::optional<at::Tensor>& schedule_seqlens,
+                                              bool is_fp8_kvcache) {
   MLA_CHECK_VALUE(q.is_cuda(), "q: expected a CUDA tensor (the sm_90 kernel), got one on ", q.device());
-  checks::check_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale);
+  checks::check_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, is_fp8_kvcache);
   const int64_t batch = q.size(0), s_q = q.size(1), h_q = q.size(2);
   checks::check_schedule_tensors(tile_scheduler_metadata, num_splits, batch, q.device(), schedule_seqlens);
   const auto dtype = q.scalar_type();
@@ -68,6 +69,7 @@ std::tuple<at::Tensor, at::Tensor> mla_decode(const at::Tensor& q, const at::Ten
   p.softmax_scale = static_cast<float>(softmax_scale);
   p.causal = causal;
   p.is_bf16 = dtype == at::kBFloat16;
+  p.is_fp8 = is_fp8_kvcache;
   const char* error = mla_decode_launch(p, stream);
   if (error != nullptr) checks::fail(__func__, __FILE__, __LINE__, "hf_flashmla decode launch failed: ", error);
   return {out, lse};
@@ -118,7 +120,7 @@ TORCH_LIBRARY(hf_flashmla, m) {
   m.def(
       "mla_decode(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens, "
       "Tensor tile_scheduler_metadata, Tensor num_splits, float softmax_scale, bool causal, int head_dim_v, "
-      "Tensor? schedule_seqlens=None) -> (Tensor, Tensor)");
+      "Tensor? schedule_seqlens=None, bool is_fp8_kvcache=False) -> (Tensor, Tensor)");
   m.def(
       "mla_metadata(Tensor cache_seqlens, int num_sm_parts, int page_size, int sequence_overhead_pages, "
       "int split_combine_pages, int min_piece_pages) "

@@ -65,6 +65,7 @@ namespace checks {
 
 constexpr int64_t kHeadDim = 576;   // 512 latent + 64 rope
 constexpr int64_t kHeadDimV = 512;  // V is the first 512 values of each cached token
+constexpr int64_t kFp8TokenBytes = 656;  // FlashMLA's FP8 layout: 512 e4m3, 4 float32 scales, 64 bf16 rope values
 constexpr int64_t kPageSize = 64;
 constexpr int64_t kMetadataWidth = 8;
 constexpr int64_t kNumKvHeads = 1;  // one latent head (hf_flashmla/dispatch.py sends other h_kv elsewhere)
@@ -144,19 +145,29 @@ inline void require_contiguous(const char* name, const at::Tensor& t, const char
   MLA_CHECK_VALUE(t.is_contiguous(), name, ": expected a contiguous tensor", why, ", got strides ", strides_of(t));
 }
 
+inline bool is_fp8_cache_dtype(at::ScalarType type) { return type == at::kByte || type == at::kFloat8_e4m3fn; }
+
 // q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale for the sm_90 kernel (check_inputs's rules in
 // hf_flashmla/validation.py with for_kernel=True), plus the kernel's own limits (sizes that fit its int fields).
+// is_fp8: k_cache holds FlashMLA's FP8 layout (bytes, 656 per token) and q is bf16.
 inline void check_decode_inputs(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& block_table,
-                                const at::Tensor& cache_seqlens, int64_t head_dim_v, double softmax_scale) {
+                                const at::Tensor& cache_seqlens, int64_t head_dim_v, double softmax_scale,
+                                bool is_fp8 = false) {
   require_rank("q", q, 4, "[batch, s_q, h_q, head_dim]");
   const int64_t batch = q.size(0), s_q = q.size(1), h_q = q.size(2);
   MLA_CHECK_VALUE(batch >= 1 && s_q >= 1 && h_q >= 1, "q: expected batch, s_q and h_q >= 1, got shape ",
                     shape_of(q));
   MLA_CHECK_VALUE(q.size(3) == kHeadDim, "q: expected head_dim (last dim) ", kHeadDim, ", got ", q.size(3));
   const auto dtype = q.scalar_type();
-  MLA_CHECK_TYPE(dtype == at::kBFloat16 || dtype == at::kHalf,
+  if (is_fp8) {
+    MLA_CHECK_TYPE(dtype == at::kBFloat16,
+                   "q: expected dtype bfloat16 with is_fp8_kvcache=True (the FP8 kernels take bf16 queries; float32 "
+                   "on the reference path), got ", dtype_name(dtype));
+  } else {
+    MLA_CHECK_TYPE(dtype == at::kBFloat16 || dtype == at::kHalf,
                    "q: expected dtype bfloat16 or float16 (float32 only on the reference path), got ",
                    dtype_name(dtype));
+  }
   MLA_CHECK_VALUE(q.is_contiguous(), "q: expected a contiguous tensor (the kernel reads it densely), got strides ",
                     strides_of(q), "; call q.contiguous()");
   MLA_CHECK_VALUE(batch <= kMaxGridRows, "q: expected a batch of at most ", kMaxGridRows,
@@ -167,11 +178,27 @@ inline void check_decode_inputs(const at::Tensor& q, const at::Tensor& k_cache, 
 
   require_rank("k_cache", k_cache, 4, "[num_blocks, page_size, h_kv, head_dim]");
   require_device("k_cache", k_cache, device);
-  require_dtype("k_cache", k_cache, dtype, " (the dtype of q)");
+  const auto cache_dtype = k_cache.scalar_type();
+  if (is_fp8) {
+    MLA_CHECK_TYPE(is_fp8_cache_dtype(cache_dtype), "k_cache: expected dtype uint8 or float8_e4m3fn with "
+                   "is_fp8_kvcache=True (FlashMLA's FP8 layout, bytes), got ", dtype_name(cache_dtype));
+  } else {
+    MLA_CHECK_TYPE(!is_fp8_cache_dtype(cache_dtype), "k_cache: expected dtype ", dtype_name(dtype),
+                   " (the dtype of q), got ", dtype_name(cache_dtype),
+                   "; an FP8 latent cache needs is_fp8_kvcache=True");
+    require_dtype("k_cache", k_cache, dtype, " (the dtype of q)");
+  }
   MLA_CHECK_VALUE(k_cache.size(1) == kPageSize, "k_cache: expected page size (dim 1) ", kPageSize, ", got ",
                     k_cache.size(1));
-  MLA_CHECK_VALUE(k_cache.size(3) == kHeadDim, "k_cache: expected head_dim (last dim) ", kHeadDim, ", got ",
+  if (is_fp8) {
+    MLA_CHECK_VALUE(k_cache.size(3) == kFp8TokenBytes, "k_cache: expected ", kFp8TokenBytes,
+                    " bytes per token (last dim) with is_fp8_kvcache=True (", kHeadDimV, " e4m3 values, ",
+                    kHeadDimV / 128, " float32 scales, ", kHeadDim - kHeadDimV, " bf16 rope values), got ",
                     k_cache.size(3));
+  } else {
+    MLA_CHECK_VALUE(k_cache.size(3) == kHeadDim, "k_cache: expected head_dim (last dim) ", kHeadDim, ", got ",
+                    k_cache.size(3));
+  }
   const int64_t h_kv = k_cache.size(2);
   MLA_CHECK_VALUE(h_kv >= 1 && h_q % h_kv == 0, "k_cache: expected h_kv (dim 2) >= 1 dividing h_q = ", h_q,
                     ", got h_kv = ", h_kv);

@@ -13,7 +13,8 @@ constexpr int kMetadataWidth = 8;
 
 struct MlaDecodeParams {
   const void* q;               // [b, s_q, h_q, 576], contiguous
-  const void* k_cache;         // [num_blocks, 64, 1, 576], contiguous
+  const void* k_cache;         // [num_blocks, 64, 1, 576] in q's dtype, or with is_fp8 [num_blocks, 64, 1, 656] bytes
+                               // (FlashMLA's FP8 layout, hf_flashmla/fp8_latent.py; q bf16); contiguous
   const int* block_table;      // [b, block_table_stride]
   const int* seqlens;          // [b] the lengths the schedule was computed for: the walk and the masks use them
   const int* current_seqlens;  // [b] or nullptr: the caller's cache_seqlens where `seqlens` is a copy taken with the
@@ -30,6 +31,7 @@ struct MlaDecodeParams {
   float softmax_scale;
   bool causal;
   bool is_bf16;
+  bool is_fp8;                 // k_cache in the FP8 layout (mla_decode_fp8_feed.cuh)
 };
 
 // Launches the split-KV decode kernel and the combine kernel on `stream`.

@@ -37,10 +37,12 @@ __device__ __forceinline__ AlignedSmem align_swizzle_atoms(uint8_t* raw) {
 }
 
 // The kernel's role split: thread 0 initialises the CTA's mbarriers (init_barriers), then the
-// producer warpgroup hands its registers to the consumers and its first thread issues the loads (produce), while
-// the two consumer warpgroups compute (consume). Register split, measured in cycles at locked base clock:
-// consumers 232 (224: +4.2% cycles, 240: +2%), producer 24 (40: +0.8%; its one issuing thread needs few).
-template <class InitBarriers, class Produce, class Consume>
+// producer warpgroup hands its registers to the consumers and produces, while the two consumer warpgroups compute
+// (consume). Register split, measured in cycles at locked base clock: consumers 232 (224: +4.2% cycles, 240: +2%),
+// producer 24 (40: +0.8%; its one issuing thread needs few). With kWholeProducer (the FP8 feed) every producer
+// thread runs produce and dequantises: 56 registers, the fewest it needs without spills (40: 64 bytes spilled, 48:
+// 28), so the consumers take 224 (224 x 256 + 56 x 128 = 168 x 384).
+template <bool kWholeProducer, class InitBarriers, class Produce, class Consume>
 __device__ __forceinline__ void run_producer_and_consumers(InitBarriers init_barriers, Produce produce,
                                                            Consume consume) {
   if (threadIdx.x == 0) {
@@ -49,10 +51,16 @@ __device__ __forceinline__ void run_producer_and_consumers(InitBarriers init_bar
   }
   __syncthreads();
   if (threadIdx.x >= kConsumerThreads) {
-    setmaxnreg_dec<24>();
-    if (threadIdx.x == kConsumerThreads) produce();
+    if constexpr (kWholeProducer) {
+      setmaxnreg_dec<56>();
+      produce();
+    } else {
+      setmaxnreg_dec<24>();
+      if (threadIdx.x == kConsumerThreads) produce();
+    }
   } else {
-    setmaxnreg_inc<232>();
+    if constexpr (kWholeProducer) setmaxnreg_inc<224>();
+    else setmaxnreg_inc<232>();
     consume();
   }
 }

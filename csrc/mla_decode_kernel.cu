@@ -149,11 +149,31 @@ bool encode_tile_map(CUtensorMap* map, const void* base, bool is_bf16, int rank,
   return res == CUDA_SUCCESS;
 }
 
+// The FP8 cache's latent bytes as {128 columns, 64 tokens of a page, pages, 4 groups of 128 columns}, 128B-swizzled:
+// one 128 x 64 x 1 x 4 box is a page's 512 latent bytes of its 64 tokens, group after group (mla_decode_fp8_feed.cuh).
+bool encode_fp8_latent_map(CUtensorMap* map, const void* base, int num_blocks) {
+  auto encode = tensor_map_encoder();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[4] = {kFp8GroupCols, kPageSize, static_cast<cuuint64_t>(num_blocks), kFp8Groups};
+  const cuuint64_t strides[3] = {kFp8TokenBytes, kFp8PageBytes, kFp8GroupCols};
+  const cuuint32_t box[4] = {kFp8GroupCols, kTileRows, 1, kFp8Groups};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  CUresult res = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 4, const_cast<void*>(base), dims, strides, box,
+                        elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return res == CUDA_SUCCESS;
+}
+
 // How many pairs ahead the producer prefetches pages into L2: one where two m-block CTAs share each page
 // (s_q * h_q in 65..128, e.g. h_q = 128 at s_q = 1), none elsewhere. Measured on the H100: with one CTA per page
 // (h_q * s_q <= 64, HBM-bound) prefetching was 6-9% slower (the prefetched pages compete for L2 with the loads), with
-// four (s2 h128, compute-bound) no change, with two all 24 configs of the main table 2.9-7.8% faster.
-int prefetch_pairs_for(int num_m_blocks) { return num_m_blocks == 2 ? 1 : 0; }
+// four (s2 h128, compute-bound) no change, with two all 24 configs of the main table 2.9-7.8% faster. The FP8 feed
+// prefetches two pairs ahead everywhere: its raw loads go out only as the consumers free a stage and are waited on
+// before the page converts, so they should come from L2 (not yet measured against none).
+int prefetch_pairs_for(int num_m_blocks, bool is_fp8) {
+  if (is_fp8) return 2;
+  return num_m_blocks == 2 ? 1 : 0;
+}
 
 // The current device's SM count, read once per device (a launch must not query device attributes every call).
 int num_sms_of_current_device() {
@@ -201,10 +221,10 @@ const char* launch_combine(const MlaDecodeParams& p, int rows_total, cudaStream_
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
 
-template <typename Elem>
+template <typename Elem, bool kFp8>
 const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
   MlaDecodeParams p = params;
-  p.prefetch_pairs = prefetch_pairs_for(p.num_m_blocks);
+  p.prefetch_pairs = prefetch_pairs_for(p.num_m_blocks, kFp8);
   const int rows_total = p.s_q * p.h_q;
   CUtensorMap q_map, kv_map, kv4_map;
   // Q tile rows past s_q * h_q fall outside the map: TMA fills them with zeros.
@@ -216,33 +236,46 @@ const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
   // The tokens of a page are a dimension of their own so that a box may start at a negative token: the last page
   // of a sequence is loaded shifted (page_tail_shift), and the rows before token 0 fall outside the tensor, where
   // TMA writes zeros instead of reading the previous page. Pages outside the pool read as zeros too.
-  const cuuint64_t kv_dims[4] = {kChunkCols, kPageSize, static_cast<cuuint64_t>(p.num_blocks), kNumChunks};
-  const cuuint64_t kv_strides[3] = {kHeadDim * 2, static_cast<cuuint64_t>(kPageSize) * kHeadDim * 2, kChunkCols * 2};
-  if (!encode_tile_map(&kv_map, p.k_cache, p.is_bf16, 4, kv_dims, kv_strides, 1))
-    return "cuTensorMapEncodeTiled failed for k_cache";
-  if (!encode_tile_map(&kv4_map, p.k_cache, p.is_bf16, 4, kv_dims, kv_strides, kBoxChunks))
-    return "cuTensorMapEncodeTiled failed for k_cache (4-chunk view)";
+  if constexpr (kFp8) {
+    // kv_map: the bf16 rope values {64 columns, 64 tokens, pages}; kv4_map: the latent bytes
+    // (encode_fp8_latent_map). Negative token coordinates read as zeros here too.
+    const cuuint64_t rope_dims[3] = {kChunkCols, kPageSize, static_cast<cuuint64_t>(p.num_blocks)};
+    const cuuint64_t rope_strides[2] = {kFp8TokenBytes, kFp8PageBytes};
+    if (!encode_tile_map(&kv_map, static_cast<const uint8_t*>(p.k_cache) + kFp8RopeOffset, true, 3, rope_dims,
+                         rope_strides))
+      return "cuTensorMapEncodeTiled failed for k_cache (FP8 layout, rope values)";
+    if (!encode_fp8_latent_map(&kv4_map, p.k_cache, p.num_blocks))
+      return "cuTensorMapEncodeTiled failed for k_cache (FP8 layout, latent bytes)";
+  } else {
+    const cuuint64_t kv_dims[4] = {kChunkCols, kPageSize, static_cast<cuuint64_t>(p.num_blocks), kNumChunks};
+    const cuuint64_t kv_strides[3] = {kHeadDim * 2, static_cast<cuuint64_t>(kPageSize) * kHeadDim * 2,
+                                      kChunkCols * 2};
+    if (!encode_tile_map(&kv_map, p.k_cache, p.is_bf16, 4, kv_dims, kv_strides, 1))
+      return "cuTensorMapEncodeTiled failed for k_cache";
+    if (!encode_tile_map(&kv4_map, p.k_cache, p.is_bf16, 4, kv_dims, kv_strides, kBoxChunks))
+      return "cuTensorMapEncodeTiled failed for k_cache (4-chunk view)";
+  }
 
   {
     // The shared-memory opt-in belongs to the kernel in each device's context, so it is set once per device:
     // under device_map one process launches on several GPUs (mla_api.cpp's guard made q's device current).
     constexpr int kMaxAttrDevices = 64;
-    static bool attr_set[2][kMaxAttrDevices] = {};
+    static bool attr_set[3][kMaxAttrDevices] = {};
     static std::mutex attr_mutex;
     int device = 0;
     if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxAttrDevices)
       return "mla_decode: cannot tell the current CUDA device (or its index is >= 64)";
     std::lock_guard<std::mutex> lock(attr_mutex);
-    bool& done = attr_set[std::is_same_v<Elem, __half>][device];
+    bool& done = attr_set[kFp8 ? 2 : std::is_same_v<Elem, __half>][device];
     if (!done) {
-      if (cudaFuncSetAttribute(mla_decode_seesaw_kernel<Elem>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      if (cudaFuncSetAttribute(mla_decode_seesaw_kernel<Elem, kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                kSeesawSmemBytes) != cudaSuccess)
         return cudaGetErrorString(cudaGetLastError());
       done = true;
     }
   }
   dim3 grid(p.num_m_blocks, p.num_parts);
-  mla_decode_seesaw_kernel<Elem><<<grid, kThreads, kSeesawSmemBytes, stream>>>(p, q_map, kv_map, kv4_map);
+  mla_decode_seesaw_kernel<Elem, kFp8><<<grid, kThreads, kSeesawSmemBytes, stream>>>(p, q_map, kv_map, kv4_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
   return launch_combine<Elem>(p, rows_total, stream);
 }
@@ -250,8 +283,12 @@ const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
 }  // namespace decode_detail
 
 const char* mla_decode_launch(const MlaDecodeParams& params, cudaStream_t stream) {
-  return params.is_bf16 ? decode_detail::launch_typed<__nv_bfloat16>(params, stream)
-                        : decode_detail::launch_typed<__half>(params, stream);
+  if (params.is_fp8) {
+    if (!params.is_bf16) return "mla_decode: an FP8 cache takes bf16 queries";
+    return decode_detail::launch_typed<__nv_bfloat16, true>(params, stream);
+  }
+  return params.is_bf16 ? decode_detail::launch_typed<__nv_bfloat16, false>(params, stream)
+                        : decode_detail::launch_typed<__half, false>(params, stream);
 }
 
 }  // namespace hf_flashmla

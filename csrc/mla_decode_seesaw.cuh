@@ -43,6 +43,7 @@
 // the writer), and the other warpgroup's P V reading them completed before it freed that group.
 #pragma once
 #include "mla_decode_common.cuh"
+#include "mla_decode_fp8_feed.cuh"
 
 namespace hf_flashmla {
 namespace decode_detail {
@@ -54,8 +55,8 @@ struct SeesawLayout {
   static constexpr int row_max = p_a + kChunkBytes;             // float [2][64]: m published by WG w
   static constexpr int row_sum = row_max + 2 * kTileRows * 4;   // float [2 items][2 wg][64]
   static constexpr int barriers = row_sum + 4 * kTileRows * 4;
-  // q_full, q_empty, kv_full[2][9], kv_empty[2 stages][2 groups]
-  static constexpr int total = barriers + 8 * (2 + kNumStages * kNumChunks + kNumStages * 2);
+  // q_full, q_empty, kv_full[2][9], kv_empty[2 stages][2 groups], raw_full[2] (FP8 feed only)
+  static constexpr int total = barriers + 8 * (2 + kNumStages * kNumChunks + kNumStages * 2 + kNumStages);
 };
 constexpr int kSeesawSmemBytes = SeesawLayout::total + 1024;  // + alignment slack for the swizzle atoms
 static_assert(kSeesawSmemBytes <= 232448, "seesaw layout exceeds the 227 KB of opt-in shared memory");
@@ -66,19 +67,26 @@ constexpr uint32_t kBarRowSum = 1;
 constexpr uint32_t kBarPA = 2;     // WG0 published m_A and P_A (and issued its P_A V_A,L)
 constexpr uint32_t kBarPB = 3;     // WG1 published m_B and P_B
 
-// Chunk i (0..8) of a stage in load and Q K^T order: group 0 = {4..7}, then group 1 = {0..3}, {8}.
-__host__ __device__ constexpr int seesaw_chunk(int i) { return i < 4 ? i + 4 : (i < 8 ? i - 4 : 8); }
+// Chunk i (0..8) of a stage in load and Q K^T order: group 0 = {4..7}, then group 1 = {0..3}, {8}. The FP8 feed
+// (mla_decode_fp8_feed.cuh) publishes chunks 0..3 before 4..7, so its pages are walked in plain order.
+template <bool kFp8>
+__host__ __device__ constexpr int seesaw_chunk(int i) {
+  return kFp8 ? i : (i < 4 ? i + 4 : (i < 8 ? i - 4 : 8));
+}
 // The TMA boxes of a page start at chunks 4, 0 and 8; each box's first chunk holds its mbarrier.
 __host__ __device__ constexpr bool seesaw_box_head(int chunk) { return chunk == 4 || chunk == 0 || chunk == 8; }
 constexpr int kBoxChunks = 4;
 
 struct SeesawBarriers {
-  uint32_t q_full, q_empty, kv_full_base, kv_empty_base;
+  uint32_t q_full, q_empty, kv_full_base, kv_empty_base, raw_full_base;
   __device__ explicit SeesawBarriers(uint32_t base)
       : q_full(base), q_empty(base + 8), kv_full_base(base + 16),
-        kv_empty_base(base + 16 + 8 * kNumStages * kNumChunks) {}
+        kv_empty_base(base + 16 + 8 * kNumStages * kNumChunks),
+        raw_full_base(kv_empty_base + 8 * kNumStages * 2) {}
   __device__ uint32_t kv_full(int stage, int chunk) const { return kv_full_base + 8 * (stage * kNumChunks + chunk); }
   __device__ uint32_t kv_empty(int stage, int group) const { return kv_empty_base + 8 * (stage * 2 + group); }
+  // The FP8 feed: a page's raw latent bytes landed (TMA), before the producer warpgroup dequantises them.
+  __device__ uint32_t raw_full(int stage) const { return raw_full_base + 8 * stage; }
 };
 
 // kv_map: boxes of one chunk; kv4_map: boxes of four adjacent chunks, which land in shared memory chunk after chunk
@@ -108,22 +116,28 @@ __device__ __forceinline__ void seesaw_load_group(const CUtensorMap* kv_map, con
 // L2 prefetch of the pages p.prefetch_pairs pairs ahead (0: none; mla_decode_kernel.cu picks it). One whole-page
 // bulk prefetch (one instruction: pages are contiguous in the cache) per page, the pairs spread over the part's
 // m-block CTAs, issued after the pair's own loads so that those are not queued behind it in the TMA unit.
-template <typename PageOf>
+template <int kPageBytes, typename PageOf>
 __device__ __forceinline__ void seesaw_prefetch_pair(const MlaDecodeParams& p, const PageOf& page_of, int blk,
                                                      int stop_block, int m_block) {
   if ((blk / 2) % p.num_m_blocks != m_block) return;
   for (int b = blk; b < min(blk + 2, stop_block); ++b) {
     const int page = page_of(b);
     if (page >= 0 && page < p.num_blocks)
-      prefetch_bulk_l2(static_cast<const char*>(p.k_cache) + static_cast<int64_t>(page) * kTileBytes, kTileBytes);
+      prefetch_bulk_l2(static_cast<const char*>(p.k_cache) + static_cast<int64_t>(page) * kPageBytes, kPageBytes);
   }
 }
 
+// The producer's walk over its part: Q per item and every page of every item, in pairs (A in stage 0, B in stage 1).
+// A page goes out in two calls, start_page(stage, page, shift, uses) for both pages of the pair, then
+// finish_page(...) for both: the bf16 boxes start whole and need no finish; the FP8 feed (mla_decode_fp8_feed.cuh,
+// run by all 128 producer threads) starts a page's raw bytes and finishes by dequantizing them, so that the pair's
+// second raw load is in flight while the first page converts. Only the issuer (the producer warpgroup's first
+// thread) loads Q and prefetches.
+template <int kPageBytes, class StartPage, class FinishPage>
 __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, const CUtensorMap* q_map,
-                                                     const CUtensorMap* kv_map, const CUtensorMap* kv4_map,
-                                                     const PartWalker& walker,
-                                                     const SeesawBarriers& bars, uint32_t q_smem, uint32_t kv_smem,
-                                                     int m_block) {
+                                                     const PartWalker& walker, const SeesawBarriers& bars,
+                                                     uint32_t q_smem, int m_block, bool issuer, StartPage start_page,
+                                                     FinishPage finish_page) {
   uint32_t item_count = 0, uses0 = 0, uses1 = 0;
   auto load_q = [&](int batch) {
     mbarrier_wait(bars.q_empty, (item_count & 1) ^ 1);
@@ -141,7 +155,7 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
     // still turn out empty, the consumers take this Q phase too (they wait for it and release it).
     // The consumers' release of an empty first item (seesaw_consumer_loop) tests the same condition.
     const bool early_q = k == 0 && !walker.empty_by_metadata();
-    if (early_q) load_q(batch);
+    if (early_q && issuer) load_q(batch);
     const int* table_row = p.block_table + static_cast<int64_t>(batch) * p.block_table_stride;
     // Never read past the block table's row; an out-of-pool page id makes TMA fill zeros, not fault.
     auto page_of = [&](int blk) { return blk < p.max_blocks_per_seq ? __ldg(table_row + blk) : -1; };
@@ -151,22 +165,24 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
     const int first_page_a = page_of(first_block), first_page_b = page_of(first_block + 1);
     WorkItem w = walker.item(batch);
     if (w.stop_block <= w.start_block) continue;
-    if (!early_q) load_q(batch);
+    if (!early_q && issuer) load_q(batch);
     // The pairs that the loop's look-ahead starts past.
-    for (int blk = w.start_block + 2; blk < w.start_block + 2 * p.prefetch_pairs; blk += 2)
-      seesaw_prefetch_pair(p, page_of, blk, w.stop_block, m_block);
+    if (issuer)
+      for (int blk = w.start_block + 2; blk < w.start_block + 2 * p.prefetch_pairs; blk += 2)
+        seesaw_prefetch_pair<kPageBytes>(p, page_of, blk, w.stop_block, m_block);
     for (int blk = w.start_block; blk < w.stop_block; blk += 2) {
       const bool has_b = blk + 1 < w.stop_block;
       const bool first_pair = blk == first_block;
       const int page_a = first_pair ? first_page_a : page_of(blk);
       const int page_b = has_b ? (first_pair ? first_page_b : page_of(blk + 1)) : -1;
-      const int row_a = -page_tail_shift(blk, w.seqlen), row_b = -page_tail_shift(blk + 1, w.seqlen);
       // In the order the consumers free them during the previous pair.
-      seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 0, 0, page_a, row_a, uses0);
-      seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 0, 1, page_a, row_a, uses0);
-      if (has_b) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 1, 0, page_b, row_b, uses1);
-      if (has_b) seesaw_load_group(kv_map, kv4_map, bars, kv_smem, 1, 1, page_b, row_b, uses1);
-      if (p.prefetch_pairs > 0) seesaw_prefetch_pair(p, page_of, blk + 2 * p.prefetch_pairs, w.stop_block, m_block);
+      const int shift_a = page_tail_shift(blk, w.seqlen), shift_b = page_tail_shift(blk + 1, w.seqlen);
+      start_page(0, page_a, shift_a, uses0);
+      if (has_b) start_page(1, page_b, shift_b, uses1);
+      finish_page(0, page_a, shift_a, uses0);
+      if (has_b) finish_page(1, page_b, shift_b, uses1);
+      if (issuer && p.prefetch_pairs > 0)
+        seesaw_prefetch_pair<kPageBytes>(p, page_of, blk + 2 * p.prefetch_pairs, w.stop_block, m_block);
       ++uses0;
       if (has_b) ++uses1;
     }
@@ -202,7 +218,7 @@ __device__ __forceinline__ void seesaw_load_q_rope(uint32_t q_smem, const Seesaw
 }
 
 // S = Q K^T over one page held in `stage`, chunk by chunk as they land.
-template <typename Elem, int kStage>
+template <typename Elem, int kStage, bool kFp8>
 __device__ __forceinline__ void seesaw_qk(float (&s)[32], const SeesawBarriers& bars, uint32_t q_smem,
                                           uint32_t kv_stage, uint32_t parity, const uint32_t (&q_rope)[16]) {
   const uint64_t q_desc = smem_desc_sw128(q_smem, 16, 1024);
@@ -210,7 +226,7 @@ __device__ __forceinline__ void seesaw_qk(float (&s)[32], const SeesawBarriers& 
   wgmma_fence();
 #pragma unroll
   for (int i = 0; i < kNumChunks; ++i) {
-    const int c = seesaw_chunk(i);
+    const int c = seesaw_chunk<kFp8>(i);
     if (seesaw_box_head(c)) mbarrier_wait(bars.kv_full(kStage, c), parity);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -366,7 +382,7 @@ __device__ __forceinline__ ItemPlan load_item_plan(const MlaDecodeParams& p, con
 
 // One function for both warpgroups (wg is warp-uniform: read through a shuffle by the caller), so that
 // their shared code, the epilogue's sum exchange included, is one instruction stream.
-template <typename Elem>
+template <typename Elem, bool kFp8>
 __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, const PartWalker& walker,
                                                      const SeesawBarriers& bars, uint8_t* smem, uint32_t smem_base,
                                                      int m_block, const int wg) {
@@ -430,7 +446,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       float s[32];
       uint32_t p_regs[16];
       if (wg == 0) {
-        seesaw_qk<Elem, 0>(s, bars, q_smem, stage0, uses0 & 1, q_rope);
+        seesaw_qk<Elem, 0, kFp8>(s, bars, q_smem, stage0, uses0 & 1, q_rope);
         if (blk + 2 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);
         seesaw_mask(s, t, blk, key_limit, min_limit, seqlen);
         float m_a[2], s_a[2], sum[2];
@@ -483,7 +499,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         }
       } else {
         if (has_b) {
-          seesaw_qk<Elem, 1>(s, bars, q_smem, stage1, uses1 & 1, q_rope);
+          seesaw_qk<Elem, 1, kFp8>(s, bars, q_smem, stage1, uses1 & 1, q_rope);
           if (blk + 3 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);  // last B page
           seesaw_mask(s, t, blk + 1, key_limit, min_limit, seqlen);
         }
@@ -565,7 +581,9 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
   }
 }
 
-template <typename Elem>
+// kFp8: k_cache holds FlashMLA's FP8 layout (Elem is bf16); kv_map is then the rope view and kv4_map the raw
+// latent view of mla_decode_fp8_feed.cuh (mla_decode_kernel.cu encodes them).
+template <typename Elem, bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1)
     mla_decode_seesaw_kernel(const __grid_constant__ MlaDecodeParams params, const __grid_constant__ CUtensorMap q_map,
                              const __grid_constant__ CUtensorMap kv_map, const __grid_constant__ CUtensorMap kv4_map) {
@@ -584,27 +602,51 @@ __global__ void __launch_bounds__(kThreads, 1)
   // few microseconds sooner.
   if (walker.empty_by_metadata()) return;
 
-  run_producer_and_consumers(
+  run_producer_and_consumers<kFp8>(
       [&] {
         mbarrier_init(bars.q_full, 1);
         mbarrier_init(bars.q_empty, kConsumerThreads / 32);
         for (int s = 0; s < kNumStages; ++s) {
           for (int c = 0; c < kNumChunks; ++c) mbarrier_init(bars.kv_full(s, c), 1);
           for (int g = 0; g < 2; ++g) mbarrier_init(bars.kv_empty(s, g), 4);  // the 4 warps of one warpgroup
+          if constexpr (kFp8) mbarrier_init(bars.raw_full(s), 1);
         }
       },
       [&] {
-        prefetch_tensor_map(&q_map);
-        prefetch_tensor_map(&kv_map);
-        prefetch_tensor_map(&kv4_map);
-        seesaw_producer_loop(params, &q_map, &kv_map, &kv4_map, walker, bars, smem_base + SeesawLayout::q,
-                             smem_base + SeesawLayout::kv, m_block);
+        const uint32_t q_smem = smem_base + SeesawLayout::q, kv_smem = smem_base + SeesawLayout::kv;
+        if constexpr (kFp8) {
+          const Fp8FeedThread t;
+          if (t.issuer) {
+            prefetch_tensor_map(&q_map);
+            prefetch_tensor_map(&kv_map);
+            prefetch_tensor_map(&kv4_map);
+          }
+          seesaw_producer_loop<kFp8PageBytes>(
+              params, &q_map, walker, bars, q_smem, m_block, t.issuer,
+              [&](int stage, int page, int shift, uint32_t uses) {
+                if (t.issuer) fp8_start_page(&kv4_map, bars, kv_smem, stage, page, shift, uses);
+              },
+              [&](int stage, int page, int shift, uint32_t uses) {
+                fp8_finish_page(params, &kv_map, bars, t, kv_smem, stage, page, shift, uses);
+              });
+        } else {
+          prefetch_tensor_map(&q_map);
+          prefetch_tensor_map(&kv_map);
+          prefetch_tensor_map(&kv4_map);
+          seesaw_producer_loop<kTileBytes>(
+              params, &q_map, walker, bars, q_smem, m_block, true,
+              [&](int stage, int page, int shift, uint32_t uses) {
+                seesaw_load_group(&kv_map, &kv4_map, bars, kv_smem, stage, 0, page, -shift, uses);
+                seesaw_load_group(&kv_map, &kv4_map, bars, kv_smem, stage, 1, page, -shift, uses);
+              },
+              [](int, int, int, uint32_t) {});
+        }
       },
       [&] {
         // Read through a shuffle so that ptxas sees the warpgroup index as warp-uniform: wgmma inside a branch
         // it cannot prove uniform gets serialised (C7520).
         const int wg = __shfl_sync(0xffffffff, static_cast<int>(threadIdx.x) / 128, 0);
-        seesaw_consumer_loop<Elem>(params, walker, bars, smem, smem_base, m_block, wg);
+        seesaw_consumer_loop<Elem, kFp8>(params, walker, bars, smem, smem_base, m_block, wg);
       });
 }
 

@@ -3,8 +3,9 @@
 The extension registers, in the `hf_flashmla` torch.library namespace:
   mla_decode(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens,
              Tensor tile_scheduler_metadata, Tensor num_splits, float softmax_scale, bool causal,
-             int head_dim_v, Tensor? schedule_seqlens=None) -> (Tensor out, Tensor lse)
-    q [b, s_q, h_q, 576], k_cache [num_blocks, 64, 1, 576] (bf16 or fp16, contiguous),
+             int head_dim_v, Tensor? schedule_seqlens=None, bool is_fp8_kvcache=False) -> (Tensor out, Tensor lse)
+    q [b, s_q, h_q, 576], k_cache [num_blocks, 64, 1, 576] (bf16 or fp16, contiguous), or with is_fp8_kvcache
+    uint8 / float8_e4m3fn [num_blocks, 64, 1, 656] (FlashMLA's FP8 layout, hf_flashmla.fp8_latent) and q bf16,
     block_table int32 [b, max_blocks], cache_seqlens int32 [b], metadata from hf_flashmla.schedule.
     schedule_seqlens: the lengths the metadata was computed for, where they may differ from
     cache_seqlens (newest API): the kernel keeps to them, and a sequence whose length differs gets NaN.
@@ -39,6 +40,11 @@ def extension_available() -> bool:
     return _C is not None
 
 
+def fp8_kernel_available() -> bool:
+    """The decode op reads FP8 caches (an extension built before the FP8 feed existed does not)."""
+    return _C is not None and "is_fp8_kvcache" in str(torch.ops.hf_flashmla.mla_decode.default._schema)
+
+
 def metadata_kernel_available() -> bool:
     """The schedule kernel is in the built extension (an extension built before it existed lacks it)."""
     return _C is not None and hasattr(torch.ops.hf_flashmla, "mla_metadata")
@@ -47,9 +53,9 @@ def metadata_kernel_available() -> bool:
 if _C is not None:
     @torch.library.register_fake("hf_flashmla::mla_decode")
     def _mla_decode_fake(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                         softmax_scale, causal, head_dim_v, schedule_seqlens=None):
+                         softmax_scale, causal, head_dim_v, schedule_seqlens=None, is_fp8_kvcache=False):
         validation.check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
-                                for_kernel=True)
+                                for_kernel=True, is_fp8_kvcache=is_fp8_kvcache)
         validation.check_schedule_tensors(tile_scheduler_metadata, num_splits, q.shape[0], q.device)
         batch, s_q, h_q, _ = q.shape
         out = q.new_empty((batch, s_q, h_q, head_dim_v))
@@ -70,8 +76,12 @@ def check_error(error: RuntimeError) -> Exception:
 
 
 def mla_decode(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-               softmax_scale: float, causal: bool, head_dim_v: int, schedule_seqlens=None):
+               softmax_scale: float, causal: bool, head_dim_v: int, schedule_seqlens=None, is_fp8_kvcache=False):
     try:
+        if is_fp8_kvcache:
+            return torch.ops.hf_flashmla.mla_decode(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata,
+                                                    num_splits, softmax_scale, causal, head_dim_v, schedule_seqlens,
+                                                    True)
         return torch.ops.hf_flashmla.mla_decode(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata,
                                                 num_splits, softmax_scale, causal, head_dim_v, schedule_seqlens)
     except RuntimeError as error:

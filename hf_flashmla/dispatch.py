@@ -6,8 +6,9 @@
     (FlashMLA accepts grouped latent heads; the sm_90 kernel does not): hf_flashmla.triton_decode, where Triton
     imports.
 "reference": everything else (hf_flashmla.reference), the CPU included.
-An FP8 latent cache (is_fp8_kvcache) goes to "triton" on every CUDA device where Triton runs, sm_90 included: the
-sm_90 kernel reads bf16/fp16 caches only (for now), and the Triton kernel dequantizes the FP8 pages in registers.
+An FP8 latent cache (is_fp8_kvcache) takes the same choice: the sm_90 kernel dequantizes its pages in shared memory
+(csrc/mla_decode_fp8_feed.cuh), the Triton kernel in registers; an extension built before the FP8 feed sends it
+to Triton.
 HF_FLASHMLA_BACKEND (hf_flashmla/envs.py) overrides the choice:
   unset / "auto"   choose as above;
   "reference"      always take the reference (e.g. to compare against the kernel);
@@ -78,9 +79,9 @@ def _kernel_choice(device: torch.device, num_heads_k: int, fp8: bool = False) ->
     if num_heads_k != KERNEL_NUM_KV_HEADS:
         return BackendChoice(REFERENCE, f"k_cache has h_kv = {num_heads_k}, the sm_90 kernel serves h_kv = "
                                         f"{KERNEL_NUM_KV_HEADS} only")
-    if fp8:
-        return BackendChoice(REFERENCE, "the k_cache is FP8 (is_fp8_kvcache), which the sm_90 kernel does not read "
-                                        "yet")
+    if fp8 and not _ops.fp8_kernel_available():
+        return BackendChoice(REFERENCE, "the k_cache is FP8 (is_fp8_kvcache), which this build of the CUDA extension "
+                                        "does not read: rebuild it")
     return BackendChoice(KERNEL, f"device {device} is sm_90 and the CUDA extension is built")
 
 

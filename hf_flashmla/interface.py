@@ -172,8 +172,8 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
     is_fp8_kvcache (FlashMLA's newest API): k_cache holds FlashMLA's FP8 layout, uint8 or float8_e4m3fn
     [num_blocks, 64, h_kv, 656] (per token: 512 e4m3 latent values, 4 float32 scales, one per 128 of them, 64 bf16
     rope values; hf_flashmla.fp8_latent.quantize writes it). q is bf16 (float32 on the reference path), out is
-    in q's dtype. Served by the Triton kernel on CUDA (the sm_90 kernel does not read FP8 yet), the reference on
-    the CPU.
+    in q's dtype. Served by the sm_90 kernel on Hopper (it dequantizes each page in shared memory), the Triton
+    kernel on other CUDA GPUs, the reference on the CPU.
 
     check_values: also run the checks that read tensor values (cache_seqlens range, block ids of the
     pages in use, metadata computed for this batch). They always run on CPU; on CUDA they cost a
@@ -202,14 +202,14 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
             if not isinstance(tile_scheduler_metadata, torch.Tensor) or not isinstance(num_splits, torch.Tensor):
                 validation.check_schedule_tensors(tile_scheduler_metadata, num_splits, 0, q.device)  # raises
             return _ops.mla_decode(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                                   scale, causal, head_dim_v)
+                                   scale, causal, head_dim_v, is_fp8_kvcache=is_fp8_kvcache)
         if not tile_scheduler_metadata.computed_for(q, k_cache):
             # Once per batch state (or on a mismatch, to name what is wrong): the schedule needs a sound q.
             validation.check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal,
-                                    for_kernel=True)
+                                    for_kernel=True, is_fp8_kvcache=is_fp8_kvcache)
         metadata, splits = tile_scheduler_metadata.schedule_for(q, k_cache, cache_seqlens, compare_values=False)
         return _ops.mla_decode(q, k_cache, block_table, cache_seqlens, metadata, splits, scale, causal, head_dim_v,
-                               tile_scheduler_metadata.seqlens)
+                               tile_scheduler_metadata.seqlens, is_fp8_kvcache=is_fp8_kvcache)
 
     for_kernel = choice.name == dispatch.KERNEL
     validation.check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal,
@@ -230,7 +230,7 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
 
     if for_kernel:
         return _ops.mla_decode(q, k_cache, block_table, cache_seqlens, metadata, splits, scale, causal, head_dim_v,
-                               schedule_seqlens)
+                               schedule_seqlens, is_fp8_kvcache=is_fp8_kvcache)
     if choice.name == dispatch.TRITON:
         from hf_flashmla import triton_decode  # imported on first use: Triton is optional and slow to import
         if q.device.type != "cuda":  # TRITON_INTERPRET on the CPU

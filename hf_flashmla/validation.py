@@ -121,8 +121,8 @@ def check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_sca
     if head_dim != HEAD_DIM:
         raise ValueError(f"q: expected head_dim (last dim) {HEAD_DIM}, got {head_dim}")
     if is_fp8_kvcache:
-        _require_dtype("q", q, FP8_Q_DTYPES, " with is_fp8_kvcache=True (the FP8 kernels take bf16 queries; float32 on "
-                                             "the reference path)")
+        _require_dtype("q", q, (torch.bfloat16,) if for_kernel else FP8_Q_DTYPES,
+                       " with is_fp8_kvcache=True (the FP8 kernels take bf16 queries; float32 on the reference path)")
     else:
         dtypes = KERNEL_DTYPES if for_kernel else REFERENCE_DTYPES
         _require_dtype("q", q, dtypes, " (float32 only on the reference path)" if for_kernel else "")

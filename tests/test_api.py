@@ -77,7 +77,8 @@ def test_both_generations_give_identical_results(monkeypatch, lengths, s_q, h_q,
     # the schedule each generation computes and passes must be the same and must give the reference's result.
     received = []
 
-    def kernel(*args):
+    def kernel(*args, is_fp8_kvcache=False):
+        assert not is_fp8_kvcache
         received.append(args)
         return emulate_kernel(*args)
 
@@ -300,7 +301,8 @@ def test_the_choice_is_cached_per_device(monkeypatch):
 def test_kernel_backend_receives_the_schedule_and_defaults(monkeypatch, generation):
     calls = []
 
-    def fake_kernel(*args):
+    def fake_kernel(*args, is_fp8_kvcache=False):
+        assert not is_fp8_kvcache
         calls.append(args)
         return torch.zeros(1), torch.zeros(1)
 

@@ -149,3 +149,44 @@ def test_kernel_limits_raise_the_same_in_cpp_and_python(checks_op, change, argum
     if argument != "tile_scheduler_metadata":  # the reference path reads any alignment and batch
         validation.check_inputs(call["q"], call["k_cache"], call["block_table"], call["cache_seqlens"], 512, None,
                                 True, for_kernel=False)
+
+
+def fp8_call():
+    from hf_flashmla import fp8_latent
+    call = good_call()
+    call["k_cache"] = fp8_latent.quantize(call["k_cache"], 512)
+    return call
+
+
+# (name, change, is_fp8_kvcache): FP8 caches on the kernel path, and an FP8 cache passed without the flag.
+FP8_CASES = [
+    ("good", lambda c: {}, True),
+    ("q_fp16", lambda c: dict(q=c["q"].half()), True),
+    ("q_float32", lambda c: dict(q=c["q"].float()), True),
+    ("k_cache_bf16_with_flag", lambda c: dict(k_cache=good_call()["k_cache"]), True),
+    ("k_cache_576_bytes", lambda c: dict(k_cache=c["k_cache"][..., :576].contiguous()), True),
+    ("k_cache_float8_view", lambda c: dict(k_cache=c["k_cache"].view(torch.float8_e4m3fn)), True),
+    ("k_cache_int8", lambda c: dict(k_cache=c["k_cache"].view(torch.int8)), True),
+    ("uint8_cache_without_flag", lambda c: {}, False),
+]
+
+
+@pytest.mark.parametrize("change,is_fp8", [case[1:] for case in FP8_CASES], ids=[case[0] for case in FP8_CASES])
+def test_cpp_fp8_checks_raise_what_python_raises(checks_op, change, is_fp8):
+    call = fp8_call()
+    call.update(change(call))
+    scale = call["q"].shape[-1] ** -0.5
+
+    def python():
+        validation.check_inputs(call["q"], call["k_cache"], call["block_table"], call["cache_seqlens"], 512, scale,
+                                True, for_kernel=True, is_fp8_kvcache=is_fp8)
+
+    def cpp():
+        try:
+            checks_op(*(call[name] for name in TENSORS), scale, 512, None, is_fp8)
+        except RuntimeError as error:
+            raise _ops.check_error(error) from None
+
+    expected = outcome(python)
+    assert outcome(cpp) == expected
+    assert (expected is None) == (FP8_CASES[0][1] is change or change is FP8_CASES[5][1])

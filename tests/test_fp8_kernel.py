@@ -4,8 +4,9 @@ API's checks of FP8 inputs.
 CPU: the quantization round trip, the reference against a bf16 cache holding the dequantized keys (exactly equal:
 the reference dequantizes as the kernels do) and against float64 attention, the Triton kernel under Triton's
 interpreter (tests/conftest.py sets TRITON_INTERPRET=1 where there is no CUDA), bad input.
-GPU (marker triton_gpu): the Triton FP8 kernel against the reference on the configuration matrix, through the public
-API (which sends FP8 to Triton on every GPU, sm_90 included). Run on the GPU machine:
+GPU: the sm_90 kernel's FP8 feed (marker gpu) and the Triton FP8 kernel (marker triton_gpu) against the reference on
+the configuration matrix, through the public API, with bytes that decode as NaN everywhere no sequence reads. Run
+on the GPU machine:
     python3 -m pytest -q -rs tests/test_fp8_kernel.py
 """
 import importlib
@@ -195,25 +196,34 @@ def test_q_head_dim_checked_with_an_fp8_cache():
         _call(inputs.q[..., :512].contiguous(), inputs.k_cache, inputs, is_fp8_kvcache=True)
 
 
-def test_forcing_the_sm90_kernel_for_fp8_raises(monkeypatch):
+def test_forcing_the_sm90_kernel_for_fp8_needs_an_extension_with_the_fp8_feed(monkeypatch):
     monkeypatch.setenv(BACKEND.name, "cuda_sm90")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(hf_flashmla._ops, "extension_available", lambda: True)
+    monkeypatch.setattr(hf_flashmla._ops, "fp8_kernel_available", lambda: False)
     cuda = torch.device("cuda", 0)
     assert hf_flashmla.backend(cuda).name == "cuda_sm90"
-    with pytest.raises(RuntimeError, match="FP8"):
+    with pytest.raises(RuntimeError, match="FP8.*rebuild"):
         hf_flashmla.backend(cuda, is_fp8_kvcache=True)
+    monkeypatch.setattr(hf_flashmla._ops, "fp8_kernel_available", lambda: True)
+    monkeypatch.setattr(dispatch, "_CHOICES", {})
+    assert hf_flashmla.backend(cuda, is_fp8_kvcache=True).name == "cuda_sm90"
 
 
-def test_dispatch_sends_fp8_to_triton_on_sm90(monkeypatch):
+@pytest.mark.parametrize("fp8_feed_built", [True, False])
+def test_dispatch_sends_fp8_to_the_sm90_kernel_where_it_reads_fp8(monkeypatch, fp8_feed_built):
     monkeypatch.delenv(BACKEND.name, raising=False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(hf_flashmla._ops, "extension_available", lambda: True)
+    monkeypatch.setattr(hf_flashmla._ops, "fp8_kernel_available", lambda: fp8_feed_built)
     monkeypatch.setattr(dispatch, "triton_import_error", lambda: None)
     cuda = torch.device("cuda", 0)
     assert hf_flashmla.backend(cuda).name == "cuda_sm90"
     choice = hf_flashmla.backend(cuda, is_fp8_kvcache=True)
-    assert choice.name == "triton" and "FP8" in choice.reason
+    if fp8_feed_built:
+        assert choice.name == "cuda_sm90"
+    else:
+        assert choice.name == "triton" and "FP8" in choice.reason
     assert hf_flashmla.backend("cpu", is_fp8_kvcache=True).name == "reference"
 
 
@@ -303,16 +313,38 @@ GPU_MATRIX = list(itertools.product(
 ))
 
 
-@pytest.mark.triton_gpu
-@pytest.mark.parametrize("lengths,shape,causal", GPU_MATRIX,
-                         ids=[f"{c[0]}_sq{c[1][0]}_h{c[1][1]}_{'causal' if c[2] else 'full'}" for c in GPU_MATRIX])
-def test_gpu_triton_fp8_matches_reference(lengths, shape, causal, monkeypatch):
-    """Through the public API on the GPU, in automatic dispatch: FP8 goes to Triton on every GPU (sm_90 too)."""
+GPU_IDS = [f"{c[0]}_sq{c[1][0]}_h{c[1][1]}_{'causal' if c[2] else 'full'}" for c in GPU_MATRIX]
+
+
+def poison_unread_bytes(inputs):
+    """Bytes that decode as NaN (0x7F) everywhere no sequence reads: latent, scales and rope past each length and in
+    unused pages. The output must not change."""
+    used = used_token_mask(inputs).to(inputs.k_cache.device)
+    inputs.k_cache[~used] = 0x7F
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lengths,shape,causal", GPU_MATRIX, ids=GPU_IDS)
+def test_gpu_kernel_fp8_matches_reference(lengths, shape, causal, monkeypatch):
+    """The sm_90 kernel's FP8 feed through the public API in automatic dispatch, both schedule generations."""
     monkeypatch.delenv(BACKEND.name, raising=False)
+    _check_gpu_fp8_path(lengths, shape, causal, "cuda_sm90")
+
+
+@pytest.mark.triton_gpu
+@pytest.mark.parametrize("lengths,shape,causal", GPU_MATRIX, ids=GPU_IDS)
+def test_gpu_triton_fp8_matches_reference(lengths, shape, causal, monkeypatch):
+    """The Triton FP8 kernel (what other GPUs run), forced on this one."""
+    monkeypatch.setenv(BACKEND.name, "triton")
+    _check_gpu_fp8_path(lengths, shape, causal, "triton")
+
+
+def _check_gpu_fp8_path(lengths, shape, causal, path):
     s_q, h_q = shape
     inputs = fp8_inputs(GPU_LENGTHS[lengths], s_q, h_q, seed=s_q * h_q, device="cuda")
-    assert hf_flashmla.backend(inputs.q, is_fp8_kvcache=True).name == "triton"
+    assert hf_flashmla.backend(inputs.q, is_fp8_kvcache=True).name == path
     expected = reference(inputs, causal)
+    poison_unread_bytes(inputs)
     for generation in ("first", "newest"):
         if generation == "first":
             metadata, splits = hf_flashmla.get_mla_metadata(inputs.cache_seqlens, s_q * h_q, 1)
