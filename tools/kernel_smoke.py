@@ -7,7 +7,7 @@ import argparse
 
 import torch
 
-from hf_flashmla import _ops, schedule
+from hf_flashmla import _ops, fp8_latent, schedule
 from hf_flashmla.reference import mla_decode_reference
 
 
@@ -23,16 +23,18 @@ def make_inputs(lengths, s_q, h_q, dtype, device="cuda", pool_slack=3):
     return q, k_cache, block_table, seqlens
 
 
-def decode_call(q, k_cache, block_table, seqlens, meta, splits, causal=True):
+def decode_call(q, k_cache, block_table, seqlens, meta, splits, causal=True, fp8=False):
     """The compiled op on these inputs and schedule, default softmax scale, dv = 512: the call the device scripts
-    time (the schedule is computed once, outside the timed call, as a decode step does)."""
-    return lambda: _ops.mla_decode(q, k_cache, block_table, seqlens, meta, splits, 576 ** -0.5, causal, 512)
+    time (the schedule is computed once, outside the timed call, as a decode step does). fp8: k_cache is in the FP8
+    layout (fp8_latent)."""
+    return lambda: _ops.mla_decode(q, k_cache, block_table, seqlens, meta, splits, 576 ** -0.5, causal, 512,
+                                   is_fp8_kvcache=fp8)
 
 
-def run_kernel(q, k_cache, block_table, seqlens, causal):
+def run_kernel(q, k_cache, block_table, seqlens, causal, fp8=False):
     s_q, h_q = q.shape[1], q.shape[2]
     meta, splits = schedule.compute_schedule(seqlens, s_q * h_q, 1)
-    return decode_call(q, k_cache, block_table, seqlens, meta, splits, causal)()
+    return decode_call(q, k_cache, block_table, seqlens, meta, splits, causal, fp8)()
 
 
 def rel_err(a, b):
@@ -40,17 +42,22 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
-def check(lengths, s_q, h_q, causal, dtype):
+def check(lengths, s_q, h_q, causal, dtype, fp8=False):
+    """The op against the reference; with fp8 both read the same FP8 cache (the reference dequantizes by the
+    kernel's rule, so the error is the bf16 kernel's, not the quantization's)."""
     q, k_cache, block_table, seqlens = make_inputs(lengths, s_q, h_q, dtype)
-    out, lse = run_kernel(q, k_cache, block_table, seqlens, causal)
-    ref_out, ref_lse = mla_decode_reference(q, k_cache, block_table, seqlens, 512, 576 ** -0.5, causal)
+    if fp8:
+        k_cache = fp8_latent.quantize(k_cache, 512)
+    out, lse = run_kernel(q, k_cache, block_table, seqlens, causal, fp8)
+    ref_out, ref_lse = mla_decode_reference(q, k_cache, block_table, seqlens, 512, 576 ** -0.5, causal, fp8)
     torch.cuda.synchronize()
     finite = torch.isfinite(ref_lse)
     err_out = rel_err(out, ref_out)
     lse_ok = torch.equal(torch.isfinite(lse), finite) and (
         not finite.any() or (lse[finite] - ref_lse[finite]).abs().max().item() < 1e-2)
     ok = err_out < 1e-2 and lse_ok and not torch.isnan(out).any().item()
-    print(f"{'ok  ' if ok else 'FAIL'} b={len(lengths)} s_q={s_q} h_q={h_q} causal={int(causal)} {str(dtype)[6:]} "
+    print(f"{'ok  ' if ok else 'FAIL'} b={len(lengths)} s_q={s_q} h_q={h_q} causal={int(causal)} {str(dtype)[6:]}"
+          f"{' fp8-cache' if fp8 else ''} "
           f"lens={lengths[:6]}{'...' if len(lengths) > 6 else ''} out_err={err_out:.2e} lse_ok={lse_ok}")
     return ok
 
@@ -102,6 +109,10 @@ def main():
     for s_q, h_q in ((2, 16), (1, 128), (3, 64)):
         results.append(check(many_short, s_q, h_q, True, torch.bfloat16))
     results.append(check([4641, 45118, 1730, 1696], 4, 16, True, torch.bfloat16))
+    if _ops.fp8_kernel_available():  # the FP8 feed: page edges, a long split sequence, both head counts
+        for s_q, h_q in ((1, 16), (2, 128)):
+            results.append(check([0, 1, 63, 64, 65, 300, 1000], s_q, h_q, True, torch.bfloat16, fp8=True))
+        results.append(check([4641, 45118, 1730, 1696], 4, 16, True, torch.bfloat16, fp8=True))
     print(f"correctness: {sum(results)}/{len(results)} ok")
     if not all(results):
         return 1
