@@ -17,7 +17,7 @@
 //     8 lanes in the swizzled layouts (no bank conflicts).
 //  3. Groups go in order 0..3. Groups 2 and 3 are written over the raw bytes of groups 0..3, so a barrier of the
 //     128 threads separates every read of a raw group from any write over it; group 3 lies under its own output,
-//     so its two halves take turns (fp8_feed_page). Chunks 0..3 are published (kv_full(stage, 0)) before
+//     so its two halves take turns (fp8_finish_page). Chunks 0..3 are published (kv_full(stage, 0)) before
 //     chunks 4..7 (kv_full(stage, 4)), and the consumers' Q K^T walks the chunks in that order (seesaw_chunk).
 // The scales (16 bytes per token) are loaded by each thread from global memory into registers, before it waits
 // for the raw bytes: the stages, Q and P fill the shared memory, and 16 bytes per thread need no staging.
@@ -86,7 +86,7 @@ struct Fp8FeedThread {
 
 // Raw group g of this thread's token into chunk 2g + half, a 16-byte unit at a time (each unit read before the two
 // it becomes are written: where group 3's output lies over its own raw bytes, a thread's writes never reach a unit
-// it has yet to read). Which writes may lie over other threads' raw bytes, fp8_feed_page orders by barriers.
+// it has yet to read). Which writes may lie over other threads' raw bytes, fp8_finish_page orders by barriers.
 __device__ __forceinline__ void fp8_dequantize_group(uint32_t stage_addr, const Fp8FeedThread& t, int g,
                                                      float scale) {
   // The row offsets are recomputed per group from a value ptxas cannot hoist: kept live across the page loop they
