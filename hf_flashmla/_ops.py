@@ -78,6 +78,7 @@ def check_error(error: RuntimeError) -> Exception:
 def mla_decode(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                softmax_scale: float, causal: bool, head_dim_v: int, schedule_seqlens=None, is_fp8_kvcache=False):
     try:
+        # A bf16/fp16 call leaves is_fp8_kvcache out: an extension built before the FP8 feed has no such argument.
         if is_fp8_kvcache:
             return torch.ops.hf_flashmla.mla_decode(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata,
                                                     num_splits, softmax_scale, causal, head_dim_v, schedule_seqlens,
