@@ -384,10 +384,18 @@ def test_newest_generation_under_inference_mode_and_torch_compile(fullgraph):
         sched_meta, _ = get_mla_metadata()
         first = compiled(*args, sched_meta)
         second = compiled(*args, sched_meta)
-        eager = attend(*args, get_mla_metadata()[0])
+        eager_meta = get_mla_metadata()[0]
+        eager = attend(*args, eager_meta)
         torch.cuda.synchronize()
     assert sched_meta.initialized
-    assert torch.equal(first[0], eager[0]) and torch.equal(first[1], eager[1]) and torch.equal(second[0], first[0])
+    # On a mismatch, say whether the two schedules differ (different splits change the rounding) or the outputs alone.
+    same_schedule = (torch.equal(sched_meta.tile_scheduler_metadata, eager_meta.tile_scheduler_metadata)
+                     and torch.equal(sched_meta.num_splits, eager_meta.num_splits))
+    pairs = (("out", first[0], eager[0]), ("lse", first[1], eager[1]), ("second out", second[0], first[0]))
+    for name, got, want in pairs:
+        diff = (got.float() - want.float()).nan_to_num(0.0).abs().max().item()
+        assert torch.equal(got, want), (f"{name}: compiled differs from eager, max |diff| {diff:.3g}, "
+                                        f"same schedule: {same_schedule}")
     assert_close_to_reference(eager[0] / 2, eager[1], inputs, True)
 
 
