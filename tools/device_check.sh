@@ -8,7 +8,7 @@
 #   tests     pytest -m "gpu or triton_gpu", one process per test file that has GPU tests (FlashMLA's conditions
 #             matrix excepted)                                                                     -> gpu_tests.log
 #   conditions  tests/test_flashmla_conditions.py, 12,800 GPU cases, in six processes at once (path x dtype):
-#             each case is small, so they share the GPU well                                       -> conditions.log
+#             each case is small, so they share the GPU well; with `tests` too, beside it           -> conditions.log
 #   sanitize  compute-sanitizer memcheck and racecheck on python -m tools.sanitize_case             -> sanitize_*.log
 #   generate  hf-flashmla check-generate, the main job, hf-flashmla evaluate (bf16, kernel required) -> generate.log
 #   multigpu  python -m tools.multi_gpu_check: device_map, tp_plan (torchrun), 2-GPU decode; CPU + one GPU with
@@ -76,6 +76,42 @@ if has_stage smoke; then
   run_stage "smoke (tools.kernel_smoke)" "$OUT/smoke.log" 180 python3 -m tools.kernel_smoke
 fi
 
+# The conditions matrix: six processes at once (path x dtype); each case is small, so they share the GPU well. Its
+# summary line goes to conditions.note, so that it can run in the background beside the tests stage.
+run_conditions() {
+  local s; s=$(date +%s); : > "$OUT/conditions.log"
+  for path in auto triton reference; do
+    for dtype in bf16 fp16; do
+      ( part="$OUT/conditions_${path}_${dtype}.part"
+        timeout "${CONDITIONS_TIMEOUT:-540}" python3 -m pytest -q -m gpu -p no:cacheprovider \
+          tests/test_flashmla_conditions.py -k "$path and $dtype" > "$part" 2>&1
+        rc=$?
+        # A run stopped by the time limit prints no summary: its last progress mark says how far it got.
+        echo "   $path $dtype: rc $rc: $(grep -E "[0-9]+ (passed|failed)" "$part" | tail -1)" \
+          "$( (( rc == 124 )) && grep -oE "\[ *[0-9]+%\]" "$part" | tail -1)" >> "$OUT/conditions.log"
+        grep -E "^FAILED" "$part" | head -10 >> "$OUT/conditions.log"
+        rm -f "$part" ) &
+    done
+  done
+  wait
+  if grep -qE ": rc [^0]" "$OUT/conditions.log"; then
+    echo "conditions: FAILED or incomplete ($(( $(date +%s) - s )) s)" > "$OUT/conditions.note"
+  elif ! grep -qE "[0-9]+ passed" "$OUT/conditions.log"; then
+    echo "conditions: NOTHING RAN (no GPU case passed or failed: skipped?)" > "$OUT/conditions.note"
+  else
+    echo "conditions: ok ($(( $(date +%s) - s )) s)" > "$OUT/conditions.note"
+  fi
+}
+finish_conditions() { cat "$OUT/conditions.log"; note "$(cat "$OUT/conditions.note")"; rm -f "$OUT/conditions.note"; }
+
+# With the tests stage too, the matrix runs beside it (the tests' timings are not the point of either).
+conditions_pid=
+if has_stage conditions && has_stage tests; then
+  echo "### conditions: in the background, beside the tests stage"
+  run_conditions > /dev/null 2>&1 &
+  conditions_pid=$!
+fi
+
 if has_stage tests; then
   # One pytest process per test file: a fault that ends a process (or poisons its CUDA context) then names its
   # file, and the files after it still run.
@@ -102,25 +138,10 @@ if has_stage tests; then
   rm -f "$OUT/file.log"
 fi
 
-if has_stage conditions; then
-  s=$(date +%s); : > "$OUT/conditions.log"
-  for path in auto triton reference; do
-    for dtype in bf16 fp16; do
-      ( part="$OUT/conditions_${path}_${dtype}.part"
-        timeout "${CONDITIONS_TIMEOUT:-540}" python3 -m pytest -q -m gpu -p no:cacheprovider \
-          tests/test_flashmla_conditions.py -k "$path and $dtype" > "$part" 2>&1
-        rc=$?
-        # A run stopped by the time limit prints no summary: its last progress mark says how far it got.
-        echo "   $path $dtype: rc $rc: $(grep -E "[0-9]+ (passed|failed)" "$part" | tail -1)" \
-          "$( (( rc == 124 )) && grep -oE "\[ *[0-9]+%\]" "$part" | tail -1)" >> "$OUT/conditions.log"
-        grep -E "^FAILED" "$part" | head -10 >> "$OUT/conditions.log"
-        rm -f "$part" ) &
-    done
-  done
-  wait
-  cat "$OUT/conditions.log"
-  if grep -qE ": rc [^0]" "$OUT/conditions.log"; then note "conditions: FAILED or incomplete ($(( $(date +%s) - s )) s)"
-  else note "conditions: ok ($(( $(date +%s) - s )) s)"; fi
+if [[ -n $conditions_pid ]]; then
+  wait "$conditions_pid"; finish_conditions
+elif has_stage conditions; then
+  run_conditions; finish_conditions
 fi
 
 if has_stage sanitize; then
