@@ -41,7 +41,10 @@ KERNEL_NUM_KV_HEADS = 1  # the compiled op's contract (see hf_flashmla/_ops.py);
 
 def _misalignment(tensor) -> int:
     """Bytes past a 16-byte boundary where the tensor's data starts (0 where there is no address: meta and fake
-    tensors, as torch.compile traces them)."""
+    tensors, and while torch.compile traces, where data_ptr() breaks the graph; the op's C++ checks the same at run
+    time, csrc/mla_checks.h)."""
+    if torch.compiler.is_compiling():
+        return 0
     try:
         return tensor.data_ptr() % TMA_ALIGNMENT
     except (RuntimeError, NotImplementedError):

@@ -253,6 +253,20 @@ def test_bad_input_names_the_argument_on_the_kernel_path(change, error, argument
     assert message.startswith(argument + ":"), message
 
 
+def test_kernel_path_checks_trace_into_one_graph():
+    # torch.compile(fullgraph=True) over flash_mla_with_kvcache traces these checks (FlashMLA's callers compile the
+    # call): the alignment check's data_ptr() broke that graph, so it is left to the op's C++ while tracing.
+    call = good_call()
+    inputs = (call["q"], call["k_cache"], call["block_table"], call["cache_seqlens"], 512, None, True)
+
+    def checked(q, k_cache, block_table, cache_seqlens):
+        validation.check_inputs(q, k_cache, block_table, cache_seqlens, *inputs[4:], for_kernel=True)
+        return q * 2
+
+    torch._dynamo.reset()
+    compiled = torch.compile(checked, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(*inputs[:4]), call["q"] * 2)
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("argument", ["q", "k_cache"])
 def test_misaligned_views_are_refused_on_the_kernel_path(argument):
