@@ -83,13 +83,15 @@ run_conditions() {
   for path in auto triton reference; do
     for dtype in bf16 fp16; do
       ( part="$OUT/conditions_${path}_${dtype}.part"
-        timeout "${CONDITIONS_TIMEOUT:-540}" python3 -m pytest -q -m gpu -p no:cacheprovider \
+        # COLUMNS: pytest cuts each FAILED summary line to the terminal's width, and these test ids alone are wider
+        # than 80: the cause (" - ErrorType: message") would not reach the log.
+        COLUMNS=400 timeout "${CONDITIONS_TIMEOUT:-540}" python3 -m pytest -q -m gpu -p no:cacheprovider \
           tests/test_flashmla_conditions.py -k "$path and $dtype" > "$part" 2>&1
         rc=$?
         # A run stopped by the time limit prints no summary: its last progress mark says how far it got.
         echo "   $path $dtype: rc $rc: $(grep -E "[0-9]+ (passed|failed)" "$part" | tail -1)" \
           "$( (( rc == 124 )) && grep -oE "\[ *[0-9]+%\]" "$part" | tail -1)" >> "$OUT/conditions.log"
-        grep -E "^FAILED" "$part" | head -10 >> "$OUT/conditions.log"
+        grep -E "^FAILED" "$part" | cut -c1-400 | head -10 >> "$OUT/conditions.log"
         rm -f "$part" ) &
     done
   done
