@@ -267,6 +267,7 @@ def test_kernel_path_checks_trace_into_one_graph():
     compiled = torch.compile(checked, fullgraph=True, backend="eager")
     assert torch.equal(compiled(*inputs[:4]), call["q"] * 2)
 
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("argument", ["q", "k_cache"])
 def test_misaligned_views_are_refused_on_the_kernel_path(argument):
