@@ -7,8 +7,8 @@
 #   smoke     python -m tools.kernel_smoke: the compiled op on edge cases, then a few timings         -> smoke.log
 #   tests     pytest -m "gpu or triton_gpu", one process per test file that has GPU tests (FlashMLA's conditions
 #             matrix excepted)                                                                     -> gpu_tests.log
-#   conditions  tests/test_flashmla_conditions.py, 12,800 GPU cases, in six processes at once (path x dtype):
-#             each case is small, so they share the GPU well; with `tests` too, beside it           -> conditions.log
+#   conditions  tests/test_flashmla_conditions.py, 12,800 GPU cases, in six processes at once (path x dtype);
+#             with `tests` too, beside it                                                           -> conditions.log
 #   sanitize  compute-sanitizer memcheck and racecheck on python -m tools.sanitize_case             -> sanitize_*.log
 #   generate  hf-flashmla check-generate, the main job, hf-flashmla evaluate (bf16, kernel required) -> generate.log
 #   multigpu  python -m tools.multi_gpu_check: device_map, tp_plan (torchrun), 2-GPU decode; CPU + one GPU with
@@ -76,8 +76,9 @@ if has_stage smoke; then
   run_stage "smoke (tools.kernel_smoke)" "$OUT/smoke.log" 180 python3 -m tools.kernel_smoke
 fi
 
-# The conditions matrix: six processes at once (path x dtype); each case is small, so they share the GPU well. Its
-# summary line goes to conditions.note, so that it can run in the background beside the tests stage.
+# The conditions matrix: six processes at once (path x dtype); most cases are small, so they share the GPU well (the
+# largest pools, b 128 with h_kv 8, take ~11 GB each). Its summary line goes to conditions.note, so that it can run
+# in the background beside the tests stage.
 run_conditions() {
   local s; s=$(date +%s); : > "$OUT/conditions.log"
   for path in auto triton reference; do
