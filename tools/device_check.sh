@@ -7,8 +7,8 @@
 #   smoke     python -m tools.kernel_smoke: the compiled op on edge cases, then a few timings         -> smoke.log
 #   tests     pytest -m "gpu or triton_gpu", one process per test file that has GPU tests (FlashMLA's conditions
 #             matrix excepted)                                                                     -> gpu_tests.log
-#   conditions  tests/test_flashmla_conditions.py, 12,800 GPU cases, in six processes at once (path x dtype);
-#             with `tests` too, beside it                                                           -> conditions.log
+#   conditions  tests/test_flashmla_conditions.py, 12,800 GPU cases, in six processes at once (path x dtype),
+#             then the large corner cases one process at a time; with `tests` too, beside it  -> conditions.log
 #   sanitize  compute-sanitizer memcheck and racecheck on python -m tools.sanitize_case             -> sanitize_*.log
 #   generate  hf-flashmla check-generate, the main job, hf-flashmla evaluate (bf16, kernel required) -> generate.log
 #   multigpu  python -m tools.multi_gpu_check: device_map, tp_plan (torchrun), 2-GPU decode; CPU + one GPU with
@@ -76,27 +76,33 @@ if has_stage smoke; then
   run_stage "smoke (tools.kernel_smoke)" "$OUT/smoke.log" 180 python3 -m tools.kernel_smoke
 fi
 
-# The conditions matrix: six processes at once (path x dtype); most cases are small, so they share the GPU well (the
-# largest pools, b 128 with h_kv 8, take ~11 GB each). Its summary line goes to conditions.note, so that it can run
-# in the background beside the tests stage.
+# The conditions matrix: six processes at once (path x dtype) for every case but the corner ones, then the corner
+# cases (b 128, s_k 4096: pools up to ~10 GB and a float32 reference beside them) one process at a time: six of them
+# at once ran out of the GPU's memory. Its summary line goes to conditions.note, so that it can run in the background
+# beside the tests stage.
+conditions_part() {  # path dtype selection: one pytest process, its summary and failures appended to the log
+  local part="$OUT/conditions_$1_$2_${3// /_}.part" rc
+  # COLUMNS: pytest cuts each FAILED summary line to the terminal's width, and these test ids alone are wider than
+  # 80: the cause (" - ErrorType: message") would not reach the log.
+  COLUMNS=400 timeout "${CONDITIONS_TIMEOUT:-540}" python3 -m pytest -q -m gpu -p no:cacheprovider \
+    tests/test_flashmla_conditions.py -k "$1 and $2 and $3" > "$part" 2>&1
+  rc=$?
+  # A run stopped by the time limit prints no summary: its last progress mark says how far it got.
+  echo "   $1 $2 ($3): rc $rc: $(grep -E "[0-9]+ (passed|failed)" "$part" | tail -1)" \
+    "$( (( rc == 124 )) && grep -oE "\[ *[0-9]+%\]" "$part" | tail -1)" >> "$OUT/conditions.log"
+  grep -E "^FAILED" "$part" | cut -c1-400 | head -10 >> "$OUT/conditions.log"
+  rm -f "$part"
+}
+
 run_conditions() {
-  local s; s=$(date +%s); : > "$OUT/conditions.log"
+  local s path dtype; s=$(date +%s); : > "$OUT/conditions.log"
   for path in auto triton reference; do
-    for dtype in bf16 fp16; do
-      ( part="$OUT/conditions_${path}_${dtype}.part"
-        # COLUMNS: pytest cuts each FAILED summary line to the terminal's width, and these test ids alone are wider
-        # than 80: the cause (" - ErrorType: message") would not reach the log.
-        COLUMNS=400 timeout "${CONDITIONS_TIMEOUT:-540}" python3 -m pytest -q -m gpu -p no:cacheprovider \
-          tests/test_flashmla_conditions.py -k "$path and $dtype" > "$part" 2>&1
-        rc=$?
-        # A run stopped by the time limit prints no summary: its last progress mark says how far it got.
-        echo "   $path $dtype: rc $rc: $(grep -E "[0-9]+ (passed|failed)" "$part" | tail -1)" \
-          "$( (( rc == 124 )) && grep -oE "\[ *[0-9]+%\]" "$part" | tail -1)" >> "$OUT/conditions.log"
-        grep -E "^FAILED" "$part" | cut -c1-400 | head -10 >> "$OUT/conditions.log"
-        rm -f "$part" ) &
-    done
+    for dtype in bf16 fp16; do conditions_part "$path" "$dtype" "not corner" & done
   done
   wait
+  for path in auto triton; do  # the reference path takes no corner case (b > 6)
+    for dtype in bf16 fp16; do conditions_part "$path" "$dtype" "corner"; done
+  done
   if grep -qE ": rc [^0]" "$OUT/conditions.log"; then
     echo "conditions: FAILED or incomplete ($(( $(date +%s) - s )) s)" > "$OUT/conditions.note"
   elif ! grep -qE "[0-9]+ passed" "$OUT/conditions.log"; then
