@@ -37,7 +37,7 @@ TINY = dict(
 # The families make_config builds: the dense MLA families flash_mla serves, and kimi_k25 (a vision-language
 # model whose text model is DeepSeek-V3).
 ARCHITECTURES = ("deepseek_v3", "deepseek_v2", "glm4_moe_lite", "longcat_flash", "kimi_linear", "kimi_k25",
-                 "bailing_hybrid", "mistral4", "minicpm3", "youtu", "axk1")
+                 "bailing_hybrid", "mistral4", "minicpm3", "youtu", "axk1", "sarvam_mla")
 # Head shapes of the real models that differ from SMALL_V3's, kept by the default small model of the family:
 # GLM-4.7-Flash's 20 heads (not a power of two) and v_head_dim 256.
 REAL_HEAD_SHAPES = {
@@ -144,8 +144,19 @@ def dense_mlp(config):
 
 def model_class(config):
     """The generating class of the config's family: its *ForCausalLM, or *ForConditionalGeneration for a
-    vision-language model (kimi_k25); AutoModelForCausalLM does not list every family (mistral4)."""
-    modeling = importlib.import_module(f"transformers.models.{config.model_type}.modeling_{config.model_type}")
+    vision-language model (kimi_k25); AutoModelForCausalLM does not list every family (mistral4). A model type
+    with a config only (sarvam_mla) gets the class that AutoModelForCausalLM builds for it."""
+    try:
+        modeling = importlib.import_module(f"transformers.models.{config.model_type}.modeling_{config.model_type}")
+    except ModuleNotFoundError:
+        import transformers
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
+        if name is None:
+            raise ValueError(f"config: model type {config.model_type!r} has no modeling module and no causal-LM "
+                             f"class in this transformers release") from None
+        return getattr(transformers, name)
     for suffix in ("ForCausalLM", "ForConditionalGeneration"):
         for name, value in vars(modeling).items():
             if inspect.isclass(value) and value.__module__ == modeling.__name__ and name.endswith(suffix):

@@ -19,7 +19,7 @@ from hf_flashmla.checkpoint import TINY, make_config, model_class, random_model
 from hf_flashmla.testing import left_padded_ids
 from hf_flashmla.transformers_integration import (attn_implementation_for, cache_kwarg, call_counts, decode_graphs,
                                                   reset_call_counts)
-from hf_flashmla.transformers_integration.families import MLA_FAMILIES, discover
+from hf_flashmla.transformers_integration.families import CONFIG_ONLY_FAMILIES, MLA_FAMILIES, discover, has_config
 from hf_flashmla.transformers_integration.mla_adapter import (ROPE_BY_CONFIG, ROPE_COMPLEX, ROPE_INTERLEAVE,
                                                               ROPE_NONE, ROPE_PLAIN, MLAForm, UnservedAttention,
                                                               mla_form)
@@ -43,6 +43,7 @@ CONFIGS = {
     "minicpm3": ("minicpm3", dict(kv_lora_rank=32, qk_rope_head_dim=16)),
     "youtu": ("youtu", {}),
     "axk1": ("axk1", {}),
+    "sarvam_mla": ("sarvam_mla", {}),  # a config only: built as DeepseekV3ForCausalLM
 }
 HYBRID = {"kimi_linear", "bailing_hybrid"}
 
@@ -52,6 +53,10 @@ _models = {}
 def require(architecture):
     if architecture == "kimi_k25":
         architecture = "deepseek_v3"
+    if architecture in CONFIG_ONLY_FAMILIES:
+        if not has_config(architecture):
+            pytest.skip(f"{architecture} is not in this transformers release")
+        architecture = CONFIG_ONLY_FAMILIES[architecture]
     pytest.importorskip(f"transformers.models.{architecture}.modeling_{architecture}",
                         reason=f"{architecture} is not in this transformers release")
 
@@ -227,6 +232,34 @@ def test_every_mla_module_of_the_release_is_listed():
     found = {path.parent.name for path in models.glob("*/modeling_*.py")
              if path.stem == f"modeling_{path.parent.name}" and "kv_a_proj_with_mqa" in path.read_text()}
     assert found <= set(MLA_FAMILIES), sorted(found - set(MLA_FAMILIES))
+
+
+def test_every_config_only_mla_model_type_is_listed():
+    """A model type whose auto classes are another MLA family's (sarvam_mla: DeepseekV3ForCausalLM) is in
+    CONFIG_ONLY_FAMILIES, mapped to that family, so that it is listed with the served families."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
+
+    owner = {}  # class name -> the MLA family whose modeling module defines it
+    for family in discover(MLA_FAMILIES).values():
+        for cls in family.model_classes:
+            owner[cls.__name__] = family.model_type
+    expected = {}
+    for mapping in (MODEL_MAPPING_NAMES, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        for model_type, name in mapping.items():
+            # A family's own sub-model types (glm5_next_text, ...) are its classes: served or refused with it.
+            if (model_type not in MLA_FAMILIES and isinstance(name, str) and name in owner
+                    and not model_type.startswith(owner[name] + "_")):
+                expected[model_type] = owner[name]
+    listed = {alias: family for alias, family in CONFIG_ONLY_FAMILIES.items() if has_config(alias)}
+    assert expected == listed
+
+
+def test_config_only_family_is_listed_as_served():
+    require("sarvam_mla")
+    from hf_flashmla.transformers_integration import register, served_families
+
+    register()
+    assert "sarvam_mla" in served_families() and "deepseek_v3" in served_families()
 
 
 def _attention_class(forward_body):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from hf_flashmla.__main__ import main
+from hf_flashmla.transformers_integration.families import CONFIG_ONLY_FAMILIES
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -63,10 +64,11 @@ def test_check_generate_subcommand_on_the_cpu(capsys):
 
 @pytest.mark.usefixtures("one_cpu_thread")
 @pytest.mark.parametrize("arch", ["glm4_moe_lite", "longcat_flash", "kimi_linear", "kimi_k25", "bailing_hybrid",
-                                  "mistral4", "minicpm3", "youtu", "axk1", "deepseek_v2"])
+                                  "mistral4", "minicpm3", "youtu", "axk1", "deepseek_v2", "sarvam_mla"])
 def test_main_job_of_each_family_on_the_cpu(arch, capsys, tmp_path, monkeypatch):
     """--arch builds that family's small checkpoint (./hf_flashmla_demo_checkpoint_ARCH) and runs the job."""
-    pytest.importorskip(f"transformers.models.{arch}.modeling_{arch}", reason=f"{arch} is not in this release")
+    module = f"configuration_{arch}" if arch in CONFIG_ONLY_FAMILIES else f"modeling_{arch}"
+    pytest.importorskip(f"transformers.models.{arch}.{module}", reason=f"{arch} is not in this release")
     monkeypatch.chdir(tmp_path)
     assert main(["--arch", arch, "--device", "cpu", "--batch", "2", "--prompt-length", "20", "--max-new-tokens", "3",
                  "--no-fp32-reference"]) == 0

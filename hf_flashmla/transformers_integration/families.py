@@ -33,6 +33,11 @@ MLA_FAMILIES = (
     # DSA (sparse) MLA: an indexer picks top-k keys per query; refused (no sparse decode kernel here):
     "deepseek_v32", "glm_moe_dsa", "glm5_next", "axk2", "hy_v4", "hy_v4_vl", "dots3_note", "mistral_large4",
 )
+# Model types that have only a config of their own: Transformers' auto classes build them as another MLA family's
+# model classes, so flash_mla serves (or refuses) them as that family, by class.
+CONFIG_ONLY_FAMILIES = {
+    "sarvam_mla": "deepseek_v3",  # Sarvam-105B: a DeepSeek-V3 config (legacy keys translated), DeepseekV3ForCausalLM
+}
 
 
 @dataclass
@@ -89,6 +94,13 @@ def family_of_module(model_type: str, modeling) -> Family:
         except UnservedAttention as reason:
             attention[cls] = reason
     return Family(model_type, tuple(_defined_in(modeling, PreTrainedModel)), attention)
+
+
+def has_config(model_type: str) -> bool:
+    """Whether the installed Transformers knows this model type (its config is registered)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return model_type in CONFIG_MAPPING_NAMES
 
 
 def discover(model_types=MLA_FAMILIES) -> dict[str, Family]:

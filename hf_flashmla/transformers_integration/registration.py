@@ -46,7 +46,7 @@ from hf_flashmla.transformers_integration import decode_graphs, prefill_blocks  
 from hf_flashmla.transformers_integration.attention import ATTN_IMPLEMENTATION, flash_mla_forward
 from hf_flashmla.transformers_integration.compat import cache_kwarg
 from hf_flashmla.transformers_integration.counters import counters
-from hf_flashmla.transformers_integration.families import discover
+from hf_flashmla.transformers_integration.families import CONFIG_ONLY_FAMILIES, discover, has_config
 from hf_flashmla.transformers_integration.mla_adapter import SPARSE_MARKER, UnservedAttention
 
 SPARSE_MISSING = ("hf_flashmla has no sparse top-k decode kernel (attention over each query's top-k keys), only dense "
@@ -320,7 +320,7 @@ def refusal(model) -> str | None:
             if reason is None:
                 return None
             return _refusal_message(name, family.model_type, reason)
-    served = sorted(model_type for model_type, family in _families.items() if family.served)
+    served = served_families()
     message = (f"attn_implementation='flash_mla' serves Transformers' own multi-head latent attention models "
                f"(model types {', '.join(served)}); {name} is not one")
     if "transformers." not in type(model).__module__:
@@ -440,8 +440,11 @@ def register() -> bool:
 
 
 def served_families() -> list[str]:
-    """The model types flash_mla serves with the installed Transformers (after register())."""
-    return sorted(model_type for model_type, family in _families.items() if family.served)
+    """The model types flash_mla serves with the installed Transformers (after register()), config-only ones
+    (CONFIG_ONLY_FAMILIES) included."""
+    served = {model_type for model_type, family in _families.items() if family.served}
+    served |= {alias for alias, family in CONFIG_ONLY_FAMILIES.items() if family in served and has_config(alias)}
+    return sorted(served)
 
 
 def refused_families() -> dict[str, str]:
