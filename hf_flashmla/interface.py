@@ -233,11 +233,6 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
                                schedule_seqlens, is_fp8_kvcache=is_fp8_kvcache)
     if choice.name == dispatch.TRITON:
         from hf_flashmla import triton_decode  # imported on first use: Triton is optional and slow to import
-        if q.device.type != "cuda":  # TRITON_INTERPRET on the CPU
-            return triton_decode.mla_decode_triton(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal,
-                                                   is_fp8_kvcache=is_fp8_kvcache)
-        # Triton launches on the current device and stream: make them q's (device_map puts layers on several GPUs).
-        with torch.cuda.device(q.device):
-            return triton_decode.mla_decode_triton(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal,
-                                                   is_fp8_kvcache=is_fp8_kvcache)
+        return triton_decode.decode_on_device(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal,
+                                              is_fp8_kvcache)
     return mla_decode_reference(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal, is_fp8_kvcache)

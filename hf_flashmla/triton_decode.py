@@ -3,7 +3,8 @@ apply (Ampere, Ada, Blackwell, or Hopper without the built extension), and selec
 HF_FLASHMLA_BACKEND=triton (on the CPU only under TRITON_INTERPRET=1, for tests).
 
 Same semantics as hf_flashmla.reference (see README's API table): q [b, s_q, h_q, 576],
-k_cache [num_blocks, 64, h_kv, 576], V = the first 512 values of each K vector; causal query token t
+k_cache [num_blocks, 64, h_kv, 576], V = the first 512 values of each K vector (other latents too, e.g. MiniCPM3's
+and Mistral-4's 256 + 32 / 256 + 64, where both parts are powers of two: supports_latent); causal query token t
 of a sequence of length L sees keys 0 .. L - s_q + t; a query that sees no key gets out = 0, lse = +inf; NaN in q
 or in a visible key propagates to out and lse. Keys past a sequence's length are never loaded (masked loads), so
 whatever the cache holds there (NaN included) never reaches the output.
@@ -48,12 +49,20 @@ from triton.runtime.errors import OutOfResources
 from hf_flashmla import fp8_latent
 
 PAGE_SIZE = 64
-D_LATENT = 512  # = head_dim_v: V is the latent part of K
+D_LATENT = 512  # = head_dim_v: V is the latent part of K (DeepSeek's shape; supports_latent says what else runs)
 D_ROPE = 64
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
 MIN_PAGES_PER_SPLIT = 4  # below this a split's partial output (rows x 2 KB) costs more than it hides
 INTERPRETER_SMS = 4  # stands in for the SM count under TRITON_INTERPRET, so that CPU tests split
+
+
+def supports_latent(d_v: int, d_pe: int) -> bool:
+    """Whether this kernel takes a latent of d_v values (also V) + d_pe rope values: tl.arange needs powers of two,
+    and tl.dot an inner dimension of at least 16."""
+    def power_of_two(n):
+        return n >= 16 and n & (n - 1) == 0
+    return power_of_two(d_v) and d_v <= D_LATENT and power_of_two(d_pe) and d_pe <= D_ROPE
 
 
 @triton.jit
@@ -296,11 +305,12 @@ def _fallbacks(config: TileConfig):
         yield config._replace(block_n=16, num_stages=2)
 
 
-def _shared_bytes(config: TileConfig, element_size: int, token_bytes: int | None = None) -> int:
+def _shared_bytes(config: TileConfig, element_size: int, token_bytes: int | None = None,
+                  head_dim: int = D_LATENT + D_ROPE) -> int:
     """Q tile + buffered K tiles (+1 KB reserved per block): matches the compiled kernels' figures for bf16/fp16
     caches. token_bytes: a K token's bytes when they differ from the Q row's (an FP8 cache: 656)."""
-    token_bytes = 576 * element_size if token_bytes is None else token_bytes
-    return config.block_m * 576 * element_size + (config.num_stages - 1) * config.block_n * token_bytes + 1024
+    token_bytes = head_dim * element_size if token_bytes is None else token_bytes
+    return config.block_m * head_dim * element_size + (config.num_stages - 1) * config.block_n * token_bytes + 1024
 
 
 @functools.lru_cache(maxsize=None)
@@ -357,9 +367,10 @@ def mla_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch
     float8_e4m3fn [num_blocks, 64, h_kv, 656] in FlashMLA's FP8 layout (hf_flashmla/fp8_latent.py)."""
     batch, s_q, h_q, head_dim = q.shape
     num_blocks, page_size, h_kv, token_width = k_cache.shape
-    assert head_dim == D_LATENT + D_ROPE and head_dim_v == D_LATENT and page_size == PAGE_SIZE
+    d_v, d_pe = head_dim_v, head_dim - head_dim_v
+    assert supports_latent(d_v, d_pe) and page_size == PAGE_SIZE
     if is_fp8_kvcache:
-        assert token_width == fp8_latent.token_bytes(D_LATENT, D_ROPE)
+        assert token_width == fp8_latent.token_bytes(d_v, d_pe)
         kv = k_cache.view(torch.uint8)
         kv_scale, kv_rope = kv.view(torch.float32), kv.view(fp8_latent.ROPE_DTYPE)  # the same bytes, other units
         token_bytes = token_width
@@ -375,13 +386,13 @@ def mla_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch
     if num_splits is None:
         num_sms, shared_per_sm = _device_limits(q.device)
         resident = max(1, min(config.programs_per_sm,
-                               shared_per_sm // _shared_bytes(config, q.element_size(), token_bytes)))
+                               shared_per_sm // _shared_bytes(config, q.element_size(), token_bytes, head_dim)))
         num_splits = choose_num_splits(row_blocks * batch * h_kv, max_blocks, num_sms, resident)
 
-    out = torch.empty(batch, s_q, h_q, D_LATENT, dtype=q.dtype, device=q.device)
+    out = torch.empty(batch, s_q, h_q, d_v, dtype=q.dtype, device=q.device)
     lse = torch.empty(batch, h_q, s_q, dtype=torch.float32, device=q.device)
     if num_splits > 1:
-        o_part = torch.empty(batch * h_kv, num_splits, rows, D_LATENT, dtype=torch.float32, device=q.device)
+        o_part = torch.empty(batch * h_kv, num_splits, rows, d_v, dtype=torch.float32, device=q.device)
         lse_part = torch.empty(batch * h_kv, num_splits, rows, dtype=torch.float32, device=q.device)
     else:
         o_part, lse_part = out, lse  # not read: the split kernel writes out / lse itself
@@ -398,7 +409,7 @@ def mla_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch
             DIRECT_OUT=num_splits == 1, CAUSAL=causal, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else None,  # None: the default (16-bit dots)
             UPCAST=INTERPRETED and q.dtype == torch.bfloat16,
-            PAGE=PAGE_SIZE, D_V=D_LATENT, D_PE=D_ROPE, FP8=is_fp8_kvcache, GROUP=fp8_latent.GROUP,
+            PAGE=PAGE_SIZE, D_V=d_v, D_PE=d_pe, FP8=is_fp8_kvcache, GROUP=fp8_latent.GROUP,
             FP8_NATIVE=_native_fp8(q.device),
             num_warps=tiles.num_warps, num_stages=tiles.num_stages)
 
@@ -417,5 +428,18 @@ def mla_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch
         splits_pow2 = triton.next_power_of_2(num_splits)
         _combine_kernel[(rows, batch * h_kv)](
             out, lse, o_part, lse_part, s_q, group, h_q, num_splits,
-            SPLITS_POW2=splits_pow2, CHUNK=max(32, min(D_LATENT, 4096 // splits_pow2)), D_V=D_LATENT, num_warps=4)
+            SPLITS_POW2=splits_pow2, CHUNK=max(min(32, d_v), min(d_v, 4096 // splits_pow2)), D_V=d_v, num_warps=4)
     return out, lse
+
+
+def decode_on_device(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor, cache_seqlens: torch.Tensor,
+                     head_dim_v: int, softmax_scale: float, causal: bool,
+                     is_fp8_kvcache: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """mla_decode_triton on q's device: Triton launches on the current device and stream, and device_map puts
+    layers on several GPUs. (On the CPU: TRITON_INTERPRET, for tests.)"""
+    if q.device.type != "cuda":
+        return mla_decode_triton(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                                 is_fp8_kvcache=is_fp8_kvcache)
+    with torch.cuda.device(q.device):
+        return mla_decode_triton(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                                 is_fp8_kvcache=is_fp8_kvcache)

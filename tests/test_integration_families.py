@@ -16,9 +16,10 @@ import torch
 
 from hf_flashmla import HybridLatentCache, LatentPagedCache
 from hf_flashmla.checkpoint import TINY, make_config, model_class, random_model
+from hf_flashmla.dispatch import KERNEL, BackendChoice
 from hf_flashmla.testing import left_padded_ids
-from hf_flashmla.transformers_integration import (attn_implementation_for, cache_kwarg, call_counts, decode_graphs,
-                                                  reset_call_counts)
+from hf_flashmla.transformers_integration import (attention, attn_implementation_for, cache_kwarg, call_counts,
+                                                  decode_graphs, reset_call_counts)
 from hf_flashmla.transformers_integration.families import CONFIG_ONLY_FAMILIES, MLA_FAMILIES, discover, has_config
 from hf_flashmla.transformers_integration.mla_adapter import (ROPE_BY_CONFIG, ROPE_COMPLEX, ROPE_INTERLEAVE,
                                                               ROPE_NONE, ROPE_PLAIN, MLAForm, UnservedAttention,
@@ -94,7 +95,7 @@ def assert_same_generation(model, ids, mask=None, seed=None, **kwargs):
     if seed is not None:
         torch.manual_seed(seed)
     flash = generate(model, "flash_mla", ids, mask, **kwargs)
-    assert call_counts["paged_reference"] + call_counts["paged_kernel"] > 0
+    assert call_counts["paged_reference"] + call_counts["paged_kernel"] + call_counts["paged_triton"] > 0
     assert torch.equal(flash.sequences, eager.sequences)
     if not kwargs.get("num_beams"):
         assert torch.allclose(torch.stack(flash.scores), torch.stack(eager.scores), rtol=1e-4, atol=1e-4)
@@ -112,6 +113,41 @@ def test_greedy_left_padded_batch_matches_eager(name):
     for layer, kind in enumerate(layer_types):  # pages exactly at the MLA layers' own indices
         assert (cache.pool(layer) is not None) == (kind == "full_attention")
 
+
+def other_latent_model(name):
+    """MiniCPM3's latent (here 32 + 16), Mistral-4's (256 + 64): not the sm_90 kernel's 512 + 64."""
+    if name == "minicpm3":
+        return tiny_model(name)
+    require(name)
+    return random_model(make_config(name, base=TINY, kv_lora_rank=256), seed=1)
+
+
+def triton_interpreted():
+    triton_decode = pytest.importorskip("hf_flashmla.triton_decode", reason="Triton is not installed")
+    if not triton_decode.INTERPRETED:
+        pytest.skip("Triton runs compiled here (CUDA present): the GPU tests cover it")
+
+
+@pytest.mark.parametrize("name", ["minicpm3", "mistral4"])
+@pytest.mark.parametrize("chosen", ["triton", "cuda_sm90"])
+def test_other_latents_decode_on_the_triton_kernel(name, chosen, monkeypatch):
+    """A latent other than 512 + 64 decodes on the Triton kernel where the backend is Triton (GPUs other than
+    Hopper) and where it is the sm_90 kernel (Hopper: that kernel takes DeepSeek's shape only). On the CPU the
+    choice is stood in for and Triton runs under its interpreter."""
+    triton_interpreted()
+    model = other_latent_model(name)
+    monkeypatch.setattr(attention, "backend", lambda *args, **kwargs: BackendChoice(chosen, "stood in for"))
+    assert_same_generation(model, *prompts(batch=2))
+    assert call_counts["paged_triton"] > 0 and call_counts["paged_reference"] == 0
+
+
+def test_other_latents_on_hopper_without_triton_name_the_way_out(monkeypatch):
+    model = other_latent_model("minicpm3")
+    monkeypatch.setattr(attention, "backend", lambda *args, **kwargs: BackendChoice(KERNEL, "stood in for"))
+    monkeypatch.setattr(attention, "triton_import_error", lambda: "ModuleNotFoundError: triton")
+    use(model, "flash_mla")
+    with pytest.raises(ValueError, match="kv_lora_rank=32.*Triton is not importable.*HF_FLASHMLA_BACKEND=reference"):
+        model.generate(*prompts(batch=1)[:1], max_new_tokens=2, do_sample=False)
 
 @pytest.mark.parametrize("name", ["glm4_moe_lite", "longcat_flash", "kimi_linear", "bailing_hybrid", "mistral4"])
 def test_short_left_padded_prompt_runs_paged_from_the_first_chunk(name):

@@ -8,6 +8,7 @@ from hf_flashmla import LatentPagedCache
 from hf_flashmla.checkpoint import dense_mlp, make_config, random_model
 from hf_flashmla.generation_check import compare, count_kernel_calls, left_padded_prompts
 from hf_flashmla.transformers_integration import attn_implementation_for, cache_kwarg
+from hf_flashmla.transformers_integration.families import CONFIG_ONLY_FAMILIES
 
 pytestmark = pytest.mark.gpu
 
@@ -33,6 +34,21 @@ def test_bf16_generate_close_to_eager_on_the_kernel(architecture, heads, overrid
     result = compare_on_the_kernel(model, f"{architecture} h={heads} {overrides}")
     assert result.match_rate > 0.5
 
+
+@pytest.mark.parametrize("architecture,heads,overrides", [
+    ("minicpm3", 40, dict(kv_lora_rank=256, qk_rope_head_dim=32, hidden_size=320)),  # MiniCPM3-4B's latent, heads
+    ("mistral4", 32, dict(kv_lora_rank=256)),
+])
+def test_other_latents_generate_on_the_triton_kernel(architecture, heads, overrides):
+    """A latent other than 512 + 64 decodes on the Triton kernel on Hopper (the sm_90 kernel is DeepSeek's shape)."""
+    model = bf16_model(architecture, heads, **overrides)
+    text_config = model.config.get_text_config(decoder=True)
+    ids, mask = left_padded_prompts(4, 150, text_config.vocab_size, device=DEVICE)
+    result = compare(model, ids, mask, max_new_tokens=40)
+    print(f"\n{architecture}: greedy match rate {result.match_rate:.3f}, logits rel err {result.logits_rel_error:.2e}, "
+          f"{result.paged_calls}")
+    assert result.paged_calls["paged_triton"] > 0 and result.paged_calls["paged_reference"] == 0
+    assert result.logits_rel_error < 1e-2 and result.match_rate > 0.5
 
 def compare_on_the_kernel(model, label):
     """flash_mla against eager on 4 left-padded rows of 150 + 80 tokens (pages 64, 128 and 192 crossed): every
@@ -98,13 +114,15 @@ FAMILY_CASES = [
     ("minicpm3", {}),
     ("youtu", {}),
     ("axk1", {}),
+    ("sarvam_mla", {}),
 ]
 
 
 def bf16_family_model(architecture, layers=3, **overrides):
     """Dense MLPs where the family has a choice (no bf16 routing flips); LongCat-Flash's layers are all MoE."""
     module = "deepseek_v3" if architecture == "kimi_k25" else architecture
-    pytest.importorskip(f"transformers.models.{module}.modeling_{module}", reason=f"{module} is not in this release")
+    kind = "configuration" if module in CONFIG_ONLY_FAMILIES else "modeling"
+    pytest.importorskip(f"transformers.models.{module}.{kind}_{module}", reason=f"{module} is not in this release")
     config = dense_mlp(make_config(architecture, num_hidden_layers=layers, **overrides))
     return random_model(config, dtype=torch.float32).to(torch.bfloat16).to(DEVICE).eval()
 

@@ -110,6 +110,82 @@ def test_interpreter_matches_reference(interpreted, lengths, s_q, h_q, h_kv, dty
     assert_matches_reference(out, lse, inputs, causal, scale)
 
 
+# Latents other than DeepSeek's 512 + 64 (MiniCPM3: 256 + 32, Mistral-4: 256 + 64; and small ones): same kernel,
+# D_V and D_PE from the shapes. (d_v, d_pe, lengths, s_q, h_q, dtype, causal, num_splits, fp8)
+OTHER_LATENT_CASES = [
+    (256, 64, [70, 200], 1, 16, torch.bfloat16, True, None, False),
+    (256, 32, [0, 300, 64], 2, 16, torch.float16, True, 3, False),
+    (256, 32, [129, 3], 1, 40, torch.float32, False, 2, False),
+    (32, 16, [5, 130], 4, 4, torch.bfloat16, True, None, False),
+    (256, 64, [0, 150, 64], 2, 16, torch.bfloat16, True, 2, True),
+    (128, 32, [70, 1], 1, 32, torch.bfloat16, False, None, True),
+]
+
+
+def check_other_latent(launch, d_v, d_pe, lengths, s_q, h_q, dtype, causal, num_splits, fp8, device="cpu"):
+    """launch = mla_decode_triton, interpreted or compiled; checked against the reference on the CPU."""
+    from hf_flashmla import fp8_latent
+
+    inputs = make_paged_inputs(lengths, s_q, h_q, dtype=dtype, seed=d_v + d_pe, head_dim=d_v + d_pe)
+    if fp8:
+        inputs.k_cache = fp8_latent.quantize(inputs.k_cache, d_v)
+    scale = (d_v + d_pe) ** -0.5
+    out, lse = launch(inputs.q.to(device), inputs.k_cache.to(device), inputs.block_table.to(device),
+                      inputs.cache_seqlens.to(device), d_v, scale, causal, num_splits=num_splits, is_fp8_kvcache=fp8)
+    out, lse = out.cpu(), lse.cpu()
+    ref_out, ref_lse = mla_decode_reference(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens, d_v,
+                                            scale, causal, fp8)
+    assert out.shape == (len(lengths), s_q, h_q, d_v) and out.dtype == dtype
+    unseen = torch.isinf(ref_lse)
+    assert torch.equal(torch.isinf(lse), unseen) and torch.all(out.permute(0, 2, 1, 3)[unseen] == 0)
+    seen = ~unseen
+    assert torch.all((lse - ref_lse)[seen].abs() <= LSE_ATOL + LSE_RTOL * ref_lse[seen].abs())
+    error = ((out.float() - ref_out.float()).norm() / ref_out.float().norm()).item()
+    assert error < OUT_TOLERANCE[dtype], f"out: relative error {error:.3g}"
+
+
+OTHER_LATENT_IDS = [f"{c[0]}+{c[1]}_L{'-'.join(map(str, c[2]))}_sq{c[3]}_h{c[4]}_{str(c[5])[6:]}"
+                    f"{'_fp8' if c[8] else ''}" for c in OTHER_LATENT_CASES]
+
+
+@pytest.mark.parametrize("d_v,d_pe,lengths,s_q,h_q,dtype,causal,num_splits,fp8", OTHER_LATENT_CASES,
+                         ids=OTHER_LATENT_IDS)
+def test_interpreter_other_latents_match_reference(interpreted, d_v, d_pe, lengths, s_q, h_q, dtype, causal,
+                                                   num_splits, fp8):
+    check_other_latent(interpreted.mla_decode_triton, d_v, d_pe, lengths, s_q, h_q, dtype, causal, num_splits, fp8)
+
+
+# MiniCPM3 (40 heads, 256 + 32) and Mistral-4 shapes at real lengths, compiled, with the split count chosen by the
+# kernel's own heuristic (None) as the integration calls it.
+GPU_OTHER_LATENT_CASES = [
+    (256, 32, [4096 + 17, 31, 1000], 1, 40, torch.bfloat16, True, None, False),
+    (256, 64, [16384, 5, 700], 1, 128, torch.bfloat16, True, None, False),
+    (256, 64, [3000, 64], 2, 32, torch.float16, True, None, False),
+    (256, 64, [5000, 130], 1, 16, torch.bfloat16, True, None, True),
+]
+
+
+@pytest.mark.triton_gpu
+@pytest.mark.parametrize("d_v,d_pe,lengths,s_q,h_q,dtype,causal,num_splits,fp8", GPU_OTHER_LATENT_CASES,
+                         ids=[f"{c[0]}+{c[1]}_L{'-'.join(map(str, c[2]))}_sq{c[3]}_h{c[4]}_{str(c[5])[6:]}"
+                              f"{'_fp8' if c[8] else ''}" for c in GPU_OTHER_LATENT_CASES])
+def test_gpu_other_latents_match_reference(d_v, d_pe, lengths, s_q, h_q, dtype, causal, num_splits, fp8):
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("needs a CUDA device of compute capability >= 8.0")
+    from hf_flashmla import triton_decode
+
+    check_other_latent(triton_decode.mla_decode_triton, d_v, d_pe, lengths, s_q, h_q, dtype, causal, num_splits, fp8,
+                       device="cuda")
+
+
+@pytest.mark.parametrize("d_v,d_pe,ok", [(512, 64, True), (256, 64, True), (256, 32, True), (16, 16, True),
+                                         (384, 64, False), (256, 48, False), (1024, 64, False), (512, 128, False),
+                                         (512, 8, False), (8, 16, False)])
+def test_supports_latent_takes_powers_of_two_within_the_tile_sizes(d_v, d_pe, ok):
+    from hf_flashmla.triton_decode import supports_latent
+
+    assert supports_latent(d_v, d_pe) is ok
+
 def test_interpreter_through_the_public_api(interpreted, monkeypatch):
     """HF_FLASHMLA_BACKEND=triton + TRITON_INTERPRET=1 routes both generations to the Triton kernel."""
     monkeypatch.setenv(BACKEND_ENV_VAR, "triton")

@@ -15,8 +15,9 @@ With an FP8 cache (LatentPagedCache(kv_cache_dtype="fp8_e4m3")) the pages hold t
 dense prefill attends to the latent's FP8 round trip (cache.stored_latent), so that every route (one prefill or
 blocks, paged or dense, eager or graphs) attends to the same keys: those the pages give back.
 
-Latents other than 512 + 64 can run only where the reference path runs (CPU, or HF_FLASHMLA_BACKEND=
-reference): the reference is called directly for them, since the public API checks the kernel's 576.
+Latents other than 512 + 64 (MiniCPM3's 256 + 32, Mistral-4's 256 + 64) skip the public API, which checks the
+kernel's 576: on CUDA they take the Triton kernel where it takes their shape (triton_decode.supports_latent), on
+Hopper too, else the reference.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import warnings
 import torch
 
 from hf_flashmla import interface
-from hf_flashmla.dispatch import KERNEL, backend
+from hf_flashmla.dispatch import KERNEL, TRITON, backend, triton_import_error
 from hf_flashmla.latent_cache import LatentPagedCache
 from hf_flashmla.reference import mla_decode_reference
 from hf_flashmla.transformers_integration.absorbed import absorbed_weights
@@ -40,12 +41,29 @@ KERNEL_LATENT = (512, 64)
 DECODE_MAX_QUERY = int(os.environ.get("HF_FLASHMLA_DECODE_MAX_QUERY", "16"))
 
 
-def _check_kernel_shapes(module, device):
-    if (module.kv_lora_rank, module.qk_rope_head_dim) != KERNEL_LATENT:
+def _other_latent_decode(module, query, pool, state, is_fp8, choice):
+    """Decode over the pages for a latent other than 512 + 64: the Triton kernel where it takes the shape (any
+    CUDA device it runs on, Hopper included: the sm_90 kernel is DeepSeek's shape only), else the reference (on
+    Hopper only when asked for: HF_FLASHMLA_BACKEND=reference)."""
+    rank, rope = module.kv_lora_rank, module.qk_rope_head_dim
+    triton_runs = choice.name == TRITON or (choice.name == KERNEL and triton_import_error() is None)
+    if triton_runs:
+        from hf_flashmla import triton_decode  # Triton is optional and slow to import
+
+        if triton_decode.supports_latent(rank, rope):
+            counters.add("paged_triton")
+            return triton_decode.decode_on_device(query, pool, state.block_table, state.seqlens, rank,
+                                                  softmax_scale(module), True, is_fp8)[0]
+    if choice.name == KERNEL:  # Hopper: the reference is opt-in there (it is slow), not a silent fallback
         raise ValueError(
-            f"attn_implementation='flash_mla': the kernel needs kv_lora_rank=512 and qk_rope_head_dim=64, this "
-            f"model has kv_lora_rank={module.kv_lora_rank}, qk_rope_head_dim={module.qk_rope_head_dim}; only the "
-            f"reference path (CPU, or HF_FLASHMLA_BACKEND=reference) serves other latent sizes")
+            f"attn_implementation='flash_mla': the sm_90 kernel needs kv_lora_rank=512 and qk_rope_head_dim=64, and "
+            f"the Triton kernel powers of two (16..512, 16..64); this model has kv_lora_rank={rank}, "
+            f"qk_rope_head_dim={rope}"
+            + ("" if triton_runs else f" and Triton is not importable ({triton_import_error()})")
+            + ": set HF_FLASHMLA_BACKEND=reference to run it on the PyTorch reference")
+    counters.add("paged_reference")
+    return mla_decode_reference(query, pool, state.block_table, state.seqlens, rank, softmax_scale(module), True,
+                                is_fp8)[0]
 
 
 def _paged_attention(module, q_nope, q_pe, cache, layer_idx, latent, token_mask):
@@ -68,13 +86,9 @@ def _paged_attention(module, q_nope, q_pe, cache, layer_idx, latent, token_mask)
         out, _ = interface.flash_mla_with_kvcache(query, pool, state.block_table, state.seqlens, rank,
                                                   metadata[0], metadata[1], softmax_scale=softmax_scale(module),
                                                   causal=True, is_fp8_kvcache=cache.is_fp8)
-        counters.add("paged_kernel" if choice.name == KERNEL else "paged_reference")
+        counters.add({KERNEL: "paged_kernel", TRITON: "paged_triton"}.get(choice.name, "paged_reference"))
     else:
-        if choice.name == KERNEL:
-            _check_kernel_shapes(module, query.device)
-        out, _ = mla_decode_reference(query, pool, state.block_table, state.seqlens, rank, softmax_scale(module), True,
-                                      cache.is_fp8)
-        counters.add("paged_reference")
+        out = _other_latent_decode(module, query, pool, state, cache.is_fp8, choice)
     # [h, b*s, rank] @ [h, rank, v] -> [b, s, h, v]
     attn = torch.bmm(out.reshape(batch * s, heads, rank).transpose(0, 1), weights.w_uv_t)
     return attn.transpose(0, 1).reshape(batch, s, heads, -1)
