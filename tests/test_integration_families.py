@@ -149,6 +149,17 @@ def test_other_latents_on_hopper_without_triton_name_the_way_out(monkeypatch):
     with pytest.raises(ValueError, match="kv_lora_rank=32.*Triton is not importable.*HF_FLASHMLA_BACKEND=reference"):
         model.generate(*prompts(batch=1)[:1], max_new_tokens=2, do_sample=False)
 
+
+def test_latent_that_no_kernel_takes_on_hopper_names_the_way_out(monkeypatch):
+    """kv_lora_rank 48 is not a power of two: neither kernel takes it, and on Hopper the reference is opt-in."""
+    require("minicpm3")
+    pytest.importorskip("triton")
+    model = random_model(make_config("minicpm3", base=TINY, kv_lora_rank=48, qk_rope_head_dim=16), seed=1)
+    monkeypatch.setattr(attention, "backend", lambda *args, **kwargs: BackendChoice(KERNEL, "stood in for"))
+    use(model, "flash_mla")
+    with pytest.raises(ValueError, match="kv_lora_rank=48, qk_rope_head_dim=16: set HF_FLASHMLA_BACKEND=reference"):
+        model.generate(*prompts(batch=1)[:1], max_new_tokens=2, do_sample=False)
+
 @pytest.mark.parametrize("name", ["glm4_moe_lite", "longcat_flash", "kimi_linear", "bailing_hybrid", "mistral4"])
 def test_short_left_padded_prompt_runs_paged_from_the_first_chunk(name):
     ids, mask = prompts(batch=3, length=12, pads=(0, 5, 11))  # 12 <= DECODE_MAX_QUERY: no dense prefill
