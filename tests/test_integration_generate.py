@@ -308,7 +308,9 @@ def test_non_mla_model_raises():
         LatentPagedCache(config)
 
 
-def test_kernel_path_rejects_non_576_latent(monkeypatch):
+def test_kernel_choice_sends_a_non_576_latent_to_triton_or_refuses(monkeypatch):
+    """Where the sm_90 kernel is the backend (stood in for here), a 32 + 16 latent decodes on the Triton kernel
+    (its interpreter on the CPU); without Triton it is refused, naming the shapes the kernels take."""
     from hf_flashmla.dispatch import KERNEL, BackendChoice
     from hf_flashmla.transformers_integration import attention
 
@@ -316,7 +318,16 @@ def test_kernel_path_rejects_non_576_latent(monkeypatch):
     model = tiny_model("v3_tiny_latent")
     ids, mask = prompts(batch=1, length=5, pads=(0,))
     model.set_attn_implementation("flash_mla")
-    with pytest.raises(ValueError, match="kv_lora_rank=512"):
+    triton_decode = pytest.importorskip("hf_flashmla.triton_decode", reason="Triton is not installed")
+    if triton_decode.INTERPRETED:
+        reset_call_counts()
+        flash = model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
+        assert call_counts["paged_triton"] > 0 and call_counts["paged_reference"] == 0
+        model.set_attn_implementation("eager")
+        assert torch.equal(flash, model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False))
+        model.set_attn_implementation("flash_mla")
+    monkeypatch.setattr(attention, "triton_import_error", lambda: "ModuleNotFoundError: triton")
+    with pytest.raises(ValueError, match="kv_lora_rank=512 and qk_rope_head_dim=64.*kv_lora_rank=32"):
         model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
 
 
