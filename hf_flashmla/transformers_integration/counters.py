@@ -9,7 +9,8 @@ PATHS = (
     "paged_kernel",       # decode over the pages on the compiled kernel
     "paged_triton",       # decode over the pages on the Triton kernel (GPUs other than Hopper, h_kv > 1, latents
                           # other than 512 + 64)
-    "paged_reference",    # decode over the pages on the PyTorch reference (the CPU)
+    "paged_reference",    # decode over the pages on the PyTorch reference (the CPU; GPUs where Triton does not run;
+                          # HF_FLASHMLA_BACKEND=reference)
     "dense",              # prefill chunk: dense attention on K/V expanded from the latent
     "dense_other_cache",  # a cache that is not a LatentPagedCache (e.g. a user's DynamicCache): dense
     "prefill_blocks",     # blocks of a long prefill chunk run by prefill_slices
