@@ -160,6 +160,7 @@ def test_latent_that_no_kernel_takes_on_hopper_names_the_way_out(monkeypatch):
     with pytest.raises(ValueError, match="kv_lora_rank=48, qk_rope_head_dim=16: set HF_FLASHMLA_BACKEND=reference"):
         model.generate(*prompts(batch=1)[:1], max_new_tokens=2, do_sample=False)
 
+
 @pytest.mark.parametrize("name", ["glm4_moe_lite", "longcat_flash", "kimi_linear", "bailing_hybrid", "mistral4"])
 def test_short_left_padded_prompt_runs_paged_from_the_first_chunk(name):
     ids, mask = prompts(batch=3, length=12, pads=(0, 5, 11))  # 12 <= DECODE_MAX_QUERY: no dense prefill
