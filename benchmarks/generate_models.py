@@ -13,6 +13,10 @@
 - "deepseek-v3-dense": DeepSeek-V3's attention (hidden 7168, 128 heads, q_lora_rank 1536) with a dense MLP of
   4096 in every layer, vocabulary 4096, 2 layers: an attention-heavy model for the multi-GPU check. It overstates
   the end-to-end gain of a whole model; report the whole-model presets.
+- "minicpm3-4b": MiniCPM3-4B's shape (transformers' minicpm3 defaults): 62 layers, hidden 2560, 40 heads,
+  q_lora_rank 768, kv_lora_rank 256, qk_nope 64, qk_rope 32, v_head 64, dense MLP of 6400, vocabulary 73448; default
+  rope (the released model's longrope factors are not part of the shape). Its latent (256 + 32) is not the sm_90
+  kernel's: flash_mla decodes it on the Triton kernel (4.3 B parameters, 8.5 GB in bf16).
 - "smoke": a DeepSeek-V2 shape small enough for a CPU test (2 layers, the first dense, the second MoE), with the
   real latent layout (kv_lora_rank 512 + qk_rope 64) so the kernel path applies on a GPU.
 
@@ -57,6 +61,12 @@ _DEEPSEEK_V3_DENSE = dict(
     qk_rope_head_dim=64, v_head_dim=128, max_position_embeddings=163840, tie_word_embeddings=False,
 )
 
+_MINICPM3_4B = dict(
+    vocab_size=73448, hidden_size=2560, intermediate_size=6400, num_hidden_layers=62, num_attention_heads=40,
+    num_key_value_heads=40, q_lora_rank=768, kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64,
+    max_position_embeddings=32768, tie_word_embeddings=False,
+)
+
 _SMOKE = dict(
     vocab_size=256, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
     num_attention_heads=4, num_key_value_heads=4, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
@@ -68,6 +78,7 @@ PRESETS = {
     "deepseek-v2-lite": Preset("deepseek_v2", _DEEPSEEK_V2_LITE, "DeepSeek-V2-Lite shape (MoE, yarn)"),
     "glm-4.7-flash": Preset("glm4_moe_lite", _GLM_4_7_FLASH, "GLM-4.7-Flash shape (glm4_moe_lite, MoE)"),
     "deepseek-v3-dense": Preset("deepseek_v3", _DEEPSEEK_V3_DENSE, "DeepSeek-V3 attention, dense MLP 4096"),
+    "minicpm3-4b": Preset("minicpm3", _MINICPM3_4B, "MiniCPM3-4B shape (minicpm3, latent 256 + 32: Triton kernel)"),
     "smoke": Preset("deepseek_v2", _SMOKE, "tiny DeepSeek-V2 shape (CPU smoke test)"),
 }
 

@@ -161,3 +161,15 @@ def test_kv_cache_dtype_gives_flash_mla_an_fp8_cache(tmp_path):
     layers = generate_models.make_config("smoke").num_hidden_layers
     assert flash["kv_cache_used_gb"] * 1e9 == pytest.approx((16 + 1) * 656 * layers)
     assert "cache_config" not in sdpa["generate_kwargs"]
+
+
+@pytest.mark.parametrize("preset", sorted(generate_models.PRESETS))
+def test_every_preset_builds_its_shape(preset):
+    """Each preset's config and model (on the meta device: no memory), with the latent the description names."""
+    config = generate_models.make_config(preset)
+    model = generate_models.build_model(config, device="meta")
+    text = config.get_text_config(decoder=True)
+    assert model.config.model_type == generate_models.PRESETS[preset].model_type
+    latent = (text.kv_lora_rank, text.qk_rope_head_dim)
+    assert latent == ((256, 32) if preset == "minicpm3-4b" else (512, 64))
+    assert generate_models.parameter_count(model) > 0
