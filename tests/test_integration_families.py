@@ -20,7 +20,8 @@ from hf_flashmla.dispatch import KERNEL, BackendChoice
 from hf_flashmla.testing import left_padded_ids
 from hf_flashmla.transformers_integration import (attention, attn_implementation_for, cache_kwarg, call_counts,
                                                   decode_graphs, reset_call_counts)
-from hf_flashmla.transformers_integration.families import CONFIG_ONLY_FAMILIES, MLA_FAMILIES, discover, has_config
+from hf_flashmla.transformers_integration.families import (CONFIG_ONLY_FAMILIES, MLA_FAMILIES, discover, has_config,
+                                                            in_this_release)
 from hf_flashmla.transformers_integration.mla_adapter import (ROPE_BY_CONFIG, ROPE_COMPLEX, ROPE_INTERLEAVE,
                                                               ROPE_NONE, ROPE_PLAIN, MLAForm, UnservedAttention,
                                                               mla_form)
@@ -54,12 +55,8 @@ _models = {}
 def require(architecture):
     if architecture == "kimi_k25":
         architecture = "deepseek_v3"
-    if architecture in CONFIG_ONLY_FAMILIES:
-        if not has_config(architecture):
-            pytest.skip(f"{architecture} is not in this transformers release")
-        architecture = CONFIG_ONLY_FAMILIES[architecture]
-    pytest.importorskip(f"transformers.models.{architecture}.modeling_{architecture}",
-                        reason=f"{architecture} is not in this transformers release")
+    if not in_this_release(architecture):
+        pytest.skip(f"{architecture} is not in this transformers release")
 
 
 def tiny_model(name):

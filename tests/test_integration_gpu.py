@@ -8,7 +8,7 @@ from hf_flashmla import LatentPagedCache
 from hf_flashmla.checkpoint import dense_mlp, make_config, random_model
 from hf_flashmla.generation_check import compare, count_kernel_calls, left_padded_prompts
 from hf_flashmla.transformers_integration import attn_implementation_for, cache_kwarg
-from hf_flashmla.transformers_integration.families import CONFIG_ONLY_FAMILIES
+from hf_flashmla.transformers_integration.families import in_this_release
 
 pytestmark = pytest.mark.gpu
 
@@ -49,6 +49,7 @@ def test_other_latents_generate_on_the_triton_kernel(architecture, heads, overri
           f"{result.paged_calls}")
     assert result.paged_calls["paged_triton"] > 0 and result.paged_calls["paged_reference"] == 0
     assert result.logits_rel_error < 1e-2 and result.match_rate > 0.5
+
 
 def compare_on_the_kernel(model, label):
     """flash_mla against eager on 4 left-padded rows of 150 + 80 tokens (pages 64, 128 and 192 crossed): every
@@ -121,8 +122,8 @@ FAMILY_CASES = [
 def bf16_family_model(architecture, layers=3, **overrides):
     """Dense MLPs where the family has a choice (no bf16 routing flips); LongCat-Flash's layers are all MoE."""
     module = "deepseek_v3" if architecture == "kimi_k25" else architecture
-    kind = "configuration" if module in CONFIG_ONLY_FAMILIES else "modeling"
-    pytest.importorskip(f"transformers.models.{module}.{kind}_{module}", reason=f"{module} is not in this release")
+    if not in_this_release(module):
+        pytest.skip(f"{module} is not in this release")
     config = dense_mlp(make_config(architecture, num_hidden_layers=layers, **overrides))
     return random_model(config, dtype=torch.float32).to(torch.bfloat16).to(DEVICE).eval()
 

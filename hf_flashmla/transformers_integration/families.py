@@ -103,6 +103,18 @@ def has_config(model_type: str) -> bool:
     return model_type in CONFIG_MAPPING_NAMES
 
 
+def in_this_release(model_type: str) -> bool:
+    """Whether the installed Transformers has this family: its modeling module imports (for a config-only one,
+    CONFIG_ONLY_FAMILIES, its config is registered)."""
+    if model_type in CONFIG_ONLY_FAMILIES:
+        return has_config(model_type)
+    try:
+        importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    except ImportError:
+        return False
+    return True
+
+
 def discover(model_types=MLA_FAMILIES) -> dict[str, Family]:
     """model type -> Family, for those of model_types the installed Transformers has."""
     found = {}
