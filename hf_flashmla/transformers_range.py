@@ -7,8 +7,9 @@ of NEWEST_TESTED's minor and nothing newer: a new minor release can change the C
 tp_plan), so it is added here after the suite passes on it.
 
 Read by setup.py (without importing the package, which needs torch), by the registration's version check
-(hf_flashmla.transformers_integration.register) and by .ci/run, which tests both ends. Plain constants and
-no imports, so that all three can read it.
+(hf_flashmla.transformers_integration.register), by .ci/run, which tests both ends, and by
+tools/transformers_releases.sh, which tests every minor release between them. Plain constants and no imports, so
+that all of them can read it.
 """
 
 OLDEST = "5.17.0"
