@@ -13,15 +13,9 @@ r = runpy.run_path('hf_flashmla/transformers_range.py')
 (major, first), (last_major, last) = r['OLDEST_MINOR'], r['NEWEST_TESTED_MINOR']
 assert major == last_major, 'the range spans two major releases: list them here by hand'
 print(major, first, last)")
-RELEASE_DEPENDENT_TESTS=(tests/test_integration_*.py tests/test_latent_cache.py tests/test_multi_device.py)
+source .ci/common.sh  # make_venv, RELEASE_DEPENDENT_TESTS (as .ci/run)
 VENV=${VENV:-.venv-releases}
-
-if [[ ! -x "$VENV/bin/python" ]]; then
-    python3 -m venv "$VENV"
-    # The CPU wheel of torch, as in .ci/run (an unpinned torch pulls a multi-GB CUDA build).
-    "$VENV/bin/python" -m pip install -q torch==2.13.0 setuptools
-    "$VENV/bin/python" -m pip install -q --no-build-isolation -e ".[test]"
-fi
+[[ -x "$VENV/bin/python" ]] || make_venv "$VENV"
 
 summary=()
 status=0
