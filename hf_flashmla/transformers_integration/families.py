@@ -103,25 +103,28 @@ def has_config(model_type: str) -> bool:
     return model_type in CONFIG_MAPPING_NAMES
 
 
+def modeling_module(model_type: str):
+    """The family's modeling module in the installed Transformers, or None where it is not in this release (or not
+    importable here): nothing of it to serve or refuse."""
+    try:
+        return importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    except Exception:
+        return None
+
+
 def in_this_release(model_type: str) -> bool:
     """Whether the installed Transformers has this family: its modeling module imports (for a config-only one,
     CONFIG_ONLY_FAMILIES, its config is registered)."""
     if model_type in CONFIG_ONLY_FAMILIES:
         return has_config(model_type)
-    try:
-        importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
-    except ImportError:
-        return False
-    return True
+    return modeling_module(model_type) is not None
 
 
 def discover(model_types=MLA_FAMILIES) -> dict[str, Family]:
     """model type -> Family, for those of model_types the installed Transformers has."""
     found = {}
     for model_type in model_types:
-        try:
-            modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
-        except Exception:  # not in this release (or not importable here): nothing of it to serve or refuse
-            continue
-        found[model_type] = family_of_module(model_type, modeling)
+        modeling = modeling_module(model_type)
+        if modeling is not None:
+            found[model_type] = family_of_module(model_type, modeling)
     return found
