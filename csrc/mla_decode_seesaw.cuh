@@ -8,6 +8,8 @@
 //   WG0: S_A = Q K_A^T (m64n64k16, one pass over Q per page) -> m_A, P_A = exp(S_A - m_A)
 //        [publishes m_A and P_A]            O_L = O_L s_A + P_A V_A,L   (P_A from registers)
 //        [waits m_B, P_B]                   O_L = O_L s_B + P_B V_B,L   (P_B from smem)
+//        and, issued right behind it, the next pair's S_A (so WG0 enters a pair with S_A done: the tensor pipe
+//        does not drain at the pair's end, as FlashMLA's schedule keeps it fed there)
 //   WG1: S_B = Q K_B^T ; [waits m_A, P_A]   O_R = O_R s_A + P_A V_A,R   (P_A from smem; runs during
 //        WG1's own softmax:) m_B, P_B = exp(S_B - m_B) [publishes m_B, P_B]
 //                                           O_R = O_R s_B + P_B V_B,R   (P_B from registers)
@@ -20,15 +22,16 @@
 //
 // Shared memory: Q (72 KB) + two page stages (2 x 72 KB) + P_A (8 KB) fill the 227 KB; P_B goes into
 // page B's rope chunk, dead once S_B is computed. Each stage is freed in two column groups, so the next
-// pair's loads start as soon as part of a page is consumed; in both stages
+// pair's loads start as soon as part of a page is consumed:
 //   group 0 = chunks {4..7} (V's right half), freed by WG1 after its P V_R,
 //   group 1 = chunks {0..3} and 8 (V's left half and the rope chunk; P_B in stage 1), freed by WG0 after P V_L.
-// In steady state WG1's P_A V_A,R ends before WG0's P_A V_A,L (seen in a clock64 timeline), so group 0 goes first
-// in both stages.
+// Stage 0's group 1 is read by WG0 alone (Q K^T and P_A V_A,L) and is freed mid-pair, so it is loaded first and the
+// next A's Q K^T starts on it (0..3, 8, then 4..7) while the pair is still running. In stage 1, WG1's P_A V_A,R ends
+// before WG0's P_A V_A,L (seen in a clock64 timeline), so group 0 goes first (4..7, 0..3, 8).
 // A group is one TMA box per run of adjacent chunks (the chunks are a dimension of the cache's tensor maps: {4..7},
 // {0..3}, {8}): issuing the nine 8 KB boxes one by one cost the producer ~60 cycles each, on the path from a freed
 // stage to its next page.
-// Q K^T walks the chunks in load order (4..7, 0..3, 8); the sum is order-free.
+// Q K^T walks the chunks in load order (seesaw_chunk); the sum is order-free.
 // A sequence range with an odd page count ends on a pair without B: WG1 then only adds P_A V_A,R.
 // Hand-overs between the warpgroups are named barriers that both warpgroups bar.sync: kBarPA where WG0 has issued
 // its P_A V_A,L (WG1 gets there when S_B is done, usually later), kBarPB where WG1 has published m_B and P_B (WG0
@@ -67,14 +70,40 @@ constexpr uint32_t kBarRowSum = 1;
 constexpr uint32_t kBarPA = 2;     // WG0 published m_A and P_A (and issued its P_A V_A,L)
 constexpr uint32_t kBarPB = 3;     // WG1 published m_B and P_B
 
-// Chunk i (0..8) of a stage in load and Q K^T order: group 0 = {4..7}, then group 1 = {0..3}, {8}. The FP8 feed
-// (mla_decode_fp8_feed.cuh) publishes chunks 0..3 before 4..7, so its pages are walked in plain order.
-template <bool kFp8>
+// Chunk i (0..8) of a stage in load and Q K^T order. Stage 1: group 0 = {4..7}, then group 1 = {0..3}, {8}. Stage 0:
+// group 1 first ({0..3}, {8}, then {4..7}): warpgroup 0 frees it mid-pair, right after its own P_A V_A,L, so the next
+// A's first five chunks land before the pair ends and warpgroup 0 issues their Q K^T behind its P_B V_B,L
+// (seesaw_consumer_loop). The FP8 feed (mla_decode_fp8_feed.cuh) publishes chunks 0..3 before 4..7, so its pages are
+// walked in plain order.
+template <bool kFp8, int kStage>
 __host__ __device__ constexpr int seesaw_chunk(int i) {
-  return kFp8 ? i : (i < 4 ? i + 4 : (i < 8 ? i - 4 : 8));
+  return kFp8 ? i : kStage == 0 ? (i < 4 ? i : (i == 4 ? 8 : i - 1)) : (i < 4 ? i + 4 : (i < 8 ? i - 4 : 8));
 }
 // The TMA boxes of a page start at chunks 4, 0 and 8; each box's first chunk holds its mbarrier.
 __host__ __device__ constexpr bool seesaw_box_head(int chunk) { return chunk == 4 || chunk == 0 || chunk == 8; }
+// Walk positions of stage 0 that warpgroup 0 issues behind the previous pair's last P V: the chunks it frees itself
+// (bf16: 0..3 and 8; FP8: the first published half, 0..3).
+template <bool kFp8>
+constexpr int kQkHead = kFp8 ? 4 : 5;
+
+// Every walk visits each chunk once and reaches each box at its head, so a box's mbarrier wait comes before any of
+// its chunks is read; and stage 0's head positions are exactly the chunks warpgroup 0 frees.
+template <bool kFp8, int kStage>
+constexpr bool seesaw_walk_is_valid() {
+  int seen = 0;
+  for (int i = 0; i < 9; ++i) {
+    const int c = seesaw_chunk<kFp8, kStage>(i);
+    if (c < 0 || c > 8 || (seen >> c) & 1) return false;
+    const int head = c == 8 ? 8 : (c < 4 ? 0 : 4);
+    if (!((seen >> head) & 1) && c != head) return false;
+    seen |= 1 << c;
+    if (kStage == 0 && i < kQkHead<kFp8> && c >= 4 && c < 8) return false;
+  }
+  return seen == 0x1ff;
+}
+static_assert(seesaw_walk_is_valid<false, 0>() && seesaw_walk_is_valid<false, 1>() &&
+                  seesaw_walk_is_valid<true, 0>() && seesaw_walk_is_valid<true, 1>(),
+              "a Q K^T chunk walk reads a chunk twice, misses one, or reads a box before its head");
 constexpr int kBoxChunks = 4;
 
 struct SeesawBarriers {
@@ -217,16 +246,16 @@ __device__ __forceinline__ void seesaw_load_q_rope(uint32_t q_smem, const Seesaw
     }
 }
 
-// S = Q K^T over one page held in `stage`, chunk by chunk as they land.
-template <typename Elem, int kStage, bool kFp8>
-__device__ __forceinline__ void seesaw_qk(float (&s)[32], const SeesawBarriers& bars, uint32_t q_smem,
-                                          uint32_t kv_stage, uint32_t parity, const uint32_t (&q_rope)[16]) {
+// Issues the wgmma of S = Q K^T for walk positions [kBegin, kEnd) of a page held in stage kStage, waiting for each box
+// as its first chunk comes up; the caller fences, commits and waits (a whole page: seesaw_qk).
+template <typename Elem, int kStage, bool kFp8, int kBegin, int kEnd>
+__device__ __forceinline__ void seesaw_qk_issue(float (&s)[32], const SeesawBarriers& bars, uint32_t q_smem,
+                                                uint32_t kv_stage, uint32_t parity, const uint32_t (&q_rope)[16]) {
   const uint64_t q_desc = smem_desc_sw128(q_smem, 16, 1024);
   const uint64_t k_desc = smem_desc_sw128(kv_stage, 16, 1024);
-  wgmma_fence();
 #pragma unroll
-  for (int i = 0; i < kNumChunks; ++i) {
-    const int c = seesaw_chunk<kFp8>(i);
+  for (int i = kBegin; i < kEnd; ++i) {
+    const int c = seesaw_chunk<kFp8, kStage>(i);
     if (seesaw_box_head(c)) mbarrier_wait(bars.kv_full(kStage, c), parity);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -237,6 +266,14 @@ __device__ __forceinline__ void seesaw_qk(float (&s)[32], const SeesawBarriers& 
         ElemTraits<Elem>::mma_qk_page(s, q_desc + off, k_desc + off, (i | kk) != 0);
     }
   }
+}
+
+// S = Q K^T over one page held in `stage`, chunk by chunk as they land.
+template <typename Elem, int kStage, bool kFp8>
+__device__ __forceinline__ void seesaw_qk(float (&s)[32], const SeesawBarriers& bars, uint32_t q_smem,
+                                          uint32_t kv_stage, uint32_t parity, const uint32_t (&q_rope)[16]) {
+  wgmma_fence();
+  seesaw_qk_issue<Elem, kStage, kFp8, 0, kNumChunks>(s, bars, q_smem, kv_stage, parity, q_rope);
   wgmma_commit();
   wgmma_wait<0>();
   fence_accumulators(s);
@@ -396,6 +433,9 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
   float* row_sum_smem = reinterpret_cast<float*>(smem + SeesawLayout::row_sum);
   const int rows_total = p.s_q * p.h_q;
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
+  // Warpgroup 0 issues the next A's Q K^T at the end of each pair (bf16 pages). The FP8 feed publishes a page only
+  // after the pair's end (its conversion follows page B's raw load), so there it would only delay the free of page B.
+  constexpr bool kTailQk = !kFp8;
 
   uint32_t item_count = 0, uses0 = 0, uses1 = 0;
   const int num_items = walker.num_items();
@@ -441,13 +481,22 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
       if (t.lane == 0) mbarrier_arrive(bars.q_empty);
     }
 
+    // Warpgroup 0 enters each pair with S_A done: the item's first here, every later one at the end of the pair
+    // before it (behind that pair's P_B V_B,L).
+    float s[32];
+    if (kTailQk && wg == 0) {
+      seesaw_qk<Elem, 0, kFp8>(s, bars, q_smem, stage0, uses0 & 1, q_rope);
+      if (w.start_block + 2 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);
+    }
+
     for (int blk = w.start_block; blk < w.stop_block; blk += 2) {
       const bool has_b = blk + 1 < w.stop_block;
-      float s[32];
       uint32_t p_regs[16];
       if (wg == 0) {
-        seesaw_qk<Elem, 0, kFp8>(s, bars, q_smem, stage0, uses0 & 1, q_rope);
-        if (blk + 2 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);
+        if (!kTailQk) {
+          seesaw_qk<Elem, 0, kFp8>(s, bars, q_smem, stage0, uses0 & 1, q_rope);
+          if (blk + 2 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);
+        }
         seesaw_mask(s, t, blk, key_limit, min_limit, seqlen);
         float m_a[2], s_a[2], sum[2];
         seesaw_row_max(s, m_a);
@@ -469,6 +518,12 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         // After the issue, so that the wait for WG1 (it reaches kBarPA once S_B is done) stalls nothing that the
         // tensor cores could run; WG0 only waits for kBarPB after this.
         named_barrier_sync(kBarPA, kConsumerThreads);
+        // Page A's chunks 0..3 and 8 are read by this warpgroup alone: freed now, the next A's first chunks land
+        // before this pair ends.
+        wgmma_wait<0>();
+        fence_accumulators(o);
+        fence_operands(p_regs);
+        if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 1));
 #pragma unroll
         for (int h = 0; h < 2; ++h) row_l[h] = row_l[h] * s_a[h] + sum[h];
         float s_b[2] = {1.f, 1.f};
@@ -485,17 +540,33 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
           row_m[0] = m_a[0];
           row_m[1] = m_a[1];
         }
-        wgmma_wait<0>();
-        fence_accumulators(o);
-        fence_operands(p_regs);
-        if (t.lane == 0) mbarrier_arrive(bars.kv_empty(0, 1));
         if (has_b) {
           seesaw_scale_o(o, s_b);
           seesaw_wait_v_half(bars, 1, 0, uses1 & 1);
-          seesaw_pv_smem<Elem>(o, p_b_smem, stage1, 0);
-          wgmma_wait<0>();
-          fence_accumulators(o);
-          if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 1));
+          // Each branch waits for everything it issued: ptxas serialises every wgmma of the kernel (C7515) where a
+          // group stays in flight across a branch or the loop's back-edge, or where O is fenced while S is in flight.
+          if (kTailQk && blk + 2 < w.stop_block) {
+            // The next A's Q K^T goes out behind P_B V_B,L, so the tensor pipe does not drain at the pair's end:
+            // first the chunks freed mid-pair (landed by now), then, once P_B V_B,L is done and page B's chunks
+            // 0..3 and 8 are freed, the rest.
+            seesaw_pv_smem<Elem>(o, p_b_smem, stage1, 0);
+            const uint32_t next_parity = (uses0 + 1) & 1;
+            seesaw_qk_issue<Elem, 0, kFp8, 0, kQkHead<kFp8>>(s, bars, q_smem, stage0, next_parity, q_rope);
+            wgmma_commit();
+            wgmma_wait<1>();
+            if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 1));
+            seesaw_qk_issue<Elem, 0, kFp8, kQkHead<kFp8>, kNumChunks>(s, bars, q_smem, stage0, next_parity, q_rope);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_accumulators(o);
+            fence_accumulators(s);
+            if (blk + 4 >= w.stop_block && t.lane == 0) mbarrier_arrive(bars.q_empty);
+          } else {
+            seesaw_pv_smem<Elem>(o, p_b_smem, stage1, 0);
+            wgmma_wait<0>();
+            fence_accumulators(o);
+            if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 1));
+          }
         }
       } else {
         if (has_b) {
@@ -636,8 +707,12 @@ __global__ void __launch_bounds__(kThreads, 1)
           seesaw_producer_loop<kTileBytes>(
               params, &q_map, walker, bars, q_smem, m_block, true,
               [&](int stage, int page, int shift, uint32_t uses) {
-                seesaw_load_group(&kv_map, &kv4_map, bars, kv_smem, stage, 0, page, -shift, uses);
-                seesaw_load_group(&kv_map, &kv4_map, bars, kv_smem, stage, 1, page, -shift, uses);
+                // In the order the consumers free the groups: stage 0's group 1 mid-pair (warpgroup 0, after its
+                // P_A V_A,L), then its group 0 (warpgroup 1, after P_A V_A,R); stage 1's group 0 and group 1 at the
+                // pair's end.
+                const int first_group = stage == 0 ? 1 : 0;
+                seesaw_load_group(&kv_map, &kv4_map, bars, kv_smem, stage, first_group, page, -shift, uses);
+                seesaw_load_group(&kv_map, &kv4_map, bars, kv_smem, stage, 1 - first_group, page, -shift, uses);
               },
               [](int, int, int, uint32_t) {});
         }
