@@ -361,6 +361,29 @@ __device__ __forceinline__ void seesaw_pack_p(const float (&s)[32], uint32_t (&p
   for (int i = 0; i < 16; ++i) p[i] = ElemTraits<Elem>::pack(s[2 * i], s[2 * i + 1]);
 }
 
+// The softmax of one page, run by its owner: from the page's row max (m, in place) and the running max m_run, the
+// new lazy max (back in m, and published for the other warpgroup in m_slot), the factor from m_run to it, P = exp(S
+// - m) packed in p (the owner's P V operand) and stored at p_smem (the other's), and this thread's partial row sums.
+template <typename Elem>
+__device__ __forceinline__ void seesaw_softmax_publish(float (&s)[32], float (&m)[2], const float (&m_run)[2],
+                                                       float scale_log2, const SeesawThread& t, uint32_t p_smem,
+                                                       float* m_slot, float (&factor)[2], float (&sum)[2],
+                                                       uint32_t (&p)[16]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    m[h] = seesaw_lazy_max(m_run[h], m[h], scale_log2);
+    factor[h] = seesaw_rescale(m_run[h], m[h], scale_log2);
+  }
+  seesaw_exp(s, m, scale_log2, sum);
+  seesaw_pack_p<Elem>(s, p);
+  seesaw_store_p(p_smem, p, t);
+  if (t.lane % 4 == 0) {
+    m_slot[t.row0] = m[0];
+    m_slot[t.row0 + 8] = m[1];
+  }
+  fence_proxy_async_smem();
+}
+
 __device__ __forceinline__ void seesaw_scale_o(float (&o)[128], const float (&f)[2]) {
   // Warp-uniform through a shuffle (ptxas then knows the branch is uniform: no wgmma serialisation, C7520).
   if (!__shfl_sync(0xffffffff, __any_sync(0xffffffff, f[0] != 1.f || f[1] != 1.f), 0)) return;
@@ -500,19 +523,7 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         seesaw_mask(s, t, blk, key_limit, min_limit, seqlen);
         float m_a[2], s_a[2], sum[2];
         seesaw_row_max(s, m_a);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          m_a[h] = seesaw_lazy_max(row_m[h], m_a[h], scale_log2);
-          s_a[h] = seesaw_rescale(row_m[h], m_a[h], scale_log2);
-        }
-        seesaw_exp(s, m_a, scale_log2, sum);
-        seesaw_pack_p<Elem>(s, p_regs);
-        seesaw_store_p(p_a_smem, p_regs, t);
-        if (t.lane % 4 == 0) {
-          row_max_smem[t.row0] = m_a[0];
-          row_max_smem[t.row0 + 8] = m_a[1];
-        }
-        fence_proxy_async_smem();
+        seesaw_softmax_publish<Elem>(s, m_a, row_m, scale_log2, t, p_a_smem, row_max_smem, s_a, sum, p_regs);
         seesaw_scale_o(o, s_a);
         seesaw_pv_regs<Elem>(o, p_regs, stage0, 0);
         // After the issue, so that the wait for WG1 (it reaches kBarPA once S_B is done) stalls nothing that the
@@ -590,19 +601,8 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
         seesaw_pv_smem<Elem>(o, p_a_smem, stage0, 1);  // runs while this warpgroup does its softmax
         if (has_b) {
           float s_b[2], sum[2];
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            m_b[h] = seesaw_lazy_max(m_a[h], m_b[h], scale_log2);
-            s_b[h] = seesaw_rescale(m_a[h], m_b[h], scale_log2);
-          }
-          seesaw_exp(s, m_b, scale_log2, sum);
-          seesaw_pack_p<Elem>(s, p_regs);
-          seesaw_store_p(p_b_smem, p_regs, t);
-          if (t.lane % 4 == 0) {
-            row_max_smem[kTileRows + t.row0] = m_b[0];
-            row_max_smem[kTileRows + t.row0 + 8] = m_b[1];
-          }
-          fence_proxy_async_smem();
+          seesaw_softmax_publish<Elem>(s, m_b, m_a, scale_log2, t, p_b_smem, row_max_smem + kTileRows, s_b, sum,
+                                       p_regs);
           named_barrier_sync(kBarPB, kConsumerThreads);  // WG0 is there first: it waits for m_B
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
