@@ -26,8 +26,8 @@
 //   group 0 = chunks {4..7} (V's right half), freed by WG1 after its P V_R,
 //   group 1 = chunks {0..3} and 8 (V's left half and the rope chunk; P_B in stage 1), freed by WG0 after P V_L.
 // Stage 0's group 1 is read by WG0 alone (Q K^T and P_A V_A,L) and is freed mid-pair, so it is loaded first and the
-// next A's Q K^T starts on it (0..3, 8, then 4..7) while the pair is still running. In stage 1, WG1's P_A V_A,R ends
-// before WG0's P_A V_A,L (seen in a clock64 timeline), so group 0 goes first (4..7, 0..3, 8).
+// next A's Q K^T starts on it (0..3, 8, then 4..7) while the pair is still running. Stage 1 keeps group 0 first
+// (4..7, 0..3, 8): group 1 first there too measured 3.5-11% slower on compute-bound configs.
 // A group is one TMA box per run of adjacent chunks (the chunks are a dimension of the cache's tensor maps: {4..7},
 // {0..3}, {8}): issuing the nine 8 KB boxes one by one cost the producer ~60 cycles each, on the path from a freed
 // stage to its next page.
@@ -81,10 +81,9 @@ __host__ __device__ constexpr int seesaw_chunk(int i) {
 }
 // The TMA boxes of a page start at chunks 4, 0 and 8; each box's first chunk holds its mbarrier.
 __host__ __device__ constexpr bool seesaw_box_head(int chunk) { return chunk == 4 || chunk == 0 || chunk == 8; }
-// Walk positions of stage 0 that warpgroup 0 issues behind the previous pair's last P V: the chunks it frees itself
-// (bf16: 0..3 and 8; FP8: the first published half, 0..3).
-template <bool kFp8>
-constexpr int kQkHead = kFp8 ? 4 : 5;
+// Walk positions of stage 0 (bf16 pages) that warpgroup 0 issues behind the previous pair's last P V: the chunks it
+// frees itself, 0..3 and 8.
+constexpr int kQkHead = 5;
 
 // Every walk visits each chunk once and reaches each box at its head, so a box's mbarrier wait comes before any of
 // its chunks is read; and stage 0's head positions are exactly the chunks warpgroup 0 frees.
@@ -97,7 +96,7 @@ constexpr bool seesaw_walk_is_valid() {
     const int head = c == 8 ? 8 : (c < 4 ? 0 : 4);
     if (!((seen >> head) & 1) && c != head) return false;
     seen |= 1 << c;
-    if (kStage == 0 && i < kQkHead<kFp8> && c >= 4 && c < 8) return false;
+    if (!kFp8 && kStage == 0 && i < kQkHead && c >= 4 && c < 8) return false;
   }
   return seen == 0x1ff;
 }
@@ -562,11 +561,11 @@ __device__ __forceinline__ void seesaw_consumer_loop(const MlaDecodeParams& p, c
             // 0..3 and 8 are freed, the rest.
             seesaw_pv_smem<Elem>(o, p_b_smem, stage1, 0);
             const uint32_t next_parity = (uses0 + 1) & 1;
-            seesaw_qk_issue<Elem, 0, kFp8, 0, kQkHead<kFp8>>(s, bars, q_smem, stage0, next_parity, q_rope);
+            seesaw_qk_issue<Elem, 0, kFp8, 0, kQkHead>(s, bars, q_smem, stage0, next_parity, q_rope);
             wgmma_commit();
             wgmma_wait<1>();
             if (t.lane == 0) mbarrier_arrive(bars.kv_empty(1, 1));
-            seesaw_qk_issue<Elem, 0, kFp8, kQkHead<kFp8>, kNumChunks>(s, bars, q_smem, stage0, next_parity, q_rope);
+            seesaw_qk_issue<Elem, 0, kFp8, kQkHead, kNumChunks>(s, bars, q_smem, stage0, next_parity, q_rope);
             wgmma_commit();
             wgmma_wait<0>();
             fence_accumulators(o);
