@@ -9,7 +9,7 @@ import pytest
 
 import torch
 
-from benchmarks import bench_kernel, kernel_configs, kernel_rounds
+from benchmarks import bench_kernel, compare_runs, kernel_configs, kernel_rounds
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # tests/conftest.py
 
@@ -204,3 +204,50 @@ def test_dry_run_lists_the_fp8_peer_as_not_run_without_cuda(tmp_path):
     rows = [row for config in json.loads(path.read_text())["configs"] for row in config["rows"]]
     fp8 = [row for row in rows if row["impl"] == "triton_fp8"]
     assert fp8 and all(row["ms"] is None for row in fp8)
+
+
+def _run(ours_ms, flashmla_ms, ok=True):
+    """A bench_kernel --json result with one row each of ours and FlashMLA per config."""
+    return dict(configs=[dict(name=name, rows=[dict(impl="ours", variant="ours", ms=ms, ok=ok),
+                                               dict(impl="flashmla", variant="flashmla", ms=flashmla_ms[name],
+                                                    ok=True)])
+                         for name, ms in ours_ms.items()])
+
+
+def test_compare_runs_gives_each_build_against_the_first_and_the_peer_drift():
+    base = [_run({"a": 0.200, "b": 0.100}, {"a": 0.190, "b": 0.101}),
+            _run({"a": 0.220, "b": 0.100}, {"a": 0.195, "b": 0.099})]
+    new = [_run({"a": 0.200, "b": 0.050}, {"a": 0.200, "b": 0.100})]
+    result = compare_runs.compare([("base", base), ("new", new)])
+    by_name = {row["config"]: row for row in result["rows"]}
+    assert by_name["a"]["us"] == {"base": pytest.approx(210.0), "new": pytest.approx(200.0)}
+    assert by_name["a"]["ratio_to_first"]["new"] == pytest.approx(1.05)
+    assert by_name["b"]["ratio_to_first"]["new"] == pytest.approx(2.0)
+    assert by_name["a"]["peer_us"] == pytest.approx([190.0, 195.0, 200.0])  # every run's FlashMLA, in order
+    assert result["geomean_to_first"]["new"] == pytest.approx((1.05 * 2.0) ** 0.5)
+    lines = compare_runs.table_lines(result)
+    assert lines[-1] == "wrong results: none"
+
+
+def test_compare_runs_reports_a_wrong_build_and_fails():
+    base, new = _run({"a": 0.2}, {"a": 0.2}), _run({"a": 0.1}, {"a": 0.2}, ok=False)
+    result = compare_runs.compare([("base", [base]), ("new", [new])])
+    assert result["rows"][0]["wrong"] == ["new"]
+    assert compare_runs.table_lines(result)[-1] == "wrong results: new"
+
+
+def test_compare_runs_cli(tmp_path, capsys):
+    base, new = tmp_path / "base.json", tmp_path / "new.json"
+    base.write_text(json.dumps(_run({"a": 0.2}, {"a": 0.2})))
+    new.write_text(json.dumps(_run({"a": 0.1}, {"a": 0.2}, ok=False)))
+    assert compare_runs.main([f"base={base}", f"new={new}"]) == 1  # a wrong result fails the comparison
+    assert "| a (WRONG: new) | 200.0 | 100.0 | 2.000 | 200.0 / 200.0 |" in capsys.readouterr().out
+    (tmp_path / "other.json").write_text("{}")
+    for argv, message in [([f"base={base}"], "at least two labels"),
+                          (["base", f"new={new}"], "expected LABEL=run.json"),
+                          ([f"base={base}", f"base={new}"], "given twice"),
+                          ([f"base={base}", f"new={tmp_path / 'missing.json'}"], "cannot read"),
+                          ([f"base={base}", f"new={tmp_path / 'other.json'}"], "not a bench_kernel")]:
+        with pytest.raises(SystemExit):
+            compare_runs.main(argv)
+        assert message in capsys.readouterr().err

@@ -16,6 +16,11 @@
 #   schedule  python -m benchmarks.bench_schedule                                                   -> schedule.log
 #   bench     python -m benchmarks.bench_kernel $BENCH_ARGS (default --quick)                        -> bench.{log,json}
 #   e2e       python -m benchmarks.bench_generate $E2E_ARGS (default: the V2-Lite preset's cases)   -> e2e.{log,json}
+#   ab        an A/B of this tree's kernel against another revision's: AB_BASE names a copy of that revision (made
+#             with `git archive REV csrc hf_flashmla benchmarks setup.py pyproject.toml | tar -x -C .ab/base`, carried
+#             as .ab), built in place there; then AB_ROUNDS (2) rounds of bench_kernel $AB_ARGS, one process per
+#             tree and round, alternating, and python -m benchmarks.compare_runs over them (with `build` and
+#             `tests` in STAGES this tree is built and checked first)          -> ab.log, ab_{base,new}_N.json, ab.json
 # Stage time limits: TESTS_TIMEOUT (480 s), CONDITIONS_TIMEOUT (540 s), SANITIZE_TIMEOUT (300 s), STAGE_TIMEOUT (each
 # other step's own).
 set -u
@@ -212,6 +217,41 @@ if has_stage e2e; then
   # shellcheck disable=SC2086
   run_stage "bench_generate" "$OUT/e2e.log" 590 python3 -m benchmarks.bench_generate ${E2E_ARGS:-} \
     --json "$OUT/e2e.json"
+fi
+
+if has_stage ab; then
+  log="$OUT/ab.log"; : > "$log"
+  if [[ -z ${AB_BASE:-} || ! -f ${AB_BASE:-}/setup.py ]]; then
+    note "ab: FAILED: AB_BASE must name a tree with setup.py (got '${AB_BASE:-}')"
+  else
+    base=$(cd "$AB_BASE" && pwd); s=$(date +%s)
+    if (cd "$base" && HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace) >> "$log" 2>&1; then
+      note "ab: $AB_BASE built ($(( $(date +%s) - s )) s)"
+      base_runs=(); new_runs=()
+      for (( r = 1; r <= ${AB_ROUNDS:-2}; r++ )); do
+        for side in base new; do
+          dir=$ROOT; [[ $side == base ]] && dir=$base
+          json="$OUT/ab_${side}_$r.json"
+          echo "### ab: $side, round $r" >> "$log"
+          # shellcheck disable=SC2086
+          (cd "$dir" && PYTHONPATH="$dir:$PYTHONPATH" timeout "${STAGE_TIMEOUT:-590}" python3 -m benchmarks.bench_kernel \
+            ${AB_ARGS:---configs main --quick --impls ours,flashmla --repeats 3} --json "$json") >> "$log" 2>&1
+          if [[ -f $json ]]; then
+            if [[ $side == base ]]; then base_runs+=("$json"); else new_runs+=("$json"); fi
+          else
+            note "ab: $side round $r FAILED (see ab.log)"
+          fi
+        done
+      done
+      if (( ${#base_runs[@]} && ${#new_runs[@]} )); then
+        IFS=, ; base_list="${base_runs[*]}"; new_list="${new_runs[*]}"; unset IFS
+        python3 -m benchmarks.compare_runs "base=$base_list" "new=$new_list" --json "$OUT/ab.json" | tee -a "$log"
+        note "ab: $(grep -E "^geomean|^wrong" "$log" | tail -2 | tr '\n' ' ')"
+      fi
+    else
+      note "ab: FAILED: $AB_BASE did not build (see ab.log)"; grep -E "error" "$log" | head -10
+    fi
+  fi
 fi
 
 echo

@@ -1,0 +1,135 @@
+"""Several bench_kernel runs side by side: one build against another (an A/B of a kernel change).
+
+    python -m benchmarks.compare_runs base=base_1.json,base_2.json new=new_1.json,new_2.json [--json ab.json]
+
+Two builds of the extension cannot be loaded in one process (both register the same torch.library ops), so an A/B
+times each build in its own bench_kernel processes, alternating (base, new, base, new: the GPU's clock drifts with
+its heat under the power cap, docs/kernel-design.md "What bounds it"), with FlashMLA timed in every process beside
+it. `tools/device_check.sh`'s `ab` stage runs them. This prints, per config, each label's time of `ours` (the
+median over that label's runs; a run's own time is already its passes' median), each label against the first one
+(first / label: above 1 is faster), and FlashMLA's times over all the runs: how far they spread is how far the GPU
+moved between processes, the noise that a difference has to exceed. Then the geometric mean per label over the
+configs that every label timed, and wrong results, which no speed-up excuses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+
+
+def parse_label(spec: str) -> tuple[str, list[str]]:
+    """'label=a.json,b.json' -> ('label', ['a.json', 'b.json'])."""
+    label, sep, paths = spec.partition("=")
+    files = [path for path in paths.split(",") if path]
+    if not sep or not label or not files:
+        raise ValueError(f"runs: expected LABEL=run.json[,run.json...], got {spec!r}")
+    return label, files
+
+
+def times_by_config(runs: list[dict], impl: str) -> tuple[dict[str, list[float]], dict[str, bool]]:
+    """Per config name: impl's time in us in each run that timed it, and whether any run got a wrong result."""
+    times: dict[str, list[float]] = {}
+    wrong: dict[str, bool] = {}
+    for run in runs:
+        for config in run["configs"]:
+            for row in config.get("rows", []):
+                if row.get("impl") != impl or row.get("variant", impl) != impl:
+                    continue
+                if row.get("ms"):
+                    times.setdefault(config["name"], []).append(row["ms"] * 1e3)
+                if row.get("ok") is False:
+                    wrong[config["name"]] = True
+    return times, wrong
+
+
+def compare(labelled_runs: list[tuple[str, list[dict]]], impl: str = "ours", peer: str = "flashmla") -> dict:
+    """labelled_runs: (label, bench_kernel JSON results) in order, the first label the reference."""
+    if len(labelled_runs) < 2:
+        raise ValueError(f"runs: expected at least two labels to compare, got {len(labelled_runs)}")
+    per_label = {label: times_by_config(runs, impl) for label, runs in labelled_runs}
+    peer_times, _ = times_by_config([run for _, runs in labelled_runs for run in runs], peer)
+    labels = [label for label, _ in labelled_runs]
+    first = labels[0]
+    names: list[str] = []
+    for label in labels:
+        names += [name for name in per_label[label][0] if name not in names]
+    rows = []
+    for name in names:
+        us = {label: statistics.median(per_label[label][0][name]) if name in per_label[label][0] else None
+              for label in labels}
+        ratio = {label: us[first] / us[label] if us[first] and us[label] else None for label in labels[1:]}
+        rows.append(dict(config=name, us=us, runs_us={label: per_label[label][0].get(name, []) for label in labels},
+                         ratio_to_first=ratio, peer_us=peer_times.get(name, []),
+                         wrong=[label for label in labels if per_label[label][1].get(name)]))
+    geomean = {}
+    for label in labels[1:]:
+        ratios = [row["ratio_to_first"][label] for row in rows if all(row["us"][lb] for lb in labels)]
+        geomean[label] = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None
+    return dict(labels=labels, impl=impl, peer=peer, rows=rows, geomean_to_first=geomean)
+
+
+def table_lines(result: dict) -> list[str]:
+    labels, first = result["labels"], result["labels"][0]
+    header = (["config"] + [f"{label} us" for label in labels] + [f"{first} / {label}" for label in labels[1:]]
+              + [f"{result['peer']} us (every run)"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in result["rows"]:
+        cells = [row["config"]]
+        cells += [f"{row['us'][label]:.1f}" if row["us"][label] else "-" for label in labels]
+        cells += [f"{row['ratio_to_first'][label]:.3f}" if row["ratio_to_first"][label] else "-"
+                  for label in labels[1:]]
+        cells.append(" / ".join(f"{us:.1f}" for us in row["peer_us"]) or "-")
+        if row["wrong"]:
+            cells[0] += f" (WRONG: {', '.join(row['wrong'])})"
+        lines.append("| " + " | ".join(cells) + " |")
+    for label, value in result["geomean_to_first"].items():
+        lines.append(f"geomean {first} / {label}: " + (f"{value:.4f}" if value else "-")
+                     + " over the configs every label timed")
+    wrong = sorted({label for row in result["rows"] for label in row["wrong"]})
+    lines.append(f"wrong results: {', '.join(wrong) if wrong else 'none'}")
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare_runs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="LABEL=run.json[,run.json...], the first label the reference")
+    parser.add_argument("--impl", default="ours", help="the implementation compared between the labels")
+    parser.add_argument("--peer", default="flashmla", help="the implementation shown as the drift between runs")
+    parser.add_argument("--json", help="write the comparison to this path")
+    args = parser.parse_args(argv)
+    labelled = []
+    for spec in args.runs:
+        try:
+            label, files = parse_label(spec)
+        except ValueError as error:
+            parser.error(str(error))
+        if label in [existing for existing, _ in labelled]:
+            parser.error(f"runs: label {label!r} given twice")
+        loaded = []
+        for path in files:
+            try:
+                with open(path) as handle:
+                    run = json.load(handle)
+            except (OSError, ValueError) as error:
+                parser.error(f"runs: cannot read {path}: {error}")
+            if not isinstance(run, dict) or not isinstance(run.get("configs"), list):
+                parser.error(f"runs: {path} is not a bench_kernel --json result (no 'configs' list)")
+            loaded.append(run)
+        labelled.append((label, loaded))
+    try:
+        result = compare(labelled, impl=args.impl, peer=args.peer)
+    except ValueError as error:
+        parser.error(str(error))
+    print("\n".join(table_lines(result)))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=1)
+    return 1 if any(row["wrong"] for row in result["rows"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
