@@ -86,7 +86,7 @@ __host__ __device__ constexpr bool seesaw_box_head(int chunk) { return chunk == 
 constexpr int kQkHead = 5;
 
 // Every walk visits each chunk once and reaches each box at its head, so a box's mbarrier wait comes before any of
-// its chunks is read; and stage 0's head positions are exactly the chunks warpgroup 0 frees.
+// its chunks is read; and, for bf16 pages, stage 0's first kQkHead positions are the chunks warpgroup 0 frees.
 template <bool kFp8, int kStage>
 constexpr bool seesaw_walk_is_valid() {
   int seen = 0;
