@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
+
+from benchmarks.bench_kernel import geomean
 
 
 def parse_label(spec: str) -> tuple[str, list[str]]:
@@ -29,10 +30,10 @@ def parse_label(spec: str) -> tuple[str, list[str]]:
     return label, files
 
 
-def times_by_config(runs: list[dict], impl: str) -> tuple[dict[str, list[float]], dict[str, bool]]:
-    """Per config name: impl's time in us in each run that timed it, and whether any run got a wrong result."""
+def times_by_config(runs: list[dict], impl: str) -> tuple[dict[str, list[float]], set[str]]:
+    """Per config name: impl's time in us in each run that timed it; and the configs where a run got a wrong result."""
     times: dict[str, list[float]] = {}
-    wrong: dict[str, bool] = {}
+    wrong: set[str] = set()
     for run in runs:
         for config in run["configs"]:
             for row in config.get("rows", []):
@@ -41,7 +42,7 @@ def times_by_config(runs: list[dict], impl: str) -> tuple[dict[str, list[float]]
                 if row.get("ms"):
                     times.setdefault(config["name"], []).append(row["ms"] * 1e3)
                 if row.get("ok") is False:
-                    wrong[config["name"]] = True
+                    wrong.add(config["name"])
     return times, wrong
 
 
@@ -63,12 +64,10 @@ def compare(labelled_runs: list[tuple[str, list[dict]]], impl: str = "ours", pee
         ratio = {label: us[first] / us[label] if us[first] and us[label] else None for label in labels[1:]}
         rows.append(dict(config=name, us=us, runs_us={label: per_label[label][0].get(name, []) for label in labels},
                          ratio_to_first=ratio, peer_us=peer_times.get(name, []),
-                         wrong=[label for label in labels if per_label[label][1].get(name)]))
-    geomean = {}
-    for label in labels[1:]:
-        ratios = [row["ratio_to_first"][label] for row in rows if all(row["us"][lb] for lb in labels)]
-        geomean[label] = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None
-    return dict(labels=labels, impl=impl, peer=peer, rows=rows, geomean_to_first=geomean)
+                         wrong=[label for label in labels if name in per_label[label][1]]))
+    every_label = [row for row in rows if all(row["us"][label] for label in labels)]
+    geomean_to_first = {label: geomean([row["ratio_to_first"][label] for row in every_label]) for label in labels[1:]}
+    return dict(labels=labels, impl=impl, peer=peer, rows=rows, geomean_to_first=geomean_to_first)
 
 
 def table_lines(result: dict) -> list[str]:
