@@ -149,6 +149,26 @@ struct ElemTraits<__half> {
   }
 };
 
+// The online softmax's running max, shared by the decode kernels (mla_decode_seesaw.cuh, mla_decode_fp8_narrow.cuh).
+// exp2 factor taking values relative to m_old to values relative to m_new; a row that has seen no key
+// (m = -inf) keeps factor 1 so that nothing becomes NaN.
+__device__ __forceinline__ float seesaw_rescale(float m_old, float m_new, float scale_log2) {
+  return m_new == -INFINITY ? 1.f : exp2f((m_old - m_new) * scale_log2);
+}
+
+// Lazy rescaling: the running row max that P and O are relative to moves only when a page's max exceeds it by more
+// than 2^kLazyRescaleLog2 (after the softmax scale), so P stays <= 256 (exact in bf16/fp16 up to their rounding, sums
+// and O in fp32) and the factor exp2(m_old - m_new) is exactly 1 on nearly every page: the 128-register O rescale,
+// on each warpgroup's path to its next P V issue twice per pair, is skipped (seesaw_scale_o). Every use of the
+// running max (exps, factors, the final lse) takes this same value, so the result is exact, not approximate.
+constexpr float kLazyRescaleLog2 = 8.f;
+
+// The new running max. m_run = -inf (no key yet) takes any finite page max; a page with no visible key
+// (m_page = -inf) leaves it (the NaN of -inf - -inf compares false).
+__device__ __forceinline__ float seesaw_lazy_max(float m_run, float m_page, float scale_log2) {
+  return (m_page - m_run) * scale_log2 > kLazyRescaleLog2 ? m_page : m_run;
+}
+
 // Whether the length of sequence `batch` changed since its schedule was computed (p.current_seqlens): its out and lse
 // are then written as NaN, since the schedule no longer covers its pages. The schedule and the walk keep to the
 // lengths they were computed for, so every output row is still written and nothing outside the cache is read.
@@ -165,6 +185,21 @@ struct OutputSlot {
 __device__ __forceinline__ OutputSlot output_slot(const MlaDecodeParams& p, const WorkItem& w) {
   const int split_base = p.num_splits[w.batch];
   return OutputSlot{split_base + w.split_index, p.num_splits[w.batch + 1] - split_base == 1};
+}
+
+// What the consumers need to start an item, read one item ahead: these dependent global loads (the part's next
+// sequence, its length, its split counts) took ~1800 SM clocks at every item boundary when read there.
+struct ItemPlan {
+  WorkItem w;
+  OutputSlot slot;
+  bool length_changed;
+};
+__device__ __forceinline__ ItemPlan load_item_plan(const MlaDecodeParams& p, const PartWalker& walker, int k) {
+  ItemPlan plan;
+  plan.w = walker.item(walker.begin_batch + k);
+  plan.slot = output_slot(p, plan.w);
+  plan.length_changed = length_changed(p, plan.w.batch);
+  return plan;
 }
 
 // 4 x 4 transpose of 32-bit values within each quad of lanes: on entry lane q holds v[t] = M[q][t], on exit

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <type_traits>
 
+#include "mla_decode_fp8_narrow.cuh"
 #include "mla_decode_seesaw.cuh"
 #include "mla_split_merge.cuh"
 
@@ -164,6 +165,22 @@ bool encode_fp8_latent_map(CUtensorMap* map, const void* base, int num_blocks) {
   return res == CUDA_SUCCESS;
 }
 
+// The FP8 cache's scales as {4 float32, 64 tokens of a page, pages}: one 4 x 64 box is a page's 1 KB of scales
+// (mla_decode_fp8_narrow.cuh); rows before token 0 and pages outside the pool read as zeros.
+bool encode_fp8_scale_map(CUtensorMap* map, const void* base, int num_blocks) {
+  auto encode = tensor_map_encoder();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[3] = {kFp8Groups, kPageSize, static_cast<cuuint64_t>(num_blocks)};
+  const cuuint64_t strides[2] = {kFp8TokenBytes, kFp8PageBytes};
+  const cuuint32_t box[3] = {kFp8Groups, kTileRows, 1};
+  const cuuint32_t elem_strides[3] = {1, 1, 1};
+  CUresult res = encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3,
+                        const_cast<uint8_t*>(static_cast<const uint8_t*>(base) + kFp8ScaleOffset), dims, strides, box,
+                        elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return res == CUDA_SUCCESS;
+}
+
 // How many pairs ahead the producer prefetches pages into L2: one where two m-block CTAs share each page
 // (s_q * h_q in 65..128, e.g. h_q = 128 at s_q = 1), none elsewhere. Measured on the H100: with one CTA per page
 // (h_q * s_q <= 64, HBM-bound) prefetching was 6-9% slower (the prefetched pages compete for L2 with the loads), with
@@ -219,6 +236,39 @@ const char* launch_combine(const MlaDecodeParams& p, int rows_total, cudaStream_
     error = cudaLaunchKernelEx(&config, mla_combine_rows_kernel<Elem>, p, rows_per_warp);
   }
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
+}
+
+// An FP8 cache with s_q * h_q <= 16 query rows: the narrow kernel (mla_decode_fp8_narrow.cuh), then the combine.
+const char* launch_fp8_narrow(const MlaDecodeParams& p, cudaStream_t stream) {
+  CUtensorMap latent_map, rope_map, scale_map;
+  const cuuint64_t rope_dims[3] = {kChunkCols, kPageSize, static_cast<cuuint64_t>(p.num_blocks)};
+  const cuuint64_t rope_strides[2] = {kFp8TokenBytes, kFp8PageBytes};
+  if (!encode_tile_map(&rope_map, static_cast<const uint8_t*>(p.k_cache) + kFp8RopeOffset, true, 3, rope_dims,
+                       rope_strides))
+    return "cuTensorMapEncodeTiled failed for k_cache (FP8 layout, rope values)";
+  if (!encode_fp8_latent_map(&latent_map, p.k_cache, p.num_blocks))
+    return "cuTensorMapEncodeTiled failed for k_cache (FP8 layout, latent bytes)";
+  if (!encode_fp8_scale_map(&scale_map, p.k_cache, p.num_blocks))
+    return "cuTensorMapEncodeTiled failed for k_cache (FP8 layout, scales)";
+  {
+    constexpr int kMaxAttrDevices = 64;
+    static bool attr_set[kMaxAttrDevices] = {};
+    static std::mutex attr_mutex;
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxAttrDevices)
+      return "mla_decode: cannot tell the current CUDA device (or its index is >= 64)";
+    std::lock_guard<std::mutex> lock(attr_mutex);
+    if (!attr_set[device]) {
+      if (cudaFuncSetAttribute(fp8_narrow::mla_decode_fp8_narrow_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               fp8_narrow::kSmemBytes) != cudaSuccess)
+        return cudaGetErrorString(cudaGetLastError());
+      attr_set[device] = true;
+    }
+  }
+  fp8_narrow::mla_decode_fp8_narrow_kernel<<<p.num_parts, fp8_narrow::kThreads, fp8_narrow::kSmemBytes, stream>>>(
+      p, latent_map, rope_map, scale_map);
+  if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
+  return launch_combine<__nv_bfloat16>(p, p.s_q * p.h_q, stream);
 }
 
 template <typename Elem, bool kFp8>
@@ -285,6 +335,7 @@ const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
 const char* mla_decode_launch(const MlaDecodeParams& params, cudaStream_t stream) {
   if (params.is_fp8) {
     if (!params.is_bf16) return "mla_decode: an FP8 cache takes bf16 queries";
+    if (params.s_q * params.h_q <= decode_detail::fp8_narrow::kRows) return decode_detail::launch_fp8_narrow(params, stream);
     return decode_detail::launch_typed<__nv_bfloat16, true>(params, stream);
   }
   return params.is_bf16 ? decode_detail::launch_typed<__nv_bfloat16, false>(params, stream)

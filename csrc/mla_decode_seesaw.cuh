@@ -307,25 +307,6 @@ __device__ __forceinline__ void seesaw_row_max(const float (&s)[32], float (&pag
   }
 }
 
-// exp2 factor taking values relative to m_old to values relative to m_new; a row that has seen no key
-// (m = -inf) keeps factor 1 so that nothing becomes NaN.
-__device__ __forceinline__ float seesaw_rescale(float m_old, float m_new, float scale_log2) {
-  return m_new == -INFINITY ? 1.f : exp2f((m_old - m_new) * scale_log2);
-}
-
-// Lazy rescaling: the running row max that P and O are relative to moves only when a page's max exceeds it by more
-// than 2^kLazyRescaleLog2 (after the softmax scale), so P stays <= 256 (exact in bf16/fp16 up to their rounding, sums
-// and O in fp32) and the factor exp2(m_old - m_new) is exactly 1 on nearly every page: the 128-register O rescale,
-// on each warpgroup's path to its next P V issue twice per pair, is skipped (seesaw_scale_o). Every use of the
-// running max (exps, factors, the final lse) takes this same value, so the result is exact, not approximate.
-constexpr float kLazyRescaleLog2 = 8.f;
-
-// The new running max. m_run = -inf (no key yet) takes any finite page max; a page with no visible key
-// (m_page = -inf) leaves it (the NaN of -inf - -inf compares false).
-__device__ __forceinline__ float seesaw_lazy_max(float m_run, float m_page, float scale_log2) {
-  return (m_page - m_run) * scale_log2 > kLazyRescaleLog2 ? m_page : m_run;
-}
-
 // P = exp(S - m) in place; returns this thread's partial row sums.
 __device__ __forceinline__ void seesaw_exp(float (&s)[32], const float (&m)[2], float scale_log2, float (&sum)[2]) {
   float m_scaled[2];
@@ -422,21 +403,6 @@ __device__ __forceinline__ void seesaw_pv_smem(float (&o)[128], uint32_t p_smem,
   for (int kk = 0; kk < 4; ++kk)
     ElemTraits<Elem>::mma_pv(o, p_desc + ((kk * 32) >> 4), v_desc + ((kk * 16 * 128) >> 4));
   wgmma_commit();
-}
-
-// What the consumers need to start an item, read one item ahead: these dependent global loads (the part's next
-// sequence, its length, its split counts) took ~1800 SM clocks at every item boundary when read there.
-struct ItemPlan {
-  WorkItem w;
-  OutputSlot slot;
-  bool length_changed;
-};
-__device__ __forceinline__ ItemPlan load_item_plan(const MlaDecodeParams& p, const PartWalker& walker, int k) {
-  ItemPlan plan;
-  plan.w = walker.item(walker.begin_batch + k);
-  plan.slot = output_slot(p, plan.w);
-  plan.length_changed = length_changed(p, plan.w.batch);
-  return plan;
 }
 
 // One function for both warpgroups (wg is warp-uniform: read through a shuffle by the caller), so that

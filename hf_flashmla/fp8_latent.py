@@ -6,9 +6,11 @@ A latent row of kv_lora_rank + rope values (512 + 64 for every served model) is 
   [.., + 2 * rope)              the rope part in bfloat16 (not quantized: it carries the positions).
 For 512 + 64 that is 512 + 16 + 128 = 656 bytes, against 1152 in bf16.
 
-Dequantization (what every reader does, the kernels and the reference alike): float(e4m3) * scale in float32,
-rounded to the dtype the attention computes in (bf16 on the kernels' tensor cores, float32 for a float32 q on
-the reference path). The rope part is bf16 as stored.
+Dequantization: float(e4m3) * scale in float32, rounded to the dtype the attention computes in (bf16 on the
+Triton kernel's and the sm_90 kernel's tensor cores where s_q * h_q > 16, q's dtype on the reference path). The
+sm_90 kernel's narrow form (s_q * h_q <= EXACT_KEYS_MAX_ROWS) multiplies the e4m3 values, exact in f16, and applies
+each scale to the float32 products: its keys are exact, as the reference's are for a float32 q. The rope part is
+bf16 as stored.
 
 Quantization is pure torch ops on the latent's device: no host sync, so it runs inside CUDA graphs.
 """
@@ -23,6 +25,7 @@ FP8_MAX = 448.0      # largest finite float8_e4m3fn
 SCALE_BYTES = 4      # one float32 per group
 ROPE_DTYPE = torch.bfloat16
 FP8_CACHE_DTYPES = (torch.uint8, torch.float8_e4m3fn)  # what a k_cache in this layout may be typed as
+EXACT_KEYS_MAX_ROWS = 16  # s_q * h_q up to which the sm_90 kernel reads keys exactly (csrc/mla_decode_fp8_narrow.cuh)
 
 
 def kv_cache_dtype_or_default(value, name: str = "kv_cache_dtype") -> str:
