@@ -50,7 +50,8 @@ def extension_setup_args() -> dict:
     ]
     ext = CUDAExtension(
         name="hf_flashmla._C",
-        sources=["csrc/mla_api.cpp", "csrc/mla_decode_kernel.cu", "csrc/mla_metadata_kernel.cu"],
+        sources=["csrc/mla_api.cpp", "csrc/mla_decode_kernel.cu", "csrc/mla_metadata_kernel.cu",
+                 "csrc/fp8_latent_write.cu"],
         include_dirs=[os.path.join(ROOT, "csrc"), cccl],
         extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": nvcc_flags},
     )

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 #include <torch/torch.h>
 
+#include "fp8_latent_write.h"
 #include "mla_checks.h"
 #include "mla_decode.h"
 #include "mla_metadata.h"
@@ -114,6 +115,36 @@ std::tuple<at::Tensor, at::Tensor> mla_metadata(const at::Tensor& cache_seqlens,
   return {metadata, num_splits};
 }
 
+// Quantizes latent rows [n, 576] into the FP8 pool rows [num_rows, 656] at `slots` (fp8_latent_write.cu).
+void fp8_latent_write(at::Tensor pool, const at::Tensor& slots, const at::Tensor& latent) {
+  MLA_CHECK_VALUE(pool.is_cuda() && pool.scalar_type() == at::kByte && pool.dim() == 2 && pool.size(1) == 656 &&
+                      pool.is_contiguous(),
+                  "pool: expected a contiguous CUDA uint8 tensor [num_rows, 656] (FP8 layout rows), got ",
+                  checks::dtype_name(pool.scalar_type()), " ", checks::shape_of(pool), " on ", pool.device());
+  MLA_CHECK_VALUE(latent.device() == pool.device() && latent.dim() == 2 && latent.size(1) == 576 &&
+                      latent.is_contiguous(),
+                  "latent: expected a contiguous [n, 576] tensor on ", pool.device(), ", got ",
+                  checks::shape_of(latent), " on ", latent.device());
+  const auto dtype = latent.scalar_type();
+  MLA_CHECK_VALUE(dtype == at::kBFloat16 || dtype == at::kHalf || dtype == at::kFloat,
+                  "latent: expected bfloat16, float16 or float32, got ", checks::dtype_name(dtype));
+  MLA_CHECK_VALUE(slots.device() == pool.device() && slots.scalar_type() == at::kLong && slots.dim() == 1 &&
+                      slots.size(0) == latent.size(0) && slots.is_contiguous(),
+                  "slots: expected a contiguous int64 tensor [", latent.size(0), "] on ", pool.device(), ", got ",
+                  checks::dtype_name(slots.scalar_type()), " ", checks::shape_of(slots), " on ",
+                  slots.device());
+  c10::cuda::CUDAGuard guard(pool.device());
+  Fp8LatentWriteParams p{};
+  p.pool = pool.data_ptr<uint8_t>();
+  p.slots = slots.data_ptr<int64_t>();
+  p.latent = latent.data_ptr();
+  p.num_rows = pool.size(0);
+  p.n = latent.size(0);
+  p.latent_dtype = dtype == at::kBFloat16 ? 0 : dtype == at::kHalf ? 1 : 2;
+  const char* error = fp8_latent_write_launch(p, c10::cuda::getCurrentCUDAStream().stream());
+  if (error != nullptr) checks::fail(__func__, __FILE__, __LINE__, "hf_flashmla fp8_latent_write launch failed: ", error);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(hf_flashmla, m) {
@@ -125,11 +156,13 @@ TORCH_LIBRARY(hf_flashmla, m) {
       "mla_metadata(Tensor cache_seqlens, int num_sm_parts, int page_size, int sequence_overhead_pages, "
       "int split_combine_pages, int min_piece_pages) "
       "-> (Tensor, Tensor)");
+  m.def("fp8_latent_write(Tensor(a!) pool, Tensor slots, Tensor latent) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(hf_flashmla, CUDA, m) {
   m.impl("mla_decode", &mla_decode);
   m.impl("mla_metadata", &mla_metadata);
+  m.impl("fp8_latent_write", &fp8_latent_write);
 }
 
 }  // namespace hf_flashmla

@@ -15,6 +15,10 @@ The extension registers, in the `hf_flashmla` torch.library namespace:
              -> (Tensor tile_scheduler_metadata, Tensor num_splits)
     the split-KV schedule of hf_flashmla.schedule (int32 [num_sm_parts, 8] and int32 [b + 1]) from one
     single-CTA kernel (csrc/mla_metadata_kernel.cu); cache_seqlens int32 [b], any stride.
+  fp8_latent_write(Tensor(a!) pool, Tensor slots, Tensor latent) -> ()
+    latent rows [n, 576] (bf16, fp16 or float32) quantized into FlashMLA's FP8 layout and stored in the uint8 pool
+    rows [num_rows, 656] at slots (int64 [n]; rows outside the pool are skipped), byte for byte
+    hf_flashmla.fp8_latent.quantize, in one kernel (csrc/fp8_latent_write.cu).
 A bad input makes either op raise RuntimeError("ValueError: <argument>: ..." or "TypeError: ..."), see
 csrc/mla_checks.h; mla_decode and mla_metadata below raise that ValueError / TypeError instead, with the message
 that hf_flashmla/validation.py gives for the same input.
@@ -43,6 +47,11 @@ def extension_available() -> bool:
 def fp8_kernel_available() -> bool:
     """The decode op reads FP8 caches (an extension built before the FP8 feed existed does not)."""
     return _C is not None and "is_fp8_kvcache" in str(torch.ops.hf_flashmla.mla_decode.default._schema)
+
+
+def fp8_write_kernel_available() -> bool:
+    """The FP8 cache's fused write is in the built extension (an extension built before it existed lacks it)."""
+    return _C is not None and hasattr(torch.ops.hf_flashmla, "fp8_latent_write")
 
 
 def metadata_kernel_available() -> bool:
@@ -103,5 +112,18 @@ def mla_metadata(cache_seqlens, num_sm_parts: int, page_size: int, sequence_over
     try:
         return torch.ops.hf_flashmla.mla_metadata(cache_seqlens, num_sm_parts, page_size, sequence_overhead_pages,
                                                   split_combine_pages, min_piece_pages)
+    except RuntimeError as error:
+        raise check_error(error) from None
+
+
+if fp8_write_kernel_available():
+    @torch.library.register_fake("hf_flashmla::fp8_latent_write")
+    def _fp8_latent_write_fake(pool, slots, latent):
+        return None
+
+
+def fp8_latent_write(pool, slots, latent) -> None:
+    try:
+        torch.ops.hf_flashmla.fp8_latent_write(pool, slots, latent)
     except RuntimeError as error:
         raise check_error(error) from None

@@ -41,7 +41,7 @@ import itertools
 
 import torch
 
-from hf_flashmla import fp8_latent
+from hf_flashmla import _ops, dispatch, fp8_latent
 from hf_flashmla.interface import _value_checks_requested
 from hf_flashmla.schedule import PAGE_SIZE
 
@@ -53,6 +53,7 @@ except ImportError:  # transformers is optional for the kernel API; the cache st
 SCRATCH_PAGE = 0
 DEFAULT_ROPE_DIM = 64  # an FP8 cache built without a model config takes the last 64 values as the rope part
 FP8_MODEL_DTYPES = (torch.bfloat16, torch.float32)
+FUSED_FP8_RANK, FUSED_FP8_ROW = 512, 576  # the latent the fused FP8 write kernel takes (csrc/fp8_latent_write.cu)
 # Every change of the host-side state (a step, a rollback, a crop, a reorder, a reset) takes a new number from
 # here, unique across caches: a CUDA-graph bucket knows whether its device copy of a cache's lengths and block
 # table is current by comparing one int (hf_flashmla.transformers_integration.decode_graphs).
@@ -858,7 +859,7 @@ class LatentPagedCache(_TransformersCache):
                                  f"{latent.dtype} on {latent.device}")
             pool = self._grown_pool(layer_idx)
         state = self._device_step(step, latent.device)
-        pool.view(-1, pool.shape[-1]).index_copy_(0, state.write_slots, self._stored_rows(latent))
+        self._write_rows(pool, state.write_slots, latent)
         step.layers_written.add(layer_idx)
         return pool, step, state
 
@@ -867,6 +868,21 @@ class LatentPagedCache(_TransformersCache):
 
     def _row_width(self, dim: int) -> int:
         return fp8_latent.token_bytes(self.kv_lora_rank, dim - self.kv_lora_rank) if self.is_fp8 else dim
+
+    def _write_rows(self, pool: torch.Tensor, slots: torch.Tensor, latent: torch.Tensor) -> None:
+        """Stores latent [b, s, dim] in the pool's rows `slots`. An FP8 cache on the sm_90 kernel's device with the
+        512 + 64 latent takes one fused kernel (quantize and scatter: fp8_latent.quantize and index_copy_ are a dozen
+        small kernels per layer and decode step, more time than the FP8 attention saves); the same bytes either way."""
+        rows = latent.reshape(-1, latent.shape[-1])
+        if self.is_fp8 and self._fused_fp8_write(rows):
+            _ops.fp8_latent_write(pool.view(-1, pool.shape[-1]), slots, rows.contiguous())
+        else:
+            pool.view(-1, pool.shape[-1]).index_copy_(0, slots, self._stored_rows(latent))
+
+    def _fused_fp8_write(self, rows: torch.Tensor) -> bool:
+        return (rows.is_cuda and rows.shape[-1] == FUSED_FP8_ROW and self.kv_lora_rank == FUSED_FP8_RANK
+                and _ops.fp8_write_kernel_available()
+                and dispatch.choice_for(rows.device, 1, True).name == dispatch.KERNEL)
 
     def _stored_rows(self, latent: torch.Tensor) -> torch.Tensor:
         """latent [b, s, dim] as the pool's rows [b * s, row width] (quantized on the device in FP8)."""
@@ -888,7 +904,7 @@ class LatentPagedCache(_TransformersCache):
                                f"place ({None if pool is None else (pool.dtype, pool.device)}); the graph must be "
                                f"captured after the eager prefill has written every layer")
         state = self._graph_step.state
-        pool.view(-1, pool.shape[-1]).index_copy_(0, state.write_slots, self._stored_rows(latent))
+        self._write_rows(pool, state.write_slots, latent)
         return pool, self._graph_step.step, state
 
     @contextlib.contextmanager

@@ -13,9 +13,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # source -> the kernels its ptxas report must name
 KERNEL_SOURCES = {
-    "csrc/mla_decode_kernel.cu": ("mla_decode_seesaw_kernel", "mla_combine_rows_kernel",
-                                 "mla_combine_shared_row_kernel"),
+    "csrc/mla_decode_kernel.cu": ("mla_decode_seesaw_kernel", "mla_decode_fp8_narrow_kernel",
+                                 "mla_combine_rows_kernel", "mla_combine_shared_row_kernel"),
     "csrc/mla_metadata_kernel.cu": ("mla_metadata_kernel",),
+    "csrc/fp8_latent_write.cu": ("fp8_latent_write_kernel",),
 }
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import hf_flashmla
-from hf_flashmla import dispatch, fp8_latent, mla_decode_reference
+from hf_flashmla import _ops, dispatch, fp8_latent, mla_decode_reference
 from hf_flashmla.envs import BACKEND
 from hf_flashmla.testing import dense_attention, make_paged_inputs
 from paged_garbage import used_token_mask
@@ -366,3 +366,72 @@ def test_gpu_fp8_cache_quantized_on_the_device_matches_the_cpu():
     generator = torch.Generator().manual_seed(0)
     latent = torch.randn(4, 33, 576, generator=generator).to(torch.bfloat16)
     assert torch.equal(fp8_latent.quantize(latent.cuda(), DV).cpu(), fp8_latent.quantize(latent, DV))
+
+
+# -------------------------------------------------------------------------------- the fused FP8 write (sm_90)
+def _fused_write_or_skip():
+    if not torch.cuda.is_available() or not _ops.fp8_write_kernel_available():
+        pytest.skip("needs the compiled extension with fp8_latent_write and a CUDA device")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_gpu_fused_fp8_write_is_quantize_byte_for_byte(dtype):
+    """One kernel gives the bytes of fp8_latent.quantize + index_copy_: scales spread over 10^±4, a zero group,
+    subnormal and huge values; slots outside the pool are skipped and nothing else is touched."""
+    _fused_write_or_skip()
+    generator = torch.Generator().manual_seed(0)
+    latent = torch.randn(37, 576, generator=generator) * torch.exp(torch.randn(37, 1, generator=generator) * 3)
+    latent[3, :128] = 0
+    latent[5, 200:210] = 3e-39 if dtype == torch.float32 else 1e-7
+    latent[7, 300] = 6e4
+    latent = latent.to(dtype).cuda()
+    pool = torch.full((100, 656), 0xAB, dtype=torch.uint8, device="cuda")
+    slots = torch.randperm(100, generator=generator)[:37].cuda()
+    slots[10], slots[11] = -1, 100
+    keep = (slots >= 0) & (slots < 100)
+    expected = pool.clone()
+    expected[slots[keep]] = fp8_latent.quantize(latent[keep], DV)
+    _ops.fp8_latent_write(pool, slots, latent)
+    torch.cuda.synchronize()
+    assert torch.equal(pool, expected)
+
+
+@pytest.mark.gpu
+def test_gpu_fused_fp8_write_keeps_nan_in_its_group():
+    _fused_write_or_skip()
+    latent = torch.randn(4, 576, device="cuda", dtype=torch.bfloat16)
+    latent[1, 130] = float("nan")
+    pool = torch.zeros(4, 656, dtype=torch.uint8, device="cuda")
+    _ops.fp8_latent_write(pool, torch.arange(4, device="cuda"), latent)
+    got = fp8_latent.dequantize(pool, DV)
+    want = fp8_latent.dequantize(fp8_latent.quantize(latent, DV), DV)
+    assert torch.equal(got.isnan(), want.isnan()) and got.isnan()[1, 128:256].all() and not got[0].isnan().any()
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["pool_width", "pool_dtype", "latent_width", "latent_dtype", "slots_dtype",
+                                  "slots_length"])
+def test_gpu_fused_fp8_write_rejects_bad_input_naming_it(case):
+    _fused_write_or_skip()
+    pool = torch.zeros(8, 656, dtype=torch.uint8, device="cuda")
+    latent = torch.randn(2, 576, device="cuda", dtype=torch.bfloat16)
+    slots = torch.arange(2, device="cuda")
+    name = case.split("_")[0]
+    if case == "pool_width":
+        pool = torch.zeros(8, 576, dtype=torch.uint8, device="cuda")
+    elif case == "pool_dtype":
+        pool = torch.zeros(8, 656, dtype=torch.int8, device="cuda")
+    elif case == "latent_width":
+        latent = torch.randn(2, 512, device="cuda", dtype=torch.bfloat16)
+    elif case == "latent_dtype":
+        latent = latent.to(torch.float64)
+    elif case == "slots_dtype":
+        slots = slots.to(torch.int32)
+    else:
+        slots = torch.arange(3, device="cuda")
+    before = pool.clone()
+    with pytest.raises(ValueError, match=name):
+        _ops.fp8_latent_write(pool, slots, latent)
+    assert torch.equal(pool, before)
