@@ -1,6 +1,6 @@
-"""generate() with the FP8 latent cache on a GPU (marker triton_gpu; on Hopper the sm_90 kernel's FP8 feed reads it,
-elsewhere the Triton kernel), bf16: real CUDA-graph captures of the FP8 pools, eager steps, and agreement with eager
-attention over the FP8 keys. Run on the GPU machine:
+"""generate() with the FP8 latent cache on a GPU (marker triton_gpu; on Hopper the sm_90 kernel reads it and the
+fused write stores it, elsewhere the Triton kernel and the torch ops), bf16: real CUDA-graph captures of the FP8
+pools, eager steps, and agreement with eager attention over the FP8 keys. Run on the GPU machine:
     python3 -m pytest -q -rs tests/test_fp8_gpu.py
 """
 import pytest

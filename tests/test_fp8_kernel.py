@@ -4,9 +4,10 @@ API's checks of FP8 inputs.
 CPU: the quantization round trip, the reference against a bf16 cache holding the dequantized keys (exactly equal:
 the reference dequantizes as the kernels do) and against float64 attention, the Triton kernel under Triton's
 interpreter (tests/conftest.py sets TRITON_INTERPRET=1 where there is no CUDA), bad input.
-GPU: the sm_90 kernel's FP8 feed (marker gpu) and the Triton FP8 kernel (marker triton_gpu) against the reference on
-the configuration matrix, through the public API, with bytes that decode as NaN everywhere no sequence reads. Run
-on the GPU machine:
+GPU: the sm_90 kernel (marker gpu: its narrow kernel for s_q * h_q <= 16, against the reference's exact keys; the
+seesaw kernel's FP8 feed above) and the Triton FP8 kernel (marker triton_gpu) against the reference on the
+configuration matrix, through the public API, with bytes that decode as NaN everywhere no sequence reads; the fused
+FP8 write against fp8_latent.quantize, byte for byte. Run on the GPU machine:
     python3 -m pytest -q -rs tests/test_fp8_kernel.py
 """
 import importlib
@@ -326,7 +327,8 @@ def poison_unread_bytes(inputs):
 @pytest.mark.gpu
 @pytest.mark.parametrize("lengths,shape,causal", GPU_MATRIX, ids=GPU_IDS)
 def test_gpu_kernel_fp8_matches_reference(lengths, shape, causal, monkeypatch):
-    """The sm_90 kernel's FP8 feed through the public API in automatic dispatch, both schedule generations."""
+    """The sm_90 kernel (narrow or seesaw FP8 feed by s_q * h_q) through the public API in automatic dispatch, both
+    schedule generations."""
     monkeypatch.delenv(BACKEND.name, raising=False)
     _check_gpu_fp8_path(lengths, shape, causal, "cuda_sm90")
 
