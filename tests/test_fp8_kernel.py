@@ -12,6 +12,7 @@ FP8 write against fp8_latent.quantize, byte for byte. Run on the GPU machine:
 """
 import importlib
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ import torch
 import hf_flashmla
 from hf_flashmla import _ops, dispatch, fp8_latent, mla_decode_reference
 from hf_flashmla.envs import BACKEND
+from hf_flashmla.latent_cache import LatentPagedCache
 from hf_flashmla.testing import dense_attention, make_paged_inputs
 from paged_garbage import used_token_mask
 
@@ -368,6 +370,20 @@ def test_gpu_fp8_cache_quantized_on_the_device_matches_the_cpu():
     generator = torch.Generator().manual_seed(0)
     latent = torch.randn(4, 33, 576, generator=generator).to(torch.bfloat16)
     assert torch.equal(fp8_latent.quantize(latent.cuda(), DV).cpu(), fp8_latent.quantize(latent, DV))
+
+
+def test_exact_keys_bound_is_the_narrow_kernels_row_count():
+    """fp8_latent.EXACT_KEYS_MAX_ROWS (which rule a GPU call's keys follow) is the narrow kernel's n, and
+    mla_decode_launch sends calls up to it there."""
+    root = Path(__file__).resolve().parent.parent / "csrc"
+    narrow = (root / "mla_decode_fp8_narrow.cuh").read_text()
+    assert f"constexpr int kRows = {fp8_latent.EXACT_KEYS_MAX_ROWS};" in narrow
+    assert "params.s_q * params.h_q <= decode_detail::fp8_narrow::kRows" in (root / "mla_decode_kernel.cu").read_text()
+
+
+def test_the_cache_writes_fp8_rows_with_torch_ops_off_the_kernels_device():
+    cache = LatentPagedCache(num_hidden_layers=1, latent_dim=576, kv_cache_dtype="fp8_e4m3")
+    assert not cache._fused_fp8_write(torch.zeros(2, 576))
 
 
 # -------------------------------------------------------------------------------- the fused FP8 write (sm_90)
