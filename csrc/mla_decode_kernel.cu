@@ -181,6 +181,38 @@ bool encode_fp8_scale_map(CUtensorMap* map, const void* base, int num_blocks) {
   return res == CUDA_SUCCESS;
 }
 
+// The FP8 cache's rope values ({64 bf16 columns, 64 tokens, pages}, 128B-swizzled) and latent bytes
+// (encode_fp8_latent_map) as tensor maps; negative token coordinates read as zeros, as in the bf16 maps.
+const char* encode_fp8_maps(const MlaDecodeParams& p, CUtensorMap* rope_map, CUtensorMap* latent_map) {
+  const cuuint64_t rope_dims[3] = {kChunkCols, kPageSize, static_cast<cuuint64_t>(p.num_blocks)};
+  const cuuint64_t rope_strides[2] = {kFp8TokenBytes, kFp8PageBytes};
+  if (!encode_tile_map(rope_map, static_cast<const uint8_t*>(p.k_cache) + kFp8RopeOffset, true, 3, rope_dims,
+                       rope_strides))
+    return "cuTensorMapEncodeTiled failed for k_cache (FP8 layout, rope values)";
+  if (!encode_fp8_latent_map(latent_map, p.k_cache, p.num_blocks))
+    return "cuTensorMapEncodeTiled failed for k_cache (FP8 layout, latent bytes)";
+  return nullptr;
+}
+
+// The shared-memory opt-in belongs to a kernel in each device's context, so it is set once per kernel and device:
+// under device_map one process launches on several GPUs (mla_api.cpp's guard made q's device current).
+template <auto kKernel>
+const char* opt_in_shared_memory(int bytes) {
+  constexpr int kMaxDevices = 64;
+  static bool done[kMaxDevices] = {};
+  static std::mutex mutex;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices)
+    return "mla_decode: cannot tell the current CUDA device (or its index is >= 64)";
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!done[device]) {
+    if (cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) != cudaSuccess)
+      return cudaGetErrorString(cudaGetLastError());
+    done[device] = true;
+  }
+  return nullptr;
+}
+
 // How many pairs ahead the producer prefetches pages into L2: one where two m-block CTAs share each page
 // (s_q * h_q in 65..128, e.g. h_q = 128 at s_q = 1), none elsewhere. Measured on the H100: with one CTA per page
 // (h_q * s_q <= 64, HBM-bound) prefetching was 6-9% slower (the prefetched pages compete for L2 with the loads), with
@@ -241,30 +273,11 @@ const char* launch_combine(const MlaDecodeParams& p, int rows_total, cudaStream_
 // An FP8 cache with s_q * h_q <= 16 query rows: the narrow kernel (mla_decode_fp8_narrow.cuh), then the combine.
 const char* launch_fp8_narrow(const MlaDecodeParams& p, cudaStream_t stream) {
   CUtensorMap latent_map, rope_map, scale_map;
-  const cuuint64_t rope_dims[3] = {kChunkCols, kPageSize, static_cast<cuuint64_t>(p.num_blocks)};
-  const cuuint64_t rope_strides[2] = {kFp8TokenBytes, kFp8PageBytes};
-  if (!encode_tile_map(&rope_map, static_cast<const uint8_t*>(p.k_cache) + kFp8RopeOffset, true, 3, rope_dims,
-                       rope_strides))
-    return "cuTensorMapEncodeTiled failed for k_cache (FP8 layout, rope values)";
-  if (!encode_fp8_latent_map(&latent_map, p.k_cache, p.num_blocks))
-    return "cuTensorMapEncodeTiled failed for k_cache (FP8 layout, latent bytes)";
+  if (const char* error = encode_fp8_maps(p, &rope_map, &latent_map)) return error;
   if (!encode_fp8_scale_map(&scale_map, p.k_cache, p.num_blocks))
     return "cuTensorMapEncodeTiled failed for k_cache (FP8 layout, scales)";
-  {
-    constexpr int kMaxAttrDevices = 64;
-    static bool attr_set[kMaxAttrDevices] = {};
-    static std::mutex attr_mutex;
-    int device = 0;
-    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxAttrDevices)
-      return "mla_decode: cannot tell the current CUDA device (or its index is >= 64)";
-    std::lock_guard<std::mutex> lock(attr_mutex);
-    if (!attr_set[device]) {
-      if (cudaFuncSetAttribute(fp8_narrow::mla_decode_fp8_narrow_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               fp8_narrow::kSmemBytes) != cudaSuccess)
-        return cudaGetErrorString(cudaGetLastError());
-      attr_set[device] = true;
-    }
-  }
+  if (const char* error = opt_in_shared_memory<fp8_narrow::mla_decode_fp8_narrow_kernel>(fp8_narrow::kSmemBytes))
+    return error;
   fp8_narrow::mla_decode_fp8_narrow_kernel<<<p.num_parts, fp8_narrow::kThreads, fp8_narrow::kSmemBytes, stream>>>(
       p, latent_map, rope_map, scale_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
@@ -287,15 +300,8 @@ const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
   // of a sequence is loaded shifted (page_tail_shift), and the rows before token 0 fall outside the tensor, where
   // TMA writes zeros instead of reading the previous page. Pages outside the pool read as zeros too.
   if constexpr (kFp8) {
-    // kv_map: the bf16 rope values {64 columns, 64 tokens, pages}; kv4_map: the latent bytes
-    // (encode_fp8_latent_map). Negative token coordinates read as zeros here too.
-    const cuuint64_t rope_dims[3] = {kChunkCols, kPageSize, static_cast<cuuint64_t>(p.num_blocks)};
-    const cuuint64_t rope_strides[2] = {kFp8TokenBytes, kFp8PageBytes};
-    if (!encode_tile_map(&kv_map, static_cast<const uint8_t*>(p.k_cache) + kFp8RopeOffset, true, 3, rope_dims,
-                         rope_strides))
-      return "cuTensorMapEncodeTiled failed for k_cache (FP8 layout, rope values)";
-    if (!encode_fp8_latent_map(&kv4_map, p.k_cache, p.num_blocks))
-      return "cuTensorMapEncodeTiled failed for k_cache (FP8 layout, latent bytes)";
+    // kv_map: the rope values, kv4_map: the latent bytes.
+    if (const char* error = encode_fp8_maps(p, &kv_map, &kv4_map)) return error;
   } else {
     const cuuint64_t kv_dims[4] = {kChunkCols, kPageSize, static_cast<cuuint64_t>(p.num_blocks), kNumChunks};
     const cuuint64_t kv_strides[3] = {kHeadDim * 2, static_cast<cuuint64_t>(kPageSize) * kHeadDim * 2,
@@ -306,24 +312,7 @@ const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
       return "cuTensorMapEncodeTiled failed for k_cache (4-chunk view)";
   }
 
-  {
-    // The shared-memory opt-in belongs to the kernel in each device's context, so it is set once per device:
-    // under device_map one process launches on several GPUs (mla_api.cpp's guard made q's device current).
-    constexpr int kMaxAttrDevices = 64;
-    static bool attr_set[3][kMaxAttrDevices] = {};
-    static std::mutex attr_mutex;
-    int device = 0;
-    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxAttrDevices)
-      return "mla_decode: cannot tell the current CUDA device (or its index is >= 64)";
-    std::lock_guard<std::mutex> lock(attr_mutex);
-    bool& done = attr_set[kFp8 ? 2 : std::is_same_v<Elem, __half>][device];
-    if (!done) {
-      if (cudaFuncSetAttribute(mla_decode_seesaw_kernel<Elem, kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               kSeesawSmemBytes) != cudaSuccess)
-        return cudaGetErrorString(cudaGetLastError());
-      done = true;
-    }
-  }
+  if (const char* error = opt_in_shared_memory<mla_decode_seesaw_kernel<Elem, kFp8>>(kSeesawSmemBytes)) return error;
   dim3 grid(p.num_m_blocks, p.num_parts);
   mla_decode_seesaw_kernel<Elem, kFp8><<<grid, kThreads, kSeesawSmemBytes, stream>>>(p, q_map, kv_map, kv4_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
