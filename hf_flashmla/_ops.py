@@ -19,9 +19,9 @@ The extension registers, in the `hf_flashmla` torch.library namespace:
     latent rows [n, 576] (bf16, fp16 or float32) quantized into FlashMLA's FP8 layout and stored in the uint8 pool
     rows [num_rows, 656] at slots (int64 [n]; rows outside the pool are skipped), byte for byte
     hf_flashmla.fp8_latent.quantize, in one kernel (csrc/fp8_latent_write.cu).
-A bad input makes either op raise RuntimeError("ValueError: <argument>: ..." or "TypeError: ..."), see
-csrc/mla_checks.h; mla_decode and mla_metadata below raise that ValueError / TypeError instead, with the message
-that hf_flashmla/validation.py gives for the same input.
+A bad input makes any of them raise RuntimeError("ValueError: <argument>: ..." or "TypeError: ..."), see
+csrc/mla_checks.h; the wrappers below raise that ValueError / TypeError instead (for mla_decode and mla_metadata
+with the message that hf_flashmla/validation.py gives for the same input).
 The fake (meta) implementations let torch.compile trace calls without running the kernels; mla_decode's runs
 the structural checks the op runs in C++ (hf_flashmla/validation.py's, the same messages), so that a compiled
 call rejects bad inputs while it is traced.

@@ -12,7 +12,8 @@ sm_90 kernel's narrow form (s_q * h_q <= EXACT_KEYS_MAX_ROWS) multiplies the e4m
 each scale to the float32 products: its keys are exact, as the reference's are for a float32 q. The rope part is
 bf16 as stored.
 
-Quantization is pure torch ops on the latent's device: no host sync, so it runs inside CUDA graphs.
+Quantization is pure torch ops on the latent's device (the cache's write on the sm_90 kernel's device is one fused
+kernel with the same bytes, csrc/fp8_latent_write.cu): no host sync, so it runs inside CUDA graphs.
 """
 from __future__ import annotations
 
