@@ -3,6 +3,8 @@
 One model with random weights is built on the device from a preset config (benchmarks/generate_models.py). For
 each case (prompt length x batch) every implementation runs in the same process, one after the other:
   flash_mla     attn_implementation="flash_mla" (hf_flashmla's latent paged cache)
+  flash_mla_fp8 the same with the FP8 latent cache (generate(cache_config={"kv_cache_dtype": "fp8_e4m3"}): FlashMLA's
+                FP8 layout, 656 B per token and layer)
   sdpa          stock sdpa with the cache generate() creates
   sdpa_static   stock sdpa with cache_implementation="static": generate() then compiles the decode step
                 (torch.compile, CUDA graphs); eager / eager_static likewise
@@ -22,7 +24,8 @@ Usage (repo root):
   python -m benchmarks.bench_generate --preset deepseek-v2-lite --cases 4Kx8,16Kx8,32Kx1,128Kx1 --json e2e.json
   python -m benchmarks.bench_generate --preset glm-4.7-flash --layers 24 --cases 4Kx8,32Kx1
   python -m benchmarks.bench_generate --flash-mla-kwargs prefill_chunk_size=4096 --cases 32Kx8
-  python -m benchmarks.bench_generate --kv-cache-dtype fp8_e4m3 --impls flash_mla --cases 160Kx8   # FP8 latent cache
+  python -m benchmarks.bench_generate --impls flash_mla,flash_mla_fp8,sdpa --cases 4Kx8,32Kx1     # both latent caches
+  python -m benchmarks.bench_generate --impls flash_mla_fp8 --cases 160Kx8 --single-call   # beyond the bf16 cache
   python -m benchmarks.bench_generate --smoke        # 2-layer model, small cases, seconds on a CPU
 Exit status: 0 when every run finished or ran out of memory; 1 when a run failed or an implementation was
 unavailable; 2 for bad arguments.
@@ -67,11 +70,17 @@ def parse_cases(text: str) -> list[tuple[int, int]]:
     return cases
 
 
+FP8_IMPL = "flash_mla_fp8"
+
+
 def parse_impl(name: str) -> tuple[str, bool]:
-    """'sdpa_static' -> ('sdpa', True): the attention implementation and whether the cache is static."""
+    """'sdpa_static' -> ('sdpa', True): the attention implementation and whether the cache is static
+    (flash_mla_fp8 -> ('flash_mla', False): the FP8 latent cache is measure()'s part)."""
+    if name == FP8_IMPL:
+        return "flash_mla", False
     attn, static = (name[: -len("_static")], True) if name.endswith("_static") else (name, False)
     if attn not in KNOWN_ATTNS or (static and attn == "flash_mla"):
-        choices = ", ".join(KNOWN_ATTNS + ("sdpa_static", "eager_static"))
+        choices = ", ".join(KNOWN_ATTNS + (FP8_IMPL, "sdpa_static", "eager_static"))
         raise ValueError(f"--impls: unknown implementation {name!r} (choose from {choices})")
     return attn, static
 
@@ -105,14 +114,11 @@ def parse_args(argv=None):
     p.add_argument("--layers", type=int, default=None, help="cut the model to this many decoder layers")
     p.add_argument("--cases", default=None, help=f"CONTEXTxBATCH list (default {DEFAULT_CASES})")
     p.add_argument("--impls", default=DEFAULT_IMPLS,
-                   help="comma list of flash_mla, sdpa, sdpa_static, eager, eager_static")
+                   help="comma list of flash_mla, flash_mla_fp8, sdpa, sdpa_static, eager, eager_static")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run (min = max)")
     p.add_argument("--generate-kwargs", default="", help="KEY=VALUE,... passed to every generate() call")
     p.add_argument("--flash-mla-kwargs", default="", help="KEY=VALUE,... passed to flash_mla's generate() calls only "
                                                            "(e.g. prefill_chunk_size=4096)")
-    p.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "fp8_e4m3"),
-                   help="flash_mla's latent cache: auto (the model's dtype) or fp8_e4m3 (FlashMLA's FP8 layout, 656 B "
-                        "per token and layer); passed as generate(cache_config={'kv_cache_dtype': ...})")
     p.add_argument("--experts-implementation", default=None,
                    help="transformers' experts implementation for MoE layers (e.g. eager, grouped_mm, batched_mm)")
     p.add_argument("--no-profile", action="store_true", help="skip the profiled call (no GPU busy figure)")
@@ -189,9 +195,9 @@ def measure(model, impl, context, batch, args, device) -> dict:
                   return_dict_in_generate=True, **args.gen_kwargs)
     if attn == "flash_mla":
         kwargs.update(args.flash_kwargs)
-        if args.kv_cache_dtype != "auto":
-            kwargs["cache_config"] = {"kv_cache_dtype": args.kv_cache_dtype}
-            row["kv_cache_dtype"] = args.kv_cache_dtype
+        if impl == FP8_IMPL:
+            kwargs["cache_config"] = {"kv_cache_dtype": "fp8_e4m3"}
+            row["kv_cache_dtype"] = "fp8_e4m3"
     if static:
         kwargs["cache_implementation"] = "static"
     row["generate_kwargs"] = {k: v for k, v in kwargs.items() if k != "return_dict_in_generate"}
@@ -300,7 +306,6 @@ def main(argv=None) -> int:
         "experts_implementation": args.experts_implementation, "impls": args.impl_list,
         "cases": [generate_report.case_label(c, b) for c, b in args.case_list], "new_tokens": args.new_tokens,
         "generate_kwargs": args.gen_kwargs, "flash_mla_kwargs": args.flash_kwargs,
-        "kv_cache_dtype": args.kv_cache_dtype,
         "timing": "per run: a first generate(), then an identical one timed by a syncing logits processor (TTFT, "
                   "decode = first -> last logits over new_tokens - 1 steps), then one under torch.profiler (GPU busy "
                   "= device time after the first logits / decode steps); first call +s = first - second",
@@ -308,8 +313,7 @@ def main(argv=None) -> int:
     report = {"meta": meta, "rows": []}
     title = (f"generate(): {args.preset} ({layers_text}, {meta['parameters_b']:.1f} B params), "
              f"{rt.dtype_name(dtype)}, {args.new_tokens} new tokens greedy, {meta['device']}, "
-             f"transformers {transformers.__version__}"
-             + (f", flash_mla latent cache {args.kv_cache_dtype}" if args.kv_cache_dtype != "auto" else ""))
+             f"transformers {transformers.__version__}")
     print(title, flush=True)
     rows = run_all(model, args, device, report, t0)
     generate_report.add_comparisons(rows)

@@ -149,18 +149,21 @@ def test_plot_is_written(tmp_path):
     assert os.path.getsize(path) > 1000
 
 
-def test_kv_cache_dtype_gives_flash_mla_an_fp8_cache(tmp_path):
+def test_flash_mla_fp8_runs_beside_the_bf16_cache_in_one_run(tmp_path):
+    """flash_mla_fp8 is flash_mla with the FP8 latent cache, measured in the same process as the others."""
     path = tmp_path / "e2e.json"
     assert bench_generate.main(["--smoke", "--device", "cpu", "--cases", "16x1", "--new-tokens", "2",
-                                "--impls", "flash_mla,sdpa", "--kv-cache-dtype", "fp8_e4m3", "--json", str(path)]) == 0
+                                "--impls", "flash_mla,flash_mla_fp8,sdpa", "--json", str(path)]) == 0
     report = json.loads(path.read_text())
-    assert report["meta"]["kv_cache_dtype"] == "fp8_e4m3"
-    flash, sdpa = report["rows"]
-    assert flash["status"] == "ok" and flash["kv_cache_dtype"] == "fp8_e4m3"
-    assert flash["generate_kwargs"]["cache_config"] == {"kv_cache_dtype": "fp8_e4m3"}
+    flash, fp8, sdpa = report["rows"]
+    assert [r["impl"] for r in (flash, fp8, sdpa)] == ["flash_mla", "flash_mla_fp8", "sdpa"]
+    assert fp8["status"] == "ok" and fp8["kv_cache_dtype"] == "fp8_e4m3" and fp8["attn_implementation"] == "flash_mla"
+    assert fp8["generate_kwargs"]["cache_config"] == {"kv_cache_dtype": "fp8_e4m3"}
     layers = generate_models.make_config("smoke").num_hidden_layers
-    assert flash["kv_cache_used_gb"] * 1e9 == pytest.approx((16 + 1) * 656 * layers)
-    assert "cache_config" not in sdpa["generate_kwargs"]
+    assert fp8["kv_cache_used_gb"] * 1e9 == pytest.approx((16 + 1) * 656 * layers)
+    assert flash["kv_cache_used_gb"] * 1e9 == pytest.approx((16 + 1) * 576 * 4 * layers)  # float32 on the CPU
+    assert "cache_config" not in flash["generate_kwargs"] and "cache_config" not in sdpa["generate_kwargs"]
+    assert "speedup_vs_best_stock" in fp8  # compared with the stock path like flash_mla
 
 
 @pytest.mark.parametrize("preset", sorted(generate_models.PRESETS))
