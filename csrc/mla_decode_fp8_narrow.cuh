@@ -65,7 +65,7 @@ constexpr uint32_t kBarScores = 1, kBarExchange = 2, kBarP = 4, kBarQ = 6, kBarS
 // kRows x 128 B each, 128B-swizzled), P'_b for the 4 groups (f16, same form), the page slots, the warpgroups' parts of
 // S^T (two warpgroups: float [2 page parities][2 wg][128 threads][kAcc]), the column-max exchange (float [wg][2
 // parities][4 warps][kRows + 4]), 2^-k per Q row (float [wg][kRows]), the column sums (float [wg][4 warps][kRows]),
-// the next item's Q as stored (kRows x 576 bf16), the mbarriers (full[kSlots], empty[kSlots], q_full, q_empty).
+// the mbarriers (full[kSlots], empty[kSlots]).
 template <int kRowsT, int kWarpgroupsT>
 struct NarrowShape {
   static constexpr int kRows = kRowsT;
@@ -83,24 +83,21 @@ struct NarrowShape {
   static constexpr int slots = p + 4 * kOperandBytes;
   static constexpr int kScoreBytes = kWarpgroups == 2 ? 2 * kConsumerThreads * kAcc * 4 : 0;
   static constexpr int kTailBytes = kScoreBytes + kWarpgroups * (2 * 4 * kExchangeFloats + kRows + 4 * kRows) * 4 +
-                                    kRows * kHeadDim * 2 + 8 * (2 * 4 + 2);
+                                    8 * 2 * 4;
   static constexpr int kSlotsFit = (kMaxSmem - 1024 - slots - kTailBytes) / kSlotBytes;
   static constexpr int kSlots = kSlotsFit < 4 ? kSlotsFit : 4;
   static constexpr int scores = slots + kSlots * kSlotBytes;
   static constexpr int exchange = scores + kScoreBytes;
   static constexpr int q_unscale = exchange + kWarpgroups * 2 * 4 * kExchangeFloats * 4;
   static constexpr int sums = q_unscale + kWarpgroups * kRows * 4;
-  static constexpr int q_staging = sums + kWarpgroups * 4 * kRows * 4;
-  static constexpr int barriers = q_staging + kRows * kHeadDim * 2;
-  static constexpr int total = barriers + 8 * (2 * kSlots + 2);
+  static constexpr int barriers = sums + kWarpgroups * 4 * kRows * 4;
+  static constexpr int total = barriers + 8 * 2 * kSlots;
   static constexpr int kSmemBytes = total + 1024;
   static_assert(slots % 1024 == 0 && kSlotBytes % 1024 == 0, "slots must keep the swizzle atoms aligned");
   static_assert(kSlots >= 2 && kSmemBytes <= kMaxSmem, "the narrow FP8 layout exceeds the opt-in shared memory");
   static_assert(barriers % 8 == 0, "mbarriers are 8-byte aligned");
   static __device__ uint32_t full_bar(uint32_t base, int slot) { return base + barriers + 8 * slot; }
   static __device__ uint32_t empty_bar(uint32_t base, int slot) { return base + barriers + 8 * (kSlots + slot); }
-  static __device__ uint32_t q_full_bar(uint32_t base) { return base + barriers + 8 * 2 * kSlots; }
-  static __device__ uint32_t q_empty_bar(uint32_t base) { return q_full_bar(base) + 8; }
 };
 using NarrowShape16 = NarrowShape<16, 1>;
 using NarrowShape32 = NarrowShape<32, 2>;
@@ -116,31 +113,15 @@ __device__ __forceinline__ void mma_bf16(float (&d)[kRows / 2], const uint32_t* 
   else wgmma_m64n32k16_rs_bf16(d, a[0], a[1], a[2], a[3], b, scale_d);
 }
 
-__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
-               "l"(reinterpret_cast<uint64_t>(src)), "r"(bytes), "r"(bar)
-               : "memory");
-}
-
-// The producer: per item its Q (the s_q * h_q rows as stored, one bulk copy into the staging buffer, which the
-// consumers free once they have converted it: so the next item's Q lands while this one runs), then every page of
-// it, in order, into slot (page count % kSlots).
+// The producer: every page of every item, in order, into slot (page count % kSlots).
 template <class S>
 __device__ __forceinline__ void produce(const MlaDecodeParams& p, const PartWalker& walker, uint32_t base,
                                         const CUtensorMap* latent_map, const CUtensorMap* rope_map,
                                         const CUtensorMap* scale_map) {
-  const int rows_total = p.s_q * p.h_q;
-  const uint32_t q_bytes = static_cast<uint32_t>(rows_total) * kHeadDim * 2;
-  uint32_t count = 0, items = 0;
+  uint32_t count = 0;
   for (int k = 0; k < walker.num_items(); ++k) {
     const WorkItem w = walker.item(walker.begin_batch + k);
     if (w.stop_block <= w.start_block) continue;
-    mbarrier_wait(S::q_empty_bar(base), (items & 1) ^ 1);
-    mbarrier_arrive_expect_tx(S::q_full_bar(base), q_bytes);
-    bulk_load(base + S::q_staging,
-              static_cast<const __nv_bfloat16*>(p.q) + static_cast<int64_t>(w.batch) * rows_total * kHeadDim, q_bytes,
-              S::q_full_bar(base));
-    ++items;
     const int* table_row = p.block_table + static_cast<int64_t>(w.batch) * p.block_table_stride;
     for (int blk = w.start_block; blk < w.stop_block; ++blk, ++count) {
       const int slot = count % S::kSlots;
@@ -192,31 +173,30 @@ __device__ __forceinline__ uint32_t operand_offset(int n, int col) {
 // that is k-steps [8g, 8g + 8): k-step 8g + s, columns 2q + 8e, 2q + 8e + 1 of it.
 __device__ __forceinline__ int contraction_col(int step, int q, int e) { return 16 * step + 2 * q + 8 * e; }
 
-// Warpgroup kWg's part of one item's Q, landed in the staging buffer, into shared memory as the B operand: its latent
+// Warpgroup kWg's part of one item's Q (batch entry `batch`), read from global memory, into shared memory as the B operand: its latent
 // values (scale groups kGroups kWg ..) as f16, each row times 2^k (2^-k kept in q_unscale: per warpgroup, as each adds
 // its own part of the scores), and for warpgroup 0 the rope values as bf16; rows past the item's s_q * h_q are zeros.
 // kThreadsPerRow threads share a row; each takes every kThreadsPerRow-th 16-byte unit of the warpgroup's latent part
-// and of the rope. The staging buffer is released once every warp of the consumers has read it.
+// and of the rope. (Staging the next item's Q in shared memory, one bulk copy by the producer, measured no faster and
+// would cost the two-warpgroup shape a page slot.)
 template <class S, int kWg>
-__device__ __forceinline__ void load_q(const MlaDecodeParams& p, uint8_t* smem, uint32_t base, float* q_unscale,
-                                       uint32_t item_parity) {
+__device__ __forceinline__ void load_q(const MlaDecodeParams& p, int batch, uint32_t base, float* q_unscale) {
   constexpr int kThreadsPerRow = kWarpgroupThreads / S::kRows;            // 8 or 4
   constexpr int kLatentUnits = 64 / S::kWarpgroups / kThreadsPerRow;     // 8
   constexpr int kRopeUnits = kWg == 0 ? 8 / kThreadsPerRow : 0;          // 1 or 2, warpgroup 0 only
   const int tid = threadIdx.x % kWarpgroupThreads, n = tid / kThreadsPerRow, kq = tid % kThreadsPerRow;
-  const bool valid = n < p.s_q * p.h_q;
-  const uint4* src = reinterpret_cast<const uint4*>(smem + S::q_staging + n * kHeadDim * 2);
+  const int rows_total = p.s_q * p.h_q;
+  const bool valid = n < rows_total;
+  const uint4* src = reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.q) +
+                                                    (static_cast<int64_t>(batch) * rows_total + n) * kHeadDim);
   const int first_unit = kWg * 64 / S::kWarpgroups;
-  mbarrier_wait(S::q_full_bar(base), item_parity);
   uint4 u[kLatentUnits + (kRopeUnits > 0 ? kRopeUnits : 1)];
 #pragma unroll
   for (int i = 0; i < kLatentUnits; ++i)
-    u[i] = valid ? src[first_unit + kq + kThreadsPerRow * i] : make_uint4(0, 0, 0, 0);
+    u[i] = valid ? __ldg(src + first_unit + kq + kThreadsPerRow * i) : make_uint4(0, 0, 0, 0);
 #pragma unroll
   for (int i = 0; i < kRopeUnits; ++i)
-    u[kLatentUnits + i] = valid ? src[64 + kq + kThreadsPerRow * i] : make_uint4(0, 0, 0, 0);
-  __syncwarp();
-  if (threadIdx.x % 32 == 0) mbarrier_arrive(S::q_empty_bar(base));
+    u[kLatentUnits + i] = valid ? __ldg(src + 64 + kq + kThreadsPerRow * i) : make_uint4(0, 0, 0, 0);
   float mx = 0.f;
 #pragma unroll
   for (int i = 0; i < kLatentUnits; ++i) {
@@ -465,7 +445,7 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
   float* exchange = reinterpret_cast<float*>(smem + S::exchange) + kWg * 2 * 4 * S::kExchangeFloats;
   float* q_unscale = reinterpret_cast<float*>(smem + S::q_unscale) + kWg * kN;
   float* sums = reinterpret_cast<float*>(smem + S::sums) + kWg * 4 * kN;
-  uint32_t count = 0, items = 0;
+  uint32_t count = 0;
   const int num_items = walker.num_items();
   ItemPlan next_plan;
   if (num_items > 0) next_plan = load_item_plan(p, walker, 0);
@@ -478,8 +458,7 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
     const bool poison = plan.length_changed;
     // This warpgroup's previous reads of its Q part and of its sums are behind all its threads (the epilogue's
     // barrier); the other warpgroup reads neither.
-    load_q<S, kWg>(p, smem, base, q_unscale, items & 1);
-    ++items;
+    load_q<S, kWg>(p, w.batch, base, q_unscale);
     fence_proxy_async_smem();
     named_barrier_sync(kBarQ + kWg, kWarpgroupThreads);
     float unscale[kC];
@@ -683,8 +662,6 @@ __global__ void __launch_bounds__(S::kThreads, 1)
       mbarrier_init(S::full_bar(base, s), 1);
       mbarrier_init(S::empty_bar(base, s), S::kConsumerThreads / 32);  // every consumer warp
     }
-    mbarrier_init(S::q_full_bar(base), 1);
-    mbarrier_init(S::q_empty_bar(base), S::kConsumerThreads / 32);
     fence_mbarrier_init();
   }
   __syncthreads();
