@@ -1,16 +1,20 @@
-// The FP8 decode kernel for few query rows (s_q * h_q <= 16: DeepSeek-V2-Lite, Moonlight, ... at s_q = 1), where the
-// seesaw kernel's 64-row tiles are three quarters padding and decode is bound by the bytes read. It reads FlashMLA's
+// The FP8 decode kernel for few query rows (s_q * h_q <= 32: DeepSeek-V2-Lite, Moonlight, ... at s_q 1 or 2), where
+// the seesaw kernel's 64-row tiles are mostly padding and decode is bound by the bytes read. It reads FlashMLA's
 // 656-byte FP8 token (hf_flashmla/fp8_latent.py) without ever writing a bf16 copy of a page: the products are
 // swapped so that the keys and values are the A operand of wgmma, which may come from registers, and each consumer
 // thread dequantizes its share of a page straight from the landed bytes into wgmma fragments.
 //
-//   S^T = K Q^T   (m64 = the page's 64 tokens, n16 = the query rows, k = 512 latent + 64 rope values)
-//   O^T = V^T P'^T (m64 x 8 = the 512 output values, n16, k = the page's 64 tokens)
+//   S^T = K Q^T   (m64 = the page's 64 tokens, n = 16 or 32 query rows, k = 512 latent + 64 rope values)
+//   O^T = V^T P'^T (m64 x 8 = the 512 output values, n, k = the page's 64 tokens)
 //
-// One CTA per part of the schedule, 160 threads: warpgroup 0 computes, warp 4's first lane issues TMA. Pages land
-// whole in a ring of kSlots slots (latent bytes, rope values, scales: 41 KB per page, so four pages are in flight
-// per SM, where the seesaw FP8 feed had two 72 KB bf16 stages and converted each page between its landing and its
-// first product).
+// One CTA per part of the schedule. Two shapes (NarrowShape): n16 with one consumer warpgroup (160 threads: warp 4's
+// first lane issues TMA), and n32 with two (384 threads: warpgroup 2 issues TMA), whose accumulators one warpgroup
+// cannot hold (O^T alone would be 128 registers per thread): warpgroup h then takes scale groups 2h and 2h + 1 (its
+// part of K Q^T and its 256 output values), warpgroup 0 also the rope, and they add their parts of S^T through
+// shared memory (one barrier of both per page), so both run the same softmax. (At n16 the two-warpgroup form measured
+// 2% slower than one.) Pages land whole in a ring of slots (latent bytes, rope values, scales: 41 KB per page; four
+// at n16, two at n32), where the seesaw FP8 feed had two 72 KB bf16 stages and converted each page between its
+// landing and its first product.
 //
 // Numbers. e4m3 -> f16 is exact (cvt.rn.f16x2.e4m3x2, one instruction per two values), so:
 //  - K Q^T runs in f16 on the raw e4m3 values, one accumulator per 128-value scale group; the scales are applied to
@@ -37,8 +41,8 @@
 //    lanes' loads hit 32 distinct banks.
 //  - P'^T is written by stmatrix .trans from the S^T accumulator (rows = tokens) as [query row][64 tokens] f16,
 //    128B-swizzled: the K-major B operand.
-// The softmax runs down the columns of S^T (over tokens): the four warps exchange their column maxima (and the page's
-// largest scale per group) through shared memory, one barrier per page; a second barrier publishes P'.
+// The softmax runs down the columns of S^T (over tokens): a warpgroup's four warps exchange their column maxima (and
+// the page's largest scale per group) through shared memory, one barrier per page; another publishes P'.
 #pragma once
 #include "mla_decode_common.cuh"
 
@@ -46,74 +50,86 @@ namespace hf_flashmla {
 namespace decode_detail {
 namespace fp8_narrow {
 
-constexpr int kRows = 16;                                     // query rows: the n of every wgmma
-constexpr int kSlots = 4;
-constexpr int kConsumerThreads = 128;
-constexpr int kThreads = kConsumerThreads + 32;
 constexpr int kGroupBytes = kPageSize * 128;                  // 8192: 128 latent bytes x 64 tokens
 constexpr int kLatentBytes = 4 * kGroupBytes;                 // 32768
 constexpr int kRopeBytes = kPageSize * 128;                   // 8192: 64 bf16 x 64 tokens
 constexpr int kScaleBytes = kPageSize * 16;                   // 1024: 4 float32 x 64 tokens
 constexpr int kSlotBytes = kLatentBytes + kRopeBytes + kScaleBytes;  // 41984
-constexpr int kOperandBytes = kRows * 128;                    // 2048: 16 rows x 64 16-bit values, 128B-swizzled
-constexpr int kExchangeFloats = kRows + 4;                    // per warp: column maxima, largest scale per group
-constexpr uint32_t kBarExchange = 1, kBarP = 2, kBarQ = 3, kBarSums = 4;
+constexpr int kWarpgroupThreads = 128;
+constexpr int kMaxSmem = 232448;                              // the 227 KB of opt-in shared memory
+// Named barriers: kBarScores of both consumer warpgroups; the others per warpgroup h (id + h).
+constexpr uint32_t kBarScores = 1, kBarExchange = 2, kBarP = 4, kBarQ = 6, kBarSums = 8;
 
-struct Layout {
-  static constexpr int q_latent = 0;                                // 8 operand chunks (k-steps 4c .. 4c + 3), f16
-  static constexpr int q_rope = q_latent + 8 * kOperandBytes;       // bf16
-  static constexpr int p = q_rope + kOperandBytes;                  // P'_b for the 4 groups, f16
+// One instance of the kernel: kRows query rows (the n of every wgmma), kWarpgroups consumer warpgroups; and its
+// shared memory, in order: Q's B operand (8 latent chunks of k-steps 4c .. 4c + 3, f16, then the rope chunk, bf16;
+// kRows x 128 B each, 128B-swizzled), P'_b for the 4 groups (f16, same form), the page slots, the warpgroups' parts of
+// S^T (two warpgroups: float [2 page parities][2 wg][128 threads][kAcc]), the column-max exchange (float [wg][2
+// parities][4 warps][kRows + 4]), 2^-k per Q row (float [wg][kRows]), the column sums (float [wg][4 warps][kRows]),
+// the mbarriers (full[kSlots], empty[kSlots]).
+template <int kRowsT, int kWarpgroupsT>
+struct NarrowShape {
+  static constexpr int kRows = kRowsT;
+  static constexpr int kWarpgroups = kWarpgroupsT;
+  static constexpr int kGroups = 4 / kWarpgroups;             // scale groups per warpgroup
+  static constexpr int kAcc = kRows / 2;                      // floats per thread of an m64 x kRows accumulator
+  static constexpr int kCols = kRows / 4;                     // query columns per thread
+  static constexpr int kConsumerThreads = kWarpgroups * kWarpgroupThreads;
+  static constexpr int kThreads = kConsumerThreads + (kWarpgroups == 1 ? 32 : kWarpgroupThreads);
+  static constexpr int kOperandBytes = kRows * 128;
+  static constexpr int kExchangeFloats = kRows + 4;
+  static constexpr int q_latent = 0;
+  static constexpr int q_rope = q_latent + 8 * kOperandBytes;
+  static constexpr int p = q_rope + kOperandBytes;
   static constexpr int slots = p + 4 * kOperandBytes;
-  static constexpr int exchange = slots + kSlots * kSlotBytes;      // float [2 page parities][4 warps][20]
-  static constexpr int q_unscale = exchange + 2 * 4 * kExchangeFloats * 4;  // float [16]: 2^-k per row
-  static constexpr int sums = q_unscale + kRows * 4;                // float [4 warps][16]
-  static constexpr int q_staging = sums + 4 * kRows * 4;            // the next item's Q as stored: 16 x 576 bf16
-  static constexpr int barriers = q_staging + kRows * kHeadDim * 2;  // full[kSlots], empty[kSlots], q_full, q_empty
-  static constexpr int total = barriers + 8 * (2 * kSlots + 2);
+  static constexpr int kScoreBytes = kWarpgroups == 2 ? 2 * kConsumerThreads * kAcc * 4 : 0;
+  static constexpr int kTailBytes = kScoreBytes + kWarpgroups * (2 * 4 * kExchangeFloats + kRows + 4 * kRows) * 4 +
+                                    8 * 2 * 4;
+  static constexpr int kSlotsFit = (kMaxSmem - 1024 - slots - kTailBytes) / kSlotBytes;
+  static constexpr int kSlots = kSlotsFit < 4 ? kSlotsFit : 4;
+  static constexpr int scores = slots + kSlots * kSlotBytes;
+  static constexpr int exchange = scores + kScoreBytes;
+  static constexpr int q_unscale = exchange + kWarpgroups * 2 * 4 * kExchangeFloats * 4;
+  static constexpr int sums = q_unscale + kWarpgroups * kRows * 4;
+  static constexpr int barriers = sums + kWarpgroups * 4 * kRows * 4;
+  static constexpr int total = barriers + 8 * 2 * kSlots;
+  static constexpr int kSmemBytes = total + 1024;
+  static_assert(slots % 1024 == 0 && kSlotBytes % 1024 == 0, "slots must keep the swizzle atoms aligned");
+  static_assert(kSlots >= 2 && kSmemBytes <= kMaxSmem, "the narrow FP8 layout exceeds the opt-in shared memory");
+  static_assert(barriers % 8 == 0, "mbarriers are 8-byte aligned");
+  static __device__ uint32_t full_bar(uint32_t base, int slot) { return base + barriers + 8 * slot; }
+  static __device__ uint32_t empty_bar(uint32_t base, int slot) { return base + barriers + 8 * (kSlots + slot); }
 };
-constexpr int kSmemBytes = Layout::total + 1024;
-static_assert(Layout::slots % 1024 == 0 && kSlotBytes % 1024 == 0, "slots must keep the swizzle atoms aligned");
-static_assert(kSmemBytes <= 232448, "the narrow FP8 layout exceeds the 227 KB of opt-in shared memory");
+using NarrowShape16 = NarrowShape<16, 1>;
+using NarrowShape32 = NarrowShape<32, 2>;
 
-__device__ __forceinline__ uint32_t full_bar(uint32_t base, int slot) { return base + Layout::barriers + 8 * slot; }
-__device__ __forceinline__ uint32_t empty_bar(uint32_t base, int slot) {
-  return base + Layout::barriers + 8 * (kSlots + slot);
+template <int kRows>
+__device__ __forceinline__ void mma_f16(float (&d)[kRows / 2], const uint32_t* a, uint64_t b, int scale_d) {
+  if constexpr (kRows == 16) wgmma_m64n16k16_rs_f16(d, a[0], a[1], a[2], a[3], b, scale_d);
+  else wgmma_m64n32k16_rs_f16(d, a[0], a[1], a[2], a[3], b, scale_d);
 }
-__device__ __forceinline__ uint32_t q_full_bar(uint32_t base) { return base + Layout::barriers + 8 * 2 * kSlots; }
-__device__ __forceinline__ uint32_t q_empty_bar(uint32_t base) { return q_full_bar(base) + 8; }
-
-__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
-               "l"(reinterpret_cast<uint64_t>(src)), "r"(bytes), "r"(bar)
-               : "memory");
+template <int kRows>
+__device__ __forceinline__ void mma_bf16(float (&d)[kRows / 2], const uint32_t* a, uint64_t b, int scale_d) {
+  if constexpr (kRows == 16) wgmma_m64n16k16_rs_bf16(d, a[0], a[1], a[2], a[3], b, scale_d);
+  else wgmma_m64n32k16_rs_bf16(d, a[0], a[1], a[2], a[3], b, scale_d);
 }
 
-// The producer: per item its Q (the s_q * h_q rows as stored, one bulk copy into the staging buffer, which the
-// consumers free once they have converted it: so the next item's Q lands while this one runs), then every page of
-// it, in order, into slot (page count % kSlots).
+// The producer: every page of every item, in order, into slot (page count % kSlots).
+template <class S>
 __device__ __forceinline__ void produce(const MlaDecodeParams& p, const PartWalker& walker, uint32_t base,
                                         const CUtensorMap* latent_map, const CUtensorMap* rope_map,
                                         const CUtensorMap* scale_map) {
-  const int rows_total = p.s_q * p.h_q;
-  const uint32_t q_bytes = static_cast<uint32_t>(rows_total) * kHeadDim * 2;
-  uint32_t count = 0, items = 0;
+  uint32_t count = 0;
   for (int k = 0; k < walker.num_items(); ++k) {
     const WorkItem w = walker.item(walker.begin_batch + k);
     if (w.stop_block <= w.start_block) continue;
-    mbarrier_wait(q_empty_bar(base), (items & 1) ^ 1);
-    mbarrier_arrive_expect_tx(q_full_bar(base), q_bytes);
-    bulk_load(base + Layout::q_staging,
-              static_cast<const __nv_bfloat16*>(p.q) + static_cast<int64_t>(w.batch) * rows_total * kHeadDim, q_bytes,
-              q_full_bar(base));
-    ++items;
     const int* table_row = p.block_table + static_cast<int64_t>(w.batch) * p.block_table_stride;
     for (int blk = w.start_block; blk < w.stop_block; ++blk, ++count) {
-      const int slot = count % kSlots;
+      const int slot = count % S::kSlots;
       // Never read past the block table's row; a page outside the pool reads as zeros (TMA), never faults.
       const int page = blk < p.max_blocks_per_seq ? __ldg(table_row + blk) : -1;
       const int row = -page_tail_shift(blk, w.seqlen);
-      mbarrier_wait(empty_bar(base, slot), ((count / kSlots) & 1) ^ 1);
-      const uint32_t dst = base + Layout::slots + slot * kSlotBytes, bar = full_bar(base, slot);
+      mbarrier_wait(S::empty_bar(base, slot), ((count / S::kSlots) & 1) ^ 1);
+      const uint32_t dst = base + S::slots + slot * kSlotBytes, bar = S::full_bar(base, slot);
       mbarrier_arrive_expect_tx(bar, kSlotBytes);
       tma_load_4d(dst, latent_map, bar, 0, row, page, 0);
       tma_load_3d(dst + kLatentBytes, rope_map, bar, 0, row, page);
@@ -149,31 +165,41 @@ __device__ __forceinline__ void stmatrix_x4_trans(uint32_t addr, const uint32_t 
 }
 
 // Where k column `col` (0..575 in the contraction's order) of query row n goes in the B operand chunks.
+template <class S>
 __device__ __forceinline__ uint32_t operand_offset(int n, int col) {
-  return (col / 64) * kOperandBytes + swizzle_128b_offset(n, (col % 64) / 8) + (col % 8) * 2;
+  return (col / 64) * S::kOperandBytes + swizzle_128b_offset(n, (col % 64) / 8) + (col % 8) * 2;
 }
 // The contraction column of the first of two adjacent values at dim 32q + 4s + 2e (e = 0, 1) of a 128-value run
 // that is k-steps [8g, 8g + 8): k-step 8g + s, columns 2q + 8e, 2q + 8e + 1 of it.
 __device__ __forceinline__ int contraction_col(int step, int q, int e) { return 16 * step + 2 * q + 8 * e; }
 
-// Q of one item, landed in the staging buffer, into shared memory as the B operand: the latent part f16 (each row
-// times 2^k, 2^-k kept in q_unscale), the rope part bf16 as is; rows past the item's s_q * h_q are zeros. Thread
-// (row n = tid / 8, kq = tid % 8) takes 16-byte units kq + 8i of the latent and unit kq of the rope; the staging
-// buffer is released as soon as every warp has read it.
-__device__ __forceinline__ void load_q(const MlaDecodeParams& p, uint8_t* smem, uint32_t base, float* q_unscale,
-                                       uint32_t item_parity) {
-  const int tid = threadIdx.x, n = tid / 8, kq = tid % 8;
-  const bool valid = n < p.s_q * p.h_q;
-  const uint4* src = reinterpret_cast<const uint4*>(smem + Layout::q_staging + n * kHeadDim * 2);
-  mbarrier_wait(q_full_bar(base), item_parity);
-  uint4 u[9];
+// Warpgroup kWg's part of one item's Q (batch entry `batch`), read from global memory, into shared memory as the B operand: its latent
+// values (scale groups kGroups kWg ..) as f16, each row times 2^k (2^-k kept in q_unscale: per warpgroup, as each adds
+// its own part of the scores), and for warpgroup 0 the rope values as bf16; rows past the item's s_q * h_q are zeros.
+// kThreadsPerRow threads share a row; each takes every kThreadsPerRow-th 16-byte unit of the warpgroup's latent part
+// and of the rope. (Staging the next item's Q in shared memory, one bulk copy by the producer, measured no faster and
+// would cost the two-warpgroup shape a page slot.)
+template <class S, int kWg>
+__device__ __forceinline__ void load_q(const MlaDecodeParams& p, int batch, uint32_t base, float* q_unscale) {
+  constexpr int kThreadsPerRow = kWarpgroupThreads / S::kRows;            // 8 or 4
+  constexpr int kLatentUnits = 64 / S::kWarpgroups / kThreadsPerRow;     // 8
+  constexpr int kRopeUnits = kWg == 0 ? 8 / kThreadsPerRow : 0;          // 1 or 2, warpgroup 0 only
+  const int tid = threadIdx.x % kWarpgroupThreads, n = tid / kThreadsPerRow, kq = tid % kThreadsPerRow;
+  const int rows_total = p.s_q * p.h_q;
+  const bool valid = n < rows_total;
+  const uint4* src = reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.q) +
+                                                    (static_cast<int64_t>(batch) * rows_total + n) * kHeadDim);
+  const int first_unit = kWg * 64 / S::kWarpgroups;
+  uint4 u[kLatentUnits + (kRopeUnits > 0 ? kRopeUnits : 1)];
 #pragma unroll
-  for (int i = 0; i < 9; ++i) u[i] = valid ? src[i < 8 ? kq + 8 * i : 64 + kq] : make_uint4(0, 0, 0, 0);
-  __syncwarp();
-  if (tid % 32 == 0) mbarrier_arrive(q_empty_bar(base));
+  for (int i = 0; i < kLatentUnits; ++i)
+    u[i] = valid ? __ldg(src + first_unit + kq + kThreadsPerRow * i) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+  for (int i = 0; i < kRopeUnits; ++i)
+    u[kLatentUnits + i] = valid ? __ldg(src + 64 + kq + kThreadsPerRow * i) : make_uint4(0, 0, 0, 0);
   float mx = 0.f;
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
+  for (int i = 0; i < kLatentUnits; ++i) {
     const uint32_t w[4] = {u[i].x, u[i].y, u[i].z, u[i].w};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -181,61 +207,67 @@ __device__ __forceinline__ void load_q(const MlaDecodeParams& p, uint8_t* smem, 
       mx = fmaxf(mx, fmaxf(fabsf(f.x), fabsf(f.y)));  // NaN is skipped here; it still reaches the scores
     }
   }
-  mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-  mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-  mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 4));
+#pragma unroll
+  for (int mask = 1; mask < kThreadsPerRow; mask *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, mask));
   const int e = static_cast<int>((__float_as_uint(mx) >> 23) & 0xff) - 127;  // mx in [2^e, 2^(e + 1))
   const int k = (mx == 0.f || e == 128) ? 0 : min(max(14 - e, -100), 100);
   const float up = __uint_as_float(static_cast<uint32_t>(127 + k) << 23);
   if (kq == 0) q_unscale[n] = __uint_as_float(static_cast<uint32_t>(127 - k) << 23);
-  const uint32_t q_latent = base + Layout::q_latent, q_rope = base + Layout::q_rope;
+  const uint32_t q_latent = base + S::q_latent, q_rope = base + S::q_rope;
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int unit = kq + 8 * i;                      // dims 8 unit .. + 7
+  for (int i = 0; i < kLatentUnits; ++i) {
+    const int unit = first_unit + kq + kThreadsPerRow * i;  // dims 8 unit .. + 7
     const int g = unit / 16, qq = (unit % 16) / 4, s0 = 2 * (unit % 4);
     const uint32_t w[4] = {u[i].x, u[i].y, u[i].z, u[i].w};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const float2 f = ElemTraits<__nv_bfloat16>::unpack(w[j]);
       const uint32_t h = ElemTraits<__half>::pack(f.x * up, f.y * up);
-      sts32(q_latent + operand_offset(n, contraction_col(8 * g + s0 + j / 2, qq, j % 2)), h);
+      sts32(q_latent + operand_offset<S>(n, contraction_col(8 * g + s0 + j / 2, qq, j % 2)), h);
     }
   }
-  {
-    const int qq = kq / 2, s0 = 2 * (kq % 2);         // rope dims 8 kq .. + 7
-    const uint32_t w[4] = {u[8].x, u[8].y, u[8].z, u[8].w};
 #pragma unroll
-    for (int j = 0; j < 4; ++j) sts32(q_rope + operand_offset(n, contraction_col(s0 + j / 2, qq, j % 2)), w[j]);
+  for (int i = 0; i < kRopeUnits; ++i) {
+    const int unit = kq + kThreadsPerRow * i;  // rope dims 8 unit .. + 7
+    const int qq = unit / 2, s0 = 2 * (unit % 2);
+    const uint32_t w[4] = {u[kLatentUnits + i].x, u[kLatentUnits + i].y, u[kLatentUnits + i].z, u[kLatentUnits + i].w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) sts32(q_rope + operand_offset<S>(n, contraction_col(s0 + j / 2, qq, j % 2)), w[j]);
   }
 }
 
-// The consumers' view of one thread: warp w, tokens t0 = 16w + r and t1 = t0 + 8 of S^T; query columns
-// cols[c] = 8 (c / 2) + 2q + (c % 2) of S^T and O^T (accumulator register i holds column 8 (i / 4) + 2q + (i % 2),
-// row half (i / 2) % 2).
+// The consumers' view of one thread: warp w of its warpgroup, tokens t0 = 16w + r and t1 = t0 + 8 of S^T; query
+// columns col(c) = 8 (c / 2) + 2q + (c % 2) of S^T and O^T (accumulator register i holds column 8 (i / 4) + 2q +
+// (i % 2), row half (i / 2) % 2).
 struct Lane {
-  int w, r, q, t0;
+  int w, r, q, t0, index;
   __device__ Lane() {
-    w = threadIdx.x / 32;
-    r = (threadIdx.x % 32) / 4;
-    q = threadIdx.x % 4;
+    index = threadIdx.x % kWarpgroupThreads;
+    w = index / 32;
+    r = (index % 32) / 4;
+    q = index % 4;
     t0 = 16 * w + r;
   }
   __device__ int col(int c) const { return 8 * (c / 2) + 2 * q + (c % 2); }
 };
-__device__ __forceinline__ int acc_col(int i) { return 2 * (i / 4) + (i % 2); }  // which of the lane's 4 columns
+__device__ __forceinline__ int acc_col(int i) { return 2 * (i / 4) + (i % 2); }  // which of the lane's columns
 __device__ __forceinline__ int acc_half(int i) { return (i / 2) % 2; }           // token t0 (0) or t1 (1)
 
-// S^T over one page: the four latent groups into s[g], the rope into s_rope. Each group's 8 k-steps come from 4
-// shared loads (two tokens x two 16-byte units); fragments are double-buffered against the wgmma that reads them.
-__device__ __forceinline__ void scores(float (&acc)[4][8], float (&acc_rope)[8], uint32_t slot_addr, uint32_t base,
-                                       const Lane& l) {
-  const uint64_t q_desc = smem_desc_sw128(base + Layout::q_latent, 16, 1024);
-  const uint64_t rope_desc = smem_desc_sw128(base + Layout::q_rope, 16, 1024);
+// Warpgroup kWg's part of S^T over one page: its latent groups kGroups kWg + gi into acc[gi], and for warpgroup 0 the
+// rope into acc_rope. Each group's 8 k-steps come from 4 shared loads (two tokens x two 16-byte units); fragments are
+// double-buffered against the wgmma that reads them.
+template <class S, int kWg>
+__device__ __forceinline__ void scores(float (&acc)[S::kGroups][S::kAcc], float (&acc_rope)[S::kAcc],
+                                       uint32_t slot_addr, uint32_t base, const Lane& l) {
+  const uint64_t q_desc = smem_desc_sw128(base + S::q_latent, 16, 1024);
+  const uint64_t rope_desc = smem_desc_sw128(base + S::q_rope, 16, 1024);
+  constexpr int kParts = S::kGroups + (kWg == 0 ? 1 : 0);  // the latent groups, then the rope
   uint32_t frag[2][32];
 #pragma unroll
-  for (int g = 0; g < 5; ++g) {
-    uint32_t(&a)[32] = frag[g % 2];
-    if (g >= 2) {
+  for (int gi = 0; gi < kParts; ++gi) {
+    const int g = S::kGroups * kWg + gi;
+    uint32_t(&a)[32] = frag[gi % 2];
+    if (gi >= 2) {
       wgmma_wait<1>();
       fence_operands(a);
     }
@@ -245,7 +277,7 @@ __device__ __forceinline__ void scores(float (&acc)[4][8], float (&acc_rope)[8],
       for (int half = 0; half < 2; ++half) {
         const int t = l.t0 + 8 * half;
         uint32_t v[4];
-        if (g < 4) {
+        if (gi < S::kGroups) {
           lds128(slot_addr + g * kGroupBytes + swizzle_128b_offset(t, 2 * l.q + h), v);
 #pragma unroll
           for (int s = 0; s < 4; ++s) {
@@ -265,18 +297,16 @@ __device__ __forceinline__ void scores(float (&acc)[4][8], float (&acc_rope)[8],
         }
       }
     wgmma_fence();
-    if (g < 4) {
+    if (gi < S::kGroups) {
 #pragma unroll
       for (int s = 0; s < 8; ++s) {
         const int step = 8 * g + s;
-        const uint32_t off = ((step / 4) * kOperandBytes + (step % 4) * 32) >> 4;
-        wgmma_m64n16k16_rs_f16(acc[g], a[4 * s], a[4 * s + 1], a[4 * s + 2], a[4 * s + 3], q_desc + off, s != 0);
+        const uint32_t off = ((step / 4) * S::kOperandBytes + (step % 4) * 32) >> 4;
+        mma_f16<S::kRows>(acc[gi], a + 4 * s, q_desc + off, s != 0);
       }
     } else {
 #pragma unroll
-      for (int s = 0; s < 4; ++s)
-        wgmma_m64n16k16_rs_bf16(acc_rope, a[4 * s], a[4 * s + 1], a[4 * s + 2], a[4 * s + 3], rope_desc + s * 2,
-                                s != 0);
+      for (int s = 0; s < 4; ++s) mma_bf16<S::kRows>(acc_rope, a + 4 * s, rope_desc + s * 2, s != 0);
     }
     wgmma_commit();
   }
@@ -284,40 +314,43 @@ __device__ __forceinline__ void scores(float (&acc)[4][8], float (&acc_rope)[8],
   fence_operands(frag[0]);
   fence_operands(frag[1]);
 #pragma unroll
-  for (int g = 0; g < 4; ++g) fence_accumulators(acc[g]);
-  fence_accumulators(acc_rope);
+  for (int gi = 0; gi < S::kGroups; ++gi) fence_accumulators(acc[gi]);
+  if (kWg == 0) fence_accumulators(acc_rope);
 }
 
-// O^T += V^T P'^T over one page: per k-step (16 tokens) and group b, four 4-byte loads (tokens 16s + 2q + {0, 1, 8,
-// 9}), two byte permutes per token pair and one cvt per two values give m-tiles 2b and 2b + 1. Releases the slot
-// once every load of it is done (the fragments are registers).
-__device__ __forceinline__ void values(float (&o)[8][8], uint32_t slot_addr, uint32_t base, const Lane& l,
-                                       uint32_t empty) {
+// O^T += V^T P'^T over warpgroup kWg's groups of one page: per k-step (16 tokens) and group b, four 4-byte loads
+// (tokens 16s + 2q + {0, 1, 8, 9}), two byte permutes per token pair and one cvt per two values give m-tiles 2b and
+// 2b + 1 (o[2 bi], o[2 bi + 1] for b = kGroups kWg + bi). Releases the slot (for its warps) once every load of it is
+// done (the fragments are registers).
+template <class S, int kWg>
+__device__ __forceinline__ void values(float (&o)[2 * S::kGroups][S::kAcc], uint32_t slot_addr, uint32_t base,
+                                       const Lane& l, uint32_t empty) {
+  constexpr int kFrag = 8 * S::kGroups;
   const uint32_t unit_base = static_cast<uint32_t>(2 * l.w + l.r / 4), byte = 4 * (l.r % 4);
-  uint32_t frag[2][32];
+  uint32_t frag[2][kFrag];
 #pragma unroll
   for (int s = 0; s < 4; ++s) {
-    uint32_t(&a)[32] = frag[s % 2];
+    uint32_t(&a)[kFrag] = frag[s % 2];
     if (s >= 2) {
       wgmma_wait<1>();
       fence_operands(a);
     }
 #pragma unroll
-    for (int b = 0; b < 4; ++b)
+    for (int bi = 0; bi < S::kGroups; ++bi)
 #pragma unroll
       for (int pair = 0; pair < 2; ++pair) {
         const int t = 16 * s + 2 * l.q + 8 * pair;  // tokens t, t + 1 (t % 8 = 2q: rows t and t + 1 differ in the swizzle)
-        const uint32_t group = slot_addr + b * kGroupBytes + byte;
+        const uint32_t group = slot_addr + (S::kGroups * kWg + bi) * kGroupBytes + byte;
         const uint32_t x = lds32(group + t * 128 + ((unit_base ^ (t & 7)) << 4));
         const uint32_t y = lds32(group + (t + 1) * 128 + ((unit_base ^ ((t + 1) & 7)) << 4));
         uint32_t v0, v1, v2, v3;
         e4m3x4_to_f16x2x2(__byte_perm(x, y, 0x5140), v0, v1);  // values 0, 1 of both tokens
         e4m3x4_to_f16x2x2(__byte_perm(x, y, 0x7362), v2, v3);  // values 2, 3
         // tile 2b: rows i = 0 (value 0), 1 (value 1); tile 2b + 1: values 2, 3. pair 0 -> a0 / a1, pair 1 -> a2 / a3.
-        a[8 * b + 2 * pair] = v0;
-        a[8 * b + 2 * pair + 1] = v1;
-        a[8 * b + 4 + 2 * pair] = v2;
-        a[8 * b + 4 + 2 * pair + 1] = v3;
+        a[8 * bi + 2 * pair] = v0;
+        a[8 * bi + 2 * pair + 1] = v1;
+        a[8 * bi + 4 + 2 * pair] = v2;
+        a[8 * bi + 4 + 2 * pair + 1] = v3;
       }
     if (s == 3) {
       __syncwarp();
@@ -325,10 +358,11 @@ __device__ __forceinline__ void values(float (&o)[8][8], uint32_t slot_addr, uin
     }
     wgmma_fence();
 #pragma unroll
-    for (int b = 0; b < 4; ++b) {
-      const uint64_t p_desc = smem_desc_sw128(base + Layout::p + b * kOperandBytes, 16, 1024) + s * 2;
-      wgmma_m64n16k16_rs_f16(o[2 * b], a[8 * b], a[8 * b + 1], a[8 * b + 2], a[8 * b + 3], p_desc, 1);
-      wgmma_m64n16k16_rs_f16(o[2 * b + 1], a[8 * b + 4], a[8 * b + 5], a[8 * b + 6], a[8 * b + 7], p_desc, 1);
+    for (int bi = 0; bi < S::kGroups; ++bi) {
+      const uint64_t p_desc =
+          smem_desc_sw128(base + S::p + (S::kGroups * kWg + bi) * S::kOperandBytes, 16, 1024) + s * 2;
+      mma_f16<S::kRows>(o[2 * bi], a + 8 * bi, p_desc, 1);
+      mma_f16<S::kRows>(o[2 * bi + 1], a + 8 * bi + 4, p_desc, 1);
     }
     wgmma_commit();
   }
@@ -336,7 +370,7 @@ __device__ __forceinline__ void values(float (&o)[8][8], uint32_t slot_addr, uin
   fence_operands(frag[0]);
   fence_operands(frag[1]);
 #pragma unroll
-  for (int j = 0; j < 8; ++j) fence_accumulators(o[j]);
+  for (int j = 0; j < 2 * S::kGroups; ++j) fence_accumulators(o[j]);
 }
 
 __device__ __forceinline__ float max_over_rows(float v) {  // over the 8 lanes of a column (lane bits 2..4)
@@ -356,13 +390,16 @@ __device__ __forceinline__ float lazy_group_scale(float c_run, float c_page) {
   return (c_page > c_run || (c_page > 0.f && c_page < c_run * 0.015625f)) ? c_page : c_run;
 }
 
-// One finished item: O = C_b O^T / l and lse, to out / lse or to the split workspace (store_tile's rules).
+// Warpgroup kWg's part of one finished item: O = C_b O^T / l for its groups and (warpgroup 0) lse, to out / lse or to
+// the split workspace (store_tile's rules).
+template <class S, int kWg>
 __device__ __forceinline__ void store_item(const MlaDecodeParams& p, const WorkItem& w, const OutputSlot& slot,
-                                           bool poison, const Lane& l, const float (&o)[8][8], const float (&c_run)[4],
-                                           const float (&m_run)[4], const float (&total)[4], float scale_log2) {
+                                           bool poison, const Lane& l, const float (&o)[2 * S::kGroups][S::kAcc],
+                                           const float (&c_run)[S::kGroups], const float (&m_run)[S::kCols],
+                                           const float (&total)[S::kCols], float scale_log2) {
   const int rows_total = p.s_q * p.h_q;
 #pragma unroll
-  for (int c = 0; c < 4; ++c) {
+  for (int c = 0; c < S::kCols; ++c) {
     const int n = l.col(c);
     if (n >= rows_total) continue;
     const bool seen = total[c] != 0.f;  // a NaN sum counts as seen, so that the NaN reaches out and lse
@@ -374,10 +411,11 @@ __device__ __forceinline__ void store_item(const MlaDecodeParams& p, const WorkI
                                     : static_cast<int64_t>(slot.split_row) * rows_total + n;
     const int i0 = 4 * (c / 2) + (c % 2), i1 = i0 + 2;  // rows i = 0, 1 of column c
 #pragma unroll
-    for (int b = 0; b < 4; ++b) {
-      const float f = c_run[b] * inv;
-      const float v0 = o[2 * b][i0] * f, v1 = o[2 * b][i1] * f, v2 = o[2 * b + 1][i0] * f, v3 = o[2 * b + 1][i1] * f;
-      const int col = 128 * b + 4 * (8 * l.w + l.r);
+    for (int bi = 0; bi < S::kGroups; ++bi) {
+      const float f = c_run[bi] * inv;
+      const float v0 = o[2 * bi][i0] * f, v1 = o[2 * bi][i1] * f, v2 = o[2 * bi + 1][i0] * f,
+                  v3 = o[2 * bi + 1][i1] * f;
+      const int col = 128 * (S::kGroups * kWg + bi) + 4 * (8 * l.w + l.r);
       if (slot.direct) {
         *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(p.out) + row * kHeadDimV + col) =
             make_uint2(ElemTraits<__nv_bfloat16>::pack(v0, v1), ElemTraits<__nv_bfloat16>::pack(v2, v3));
@@ -385,7 +423,7 @@ __device__ __forceinline__ void store_item(const MlaDecodeParams& p, const WorkI
         *reinterpret_cast<float4*>(p.o_accum + row * kHeadDimV + col) = make_float4(v0, v1, v2, v3);
       }
     }
-    if (l.w == 0 && l.r == 0) {
+    if (kWg == 0 && l.w == 0 && l.r == 0) {
       if (slot.direct) {
         const int token = n / p.h_q, head = n % p.h_q;
         p.lse[(static_cast<int64_t>(w.batch) * p.h_q + head) * p.s_q + token] = lse_value;
@@ -396,15 +434,18 @@ __device__ __forceinline__ void store_item(const MlaDecodeParams& p, const WorkI
   }
 }
 
+template <class S, int kWg>
 __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalker& walker, uint8_t* smem,
                                         uint32_t base) {
+  constexpr int kN = S::kRows, kC = S::kCols, kA = S::kAcc, kG = S::kGroups;
   const Lane l;
   const int rows_total = p.s_q * p.h_q;
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
-  float* exchange = reinterpret_cast<float*>(smem + Layout::exchange);
-  float* q_unscale = reinterpret_cast<float*>(smem + Layout::q_unscale);
-  float* sums = reinterpret_cast<float*>(smem + Layout::sums);
-  uint32_t count = 0, items = 0;
+  float* score_parts = reinterpret_cast<float*>(smem + S::scores);
+  float* exchange = reinterpret_cast<float*>(smem + S::exchange) + kWg * 2 * 4 * S::kExchangeFloats;
+  float* q_unscale = reinterpret_cast<float*>(smem + S::q_unscale) + kWg * kN;
+  float* sums = reinterpret_cast<float*>(smem + S::sums) + kWg * 4 * kN;
+  uint32_t count = 0;
   const int num_items = walker.num_items();
   ItemPlan next_plan;
   if (num_items > 0) next_plan = load_item_plan(p, walker, 0);
@@ -415,15 +456,15 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
     if (w.stop_block <= w.start_block) continue;
     const OutputSlot& slot = plan.slot;
     const bool poison = plan.length_changed;
-    // The previous item's reads of Q and of the row sums are behind every thread (its epilogue's barrier).
-    load_q(p, smem, base, q_unscale, items & 1);
-    ++items;
+    // This warpgroup's previous reads of its Q part and of its sums are behind all its threads (the epilogue's
+    // barrier); the other warpgroup reads neither.
+    load_q<S, kWg>(p, w.batch, base, q_unscale);
     fence_proxy_async_smem();
-    named_barrier_sync(kBarQ, kConsumerThreads);
-    float unscale[4];
-    int key_limit[4];
+    named_barrier_sync(kBarQ + kWg, kWarpgroupThreads);
+    float unscale[kC];
+    int key_limit[kC];
 #pragma unroll
-    for (int c = 0; c < 4; ++c) {
+    for (int c = 0; c < kC; ++c) {
       const int n = l.col(c);
       unscale[c] = q_unscale[n];
       const int token = min(n, rows_total - 1) / p.h_q;
@@ -431,84 +472,107 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
     }
     const int min_limit = p.causal ? w.seqlen - p.s_q + 1 : w.seqlen;
 
-    float o[8][8];
+    float o[2 * kG][kA];
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
+    for (int j = 0; j < 2 * kG; ++j)
 #pragma unroll
-      for (int i = 0; i < 8; ++i) o[j][i] = 0.f;
-    float m_run[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-    float l_sum[4] = {0.f, 0.f, 0.f, 0.f};  // this thread's partial column sums (its two tokens of every page)
-    float c_run[4] = {0.f, 0.f, 0.f, 0.f};
+      for (int i = 0; i < kA; ++i) o[j][i] = 0.f;
+    float m_run[kC], l_sum[kC];  // l_sum: this thread's partial column sums (its two tokens of every page)
+#pragma unroll
+    for (int c = 0; c < kC; ++c) m_run[c] = -INFINITY, l_sum[c] = 0.f;
+    float c_run[kG];
+#pragma unroll
+    for (int bi = 0; bi < kG; ++bi) c_run[bi] = 0.f;
 
     for (int blk = w.start_block; blk < w.stop_block; ++blk, ++count) {
-      const int slot_index = count % kSlots;
-      const uint32_t slot_addr = base + Layout::slots + slot_index * kSlotBytes;
-      mbarrier_wait(full_bar(base, slot_index), (count / kSlots) & 1);
-      float s[4][8], s_rope[8];
-      scores(s, s_rope, slot_addr, base, l);
-      float scale[2][4];
+      const int slot_index = count % S::kSlots;
+      const uint32_t slot_addr = base + S::slots + slot_index * kSlotBytes;
+      mbarrier_wait(S::full_bar(base, slot_index), (count / S::kSlots) & 1);
+      float s[kG][kA], s_rope[kA];
+      scores<S, kWg>(s, s_rope, slot_addr, base, l);
+      float scale[2][kG];  // [token t0 / t1][group kGroups kWg + bi]
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const float4 v = *reinterpret_cast<const float4*>(smem + Layout::slots + slot_index * kSlotBytes +
-                                                          kLatentBytes + kRopeBytes + (l.t0 + 8 * half) * 16);
-        scale[half][0] = v.x;
-        scale[half][1] = v.y;
-        scale[half][2] = v.z;
-        scale[half][3] = v.w;
+        const float* token_scales = reinterpret_cast<const float*>(
+            smem + S::slots + slot_index * kSlotBytes + kLatentBytes + kRopeBytes + (l.t0 + 8 * half) * 16);
+#pragma unroll
+        for (int bi = 0; bi < kG; ++bi) scale[half][bi] = token_scales[kG * kWg + bi];
+      }
+      // This warpgroup's part of the scores; with two, the sum of both parts (the same in both: a + b = b + a).
+      float sc[kA];
+#pragma unroll
+      for (int i = 0; i < kA; ++i) {
+        float part = 0.f;
+#pragma unroll
+        for (int bi = 0; bi < kG; ++bi) part += s[bi][i] * scale[acc_half(i)][bi];
+        sc[i] = part * unscale[acc_col(i)];
+        if (kWg == 0) sc[i] += s_rope[i];
+      }
+      if constexpr (S::kWarpgroups == 2) {
+        float* mine = score_parts + ((count & 1) * S::kConsumerThreads + kWg * kWarpgroupThreads + l.index) * kA;
+        const float* theirs =
+            score_parts + ((count & 1) * S::kConsumerThreads + (1 - kWg) * kWarpgroupThreads + l.index) * kA;
+#pragma unroll
+        for (int i = 0; i < kA; i += 4)
+          *reinterpret_cast<float4*>(mine + i) = make_float4(sc[i], sc[i + 1], sc[i + 2], sc[i + 3]);
+        named_barrier_sync(kBarScores, S::kConsumerThreads);
+#pragma unroll
+        for (int i = 0; i < kA; i += 4) {
+          const float4 other = *reinterpret_cast<const float4*>(theirs + i);
+          sc[i] += other.x;
+          sc[i + 1] += other.y;
+          sc[i + 2] += other.z;
+          sc[i + 3] += other.w;
+        }
       }
       // Keys past the end (and, causal, past each row's last visible key) and the zero rows of a last page loaded
       // shifted (page_tail_shift) get -inf.
       const int shift = page_tail_shift(blk, w.seqlen);
-      const bool masked_page = blk * kPageSize + kPageSize > min_limit;
-      float sc[8];
+      if (blk * kPageSize + kPageSize > min_limit) {
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const int half = acc_half(i), c = acc_col(i);
-        const float* sh = scale[half];
-        sc[i] = (s[0][i] * sh[0] + s[1][i] * sh[1] + s[2][i] * sh[2] + s[3][i] * sh[3]) * unscale[c] + s_rope[i];
-        if (masked_page) {
-          const int row = l.t0 + 8 * half;
+        for (int i = 0; i < kA; ++i) {
+          const int row = l.t0 + 8 * acc_half(i);
           const int token = blk * kPageSize - shift + row;
-          if (row < shift || token >= key_limit[c]) sc[i] = -INFINITY;
+          if (row < shift || token >= key_limit[acc_col(i)]) sc[i] = -INFINITY;
         }
       }
-      // Column maxima and the page's largest scale per group, over the warp, then over the four warps.
-      float page_max[4], page_scale[4];
+      // Column maxima and the page's largest scale per group, over the warp, then over the warpgroup's four warps.
+      float page_max[kC], page_scale[kG];
 #pragma unroll
-      for (int c = 0; c < 4; ++c) page_max[c] = -INFINITY;
+      for (int c = 0; c < kC; ++c) page_max[c] = -INFINITY;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) page_max[acc_col(i)] = fmaxf(page_max[acc_col(i)], sc[i]);
+      for (int i = 0; i < kA; ++i) page_max[acc_col(i)] = fmaxf(page_max[acc_col(i)], sc[i]);
 #pragma unroll
-      for (int c = 0; c < 4; ++c) page_max[c] = max_over_rows(page_max[c]);
+      for (int c = 0; c < kC; ++c) page_max[c] = max_over_rows(page_max[c]);
 #pragma unroll
-      for (int b = 0; b < 4; ++b) page_scale[b] = max_over_rows(fmaxf(scale[0][b], scale[1][b]));
-      float* x = exchange + (count & 1) * 4 * kExchangeFloats;
+      for (int bi = 0; bi < kG; ++bi) page_scale[bi] = max_over_rows(fmaxf(scale[0][bi], scale[1][bi]));
+      float* x = exchange + (count & 1) * 4 * S::kExchangeFloats;
       if (l.r == 0) {
 #pragma unroll
-        for (int c = 0; c < 4; ++c) x[l.w * kExchangeFloats + l.col(c)] = page_max[c];
+        for (int c = 0; c < kC; ++c) x[l.w * S::kExchangeFloats + l.col(c)] = page_max[c];
         if (l.q == 0)
 #pragma unroll
-          for (int b = 0; b < 4; ++b) x[l.w * kExchangeFloats + kRows + b] = page_scale[b];
+          for (int bi = 0; bi < kG; ++bi) x[l.w * S::kExchangeFloats + kN + bi] = page_scale[bi];
       }
-      named_barrier_sync(kBarExchange, kConsumerThreads);
+      named_barrier_sync(kBarExchange + kWg, kWarpgroupThreads);
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
+      for (int c = 0; c < kC; ++c) {
         float m = x[l.col(c)];
 #pragma unroll
-        for (int v = 1; v < 4; ++v) m = fmaxf(m, x[v * kExchangeFloats + l.col(c)]);
+        for (int v = 1; v < 4; ++v) m = fmaxf(m, x[v * S::kExchangeFloats + l.col(c)]);
         page_max[c] = m;
       }
 #pragma unroll
-      for (int b = 0; b < 4; ++b) {
-        float m = x[kRows + b];
+      for (int bi = 0; bi < kG; ++bi) {
+        float m = x[kN + bi];
 #pragma unroll
-        for (int v = 1; v < 4; ++v) m = fmaxf(m, x[v * kExchangeFloats + kRows + b]);
-        page_scale[b] = m;
+        for (int v = 1; v < 4; ++v) m = fmaxf(m, x[v * S::kExchangeFloats + kN + bi]);
+        page_scale[bi] = m;
       }
       // Online softmax down the columns (seesaw_lazy_max: exact, the running max moves only past a 2^8 margin).
-      float alpha[4], m_scaled[4];
+      float alpha[kC], m_scaled[kC];
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
+      for (int c = 0; c < kC; ++c) {
         const float m_new = seesaw_lazy_max(m_run[c], page_max[c], scale_log2);
         alpha[c] = seesaw_rescale(m_run[c], m_new, scale_log2);
         m_run[c] = m_new;
@@ -516,69 +580,73 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
         l_sum[c] *= alpha[c];
       }
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
+      for (int i = 0; i < kA; ++i) {
         sc[i] = exp2f(sc[i] * scale_log2 - m_scaled[acc_col(i)]);
         l_sum[acc_col(i)] += sc[i];
       }
-      float weight[4][2];  // scale(token, b) / C_b for the lane's two tokens
+      float weight[kG][2];  // scale(token, b) / C_b for the lane's two tokens
+      float ratio[kG];
       bool rescale = false;
-      float ratio[4];
 #pragma unroll
-      for (int b = 0; b < 4; ++b) {
-        const float c_new = lazy_group_scale(c_run[b], page_scale[b]);
-        ratio[b] = c_new == c_run[b] ? 1.f : c_run[b] / c_new;
-        c_run[b] = c_new;
+      for (int bi = 0; bi < kG; ++bi) {
+        const float c_new = lazy_group_scale(c_run[bi], page_scale[bi]);
+        ratio[bi] = c_new == c_run[bi] ? 1.f : c_run[bi] / c_new;
+        c_run[bi] = c_new;
         const float inv = c_new > 0.f ? 1.f / c_new : 0.f;
-        weight[b][0] = scale[0][b] * inv;
-        weight[b][1] = scale[1][b] * inv;
-        rescale |= ratio[b] != 1.f;
+        weight[bi][0] = scale[0][bi] * inv;
+        weight[bi][1] = scale[1][bi] * inv;
+        rescale |= ratio[bi] != 1.f;
       }
 #pragma unroll
-      for (int c = 0; c < 4; ++c) rescale |= alpha[c] != 1.f;
+      for (int c = 0; c < kC; ++c) rescale |= alpha[c] != 1.f;
       if (__any_sync(0xffffffff, rescale)) {
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
+        for (int j = 0; j < 2 * kG; ++j)
 #pragma unroll
-          for (int i = 0; i < 8; ++i) o[j][i] *= alpha[acc_col(i)] * ratio[j / 2];
+          for (int i = 0; i < kA; ++i) o[j][i] *= alpha[acc_col(i)] * ratio[j / 2];
       }
-      // P'_b = P * scale / C_b, f16, into the B operand of group b: stmatrix .trans of the four 8 x 8 blocks
-      // (tokens t0 / t1 block x columns 0..7 / 8..15), lane (matrix lane / 8, row lane % 8) addressing one row.
+      // P'_b = P * scale / C_b, f16, into the B operand of group b: per 16 columns one stmatrix .trans of four 8 x 8
+      // blocks (tokens t0 / t1 block x 8 columns), lane (matrix lane / 8, row lane % 8) addressing one row.
       const int lane = threadIdx.x % 32, mi = lane / 8;
-      const uint32_t p_row = swizzle_128b_offset(8 * (mi / 2) + lane % 8, 2 * l.w + (mi & 1));
 #pragma unroll
-      for (int b = 0; b < 4; ++b) {
-        uint32_t v[4];
+      for (int half16 = 0; half16 < kN / 16; ++half16) {
+        const uint32_t p_row = swizzle_128b_offset(16 * half16 + 8 * (mi / 2) + lane % 8, 2 * l.w + (mi & 1));
 #pragma unroll
-        for (int m = 0; m < 4; ++m) {
-          const float wt = weight[b][m % 2];  // matrix m: tokens t0 (even m) or t1, columns 8 (m / 2) + ...
-          v[m] = ElemTraits<__half>::pack(sc[2 * m] * wt, sc[2 * m + 1] * wt);
+        for (int bi = 0; bi < kG; ++bi) {
+          uint32_t v[4];
+#pragma unroll
+          for (int m = 0; m < 4; ++m) {
+            const float wt = weight[bi][m % 2];  // matrix m: tokens t0 (even m) or t1, columns 16 half16 + 8 (m / 2) ..
+            v[m] = ElemTraits<__half>::pack(sc[8 * half16 + 2 * m] * wt, sc[8 * half16 + 2 * m + 1] * wt);
+          }
+          stmatrix_x4_trans(base + S::p + (kG * kWg + bi) * S::kOperandBytes + p_row, v);
         }
-        stmatrix_x4_trans(base + Layout::p + b * kOperandBytes + p_row, v);
       }
       fence_proxy_async_smem();
-      named_barrier_sync(kBarP, kConsumerThreads);
-      values(o, slot_addr, base, l, empty_bar(base, slot_index));
+      named_barrier_sync(kBarP + kWg, kWarpgroupThreads);
+      values<S, kWg>(o, slot_addr, base, l, S::empty_bar(base, slot_index));
     }
 
-    float total[4];
+    float total[kC];
 #pragma unroll
-    for (int c = 0; c < 4; ++c) {
+    for (int c = 0; c < kC; ++c) {
       const float part = sum_over_rows(l_sum[c]);
-      if (l.r == 0) sums[l.w * kRows + l.col(c)] = part;
+      if (l.r == 0) sums[l.w * kN + l.col(c)] = part;
     }
-    named_barrier_sync(kBarSums, kConsumerThreads);
+    named_barrier_sync(kBarSums + kWg, kWarpgroupThreads);
 #pragma unroll
-    for (int c = 0; c < 4; ++c)
-      total[c] = sums[l.col(c)] + sums[kRows + l.col(c)] + sums[2 * kRows + l.col(c)] + sums[3 * kRows + l.col(c)];
-    store_item(p, w, slot, poison, l, o, c_run, m_run, total, scale_log2);
-    // The sums and Q are rewritten only after every thread's reads of them.
-    named_barrier_sync(kBarSums, kConsumerThreads);
+    for (int c = 0; c < kC; ++c)
+      total[c] = sums[l.col(c)] + sums[kN + l.col(c)] + sums[2 * kN + l.col(c)] + sums[3 * kN + l.col(c)];
+    store_item<S, kWg>(p, w, slot, poison, l, o, c_run, m_run, total, scale_log2);
+    // The sums and this warpgroup's Q part are rewritten only after every thread's reads of them.
+    named_barrier_sync(kBarSums + kWg, kWarpgroupThreads);
   }
 }
 
 // latent_map: the page's latent bytes ({128, 64 tokens, pages, 4 groups}, 128B-swizzled); rope_map: its bf16 rope
 // values ({64, 64 tokens, pages}, 128B-swizzled); scale_map: its scales ({4, 64 tokens, pages}): mla_decode_kernel.cu.
-__global__ void __launch_bounds__(kThreads, 1)
+template <class S>
+__global__ void __launch_bounds__(S::kThreads, 1)
     mla_decode_fp8_narrow_kernel(const __grid_constant__ MlaDecodeParams params,
                                  const __grid_constant__ CUtensorMap latent_map,
                                  const __grid_constant__ CUtensorMap rope_map,
@@ -590,25 +658,34 @@ __global__ void __launch_bounds__(kThreads, 1)
   PartWalker walker(params.sched_metadata + blockIdx.x * kMetadataWidth, params.seqlens);
   if (walker.empty_by_metadata()) return;
   if (threadIdx.x == 0) {
-    for (int s = 0; s < kSlots; ++s) {
-      mbarrier_init(full_bar(base, s), 1);
-      mbarrier_init(empty_bar(base, s), kConsumerThreads / 32);
+    for (int s = 0; s < S::kSlots; ++s) {
+      mbarrier_init(S::full_bar(base, s), 1);
+      mbarrier_init(S::empty_bar(base, s), S::kConsumerThreads / 32);  // every consumer warp
     }
-    mbarrier_init(q_full_bar(base), 1);
-    mbarrier_init(q_empty_bar(base), kConsumerThreads / 32);
     fence_mbarrier_init();
   }
   __syncthreads();
-  if (threadIdx.x >= kConsumerThreads) {
-    if (threadIdx.x == kConsumerThreads) {
+  if (threadIdx.x >= S::kConsumerThreads) {
+    // Two consumer warpgroups: the producer warpgroup's one issuing thread needs few registers, the consumers take
+    // the rest (240 x 256 + 24 x 128 = 168 x 384).
+    if constexpr (S::kWarpgroups == 2) setmaxnreg_dec<24>();
+    if (threadIdx.x == S::kConsumerThreads) {
       prefetch_tensor_map(&latent_map);
       prefetch_tensor_map(&rope_map);
       prefetch_tensor_map(&scale_map);
-      produce(params, walker, base, &latent_map, &rope_map, &scale_map);
+      produce<S>(params, walker, base, &latent_map, &rope_map, &scale_map);
     }
     return;
   }
-  consume(params, walker, aligned.ptr, base);
+  if constexpr (S::kWarpgroups == 2) {
+    setmaxnreg_inc<240>();
+    // Warp-uniform through a shuffle, so that ptxas sees each branch's wgmma as uniform (C7520).
+    if (__shfl_sync(0xffffffff, static_cast<int>(threadIdx.x) / kWarpgroupThreads, 0) == 1) {
+      consume<S, 1>(params, walker, aligned.ptr, base);
+      return;
+    }
+  }
+  consume<S, 0>(params, walker, aligned.ptr, base);
 }
 
 }  // namespace fp8_narrow

@@ -270,15 +270,17 @@ const char* launch_combine(const MlaDecodeParams& p, int rows_total, cudaStream_
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
 
-// An FP8 cache with s_q * h_q <= 16 query rows: the narrow kernel (mla_decode_fp8_narrow.cuh), then the combine.
+// An FP8 cache with s_q * h_q <= 32 query rows: the narrow kernel of shape S (mla_decode_fp8_narrow.cuh), then the
+// combine.
+template <class S>
 const char* launch_fp8_narrow(const MlaDecodeParams& p, cudaStream_t stream) {
   CUtensorMap latent_map, rope_map, scale_map;
   if (const char* error = encode_fp8_maps(p, &rope_map, &latent_map)) return error;
   if (!encode_fp8_scale_map(&scale_map, p.k_cache, p.num_blocks))
     return "cuTensorMapEncodeTiled failed for k_cache (FP8 layout, scales)";
-  if (const char* error = opt_in_shared_memory<fp8_narrow::mla_decode_fp8_narrow_kernel>(fp8_narrow::kSmemBytes))
+  if (const char* error = opt_in_shared_memory<fp8_narrow::mla_decode_fp8_narrow_kernel<S>>(S::kSmemBytes))
     return error;
-  fp8_narrow::mla_decode_fp8_narrow_kernel<<<p.num_parts, fp8_narrow::kThreads, fp8_narrow::kSmemBytes, stream>>>(
+  fp8_narrow::mla_decode_fp8_narrow_kernel<S><<<p.num_parts, S::kThreads, S::kSmemBytes, stream>>>(
       p, latent_map, rope_map, scale_map);
   if (cudaPeekAtLastError() != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
   return launch_combine<__nv_bfloat16>(p, p.s_q * p.h_q, stream);
@@ -324,7 +326,11 @@ const char* launch_typed(const MlaDecodeParams& params, cudaStream_t stream) {
 const char* mla_decode_launch(const MlaDecodeParams& params, cudaStream_t stream) {
   if (params.is_fp8) {
     if (!params.is_bf16) return "mla_decode: an FP8 cache takes bf16 queries";
-    if (params.s_q * params.h_q <= decode_detail::fp8_narrow::kRows) return decode_detail::launch_fp8_narrow(params, stream);
+    const int rows = params.s_q * params.h_q;
+    if (rows <= decode_detail::fp8_narrow::NarrowShape16::kRows)
+      return decode_detail::launch_fp8_narrow<decode_detail::fp8_narrow::NarrowShape16>(params, stream);
+    if (rows <= decode_detail::fp8_narrow::NarrowShape32::kRows)
+      return decode_detail::launch_fp8_narrow<decode_detail::fp8_narrow::NarrowShape32>(params, stream);
     return decode_detail::launch_typed<__nv_bfloat16, true>(params, stream);
   }
   return params.is_bf16 ? decode_detail::launch_typed<__nv_bfloat16, false>(params, stream)

@@ -7,7 +7,7 @@
     imports.
 "reference": everything else (hf_flashmla.reference), the CPU included.
 An FP8 latent cache (is_fp8_kvcache) takes the same choice: the sm_90 kernel dequantizes its pages straight into
-wgmma fragments for s_q * h_q <= 16 (csrc/mla_decode_fp8_narrow.cuh), in shared memory above that
+wgmma fragments for s_q * h_q <= 32 (csrc/mla_decode_fp8_narrow.cuh), in shared memory above that
 (csrc/mla_decode_fp8_feed.cuh), the Triton kernel in registers; an extension built before the FP8 feed sends it
 to Triton.
 HF_FLASHMLA_BACKEND (hf_flashmla/envs.py) overrides the choice:

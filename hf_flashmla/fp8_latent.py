@@ -26,7 +26,7 @@ FP8_MAX = 448.0      # largest finite float8_e4m3fn
 SCALE_BYTES = 4      # one float32 per group
 ROPE_DTYPE = torch.bfloat16
 FP8_CACHE_DTYPES = (torch.uint8, torch.float8_e4m3fn)  # what a k_cache in this layout may be typed as
-EXACT_KEYS_MAX_ROWS = 16  # s_q * h_q up to which the sm_90 kernel reads keys exactly (csrc/mla_decode_fp8_narrow.cuh)
+EXACT_KEYS_MAX_ROWS = 32  # s_q * h_q up to which the sm_90 kernel reads keys exactly (csrc/mla_decode_fp8_narrow.cuh)
 
 
 def kv_cache_dtype_or_default(value, name: str = "kv_cache_dtype") -> str:

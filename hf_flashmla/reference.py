@@ -17,7 +17,7 @@ Semantics (FlashMLA's):
 With is_fp8_kvcache, k_cache holds FlashMLA's FP8 layout (hf_flashmla/fp8_latent.py: uint8 or float8_e4m3fn
 [num_blocks, page_size, h_kv, 656] for d = 576); each gathered key is dequantized as the kernels do it:
 float(e4m3) * scale in float32, rounded to q's dtype (bf16 on the kernels; exact for a float32 q, as the sm_90
-kernel reads them for s_q * h_q <= 16: fp8_latent.py), the rope part as stored. The attention itself is the same
+kernel reads them for s_q * h_q <= 32: fp8_latent.py), the rope part as stored. The attention itself is the same
 float32 computation.
 Inputs are not validated here; hf_flashmla.flash_mla_with_kvcache validates before calling this.
 """

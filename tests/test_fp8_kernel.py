@@ -4,7 +4,7 @@ API's checks of FP8 inputs.
 CPU: the quantization round trip, the reference against a bf16 cache holding the dequantized keys (exactly equal:
 the reference dequantizes as the kernels do) and against float64 attention, the Triton kernel under Triton's
 interpreter (tests/conftest.py sets TRITON_INTERPRET=1 where there is no CUDA), bad input.
-GPU: the sm_90 kernel (marker gpu: its narrow kernel for s_q * h_q <= 16, against the reference's exact keys; the
+GPU: the sm_90 kernel (marker gpu: its narrow kernel for s_q * h_q <= 32, against the reference's exact keys; the
 seesaw kernel's FP8 feed above) and the Triton FP8 kernel (marker triton_gpu) against the reference on the
 configuration matrix, through the public API, with bytes that decode as NaN everywhere no sequence reads; the fused
 FP8 write against fp8_latent.quantize, byte for byte. Run on the GPU machine:
@@ -373,12 +373,13 @@ def test_gpu_fp8_cache_quantized_on_the_device_matches_the_cpu():
 
 
 def test_exact_keys_bound_is_the_narrow_kernels_row_count():
-    """fp8_latent.EXACT_KEYS_MAX_ROWS (which rule a GPU call's keys follow) is the narrow kernel's n, and
+    """fp8_latent.EXACT_KEYS_MAX_ROWS (which rule a GPU call's keys follow) is the narrow kernel's widest n, and
     mla_decode_launch sends calls up to it there."""
     root = Path(__file__).resolve().parent.parent / "csrc"
     narrow = (root / "mla_decode_fp8_narrow.cuh").read_text()
-    assert f"constexpr int kRows = {fp8_latent.EXACT_KEYS_MAX_ROWS};" in narrow
-    assert "params.s_q * params.h_q <= decode_detail::fp8_narrow::kRows" in (root / "mla_decode_kernel.cu").read_text()
+    rows = fp8_latent.EXACT_KEYS_MAX_ROWS
+    assert f"using NarrowShape{rows} = NarrowShape<{rows}," in narrow
+    assert f"rows <= decode_detail::fp8_narrow::NarrowShape{rows}::kRows" in (root / "mla_decode_kernel.cu").read_text()
 
 
 def test_the_cache_writes_fp8_rows_with_torch_ops_off_the_kernels_device():

@@ -12,6 +12,7 @@ SHAPES = [  # (n, trans_b, a_in_registers)
     (256, 1, True),   # the owner's P V with P still in registers
     (64, 0, True),    # Q K^T over the rope chunk with that part of Q held in registers
     (16, 0, True),    # the FP8 narrow kernel's K Q^T and V^T P^T: keys / values from registers, 16 query rows
+    (32, 0, True),    # the same for 17..32 query rows
 ]
 TYPES = {"bf16": "__nv_bfloat16", "f16": "__half"}
 

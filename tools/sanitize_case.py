@@ -19,7 +19,8 @@ CASES = [  # (lengths, s_q, h_q, dtype, causal, fp8 cache)
     ([2000, 5, 1500], 1, 16, torch.bfloat16, True, False),  # long enough to be split across SM parts
     ([1200] * 6, 2, 128, torch.bfloat16, True, False),
     ([2000, 65, 0, 1, 700], 1, 16, torch.bfloat16, True, True),  # the narrow FP8 kernel, split
-    ([300, 77], 2, 16, torch.bfloat16, False, True),  # the seesaw kernel's FP8 feed
+    ([300, 77], 2, 16, torch.bfloat16, False, True),  # the narrow FP8 kernel, 32 rows (two warpgroups)
+    ([300, 77], 1, 64, torch.bfloat16, True, True),  # the seesaw kernel's FP8 feed
 ]
 
 

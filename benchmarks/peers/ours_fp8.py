@@ -26,7 +26,7 @@ def available():
     choice = hf_flashmla.backend(torch.device("cuda"), is_fp8_kvcache=True)
     if choice.name != "cuda_sm90":
         return False, f"not run: {choice.reason}"
-    return True, "sm_90 kernel (narrow kernel for s_q * h_q <= 16, else the FP8 feed)"
+    return True, "sm_90 kernel (narrow kernel for s_q * h_q <= 32, else the FP8 feed)"
 
 
 def supports(inputs):
