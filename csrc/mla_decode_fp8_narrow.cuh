@@ -57,15 +57,15 @@ constexpr int kScaleBytes = kPageSize * 16;                   // 1024: 4 float32
 constexpr int kSlotBytes = kLatentBytes + kRopeBytes + kScaleBytes;  // 41984
 constexpr int kWarpgroupThreads = 128;
 constexpr int kMaxSmem = 232448;                              // the 227 KB of opt-in shared memory
-// Named barriers: kBarScores of both consumer warpgroups; the others per warpgroup h (id + h).
-constexpr uint32_t kBarScores = 1, kBarExchange = 2, kBarP = 4, kBarQ = 6, kBarSums = 8;
+// Named barriers: kBarScores, kBarP and kBarSums of all consumer threads; the others per warpgroup h (id + h).
+constexpr uint32_t kBarScores = 1, kBarExchange = 2, kBarP = 4, kBarQ = 6, kBarSums = 8, kBarItemEnd = 10;
 
 // One instance of the kernel: kRows query rows (the n of every wgmma), kWarpgroups consumer warpgroups; and its
 // shared memory, in order: Q's B operand (8 latent chunks of k-steps 4c .. 4c + 3, f16, then the rope chunk, bf16;
-// kRows x 128 B each, 128B-swizzled), P'_b for the 4 groups (f16, same form), the page slots, the warpgroups' parts of
-// S^T (two warpgroups: float [2 page parities][2 wg][128 threads][kAcc]), the column-max exchange (float [wg][2
-// parities][4 warps][kRows + 4]), 2^-k per Q row (float [wg][kRows]), the column sums (float [wg][4 warps][kRows]),
-// the mbarriers (full[kSlots], empty[kSlots]).
+// kRows x 128 B each, 128B-swizzled), P'_b for the 4 groups (f16, same form), the page slots, the parts of S^T one
+// warpgroup adds for the other (two warpgroups: float [2 page parities][2 wg][128 threads][kOwnAcc]), the column-max
+// exchange (float [wg][2 parities][4 warps][kRows + 4]), 2^-k per Q row (float [wg][kRows]), the columns' rescale
+// factors (float [kRows]), the column sums (float [4 warps][kRows]), the mbarriers (full[kSlots], empty[kSlots]).
 template <int kRowsT, int kWarpgroupsT>
 struct NarrowShape {
   static constexpr int kRows = kRowsT;
@@ -73,6 +73,10 @@ struct NarrowShape {
   static constexpr int kGroups = 4 / kWarpgroups;             // scale groups per warpgroup
   static constexpr int kAcc = kRows / 2;                      // floats per thread of an m64 x kRows accumulator
   static constexpr int kCols = kRows / 4;                     // query columns per thread
+  // The softmax of each query column runs in one warpgroup: warpgroup h owns columns [16h, 16h + 16), which are its
+  // threads' columns kOwnCols h .. and accumulator entries kOwnAcc h .. (8 and 4 in both shapes).
+  static constexpr int kOwnAcc = kAcc / kWarpgroups;
+  static constexpr int kOwnCols = kCols / kWarpgroups;
   static constexpr int kConsumerThreads = kWarpgroups * kWarpgroupThreads;
   static constexpr int kThreads = kConsumerThreads + (kWarpgroups == 1 ? 32 : kWarpgroupThreads);
   static constexpr int kOperandBytes = kRows * 128;
@@ -81,16 +85,17 @@ struct NarrowShape {
   static constexpr int q_rope = q_latent + 8 * kOperandBytes;
   static constexpr int p = q_rope + kOperandBytes;
   static constexpr int slots = p + 4 * kOperandBytes;
-  static constexpr int kScoreBytes = kWarpgroups == 2 ? 2 * kConsumerThreads * kAcc * 4 : 0;
-  static constexpr int kTailBytes = kScoreBytes + kWarpgroups * (2 * 4 * kExchangeFloats + kRows + 4 * kRows) * 4 +
-                                    8 * 2 * 4;
+  static constexpr int kScoreBytes = kWarpgroups == 2 ? 2 * kConsumerThreads * kOwnAcc * 4 : 0;
+  static constexpr int kTailBytes =
+      kScoreBytes + (kWarpgroups * (2 * 4 * kExchangeFloats + kRows) + kRows + 4 * kRows) * 4 + 8 * 2 * 4;
   static constexpr int kSlotsFit = (kMaxSmem - 1024 - slots - kTailBytes) / kSlotBytes;
   static constexpr int kSlots = kSlotsFit < 4 ? kSlotsFit : 4;
   static constexpr int scores = slots + kSlots * kSlotBytes;
   static constexpr int exchange = scores + kScoreBytes;
   static constexpr int q_unscale = exchange + kWarpgroups * 2 * 4 * kExchangeFloats * 4;
-  static constexpr int sums = q_unscale + kWarpgroups * kRows * 4;
-  static constexpr int barriers = sums + kWarpgroups * 4 * kRows * 4;
+  static constexpr int alphas = q_unscale + kWarpgroups * kRows * 4;
+  static constexpr int sums = alphas + kRows * 4;
+  static constexpr int barriers = sums + 4 * kRows * 4;
   static constexpr int total = barriers + 8 * 2 * kSlots;
   static constexpr int kSmemBytes = total + 1024;
   static_assert(slots % 1024 == 0 && kSlotBytes % 1024 == 0, "slots must keep the swizzle atoms aligned");
@@ -390,12 +395,13 @@ __device__ __forceinline__ float lazy_group_scale(float c_run, float c_page) {
   return (c_page > c_run || (c_page > 0.f && c_page < c_run * 0.015625f)) ? c_page : c_run;
 }
 
-// Warpgroup kWg's part of one finished item: O = C_b O^T / l for its groups and (warpgroup 0) lse, to out / lse or to
-// the split workspace (store_tile's rules).
+// Warpgroup kWg's part of one finished item: O = C_b O^T / l for its groups (every column: total holds each column's
+// sum) and, for the columns it owns, lse (m_own: their running maxima), to out / lse or to the split workspace
+// (store_tile's rules).
 template <class S, int kWg>
 __device__ __forceinline__ void store_item(const MlaDecodeParams& p, const WorkItem& w, const OutputSlot& slot,
                                            bool poison, const Lane& l, const float (&o)[2 * S::kGroups][S::kAcc],
-                                           const float (&c_run)[S::kGroups], const float (&m_run)[S::kCols],
+                                           const float (&c_run)[4], const float (&m_own)[S::kOwnCols],
                                            const float (&total)[S::kCols], float scale_log2) {
   const int rows_total = p.s_q * p.h_q;
 #pragma unroll
@@ -403,16 +409,13 @@ __device__ __forceinline__ void store_item(const MlaDecodeParams& p, const WorkI
     const int n = l.col(c);
     if (n >= rows_total) continue;
     const bool seen = total[c] != 0.f;  // a NaN sum counts as seen, so that the NaN reaches out and lse
-    float inv = seen ? 1.f / total[c] : 0.f;
-    float lse_value = seen ? (m_run[c] * scale_log2 + log2f(total[c])) * 0.6931471805599453f
-                           : (slot.direct ? INFINITY : -INFINITY);
-    if (poison) inv = lse_value = NAN;
+    const float inv = poison ? NAN : (seen ? 1.f / total[c] : 0.f);
     const int64_t row = slot.direct ? static_cast<int64_t>(w.batch) * rows_total + n
                                     : static_cast<int64_t>(slot.split_row) * rows_total + n;
     const int i0 = 4 * (c / 2) + (c % 2), i1 = i0 + 2;  // rows i = 0, 1 of column c
 #pragma unroll
     for (int bi = 0; bi < S::kGroups; ++bi) {
-      const float f = c_run[bi] * inv;
+      const float f = c_run[S::kGroups * kWg + bi] * inv;
       const float v0 = o[2 * bi][i0] * f, v1 = o[2 * bi][i1] * f, v2 = o[2 * bi + 1][i0] * f,
                   v3 = o[2 * bi + 1][i1] * f;
       const int col = 128 * (S::kGroups * kWg + bi) + 4 * (8 * l.w + l.r);
@@ -423,7 +426,11 @@ __device__ __forceinline__ void store_item(const MlaDecodeParams& p, const WorkI
         *reinterpret_cast<float4*>(p.o_accum + row * kHeadDimV + col) = make_float4(v0, v1, v2, v3);
       }
     }
-    if (kWg == 0 && l.w == 0 && l.r == 0) {
+    const int own = c - S::kOwnCols * kWg;
+    if (own >= 0 && own < S::kOwnCols && l.w == 0 && l.r == 0) {
+      float lse_value = seen ? (m_own[own] * scale_log2 + log2f(total[c])) * 0.6931471805599453f
+                             : (slot.direct ? INFINITY : -INFINITY);
+      if (poison) lse_value = NAN;
       if (slot.direct) {
         const int token = n / p.h_q, head = n % p.h_q;
         p.lse[(static_cast<int64_t>(w.batch) * p.h_q + head) * p.s_q + token] = lse_value;
@@ -438,13 +445,15 @@ template <class S, int kWg>
 __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalker& walker, uint8_t* smem,
                                         uint32_t base) {
   constexpr int kN = S::kRows, kC = S::kCols, kA = S::kAcc, kG = S::kGroups;
+  constexpr int kOA = S::kOwnAcc, kOC = S::kOwnCols;
   const Lane l;
   const int rows_total = p.s_q * p.h_q;
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
-  float* score_parts = reinterpret_cast<float*>(smem + S::scores);
+  float4* score_parts = reinterpret_cast<float4*>(smem + S::scores);
   float* exchange = reinterpret_cast<float*>(smem + S::exchange) + kWg * 2 * 4 * S::kExchangeFloats;
   float* q_unscale = reinterpret_cast<float*>(smem + S::q_unscale) + kWg * kN;
-  float* sums = reinterpret_cast<float*>(smem + S::sums) + kWg * 4 * kN;
+  float* alphas = reinterpret_cast<float*>(smem + S::alphas);
+  float* sums = reinterpret_cast<float*>(smem + S::sums);
   uint32_t count = 0;
   const int num_items = walker.num_items();
   ItemPlan next_plan;
@@ -456,18 +465,18 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
     if (w.stop_block <= w.start_block) continue;
     const OutputSlot& slot = plan.slot;
     const bool poison = plan.length_changed;
-    // This warpgroup's previous reads of its Q part and of its sums are behind all its threads (the epilogue's
-    // barrier); the other warpgroup reads neither.
+    // This warpgroup's previous reads of its Q part are behind all its threads (the epilogue's barrier); the other
+    // warpgroup reads none of it.
     load_q<S, kWg>(p, w.batch, base, q_unscale);
     fence_proxy_async_smem();
     named_barrier_sync(kBarQ + kWg, kWarpgroupThreads);
     float unscale[kC];
-    int key_limit[kC];
 #pragma unroll
-    for (int c = 0; c < kC; ++c) {
-      const int n = l.col(c);
-      unscale[c] = q_unscale[n];
-      const int token = min(n, rows_total - 1) / p.h_q;
+    for (int c = 0; c < kC; ++c) unscale[c] = q_unscale[l.col(c)];
+    int key_limit[kOC];
+#pragma unroll
+    for (int c = 0; c < kOC; ++c) {
+      const int token = min(l.col(kOC * kWg + c), rows_total - 1) / p.h_q;
       key_limit[c] = p.causal ? w.seqlen - p.s_q + token + 1 : w.seqlen;
     }
     const int min_limit = p.causal ? w.seqlen - p.s_q + 1 : w.seqlen;
@@ -477,12 +486,12 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
     for (int j = 0; j < 2 * kG; ++j)
 #pragma unroll
       for (int i = 0; i < kA; ++i) o[j][i] = 0.f;
-    float m_run[kC], l_sum[kC];  // l_sum: this thread's partial column sums (its two tokens of every page)
+    float m_run[kOC], l_sum[kOC];  // the own columns; l_sum: this thread's partial sums (its two tokens of each page)
 #pragma unroll
-    for (int c = 0; c < kC; ++c) m_run[c] = -INFINITY, l_sum[c] = 0.f;
-    float c_run[kG];
+    for (int c = 0; c < kOC; ++c) m_run[c] = -INFINITY, l_sum[c] = 0.f;
+    float c_run[4];  // every group's (P' is written for all four): both warpgroups keep the same values
 #pragma unroll
-    for (int bi = 0; bi < kG; ++bi) c_run[bi] = 0.f;
+    for (int b = 0; b < 4; ++b) c_run[b] = 0.f;
 
     for (int blk = w.start_block; blk < w.stop_block; ++blk, ++count) {
       const int slot_index = count % S::kSlots;
@@ -490,89 +499,98 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
       mbarrier_wait(S::full_bar(base, slot_index), (count / S::kSlots) & 1);
       float s[kG][kA], s_rope[kA];
       scores<S, kWg>(s, s_rope, slot_addr, base, l);
-      float scale[2][kG];  // [token t0 / t1][group kGroups kWg + bi]
+      float scale[2][4];  // [token t0 / t1][group]
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const float* token_scales = reinterpret_cast<const float*>(
+        const float4 token_scales = *reinterpret_cast<const float4*>(
             smem + S::slots + slot_index * kSlotBytes + kLatentBytes + kRopeBytes + (l.t0 + 8 * half) * 16);
-#pragma unroll
-        for (int bi = 0; bi < kG; ++bi) scale[half][bi] = token_scales[kG * kWg + bi];
+        scale[half][0] = token_scales.x, scale[half][1] = token_scales.y;
+        scale[half][2] = token_scales.z, scale[half][3] = token_scales.w;
       }
-      // This warpgroup's part of the scores; with two, the sum of both parts (the same in both: a + b = b + a).
-      float sc[kA];
+      // This warpgroup's part of the scores (its groups, every column); the own columns' scores add the other
+      // warpgroup's part, which it leaves in shared memory (float4 j of thread t at [parity][writer][j][t]).
+      float part[kA];
 #pragma unroll
       for (int i = 0; i < kA; ++i) {
-        float part = 0.f;
+        float x = 0.f;
 #pragma unroll
-        for (int bi = 0; bi < kG; ++bi) part += s[bi][i] * scale[acc_half(i)][bi];
-        sc[i] = part * unscale[acc_col(i)];
-        if (kWg == 0) sc[i] += s_rope[i];
+        for (int bi = 0; bi < kG; ++bi) x += s[bi][i] * scale[acc_half(i)][kG * kWg + bi];
+        part[i] = x * unscale[acc_col(i)];
+        if (kWg == 0) part[i] += s_rope[i];
       }
+      float sc[kOA];
       if constexpr (S::kWarpgroups == 2) {
-        float* mine = score_parts + ((count & 1) * S::kConsumerThreads + kWg * kWarpgroupThreads + l.index) * kA;
-        const float* theirs =
-            score_parts + ((count & 1) * S::kConsumerThreads + (1 - kWg) * kWarpgroupThreads + l.index) * kA;
+        constexpr int kOther = 1 - kWg;
+        float4* mine = score_parts + ((count & 1) * 2 + kWg) * (kOA / 4) * kWarpgroupThreads + l.index;
+        const float4* theirs = score_parts + ((count & 1) * 2 + kOther) * (kOA / 4) * kWarpgroupThreads + l.index;
 #pragma unroll
-        for (int i = 0; i < kA; i += 4)
-          *reinterpret_cast<float4*>(mine + i) = make_float4(sc[i], sc[i + 1], sc[i + 2], sc[i + 3]);
+        for (int j = 0; j < kOA / 4; ++j) {
+          const float* x = part + kOA * kOther + 4 * j;
+          mine[j * kWarpgroupThreads] = make_float4(x[0], x[1], x[2], x[3]);
+        }
         named_barrier_sync(kBarScores, S::kConsumerThreads);
 #pragma unroll
-        for (int i = 0; i < kA; i += 4) {
-          const float4 other = *reinterpret_cast<const float4*>(theirs + i);
-          sc[i] += other.x;
-          sc[i + 1] += other.y;
-          sc[i + 2] += other.z;
-          sc[i + 3] += other.w;
+        for (int j = 0; j < kOA / 4; ++j) {
+          const float4 other = theirs[j * kWarpgroupThreads];
+          const float* x = part + kOA * kWg + 4 * j;
+          sc[4 * j] = x[0] + other.x;
+          sc[4 * j + 1] = x[1] + other.y;
+          sc[4 * j + 2] = x[2] + other.z;
+          sc[4 * j + 3] = x[3] + other.w;
         }
+      } else {
+#pragma unroll
+        for (int i = 0; i < kOA; ++i) sc[i] = part[i];
       }
       // Keys past the end (and, causal, past each row's last visible key) and the zero rows of a last page loaded
-      // shifted (page_tail_shift) get -inf.
+      // shifted (page_tail_shift) get -inf. Own entry i is in own column acc_col(i).
       const int shift = page_tail_shift(blk, w.seqlen);
       if (blk * kPageSize + kPageSize > min_limit) {
 #pragma unroll
-        for (int i = 0; i < kA; ++i) {
+        for (int i = 0; i < kOA; ++i) {
           const int row = l.t0 + 8 * acc_half(i);
           const int token = blk * kPageSize - shift + row;
           if (row < shift || token >= key_limit[acc_col(i)]) sc[i] = -INFINITY;
         }
       }
       // Column maxima and the page's largest scale per group, over the warp, then over the warpgroup's four warps.
-      float page_max[kC], page_scale[kG];
+      float page_max[kOC], page_scale[4];
 #pragma unroll
-      for (int c = 0; c < kC; ++c) page_max[c] = -INFINITY;
+      for (int c = 0; c < kOC; ++c) page_max[c] = -INFINITY;
 #pragma unroll
-      for (int i = 0; i < kA; ++i) page_max[acc_col(i)] = fmaxf(page_max[acc_col(i)], sc[i]);
+      for (int i = 0; i < kOA; ++i) page_max[acc_col(i)] = fmaxf(page_max[acc_col(i)], sc[i]);
 #pragma unroll
-      for (int c = 0; c < kC; ++c) page_max[c] = max_over_rows(page_max[c]);
+      for (int c = 0; c < kOC; ++c) page_max[c] = max_over_rows(page_max[c]);
 #pragma unroll
-      for (int bi = 0; bi < kG; ++bi) page_scale[bi] = max_over_rows(fmaxf(scale[0][bi], scale[1][bi]));
+      for (int b = 0; b < 4; ++b) page_scale[b] = max_over_rows(fmaxf(scale[0][b], scale[1][b]));
       float* x = exchange + (count & 1) * 4 * S::kExchangeFloats;
       if (l.r == 0) {
 #pragma unroll
-        for (int c = 0; c < kC; ++c) x[l.w * S::kExchangeFloats + l.col(c)] = page_max[c];
+        for (int c = 0; c < kOC; ++c) x[l.w * S::kExchangeFloats + l.col(kOC * kWg + c)] = page_max[c];
         if (l.q == 0)
 #pragma unroll
-          for (int bi = 0; bi < kG; ++bi) x[l.w * S::kExchangeFloats + kN + bi] = page_scale[bi];
+          for (int b = 0; b < 4; ++b) x[l.w * S::kExchangeFloats + kN + b] = page_scale[b];
       }
       named_barrier_sync(kBarExchange + kWg, kWarpgroupThreads);
 #pragma unroll
-      for (int c = 0; c < kC; ++c) {
-        float m = x[l.col(c)];
+      for (int c = 0; c < kOC; ++c) {
+        const int col = l.col(kOC * kWg + c);
+        float m = x[col];
 #pragma unroll
-        for (int v = 1; v < 4; ++v) m = fmaxf(m, x[v * S::kExchangeFloats + l.col(c)]);
+        for (int v = 1; v < 4; ++v) m = fmaxf(m, x[v * S::kExchangeFloats + col]);
         page_max[c] = m;
       }
 #pragma unroll
-      for (int bi = 0; bi < kG; ++bi) {
-        float m = x[kN + bi];
+      for (int b = 0; b < 4; ++b) {
+        float m = x[kN + b];
 #pragma unroll
-        for (int v = 1; v < 4; ++v) m = fmaxf(m, x[v * S::kExchangeFloats + kN + bi]);
-        page_scale[bi] = m;
+        for (int v = 1; v < 4; ++v) m = fmaxf(m, x[v * S::kExchangeFloats + kN + b]);
+        page_scale[b] = m;
       }
-      // Online softmax down the columns (seesaw_lazy_max: exact, the running max moves only past a 2^8 margin).
-      float alpha[kC], m_scaled[kC];
+      // Online softmax down the own columns (seesaw_lazy_max: exact, the running max moves only past a 2^8 margin).
+      float alpha[kOC], m_scaled[kOC];
 #pragma unroll
-      for (int c = 0; c < kC; ++c) {
+      for (int c = 0; c < kOC; ++c) {
         const float m_new = seesaw_lazy_max(m_run[c], page_max[c], scale_log2);
         alpha[c] = seesaw_rescale(m_run[c], m_new, scale_log2);
         m_run[c] = m_new;
@@ -580,66 +598,79 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
         l_sum[c] *= alpha[c];
       }
 #pragma unroll
-      for (int i = 0; i < kA; ++i) {
+      for (int i = 0; i < kOA; ++i) {
         sc[i] = exp2f(sc[i] * scale_log2 - m_scaled[acc_col(i)]);
         l_sum[acc_col(i)] += sc[i];
       }
-      float weight[kG][2];  // scale(token, b) / C_b for the lane's two tokens
-      float ratio[kG];
+      float weight[4][2];  // scale(token, b) / C_b for the lane's two tokens
+      float ratio[4];
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const float c_new = lazy_group_scale(c_run[b], page_scale[b]);
+        ratio[b] = c_new == c_run[b] ? 1.f : c_run[b] / c_new;
+        c_run[b] = c_new;
+        const float inv = c_new > 0.f ? 1.f / c_new : 0.f;
+        weight[b][0] = scale[0][b] * inv;
+        weight[b][1] = scale[1][b] * inv;
+      }
+      // P'_b = P * scale / C_b, f16, for every group b and the own 16 columns: one stmatrix .trans of four 8 x 8
+      // blocks (tokens t0 / t1 block x 8 columns) per group, lane (matrix lane / 8, row lane % 8) addressing one row.
+      const int lane = threadIdx.x % 32, mi = lane / 8;
+      const uint32_t p_row = swizzle_128b_offset(16 * kWg + 8 * (mi / 2) + lane % 8, 2 * l.w + (mi & 1));
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        uint32_t v[4];
+#pragma unroll
+        for (int m = 0; m < 4; ++m) {
+          const float wt = weight[b][m % 2];  // matrix m: tokens t0 (even m) or t1, columns 16 kWg + 8 (m / 2) ..
+          v[m] = ElemTraits<__half>::pack(sc[2 * m] * wt, sc[2 * m + 1] * wt);
+        }
+        stmatrix_x4_trans(base + S::p + b * S::kOperandBytes + p_row, v);
+      }
+      if constexpr (S::kWarpgroups == 2) {
+        if (l.w == 0 && l.r == 0)
+#pragma unroll
+          for (int c = 0; c < kOC; ++c) alphas[l.col(kOC * kWg + c)] = alpha[c];
+      }
+      fence_proxy_async_smem();
+      named_barrier_sync(kBarP, S::kConsumerThreads);
+      // This warpgroup's O^T covers every column: each column's factor (the other warpgroup's from shared memory)
+      // times its groups' C_b ratio.
+      float alpha_all[kC];
       bool rescale = false;
 #pragma unroll
-      for (int bi = 0; bi < kG; ++bi) {
-        const float c_new = lazy_group_scale(c_run[bi], page_scale[bi]);
-        ratio[bi] = c_new == c_run[bi] ? 1.f : c_run[bi] / c_new;
-        c_run[bi] = c_new;
-        const float inv = c_new > 0.f ? 1.f / c_new : 0.f;
-        weight[bi][0] = scale[0][bi] * inv;
-        weight[bi][1] = scale[1][bi] * inv;
-        rescale |= ratio[bi] != 1.f;
+      for (int c = 0; c < kC; ++c) {
+        const int own = c - kOC * kWg;
+        alpha_all[c] = (own >= 0 && own < kOC) ? alpha[own] : alphas[l.col(c)];
+        rescale |= alpha_all[c] != 1.f;
       }
 #pragma unroll
-      for (int c = 0; c < kC; ++c) rescale |= alpha[c] != 1.f;
+      for (int bi = 0; bi < kG; ++bi) rescale |= ratio[kG * kWg + bi] != 1.f;
       if (__any_sync(0xffffffff, rescale)) {
 #pragma unroll
         for (int j = 0; j < 2 * kG; ++j)
 #pragma unroll
-          for (int i = 0; i < kA; ++i) o[j][i] *= alpha[acc_col(i)] * ratio[j / 2];
+          for (int i = 0; i < kA; ++i) o[j][i] *= alpha_all[acc_col(i)] * ratio[kG * kWg + j / 2];
       }
-      // P'_b = P * scale / C_b, f16, into the B operand of group b: per 16 columns one stmatrix .trans of four 8 x 8
-      // blocks (tokens t0 / t1 block x 8 columns), lane (matrix lane / 8, row lane % 8) addressing one row.
-      const int lane = threadIdx.x % 32, mi = lane / 8;
-#pragma unroll
-      for (int half16 = 0; half16 < kN / 16; ++half16) {
-        const uint32_t p_row = swizzle_128b_offset(16 * half16 + 8 * (mi / 2) + lane % 8, 2 * l.w + (mi & 1));
-#pragma unroll
-        for (int bi = 0; bi < kG; ++bi) {
-          uint32_t v[4];
-#pragma unroll
-          for (int m = 0; m < 4; ++m) {
-            const float wt = weight[bi][m % 2];  // matrix m: tokens t0 (even m) or t1, columns 16 half16 + 8 (m / 2) ..
-            v[m] = ElemTraits<__half>::pack(sc[8 * half16 + 2 * m] * wt, sc[8 * half16 + 2 * m + 1] * wt);
-          }
-          stmatrix_x4_trans(base + S::p + (kG * kWg + bi) * S::kOperandBytes + p_row, v);
-        }
-      }
-      fence_proxy_async_smem();
-      named_barrier_sync(kBarP + kWg, kWarpgroupThreads);
       values<S, kWg>(o, slot_addr, base, l, S::empty_bar(base, slot_index));
     }
 
-    float total[kC];
+    // The column sums: each warpgroup writes its own columns' (over its four warps); every thread reads all its
+    // columns'.
 #pragma unroll
-    for (int c = 0; c < kC; ++c) {
+    for (int c = 0; c < kOC; ++c) {
       const float part = sum_over_rows(l_sum[c]);
-      if (l.r == 0) sums[l.w * kN + l.col(c)] = part;
+      if (l.r == 0) sums[l.w * kN + l.col(kOC * kWg + c)] = part;
     }
-    named_barrier_sync(kBarSums + kWg, kWarpgroupThreads);
+    named_barrier_sync(kBarSums, S::kConsumerThreads);
+    float total[kC];
 #pragma unroll
     for (int c = 0; c < kC; ++c)
       total[c] = sums[l.col(c)] + sums[kN + l.col(c)] + sums[2 * kN + l.col(c)] + sums[3 * kN + l.col(c)];
     store_item<S, kWg>(p, w, slot, poison, l, o, c_run, m_run, total, scale_log2);
-    // The sums and this warpgroup's Q part are rewritten only after every thread's reads of them.
-    named_barrier_sync(kBarSums + kWg, kWarpgroupThreads);
+    // This warpgroup's Q part and the sums are rewritten only after its threads' reads of them (the other
+    // warpgroup's reads of the sums are behind the next item's first kBarScores).
+    named_barrier_sync(kBarItemEnd + kWg, kWarpgroupThreads);
   }
 }
 

@@ -113,12 +113,14 @@ def acc_entries(rows):
 
 @pytest.mark.parametrize("rows,warpgroups", SHAPES)
 def test_p_is_written_once_where_the_v_side_reads_each_token(rows, warpgroups):
-    """stmatrix .trans: lane (matrix mi, row) of x4 number half16 addresses P' row n = 16 half16 + 8 (mi / 2) + row,
-    tokens 16w + 8 (mi & 1) ..; register m of every lane holds its accumulator values 8 half16 + 2m, + 1."""
+    """stmatrix .trans: warpgroup h owns columns 16h .. 16h + 15 (half16 = h) and writes them for every group; lane
+    (matrix mi, row) addresses P' row n = 16 half16 + 8 (mi / 2) + row, tokens 16w + 8 (mi & 1) ..; register m of
+    every lane holds its accumulator values 8 half16 + 2m, + 1 (its own entries 2m, 2m + 1)."""
     placed = {}
-    for wg, w, r, q, lane in lanes(1):
+    assert rows // 16 == warpgroups
+    for wg, w, r, q, lane in lanes(warpgroups):
         mi = lane // 8
-        for half16 in range(rows // 16):
+        for half16 in (wg,):
             n = 16 * half16 + 8 * (mi // 2) + lane % 8
             offset = swizzle(n, 2 * w + (mi & 1))
             # The 8 tokens stored at that row come from the 8 lanes of matrix mi's fragment (thread r of the
@@ -171,3 +173,25 @@ def test_v_fragments_and_the_stores_cover_every_output_value_once(rows, warpgrou
     assert sorted(seen_v.values()) == sorted(itertools.product(range(512), range(64)))
     assert all(key[2] == token for key, (_, token) in seen_v.items())
     assert stored == set(itertools.product(range(512), range(rows)))
+
+
+@pytest.mark.parametrize("rows,warpgroups", SHAPES)
+def test_each_column_is_owned_by_one_warpgroup(rows, warpgroups):
+    """consume: warpgroup h runs the softmax of its threads' columns col(4h + c) and accumulator entries 8h + i
+    (i, c < 8, 4: acc_col(i) = 2 (i / 4) + i % 2 is the own column): columns 16h .. 16h + 15, each column's 8 lanes q
+    and 4 warps together holding its 64 tokens once."""
+    def col(c, q):
+        return 8 * (c // 2) + 2 * q + c % 2
+
+    owner = {}
+    for wg, w, r, q, _ in lanes(warpgroups):
+        for i in range(8):
+            c = 4 * wg + 2 * (i // 4) + i % 2
+            full = 8 * wg + i  # the accumulator entry: column 8 (full / 4) + 2q + full % 2, token half (full / 2) % 2
+            assert col(c, q) == 8 * (full // 4) + 2 * q + full % 2
+            token = 16 * w + r + 8 * ((full // 2) % 2)
+            key = (col(c, q), token)
+            assert key not in owner
+            owner[key] = wg
+    assert sorted(owner) == sorted(itertools.product(range(rows), range(64)))
+    assert all(16 * wg <= n < 16 * wg + 16 for (n, _), wg in owner.items())
