@@ -10,11 +10,13 @@
 // One CTA per part of the schedule. Two shapes (NarrowShape): n16 with one consumer warpgroup (160 threads: warp 4's
 // first lane issues TMA), and n32 with two (384 threads: warpgroup 2 issues TMA), whose accumulators one warpgroup
 // cannot hold (O^T alone would be 128 registers per thread): warpgroup h then takes scale groups 2h and 2h + 1 (its
-// part of K Q^T and its 256 output values), warpgroup 0 also the rope, and they add their parts of S^T through
-// shared memory (one barrier of both per page), so both run the same softmax. (At n16 the two-warpgroup form measured
-// 2% slower than one.) Pages land whole in a ring of slots (latent bytes, rope values, scales: 41 KB per page; four
-// at n16, two at n32), where the seesaw FP8 feed had two 72 KB bf16 stages and converted each page between its
-// landing and its first product.
+// part of K Q^T and its 256 output values), warpgroup 0 also the rope. The softmax of each query column runs in one
+// warpgroup: h owns columns 16h .. 16h + 15, adds the other's part of their scores (shared memory, one barrier of
+// both per page), keeps their running maxima and sums, and writes P'_b for all four groups for them; the columns'
+// rescale factors and, at the item's end, their sums go back through shared memory. (Both running the whole softmax
+// measured 1.10x bf16 against 1.42x; at n16 the two-warpgroup form measured 2% slower than one.) Pages land whole in
+// a ring of slots (latent bytes, rope values, scales: 41 KB per page; four at n16, three at n32), where the seesaw
+// FP8 feed had two 72 KB bf16 stages and converted each page between its landing and its first product.
 //
 // Numbers. e4m3 -> f16 is exact (cvt.rn.f16x2.e4m3x2, one instruction per two values), so:
 //  - K Q^T runs in f16 on the raw e4m3 values, one accumulator per 128-value scale group; the scales are applied to
@@ -22,7 +24,9 @@
 //    them (no bf16 rounding of the key). Q's latent part becomes f16 once per item, each row times a power of two
 //    that puts its largest |value| in [2^14, 2^15) (exact: bf16 has fewer mantissa bits than f16; 29 binades below
 //    the row's largest value are kept), undone on the float32 scores. The rope part stays bf16 (its own m64n16
-//    accumulator against the cache's bf16 rope values).
+//    accumulator against the cache's bf16 rope values). (e4m3 x e4m3 wgmma straight on the landed bytes, Q split
+//    into two e4m3 parts hi + lo, skips this conversion but not the V side's: no faster at n16, and the tensor
+//    cores' FP8 sums cost ~1e-3 of lse against these exact products.)
 //  - V^T P'^T: each wgmma's 64 output rows lie in one scale group b, so the group's scale goes into P:
 //    P'_b = P * scale(token, b) / C_b in f16, with C_b the group's largest scale seen (lazy, like the row max: it
 //    moves when a page's largest scale is above it or below 2^-6 of it), and O_b rescaled by C_b. P' <= 256 (the lazy
