@@ -10,7 +10,7 @@
 // One CTA per part of the schedule. Two shapes (NarrowShape): n16 with one consumer warpgroup (160 threads: warp 4's
 // first lane issues TMA), and n32 with two (384 threads: warpgroup 2 issues TMA), whose accumulators one warpgroup
 // cannot hold (O^T alone would be 128 registers per thread): warpgroup h then takes scale groups 2h and 2h + 1 (its
-// part of K Q^T and its 256 output values), warpgroup 0 also the rope. The softmax of each query column runs in one
+// part of K Q^T and its 256 output values) and half of the rope. The softmax of each query column runs in one
 // warpgroup: h owns columns 16h .. 16h + 15, adds the other's part of their scores (shared memory, one barrier of
 // both per page), keeps their running maxima and sums, and writes P'_b for all four groups for them; the columns'
 // rescale factors and, at the item's end, their sums go back through shared memory. (Both running the whole softmax
@@ -182,9 +182,17 @@ __device__ __forceinline__ uint32_t operand_offset(int n, int col) {
 // that is k-steps [8g, 8g + 8): k-step 8g + s, columns 2q + 8e, 2q + 8e + 1 of it.
 __device__ __forceinline__ int contraction_col(int step, int q, int e) { return 16 * step + 2 * q + 8 * e; }
 
+// The rope's 16-byte units (8 values) that thread kq of a row writes into Q's operand: unit u feeds k-steps
+// 2 (u % 2) + {0, 1} (contraction_col), so with two warpgroups warpgroup h, which takes rope k-steps 2h and 2h + 1,
+// writes the units of parity h.
+template <class S, int kWg>
+__device__ __forceinline__ int rope_unit(int kq, int i) {
+  return S::kWarpgroups * (kq + (kWarpgroupThreads / S::kRows) * i) + kWg;
+}
+
 // Warpgroup kWg's part of one item's Q (batch entry `batch`), read from global memory, into shared memory as the B operand: its latent
 // values (scale groups kGroups kWg ..) as f16, each row times 2^k (2^-k kept in q_unscale: per warpgroup, as each adds
-// its own part of the scores), and for warpgroup 0 the rope values as bf16; rows past the item's s_q * h_q are zeros.
+// its own part of the scores), and its rope values (all of them, or with two warpgroups its half) as bf16; rows past the item's s_q * h_q are zeros.
 // kThreadsPerRow threads share a row; each takes every kThreadsPerRow-th 16-byte unit of the warpgroup's latent part
 // and of the rope. (Staging the next item's Q in shared memory, one bulk copy by the producer, measured no faster and
 // would cost the two-warpgroup shape a page slot.)
@@ -192,20 +200,20 @@ template <class S, int kWg>
 __device__ __forceinline__ void load_q(const MlaDecodeParams& p, int batch, uint32_t base, float* q_unscale) {
   constexpr int kThreadsPerRow = kWarpgroupThreads / S::kRows;            // 8 or 4
   constexpr int kLatentUnits = 64 / S::kWarpgroups / kThreadsPerRow;     // 8
-  constexpr int kRopeUnits = kWg == 0 ? 8 / kThreadsPerRow : 0;          // 1 or 2, warpgroup 0 only
+  constexpr int kRopeUnits = 8 / kThreadsPerRow / S::kWarpgroups;       // 1: with two, the units of parity kWg
   const int tid = threadIdx.x % kWarpgroupThreads, n = tid / kThreadsPerRow, kq = tid % kThreadsPerRow;
   const int rows_total = p.s_q * p.h_q;
   const bool valid = n < rows_total;
   const uint4* src = reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.q) +
                                                     (static_cast<int64_t>(batch) * rows_total + n) * kHeadDim);
   const int first_unit = kWg * 64 / S::kWarpgroups;
-  uint4 u[kLatentUnits + (kRopeUnits > 0 ? kRopeUnits : 1)];
+  uint4 u[kLatentUnits + kRopeUnits];
 #pragma unroll
   for (int i = 0; i < kLatentUnits; ++i)
     u[i] = valid ? __ldg(src + first_unit + kq + kThreadsPerRow * i) : make_uint4(0, 0, 0, 0);
 #pragma unroll
   for (int i = 0; i < kRopeUnits; ++i)
-    u[kLatentUnits + i] = valid ? __ldg(src + 64 + kq + kThreadsPerRow * i) : make_uint4(0, 0, 0, 0);
+    u[kLatentUnits + i] = valid ? __ldg(src + 64 + rope_unit<S, kWg>(kq, i)) : make_uint4(0, 0, 0, 0);
   float mx = 0.f;
 #pragma unroll
   for (int i = 0; i < kLatentUnits; ++i) {
@@ -237,7 +245,7 @@ __device__ __forceinline__ void load_q(const MlaDecodeParams& p, int batch, uint
   }
 #pragma unroll
   for (int i = 0; i < kRopeUnits; ++i) {
-    const int unit = kq + kThreadsPerRow * i;  // rope dims 8 unit .. + 7
+    const int unit = rope_unit<S, kWg>(kq, i);  // rope dims 8 unit .. + 7
     const int qq = unit / 2, s0 = 2 * (unit % 2);
     const uint32_t w[4] = {u[kLatentUnits + i].x, u[kLatentUnits + i].y, u[kLatentUnits + i].z, u[kLatentUnits + i].w};
 #pragma unroll
@@ -262,15 +270,15 @@ struct Lane {
 __device__ __forceinline__ int acc_col(int i) { return 2 * (i / 4) + (i % 2); }  // which of the lane's columns
 __device__ __forceinline__ int acc_half(int i) { return (i / 2) % 2; }           // token t0 (0) or t1 (1)
 
-// Warpgroup kWg's part of S^T over one page: its latent groups kGroups kWg + gi into acc[gi], and for warpgroup 0 the
-// rope into acc_rope. Each group's 8 k-steps come from 4 shared loads (two tokens x two 16-byte units); fragments are
+// Warpgroup kWg's part of S^T over one page: its latent groups kGroups kWg + gi into acc[gi], and its rope k-steps
+// (all four, or with two warpgroups 2 kWg and 2 kWg + 1) into acc_rope. Each group's 8 k-steps come from 4 shared loads (two tokens x two 16-byte units); fragments are
 // double-buffered against the wgmma that reads them.
 template <class S, int kWg>
 __device__ __forceinline__ void scores(float (&acc)[S::kGroups][S::kAcc], float (&acc_rope)[S::kAcc],
                                        uint32_t slot_addr, uint32_t base, const Lane& l) {
   const uint64_t q_desc = smem_desc_sw128(base + S::q_latent, 16, 1024);
   const uint64_t rope_desc = smem_desc_sw128(base + S::q_rope, 16, 1024);
-  constexpr int kParts = S::kGroups + (kWg == 0 ? 1 : 0);  // the latent groups, then the rope
+  constexpr int kParts = S::kGroups + 1;  // the latent groups, then the rope
   uint32_t frag[2][32];
 #pragma unroll
   for (int gi = 0; gi < kParts; ++gi) {
@@ -296,7 +304,7 @@ __device__ __forceinline__ void scores(float (&acc)[S::kGroups][S::kAcc], float 
             a[4 * (4 * h + s) + half] = lo;
             a[4 * (4 * h + s) + 2 + half] = hi;
           }
-        } else {
+        } else if (S::kWarpgroups == 1 || h == kWg) {
           lds128(slot_addr + kLatentBytes + swizzle_128b_offset(t, 2 * l.q + h), v);
 #pragma unroll
           for (int s = 0; s < 2; ++s) {  // rope k-step 2h + s: bf16 pairs as stored
@@ -315,7 +323,11 @@ __device__ __forceinline__ void scores(float (&acc)[S::kGroups][S::kAcc], float 
       }
     } else {
 #pragma unroll
-      for (int s = 0; s < 4; ++s) mma_bf16<S::kRows>(acc_rope, a + 4 * s, rope_desc + s * 2, s != 0);
+      for (int s = 0; s < 4; ++s) {
+        constexpr int kFirst = S::kWarpgroups == 1 ? 0 : 2 * kWg;
+        if (s >= kFirst && s < kFirst + 4 / S::kWarpgroups)
+          mma_bf16<S::kRows>(acc_rope, a + 4 * s, rope_desc + s * 2, s != kFirst);
+      }
     }
     wgmma_commit();
   }
@@ -324,7 +336,7 @@ __device__ __forceinline__ void scores(float (&acc)[S::kGroups][S::kAcc], float 
   fence_operands(frag[1]);
 #pragma unroll
   for (int gi = 0; gi < S::kGroups; ++gi) fence_accumulators(acc[gi]);
-  if (kWg == 0) fence_accumulators(acc_rope);
+  fence_accumulators(acc_rope);
 }
 
 // O^T += V^T P'^T over warpgroup kWg's groups of one page: per k-step (16 tokens) and group b, four 4-byte loads
@@ -519,8 +531,7 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
         float x = 0.f;
 #pragma unroll
         for (int bi = 0; bi < kG; ++bi) x += s[bi][i] * scale[acc_half(i)][kG * kWg + bi];
-        part[i] = x * unscale[acc_col(i)];
-        if (kWg == 0) part[i] += s_rope[i];
+        part[i] = x * unscale[acc_col(i)] + s_rope[i];
       }
       float sc[kOA];
       if constexpr (S::kWarpgroups == 2) {

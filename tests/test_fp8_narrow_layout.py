@@ -39,13 +39,13 @@ def operand_offset(rows, n, col):
     return (col // 64) * rows * 128 + swizzle(n, (col % 64) // 8) + (col % 8) * 2
 
 
-def q_operand(rows, warpgroups):
+def q_operand(rows, warpgroups, writers=None):
     """load_q: byte offset in the latent / rope operand -> the Q dim (latent 0..511, rope 512..575) written there."""
     threads_per_row = 128 // rows
     latent_units = 64 // warpgroups // threads_per_row
     written = {}
     for wg in range(warpgroups):
-        rope_units = 8 // threads_per_row if wg == 0 else 0
+        rope_units = 8 // threads_per_row // warpgroups
         for tid in range(128):
             n, kq = divmod(tid, threads_per_row)
             for i in range(latent_units):
@@ -57,8 +57,10 @@ def q_operand(rows, warpgroups):
                         key = ("latent", off + 2 * b)
                         assert key not in written
                         written[key] = (n, 8 * unit + 2 * j + b)
+                        if writers is not None:
+                            writers[key] = wg
             for i in range(rope_units):
-                unit = kq + threads_per_row * i
+                unit = warpgroups * (kq + threads_per_row * i) + wg  # rope_unit: with two, units of parity wg
                 qq, s0 = unit // 2, 2 * (unit % 2)
                 for j in range(4):
                     off = operand_offset(rows, n, contraction_col(s0 + j // 2, qq, j % 2))
@@ -66,6 +68,8 @@ def q_operand(rows, warpgroups):
                         key = ("rope", off + 2 * b)
                         assert key not in written
                         written[key] = (n, 512 + 8 * unit + 2 * j + b)
+                        if writers is not None:
+                            writers[key] = wg
     return written
 
 
@@ -80,12 +84,15 @@ def test_q_operand_is_written_once_per_element(rows, warpgroups):
 def test_k_fragments_meet_the_q_values_of_their_columns(rows, warpgroups):
     """scores: a[4 step' + half] (+2) of k-step 8g + 4h + s holds token t's bytes 0, 1 (2, 3) of word s of its 16-byte
     load; wgmma pairs A(row, k) with B(n, k) of the same k-step."""
-    written = q_operand(rows, warpgroups)
+    writers = {}
+    written = q_operand(rows, warpgroups, writers)
     groups = 4 // warpgroups
     for wg, w, r, q, _ in lanes(warpgroups):
         t0 = 16 * w + r
-        for gi in range(groups + (1 if wg == 0 else 0)):
+        for gi in range(groups + 1):
             for h, half in itertools.product(range(2), range(2)):
+                if gi == groups and warpgroups == 2 and h != wg:
+                    continue  # with two warpgroups, each takes rope k-steps 2 wg, 2 wg + 1 (h = wg)
                 t = t0 + 8 * half
                 if gi < groups:
                     g = groups * wg + gi
@@ -96,14 +103,16 @@ def test_k_fragments_meet_the_q_values_of_their_columns(rows, warpgroups):
                         step, e, lo = 8 * g + 4 * h + s, byte // 2, byte % 2
                         k = 2 * q + 8 * e + lo                     # a0/a1 (e 0) or a2/a3 (e 1), low or high half
                         for n in range(rows):
-                            assert written[("latent", operand_offset(rows, n, 16 * step + k))] == (n, dim)
+                            key = ("latent", operand_offset(rows, n, 16 * step + k))
+                            assert written[key] == (n, dim) and writers[key] == wg  # its own barrier orders it
                 else:
                     row, unit, _ = unswizzle(swizzle(t, 2 * q + h))
                     for s, word, lo in itertools.product(range(2), range(2), range(2)):
                         dim = 512 + 8 * unit + 4 * s + 2 * word + lo
                         step, k = 2 * h + s, 2 * q + 8 * word + lo
                         for n in range(rows):
-                            assert written[("rope", operand_offset(rows, n, 16 * step + k))] == (n, dim)
+                            key = ("rope", operand_offset(rows, n, 16 * step + k))
+                            assert written[key] == (n, dim) and writers[key] == wg
 
 
 def acc_entries(rows):
