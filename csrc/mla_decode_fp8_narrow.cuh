@@ -411,6 +411,131 @@ __device__ __forceinline__ float lazy_group_scale(float c_run, float c_page) {
   return (c_page > c_run || (c_page > 0.f && c_page < c_run * 0.015625f)) ? c_page : c_run;
 }
 
+// This warpgroup's part of a page's scores (its groups' sums times their scales and the row's 2^-k, plus its rope
+// part: every column) and, for the columns it owns, the whole score: with two warpgroups, each leaves the other's
+// columns' part in shared memory (float4 j of thread t at [parity][writer][j][t]) and adds the part left for its own.
+template <class S, int kWg>
+__device__ __forceinline__ void own_scores(float (&sc)[S::kOwnAcc], const float (&s)[S::kGroups][S::kAcc],
+                                           const float (&s_rope)[S::kAcc], const float (&scale)[2][4],
+                                           const float (&unscale)[S::kCols], float4* score_parts, uint32_t parity,
+                                           const Lane& l) {
+  constexpr int kOA = S::kOwnAcc, kG = S::kGroups;
+  float part[S::kAcc];
+#pragma unroll
+  for (int i = 0; i < S::kAcc; ++i) {
+    float x = 0.f;
+#pragma unroll
+    for (int bi = 0; bi < kG; ++bi) x += s[bi][i] * scale[acc_half(i)][kG * kWg + bi];
+    part[i] = x * unscale[acc_col(i)] + s_rope[i];
+  }
+  if constexpr (S::kWarpgroups == 2) {
+    constexpr int kOther = 1 - kWg;
+    float4* mine = score_parts + (parity * 2 + kWg) * (kOA / 4) * kWarpgroupThreads + l.index;
+    const float4* theirs = score_parts + (parity * 2 + kOther) * (kOA / 4) * kWarpgroupThreads + l.index;
+#pragma unroll
+    for (int j = 0; j < kOA / 4; ++j) {
+      const float* x = part + kOA * kOther + 4 * j;
+      mine[j * kWarpgroupThreads] = make_float4(x[0], x[1], x[2], x[3]);
+    }
+    named_barrier_sync(kBarScores, S::kConsumerThreads);
+#pragma unroll
+    for (int j = 0; j < kOA / 4; ++j) {
+      const float4 other = theirs[j * kWarpgroupThreads];
+      const float* x = part + kOA * kWg + 4 * j;
+      sc[4 * j] = x[0] + other.x;
+      sc[4 * j + 1] = x[1] + other.y;
+      sc[4 * j + 2] = x[2] + other.z;
+      sc[4 * j + 3] = x[3] + other.w;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kOA; ++i) sc[i] = part[i];
+  }
+}
+
+// The page's maxima of the own columns and its largest scale per group: over the warp (shuffles), then over the
+// warpgroup's four warps through x (this page's half of the warpgroup's exchange buffer; one barrier).
+template <class S, int kWg>
+__device__ __forceinline__ void page_maxima(float (&page_max)[S::kOwnCols], float (&page_scale)[4],
+                                            const float (&sc)[S::kOwnAcc], const float (&scale)[2][4], float* x,
+                                            const Lane& l) {
+  constexpr int kOC = S::kOwnCols, kN = S::kRows;
+#pragma unroll
+  for (int c = 0; c < kOC; ++c) page_max[c] = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < S::kOwnAcc; ++i) page_max[acc_col(i)] = fmaxf(page_max[acc_col(i)], sc[i]);
+#pragma unroll
+  for (int c = 0; c < kOC; ++c) page_max[c] = max_over_rows(page_max[c]);
+#pragma unroll
+  for (int b = 0; b < 4; ++b) page_scale[b] = max_over_rows(fmaxf(scale[0][b], scale[1][b]));
+  if (l.r == 0) {
+#pragma unroll
+    for (int c = 0; c < kOC; ++c) x[l.w * S::kExchangeFloats + l.col(kOC * kWg + c)] = page_max[c];
+    if (l.q == 0)
+#pragma unroll
+      for (int b = 0; b < 4; ++b) x[l.w * S::kExchangeFloats + kN + b] = page_scale[b];
+  }
+  named_barrier_sync(kBarExchange + kWg, kWarpgroupThreads);
+#pragma unroll
+  for (int c = 0; c < kOC; ++c) {
+    const int col = l.col(kOC * kWg + c);
+    float m = x[col];
+#pragma unroll
+    for (int v = 1; v < 4; ++v) m = fmaxf(m, x[v * S::kExchangeFloats + col]);
+    page_max[c] = m;
+  }
+#pragma unroll
+  for (int b = 0; b < 4; ++b) {
+    float m = x[kN + b];
+#pragma unroll
+    for (int v = 1; v < 4; ++v) m = fmaxf(m, x[v * S::kExchangeFloats + kN + b]);
+    page_scale[b] = m;
+  }
+}
+
+// P'_b = P * scale / C_b, f16, for every group b and the own 16 columns (16 kWg ..): one stmatrix .trans of four
+// 8 x 8 blocks (tokens t0 / t1 block x 8 columns) per group, lane (matrix lane / 8, row lane % 8) addressing one row.
+template <class S, int kWg>
+__device__ __forceinline__ void write_p(uint32_t base, const float (&sc)[S::kOwnAcc], const float (&weight)[4][2],
+                                        const Lane& l) {
+  const int lane = threadIdx.x % 32, mi = lane / 8;
+  const uint32_t p_row = swizzle_128b_offset(16 * kWg + 8 * (mi / 2) + lane % 8, 2 * l.w + (mi & 1));
+#pragma unroll
+  for (int b = 0; b < 4; ++b) {
+    uint32_t v[4];
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+      const float wt = weight[b][m % 2];  // matrix m: tokens t0 (even m) or t1, columns 16 kWg + 8 (m / 2) ..
+      v[m] = ElemTraits<__half>::pack(sc[2 * m] * wt, sc[2 * m + 1] * wt);
+    }
+    stmatrix_x4_trans(base + S::p + b * S::kOperandBytes + p_row, v);
+  }
+}
+
+// This warpgroup's O^T covers every column: each column's factor (the other warpgroup's columns' from shared memory,
+// published before the P' barrier) times its groups' C_b ratio; skipped when the warp has nothing to rescale.
+template <class S, int kWg>
+__device__ __forceinline__ void rescale_o(float (&o)[2 * S::kGroups][S::kAcc], const float (&alpha)[S::kOwnCols],
+                                          const float* alphas, const float (&ratio)[4], const Lane& l) {
+  constexpr int kC = S::kCols, kOC = S::kOwnCols, kG = S::kGroups;
+  float alpha_all[kC];
+  bool rescale = false;
+#pragma unroll
+  for (int c = 0; c < kC; ++c) {
+    const int own = c - kOC * kWg;
+    alpha_all[c] = (own >= 0 && own < kOC) ? alpha[own] : alphas[l.col(c)];
+    rescale |= alpha_all[c] != 1.f;
+  }
+#pragma unroll
+  for (int bi = 0; bi < kG; ++bi) rescale |= ratio[kG * kWg + bi] != 1.f;
+  if (__any_sync(0xffffffff, rescale)) {
+#pragma unroll
+    for (int j = 0; j < 2 * kG; ++j)
+#pragma unroll
+      for (int i = 0; i < S::kAcc; ++i) o[j][i] *= alpha_all[acc_col(i)] * ratio[kG * kWg + j / 2];
+  }
+}
+
 // Warpgroup kWg's part of one finished item: O = C_b O^T / l for its groups (every column: total holds each column's
 // sum) and, for the columns it owns, lse (m_own: their running maxima), to out / lse or to the split workspace
 // (store_tile's rules).
@@ -523,40 +648,8 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
         scale[half][0] = token_scales.x, scale[half][1] = token_scales.y;
         scale[half][2] = token_scales.z, scale[half][3] = token_scales.w;
       }
-      // This warpgroup's part of the scores (its groups, every column); the own columns' scores add the other
-      // warpgroup's part, which it leaves in shared memory (float4 j of thread t at [parity][writer][j][t]).
-      float part[kA];
-#pragma unroll
-      for (int i = 0; i < kA; ++i) {
-        float x = 0.f;
-#pragma unroll
-        for (int bi = 0; bi < kG; ++bi) x += s[bi][i] * scale[acc_half(i)][kG * kWg + bi];
-        part[i] = x * unscale[acc_col(i)] + s_rope[i];
-      }
       float sc[kOA];
-      if constexpr (S::kWarpgroups == 2) {
-        constexpr int kOther = 1 - kWg;
-        float4* mine = score_parts + ((count & 1) * 2 + kWg) * (kOA / 4) * kWarpgroupThreads + l.index;
-        const float4* theirs = score_parts + ((count & 1) * 2 + kOther) * (kOA / 4) * kWarpgroupThreads + l.index;
-#pragma unroll
-        for (int j = 0; j < kOA / 4; ++j) {
-          const float* x = part + kOA * kOther + 4 * j;
-          mine[j * kWarpgroupThreads] = make_float4(x[0], x[1], x[2], x[3]);
-        }
-        named_barrier_sync(kBarScores, S::kConsumerThreads);
-#pragma unroll
-        for (int j = 0; j < kOA / 4; ++j) {
-          const float4 other = theirs[j * kWarpgroupThreads];
-          const float* x = part + kOA * kWg + 4 * j;
-          sc[4 * j] = x[0] + other.x;
-          sc[4 * j + 1] = x[1] + other.y;
-          sc[4 * j + 2] = x[2] + other.z;
-          sc[4 * j + 3] = x[3] + other.w;
-        }
-      } else {
-#pragma unroll
-        for (int i = 0; i < kOA; ++i) sc[i] = part[i];
-      }
+      own_scores<S, kWg>(sc, s, s_rope, scale, unscale, score_parts, count & 1, l);
       // Keys past the end (and, causal, past each row's last visible key) and the zero rows of a last page loaded
       // shifted (page_tail_shift) get -inf. Own entry i is in own column acc_col(i).
       const int shift = page_tail_shift(blk, w.seqlen);
@@ -568,40 +661,8 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
           if (row < shift || token >= key_limit[acc_col(i)]) sc[i] = -INFINITY;
         }
       }
-      // Column maxima and the page's largest scale per group, over the warp, then over the warpgroup's four warps.
       float page_max[kOC], page_scale[4];
-#pragma unroll
-      for (int c = 0; c < kOC; ++c) page_max[c] = -INFINITY;
-#pragma unroll
-      for (int i = 0; i < kOA; ++i) page_max[acc_col(i)] = fmaxf(page_max[acc_col(i)], sc[i]);
-#pragma unroll
-      for (int c = 0; c < kOC; ++c) page_max[c] = max_over_rows(page_max[c]);
-#pragma unroll
-      for (int b = 0; b < 4; ++b) page_scale[b] = max_over_rows(fmaxf(scale[0][b], scale[1][b]));
-      float* x = exchange + (count & 1) * 4 * S::kExchangeFloats;
-      if (l.r == 0) {
-#pragma unroll
-        for (int c = 0; c < kOC; ++c) x[l.w * S::kExchangeFloats + l.col(kOC * kWg + c)] = page_max[c];
-        if (l.q == 0)
-#pragma unroll
-          for (int b = 0; b < 4; ++b) x[l.w * S::kExchangeFloats + kN + b] = page_scale[b];
-      }
-      named_barrier_sync(kBarExchange + kWg, kWarpgroupThreads);
-#pragma unroll
-      for (int c = 0; c < kOC; ++c) {
-        const int col = l.col(kOC * kWg + c);
-        float m = x[col];
-#pragma unroll
-        for (int v = 1; v < 4; ++v) m = fmaxf(m, x[v * S::kExchangeFloats + col]);
-        page_max[c] = m;
-      }
-#pragma unroll
-      for (int b = 0; b < 4; ++b) {
-        float m = x[kN + b];
-#pragma unroll
-        for (int v = 1; v < 4; ++v) m = fmaxf(m, x[v * S::kExchangeFloats + kN + b]);
-        page_scale[b] = m;
-      }
+      page_maxima<S, kWg>(page_max, page_scale, sc, scale, exchange + (count & 1) * 4 * S::kExchangeFloats, l);
       // Online softmax down the own columns (seesaw_lazy_max: exact, the running max moves only past a 2^8 margin).
       float alpha[kOC], m_scaled[kOC];
 #pragma unroll
@@ -628,20 +689,7 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
         weight[b][0] = scale[0][b] * inv;
         weight[b][1] = scale[1][b] * inv;
       }
-      // P'_b = P * scale / C_b, f16, for every group b and the own 16 columns: one stmatrix .trans of four 8 x 8
-      // blocks (tokens t0 / t1 block x 8 columns) per group, lane (matrix lane / 8, row lane % 8) addressing one row.
-      const int lane = threadIdx.x % 32, mi = lane / 8;
-      const uint32_t p_row = swizzle_128b_offset(16 * kWg + 8 * (mi / 2) + lane % 8, 2 * l.w + (mi & 1));
-#pragma unroll
-      for (int b = 0; b < 4; ++b) {
-        uint32_t v[4];
-#pragma unroll
-        for (int m = 0; m < 4; ++m) {
-          const float wt = weight[b][m % 2];  // matrix m: tokens t0 (even m) or t1, columns 16 kWg + 8 (m / 2) ..
-          v[m] = ElemTraits<__half>::pack(sc[2 * m] * wt, sc[2 * m + 1] * wt);
-        }
-        stmatrix_x4_trans(base + S::p + b * S::kOperandBytes + p_row, v);
-      }
+      write_p<S, kWg>(base, sc, weight, l);
       if constexpr (S::kWarpgroups == 2) {
         if (l.w == 0 && l.r == 0)
 #pragma unroll
@@ -649,24 +697,7 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
       }
       fence_proxy_async_smem();
       named_barrier_sync(kBarP, S::kConsumerThreads);
-      // This warpgroup's O^T covers every column: each column's factor (the other warpgroup's from shared memory)
-      // times its groups' C_b ratio.
-      float alpha_all[kC];
-      bool rescale = false;
-#pragma unroll
-      for (int c = 0; c < kC; ++c) {
-        const int own = c - kOC * kWg;
-        alpha_all[c] = (own >= 0 && own < kOC) ? alpha[own] : alphas[l.col(c)];
-        rescale |= alpha_all[c] != 1.f;
-      }
-#pragma unroll
-      for (int bi = 0; bi < kG; ++bi) rescale |= ratio[kG * kWg + bi] != 1.f;
-      if (__any_sync(0xffffffff, rescale)) {
-#pragma unroll
-        for (int j = 0; j < 2 * kG; ++j)
-#pragma unroll
-          for (int i = 0; i < kA; ++i) o[j][i] *= alpha_all[acc_col(i)] * ratio[kG * kWg + j / 2];
-      }
+      rescale_o<S, kWg>(o, alpha, alphas, ratio, l);
       values<S, kWg>(o, slot_addr, base, l, S::empty_bar(base, slot_index));
     }
 
