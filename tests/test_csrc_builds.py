@@ -2,13 +2,13 @@
 ptxas findings that would silently cost speed: register spills and serialised wgmma.
 
 Runs wherever nvcc is found (CUDA_HOME, /usr/local/cuda or PATH), CI included; skipped elsewhere."""
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from tools.sass_diff import cuda_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 # source -> the kernels its ptxas report must name
@@ -20,14 +20,7 @@ KERNEL_SOURCES = {
 }
 
 
-def find_nvcc():
-    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
-        if home and (Path(home) / "bin" / "nvcc").exists():
-            return str(Path(home) / "bin" / "nvcc")
-    return shutil.which("nvcc")
-
-
-NVCC = find_nvcc()
+NVCC = cuda_tool("nvcc")
 
 
 @pytest.fixture(scope="module")
