@@ -190,9 +190,10 @@ __device__ __forceinline__ int rope_unit(int kq, int i) {
   return S::kWarpgroups * (kq + (kWarpgroupThreads / S::kRows) * i) + kWg;
 }
 
-// Warpgroup kWg's part of one item's Q (batch entry `batch`), read from global memory, into shared memory as the B operand: its latent
-// values (scale groups kGroups kWg ..) as f16, each row times 2^k (2^-k kept in q_unscale: per warpgroup, as each adds
-// its own part of the scores), and its rope values (all of them, or with two warpgroups its half) as bf16; rows past the item's s_q * h_q are zeros.
+// Warpgroup kWg's part of one item's Q (batch entry `batch`), read from global memory, into shared memory as the B
+// operand: its latent values (scale groups kGroups kWg ..) as f16, each row times 2^k (2^-k kept in q_unscale: per
+// warpgroup, as each adds its own part of the scores), and its rope values (all of them, or with two warpgroups its
+// half) as bf16; rows past the item's s_q * h_q are zeros.
 // kThreadsPerRow threads share a row; each takes every kThreadsPerRow-th 16-byte unit of the warpgroup's latent part
 // and of the rope. (Staging the next item's Q in shared memory, one bulk copy by the producer, measured no faster and
 // would cost the two-warpgroup shape a page slot.)
@@ -271,8 +272,8 @@ __device__ __forceinline__ int acc_col(int i) { return 2 * (i / 4) + (i % 2); } 
 __device__ __forceinline__ int acc_half(int i) { return (i / 2) % 2; }           // token t0 (0) or t1 (1)
 
 // Warpgroup kWg's part of S^T over one page: its latent groups kGroups kWg + gi into acc[gi], and its rope k-steps
-// (all four, or with two warpgroups 2 kWg and 2 kWg + 1) into acc_rope. Each group's 8 k-steps come from 4 shared loads (two tokens x two 16-byte units); fragments are
-// double-buffered against the wgmma that reads them.
+// (all four, or with two warpgroups 2 kWg and 2 kWg + 1) into acc_rope. Each group's 8 k-steps come from 4 shared
+// loads (two tokens x two 16-byte units); fragments are double-buffered against the wgmma that reads them.
 template <class S, int kWg>
 __device__ __forceinline__ void scores(float (&acc)[S::kGroups][S::kAcc], float (&acc_rope)[S::kAcc],
                                        uint32_t slot_addr, uint32_t base, const Lane& l) {
