@@ -47,3 +47,10 @@ def test_a_kernel_in_an_anonymous_namespace_keeps_its_name_across_files(cxxfilt,
     first, _ = one_kernel(name=ANONYMOUS.format(h="106f9da0", h2="32cc13c7"))
     second, _ = one_kernel(name=ANONYMOUS.format(h="e7a22c8e", h2="0a1b2c3d"))
     assert first == second and "mla_metadata_kernel" in first
+
+
+def test_flags_are_the_extensions():
+    """sass_diff compiles with the flags setup.py builds the extension with (less the ptxas report)."""
+    setup = (sass_diff.ROOT / "setup.py").read_text()
+    for flag in sass_diff.FLAGS:
+        assert f'"{flag}"' in setup, flag
