@@ -11,6 +11,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "fp8_latent_write.h"
 
@@ -46,26 +47,18 @@ __device__ __forceinline__ uint32_t e4m3x2(float lo, float hi) {
   return d;
 }
 
+__device__ __forceinline__ float2 to_float2(__nv_bfloat162 v) { return __bfloat1622float2(v); }
+__device__ __forceinline__ float2 to_float2(__half2 v) { return __half22float2(v); }
+
+// 8 consecutive values as float: one 16-byte load for bf16 / fp16, two for float32.
 template <typename T>
-__device__ __forceinline__ void load8(const T* src, float (&v)[8]);
-template <>
-__device__ __forceinline__ void load8<__nv_bfloat16>(const __nv_bfloat16* src, float (&v)[8]) {
+__device__ __forceinline__ void load8(const T* src, float (&v)[8]) {
+  using Pair = std::conditional_t<std::is_same_v<T, __half>, __half2, __nv_bfloat162>;
   const uint4 u = *reinterpret_cast<const uint4*>(src);
   const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
-    v[2 * i] = f.x;
-    v[2 * i + 1] = f.y;
-  }
-}
-template <>
-__device__ __forceinline__ void load8<__half>(const __half* src, float (&v)[8]) {
-  const uint4 u = *reinterpret_cast<const uint4*>(src);
-  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+    const float2 f = to_float2(*reinterpret_cast<const Pair*>(&w[i]));
     v[2 * i] = f.x;
     v[2 * i + 1] = f.y;
   }
