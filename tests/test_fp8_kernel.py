@@ -311,7 +311,7 @@ def test_interpreter_fp8_garbage_past_the_lengths_never_reaches_the_output(inter
 GPU_LENGTHS = {"short_varlen": [1, 63, 64, 65, 0, 200, 1000, 4097], "long": [32768, 16384], "one_long": [65536]}
 GPU_MATRIX = list(itertools.product(
     ["short_varlen", "long", "one_long"],
-    [(1, 16), (2, 16), (1, 32), (1, 64), (1, 128), (2, 64), (4, 128)],   # (s_q, h_q)
+    [(1, 16), (2, 16), (1, 20), (1, 32), (1, 64), (1, 128), (2, 64), (4, 128)],   # (s_q, h_q)
     [True, False],                                                          # causal
 ))
 
