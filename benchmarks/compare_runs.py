@@ -31,14 +31,16 @@ def parse_label(spec: str) -> tuple[str, list[str]]:
 
 
 def times_by_config(runs: list[dict], impl: str) -> tuple[dict[str, list[float]], set[str]]:
-    """Per config name: impl's time in us in each run that timed it; and the configs where a run got a wrong result."""
+    """Per config name: impl's time in us in each run that timed it; and the configs where a run got a wrong result.
+    The row compared is the impl's variant of its own name (ours: not its other call forms), or its only variant
+    (ours_fp8's is "ours-fp8")."""
     times: dict[str, list[float]] = {}
     wrong: set[str] = set()
     for run in runs:
         for config in run["configs"]:
-            for row in config.get("rows", []):
-                if row.get("impl") != impl or row.get("variant", impl) != impl:
-                    continue
+            rows = [row for row in config.get("rows", []) if row.get("impl") == impl]
+            named = [row for row in rows if row.get("variant", impl) == impl]
+            for row in named or (rows if len({row.get("variant") for row in rows}) == 1 else []):
                 if row.get("ms"):
                     times.setdefault(config["name"], []).append(row["ms"] * 1e3)
                 if row.get("ok") is False:

@@ -229,6 +229,19 @@ def test_compare_runs_gives_each_build_against_the_first_and_the_peer_drift():
     assert lines[-1] == "wrong results: none"
 
 
+def test_compare_runs_takes_an_impls_only_variant_whatever_its_name():
+    """ours_fp8's one variant is "ours-fp8": compared; ours' other call forms are not (its "ours" row is)."""
+    def run(fp8_ms, ours_ms):
+        return dict(configs=[dict(name="a", rows=[dict(impl="ours", variant="ours", ms=ours_ms, ok=True),
+                                                  dict(impl="ours", variant="ours (newest API)", ms=0.001, ok=True),
+                                                  dict(impl="ours_fp8", variant="ours-fp8", ms=fp8_ms, ok=True)])])
+    result = compare_runs.compare([("base", [run(0.2, 0.3)]), ("new", [run(0.1, 0.31)])], impl="ours_fp8",
+                                  peer="ours")
+    row = result["rows"][0]
+    assert row["us"] == {"base": pytest.approx(200.0), "new": pytest.approx(100.0)}
+    assert row["peer_us"] == pytest.approx([300.0, 310.0])
+
+
 def test_compare_runs_reports_a_wrong_build_and_fails():
     base, new = _run({"a": 0.2}, {"a": 0.2}), _run({"a": 0.1}, {"a": 0.2}, ok=False)
     result = compare_runs.compare([("base", [base]), ("new", [new])])

@@ -19,8 +19,10 @@
 #   ab        an A/B of this tree's kernel against another revision's: AB_BASE names a copy of that revision (made
 #             with `git archive REV csrc hf_flashmla benchmarks setup.py pyproject.toml | tar -x -C .ab/base`, carried
 #             as .ab), built in place there; then AB_ROUNDS (2) rounds of bench_kernel $AB_ARGS, one process per
-#             tree and round, alternating, and python -m benchmarks.compare_runs over them (with `build` and
-#             `tests` in STAGES this tree is built and checked first)          -> ab.log, ab_{base,new}_N.json, ab.json
+#             tree and round, alternating, and python -m benchmarks.compare_runs over them: AB_IMPL (ours) compared,
+#             AB_PEER (flashmla) shown as the drift, e.g. AB_IMPL=ours_fp8 AB_PEER=ours for the FP8 kernels
+#             (with `build` and `tests` in STAGES this tree is built and checked first)
+#                                                                      -> ab.log, ab_{base,new}_N.json, ab.json
 # Stage time limits: TESTS_TIMEOUT (480 s), CONDITIONS_TIMEOUT (540 s), SANITIZE_TIMEOUT (300 s), STAGE_TIMEOUT (each
 # other step's own).
 set -u
@@ -245,7 +247,8 @@ if has_stage ab; then
       done
       if (( ${#base_runs[@]} && ${#new_runs[@]} )); then
         IFS=, ; base_list="${base_runs[*]}"; new_list="${new_runs[*]}"; unset IFS
-        python3 -m benchmarks.compare_runs "base=$base_list" "new=$new_list" --json "$OUT/ab.json" | tee -a "$log"
+        python3 -m benchmarks.compare_runs "base=$base_list" "new=$new_list" --impl "${AB_IMPL:-ours}" \
+          --peer "${AB_PEER:-flashmla}" --json "$OUT/ab.json" | tee -a "$log"
         note "ab: $(grep -E "^geomean|^wrong" "$log" | tail -2 | tr '\n' ' ')"
       fi
     else
