@@ -469,29 +469,39 @@ __device__ __forceinline__ void page_maxima(float (&page_max)[S::kOwnCols], floa
   for (int c = 0; c < kOC; ++c) page_max[c] = max_over_rows(page_max[c]);
 #pragma unroll
   for (int b = 0; b < 4; ++b) page_scale[b] = max_over_rows(fmaxf(scale[0][b], scale[1][b]));
+  // The own columns come in adjacent pairs (l.col(2j), l.col(2j + 1) = even, even + 1) and a warp's four group
+  // scales are adjacent (kExchangeFloats and kN are multiples of 4; x is 16-byte aligned): vector accesses.
+  static_assert(kOC % 2 == 0 && S::kExchangeFloats % 4 == 0 && kN % 4 == 0, "vector exchange layout");
   if (l.r == 0) {
 #pragma unroll
-    for (int c = 0; c < kOC; ++c) x[l.w * S::kExchangeFloats + l.col(kOC * kWg + c)] = page_max[c];
+    for (int c = 0; c < kOC; c += 2)
+      *reinterpret_cast<float2*>(x + l.w * S::kExchangeFloats + l.col(kOC * kWg + c)) =
+          make_float2(page_max[c], page_max[c + 1]);
     if (l.q == 0)
-#pragma unroll
-      for (int b = 0; b < 4; ++b) x[l.w * S::kExchangeFloats + kN + b] = page_scale[b];
+      *reinterpret_cast<float4*>(x + l.w * S::kExchangeFloats + kN) =
+          make_float4(page_scale[0], page_scale[1], page_scale[2], page_scale[3]);
   }
   named_barrier_sync(kBarExchange + kWg, kWarpgroupThreads);
 #pragma unroll
-  for (int c = 0; c < kOC; ++c) {
+  for (int c = 0; c < kOC; c += 2) {
     const int col = l.col(kOC * kWg + c);
-    float m = x[col];
+    float2 m = *reinterpret_cast<const float2*>(x + col);
 #pragma unroll
-    for (int v = 1; v < 4; ++v) m = fmaxf(m, x[v * S::kExchangeFloats + col]);
-    page_max[c] = m;
+    for (int v = 1; v < 4; ++v) {
+      const float2 other = *reinterpret_cast<const float2*>(x + v * S::kExchangeFloats + col);
+      m.x = fmaxf(m.x, other.x);
+      m.y = fmaxf(m.y, other.y);
+    }
+    page_max[c] = m.x;
+    page_max[c + 1] = m.y;
   }
+  float4 m = *reinterpret_cast<const float4*>(x + kN);
 #pragma unroll
-  for (int b = 0; b < 4; ++b) {
-    float m = x[kN + b];
-#pragma unroll
-    for (int v = 1; v < 4; ++v) m = fmaxf(m, x[v * S::kExchangeFloats + kN + b]);
-    page_scale[b] = m;
+  for (int v = 1; v < 4; ++v) {
+    const float4 other = *reinterpret_cast<const float4*>(x + v * S::kExchangeFloats + kN);
+    m.x = fmaxf(m.x, other.x), m.y = fmaxf(m.y, other.y), m.z = fmaxf(m.z, other.z), m.w = fmaxf(m.w, other.w);
   }
+  page_scale[0] = m.x, page_scale[1] = m.y, page_scale[2] = m.z, page_scale[3] = m.w;
 }
 
 // P'_b = P * scale / C_b, f16, for every group b and the own 16 columns (16 kWg ..): one stmatrix .trans of four
