@@ -7,16 +7,17 @@
 //   S^T = K Q^T   (m64 = the page's 64 tokens, n = 16 or 32 query rows, k = 512 latent + 64 rope values)
 //   O^T = V^T P'^T (m64 x 8 = the 512 output values, n, k = the page's 64 tokens)
 //
-// One CTA per part of the schedule. Two shapes (NarrowShape): n16 with one consumer warpgroup (160 threads: warp 4's
-// first lane issues TMA), and n32 with two (384 threads: warpgroup 2 issues TMA), whose accumulators one warpgroup
-// cannot hold (O^T alone would be 128 registers per thread): warpgroup h then takes scale groups 2h and 2h + 1 (its
-// part of K Q^T and its 256 output values) and half of the rope. The softmax of each query column runs in one
-// warpgroup: h owns columns 16h .. 16h + 15, adds the other's part of their scores (shared memory, one barrier of
-// both per page), keeps their running maxima and sums, and writes P'_b for all four groups for them; the columns'
-// rescale factors and, at the item's end, their sums go back through shared memory. (Both running the whole softmax
-// measured 1.10x bf16 against 1.42x; at n16 the two-warpgroup form measured 2% slower than one.) Pages land whole in
-// a ring of slots (latent bytes, rope values, scales: 41 KB per page; four at n16, three at n32), where the seesaw
-// FP8 feed had two 72 KB bf16 stages and converted each page between its landing and its first product.
+// One CTA per part of the schedule. Two shapes (NarrowShape): n16 with one consumer warpgroup (192 threads: warp 4's
+// first lane issues TMA, warp 5 reduces each page's scales), and n32 with two (384 threads: warpgroup 2's first warp
+// issues TMA, its second reduces the scales), whose accumulators one warpgroup cannot hold (O^T alone would be 128
+// registers per thread): warpgroup h then takes scale groups 2h and 2h + 1 (its part of K Q^T and its 256 output
+// values) and half of the rope. The softmax of each query column runs in one warpgroup: h owns columns 16h .. 16h + 15,
+// adds the other's part of their scores (shared memory, one barrier of both per page), keeps their running maxima and
+// sums, and writes P'_b for all four groups for them; the columns' rescale factors and, at the item's end, their sums
+// go back through shared memory. (Both running the whole softmax measured 1.10x bf16 against 1.42x; at n16 the
+// two-warpgroup form measured 2% slower than one.) Pages land whole in a ring of slots (latent bytes, rope values,
+// scales: 41 KB per page; four at n16, three at n32), where the seesaw FP8 feed had two 72 KB bf16 stages and converted
+// each page between its landing and its first product.
 //
 // Numbers. e4m3 -> f16 is exact (cvt.rn.f16x2.e4m3x2, one instruction per two values), so:
 //  - K Q^T runs in f16 on the raw e4m3 values, one accumulator per 128-value scale group; the scales are applied to
@@ -45,8 +46,9 @@
 //    lanes' loads hit 32 distinct banks.
 //  - P'^T is written by stmatrix .trans from the S^T accumulator (rows = tokens) as [query row][64 tokens] f16,
 //    128B-swizzled: the K-major B operand.
-// The softmax runs down the columns of S^T (over tokens): a warpgroup's four warps exchange their column maxima (and
-// the page's largest scale per group) through shared memory, one barrier per page; another publishes P'.
+// The softmax runs down the columns of S^T (over tokens): a warpgroup's four warps exchange their column maxima
+// through shared memory, one barrier per page; another publishes P'. The page's largest scale per group (for C_b)
+// comes from a warp of its own (page_scale_maxima).
 #pragma once
 #include "mla_decode_common.cuh"
 
@@ -68,8 +70,9 @@ constexpr uint32_t kBarScores = 1, kBarExchange = 2, kBarP = 4, kBarQ = 6, kBarS
 // shared memory, in order: Q's B operand (8 latent chunks of k-steps 4c .. 4c + 3, f16, then the rope chunk, bf16;
 // kRows x 128 B each, 128B-swizzled), P'_b for the 4 groups (f16, same form), the page slots, the parts of S^T one
 // warpgroup adds for the other (two warpgroups: float [2 page parities][2 wg][128 threads][kOwnAcc]), the column-max
-// exchange (float [wg][2 parities][4 warps][kRows + 4]), 2^-k per Q row (float [wg][kRows]), the columns' rescale
-// factors (float [kRows]), the column sums (float [4 warps][kRows]), the mbarriers (full[kSlots], empty[kSlots]).
+// exchange (float [wg][2 parities][4 warps][kRows]), 2^-k per Q row (float [wg][kRows]), the columns' rescale
+// factors (float [kRows]), the column sums (float [4 warps][kRows]), each slot's page scales (float4 [kSlots]), the
+// mbarriers (full[kSlots], empty[kSlots], scales[kSlots]).
 template <int kRowsT, int kWarpgroupsT>
 struct NarrowShape {
   static constexpr int kRows = kRowsT;
@@ -82,16 +85,19 @@ struct NarrowShape {
   static constexpr int kOwnAcc = kAcc / kWarpgroups;
   static constexpr int kOwnCols = kCols / kWarpgroups;
   static constexpr int kConsumerThreads = kWarpgroups * kWarpgroupThreads;
-  static constexpr int kThreads = kConsumerThreads + (kWarpgroups == 1 ? 32 : kWarpgroupThreads);
+  // After the consumers: the producer's warp (its first lane issues TMA), then the page-scale warp (page_scale_maxima);
+  // with two consumer warpgroups they are the first two warps of a whole warpgroup (setmaxnreg works per warpgroup).
+  static constexpr int kThreads = kConsumerThreads + (kWarpgroups == 1 ? 64 : kWarpgroupThreads);
+  static constexpr int kScaleWarp = kConsumerThreads / 32 + 1;
   static constexpr int kOperandBytes = kRows * 128;
-  static constexpr int kExchangeFloats = kRows + 4;
+  static constexpr int kExchangeFloats = kRows;
   static constexpr int q_latent = 0;
   static constexpr int q_rope = q_latent + 8 * kOperandBytes;
   static constexpr int p = q_rope + kOperandBytes;
   static constexpr int slots = p + 4 * kOperandBytes;
   static constexpr int kScoreBytes = kWarpgroups == 2 ? 2 * kConsumerThreads * kOwnAcc * 4 : 0;
   static constexpr int kTailBytes =
-      kScoreBytes + (kWarpgroups * (2 * 4 * kExchangeFloats + kRows) + kRows + 4 * kRows) * 4 + 8 * 2 * 4;
+      kScoreBytes + (kWarpgroups * (2 * 4 * kExchangeFloats + kRows) + kRows + 4 * kRows) * 4 + (16 + 8 * 3) * 4;
   static constexpr int kSlotsFit = (kMaxSmem - 1024 - slots - kTailBytes) / kSlotBytes;
   static constexpr int kSlots = kSlotsFit < 4 ? kSlotsFit : 4;
   static constexpr int scores = slots + kSlots * kSlotBytes;
@@ -99,14 +105,17 @@ struct NarrowShape {
   static constexpr int q_unscale = exchange + kWarpgroups * 2 * 4 * kExchangeFloats * 4;
   static constexpr int alphas = q_unscale + kWarpgroups * kRows * 4;
   static constexpr int sums = alphas + kRows * 4;
-  static constexpr int barriers = sums + 4 * kRows * 4;
-  static constexpr int total = barriers + 8 * 2 * kSlots;
+  static constexpr int page_scales = sums + 4 * kRows * 4;  // float4 per slot: its page's largest scale per group
+  static constexpr int barriers = page_scales + 16 * kSlots;
+  static constexpr int total = barriers + 8 * 3 * kSlots;
   static constexpr int kSmemBytes = total + 1024;
   static_assert(slots % 1024 == 0 && kSlotBytes % 1024 == 0, "slots must keep the swizzle atoms aligned");
   static_assert(kSlots >= 2 && kSmemBytes <= kMaxSmem, "the narrow FP8 layout exceeds the opt-in shared memory");
-  static_assert(barriers % 8 == 0, "mbarriers are 8-byte aligned");
+  static_assert(barriers % 8 == 0 && page_scales % 16 == 0, "mbarriers are 8-byte aligned, the page scales 16");
   static __device__ uint32_t full_bar(uint32_t base, int slot) { return base + barriers + 8 * slot; }
   static __device__ uint32_t empty_bar(uint32_t base, int slot) { return base + barriers + 8 * (kSlots + slot); }
+  // Completes once the slot's page scales are in page_scales (after full_bar).
+  static __device__ uint32_t scales_bar(uint32_t base, int slot) { return base + barriers + 8 * (2 * kSlots + slot); }
 };
 using NarrowShape16 = NarrowShape<16, 1>;
 using NarrowShape32 = NarrowShape<32, 2>;
@@ -143,6 +152,36 @@ __device__ __forceinline__ void produce(const MlaDecodeParams& p, const PartWalk
       tma_load_4d(dst, latent_map, bar, 0, row, page, 0);
       tma_load_3d(dst + kLatentBytes, rope_map, bar, 0, row, page);
       tma_load_3d(dst + kLatentBytes + kRopeBytes, scale_map, bar, 0, row, page);
+    }
+  }
+}
+
+// The page-scale warp: for every page, once it has landed, the largest of its 64 tokens' scales per group into
+// page_scales[slot] (lane t reads tokens t and t + 32), then scales_bar. The consumers' P' needs it (C_b), and every
+// consumer thread reducing it from its two tokens cost ~40 instructions a page. The slot is refilled only after the
+// consumers, which wait for scales_bar first, release it.
+template <class S>
+__device__ __forceinline__ void page_scale_maxima(const PartWalker& walker, uint8_t* smem, uint32_t base) {
+  const int lane = threadIdx.x % 32;
+  uint32_t count = 0;
+  for (int k = 0; k < walker.num_items(); ++k) {
+    const WorkItem w = walker.item(walker.begin_batch + k);
+    if (w.stop_block <= w.start_block) continue;
+    for (int blk = w.start_block; blk < w.stop_block; ++blk, ++count) {
+      const int slot = count % S::kSlots;
+      mbarrier_wait(S::full_bar(base, slot), (count / S::kSlots) & 1);
+      const float4* scales = reinterpret_cast<const float4*>(smem + S::slots + slot * kSlotBytes + kLatentBytes +
+                                                             kRopeBytes);
+      const float4 a = scales[lane], b = scales[lane + 32];
+      float m[4] = {fmaxf(a.x, b.x), fmaxf(a.y, b.y), fmaxf(a.z, b.z), fmaxf(a.w, b.w)};
+#pragma unroll
+      for (int mask = 16; mask >= 1; mask /= 2)
+#pragma unroll
+        for (int g = 0; g < 4; ++g) m[g] = fmaxf(m[g], __shfl_xor_sync(0xffffffff, m[g], mask));
+      if (lane == 0) {
+        *reinterpret_cast<float4*>(smem + S::page_scales + 16 * slot) = make_float4(m[0], m[1], m[2], m[3]);
+        mbarrier_arrive(S::scales_bar(base, slot));
+      }
     }
   }
 }
@@ -454,33 +493,25 @@ __device__ __forceinline__ void own_scores(float (&sc)[S::kOwnAcc], const float 
   }
 }
 
-// The page's maxima of the own columns and its largest scale per group: over the warp (shuffles), then over the
-// warpgroup's four warps through x (this page's half of the warpgroup's exchange buffer; one barrier).
+// The page's maxima of the own columns: over the warp (shuffles), then over the warpgroup's four warps through x (this
+// page's half of the warpgroup's exchange buffer; one barrier). The own columns come in adjacent pairs (l.col(2j),
+// l.col(2j + 1) = even, even + 1), exchanged as float2.
 template <class S, int kWg>
-__device__ __forceinline__ void page_maxima(float (&page_max)[S::kOwnCols], float (&page_scale)[4],
-                                            const float (&sc)[S::kOwnAcc], const float (&scale)[2][4], float* x,
+__device__ __forceinline__ void page_maxima(float (&page_max)[S::kOwnCols], const float (&sc)[S::kOwnAcc], float* x,
                                             const Lane& l) {
-  constexpr int kOC = S::kOwnCols, kN = S::kRows;
+  constexpr int kOC = S::kOwnCols;
+  static_assert(kOC % 2 == 0 && S::kExchangeFloats % 2 == 0, "float2 exchange layout");
 #pragma unroll
   for (int c = 0; c < kOC; ++c) page_max[c] = -INFINITY;
 #pragma unroll
   for (int i = 0; i < S::kOwnAcc; ++i) page_max[acc_col(i)] = fmaxf(page_max[acc_col(i)], sc[i]);
 #pragma unroll
   for (int c = 0; c < kOC; ++c) page_max[c] = max_over_rows(page_max[c]);
-#pragma unroll
-  for (int b = 0; b < 4; ++b) page_scale[b] = max_over_rows(fmaxf(scale[0][b], scale[1][b]));
-  // The own columns come in adjacent pairs (l.col(2j), l.col(2j + 1) = even, even + 1) and a warp's four group
-  // scales are adjacent (kExchangeFloats and kN are multiples of 4; x is 16-byte aligned): vector accesses.
-  static_assert(kOC % 2 == 0 && S::kExchangeFloats % 4 == 0 && kN % 4 == 0, "vector exchange layout");
-  if (l.r == 0) {
+  if (l.r == 0)
 #pragma unroll
     for (int c = 0; c < kOC; c += 2)
       *reinterpret_cast<float2*>(x + l.w * S::kExchangeFloats + l.col(kOC * kWg + c)) =
           make_float2(page_max[c], page_max[c + 1]);
-    if (l.q == 0)
-      *reinterpret_cast<float4*>(x + l.w * S::kExchangeFloats + kN) =
-          make_float4(page_scale[0], page_scale[1], page_scale[2], page_scale[3]);
-  }
   named_barrier_sync(kBarExchange + kWg, kWarpgroupThreads);
 #pragma unroll
   for (int c = 0; c < kOC; c += 2) {
@@ -495,13 +526,6 @@ __device__ __forceinline__ void page_maxima(float (&page_max)[S::kOwnCols], floa
     page_max[c] = m.x;
     page_max[c + 1] = m.y;
   }
-  float4 m = *reinterpret_cast<const float4*>(x + kN);
-#pragma unroll
-  for (int v = 1; v < 4; ++v) {
-    const float4 other = *reinterpret_cast<const float4*>(x + v * S::kExchangeFloats + kN);
-    m.x = fmaxf(m.x, other.x), m.y = fmaxf(m.y, other.y), m.z = fmaxf(m.z, other.z), m.w = fmaxf(m.w, other.w);
-  }
-  page_scale[0] = m.x, page_scale[1] = m.y, page_scale[2] = m.z, page_scale[3] = m.w;
 }
 
 // P'_b = P * scale / C_b, f16, for every group b and the own 16 columns (16 kWg ..): one stmatrix .trans of four
@@ -672,8 +696,8 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
           if (row < shift || token >= key_limit[acc_col(i)]) sc[i] = -INFINITY;
         }
       }
-      float page_max[kOC], page_scale[4];
-      page_maxima<S, kWg>(page_max, page_scale, sc, scale, exchange + (count & 1) * 4 * S::kExchangeFloats, l);
+      float page_max[kOC];
+      page_maxima<S, kWg>(page_max, sc, exchange + (count & 1) * 4 * S::kExchangeFloats, l);
       // Online softmax down the own columns (seesaw_lazy_max: exact, the running max moves only past a 2^8 margin).
       float alpha[kOC], m_scaled[kOC];
 #pragma unroll
@@ -689,6 +713,9 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
         sc[i] = exp2f(sc[i] * scale_log2 - m_scaled[acc_col(i)]);
         l_sum[acc_col(i)] += sc[i];
       }
+      mbarrier_wait(S::scales_bar(base, slot_index), (count / S::kSlots) & 1);
+      const float4 page_scales = *reinterpret_cast<const float4*>(smem + S::page_scales + 16 * slot_index);
+      const float page_scale[4] = {page_scales.x, page_scales.y, page_scales.z, page_scales.w};
       float weight[4][2];  // scale(token, b) / C_b for the lane's two tokens
       float ratio[4];
 #pragma unroll
@@ -749,24 +776,27 @@ __global__ void __launch_bounds__(S::kThreads, 1)
     for (int s = 0; s < S::kSlots; ++s) {
       mbarrier_init(S::full_bar(base, s), 1);
       mbarrier_init(S::empty_bar(base, s), S::kConsumerThreads / 32);  // every consumer warp
+      mbarrier_init(S::scales_bar(base, s), 1);
     }
     fence_mbarrier_init();
   }
   __syncthreads();
   if (threadIdx.x >= S::kConsumerThreads) {
-    // Two consumer warpgroups: the producer warpgroup's one issuing thread needs few registers, the consumers take
-    // the rest (240 x 256 + 24 x 128 = 168 x 384).
-    if constexpr (S::kWarpgroups == 2) setmaxnreg_dec<24>();
+    // Two consumer warpgroups: the producer warpgroup (one issuing thread, the page-scale warp) needs few registers,
+    // the consumers take the rest (232 x 256 + 40 x 128 = 168 x 384; at 240 / 24 ptxas spilled).
+    if constexpr (S::kWarpgroups == 2) setmaxnreg_dec<40>();
     if (threadIdx.x == S::kConsumerThreads) {
       prefetch_tensor_map(&latent_map);
       prefetch_tensor_map(&rope_map);
       prefetch_tensor_map(&scale_map);
       produce<S>(params, walker, base, &latent_map, &rope_map, &scale_map);
+    } else if (static_cast<int>(threadIdx.x) / 32 == S::kScaleWarp) {
+      page_scale_maxima<S>(walker, aligned.ptr, base);
     }
     return;
   }
   if constexpr (S::kWarpgroups == 2) {
-    setmaxnreg_inc<240>();
+    setmaxnreg_inc<232>();
     // Warp-uniform through a shuffle, so that ptxas sees each branch's wgmma as uniform (C7520).
     if (__shfl_sync(0xffffffff, static_cast<int>(threadIdx.x) / kWarpgroupThreads, 0) == 1) {
       consume<S, 1>(params, walker, aligned.ptr, base);
