@@ -8,8 +8,8 @@
 //   O^T = V^T P'^T (m64 x 8 = the 512 output values, n, k = the page's 64 tokens)
 //
 // One CTA per part of the schedule. Two shapes (NarrowShape): n16 with one consumer warpgroup (192 threads: warp 4's
-// first lane issues TMA, warp 5 reduces each page's scales), and n32 with two (384 threads: warpgroup 2's first warp
-// issues TMA, its second reduces the scales), whose accumulators one warpgroup cannot hold (O^T alone would be 128
+// first lane issues TMA, warp 5 derives each page's C_b), and n32 with two (384 threads: warpgroup 2's first warp
+// issues TMA, its second derives C_b), whose accumulators one warpgroup cannot hold (O^T alone would be 128
 // registers per thread): warpgroup h then takes scale groups 2h and 2h + 1 (its part of K Q^T and its 256 output
 // values) and half of the rope. The softmax of each query column runs in one warpgroup: h owns columns 16h .. 16h + 15,
 // adds the other's part of their scores (shared memory, one barrier of both per page), keeps their running maxima and
@@ -47,8 +47,8 @@
 //  - P'^T is written by stmatrix .trans from the S^T accumulator (rows = tokens) as [query row][64 tokens] f16,
 //    128B-swizzled: the K-major B operand.
 // The softmax runs down the columns of S^T (over tokens): a warpgroup's four warps exchange their column maxima
-// through shared memory, one barrier per page; another publishes P'. The page's largest scale per group (for C_b)
-// comes from a warp of its own (page_scale_maxima).
+// through shared memory, one barrier per page; another publishes P'. The groups' C_b come from a warp of their own
+// (group_scales).
 #pragma once
 #include "mla_decode_common.cuh"
 
@@ -63,6 +63,7 @@ constexpr int kScaleBytes = kPageSize * 16;                   // 1024: 4 float32
 constexpr int kSlotBytes = kLatentBytes + kRopeBytes + kScaleBytes;  // 41984
 constexpr int kWarpgroupThreads = 128;
 constexpr int kMaxSmem = 232448;                              // the 227 KB of opt-in shared memory
+constexpr int kGroupScaleBytes = 48;                          // a page's C_b, ratio, 1 / C_b: group_scales()
 // Named barriers: kBarScores, kBarP and kBarSums of all consumer threads; the others per warpgroup h (id + h).
 constexpr uint32_t kBarScores = 1, kBarExchange = 2, kBarP = 4, kBarQ = 6, kBarSums = 8, kBarItemEnd = 10;
 
@@ -85,7 +86,7 @@ struct NarrowShape {
   static constexpr int kOwnAcc = kAcc / kWarpgroups;
   static constexpr int kOwnCols = kCols / kWarpgroups;
   static constexpr int kConsumerThreads = kWarpgroups * kWarpgroupThreads;
-  // After the consumers: the producer's warp (its first lane issues TMA), then the page-scale warp (page_scale_maxima);
+  // After the consumers: the producer's warp (its first lane issues TMA), then the scale warp (group_scales);
   // with two consumer warpgroups they are the first two warps of a whole warpgroup (setmaxnreg works per warpgroup).
   static constexpr int kThreads = kConsumerThreads + (kWarpgroups == 1 ? 64 : kWarpgroupThreads);
   static constexpr int kScaleWarp = kConsumerThreads / 32 + 1;
@@ -97,7 +98,8 @@ struct NarrowShape {
   static constexpr int slots = p + 4 * kOperandBytes;
   static constexpr int kScoreBytes = kWarpgroups == 2 ? 2 * kConsumerThreads * kOwnAcc * 4 : 0;
   static constexpr int kTailBytes =
-      kScoreBytes + (kWarpgroups * (2 * 4 * kExchangeFloats + kRows) + kRows + 4 * kRows) * 4 + (16 + 8 * 3) * 4;
+      kScoreBytes + (kWarpgroups * (2 * 4 * kExchangeFloats + kRows) + kRows + 4 * kRows) * 4 +
+      (kGroupScaleBytes + 8 * 3) * 4;
   static constexpr int kSlotsFit = (kMaxSmem - 1024 - slots - kTailBytes) / kSlotBytes;
   static constexpr int kSlots = kSlotsFit < 4 ? kSlotsFit : 4;
   static constexpr int scores = slots + kSlots * kSlotBytes;
@@ -105,16 +107,16 @@ struct NarrowShape {
   static constexpr int q_unscale = exchange + kWarpgroups * 2 * 4 * kExchangeFloats * 4;
   static constexpr int alphas = q_unscale + kWarpgroups * kRows * 4;
   static constexpr int sums = alphas + kRows * 4;
-  static constexpr int page_scales = sums + 4 * kRows * 4;  // float4 per slot: its page's largest scale per group
-  static constexpr int barriers = page_scales + 16 * kSlots;
+  static constexpr int group_scales = sums + 4 * kRows * 4;  // per slot: C_b, its ratio, 1 / C_b (float4 each)
+  static constexpr int barriers = group_scales + kGroupScaleBytes * kSlots;
   static constexpr int total = barriers + 8 * 3 * kSlots;
   static constexpr int kSmemBytes = total + 1024;
   static_assert(slots % 1024 == 0 && kSlotBytes % 1024 == 0, "slots must keep the swizzle atoms aligned");
   static_assert(kSlots >= 2 && kSmemBytes <= kMaxSmem, "the narrow FP8 layout exceeds the opt-in shared memory");
-  static_assert(barriers % 8 == 0 && page_scales % 16 == 0, "mbarriers are 8-byte aligned, the page scales 16");
+  static_assert(barriers % 8 == 0 && group_scales % 16 == 0, "mbarriers are 8-byte aligned, the group scales 16");
   static __device__ uint32_t full_bar(uint32_t base, int slot) { return base + barriers + 8 * slot; }
   static __device__ uint32_t empty_bar(uint32_t base, int slot) { return base + barriers + 8 * (kSlots + slot); }
-  // Completes once the slot's page scales are in page_scales (after full_bar).
+  // Completes once the slot's page has its group scales in group_scales (after full_bar).
   static __device__ uint32_t scales_bar(uint32_t base, int slot) { return base + barriers + 8 * (2 * kSlots + slot); }
 };
 using NarrowShape16 = NarrowShape<16, 1>;
@@ -152,36 +154,6 @@ __device__ __forceinline__ void produce(const MlaDecodeParams& p, const PartWalk
       tma_load_4d(dst, latent_map, bar, 0, row, page, 0);
       tma_load_3d(dst + kLatentBytes, rope_map, bar, 0, row, page);
       tma_load_3d(dst + kLatentBytes + kRopeBytes, scale_map, bar, 0, row, page);
-    }
-  }
-}
-
-// The page-scale warp: for every page, once it has landed, the largest of its 64 tokens' scales per group into
-// page_scales[slot] (lane t reads tokens t and t + 32), then scales_bar. The consumers' P' needs it (C_b), and every
-// consumer thread reducing it from its two tokens cost ~40 instructions a page. The slot is refilled only after the
-// consumers, which wait for scales_bar first, release it.
-template <class S>
-__device__ __forceinline__ void page_scale_maxima(const PartWalker& walker, uint8_t* smem, uint32_t base) {
-  const int lane = threadIdx.x % 32;
-  uint32_t count = 0;
-  for (int k = 0; k < walker.num_items(); ++k) {
-    const WorkItem w = walker.item(walker.begin_batch + k);
-    if (w.stop_block <= w.start_block) continue;
-    for (int blk = w.start_block; blk < w.stop_block; ++blk, ++count) {
-      const int slot = count % S::kSlots;
-      mbarrier_wait(S::full_bar(base, slot), (count / S::kSlots) & 1);
-      const float4* scales = reinterpret_cast<const float4*>(smem + S::slots + slot * kSlotBytes + kLatentBytes +
-                                                             kRopeBytes);
-      const float4 a = scales[lane], b = scales[lane + 32];
-      float m[4] = {fmaxf(a.x, b.x), fmaxf(a.y, b.y), fmaxf(a.z, b.z), fmaxf(a.w, b.w)};
-#pragma unroll
-      for (int mask = 16; mask >= 1; mask /= 2)
-#pragma unroll
-        for (int g = 0; g < 4; ++g) m[g] = fmaxf(m[g], __shfl_xor_sync(0xffffffff, m[g], mask));
-      if (lane == 0) {
-        *reinterpret_cast<float4*>(smem + S::page_scales + 16 * slot) = make_float4(m[0], m[1], m[2], m[3]);
-        mbarrier_arrive(S::scales_bar(base, slot));
-      }
     }
   }
 }
@@ -451,6 +423,45 @@ __device__ __forceinline__ float lazy_group_scale(float c_run, float c_page) {
   return (c_page > c_run || (c_page > 0.f && c_page < c_run * 0.015625f)) ? c_page : c_run;
 }
 
+// The scale warp: for every page, once it has landed, the largest of its 64 tokens' scales per group (lane t reads
+// tokens t and t + 32), and from it the groups' running C_b (lazy_group_scale, from 0 at each item's start): into
+// group_scales[slot] go C_b, old C_b / C_b (1 when it did not move) and 1 / C_b (0 while C_b is 0), then scales_bar.
+// These are the same for every consumer thread, which each reduced them from its two tokens and derived the rest (~60
+// instructions a page). The slot is refilled only after the consumers, which wait for scales_bar, release it.
+template <class S>
+__device__ __forceinline__ void group_scales(const PartWalker& walker, uint8_t* smem, uint32_t base) {
+  const int lane = threadIdx.x % 32;
+  uint32_t count = 0;
+  for (int k = 0; k < walker.num_items(); ++k) {
+    const WorkItem w = walker.item(walker.begin_batch + k);
+    if (w.stop_block <= w.start_block) continue;
+    float c_run = 0.f;  // lane g < 4: group g's
+    for (int blk = w.start_block; blk < w.stop_block; ++blk, ++count) {
+      const int slot = count % S::kSlots;
+      mbarrier_wait(S::full_bar(base, slot), (count / S::kSlots) & 1);
+      const float4* scales = reinterpret_cast<const float4*>(smem + S::slots + slot * kSlotBytes + kLatentBytes +
+                                                             kRopeBytes);
+      const float4 a = scales[lane], b = scales[lane + 32];
+      float m[4] = {fmaxf(a.x, b.x), fmaxf(a.y, b.y), fmaxf(a.z, b.z), fmaxf(a.w, b.w)};
+#pragma unroll
+      for (int mask = 16; mask >= 1; mask /= 2)
+#pragma unroll
+        for (int g = 0; g < 4; ++g) m[g] = fmaxf(m[g], __shfl_xor_sync(0xffffffff, m[g], mask));
+      const float page_max = lane % 4 == 0 ? m[0] : lane % 4 == 1 ? m[1] : lane % 4 == 2 ? m[2] : m[3];
+      const float c_new = lazy_group_scale(c_run, page_max);
+      const float ratio = c_new == c_run ? 1.f : c_run / c_new;
+      const float inv = c_new > 0.f ? 1.f / c_new : 0.f;
+      c_run = c_new;
+      if (lane < 4) {
+        float* out = reinterpret_cast<float*>(smem + S::group_scales + kGroupScaleBytes * slot);
+        out[lane] = c_new, out[4 + lane] = ratio, out[8 + lane] = inv;
+      }
+      __syncwarp();  // lanes 1..3's stores before lane 0's arrive (release)
+      if (lane == 0) mbarrier_arrive(S::scales_bar(base, slot));
+    }
+  }
+}
+
 // This warpgroup's part of a page's scores (its groups' sums times their scales and the row's 2^-k, plus its rope
 // part: every column) and, for the columns it owns, the whole score: with two warpgroups, each leaves the other's
 // columns' part in shared memory (float4 j of thread t at [parity][writer][j][t]) and adds the part left for its own.
@@ -548,10 +559,11 @@ __device__ __forceinline__ void write_p(uint32_t base, const float (&sc)[S::kOwn
 }
 
 // This warpgroup's O^T covers every column: each column's factor (the other warpgroup's columns' from shared memory,
-// published before the P' barrier) times its groups' C_b ratio; skipped when the warp has nothing to rescale.
+// published before the P' barrier) times its groups' C_b ratio (ratio: the page's group_scales record, shared
+// memory); skipped when the warp has nothing to rescale.
 template <class S, int kWg>
 __device__ __forceinline__ void rescale_o(float (&o)[2 * S::kGroups][S::kAcc], const float (&alpha)[S::kOwnCols],
-                                          const float* alphas, const float (&ratio)[4], const Lane& l) {
+                                          const float* alphas, const float* ratio, const Lane& l) {
   constexpr int kC = S::kCols, kOC = S::kOwnCols, kG = S::kGroups;
   float alpha_all[kC];
   bool rescale = false;
@@ -665,7 +677,7 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
     float m_run[kOC], l_sum[kOC];  // the own columns; l_sum: this thread's partial sums (its two tokens of each page)
 #pragma unroll
     for (int c = 0; c < kOC; ++c) m_run[c] = -INFINITY, l_sum[c] = 0.f;
-    float c_run[4];  // every group's (P' is written for all four): both warpgroups keep the same values
+    float c_run[4];  // every group's C_b (P' is written for all four), as group_scales publishes them
 #pragma unroll
     for (int b = 0; b < 4; ++b) c_run[b] = 0.f;
 
@@ -714,19 +726,13 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
         l_sum[acc_col(i)] += sc[i];
       }
       mbarrier_wait(S::scales_bar(base, slot_index), (count / S::kSlots) & 1);
-      const float4 page_scales = *reinterpret_cast<const float4*>(smem + S::page_scales + 16 * slot_index);
-      const float page_scale[4] = {page_scales.x, page_scales.y, page_scales.z, page_scales.w};
-      float weight[4][2];  // scale(token, b) / C_b for the lane's two tokens
-      float ratio[4];
-#pragma unroll
-      for (int b = 0; b < 4; ++b) {
-        const float c_new = lazy_group_scale(c_run[b], page_scale[b]);
-        ratio[b] = c_new == c_run[b] ? 1.f : c_run[b] / c_new;
-        c_run[b] = c_new;
-        const float inv = c_new > 0.f ? 1.f / c_new : 0.f;
-        weight[b][0] = scale[0][b] * inv;
-        weight[b][1] = scale[1][b] * inv;
-      }
+      // C_b, its ratio to the previous page's and 1 / C_b (group_scales), as floats [3][4].
+      const float* group = reinterpret_cast<const float*>(smem + S::group_scales + kGroupScaleBytes * slot_index);
+      const float4 c_page = *reinterpret_cast<const float4*>(group), inv = *reinterpret_cast<const float4*>(group + 8);
+      c_run[0] = c_page.x, c_run[1] = c_page.y, c_run[2] = c_page.z, c_run[3] = c_page.w;
+      const float weight[4][2] = {  // scale(token, b) / C_b for the lane's two tokens
+          {scale[0][0] * inv.x, scale[1][0] * inv.x}, {scale[0][1] * inv.y, scale[1][1] * inv.y},
+          {scale[0][2] * inv.z, scale[1][2] * inv.z}, {scale[0][3] * inv.w, scale[1][3] * inv.w}};
       write_p<S, kWg>(base, sc, weight, l);
       if constexpr (S::kWarpgroups == 2) {
         if (l.w == 0 && l.r == 0)
@@ -735,7 +741,7 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
       }
       fence_proxy_async_smem();
       named_barrier_sync(kBarP, S::kConsumerThreads);
-      rescale_o<S, kWg>(o, alpha, alphas, ratio, l);
+      rescale_o<S, kWg>(o, alpha, alphas, group + 4, l);
       values<S, kWg>(o, slot_addr, base, l, S::empty_bar(base, slot_index));
     }
 
@@ -782,21 +788,21 @@ __global__ void __launch_bounds__(S::kThreads, 1)
   }
   __syncthreads();
   if (threadIdx.x >= S::kConsumerThreads) {
-    // Two consumer warpgroups: the producer warpgroup (one issuing thread, the page-scale warp) needs few registers,
-    // the consumers take the rest (232 x 256 + 40 x 128 = 168 x 384; at 240 / 24 ptxas spilled).
-    if constexpr (S::kWarpgroups == 2) setmaxnreg_dec<40>();
+    // Two consumer warpgroups: the producer warpgroup (one issuing thread, the scale warp) needs few registers, the
+    // consumers take the rest (224 x 256 + 56 x 128 = 168 x 384; 240 / 24, 232 / 40 and 232 / 32 spilled).
+    if constexpr (S::kWarpgroups == 2) setmaxnreg_dec<56>();
     if (threadIdx.x == S::kConsumerThreads) {
       prefetch_tensor_map(&latent_map);
       prefetch_tensor_map(&rope_map);
       prefetch_tensor_map(&scale_map);
       produce<S>(params, walker, base, &latent_map, &rope_map, &scale_map);
     } else if (static_cast<int>(threadIdx.x) / 32 == S::kScaleWarp) {
-      page_scale_maxima<S>(walker, aligned.ptr, base);
+      group_scales<S>(walker, aligned.ptr, base);
     }
     return;
   }
   if constexpr (S::kWarpgroups == 2) {
-    setmaxnreg_inc<232>();
+    setmaxnreg_inc<224>();
     // Warp-uniform through a shuffle, so that ptxas sees each branch's wgmma as uniform (C7520).
     if (__shfl_sync(0xffffffff, static_cast<int>(threadIdx.x) / kWarpgroupThreads, 0) == 1) {
       consume<S, 1>(params, walker, aligned.ptr, base);
