@@ -72,8 +72,8 @@ constexpr uint32_t kBarScores = 1, kBarExchange = 2, kBarP = 4, kBarQ = 6, kBarS
 // kRows x 128 B each, 128B-swizzled), P'_b for the 4 groups (f16, same form), the page slots, the parts of S^T one
 // warpgroup adds for the other (two warpgroups: float [2 page parities][2 wg][128 threads][kOwnAcc]), the column-max
 // exchange (float [wg][2 parities][4 warps][kRows]), 2^-k per Q row (float [wg][kRows]), the columns' rescale
-// factors (float [kRows]), the column sums (float [4 warps][kRows]), each slot's page scales (float4 [kSlots]), the
-// mbarriers (full[kSlots], empty[kSlots], scales[kSlots]).
+// factors (float [kRows]), the column sums (float [4 warps][kRows]), each slot's group scales (float [kSlots][3][4]:
+// C_b, ratio, 1 / C_b), the mbarriers (full[kSlots], empty[kSlots], scales[kSlots]).
 template <int kRowsT, int kWarpgroupsT>
 struct NarrowShape {
   static constexpr int kRows = kRowsT;
@@ -99,7 +99,7 @@ struct NarrowShape {
   static constexpr int kScoreBytes = kWarpgroups == 2 ? 2 * kConsumerThreads * kOwnAcc * 4 : 0;
   static constexpr int kTailBytes =
       kScoreBytes + (kWarpgroups * (2 * 4 * kExchangeFloats + kRows) + kRows + 4 * kRows) * 4 +
-      (kGroupScaleBytes + 8 * 3) * 4;
+      (kGroupScaleBytes + 8 * 3) * 4;  // per slot (at most 4): its group scales and three mbarriers
   static constexpr int kSlotsFit = (kMaxSmem - 1024 - slots - kTailBytes) / kSlotBytes;
   static constexpr int kSlots = kSlotsFit < 4 ? kSlotsFit : 4;
   static constexpr int scores = slots + kSlots * kSlotBytes;
@@ -435,7 +435,7 @@ __device__ __forceinline__ void group_scales(const PartWalker& walker, uint8_t* 
   for (int k = 0; k < walker.num_items(); ++k) {
     const WorkItem w = walker.item(walker.begin_batch + k);
     if (w.stop_block <= w.start_block) continue;
-    float c_run = 0.f;  // lane g < 4: group g's
+    float c_run = 0.f;  // group (lane % 4)'s
     for (int blk = w.start_block; blk < w.stop_block; ++blk, ++count) {
       const int slot = count % S::kSlots;
       mbarrier_wait(S::full_bar(base, slot), (count / S::kSlots) & 1);
