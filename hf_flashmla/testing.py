@@ -2,6 +2,7 @@
 attention computed straight from the definition (no chunking, no online softmax)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,19 @@ def make_paged_inputs(lengths, s_q: int, h_q: int, h_kv: int = 1, dtype=torch.bf
     return PagedInputs(q=q.to(dtype=dtype, device=device), k_cache=k_cache.to(dtype=dtype, device=device),
                        block_table=block_table.to(device), cache_seqlens=torch.tensor(lengths, dtype=torch.int32,
                                                                                        device=device))
+
+
+def scale_pages(inputs: PagedInputs, multiplier_of) -> PagedInputs:
+    """The inputs with each sequence's keys (and values: one latent) scaled page by page, by multiplier_of(sequence,
+    logical page): scores that grow along a sequence or jump between pages, which random keys of one scale never
+    give (a kernel's running max settles on the first pages)."""
+    factors = torch.ones(inputs.k_cache.shape[0], dtype=torch.float32)
+    table = inputs.block_table.cpu()
+    for i, length in enumerate(inputs.cache_seqlens.tolist()):
+        for j in range(-(-length // PAGE_SIZE)):
+            factors[table[i, j]] = multiplier_of(i, j)
+    scaled = inputs.k_cache.float() * factors.to(inputs.k_cache.device).view(-1, 1, 1, 1)
+    return dataclasses.replace(inputs, k_cache=scaled.to(inputs.k_cache.dtype))
 
 
 def dense_attention(q, k_cache, block_table, cache_seqlens, head_dim_v: int = HEAD_DIM_V,

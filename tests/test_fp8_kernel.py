@@ -21,7 +21,7 @@ import hf_flashmla
 from hf_flashmla import _ops, dispatch, fp8_latent, mla_decode_reference
 from hf_flashmla.envs import BACKEND
 from hf_flashmla.latent_cache import LatentPagedCache
-from hf_flashmla.testing import dense_attention, make_paged_inputs
+from hf_flashmla.testing import dense_attention, make_paged_inputs, scale_pages
 from paged_garbage import used_token_mask
 
 DV = 512
@@ -363,6 +363,36 @@ def _check_gpu_fp8_path(lengths, shape, causal, path):
                                                       is_fp8_kvcache=True)
         torch.cuda.synchronize()
         assert_matches_reference(out, lse, inputs, causal, expected)
+
+
+# The kernels' lazy running max per query row (the narrow kernel: per column of S^T) and the narrow kernel's lazy
+# largest scale C_b per group move only when a page passes them by a margin, so keys of one scale never take those
+# paths after an item's first page. Here the keys grow along each sequence or jump between pages before quantization
+# (test_kernel_gpu.test_running_max_jumps does the same for the bf16 cache), so both move mid-item, in split pieces
+# too, and the page scales with them.
+@pytest.mark.gpu
+@pytest.mark.parametrize("pattern", ["ramp", "random"])
+@pytest.mark.parametrize("s_q,h_q", [(1, 16), (2, 16), (1, 20), (1, 32), (1, 64)])
+def test_gpu_kernel_fp8_running_maxima_jump(pattern, s_q, h_q, monkeypatch):
+    monkeypatch.delenv(BACKEND.name, raising=False)
+    inputs = make_paged_inputs([4096, 1000, 65, 3000, 130], s_q, h_q, dtype=torch.float32, seed=23)
+    generator = torch.Generator().manual_seed(29)
+    choices = [0.5, 1.0, 1.25, 1.6, 2.0, 3.0]
+    if pattern == "ramp":
+        inputs = scale_pages(inputs, lambda i, j: 0.5 + 0.1 * j + 0.05 * i)
+    else:
+        inputs = scale_pages(inputs, lambda i, j: choices[int(torch.randint(len(choices), (1,), generator=generator))])
+    inputs = inputs.__class__(inputs.q.to(torch.bfloat16).cuda(), fp8_latent.quantize(inputs.k_cache, DV).cuda(),
+                              inputs.block_table.cuda(), inputs.cache_seqlens.cuda())
+    assert hf_flashmla.backend(inputs.q, is_fp8_kvcache=True).name == "cuda_sm90"
+    exact = s_q * h_q <= fp8_latent.EXACT_KEYS_MAX_ROWS  # as in _check_gpu_fp8_path
+    expected = reference(inputs.__class__(inputs.q.float(), inputs.k_cache, inputs.block_table, inputs.cache_seqlens)
+                         if exact else inputs, True)
+    metadata, splits = hf_flashmla.get_mla_metadata(inputs.cache_seqlens, s_q * h_q, 1)
+    out, lse = hf_flashmla.flash_mla_with_kvcache(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens,
+                                                  DV, metadata, splits, causal=True, is_fp8_kvcache=True)
+    torch.cuda.synchronize()
+    assert_matches_reference(out, lse, inputs, True, expected)
 
 
 @pytest.mark.triton_gpu

@@ -4,7 +4,6 @@ Skipped (tests/conftest.py) unless a CUDA device of compute capability 9.0 is pr
 built, i.e. hf_flashmla.backend(cuda).name == 'cuda_sm90'. Run on the GPU machine:
     python3 -m pytest -q -m gpu tests/test_kernel_gpu.py
 """
-import dataclasses
 import itertools
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 
 import hf_flashmla
 from hf_flashmla import flash_mla_with_kvcache, get_mla_metadata, mla_decode_reference, schedule
-from hf_flashmla.testing import make_paged_inputs
+from hf_flashmla.testing import make_paged_inputs, scale_pages
 from paged_garbage import assert_nan_propagates, fill_past_lengths
 
 pytestmark = pytest.mark.gpu
@@ -138,17 +137,6 @@ def test_batch_128_varlen(s_q, h_q):
     lengths[5] = 0
     lengths[17] = 1
     check_case(lengths, s_q, h_q, torch.bfloat16, causal=True, seed=3)
-
-
-def scale_pages(inputs, multiplier_of):
-    """Each sequence's keys (and values: one latent) scaled page by page, multiplier_of(sequence, logical page)."""
-    factors = torch.ones(inputs.k_cache.shape[0], dtype=torch.float32)
-    table = inputs.block_table.cpu()
-    for i, length in enumerate(inputs.cache_seqlens.tolist()):
-        for j in range(-(-length // 64)):
-            factors[table[i, j]] = multiplier_of(i, j)
-    scaled = inputs.k_cache.float() * factors.to(inputs.k_cache.device).view(-1, 1, 1, 1)
-    return dataclasses.replace(inputs, k_cache=scaled.to(inputs.k_cache.dtype))
 
 
 # The seesaw kernel's lazy rescaling (csrc/mla_decode_seesaw.cuh): the running row max moves only when a page's max
