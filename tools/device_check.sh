@@ -9,7 +9,8 @@
 #             matrix excepted)                                                                     -> gpu_tests.log
 #   conditions  tests/test_flashmla_conditions.py, 12,800 GPU cases, in six processes at once (path x dtype),
 #             then the large corner cases one process at a time; with `tests` too, beside it  -> conditions.log
-#   sanitize  compute-sanitizer memcheck and racecheck on python -m tools.sanitize_case             -> sanitize_*.log
+#   sanitize  compute-sanitizer memcheck and racecheck on python -m tools.sanitize_case (SANITIZE_CASES: its
+#             --cases, e.g. 5,6,7 for the FP8 kernels; default all)                                -> sanitize_*.log
 #   generate  hf-flashmla check-generate, the main job, hf-flashmla evaluate (bf16, kernel required) -> generate.log
 #   multigpu  python -m tools.multi_gpu_check: device_map, tp_plan (torchrun), 2-GPU decode; CPU + one GPU with
 #             a single GPU                                                                           -> multigpu.log
@@ -164,7 +165,8 @@ if has_stage sanitize; then
   if command -v compute-sanitizer >/dev/null 2>&1; then
     for tool in memcheck racecheck; do
       PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZE_TIMEOUT:-300}" compute-sanitizer --tool $tool \
-        --print-limit 20 python3 -m tools.sanitize_case > "$OUT/sanitize_$tool.log" 2>&1
+        --print-limit 20 python3 -m tools.sanitize_case ${SANITIZE_CASES:+--cases "$SANITIZE_CASES"} \
+        > "$OUT/sanitize_$tool.log" 2>&1
       rc=$?
       grep -E "^case |sanitize_case:|ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race reported|hazard" "$OUT/sanitize_$tool.log" | head -20
       summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitize_$tool.log" | tail -1)
