@@ -345,7 +345,13 @@ def test_gpu_triton_fp8_matches_reference(lengths, shape, causal, monkeypatch):
 
 def _check_gpu_fp8_path(lengths, shape, causal, path):
     s_q, h_q = shape
-    inputs = fp8_inputs(GPU_LENGTHS[lengths], s_q, h_q, seed=s_q * h_q, device="cuda")
+    _check_on_gpu(fp8_inputs(GPU_LENGTHS[lengths], s_q, h_q, seed=s_q * h_q, device="cuda"), causal, path)
+
+
+def _check_on_gpu(inputs, causal, path):
+    """`path` runs these CUDA inputs through the public API (both schedule generations, unread bytes poisoned) and
+    matches the reference."""
+    _, s_q, h_q, _ = inputs.q.shape
     assert hf_flashmla.backend(inputs.q, is_fp8_kvcache=True).name == path
     # The narrow sm_90 kernel applies the scales to float32 products: its keys are exact, the reference's for a
     # float32 q. The other paths round each key to bf16, as the reference does for a bf16 q.
@@ -384,15 +390,7 @@ def test_gpu_kernel_fp8_running_maxima_jump(pattern, s_q, h_q, monkeypatch):
         inputs = scale_pages(inputs, lambda i, j: choices[int(torch.randint(len(choices), (1,), generator=generator))])
     inputs = inputs.__class__(inputs.q.to(torch.bfloat16).cuda(), fp8_latent.quantize(inputs.k_cache, DV).cuda(),
                               inputs.block_table.cuda(), inputs.cache_seqlens.cuda())
-    assert hf_flashmla.backend(inputs.q, is_fp8_kvcache=True).name == "cuda_sm90"
-    exact = s_q * h_q <= fp8_latent.EXACT_KEYS_MAX_ROWS  # as in _check_gpu_fp8_path
-    expected = reference(inputs.__class__(inputs.q.float(), inputs.k_cache, inputs.block_table, inputs.cache_seqlens)
-                         if exact else inputs, True)
-    metadata, splits = hf_flashmla.get_mla_metadata(inputs.cache_seqlens, s_q * h_q, 1)
-    out, lse = hf_flashmla.flash_mla_with_kvcache(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens,
-                                                  DV, metadata, splits, causal=True, is_fp8_kvcache=True)
-    torch.cuda.synchronize()
-    assert_matches_reference(out, lse, inputs, True, expected)
+    _check_on_gpu(inputs, True, "cuda_sm90")
 
 
 @pytest.mark.triton_gpu
