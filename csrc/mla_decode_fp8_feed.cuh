@@ -84,9 +84,9 @@ struct Fp8FeedThread {
   }
 };
 
-// Raw group g of this thread's token into chunk 2g + half, a 16-byte unit at a time (each unit read before the two
-// it becomes are written: where group 3's output lies over its own raw bytes, a thread's writes never reach a unit
-// it has yet to read). Which writes may lie over other threads' raw bytes, fp8_finish_page orders by barriers.
+// Raw group g of this thread's token into chunk 2g + half (units read in pairs, each pair before its outputs are
+// written: where group 3's output lies over its own raw bytes, a thread's writes never reach a unit it has yet to
+// read). Which writes may lie over other threads' raw bytes, fp8_finish_page orders by barriers.
 __device__ __forceinline__ void fp8_dequantize_group(uint32_t stage_addr, const Fp8FeedThread& t, int g,
                                                      float scale) {
   // The row offsets are recomputed per group from a value ptxas cannot hoist: kept live across the page loop they
@@ -96,14 +96,20 @@ __device__ __forceinline__ void fp8_dequantize_group(uint32_t stage_addr, const 
   asm volatile("mov.b32 %0, %1;" : "=r"(half) : "r"(t.half));
   const uint32_t raw_group = stage_addr + (kFp8RawChunk + g) * kChunkBytes;
   const uint32_t chunk = stage_addr + (2 * g + half) * kChunkBytes;
+  // Two units' loads at a time, then their conversions and stores: a shared load may not pass an earlier store, so
+  // one unit at a time waited out each load's latency between two stores (all four at once spill the producer).
 #pragma unroll
-  for (int u = 0; u < 4; ++u) {
-    uint32_t raw[4];
-    ld_shared_v4(raw_group + swizzle_128b_offset(token, 4 * half + u), raw);
-    uint32_t out[8];
-    dequantize_16(raw, scale, out);
-    st_shared_v4(chunk + swizzle_128b_offset(token, 2 * u), out[0], out[1], out[2], out[3]);
-    st_shared_v4(chunk + swizzle_128b_offset(token, 2 * u + 1), out[4], out[5], out[6], out[7]);
+  for (int u0 = 0; u0 < 4; u0 += 2) {
+    uint32_t raw[2][4];
+#pragma unroll
+    for (int u = 0; u < 2; ++u) ld_shared_v4(raw_group + swizzle_128b_offset(token, 4 * half + u0 + u), raw[u]);
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      uint32_t out[8];
+      dequantize_16(raw[u], scale, out);
+      st_shared_v4(chunk + swizzle_128b_offset(token, 2 * (u0 + u)), out[0], out[1], out[2], out[3]);
+      st_shared_v4(chunk + swizzle_128b_offset(token, 2 * (u0 + u) + 1), out[4], out[5], out[6], out[7]);
+    }
   }
 }
 
