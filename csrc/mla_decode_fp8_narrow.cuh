@@ -46,9 +46,10 @@
 //    lanes' loads hit 32 distinct banks.
 //  - P'^T is written by stmatrix .trans from the S^T accumulator (rows = tokens) as [query row][64 tokens] f16,
 //    128B-swizzled: the K-major B operand.
-// The softmax runs down the columns of S^T (over tokens): a warpgroup's four warps exchange their column maxima
-// through shared memory, one barrier per page; another publishes P'. The groups' C_b come from a warp of their own
-// (group_scales).
+// The softmax runs down the columns of S^T (over tokens): a barrier-reduction per page tells the warpgroup whether
+// any score passes its column's lazy limit, and only then do its four warps exchange their column maxima through
+// shared memory (a page where a running max moves: an item's first, rarely another); another barrier publishes P'.
+// The groups' C_b come from a warp of their own (group_scales).
 #pragma once
 #include "mla_decode_common.cuh"
 
@@ -637,6 +638,7 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
   const Lane l;
   const int rows_total = p.s_q * p.h_q;
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
+  const float lazy_margin = kLazyRescaleLog2 / scale_log2;  // in scores: the running max's lazy margin
   float4* score_parts = reinterpret_cast<float4*>(smem + S::scores);
   float* exchange = reinterpret_cast<float*>(smem + S::exchange) + kWg * 2 * 4 * S::kExchangeFloats;
   float* q_unscale = reinterpret_cast<float*>(smem + S::q_unscale) + kWg * kN;
@@ -674,9 +676,11 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
     for (int j = 0; j < 2 * kG; ++j)
 #pragma unroll
       for (int i = 0; i < kA; ++i) o[j][i] = 0.f;
-    float m_run[kOC], l_sum[kOC];  // the own columns; l_sum: this thread's partial sums (its two tokens of each page)
+    // The own columns' running max, its product with scale_log2 and this thread's partial sums (its two tokens of
+    // each page).
+    float m_run[kOC], m_scaled[kOC], l_sum[kOC];
 #pragma unroll
-    for (int c = 0; c < kOC; ++c) m_run[c] = -INFINITY, l_sum[c] = 0.f;
+    for (int c = 0; c < kOC; ++c) m_run[c] = -INFINITY, m_scaled[c] = 0.f, l_sum[c] = 0.f;
     float c_run[4];  // every group's C_b (P' is written for all four), as group_scales publishes them
 #pragma unroll
     for (int b = 0; b < 4; ++b) c_run[b] = 0.f;
@@ -708,17 +712,30 @@ __device__ __forceinline__ void consume(const MlaDecodeParams& p, const PartWalk
           if (row < shift || token >= key_limit[acc_col(i)]) sc[i] = -INFINITY;
         }
       }
-      float page_max[kOC];
-      page_maxima<S, kWg>(page_max, sc, exchange + (count & 1) * 4 * S::kExchangeFloats, l);
-      // Online softmax down the own columns (seesaw_lazy_max: exact, the running max moves only past a 2^8 margin).
-      float alpha[kOC], m_scaled[kOC];
+      // Online softmax down the own columns, the running max lazy (exact: it moves only when a score passes its
+      // limit m_run + lazy_margin, so P <= 2^kLazyRescaleLog2). On nearly every page none does, which one
+      // barrier-reduction of the warpgroup tells: the page's column maxima (shuffles, the exchange through shared
+      // memory and its barrier) and the rescale factors are then skipped.
+      float m_limit[kOC];
 #pragma unroll
-      for (int c = 0; c < kOC; ++c) {
-        const float m_new = seesaw_lazy_max(m_run[c], page_max[c], scale_log2);
-        alpha[c] = seesaw_rescale(m_run[c], m_new, scale_log2);
-        m_run[c] = m_new;
-        m_scaled[c] = m_new == -INFINITY ? 0.f : m_new * scale_log2;
-        l_sum[c] *= alpha[c];
+      for (int c = 0; c < kOC; ++c) m_limit[c] = m_run[c] + lazy_margin;
+      bool passes = false;
+#pragma unroll
+      for (int i = 0; i < kOA; ++i) passes |= sc[i] > m_limit[acc_col(i)];
+      float alpha[kOC];
+#pragma unroll
+      for (int c = 0; c < kOC; ++c) alpha[c] = 1.f;
+      if (named_barrier_any(kBarExchange + kWg, kWarpgroupThreads, passes)) {
+        float page_max[kOC];
+        page_maxima<S, kWg>(page_max, sc, exchange + (count & 1) * 4 * S::kExchangeFloats, l);
+#pragma unroll
+        for (int c = 0; c < kOC; ++c) {
+          const float m_new = page_max[c] > m_limit[c] ? page_max[c] : m_run[c];
+          alpha[c] = seesaw_rescale(m_run[c], m_new, scale_log2);
+          m_run[c] = m_new;
+          m_scaled[c] = m_new == -INFINITY ? 0.f : m_new * scale_log2;
+          l_sum[c] *= alpha[c];
+        }
       }
 #pragma unroll
       for (int i = 0; i < kOA; ++i) {
