@@ -17,13 +17,14 @@
 #   schedule  python -m benchmarks.bench_schedule                                                   -> schedule.log
 #   bench     python -m benchmarks.bench_kernel $BENCH_ARGS (default --quick)                        -> bench.{log,json}
 #   e2e       python -m benchmarks.bench_generate $E2E_ARGS (default: the V2-Lite preset's cases)   -> e2e.{log,json}
-#   ab        an A/B of this tree's kernel against another revision's: AB_BASE names a copy of that revision (made
-#             with `git archive REV csrc hf_flashmla benchmarks setup.py pyproject.toml | tar -x -C .ab/base`, carried
-#             as .ab), built in place there; then AB_ROUNDS (2) rounds of bench_kernel $AB_ARGS, one process per
-#             tree and round, alternating, and python -m benchmarks.compare_runs over them: AB_IMPL (ours) compared,
-#             AB_PEER (flashmla) shown as the drift, e.g. AB_IMPL=ours_fp8 AB_PEER=ours for the FP8 kernels
-#             (with `build` and `tests` in STAGES this tree is built and checked first)
-#                                                                      -> ab.log, ab_{base,new}_N.json, ab.json
+#   ab        an A/B of this tree's kernel against other revisions': AB_BASE names copies of them, comma-separated (each
+#             made with `git archive REV csrc hf_flashmla benchmarks setup.py pyproject.toml | tar -x -C .ab/NAME`,
+#             carried as .ab), built in place there, all at once; then AB_ROUNDS (2) rounds of bench_kernel $AB_ARGS,
+#             one process per tree and round, alternating (the bases in order, this tree last), and
+#             python -m benchmarks.compare_runs over them (labels: the folders' names, then "new"): AB_IMPL (ours)
+#             compared, AB_PEER (flashmla) shown as the drift, e.g. AB_IMPL=ours_fp8 AB_PEER=ours for the FP8
+#             kernels (with `build` and `tests` in STAGES this tree is built and checked first)
+#                                                                      -> ab.log, ab_{NAME,new}_N.json, ab.json
 # Stage time limits: TESTS_TIMEOUT (480 s), CONDITIONS_TIMEOUT (540 s), SANITIZE_TIMEOUT (300 s), STAGE_TIMEOUT (each
 # other step's own).
 set -u
@@ -225,36 +226,45 @@ fi
 
 if has_stage ab; then
   log="$OUT/ab.log"; : > "$log"
-  if [[ -z ${AB_BASE:-} || ! -f ${AB_BASE:-}/setup.py ]]; then
-    note "ab: FAILED: AB_BASE must name a tree with setup.py (got '${AB_BASE:-}')"
+  IFS=, read -r -a ab_dirs <<< "${AB_BASE:-}"
+  bad=0
+  for d in "${ab_dirs[@]}"; do [[ -f $d/setup.py ]] || bad=1; done
+  if (( ${#ab_dirs[@]} == 0 || bad )); then
+    note "ab: FAILED: AB_BASE must name trees with setup.py, comma-separated (got '${AB_BASE:-}')"
   else
-    base=$(cd "$AB_BASE" && pwd); s=$(date +%s)
-    if (cd "$base" && HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace) >> "$log" 2>&1; then
-      note "ab: $AB_BASE built ($(( $(date +%s) - s )) s)"
-      base_runs=(); new_runs=()
+    # The base trees build at once (each with its share of MAX_JOBS); a tree is labelled by its folder's name.
+    s=$(date +%s); jobs=$(( ${MAX_JOBS:-16} / ${#ab_dirs[@]} )); (( jobs > 0 )) || jobs=1
+    labels=(); dirs=(); built=1
+    for d in "${ab_dirs[@]}"; do
+      dir=$(cd "$d" && pwd); labels+=("$(basename "$dir")"); dirs+=("$dir")
+      (cd "$dir" && MAX_JOBS=$jobs HF_FLASHMLA_BUILD_EXT=1 python3 setup.py build_ext --inplace > "$OUT/ab_build_$(basename "$dir").log" 2>&1) &
+    done
+    for pid in $(jobs -p); do [[ $pid == "${conditions_pid:-}" ]] || wait "$pid" || built=0; done
+    for l in "${labels[@]}"; do cat "$OUT/ab_build_$l.log" >> "$log"; rm -f "$OUT/ab_build_$l.log"; done
+    if (( built )); then
+      note "ab: ${AB_BASE} built ($(( $(date +%s) - s )) s)"
+      labels+=(new); dirs+=("$ROOT")
+      declare -A runs=()
       for (( r = 1; r <= ${AB_ROUNDS:-2}; r++ )); do
-        for side in base new; do
-          dir=$ROOT; [[ $side == base ]] && dir=$base
+        for i in "${!labels[@]}"; do
+          side=${labels[$i]}; dir=${dirs[$i]}
           json="$OUT/ab_${side}_$r.json"
           echo "### ab: $side, round $r" >> "$log"
           # shellcheck disable=SC2086
           (cd "$dir" && PYTHONPATH="$dir:$PYTHONPATH" timeout "${STAGE_TIMEOUT:-590}" python3 -m benchmarks.bench_kernel \
             ${AB_ARGS:---configs main --quick --impls ours,flashmla --repeats 3} --json "$json") >> "$log" 2>&1
-          if [[ -f $json ]]; then
-            if [[ $side == base ]]; then base_runs+=("$json"); else new_runs+=("$json"); fi
-          else
-            note "ab: $side round $r FAILED (see ab.log)"
-          fi
+          if [[ -f $json ]]; then runs[$side]+="${runs[$side]:+,}$json"; else note "ab: $side round $r FAILED (see ab.log)"; fi
         done
       done
-      if (( ${#base_runs[@]} && ${#new_runs[@]} )); then
-        IFS=, ; base_list="${base_runs[*]}"; new_list="${new_runs[*]}"; unset IFS
-        python3 -m benchmarks.compare_runs "base=$base_list" "new=$new_list" --impl "${AB_IMPL:-ours}" \
+      args=()
+      for side in "${labels[@]}"; do [[ -n ${runs[$side]:-} ]] && args+=("$side=${runs[$side]}"); done
+      if (( ${#args[@]} > 1 )); then
+        python3 -m benchmarks.compare_runs "${args[@]}" --impl "${AB_IMPL:-ours}" \
           --peer "${AB_PEER:-flashmla}" --json "$OUT/ab.json" | tee -a "$log"
-        note "ab: $(grep -E "^geomean|^wrong" "$log" | tail -2 | tr '\n' ' ')"
+        note "ab: $(grep -E "^geomean|^wrong" "$log" | tail -$(( ${#args[@]} )) | tr '\n' ' ')"
       fi
     else
-      note "ab: FAILED: $AB_BASE did not build (see ab.log)"; grep -E "error" "$log" | head -10
+      note "ab: FAILED: a tree of $AB_BASE did not build (see ab.log)"; grep -E "error" "$log" | head -10
     fi
   fi
 fi
