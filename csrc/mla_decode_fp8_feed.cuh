@@ -10,19 +10,17 @@
 //     before the first converts), then the bf16 rope values straight into chunk 8 (one TMA box, no conversion).
 //     Both start at token -shift on the last page of a sequence, as the bf16 boxes do (page_tail_shift): rows
 //     before the page's token 0 are zeros, never bits past the length.
-//  2. The producer warpgroup's 128 threads dequantise. Thread (token t, half h) turns columns 64h .. 64h + 63 of
-//     raw group g of token t into chunk 2g + h: float(e4m3) * scale in float32, rounded to bf16, the rule of the
-//     reference (hf_flashmla/fp8_latent.py), so the kernel reads the same keys the reference does. A warp's lanes
-//     are 32 consecutive tokens of one half: its 16-byte loads and stores hit 8 distinct 16-byte bank groups per
-//     8 lanes in the swizzled layouts (no bank conflicts).
-//  3. Groups go in order 0..3. Groups 2 and 3 are written over the raw bytes of groups 0..3, so a barrier of the
-//     128 threads separates every read of a raw group from any write over it; group 3 lies under its own output,
-//     so its two halves take turns (fp8_finish_page). Chunks 0..3 are published (kv_full(stage, 0)) before
-//     chunks 4..7 (kv_full(stage, 4)), and the consumers' Q K^T walks the chunks in that order (seesaw_chunk).
+//  2. The producer warpgroup's 128 threads dequantise, two per token (Fp8FeedThread): each turns half of every raw
+//     group g of its token into chunks 2g, 2g + 1: float(e4m3) * scale in float32, rounded to bf16, the rule of the
+//     reference (hf_flashmla/fp8_latent.py), so the kernel reads the same keys the reference does.
+//  3. Groups go in order 0..3. Groups 2 and 3 are written over the raw bytes of groups 0..3, but only over the same
+//     token's row, which only the token's two lanes read: __syncwarp orders every read of a raw group before any
+//     write over it (fp8_dequantize_group), and each warp publishes its rows, chunks 0..3 (kv_full(stage, 0))
+//     before chunks 4..7 (kv_full(stage, 4)); the consumers' Q K^T walks the chunks in that order (seesaw_chunk).
 // The scales (16 bytes per token) are loaded by each thread from global memory into registers, before it waits
 // for the raw bytes: the stages, Q and P fill the shared memory, and 16 bytes per thread need no staging.
 // Shared-memory writes by threads that wgmma then reads (the async proxy) are fenced with fence.proxy.async
-// before the barrier that precedes the mbarrier arrive.
+// before the __syncwarp that precedes the warp's mbarrier arrive.
 #pragma once
 #include "mla_decode_common.cuh"
 
@@ -38,7 +36,6 @@ constexpr int kFp8RopeOffset = kHeadDimV + 4 * kFp8Groups;       // byte 528: it
 constexpr int kFp8LatentBoxBytes = kTileRows * kHeadDimV;        // 32768: one page's latent bytes
 constexpr int kFp8RawChunk = 4;                                  // raw group g lands in chunk 4 + g
 constexpr int kProducerThreads = kThreads - kConsumerThreads;    // 128
-constexpr uint32_t kBarFp8Feed = 4;                              // named barrier of the producer warpgroup
 static_assert(kFp8RawChunk * kChunkBytes + kFp8LatentBoxBytes == 8 * kChunkBytes,
               "the raw latent must fill chunks 4..7 exactly (the stage group freed first)");
 
@@ -71,44 +68,58 @@ __device__ __forceinline__ void dequantize_16(const uint32_t (&raw)[4], float sc
   }
 }
 
-// The producer warpgroup's thread as the dequantiser of (token, half); the warpgroup's first thread also issues
-// the loads (issuer).
+// The producer warpgroup's thread as a dequantiser: each warp takes 16 tokens, lane l token 16 w + l % 16 as half
+// l / 16 of its pair of lanes. Every hazard of the in-place conversion lies between the two lanes of one token (one
+// row of the stage), so it is ordered by __syncwarp, and the four warps never wait for each other. The warpgroup's
+// first thread also issues the loads (issuer); each warp's first lane publishes its rows.
+// Its token and half are read from %tid when needed, not kept: live across the page loop they spilled the
+// producer's 56 registers.
 struct Fp8FeedThread {
-  int token, half;
   bool issuer;
-  __device__ Fp8FeedThread() {
-    const int i = static_cast<int>(threadIdx.x) - kConsumerThreads;
-    token = i % kTileRows;
-    half = i / kTileRows;  // warp-uniform: warps 0, 1 take half 0
-    issuer = i == 0;
+  __device__ Fp8FeedThread() : issuer(threadIdx.x == kConsumerThreads) {}
+  __device__ static uint32_t producer_index() {
+    uint32_t tid;
+    asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
+    return tid - kConsumerThreads;
   }
+  __device__ static int token() {
+    const uint32_t i = producer_index();
+    return static_cast<int>(16 * (i / 32) + i % 16);
+  }
+  __device__ static int half() { return static_cast<int>(producer_index() % 32 / 16); }
+  __device__ static bool warp_leader() { return producer_index() % 32 == 0; }
 };
 
-// Raw group g of this thread's token into chunk 2g + half (units read in pairs, each pair before its outputs are
-// written: where group 3's output lies over its own raw bytes, a thread's writes never reach a unit it has yet to
-// read). Which writes may lie over other threads' raw bytes, fp8_finish_page orders by barriers.
-__device__ __forceinline__ void fp8_dequantize_group(uint32_t stage_addr, const Fp8FeedThread& t, int g,
-                                                     float scale) {
-  // The row offsets are recomputed per group from a value ptxas cannot hoist: kept live across the page loop they
-  // were a dozen registers more than the producer's 56 (spills).
-  uint32_t token, half;
-  asm volatile("mov.b32 %0, %1;" : "=r"(token) : "r"(t.token));
-  asm volatile("mov.b32 %0, %1;" : "=r"(half) : "r"(t.half));
-  const uint32_t raw_group = stage_addr + (kFp8RawChunk + g) * kChunkBytes;
-  const uint32_t chunk = stage_addr + (2 * g + half) * kChunkBytes;
-  // Two units' loads at a time, then their conversions and stores: a shared load may not pass an earlier store, so
-  // one unit at a time waited out each load's latency between two stores (all four at once spill the producer).
+// Raw group g of this thread's token into chunks 2g, 2g + 1. Step s takes raw units 4s + 2 half, 4s + 2 half + 1
+// (values 16 u .. 16 u + 15 of the group each) into chunk 2g + s, units 4 half .. 4 half + 3: in each step the two
+// lanes of a token read four adjacent units and write the chunk's whole row. Group 3's step 1 writes chunk 7 over its
+// own raw units 0..7: units 0..3 were read in step 0, units 4..7 in step 1's loads, before the __syncwarp between
+// them and its stores. The writes over other groups' raw bytes (group 2 over raw groups 0, 1, group 3's step 0 over
+// raw group 2) follow the caller's __syncwarp after those groups. The lanes of a quarter warp are 8 consecutive
+// tokens of one half: their 16-byte loads and stores hit 8 distinct 16-byte bank groups in the swizzled layouts.
+__device__ __forceinline__ void fp8_dequantize_group(uint32_t stage_addr, int g, float scale) {
+  // The row offsets are recomputed per group (from %tid, which ptxas cannot hoist): kept live across the page loop
+  // they were a dozen registers more than the producer's 56 (spills).
+  const uint32_t token = Fp8FeedThread::token(), half = Fp8FeedThread::half();
+  // swizzle_128b_offset(token, unit) = token * 128 + ((unit ^ (token & 7)) << 4); the lane's units differ from the
+  // step's by 2 half (loads) or 4 half (stores), bits that the XOR takes in.
+  const uint32_t row = stage_addr + token * 128;
+  const uint32_t load_key = ((2 * half) ^ (token & 7)) << 4, store_key = ((4 * half) ^ (token & 7)) << 4;
+  const uint32_t raw_group = row + (kFp8RawChunk + g) * kChunkBytes;
+  // Two units' loads at a time, then their conversions and stores (all four at once spill the producer).
 #pragma unroll
-  for (int u0 = 0; u0 < 4; u0 += 2) {
+  for (int step = 0; step < 2; ++step) {
     uint32_t raw[2][4];
 #pragma unroll
-    for (int u = 0; u < 2; ++u) ld_shared_v4(raw_group + swizzle_128b_offset(token, 4 * half + u0 + u), raw[u]);
+    for (int u = 0; u < 2; ++u) ld_shared_v4(raw_group + (((4 * step + u) << 4) ^ load_key), raw[u]);
+    if (g == 3 && step == 1) __syncwarp();
+    const uint32_t chunk = row + (2 * g + step) * kChunkBytes;
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
       uint32_t out[8];
       dequantize_16(raw[u], scale, out);
-      st_shared_v4(chunk + swizzle_128b_offset(token, 2 * (u0 + u)), out[0], out[1], out[2], out[3]);
-      st_shared_v4(chunk + swizzle_128b_offset(token, 2 * (u0 + u) + 1), out[4], out[5], out[6], out[7]);
+      st_shared_v4(chunk + (((2 * u) << 4) ^ store_key), out[0], out[1], out[2], out[3]);
+      st_shared_v4(chunk + (((2 * u + 1) << 4) ^ store_key), out[4], out[5], out[6], out[7]);
     }
   }
 }
@@ -139,7 +150,7 @@ __device__ __forceinline__ void fp8_finish_page(const MlaDecodeParams& p, const 
     tma_load_3d(stage_addr + 8 * kChunkBytes, rope_map, bars.kv_full(stage, 8), 0, -shift, page);
   }
   // The token of the page in this thread's row; rows before the shift and pages outside the pool hold zeros.
-  const int token = t.token - shift;
+  const int token = Fp8FeedThread::token() - shift;
   float4 scales = make_float4(0.f, 0.f, 0.f, 0.f);
   if (token >= 0 && page >= 0 && page < p.num_blocks)
     scales = __ldg(reinterpret_cast<const float4*>(static_cast<const uint8_t*>(p.k_cache) +
@@ -148,29 +159,19 @@ __device__ __forceinline__ void fp8_finish_page(const MlaDecodeParams& p, const 
   mbarrier_wait(bars.kv_empty(stage, 1), free_parity);  // chunks 0..3 are free to write
   mbarrier_wait(bars.raw_full(stage), uses & 1);
   __syncwarp();
-  fp8_dequantize_group(stage_addr, t, 0, scales.x);
-  fp8_dequantize_group(stage_addr, t, 1, scales.y);
+  fp8_dequantize_group(stage_addr, 0, scales.x);
+  fp8_dequantize_group(stage_addr, 1, scales.y);
+  // Each warp publishes its 16 rows (kv_full counts the four warps' arrivals); the __syncwarp also orders both lanes'
+  // reads of raw groups 0, 1 before group 2's writes over them.
   fence_proxy_async_smem();
-  named_barrier_sync(kBarFp8Feed, kProducerThreads);  // raw groups 0, 1 read by all: group 2 writes over them
-  if (t.issuer) mbarrier_arrive(bars.kv_full(stage, 0));
-  fp8_dequantize_group(stage_addr, t, 2, scales.z);
-  // Group 3 writes chunks 6 and 7: over raw group 2, which both halves of each token read (in two warps), and over its
-  // own raw bytes, which half 1 writes where half 0 reads them (units 0..3 of a row of chunk 7). Holding those units
-  // in registers takes 16 more than the producer's 56 (spills), so the halves take turns: a barrier after every read
-  // of group 2, then half 0 streams its part into chunk 6 and meets half 1 at a barrier, after which half 1 streams
-  // into chunk 7 (its own reads of units 4..7 come before each of its writes over them). Both sides sync (the
-  // kernels have no bar.arrive, ptx_helpers.cuh).
-  named_barrier_sync(kBarFp8Feed, kProducerThreads);
-  if (t.half == 0) {
-    fp8_dequantize_group(stage_addr, t, 3, scales.w);
-    named_barrier_sync(kBarFp8Feed, kProducerThreads);  // half 1 waits here for these reads
-  } else {
-    named_barrier_sync(kBarFp8Feed, kProducerThreads);
-    fp8_dequantize_group(stage_addr, t, 3, scales.w);
-  }
+  __syncwarp();
+  if (Fp8FeedThread::warp_leader()) mbarrier_arrive(bars.kv_full(stage, 0));
+  fp8_dequantize_group(stage_addr, 2, scales.z);
+  __syncwarp();  // raw group 2 read by both lanes before group 3's step 0 writes over it
+  fp8_dequantize_group(stage_addr, 3, scales.w);
   fence_proxy_async_smem();
-  named_barrier_sync(kBarFp8Feed, kProducerThreads);
-  if (t.issuer) mbarrier_arrive(bars.kv_full(stage, 4));
+  __syncwarp();
+  if (Fp8FeedThread::warp_leader()) mbarrier_arrive(bars.kv_full(stage, 4));
 }
 
 }  // namespace decode_detail

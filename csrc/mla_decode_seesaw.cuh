@@ -198,6 +198,7 @@ __device__ __forceinline__ void seesaw_producer_loop(const MlaDecodeParams& p, c
     if (issuer)
       for (int blk = w.start_block + 2; blk < w.start_block + 2 * p.prefetch_pairs; blk += 2)
         seesaw_prefetch_pair<kPageBytes>(p, page_of, blk, w.stop_block, m_block);
+#pragma unroll 1
     for (int blk = w.start_block; blk < w.stop_block; blk += 2) {
       const bool has_b = blk + 1 < w.stop_block;
       const bool first_pair = blk == first_block;
@@ -643,7 +644,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         mbarrier_init(bars.q_full, 1);
         mbarrier_init(bars.q_empty, kConsumerThreads / 32);
         for (int s = 0; s < kNumStages; ++s) {
-          for (int c = 0; c < kNumChunks; ++c) mbarrier_init(bars.kv_full(s, c), 1);
+          // The FP8 feed's chunks 0..3 and 4..7 are published by each producer warp (mla_decode_fp8_feed.cuh).
+          for (int c = 0; c < kNumChunks; ++c)
+            mbarrier_init(bars.kv_full(s, c), kFp8 && c % 4 == 0 && c < 8 ? kProducerThreads / 32 : 1);
           for (int g = 0; g < 2; ++g) mbarrier_init(bars.kv_empty(s, g), 4);  // the 4 warps of one warpgroup
           if constexpr (kFp8) mbarrier_init(bars.raw_full(s), 1);
         }
