@@ -92,10 +92,10 @@ struct Fp8FeedThread {
 
 // Raw group g of this thread's token into chunks 2g, 2g + 1. Step s takes raw units 4s + 2 half, 4s + 2 half + 1
 // (values 16 u .. 16 u + 15 of the group each) into chunk 2g + s, units 4 half .. 4 half + 3: in each step the two
-// lanes of a token read four adjacent units and write the chunk's whole row. Group 3's step 1 writes chunk 7 over its
-// own raw units 0..7: units 0..3 were read in step 0, units 4..7 in step 1's loads, before the __syncwarp between
-// them and its stores. The writes over other groups' raw bytes (group 2 over raw groups 0, 1, group 3's step 0 over
-// raw group 2) follow the caller's __syncwarp after those groups. The lanes of a quarter warp are 8 consecutive
+// lanes of a token read four adjacent units and write the chunk's whole row. All four loads go first (one load
+// latency per group), then the stores: group 3's step 1 writes chunk 7 over the group's own raw units 0..7, which
+// both lanes have read by the __syncwarp before the stores. The writes over other groups' raw bytes (group 2 over raw
+// groups 0, 1, group 3's step 0 over raw group 2) follow the caller's __syncwarp after those groups. The lanes of a quarter warp are 8 consecutive
 // tokens of one half: their 16-byte loads and stores hit 8 distinct 16-byte bank groups in the swizzled layouts.
 __device__ __forceinline__ void fp8_dequantize_group(uint32_t stage_addr, int g, float scale) {
   // The row offsets are recomputed per group (from %tid, which ptxas cannot hoist): kept live across the page loop
@@ -106,18 +106,20 @@ __device__ __forceinline__ void fp8_dequantize_group(uint32_t stage_addr, int g,
   const uint32_t row = stage_addr + token * 128;
   const uint32_t load_key = ((2 * half) ^ (token & 7)) << 4, store_key = ((4 * half) ^ (token & 7)) << 4;
   const uint32_t raw_group = row + (kFp8RawChunk + g) * kChunkBytes;
-  // Two units' loads at a time, then their conversions and stores (all four at once spill the producer).
+  // All four units' loads first, then their conversions and stores.
+  uint32_t raw[2][2][4];
+#pragma unroll
+  for (int step = 0; step < 2; ++step)
+#pragma unroll
+    for (int u = 0; u < 2; ++u) ld_shared_v4(raw_group + (((4 * step + u) << 4) ^ load_key), raw[step][u]);
+  if (g == 3) __syncwarp();
 #pragma unroll
   for (int step = 0; step < 2; ++step) {
-    uint32_t raw[2][4];
-#pragma unroll
-    for (int u = 0; u < 2; ++u) ld_shared_v4(raw_group + (((4 * step + u) << 4) ^ load_key), raw[u]);
-    if (g == 3 && step == 1) __syncwarp();
     const uint32_t chunk = row + (2 * g + step) * kChunkBytes;
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
       uint32_t out[8];
-      dequantize_16(raw[u], scale, out);
+      dequantize_16(raw[step][u], scale, out);
       st_shared_v4(chunk + (((2 * u) << 4) ^ store_key), out[0], out[1], out[2], out[3]);
       st_shared_v4(chunk + (((2 * u + 1) << 4) ^ store_key), out[4], out[5], out[6], out[7]);
     }
