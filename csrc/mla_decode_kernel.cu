@@ -26,31 +26,28 @@ namespace decode_detail {
 //    up through shared memory, so a row split over ~100 parts is a few L2 round trips per warp (b = 4 with a 45K
 //    context: 14 us with 4 warps and the two-pass lse, 8.3 us like this, 19 us with a block per quarter row). At
 //    2-3 splits per sequence a block per row was ~1% slower.
-// Sequences with one split exit at once (the decode kernel wrote them), before waiting for the decode grid: both
-// are launched as programmatic dependents of it (launch_combine), so those blocks cost nothing on the critical path.
+// Both are launched as programmatic dependents of the decode kernel (launch_combine) and read the split counts and
+// lengths before waiting for its grid (SequenceSplits): sequences with one split exit at once (the decode kernel
+// wrote them), so those blocks cost nothing on the critical path, and after the wait a row is one L2 round trip.
 constexpr int kCombineWarps = 4;
 constexpr int kSharedRowWarps = 16;
 constexpr int kCombineMaxBlocks = 4096;
 
-__device__ __forceinline__ bool sequence_was_written_whole(const MlaDecodeParams& p, int batch) {
-  return p.num_splits[batch + 1] - p.num_splits[batch] == 1;
-}
-
 template <typename Elem>
 __global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_rows_kernel(const MlaDecodeParams p, int rows_per_warp) {
   const int batch = blockIdx.y;
-  if (sequence_was_written_whole(p, batch)) return;
+  const SequenceSplits splits = sequence_splits(p, batch);
+  if (splits.count == 1) return;  // the decode kernel wrote it
+  const bool nan_rows = empty_but_length_changed(p, splits, batch);
   griddep_wait();
   const int rows_total = p.s_q * p.h_q;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const bool few_splits = p.num_splits[batch + 1] - p.num_splits[batch] <= kFewSplits;
-  const bool nan_rows = empty_but_length_changed(p, batch);
   for (int i = 0; i < rows_per_warp; ++i) {
     const int grow = (blockIdx.x * rows_per_warp + i) * kCombineWarps + warp;
     if (grow >= rows_total) break;
     if (nan_rows) write_nan_row<Elem>(p, batch, grow, lane);
-    else if (few_splits) merge_row_few_splits<Elem>(p, batch, grow, lane);
-    else merge_row<Elem>(p, batch, grow, lane);
+    else if (splits.count <= kFewSplits) merge_row_few_splits<Elem>(p, splits, batch, grow, lane);
+    else merge_row<Elem>(p, splits, batch, grow, lane);
   }
 }
 
@@ -63,14 +60,16 @@ template <typename Elem, bool kPreload>
 __global__ void __launch_bounds__(kSharedRowWarps * 32) mla_combine_shared_row_kernel(const MlaDecodeParams p) {
   __shared__ float4 shared_acc[kSharedRowWarps][kHeadDimV / 4];
   const int batch = blockIdx.y, grow = blockIdx.x;
-  if (sequence_was_written_whole(p, batch) || grow >= p.s_q * p.h_q) return;
+  const SequenceSplits splits = sequence_splits(p, batch);
+  if (splits.count == 1 || grow >= p.s_q * p.h_q) return;
+  const bool nan_row = empty_but_length_changed(p, splits, batch);
   griddep_wait();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (empty_but_length_changed(p, batch)) {
+  if (nan_row) {
     if (warp == 0) write_nan_row<Elem>(p, batch, grow, lane);
     return;
   }
-  const SplitRow r = split_row(p, batch, grow);
+  const SplitRow r = split_row(p, splits, grow);
   float lse_value;
   float4 acc[4];
 #pragma unroll

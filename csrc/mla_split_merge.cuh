@@ -9,18 +9,28 @@
 namespace hf_flashmla {
 namespace decode_detail {
 
+// A sequence's splits: its partial rows are base .. base + count - 1 of the workspace. The schedule wrote them
+// before the decode kernel ran, so the combine kernels read them before waiting for the decode grid: after the
+// wait a row costs one L2 round trip (its lse and partials) instead of two.
+struct SequenceSplits {
+  int base, count;
+};
+
+// Loop bounds and branches of these helpers are warp-uniform through shuffles, so every lane takes the same path.
+__device__ __forceinline__ SequenceSplits sequence_splits(const MlaDecodeParams& p, int batch) {
+  const int base = __shfl_sync(0xffffffff, p.num_splits[batch], 0);
+  return SequenceSplits{base, __shfl_sync(0xffffffff, p.num_splits[batch + 1], 0) - base};
+}
+
 struct SplitRow {
   const float* lse_col;  // lse_accum at (first split, row): split k's lse is lse_col[k * rows_total]
   int split_base, num_splits, rows_total, grow;
   __device__ float lse_of(int k) const { return __ldcg(lse_col + static_cast<int64_t>(k) * rows_total); }
 };
 
-// Loop bounds and branches of these helpers are warp-uniform through shuffles, so every lane takes the same path.
-__device__ __forceinline__ SplitRow split_row(const MlaDecodeParams& p, int batch, int grow) {
+__device__ __forceinline__ SplitRow split_row(const MlaDecodeParams& p, const SequenceSplits& splits, int grow) {
   const int rows_total = p.s_q * p.h_q;
-  const int split_base = __shfl_sync(0xffffffff, p.num_splits[batch], 0);
-  const int num_splits = __shfl_sync(0xffffffff, p.num_splits[batch + 1], 0) - split_base;
-  return SplitRow{p.lse_accum + static_cast<int64_t>(split_base) * rows_total + grow, split_base, num_splits,
+  return SplitRow{p.lse_accum + static_cast<int64_t>(splits.base) * rows_total + grow, splits.base, splits.count,
                   rows_total, grow};
 }
 
@@ -129,9 +139,11 @@ __device__ __forceinline__ void write_merged_row(const MlaDecodeParams& p, int b
 }
 
 // A sequence without splits has no pages in its schedule: its rows are the merge of nothing (out = 0, lse = +inf),
-// or NaN where its length changed since the schedule was computed (length_changed).
-__device__ __forceinline__ bool empty_but_length_changed(const MlaDecodeParams& p, int batch) {
-  return p.num_splits[batch + 1] == p.num_splits[batch] && length_changed(p, batch);
+// or NaN where its length changed since the schedule was computed (length_changed; the lengths, too, are read
+// before the wait).
+__device__ __forceinline__ bool empty_but_length_changed(const MlaDecodeParams& p, const SequenceSplits& splits,
+                                                         int batch) {
+  return splits.count == 0 && length_changed(p, batch);
 }
 
 template <typename Elem>
@@ -143,8 +155,9 @@ __device__ __forceinline__ void write_nan_row(const MlaDecodeParams& p, int batc
 
 // One warp merges row `grow` of sequence `batch` and writes it to out / lse.
 template <typename Elem>
-__device__ __forceinline__ void merge_row(const MlaDecodeParams& p, int batch, int grow, int lane) {
-  const SplitRow r = split_row(p, batch, grow);
+__device__ __forceinline__ void merge_row(const MlaDecodeParams& p, const SequenceSplits& splits, int batch, int grow,
+                                          int lane) {
+  const SplitRow r = split_row(p, splits, grow);
   const float lse_value = merged_lse(r, lane);
   float4 acc[4];
 #pragma unroll
@@ -168,8 +181,9 @@ __device__ __forceinline__ float merged_lse_of_lanes(float my_lse) {
 constexpr int kFewSplits = 4;
 
 template <typename Elem>
-__device__ __forceinline__ void merge_row_few_splits(const MlaDecodeParams& p, int batch, int grow, int lane) {
-  const SplitRow r = split_row(p, batch, grow);
+__device__ __forceinline__ void merge_row_few_splits(const MlaDecodeParams& p, const SequenceSplits& splits, int batch,
+                                                     int grow, int lane) {
+  const SplitRow r = split_row(p, splits, grow);
   const float my_lse = lane < r.num_splits ? r.lse_of(lane) : -INFINITY;
   float4 part[kFewSplits][4];
 #pragma unroll
