@@ -33,6 +33,7 @@ import traceback
 import torch
 
 from benchmarks import kernel_configs as kc
+from benchmarks import kernel_profile
 from benchmarks.gpu_monitor import GpuMonitor
 from benchmarks.kernel_rounds import merge_rounds, pass_order, round_line
 
@@ -72,7 +73,13 @@ class Timer:
                 self._do_bench = do_bench
                 self.kind = "triton.testing.do_bench(return_mode='median') (CUDA events, L2 flushed per repeat)"
             except Exception:
-                self._flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=device)
+                self._flush = self.flush_buffer()
+
+    def flush_buffer(self):
+        """A buffer larger than L2, zeroed before each timed call (made on first use)."""
+        if getattr(self, "_flush", None) is None:
+            self._flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=self.device)
+        return self._flush
 
     def __call__(self, fn):
         if self.device.type != "cuda":
@@ -377,8 +384,13 @@ def run_config(cfg, impls, peers, ours, reference, timer, device, dtype, seed, a
                     failed[key] = f"timing: {short_error(error)}"
         for key, (impl, variant, fn, errors) in enumerate(prepared):
             ms = statistics.median(times[key]) if times[key] else None
-            add_row(impl, variant, ms, errors, error=failed.get(key),
-                    extra=dict(ms_repeats=times[key], **clocks[key]))
+            extra = dict(ms_repeats=times[key], **clocks[key])
+            if getattr(args, "kernel_times", False) and impl in INTERLEAVED and device.type == "cuda" and times[key]:
+                try:
+                    extra.update(kernel_profile.kernel_times(fn, timer.flush_buffer()) or {})
+                except Exception as error:
+                    extra["kernel_times_error"] = short_error(error)
+            add_row(impl, variant, ms, errors, error=failed.get(key), extra=extra)
 
     order = [impl for impl in impls if impl in INTERLEAVED] + [impl for impl in impls if impl not in INTERLEAVED]
     headline = [p for impl in order if impl in INTERLEAVED for p in prepare(impl)]
@@ -676,6 +688,8 @@ def print_config(result, figures, published, log):
             f"{fmt(ratio, '.3f'):>13}{fmt(row['err_out'], '.2e'):>10}{fmt(row.get('err_max_rel'), '.2e'):>10}"
             f"{fmt(row['err_lse'], '.2e'):>10}{fmt(row.get('sm_mhz'), '.0f'):>8}  {flag}"
             f"{(' ' + row['error']) if row['error'] else ''}")
+        if row.get("kernel_us") or row.get("kernel_times_error"):
+            log(f"      {kernel_profile.describe(row) if row.get('kernel_us') else row['kernel_times_error']}")
 
 
 def plot(results, path, log):
@@ -738,6 +752,9 @@ def parse_args(argv=None):
                         help="passes over the whole config list; each config reports the median pass")
     parser.add_argument("--host-calls", type=int, default=2000, help="calls timed for the host time per call")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny configs, plumbing only")
+    parser.add_argument("--kernel-times", action="store_true",
+                        help="also profile ours' and FlashMLA's calls kernel by kernel (torch.profiler): each "
+                             "kernel's time and how long a call runs after its decode kernel (kernel_profile.py)")
     parser.add_argument("--allow-reference-backend", action="store_true",
                         help="time 'ours' on CUDA even when it runs the PyTorch reference, not the kernel")
     parser.add_argument("--verbose", action="store_true", help="print tracebacks of failures")

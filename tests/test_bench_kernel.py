@@ -264,3 +264,60 @@ def test_compare_runs_cli(tmp_path, capsys):
         with pytest.raises(SystemExit):
             compare_runs.main(argv)
         assert message in capsys.readouterr().err
+
+
+def test_kernel_profile_names_and_description():
+    from benchmarks import kernel_profile
+    assert kernel_profile.short_name(
+        "void hf_flashmla::decode_detail::mla_combine_rows_kernel<__nv_bfloat16>(hf_flashmla::MlaDecodeParams, int)"
+    ) == "mla_combine_rows_kernel"
+    assert kernel_profile.short_name("void legacy::sm90::decode::dense::flash_fwd_splitkv_mla_kernel<(int)1>") == \
+        "flash_fwd_splitkv_mla_kernel"
+    assert kernel_profile.short_name("Memset (Device)") == "Memset"
+    text = kernel_profile.describe({"kernel_us": {"decode": 119.0, "combine": 126.9}, "span_us": 127.8,
+                                    "tail_us": 8.8})
+    assert text == "kernels (us): decode 119.0, combine 126.9; span 127.8, after the first kernel 8.8"
+    assert kernel_profile.describe(None) == "kernel times: not measured"
+
+
+class _FakeCudaBuffer:
+    device = torch.device("cuda")
+
+    def zero_(self):
+        return self
+
+
+def test_kernel_times_splits_the_trace_into_calls_past_the_flush(monkeypatch):
+    """Per call: the flush's kernel, then the decode kernel (100 us) and the combine launched beside it, ending 8 us
+    after the decode kernel; the flush's kernels are skipped, the medians taken over the calls."""
+    from benchmarks import kernel_profile
+    calls = 3
+
+    def trace(run, count):
+        if run.__name__ == "flush_only":
+            return [(1000.0 * i, 1000.0 * i + 50, "fill") for i in range(count)]
+        events = []
+        for i in range(count):
+            t = 1000.0 * i
+            decode = 100.0 + i  # 100, 101, 102: the median is the middle call's
+            events += [(t, t + 50, "fill"),
+                       (t + 60, t + 60 + decode, "void ns::mla_decode_seesaw_kernel<bf16, false>(params)"),
+                       (t + 61, t + 60 + decode + 8, "void ns::mla_combine_rows_kernel<bf16>(params, int)")]
+        return sorted(events)
+
+    monkeypatch.setattr(kernel_profile, "_profiled", trace)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    times = kernel_profile.kernel_times(lambda: None, _FakeCudaBuffer(), calls=calls)
+    assert times["kernel_us"] == {"mla_decode_seesaw_kernel": 101.0, "mla_combine_rows_kernel": 108.0}
+    assert times["span_us"] == 109.0 and times["tail_us"] == 8.0
+    # A trace that does not split into equal calls is not reported.
+    monkeypatch.setattr(kernel_profile, "_profiled", lambda run, count: trace(run, count)[:-1])
+    assert kernel_profile.kernel_times(lambda: None, _FakeCudaBuffer(), calls=calls) is None
+    assert kernel_profile.kernel_times(lambda: None, torch.empty(1), calls=calls) is None  # off CUDA
+
+
+def test_dry_run_takes_kernel_times_and_skips_them_on_the_cpu(tmp_path):
+    path = tmp_path / "dry.json"
+    assert bench_kernel.main(["--dry-run", "--impls", "ours", "--kernel-times", "--json", str(path)]) == 0
+    rows = [row for config in json.loads(path.read_text())["configs"] for row in config["rows"]]
+    assert rows and not any("kernel_us" in row for row in rows)
