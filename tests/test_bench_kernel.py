@@ -321,3 +321,11 @@ def test_dry_run_takes_kernel_times_and_skips_them_on_the_cpu(tmp_path):
     assert bench_kernel.main(["--dry-run", "--impls", "ours", "--kernel-times", "--json", str(path)]) == 0
     rows = [row for config in json.loads(path.read_text())["configs"] for row in config["rows"]]
     assert rows and not any("kernel_us" in row for row in rows)
+
+
+def test_profile_call_finds_bench_configs_by_name():
+    from tools import profile_call
+    assert profile_call.find_config("b64_L4096_sq1_h64_varlen4").h_q == 64
+    assert profile_call.find_config("uneven_b4_sq4_h16").lengths == [4641, 45118, 1730, 1696]
+    with pytest.raises(SystemExit, match="config: no bench_kernel config named 'b1_nothing'"):
+        profile_call.find_config("b1_nothing")

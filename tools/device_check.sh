@@ -17,6 +17,9 @@
 #   schedule  python -m benchmarks.bench_schedule                                                   -> schedule.log
 #   bench     python -m benchmarks.bench_kernel $BENCH_ARGS (default --quick)                        -> bench.{log,json}
 #   e2e       python -m benchmarks.bench_generate $E2E_ARGS (default: the V2-Lite preset's cases)   -> e2e.{log,json}
+#   ncu       Nsight Compute on python -m tools.profile_call $NCU_CONFIG (b64_L4096_sq1_h64_varlen4): ours' and
+#             FlashMLA's calls, each kernel replayed alone; NCU_KERNELS (regex, default combine|decode|splitkv) picks
+#             the kernels; each one's duration, DRAM / L2 throughput, achieved occupancy, registers  -> ncu.{log,csv}
 #   ab        an A/B of this tree's kernel against other revisions': AB_BASE names copies of them, comma-separated (each
 #             made with `git archive REV csrc hf_flashmla benchmarks setup.py pyproject.toml | tar -x -C .ab/NAME`,
 #             carried as .ab), built in place there, all at once; then AB_ROUNDS (2) rounds of bench_kernel $AB_ARGS,
@@ -222,6 +225,28 @@ if has_stage e2e; then
   # shellcheck disable=SC2086
   run_stage "bench_generate" "$OUT/e2e.log" 590 python3 -m benchmarks.bench_generate ${E2E_ARGS:-} \
     --json "$OUT/e2e.json"
+fi
+
+if has_stage ncu; then
+  : > "$OUT/ncu.log"
+  metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,lts__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,launch__grid_size,launch__block_size
+  # --launch-count bounds the replays (each profiled kernel is replayed once per metric pass).
+  run_stage "ncu (${NCU_CONFIG:-b64_L4096_sq1_h64_varlen4})" "$OUT/ncu.log" 300 ncu --csv --metrics "$metrics" \
+    --kernel-name "regex:${NCU_KERNELS:-combine|decode|splitkv}" --launch-count 12 \
+    python3 -m tools.profile_call "${NCU_CONFIG:-b64_L4096_sq1_h64_varlen4}" --calls 3
+  grep -E '^"[0-9]' "$OUT/ncu.log" > "$OUT/ncu.csv"
+  # One line per kernel launch: name (shortened), then each metric's value.
+  python3 - "$OUT/ncu.csv" <<'PY' | tee -a "$OUT/ncu.log"
+import csv, re, sys
+launches = {}
+for row in csv.reader(open(sys.argv[1])):
+    if len(row) < 15:
+        continue
+    key = (row[0], re.sub(r"[<(].*$", "", row[4].removeprefix("void ")).rsplit("::", 1)[-1])
+    launches.setdefault(key, []).append(f"{row[-3].split('__', 1)[-1]}={row[-1]}")
+for (launch, name), values in launches.items():
+    print(f"   launch {launch} {name}: " + " ".join(values))
+PY
 fi
 
 if has_stage ab; then
