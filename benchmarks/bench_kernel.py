@@ -66,6 +66,7 @@ class Timer:
         self.device, self.warmup_ms, self.rep_ms = device, warmup_ms, rep_ms
         self.kind = "perf_counter median (CPU)"
         self._do_bench = None
+        self._flush = None
         if device.type == "cuda":
             self.kind = "cuda events median, L2 flushed per repeat (own loop)"
             try:
@@ -73,11 +74,11 @@ class Timer:
                 self._do_bench = do_bench
                 self.kind = "triton.testing.do_bench(return_mode='median') (CUDA events, L2 flushed per repeat)"
             except Exception:
-                self._flush = self.flush_buffer()
+                self.flush_buffer()
 
     def flush_buffer(self):
         """A buffer larger than L2, zeroed before each timed call (made on first use)."""
-        if getattr(self, "_flush", None) is None:
+        if self._flush is None:
             self._flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=self.device)
         return self._flush
 

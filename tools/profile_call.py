@@ -3,7 +3,7 @@ Nsight Compute, which replays each kernel alone (the combine without the decode 
 tools/device_check.sh's `ncu` stage:
     ncu --kernel-name regex:combine python3 -m tools.profile_call b64_L4096_sq1_h64_varlen4
 Configs are bench_kernel's (benchmarks/kernel_configs.py, every group); FlashMLA is the carried wheel's peer
-(skipped with a note where it is not set up). Each implementation's first call is checked against the other's."""
+(skipped with a note where it is not set up). The implementations' outputs are compared with each other."""
 from __future__ import annotations
 
 import argparse
