@@ -237,12 +237,13 @@ if has_stage ncu; then
   grep -E '^"[0-9]' "$OUT/ncu.log" > "$OUT/ncu.csv"
   # One line per kernel launch: name (shortened), then each metric's value.
   python3 - "$OUT/ncu.csv" <<'PY' | tee -a "$OUT/ncu.log"
-import csv, re, sys
+import csv, sys
+from benchmarks.kernel_profile import short_name
 launches = {}
 for row in csv.reader(open(sys.argv[1])):
     if len(row) < 15:
         continue
-    key = (row[0], re.sub(r"[<(].*$", "", row[4].removeprefix("void ")).rsplit("::", 1)[-1])
+    key = (row[0], short_name(row[4]))
     launches.setdefault(key, []).append(f"{row[-3].split('__', 1)[-1]}={row[-1]}")
 for (launch, name), values in launches.items():
     print(f"   launch {launch} {name}: " + " ".join(values))
