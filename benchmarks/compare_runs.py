@@ -9,7 +9,8 @@ it. `tools/device_check.sh`'s `ab` stage runs them. This prints, per config, eac
 median over that label's runs; a run's own time is already its passes' median), each label against the first one
 (first / label: above 1 is faster), and FlashMLA's times over all the runs: how far they spread is how far the GPU
 moved between processes, the noise that a difference has to exceed. Then the geometric mean per label over the
-configs that every label timed, and wrong results, which no speed-up excuses.
+configs that every label timed, and wrong results, which no speed-up excuses. Runs made with `--kernel-times` also
+give, per config, how long each label's call runs after its decode kernel ends, and the peer's.
 """
 from __future__ import annotations
 
@@ -30,10 +31,12 @@ def parse_label(spec: str) -> tuple[str, list[str]]:
     return label, files
 
 
-def times_by_config(runs: list[dict], impl: str) -> tuple[dict[str, list[float]], set[str]]:
-    """Per config name: impl's time in us in each run that timed it; and the configs where a run got a wrong result.
-    The row compared is the impl's variant of its own name (ours: not its other call forms), or its only variant
-    (ours_fp8's is "ours-fp8")."""
+def times_by_config(runs: list[dict], impl: str, field: str = "ms") -> tuple[dict[str, list[float]], set[str]]:
+    """Per config name: impl's time in us in each run that timed it (`field`: "ms", the call's time, or "tail_us",
+    its time after the decode kernel); and the configs where a run got a wrong result. The row compared is the
+    impl's variant of its own name (ours: not its other call forms), or its only variant (ours_fp8's is
+    "ours-fp8")."""
+    scale = 1e3 if field == "ms" else 1.0
     times: dict[str, list[float]] = {}
     wrong: set[str] = set()
     for run in runs:
@@ -41,11 +44,15 @@ def times_by_config(runs: list[dict], impl: str) -> tuple[dict[str, list[float]]
             rows = [row for row in config.get("rows", []) if row.get("impl") == impl]
             named = [row for row in rows if row.get("variant", impl) == impl]
             for row in named or (rows if len({row.get("variant") for row in rows}) == 1 else []):
-                if row.get("ms"):
-                    times.setdefault(config["name"], []).append(row["ms"] * 1e3)
+                if row.get(field) is not None and (field != "ms" or row[field]):
+                    times.setdefault(config["name"], []).append(row[field] * scale)
                 if row.get("ok") is False:
                     wrong.add(config["name"])
     return times, wrong
+
+
+def _median_or_none(values: list[float] | None) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def compare(labelled_runs: list[tuple[str, list[dict]]], impl: str = "ours", peer: str = "flashmla") -> dict:
@@ -53,7 +60,10 @@ def compare(labelled_runs: list[tuple[str, list[dict]]], impl: str = "ours", pee
     if len(labelled_runs) < 2:
         raise ValueError(f"runs: expected at least two labels to compare, got {len(labelled_runs)}")
     per_label = {label: times_by_config(runs, impl) for label, runs in labelled_runs}
-    peer_times, _ = times_by_config([run for _, runs in labelled_runs for run in runs], peer)
+    tails = {label: times_by_config(runs, impl, "tail_us")[0] for label, runs in labelled_runs}
+    all_runs = [run for _, runs in labelled_runs for run in runs]
+    peer_times, _ = times_by_config(all_runs, peer)
+    peer_tails, _ = times_by_config(all_runs, peer, "tail_us")
     labels = [label for label, _ in labelled_runs]
     first = labels[0]
     names: list[str] = []
@@ -66,6 +76,8 @@ def compare(labelled_runs: list[tuple[str, list[dict]]], impl: str = "ours", pee
         ratio = {label: us[first] / us[label] if us[first] and us[label] else None for label in labels[1:]}
         rows.append(dict(config=name, us=us, runs_us={label: per_label[label][0].get(name, []) for label in labels},
                          ratio_to_first=ratio, peer_us=peer_times.get(name, []),
+                         tail_us={label: _median_or_none(tails[label].get(name)) for label in labels},
+                         peer_tail_us=_median_or_none(peer_tails.get(name)),
                          wrong=[label for label in labels if name in per_label[label][1]]))
     every_label = [row for row in rows if all(row["us"][label] for label in labels)]
     geomean_to_first = {label: geomean([row["ratio_to_first"][label] for row in every_label]) for label in labels[1:]}
@@ -86,6 +98,14 @@ def table_lines(result: dict) -> list[str]:
         if row["wrong"]:
             cells[0] += f" (WRONG: {', '.join(row['wrong'])})"
         lines.append("| " + " | ".join(cells) + " |")
+    if any(us is not None for row in result["rows"] for us in row["tail_us"].values()):
+        lines += ["", f"time after the decode kernel, us (median of runs; {result['peer']}: of every run)",
+                  "| config | " + " | ".join(labels) + f" | {result['peer']} |", "|" + "---|" * (len(labels) + 2)]
+        for row in result["rows"]:
+            cells = [row["config"]] + [f"{row['tail_us'][label]:.1f}" if row["tail_us"][label] is not None else "-"
+                                       for label in labels]
+            cells.append(f"{row['peer_tail_us']:.1f}" if row["peer_tail_us"] is not None else "-")
+            lines.append("| " + " | ".join(cells) + " |")
     for label, value in result["geomean_to_first"].items():
         lines.append(f"geomean {first} / {label}: " + (f"{value:.4f}" if value else "-")
                      + " over the configs every label timed")

@@ -5,7 +5,9 @@ A call's time is not the sum of its kernels: the combine is launched as a progra
 reports per call, as medians over `calls` calls with L2 flushed before each:
   kernel_us  each kernel's own duration, by short name (the decode kernel's includes nothing of the combine's);
   span_us    from the call's first kernel start to its last kernel end (what the GPU spends on the call);
-  tail_us    span minus the first kernel's duration: how long the call runs after its decode kernel ends.
+  tail_us    how long the call runs after its decode kernel ends: the first kernel named like one (decode,
+             splitkv: ours and FlashMLA's), else the call's first kernel (a kernel launched before it, such as a
+             workspace clear, would otherwise count the whole decode kernel as tail).
 Each call is preceded by the flush and a synchronize, so a call's kernels are the ones that start after the flush's;
 the flush's own kernels are counted once, alone, and skipped in each call.
 """
@@ -17,6 +19,7 @@ import statistics
 import torch
 
 _TEMPLATE_OR_ARGS = re.compile(r"[<(].*$")
+_DECODE_KERNEL = re.compile(r"decode|splitkv")
 
 
 def short_name(kernel: str) -> str:
@@ -73,9 +76,10 @@ def kernel_times(fn, flush: torch.Tensor, calls: int = 10) -> dict | None:
         own = kernels[i * (per_flush + per_call) + per_flush:(i + 1) * (per_flush + per_call)]
         for start, end, name in own:
             durations.setdefault(short_name(name), []).append(end - start)
-        span = max(end for _, end, _ in own) - own[0][0]
-        spans.append(span)
-        tails.append(span - (own[0][1] - own[0][0]))
+        last_end = max(end for _, end, _ in own)
+        spans.append(last_end - own[0][0])
+        decode = next((kernel for kernel in own if _DECODE_KERNEL.search(short_name(kernel[2]))), own[0])
+        tails.append(last_end - decode[1])
     return {"kernel_us": {name: statistics.median(values) for name, values in durations.items()},
             "span_us": statistics.median(spans), "tail_us": statistics.median(tails)}
 
@@ -85,4 +89,4 @@ def describe(times: dict | None) -> str:
     if not times:
         return "kernel times: not measured"
     kernels = ", ".join(f"{name} {us:.1f}" for name, us in times["kernel_us"].items())
-    return f"kernels (us): {kernels}; span {times['span_us']:.1f}, after the first kernel {times['tail_us']:.1f}"
+    return f"kernels (us): {kernels}; span {times['span_us']:.1f}, after the decode kernel {times['tail_us']:.1f}"

@@ -249,6 +249,21 @@ def test_compare_runs_reports_a_wrong_build_and_fails():
     assert compare_runs.table_lines(result)[-1] == "wrong results: new"
 
 
+def test_compare_runs_shows_the_tails_of_runs_with_kernel_times():
+    def run(ours_tail, flashmla_tail):
+        result = _run({"a": 0.2}, {"a": 0.2})
+        ours, flashmla = result["configs"][0]["rows"]
+        ours["tail_us"], flashmla["tail_us"] = ours_tail, flashmla_tail
+        return result
+    result = compare_runs.compare([("base", [run(8.0, 6.0), run(9.0, 6.2)]), ("new", [run(5.0, 6.1)])])
+    row = result["rows"][0]
+    assert row["tail_us"] == {"base": pytest.approx(8.5), "new": pytest.approx(5.0)}
+    assert row["peer_tail_us"] == pytest.approx(6.1)
+    assert "| a | 8.5 | 5.0 | 6.1 |" in compare_runs.table_lines(result)
+    without = compare_runs.compare([("base", [_run({"a": 0.2}, {"a": 0.2})]), ("new", [_run({"a": 0.1}, {"a": 0.2})])])
+    assert not any("after the decode kernel" in line for line in compare_runs.table_lines(without))
+
+
 def test_compare_runs_cli(tmp_path, capsys):
     base, new = tmp_path / "base.json", tmp_path / "new.json"
     base.write_text(json.dumps(_run({"a": 0.2}, {"a": 0.2})))
@@ -276,7 +291,7 @@ def test_kernel_profile_names_and_description():
     assert kernel_profile.short_name("Memset (Device)") == "Memset"
     text = kernel_profile.describe({"kernel_us": {"decode": 119.0, "combine": 126.9}, "span_us": 127.8,
                                     "tail_us": 8.8})
-    assert text == "kernels (us): decode 119.0, combine 126.9; span 127.8, after the first kernel 8.8"
+    assert text == "kernels (us): decode 119.0, combine 126.9; span 127.8, after the decode kernel 8.8"
     assert kernel_profile.describe(None) == "kernel times: not measured"
 
 
@@ -310,6 +325,17 @@ def test_kernel_times_splits_the_trace_into_calls_past_the_flush(monkeypatch):
     times = kernel_profile.kernel_times(lambda: None, _FakeCudaBuffer(), calls=calls)
     assert times["kernel_us"] == {"mla_decode_seesaw_kernel": 101.0, "mla_combine_rows_kernel": 108.0}
     assert times["span_us"] == 109.0 and times["tail_us"] == 8.0
+    # A kernel launched before the decode kernel (a workspace clear) counts in the span, not in the tail.
+    def trace_with_clear(run, count):
+        events = trace(run, count)
+        if run.__name__ == "flush_only":
+            return events
+        return sorted(events + [(1000.0 * i + 55, 1000.0 * i + 56, "void ns::clear_kernel(int*, int)")
+                                for i in range(count)])
+
+    monkeypatch.setattr(kernel_profile, "_profiled", trace_with_clear)
+    times = kernel_profile.kernel_times(lambda: None, _FakeCudaBuffer(), calls=calls)
+    assert times["span_us"] == 114.0 and times["tail_us"] == 8.0
     # A trace that does not split into equal calls is not reported.
     monkeypatch.setattr(kernel_profile, "_profiled", lambda run, count: trace(run, count)[:-1])
     assert kernel_profile.kernel_times(lambda: None, _FakeCudaBuffer(), calls=calls) is None
