@@ -19,7 +19,7 @@ import json
 import statistics
 import sys
 
-from benchmarks.bench_kernel import geomean
+from benchmarks.kernel_report import geomean
 
 
 def parse_label(spec: str) -> tuple[str, list[str]]:

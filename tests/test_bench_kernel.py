@@ -9,7 +9,7 @@ import pytest
 
 import torch
 
-from benchmarks import bench_kernel, compare_runs, kernel_configs, kernel_rounds
+from benchmarks import bench_kernel, compare_runs, kernel_configs, kernel_report, kernel_rounds
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # tests/conftest.py
 
@@ -167,14 +167,14 @@ def _result(name, group, ours_ms, flashmla_ms, rows=16, spread="equal"):
 def test_summary_headline_is_ours_against_flashmla():
     results = [_result("a", "main", 1.0, 1.1), _result("b", "main", 1.0, 0.9, rows=128, spread="varlen2"),
                _result("c", "small", 2.0, 2.2, rows=128)]
-    summary = bench_kernel.summarize(results, {}, ["ours", "flashmla"], host=None)
+    summary = kernel_report.summarize(results, {}, ["ours", "flashmla"], host=None)
     vs = summary["ours_vs_flashmla"]
     assert vs["main"]["configs"] == 2 and vs["main"]["geomean"] == pytest.approx((1.1 * 0.9) ** 0.5)
     assert vs["main"]["below_1"] == ["b"] and vs["main"]["min"] == (pytest.approx(0.9), "b")
     assert vs["small"]["geomean"] == pytest.approx(1.1) and vs["all"]["configs"] == 3
     assert vs["main_by_bound"]["memory"] == pytest.approx(1.1) and vs["main_by_spread"]["varlen2"] == pytest.approx(0.9)
     assert summary["max_rel_error_vs_float32"] == {"ours": (5e-3, "c"), "flashmla": (3e-3, "c")}
-    lines = bench_kernel.summary_lines(summary, {"repeats": 3, "rounds": 1})
+    lines = kernel_report.summary_lines(summary, {"repeats": 3, "rounds": 1})
     assert any("main   geomean 0.995 over 2, min 0.900 at b, below 1.0 on 1" in line for line in lines)
 
 
@@ -191,10 +191,10 @@ def test_fp8_rows_checked_with_their_own_tolerance_and_summarized_against_triton
                          dict(base["rows"][0], impl="triton_fp8", variant="ours-triton-fp8", ms=fp8_ms)]
         return base
     results = [result("mem", 16, 2.0, 1.0), result("comp", 128, 1.0, 1.0)]
-    summary = bench_kernel.summarize(results, {}, ["ours", "triton", "triton_fp8"], host=None)
+    summary = kernel_report.summarize(results, {}, ["ours", "triton", "triton_fp8"], host=None)
     fp8 = summary["triton_fp8_vs_triton"]
     assert fp8["by_bound"]["memory"] == pytest.approx(2.0) and fp8["by_bound"]["compute"] == pytest.approx(1.0)
-    lines = bench_kernel.summary_lines(summary, {"repeats": 1})
+    lines = kernel_report.summary_lines(summary, {"repeats": 1})
     assert any(line.startswith("   our Triton FP8 vs our Triton") for line in lines)
 
 
