@@ -44,8 +44,10 @@ def times_by_config(runs: list[dict], impl: str, field: str = "ms") -> tuple[dic
             rows = [row for row in config.get("rows", []) if row.get("impl") == impl]
             named = [row for row in rows if row.get("variant", impl) == impl]
             for row in named or (rows if len({row.get("variant") for row in rows}) == 1 else []):
-                if row.get(field) is not None and (field != "ms" or row[field]):
-                    times.setdefault(config["name"], []).append(row[field] * scale)
+                value = row.get(field)
+                # A time of 0 is a row that did not run; a tail of 0 is a call that ends with its decode kernel.
+                if value is not None and (value > 0 or field == "tail_us"):
+                    times.setdefault(config["name"], []).append(value * scale)
                 if row.get("ok") is False:
                     wrong.add(config["name"])
     return times, wrong
