@@ -24,10 +24,11 @@
 #             made with `git archive REV csrc hf_flashmla benchmarks setup.py pyproject.toml | tar -x -C .ab/NAME`,
 #             carried as .ab), built in place there, all at once; then AB_ROUNDS (2) rounds of bench_kernel $AB_ARGS,
 #             one process per tree and round, alternating (the bases in order, this tree last), and
-#             python -m benchmarks.compare_runs over them (labels: the folders' names, then "new"): AB_IMPL (ours)
-#             compared, AB_PEER (flashmla) shown as the drift, e.g. AB_IMPL=ours_fp8 AB_PEER=ours for the FP8
-#             kernels (with `build` and `tests` in STAGES this tree is built and checked first)
-#                                                                      -> ab.log, ab_{NAME,new}_N.json, ab.json
+#             python -m benchmarks.compare_runs over them (labels: the folders' names, then "new"): AB_IMPL (ours;
+#             a comma list compares each, e.g. ours,ours_fp8 with both in AB_ARGS' --impls) compared, AB_PEER
+#             (flashmla) shown as the drift, e.g. AB_IMPL=ours_fp8 AB_PEER=ours for the FP8 kernels (with `build` and
+#             `tests` in STAGES this tree is built and checked first)
+#                                                -> ab.log, ab_{NAME,new}_N.json, ab.json (ab_IMPL.json for several)
 # Stage time limits: TESTS_TIMEOUT (480 s), CONDITIONS_TIMEOUT (540 s), SANITIZE_TIMEOUT (300 s), STAGE_TIMEOUT (each
 # other step's own).
 set -u
@@ -285,9 +286,15 @@ if has_stage ab; then
       args=()
       for side in "${labels[@]}"; do [[ -n ${runs[$side]:-} ]] && args+=("$side=${runs[$side]}"); done
       if (( ${#args[@]} > 1 )); then
-        python3 -m benchmarks.compare_runs "${args[@]}" --impl "${AB_IMPL:-ours}" \
-          --peer "${AB_PEER:-flashmla}" --json "$OUT/ab.json" | tee -a "$log"
-        note "ab: $(grep -E "^geomean|^wrong" "$log" | tail -$(( ${#args[@]} )) | tr '\n' ' ')"
+        # One comparison per implementation named in AB_IMPL (e.g. ours,ours_fp8: both kernels from one set of runs).
+        IFS=, read -r -a ab_impls <<< "${AB_IMPL:-ours}"
+        for impl in "${ab_impls[@]}"; do
+          json="$OUT/ab.json"; (( ${#ab_impls[@]} > 1 )) && json="$OUT/ab_$impl.json"
+          compared=$(python3 -m benchmarks.compare_runs "${args[@]}" --impl "$impl" --peer "${AB_PEER:-flashmla}" \
+            --json "$json" 2>&1)
+          echo "$compared" | tee -a "$log"
+          note "ab ($impl): $(echo "$compared" | grep -E "^geomean|^wrong" | tr '\n' ' ')"
+        done
       fi
     else
       note "ab: FAILED: a tree of $AB_BASE did not build (see ab.log)"; grep -E "error" "$log" | head -10
