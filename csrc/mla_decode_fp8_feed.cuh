@@ -135,7 +135,8 @@ __device__ __forceinline__ void fp8_start_page(const CUtensorMap* raw_map, const
   const uint32_t stage_addr = kv_smem + stage * kTileBytes;
   mbarrier_wait(bars.kv_empty(stage, 0), (uses & 1) ^ 1);
   mbarrier_arrive_expect_tx(bars.raw_full(stage), kFp8LatentBoxBytes);
-  tma_load_4d(stage_addr + kFp8RawChunk * kChunkBytes, raw_map, bars.raw_full(stage), 0, -shift, page, 0);
+  tma_load_4d(stage_addr + kFp8RawChunk * kChunkBytes, raw_map, bars.raw_full(stage), 0, -shift, page, 0,
+              l2_evict_first_policy());
 }
 
 // The rest of that page (all 128 producer threads; see the file comment): its rope values by TMA into chunk 8, and
@@ -149,7 +150,8 @@ __device__ __forceinline__ void fp8_finish_page(const MlaDecodeParams& p, const 
   if (t.issuer) {
     mbarrier_wait(bars.kv_empty(stage, 1), free_parity);
     mbarrier_arrive_expect_tx(bars.kv_full(stage, 8), kChunkBytes);
-    tma_load_3d(stage_addr + 8 * kChunkBytes, rope_map, bars.kv_full(stage, 8), 0, -shift, page);
+    tma_load_3d(stage_addr + 8 * kChunkBytes, rope_map, bars.kv_full(stage, 8), 0, -shift, page,
+                l2_evict_first_policy());
   }
   // The token of the page in this thread's row; rows before the shift and pages outside the pool hold zeros.
   const int token = Fp8FeedThread::token() - shift;
