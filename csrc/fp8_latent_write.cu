@@ -5,8 +5,9 @@
 // One warp per row. Lane l quantizes latent values 16l .. 16l + 15 (scale group l / 8: the group's amax is a max over
 // its 8 lanes); lanes 0..7 convert the 64 rope values to bf16, 8 each. Every float operation is IEEE
 // round-to-nearest with subnormals kept (inline PTX without .ftz: the extension builds with --use_fast_math), in the
-// order quantize uses: scale = amax * (1 / 448); value = x / (scale > 0 ? scale : 1), clamped to [-448, 448] (NaN
-// kept), rounded to e4m3; NaN in a group makes its amax, so its scale, NaN (torch's amax propagates NaN).
+// order quantize uses: scale = amax * (1 / 448), rounded up to a bf16 value; value = x / (scale > 0 ? scale : 1),
+// clamped to [-448, 448] (NaN kept), rounded to e4m3; NaN in a group makes its amax, so its scale, NaN (torch's amax
+// propagates NaN).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -39,6 +40,11 @@ __device__ __forceinline__ float max_nan(float a, float b) {  // NaN if either i
   return d;
 }
 __device__ __forceinline__ bool is_nan(float x) { return (__float_as_uint(x) & 0x7fffffffu) > 0x7f800000u; }
+
+// x >= 0 (or NaN, kept) rounded up to a bfloat16 value, as fp8_latent.round_up_to_bf16.
+__device__ __forceinline__ float round_up_to_bf16(float x) {
+  return is_nan(x) ? x : __uint_as_float((__float_as_uint(x) + 0xffffu) & 0xffff0000u);
+}
 
 // Two floats as e4m3 bytes, lo in the lower byte.
 __device__ __forceinline__ uint32_t e4m3x2(float lo, float hi) {
@@ -92,7 +98,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) fp8_latent_write_kernel(c
   for (int i = 0; i < 16; ++i) amax = max_nan(amax, fabsf(v[i]));
 #pragma unroll
   for (int mask = 1; mask < 8; mask *= 2) amax = max_nan(amax, __shfl_xor_sync(0xffffffff, amax, mask));
-  const float scale = mul_rn(amax, __uint_as_float(kInv448Bits));
+  const float scale = round_up_to_bf16(mul_rn(amax, __uint_as_float(kInv448Bits)));
   const float divisor = scale > 0.f ? scale : 1.f;  // a zero group keeps scale 0; NaN > 0 is false, as in torch
   uint32_t bytes[4];
 #pragma unroll

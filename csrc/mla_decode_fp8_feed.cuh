@@ -58,6 +58,7 @@ __device__ __forceinline__ float2 e4m3x2_to_float2(uint32_t two) {
 }
 
 // 16 e4m3 values (a 16-byte unit, column order) times `scale` as 16 bf16: out[0..3] columns 0..7, out[4..7] 8..15.
+// The general rule, in float32: any scale (fp8_scale_multiplier says when the bf16x2 form below applies).
 __device__ __forceinline__ void dequantize_16(const uint32_t (&raw)[4], float scale, uint32_t (&out)[8]) {
 #pragma unroll
   for (int w = 0; w < 4; ++w) {
@@ -66,6 +67,50 @@ __device__ __forceinline__ void dequantize_16(const uint32_t (&raw)[4], float sc
     out[2 * w] = ElemTraits<__nv_bfloat16>::pack(lo.x * scale, lo.y * scale);
     out[2 * w + 1] = ElemTraits<__nv_bfloat16>::pack(hi.x * scale, hi.y * scale);
   }
+}
+
+// Bytes 2k, 2k + 1 of `word` (two e4m3 values) as bf16x2 holding each value times 2^-120: the e4m3 sign goes to
+// bf16's sign bit and its 7 exponent and mantissa bits to bf16's lowest 4 exponent and top 3 mantissa bits, which
+// reads as the value times 2^(7 - 127), subnormals included (below their smallest normal both formats are the
+// mantissa times the same power of two). prmt puts each byte in a 16-bit lane with its sign replicated above it.
+template <int k>
+__device__ __forceinline__ uint32_t e4m3x2_to_scaled_bf16x2(uint32_t word) {
+  uint32_t lanes;
+  asm("prmt.b32 %0, %1, 0, %2;" : "=r"(lanes) : "r"(word), "n"(k == 0 ? 0x9180 : 0xB3A2));
+  return (lanes << 4) & 0x87F087F0u;
+}
+
+__device__ __forceinline__ uint32_t mul_bf16x2(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+
+// The same 16 values by two bf16x2 instructions per pair where the scale is bf16-exact (the quantizer's are:
+// hf_flashmla/fp8_latent.py): the product of an e4m3 value (4 significant bits) and such a scale (8) is exact in
+// float32, so rounding it once to bf16 (mul.rn.bf16x2) is the general rule's result. The float32 path's three
+// conversions per pair ran on the SM's conversion units at a fraction of the ALU rate and set the feed's pace.
+__device__ __forceinline__ void dequantize_16_exact_scale(const uint32_t (&raw)[4], uint32_t multiplier,
+                                                          uint32_t (&out)[8]) {
+#pragma unroll
+  for (int w = 0; w < 4; ++w) {
+    out[2 * w] = mul_bf16x2(e4m3x2_to_scaled_bf16x2<0>(raw[w]), multiplier);
+    out[2 * w + 1] = mul_bf16x2(e4m3x2_to_scaled_bf16x2<1>(raw[w]), multiplier);
+  }
+}
+
+// Whether dequantize_16_exact_scale gives the general rule's result for this scale: where it is bf16-exact, below 2^8
+// (so that its multiplier is finite) and 0 or at least 2^-100 (so that the float32 product is a normal, hence exact,
+// number). NaN and infinity take the general path, as may any scale of a cache written elsewhere.
+__device__ __forceinline__ bool fp8_scale_is_bf16_exact(float scale) {
+  const float magnitude = fabsf(scale);
+  return (__float_as_uint(scale) & 0xffffu) == 0 && magnitude < 256.f && (magnitude >= 0x1p-100f || magnitude == 0.f);
+}
+
+// Its multiplier: scale * 2^120 (exact, a power-of-two product) in both bf16 halves.
+__device__ __forceinline__ uint32_t fp8_scale_multiplier(float scale) {
+  const uint32_t half = __float_as_uint(scale * 0x1p120f) >> 16;
+  return half | (half << 16);
 }
 
 // The producer warpgroup's thread as a dequantiser: each warp takes 16 tokens, lane l token 16 w + l % 16 as half
@@ -92,11 +137,12 @@ struct Fp8FeedThread {
 
 // Raw group g of this thread's token into chunks 2g, 2g + 1. Step s takes raw units 4s + 2 half, 4s + 2 half + 1
 // (values 16 u .. 16 u + 15 of the group each) into chunk 2g + s, units 4 half .. 4 half + 3: in each step the two
-// lanes of a token read four adjacent units and write the chunk's whole row. All four loads go first (one load
-// latency per group), then the stores: group 3's step 1 writes chunk 7 over the group's own raw units 0..7, which
-// both lanes have read by the __syncwarp before the stores. The writes over other groups' raw bytes (group 2 over raw
-// groups 0, 1, group 3's step 0 over raw group 2) follow the caller's __syncwarp after those groups. The lanes of a quarter warp are 8 consecutive
-// tokens of one half: their 16-byte loads and stores hit 8 distinct 16-byte bank groups in the swizzled layouts.
+// lanes of a token read four adjacent units and write the chunk's whole row. Group 3's step 1 writes chunk 7 over the
+// group's own raw units 0..7: both lanes' loads of both steps come before the __syncwarp ahead of those stores. (All
+// four loads first, one load latency per group, kept 8 more registers live and spilled the producer's 56.) The
+// writes over other groups' raw bytes (group 2 over raw groups 0, 1, group 3's step 0 over raw group 2) follow the
+// caller's __syncwarp after those groups. The lanes of a quarter warp are 8 consecutive tokens of one half: their
+// 16-byte loads and stores hit 8 distinct 16-byte bank groups in the swizzled layouts.
 __device__ __forceinline__ void fp8_dequantize_group(uint32_t stage_addr, int g, float scale) {
   // The row offsets are recomputed per group (from %tid, which ptxas cannot hoist): kept live across the page loop
   // they were a dozen registers more than the producer's 56 (spills).
@@ -106,23 +152,28 @@ __device__ __forceinline__ void fp8_dequantize_group(uint32_t stage_addr, int g,
   const uint32_t row = stage_addr + token * 128;
   const uint32_t load_key = ((2 * half) ^ (token & 7)) << 4, store_key = ((4 * half) ^ (token & 7)) << 4;
   const uint32_t raw_group = row + (kFp8RawChunk + g) * kChunkBytes;
-  // All four units' loads first, then their conversions and stores.
-  uint32_t raw[2][2][4];
+  auto convert_and_store = [&](auto dequantize) {
 #pragma unroll
-  for (int step = 0; step < 2; ++step)
+    for (int step = 0; step < 2; ++step) {
+      uint32_t raw[2][4];
 #pragma unroll
-    for (int u = 0; u < 2; ++u) ld_shared_v4(raw_group + (((4 * step + u) << 4) ^ load_key), raw[step][u]);
-  if (g == 3) __syncwarp();
+      for (int u = 0; u < 2; ++u) ld_shared_v4(raw_group + (((4 * step + u) << 4) ^ load_key), raw[u]);
+      if (g == 3 && step == 1) __syncwarp();
+      const uint32_t chunk = row + (2 * g + step) * kChunkBytes;
 #pragma unroll
-  for (int step = 0; step < 2; ++step) {
-    const uint32_t chunk = row + (2 * g + step) * kChunkBytes;
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      uint32_t out[8];
-      dequantize_16(raw[step][u], scale, out);
-      st_shared_v4(chunk + (((2 * u) << 4) ^ store_key), out[0], out[1], out[2], out[3]);
-      st_shared_v4(chunk + (((2 * u + 1) << 4) ^ store_key), out[4], out[5], out[6], out[7]);
+      for (int u = 0; u < 2; ++u) {
+        uint32_t out[8];
+        dequantize(raw[u], out);
+        st_shared_v4(chunk + (((2 * u) << 4) ^ store_key), out[0], out[1], out[2], out[3]);
+        st_shared_v4(chunk + (((2 * u + 1) << 4) ^ store_key), out[4], out[5], out[6], out[7]);
+      }
     }
+  };
+  if (fp8_scale_is_bf16_exact(scale)) {
+    const uint32_t multiplier = fp8_scale_multiplier(scale);
+    convert_and_store([&](const uint32_t(&r)[4], uint32_t(&out)[8]) { dequantize_16_exact_scale(r, multiplier, out); });
+  } else {
+    convert_and_store([&](const uint32_t(&r)[4], uint32_t(&out)[8]) { dequantize_16(r, scale, out); });
   }
 }
 

@@ -2,7 +2,8 @@
 
 A latent row of kv_lora_rank + rope values (512 + 64 for every served model) is stored as bytes:
   [0, rank)                     the latent, float8_e4m3fn, group g of GROUP values divided by scale g;
-  [rank, rank + 4 * rank/GROUP) one float32 scale per group: amax(|group|) * (1 / 448) (448: e4m3's largest);
+  [rank, rank + 4 * rank/GROUP) one float32 scale per group: amax(|group|) * (1 / 448) (448: e4m3's largest),
+                                rounded up to a bfloat16 value (see below);
   [.., + 2 * rope)              the rope part in bfloat16 (not quantized: it carries the positions).
 For 512 + 64 that is 512 + 16 + 128 = 656 bytes, against 1152 in bf16.
 
@@ -11,6 +12,12 @@ Triton kernel's and the sm_90 kernel's tensor cores where s_q * h_q > 16, q's dt
 sm_90 kernel's narrow form (s_q * h_q <= EXACT_KEYS_MAX_ROWS) multiplies the e4m3 values, exact in f16, and applies
 each scale to the float32 products: its keys are exact, as the reference's are for a float32 q. The rope part is
 bf16 as stored.
+
+The scales are bfloat16 values (in float32 fields, so FlashMLA's layout holds): the product of an e4m3 value (4
+significant bits) and such a scale (8) is exact in float32, so the sm_90 kernel's wide form dequantizes with one bf16x2
+multiply per two values and gets the float32 rule's result bit for bit (csrc/mla_decode_fp8_feed.cuh; scales of a
+cache written elsewhere take its float32 path). Rounding up keeps every value within e4m3's range and costs at most
+2^-7 of it at the top, so the largest value of a group still maps to 448.
 
 Quantization is pure torch ops on the latent's device (the cache's write on the sm_90 kernel's device is one fused
 kernel with the same bytes, csrc/fp8_latent_write.cu): no host sync, so it runs inside CUDA graphs.
@@ -74,7 +81,7 @@ def quantize(latent: torch.Tensor, kv_lora_rank: int) -> torch.Tensor:
     # Times the reciprocal, not divided by 448: CUDA computes a tensor divided by a Python number as that product,
     # the CPU as a true division, so only the product gives the same bytes on every device (test_fp8_kernel.py
     # compares the two on a GPU).
-    scale = groups.abs().amax(dim=-1, keepdim=True) * (1.0 / FP8_MAX)
+    scale = round_up_to_bf16(groups.abs().amax(dim=-1, keepdim=True) * (1.0 / FP8_MAX))
     # A zero group keeps scale 0 (it dequantizes to 0); dividing by 1 there avoids 0 / 0. Clamping keeps a value
     # that rounds just above 448 from becoming NaN (e4m3fn has no infinity).
     divisor = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -86,6 +93,14 @@ def quantize(latent: torch.Tensor, kv_lora_rank: int) -> torch.Tensor:
     rope_bytes = latent[..., rank:].to(ROPE_DTYPE).contiguous().view(torch.uint8)
     out[..., scale_end:] = rope_bytes
     return out
+
+
+def round_up_to_bf16(x: torch.Tensor) -> torch.Tensor:
+    """float32 x >= 0 (or NaN, kept) -> the least bfloat16 value >= x, as float32: the low 16 bits rounded up."""
+    nan = torch.isnan(x)
+    bits = torch.where(nan, torch.zeros_like(x), x).view(torch.int32)
+    up = ((bits + 0xFFFF) & -0x10000).view(torch.float32)
+    return torch.where(nan, x, up)
 
 
 def dequantize(stored: torch.Tensor, kv_lora_rank: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -67,7 +67,10 @@ def test_layout_is_flashmla_656_bytes():
     assert fp8_latent.token_bytes(512, 64) == 656
     groups = latent[..., :512].reshape(2, 3, 4, 128)
     scales = stored[..., 512:528].contiguous().view(torch.float32)
-    assert torch.equal(scales, groups.abs().amax(dim=-1) * (1 / 448))
+    exact = groups.abs().amax(dim=-1) * (1 / 448)
+    assert torch.equal(scales, fp8_latent.round_up_to_bf16(exact))
+    assert torch.equal(scales, scales.to(torch.bfloat16).float()) and (scales >= exact).all()
+    assert (scales <= exact * (1 + 2 ** -7)).all()
     assert torch.equal(stored[..., 528:].contiguous().view(torch.bfloat16), latent[..., 512:].to(torch.bfloat16))
     values = stored[..., :512].contiguous().view(torch.float8_e4m3fn).float().reshape(2, 3, 4, 128)
     assert values.abs().amax(dim=-1).eq(448).all()  # each group's largest value maps to e4m3's largest
@@ -84,7 +87,7 @@ def test_round_trip_error_within_e4m3_rounding_per_group(dtype):
     back = fp8_latent.dequantize(fp8_latent.quantize(latent, DV), DV)
     x = latent.float()
     groups = x[:, :512].reshape(64, 4, 128)
-    scale = (groups.abs().amax(dim=-1, keepdim=True) * (1 / 448))
+    scale = fp8_latent.round_up_to_bf16(groups.abs().amax(dim=-1, keepdim=True) * (1 / 448))
     error = (back[:, :512].reshape(64, 4, 128) - groups).abs()
     # e4m3: 3 mantissa bits, so a normal value rounds within 2^-4 of itself; below 2^-6 (subnormal) the step is 2^-9.
     bound = torch.maximum(groups.abs() * 2 ** -4, scale * 2 ** -10) * (1 + 1e-6)
@@ -369,6 +372,38 @@ def _check_on_gpu(inputs, causal, path):
                                                       is_fp8_kvcache=True)
         torch.cuda.synchronize()
         assert_matches_reference(out, lse, inputs, causal, expected)
+
+
+# The wide kernel dequantizes with one bf16x2 multiply per two values where a scale is bf16-exact (every scale
+# fp8_latent.quantize writes) and in float32 otherwise (a cache written elsewhere); both must give the reference's
+# bf16 keys bit for bit. One key per sequence makes each output row that key's value row (P = 1), so the output is the
+# dequantized latent itself: here every e4m3 code but NaN, subnormals included, under both kinds of scale.
+@pytest.mark.gpu
+def test_gpu_wide_kernel_dequantizes_every_code_exactly(monkeypatch):
+    monkeypatch.delenv(BACKEND.name, raising=False)
+    scales = torch.tensor([[1.0, 2 ** -10 * 1.5, 0.0032501220703125, 200.0],     # bf16-exact: the bf16x2 path
+                           [0.1, 300.0, 1e-35, 0.0],                             # float32, >= 2^8, tiny, zero
+                           [2 ** -100, 255.0, 0.00390625 * 1.0078125, 2 ** -101],
+                           [0.1, 1.0, 0.1, 1.0]], dtype=torch.float32)
+    codes = torch.arange(256, dtype=torch.int64)
+    codes = codes[(codes & 0x7F) != 0x7F]  # the two NaN codes left out
+    b = 8
+    inputs = make_paged_inputs([1] * b, 1, 64, dtype=torch.float32, seed=5)
+    cache = fp8_latent.quantize(inputs.k_cache, DV)
+    for i in range(b):
+        row = cache[int(inputs.block_table[i, 0]), 0, 0]
+        row[:DV] = codes.roll(37 * i).repeat(3)[:DV].to(torch.uint8)
+        row[DV:DV + 16] = scales[i % len(scales)].view(torch.uint8)
+    inputs = inputs.__class__(inputs.q.to(torch.bfloat16).cuda(), cache.cuda(), inputs.block_table.cuda(),
+                              inputs.cache_seqlens.cuda())
+    assert hf_flashmla.backend(inputs.q, is_fp8_kvcache=True).name == "cuda_sm90"
+    metadata, splits = hf_flashmla.get_mla_metadata(inputs.cache_seqlens, 64, 1)
+    out, _ = hf_flashmla.flash_mla_with_kvcache(inputs.q, inputs.k_cache, inputs.block_table, inputs.cache_seqlens, DV,
+                                                metadata, splits, is_fp8_kvcache=True)
+    for i in range(b):
+        row = cache[int(inputs.block_table[i, 0]), 0, 0]
+        expected = fp8_latent.dequantize(row, DV)[:DV].to(torch.bfloat16)
+        assert torch.equal(out[i, 0].cpu(), expected.expand(64, DV)), f"sequence {i}, scales {scales[i % 4]}"
 
 
 # The kernels' lazy running max per query row (the narrow kernel: per column of S^T) and the narrow kernel's lazy
