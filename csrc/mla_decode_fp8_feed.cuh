@@ -58,7 +58,7 @@ __device__ __forceinline__ float2 e4m3x2_to_float2(uint32_t two) {
 }
 
 // 16 e4m3 values (a 16-byte unit, column order) times `scale` as 16 bf16: out[0..3] columns 0..7, out[4..7] 8..15.
-// The general rule, in float32: any scale (fp8_scale_multiplier says when the bf16x2 form below applies).
+// The general rule, in float32: any scale (fp8_scale_is_bf16_exact says when the bf16x2 form below applies).
 __device__ __forceinline__ void dequantize_16(const uint32_t (&raw)[4], float scale, uint32_t (&out)[8]) {
 #pragma unroll
   for (int w = 0; w < 4; ++w) {
@@ -88,8 +88,8 @@ __device__ __forceinline__ uint32_t mul_bf16x2(uint32_t a, uint32_t b) {
 
 // The same 16 values by two bf16x2 instructions per pair where the scale is bf16-exact (the quantizer's are:
 // hf_flashmla/fp8_latent.py): the product of an e4m3 value (4 significant bits) and such a scale (8) is exact in
-// float32, so rounding it once to bf16 (mul.rn.bf16x2) is the general rule's result. The float32 path's three
-// conversions per pair ran on the SM's conversion units at a fraction of the ALU rate and set the feed's pace.
+// float32, so rounding it once to bf16 (mul.rn.bf16x2) is the general rule's result. The float32 path's conversions
+// per pair (e4m3 -> f16 -> f32 -> bf16) set the feed's pace (docs/kernel-design.md, "The FP8 latent cache").
 __device__ __forceinline__ void dequantize_16_exact_scale(const uint32_t (&raw)[4], uint32_t multiplier,
                                                           uint32_t (&out)[8]) {
 #pragma unroll
