@@ -107,6 +107,18 @@ def test_round_trip_keeps_nan_in_its_group_only():
     assert torch.isfinite(back[0, :128]).all() and torch.isfinite(back[0, 256:]).all() and torch.isfinite(back[1]).all()
 
 
+def test_scales_round_up_to_bf16_values():
+    """Exact values stay, others go to the next bf16 value up (subnormals too); zero, infinity and NaN (any payload)
+    stay what they are."""
+    bits = torch.tensor([0x3F800000, 0x3F800001, 0x3F80FFFF, 0x3F81_0000, 0x00000001, 0x007FFFFF, 0x00000000,
+                         0x7F800000, 0x7FC00000, 0x7FFFFFFF, 0x7F7F0001], dtype=torch.int32)
+    up = fp8_latent.round_up_to_bf16(bits.view(torch.float32)).view(torch.int32)
+    expected = [0x3F800000, 0x3F810000, 0x3F810000, 0x3F810000, 0x00010000, 0x00800000, 0x00000000, 0x7F800000]
+    assert up[:8].tolist() == expected
+    assert up[8:10].view(torch.float32).isnan().all()
+    assert up[10].item() == 0x7F800000  # above bf16's largest finite value: infinity, as rounding up must give
+
+
 def test_quantize_stays_on_the_device_without_sync():
     """Pure tensor ops: the same code under torch.compile's fake tensors would fail on a host read; here: meta."""
     latent = torch.empty(3, 4, 576, device="meta")
