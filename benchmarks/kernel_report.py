@@ -134,7 +134,11 @@ def summarize(results, figures, impls, host):
             summary[f"{lossy_impl}_vs_{exact_impl}"] = {
                 "all": ratio_stats(fp8),
                 "by_bound": {bound: geomean([x for x, n in fp8 if kc.bound_of(by_name[n]["s_q"] * by_name[n]["h_q"])
-                                             == bound]) for bound in ("memory", "middle", "compute")}}
+                                             == bound]) for bound in ("memory", "middle", "compute")},
+                # Query rows per call pick the FP8 kernel's form (narrow up to 32, the seesaw feed above; 64, 128,
+                # 256 rows are one, two, four m-block CTAs per page), so its targets are read per row count.
+                "by_rows": {rows: geomean([x for x, n in fp8 if by_name[n]["s_q"] * by_name[n]["h_q"] == rows])
+                            for rows in sorted({by_name[n]["s_q"] * by_name[n]["h_q"] for _, n in fp8})}}
     summary["wrong"] = [(r["name"], row["variant"]) for r in results for row in r["rows"] if row["ok"] is False]
     summary["errors"] = [(r["name"], row["variant"], row["error"]) for r in results for row in r["rows"]
                          if row["error"] and not row["error"].startswith("not run")][:50]
@@ -190,7 +194,8 @@ def summary_lines(summary, meta):
         fp8 = summary.get(key)
         if fp8:
             lines.append(f"   {label} (bf16 cache): bf16 time / FP8 time {stats_text(fp8['all'])}; by bound: "
-                         + ", ".join(f"{k} {fmt(v, '.3f')}" for k, v in fp8["by_bound"].items()))
+                         + ", ".join(f"{k} {fmt(v, '.3f')}" for k, v in fp8["by_bound"].items())
+                         + "; by query rows: " + ", ".join(f"{k} {fmt(v, '.3f')}" for k, v in fp8["by_rows"].items()))
     wrong, errors = summary["wrong"], summary["errors"]
     lines.append(f"   incorrect results: {len(wrong)}" + (f" {wrong[:10]}" if wrong else ""))
     lines.append(f"   errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))

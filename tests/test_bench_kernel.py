@@ -194,8 +194,10 @@ def test_fp8_rows_checked_with_their_own_tolerance_and_summarized_against_triton
     summary = kernel_report.summarize(results, {}, ["ours", "triton", "triton_fp8"], host=None)
     fp8 = summary["triton_fp8_vs_triton"]
     assert fp8["by_bound"]["memory"] == pytest.approx(2.0) and fp8["by_bound"]["compute"] == pytest.approx(1.0)
+    assert fp8["by_rows"] == {16: pytest.approx(2.0), 128: pytest.approx(1.0)}
     lines = kernel_report.summary_lines(summary, {"repeats": 1})
-    assert any(line.startswith("   our Triton FP8 vs our Triton") for line in lines)
+    line = next(line for line in lines if line.startswith("   our Triton FP8 vs our Triton"))
+    assert line.endswith("by query rows: 16 2.000, 128 1.000")
 
 
 def test_dry_run_lists_the_fp8_peer_as_not_run_without_cuda(tmp_path):
