@@ -212,14 +212,15 @@ const char* opt_in_shared_memory(int bytes) {
   return nullptr;
 }
 
-// How many pairs ahead the producer prefetches pages into L2: one where two m-block CTAs share each page
+// How many pairs ahead the producer prefetches pages into L2. bf16: one where two m-block CTAs share each page
 // (s_q * h_q in 65..128, e.g. h_q = 128 at s_q = 1), none elsewhere. Measured on the H100: with one CTA per page
 // (h_q * s_q <= 64, HBM-bound) prefetching was 6-9% slower (the prefetched pages compete for L2 with the loads), with
-// four (s2 h128, compute-bound) no change, with two all 24 configs of the main table 2.9-7.8% faster. The FP8 feed
-// prefetches two pairs ahead everywhere: its raw loads go out only as the consumers free a stage and are waited on
-// before the page converts, so they should come from L2 (not yet measured against none).
+// four (s2 h128, compute-bound) no change, with two all 24 configs of the main table 2.9-7.8% faster. The FP8 feed:
+// two pairs ahead where several CTAs share each page (its raw loads go out only as the consumers free a stage, and
+// from L2 they land sooner: 1-3% faster than none at 128 and 256 rows, one or three pairs the same), none with one
+// CTA per page (b64 / b128 L4K h_q 64: 8-9% faster than two pairs, as with bf16).
 int prefetch_pairs_for(int num_m_blocks, bool is_fp8) {
-  if (is_fp8) return 2;
+  if (is_fp8) return num_m_blocks == 1 ? 0 : 2;
   return num_m_blocks == 2 ? 1 : 0;
 }
 
