@@ -22,12 +22,13 @@ dictionary lookup, not a device query.
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 from typing import NamedTuple
 
 import torch
 
-from hf_flashmla import _ops, envs
+from hf_flashmla import _ops, envs, validation
 
 KERNEL = "cuda_sm90"
 REFERENCE = "reference"
@@ -61,8 +62,18 @@ def _device_of(device_or_tensor) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
-    device = device_or_tensor.device if isinstance(device_or_tensor, torch.Tensor) else torch.device(device_or_tensor)
+    if isinstance(device_or_tensor, torch.Tensor):
+        return device_or_tensor.device
+    if isinstance(device_or_tensor, bool) or not isinstance(device_or_tensor, (torch.device, str, int)):
+        raise TypeError(f"device_or_tensor: expected a torch.device, a device string, an index or a tensor, got "
+                        f"{validation.type_name(device_or_tensor)}")
+    try:
+        device = torch.device(device_or_tensor)
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"device_or_tensor: not a device: {device_or_tensor!r} ({error})") from None
     if device.type == "cuda" and device.index is None:  # tensors always name their index: key the cache alike
+        if not torch.cuda.is_available():
+            raise ValueError(f"device_or_tensor: {device} is not available (torch.cuda.is_available() is False)")
         device = torch.device("cuda", torch.cuda.current_device())
     return device
 
@@ -140,7 +151,20 @@ def backend(device_or_tensor=None, *, num_heads_k: int = KERNEL_NUM_KV_HEADS,
     """Says which path flash_mla_with_kvcache takes for tensors on this device (default: the current CUDA
     device if there is one, else the CPU) with num_heads_k latent KV heads (k_cache's dim 2) and an FP8 cache or
     not, and why. Cached like the calls' own choice (the Transformers integration asks it at every layer)."""
-    return choice_for(_device_of(device_or_tensor), num_heads_k, bool(is_fp8_kvcache))
+    if isinstance(num_heads_k, bool) or not isinstance(num_heads_k, numbers.Integral):
+        raise TypeError(f"num_heads_k: expected an int, got {validation.type_name(num_heads_k)}")
+    if num_heads_k < 1:
+        raise ValueError(f"num_heads_k: expected h_kv >= 1, got {num_heads_k}")
+    if type(is_fp8_kvcache) is not bool:
+        raise TypeError(f"is_fp8_kvcache: expected a bool, got {validation.type_name(is_fp8_kvcache)}")
+    device = _device_of(device_or_tensor)
+    try:
+        return choice_for(device, int(num_heads_k), is_fp8_kvcache)
+    except AssertionError as error:  # torch's own, where a CUDA query finds no CUDA in this build
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device_or_tensor: {device} is not available (torch.cuda.is_available() is False)") \
+                from error
+        raise
 
 
 def forget_choices() -> None:

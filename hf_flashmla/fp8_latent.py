@@ -24,6 +24,8 @@ kernel with the same bytes, csrc/fp8_latent_write.cu): no host sync, so it runs 
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 FP8_E4M3 = "fp8_e4m3"
@@ -72,8 +74,36 @@ def split_dims(row_bytes: int, latent_dim: int) -> tuple[int, int]:
     return rank, latent_dim - rank
 
 
+def _type_name(value) -> str:
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _check_rank(kv_lora_rank, row_limit: int, row: str) -> None:
+    """kv_lora_rank: an int, a positive multiple of GROUP, within a row of row_limit values (row names them)."""
+    if isinstance(kv_lora_rank, bool) or not isinstance(kv_lora_rank, numbers.Integral):
+        raise TypeError(f"kv_lora_rank: expected an int, got {_type_name(kv_lora_rank)}")
+    if kv_lora_rank < GROUP or kv_lora_rank % GROUP or kv_lora_rank > row_limit:
+        raise ValueError(f"kv_lora_rank: expected a positive multiple of {GROUP} (the values per scale) of at most "
+                         f"{row_limit} ({row}), got {kv_lora_rank}")
+
+
+def _check_tensor(name: str, value, dtypes, what: str) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {_type_name(value)}")
+    if value.dtype not in dtypes:
+        raise TypeError(f"{name}: expected {what}, got dtype {str(value.dtype).replace('torch.', '')}")
+    if value.dim() < 1:
+        raise ValueError(f"{name}: expected a tensor [..., row], got a scalar")
+
+
+LATENT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
 def quantize(latent: torch.Tensor, kv_lora_rank: int) -> torch.Tensor:
-    """latent [..., rank + rope] (any float dtype) -> uint8 [..., token_bytes]."""
+    """latent [..., rank + rope] (a float dtype) -> uint8 [..., token_bytes]."""
+    _check_tensor("latent", latent, LATENT_DTYPES, "a float32, bfloat16, float16 or float64 latent")
+    _check_rank(kv_lora_rank, latent.shape[-1], "the latent row's length")
     rank = kv_lora_rank
     rope = latent.shape[-1] - rank
     lead = latent.shape[:-1]
@@ -106,6 +136,14 @@ def round_up_to_bf16(x: torch.Tensor) -> torch.Tensor:
 def dequantize(stored: torch.Tensor, kv_lora_rank: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 (or float8_e4m3fn) [..., token_bytes] -> [..., rank + rope] in dtype: float(e4m3) * scale in float32,
     then rounded to dtype (see the module docstring)."""
+    _check_tensor("stored", stored, FP8_CACHE_DTYPES, "uint8 or float8_e4m3fn bytes in the FP8 layout")
+    _check_rank(kv_lora_rank, stored.shape[-1], "the stored row's bytes")
+    rope_bytes = stored.shape[-1] - token_bytes(kv_lora_rank, 0)
+    if rope_bytes < 0 or rope_bytes % ROPE_DTYPE.itemsize:
+        raise ValueError(f"stored: expected rows of {token_bytes(kv_lora_rank, 0)} + 2 * rope_dim bytes (the FP8 "
+                         f"layout of kv_lora_rank {kv_lora_rank}), got {stored.shape[-1]}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
     stored = stored.view(torch.uint8)
     rank = kv_lora_rank
     groups = rank // GROUP

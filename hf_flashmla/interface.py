@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from hf_flashmla import _ops, dispatch, envs, schedule, validation
-from hf_flashmla.reference import mla_decode_reference
+from hf_flashmla.reference import decode_unchecked
 
 
 class FlashMLASchedMeta:
@@ -149,7 +149,7 @@ def _value_checks_requested(check_values: bool | None) -> bool:
     if check_values is None:
         return envs.check_values_requested(envs.CHECK_VALUES.raw())
     if not isinstance(check_values, bool):
-        raise TypeError(f"check_values: expected a bool or None, got {type(check_values).__name__}")
+        raise TypeError(f"check_values: expected a bool or None, got {validation.type_name(check_values)}")
     return check_values
 
 
@@ -185,8 +185,10 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
     for name, value in (("q", q), ("k_cache", k_cache), ("block_table", block_table),
                         ("cache_seqlens", cache_seqlens)):
         if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(f"{name}: expected a torch.Tensor, got {validation.type_name(value)}")
     device = q.device
+    if device.type == "meta":  # shapes alone: nothing to attend over (torch.compile's fake tensors name real devices)
+        raise ValueError("q: expected a tensor with data (cpu or cuda), got one on the meta device")
     validation.check_scalars(head_dim_v, causal, is_fp8_kvcache)
     choice = dispatch.choice_for(device, k_cache.shape[2] if k_cache.dim() == 4 else 1, is_fp8_kvcache)
     read_values = _value_checks_requested(check_values) or device.type == "cpu"
@@ -194,7 +196,7 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
     newest = isinstance(tile_scheduler_metadata, FlashMLASchedMeta)
     if newest and num_splits is not None:
         raise ValueError("num_splits: expected None with a FlashMLASchedMeta (newest generation), got "
-                         f"{type(num_splits).__name__}")
+                         f"{validation.type_name(num_splits)}")
 
     if choice.name == dispatch.KERNEL and not read_values:
         # The hot path: the op checks the structure itself, in C++; nothing reads values (no sync).
@@ -235,4 +237,4 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
         from hf_flashmla import triton_decode  # imported on first use: Triton is optional and slow to import
         return triton_decode.decode_on_device(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal,
                                               is_fp8_kvcache)
-    return mla_decode_reference(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal, is_fp8_kvcache)
+    return decode_unchecked(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal, is_fp8_kvcache)

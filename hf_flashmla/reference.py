@@ -19,13 +19,14 @@ With is_fp8_kvcache, k_cache holds FlashMLA's FP8 layout (hf_flashmla/fp8_latent
 float(e4m3) * scale in float32, rounded to q's dtype (bf16 on the kernels; exact for a float32 q, as the sm_90
 kernel reads them for s_q * h_q <= 32: fp8_latent.py), the rope part as stored. The attention itself is the same
 float32 computation.
-Inputs are not validated here; hf_flashmla.flash_mla_with_kvcache validates before calling this.
+mla_decode_reference checks its inputs (hf_flashmla/validation.py, any latent and page size); the package's own
+callers, which have checked them already, call decode_unchecked.
 """
 from __future__ import annotations
 
 import torch
 
-from hf_flashmla import fp8_latent
+from hf_flashmla import fp8_latent, validation
 
 CHUNK_PAGES = 64
 
@@ -33,6 +34,16 @@ CHUNK_PAGES = 64
 def mla_decode_reference(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor,
                          cache_seqlens: torch.Tensor, head_dim_v: int, softmax_scale: float | None = None,
                          causal: bool = False, is_fp8_kvcache: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse) as described above; TypeError / ValueError naming the argument for bad inputs."""
+    validation.check_reference_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                                      is_fp8_kvcache)
+    return decode_unchecked(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, is_fp8_kvcache)
+
+
+def decode_unchecked(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor, cache_seqlens: torch.Tensor,
+                     head_dim_v: int, softmax_scale: float | None = None, causal: bool = False,
+                     is_fp8_kvcache: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """mla_decode_reference for inputs already checked."""
     batch, s_q, h_q, head_dim = q.shape
     page_size, h_kv = k_cache.shape[1], k_cache.shape[2]
     if softmax_scale is None:

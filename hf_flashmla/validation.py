@@ -37,6 +37,15 @@ FP8_TOKEN_BYTES = fp8_latent.token_bytes(HEAD_DIM_V, HEAD_DIM - HEAD_DIM_V)
 KERNEL_MAX_GRID_ROWS = 65535
 TMA_ALIGNMENT = 16
 KERNEL_NUM_KV_HEADS = 1  # the compiled op's contract (see hf_flashmla/_ops.py); dispatch.py sends other h_kv elsewhere
+FLOAT32_MAX = torch.finfo(torch.float32).max  # every path scales scores in float32
+INT32_MAX = 2 ** 31 - 1  # the op's int arguments (FlashMLA's C++ API takes int)
+
+
+def type_name(value) -> str:
+    """The type of value as a message names it: builtins by their name, others qualified (numpy's bool is
+    `numpy.bool`, not `bool`)."""
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _misalignment(tensor) -> int:
@@ -60,7 +69,7 @@ def _require_aligned(name, tensor):
 
 def _require_tensor(name, value):
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type_name(value)}")
 
 
 def _require_rank(name, tensor, rank, layout):
@@ -81,7 +90,7 @@ def _require_device(name, tensor, device):
 
 def _require_int(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+        raise TypeError(f"{name}: expected an int, got {type_name(value)}")
 
 
 def softmax_scale_or_default(softmax_scale) -> float:
@@ -89,14 +98,17 @@ def softmax_scale_or_default(softmax_scale) -> float:
     positive number."""
     if softmax_scale is None:
         return HEAD_DIM ** -0.5
-    if type(softmax_scale) is float and 0 < softmax_scale < math.inf:  # the common case, without the ABC check
+    if type(softmax_scale) is float and 0 < softmax_scale <= FLOAT32_MAX:  # the common case, without the ABC check
         return softmax_scale
     if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
-        raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
+        raise TypeError(f"softmax_scale: expected a float or None, got {type_name(softmax_scale)}")
     if not math.isfinite(softmax_scale) or softmax_scale <= 0:
         # <= 0 is no attention softmax; the kernel's masked keys (-inf) times 0 would give NaN, and its running
         # row max assumes scaled scores grow with raw ones.
         raise ValueError(f"softmax_scale: expected a finite positive float, got {softmax_scale}")
+    if softmax_scale > FLOAT32_MAX:  # would be inf in float32, where every path applies it
+        raise ValueError(f"softmax_scale: expected a float32-representable value (at most {FLOAT32_MAX:.4g}), got "
+                         f"{softmax_scale}")
     return float(softmax_scale)
 
 
@@ -105,9 +117,9 @@ def check_scalars(head_dim_v, causal, is_fp8_kvcache=False) -> None:
     if type(head_dim_v) is not int:  # the common case skips the numbers.Integral check
         _require_int("head_dim_v", head_dim_v)
     if type(causal) is not bool:
-        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
+        raise TypeError(f"causal: expected a bool, got {type_name(causal)}")
     if type(is_fp8_kvcache) is not bool:
-        raise TypeError(f"is_fp8_kvcache: expected a bool, got {type(is_fp8_kvcache).__name__}")
+        raise TypeError(f"is_fp8_kvcache: expected a bool, got {type_name(is_fp8_kvcache)}")
 
 
 def check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, *,
@@ -194,6 +206,60 @@ def check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_sca
     check_scalars(head_dim_v, causal, is_fp8_kvcache)
 
 
+def check_reference_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                           is_fp8_kvcache) -> None:
+    """mla_decode_reference's inputs: check_inputs' rules for any latent (head_dim d, head_dim_v <= d) and any page
+    size, then the values (reads them: a sync on CUDA, which the reference makes anyway)."""
+    for name, value in (("q", q), ("k_cache", k_cache), ("block_table", block_table),
+                        ("cache_seqlens", cache_seqlens)):
+        _require_tensor(name, value)
+    _require_rank("q", q, 4, "[batch, s_q, h_q, head_dim]")
+    batch, s_q, h_q, head_dim = q.shape
+    if batch < 1 or s_q < 1 or h_q < 1 or head_dim < 1:
+        raise ValueError(f"q: expected every dim >= 1, got shape {tuple(q.shape)}")
+    _require_dtype("q", q, FP8_Q_DTYPES if is_fp8_kvcache else REFERENCE_DTYPES)
+    if q.device.type == "meta":
+        raise ValueError("q: expected a tensor with data (cpu or cuda), got one on the meta device")
+    check_scalars(head_dim_v, causal, is_fp8_kvcache)
+    if not 1 <= head_dim_v <= head_dim:
+        raise ValueError(f"head_dim_v: expected 1 .. {head_dim} (V is the first head_dim_v values of K), got "
+                         f"{head_dim_v}")
+    if softmax_scale is not None:
+        softmax_scale_or_default(softmax_scale)
+    _require_rank("k_cache", k_cache, 4, "[num_blocks, page_size, h_kv, head_dim]")
+    _require_device("k_cache", k_cache, q.device)
+    num_blocks, page_size, h_kv, row = k_cache.shape
+    if is_fp8_kvcache:
+        _require_dtype("k_cache", k_cache, fp8_latent.FP8_CACHE_DTYPES, " with is_fp8_kvcache=True")
+        if head_dim_v % fp8_latent.GROUP:
+            raise ValueError(f"head_dim_v: expected a multiple of {fp8_latent.GROUP} with is_fp8_kvcache=True (the "
+                             f"quantized latent), got {head_dim_v}")
+        expected = fp8_latent.token_bytes(head_dim_v, head_dim - head_dim_v)
+        if row != expected:
+            raise ValueError(f"k_cache: expected {expected} bytes per token (the FP8 layout of {head_dim_v} + "
+                             f"{head_dim - head_dim_v} values), got {row}")
+    else:
+        _require_dtype("k_cache", k_cache, (q.dtype,), " (the dtype of q)")
+        if row != head_dim:
+            raise ValueError(f"k_cache: expected head_dim (last dim) {head_dim} (that of q), got {row}")
+    if page_size < 1 or h_kv < 1 or h_q % h_kv != 0:
+        raise ValueError(f"k_cache: expected page_size >= 1 and h_kv >= 1 dividing h_q = {h_q}, got shape "
+                         f"{tuple(k_cache.shape)}")
+    _require_rank("block_table", block_table, 2, "[batch, max_blocks_per_seq]")
+    _require_device("block_table", block_table, q.device)
+    _require_dtype("block_table", block_table, (torch.int32,))
+    if block_table.shape[0] != batch:
+        raise ValueError(f"block_table: expected {batch} rows (the batch size of q), got shape "
+                         f"{tuple(block_table.shape)}")
+    _require_rank("cache_seqlens", cache_seqlens, 1, "[batch]")
+    _require_device("cache_seqlens", cache_seqlens, q.device)
+    _require_dtype("cache_seqlens", cache_seqlens, (torch.int32,))
+    if cache_seqlens.shape[0] != batch:
+        raise ValueError(f"cache_seqlens: expected shape ({batch},) (the batch size of q), got "
+                         f"{tuple(cache_seqlens.shape)}")
+    check_cache_values(k_cache, block_table, cache_seqlens, page_size)
+
+
 def check_schedule_tensors(tile_scheduler_metadata, num_splits, batch: int, device: torch.device) -> None:
     """First-generation metadata: shapes, dtypes and devices consistent with this batch (no sync)."""
     _require_tensor("tile_scheduler_metadata", tile_scheduler_metadata)
@@ -235,16 +301,17 @@ def check_metadata_args(cache_seqlens, num_q_tokens_per_head_k, num_heads_k) -> 
     if cache_seqlens.shape[0] < 1:
         raise ValueError("cache_seqlens: expected batch >= 1, got an empty tensor")
     _require_int("num_q_tokens_per_head_k", num_q_tokens_per_head_k)
-    if num_q_tokens_per_head_k < 1:
-        raise ValueError(f"num_q_tokens_per_head_k: expected s_q * h_q // h_kv >= 1, got {num_q_tokens_per_head_k}")
+    if not 1 <= num_q_tokens_per_head_k <= INT32_MAX:
+        raise ValueError(f"num_q_tokens_per_head_k: expected s_q * h_q // h_kv in [1, {INT32_MAX}], got "
+                         f"{num_q_tokens_per_head_k}")
     _require_int("num_heads_k", num_heads_k)
-    if num_heads_k < 1:
-        raise ValueError(f"num_heads_k: expected h_kv >= 1, got {num_heads_k}")
+    if not 1 <= num_heads_k <= INT32_MAX:
+        raise ValueError(f"num_heads_k: expected h_kv in [1, {INT32_MAX}], got {num_heads_k}")
 
 
-def check_cache_values(k_cache, block_table, cache_seqlens) -> None:
-    """cache_seqlens within [0, max_blocks * 64]; block ids of used pages within [0, num_blocks).
-    Only the first ceil(len / 64) entries of each block_table row are read, so padding such as -1 in
+def check_cache_values(k_cache, block_table, cache_seqlens, page_size: int = PAGE_SIZE) -> None:
+    """cache_seqlens within [0, max_blocks * page_size]; block ids of used pages within [0, num_blocks).
+    Only the first ceil(len / page_size) entries of each block_table row are read, so padding such as -1 in
     the rest is fine. Reads tensor values: a device->host sync on CUDA."""
     max_blocks = block_table.shape[1]
     lengths = cache_seqlens.to(torch.int64)
@@ -252,13 +319,13 @@ def check_cache_values(k_cache, block_table, cache_seqlens) -> None:
     if bool(too_short.any()):
         i = int(too_short.nonzero()[0, 0])
         raise ValueError(f"cache_seqlens: expected values >= 0, got {int(lengths[i])} at index {i}")
-    too_long = lengths > max_blocks * PAGE_SIZE
+    too_long = lengths > max_blocks * page_size
     if bool(too_long.any()):
         i = int(too_long.nonzero()[0, 0])
-        raise ValueError(f"cache_seqlens: expected values <= max_blocks_per_seq * {PAGE_SIZE} = "
-                         f"{max_blocks * PAGE_SIZE} (what block_table covers), got {int(lengths[i])} at index {i}")
+        raise ValueError(f"cache_seqlens: expected values <= max_blocks_per_seq * {page_size} = "
+                         f"{max_blocks * page_size} (what block_table covers), got {int(lengths[i])} at index {i}")
     num_blocks = k_cache.shape[0]
-    pages_used = (lengths + PAGE_SIZE - 1) // PAGE_SIZE
+    pages_used = (lengths + page_size - 1) // page_size
     used = torch.arange(max_blocks, device=block_table.device)[None, :] < pages_used[:, None]
     out_of_pool = used & ((block_table < 0) | (block_table >= num_blocks))
     if bool(out_of_pool.any()):

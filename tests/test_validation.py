@@ -107,7 +107,11 @@ BAD_CALLS = [
     ("softmax_scale_nan", lambda c: dict(softmax_scale=float("nan")), ValueError, "softmax_scale"),
     ("softmax_scale_zero", lambda c: dict(softmax_scale=0.0), ValueError, "softmax_scale"),
     ("softmax_scale_negative", lambda c: dict(softmax_scale=-0.1), ValueError, "softmax_scale"),
+    ("softmax_scale_past_float32", lambda c: dict(softmax_scale=1e300), ValueError, "softmax_scale"),
     ("causal_int", lambda c: dict(causal=1), TypeError, "causal"),
+    ("every_tensor_on_meta", lambda c: {name: on_meta(c[name]) for name in
+                                        ("q", "k_cache", "block_table", "cache_seqlens", "tile_scheduler_metadata",
+                                         "num_splits")}, ValueError, "q"),
     ("metadata_missing", lambda c: dict(tile_scheduler_metadata=None), TypeError, "tile_scheduler_metadata"),
     ("metadata_int64", lambda c: dict(tile_scheduler_metadata=c["tile_scheduler_metadata"].long()), TypeError,
      "tile_scheduler_metadata"),
@@ -141,6 +145,12 @@ def test_bad_input_names_the_argument(change, error, argument):
     assert "expected" in message or "match" in message or "differs" in message, message
 
 
+def test_a_numpy_bool_is_named_as_numpy_s():
+    numpy = pytest.importorskip("numpy")
+    with pytest.raises(TypeError, match=r"^causal: expected a bool, got numpy\.bool"):
+        hf_flashmla.flash_mla_with_kvcache(**{**good_call(), "causal": numpy.bool_(True)})
+
+
 def test_bad_check_values_flag():
     with pytest.raises(TypeError, match="^check_values:"):
         hf_flashmla.flash_mla_with_kvcache(**good_call(), check_values="yes")
@@ -165,6 +175,8 @@ BAD_METADATA_ARGS = [
     ("rows_zero", (torch.tensor([3, 4], dtype=torch.int32), 0, 1), ValueError, "num_q_tokens_per_head_k"),
     ("num_heads_k_float", (torch.tensor([3, 4], dtype=torch.int32), 16, 1.0), TypeError, "num_heads_k"),
     ("num_heads_k_zero", (torch.tensor([3, 4], dtype=torch.int32), 16, 0), ValueError, "num_heads_k"),
+    ("rows_past_int32", (torch.tensor([3, 4], dtype=torch.int32), 2 ** 70, 1), ValueError, "num_q_tokens_per_head_k"),
+    ("num_heads_k_past_int32", (torch.tensor([3, 4], dtype=torch.int32), 16, 2 ** 31), ValueError, "num_heads_k"),
     ("cache_seqlens_negative", (torch.tensor([3, -4], dtype=torch.int32), 16, 1), ValueError, "cache_seqlens"),
 ]
 

@@ -29,7 +29,7 @@ import torch
 from hf_flashmla import interface
 from hf_flashmla.dispatch import KERNEL, TRITON, backend, triton_import_error
 from hf_flashmla.latent_cache import LatentPagedCache
-from hf_flashmla.reference import mla_decode_reference
+from hf_flashmla.reference import decode_unchecked
 from hf_flashmla.transformers_integration.absorbed import absorbed_weights
 from hf_flashmla.transformers_integration.compat import cache_kwarg
 from hf_flashmla.transformers_integration.counters import counters
@@ -62,7 +62,7 @@ def _other_latent_decode(module, query, pool, state, is_fp8, choice):
             + ("" if triton_runs else f" and Triton is not importable ({triton_import_error()})")
             + ": set HF_FLASHMLA_BACKEND=reference to run it on the PyTorch reference")
     counters.add("paged_reference")
-    return mla_decode_reference(query, pool, state.block_table, state.seqlens, rank, softmax_scale(module), True,
+    return decode_unchecked(query, pool, state.block_table, state.seqlens, rank, softmax_scale(module), True,
                                 is_fp8)[0]
 
 
