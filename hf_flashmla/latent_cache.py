@@ -573,15 +573,17 @@ class LatentPagedCache(_TransformersCache):
         writes, so a sequence that is both a source and a destination is read before it is overwritten. Needs
         no free pages beyond a longer source's extra pages, where the destination had fewer."""
         new_lengths = [self._lengths[i] for i in indices]
+        # Every extra page at once, before any row takes one: a failure half-way used to leave rows holding pages
+        # that the block table did not show (and the next write of those rows went to the scratch page).
+        self._ensure_free(sum(max(pages_for(self._lengths[source]) - len(self._pages[seq]), 0)
+                              for seq, source in enumerate(indices) if seq != source))
         src_ids, dst_ids = [], []
         grew = []
         for seq, source in enumerate(indices):
             if seq == source:
                 continue
             used = pages_for(self._lengths[source])
-            short = used - len(self._pages[seq])
-            if short > 0:
-                self._ensure_free(short)
+            if used > len(self._pages[seq]):
                 before = len(self._pages[seq])
                 self._allocate_to(seq, used * PAGE_SIZE)
                 grew.append((seq, before))

@@ -215,6 +215,29 @@ def test_a_reorder_that_does_not_fit_changes_nothing():
     assert all(torch.equal(row, row_values(1, 10)) for row in stored(cache))
 
 
+def test_a_reorder_into_reserved_pages_that_does_not_fit_changes_nothing():
+    # A cache that reserves its pages copies each source into its destination's own pages; the extra pages of a
+    # longer source are all taken, or none: a failure after some rows had grown left pages the block table did not
+    # show, and those rows' next tokens went to the scratch page.
+    cache = filled_cache(lengths=(64, 10, 10, 10), reserve_tokens=64, max_pages=15)  # one page reserved a row
+    lengths = [64, 10, 10, 10]
+    for layer in range(cache.num_hidden_layers):  # 136 more tokens a row: 4 pages in row 0, 3 in the others
+        more = torch.stack([1000 * r + torch.arange(n, n + 136, dtype=torch.float32) for r, n in enumerate(lengths)])
+        cache.write(layer, more[:, :, None].expand(4, 136, DIM) + layer)
+    lengths = [n + 136 for n in lengths]
+    table, pages, in_use = cache._table.clone(), [list(p) for p in cache._pages], cache.num_pages_in_use
+    with pytest.raises(LatentCacheFullError, match="max_pages=15"):
+        cache.reorder_cache(torch.tensor([0, 0, 0, 0]))  # one extra page for each of rows 1..3, one free
+    assert cache.sequence_lengths == lengths and torch.equal(cache._table, table)
+    assert cache._pages == pages and cache.num_pages_in_use == in_use
+    rows = stored(cache)
+    assert all(torch.equal(rows[r], row_values(r, n)) for r, n in enumerate(lengths))
+    cache.reorder_cache(torch.tensor([0, 0, 2, 3]))  # one extra page fits
+    rows = stored(cache)
+    assert cache.sequence_lengths == [200, 200, 146, 146]
+    assert torch.equal(rows[1], row_values(0, 200)) and torch.equal(rows[3], row_values(3, 146))
+
+
 # --------------------------------------------------------------------------------- forward passes
 def test_a_forward_pass_that_misses_layers_is_refused_and_rolled_back():
     cache = LatentPagedCache(num_hidden_layers=3, latent_dim=DIM)
