@@ -741,6 +741,31 @@ class LatentPagedCache(_TransformersCache):
                              f"LatentPagedCache; use a new cache (or reset()) for a new batch")
 
     @contextlib.contextmanager
+    def all_or_nothing(self):
+        """Within: forward passes that all stay, or are all undone if one raises (the blocks of a budgeted prefill:
+        a block that does not fit must not leave its prompt half-written). The batch too, if it began within."""
+        if self._window is not None:
+            raise RuntimeError("all_or_nothing: called inside rows()")
+        self._settle()
+        lengths, logical, row_logical = list(self._lengths), self._logical_length, self._row_logical
+        reserved = self._reserved_pages
+        try:
+            yield self
+        except BaseException:
+            self._settle()
+            if len(self._pages) != len(lengths):  # the batch began within: give every page back
+                for pages in self._pages:
+                    self._free.extend(reversed(pages))
+                self._pages = [[] for _ in lengths]
+            self._lengths, self._logical_length, self._row_logical = lengths, logical, row_logical
+            self._reserved_pages = reserved
+            self._release_unused_pages()
+            self._rebuild_table()
+            self._last_step = None
+            self.state_version = next(_STATE_VERSIONS)
+            raise
+
+    @contextlib.contextmanager
     def rows(self, start: int, stop: int):
         """Within: the cache is sequences start..stop-1 alone, with their own padded length, for a forward pass
         over some rows of the batch (a block of a budgeted prefill, transformers_integration.prefill_blocks).

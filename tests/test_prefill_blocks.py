@@ -3,7 +3,7 @@ blocks of rows and of columns; tokens and logits equal eager's (CPU, fp32)."""
 import pytest
 import torch
 
-from hf_flashmla import LatentPagedCache
+from hf_flashmla import LatentCacheFullError, LatentPagedCache
 from hf_flashmla.transformers_integration import cache_kwarg, call_counts, prefill_blocks, reset_call_counts
 
 from test_integration_generate import generate, prompts, tiny_model
@@ -57,6 +57,22 @@ def test_with_transformers_prefill_chunks():
     ids, mask = prompts(batch=3, length=20, pads=(0, 7, 13))
     # chunks of 8, 8 and 4 columns: 3 x 8 tokens go in two blocks of 2 rows and 1 row; 3 x 4 fit in one pass
     assert_blocks_match_eager(tiny_model("v3"), ids, mask, 16, 4, prefill_chunk_size=8)
+
+
+def test_a_block_that_does_not_fit_undoes_the_blocks_before_it():
+    model = tiny_model("v3")
+    model.set_attn_implementation("flash_mla")
+    cache = LatentPagedCache(model.config, max_pages=2)
+    ids, mask = prompts(batch=2, length=70, pads=(0, 0))
+    with pytest.raises(LatentCacheFullError, match="max_pages=2"):  # row 0 fits, row 1 does not
+        model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, prefill_tokens=70,
+                       **{CACHE: cache})
+    assert cache.sequence_lengths == [] and cache.num_pages_in_use == 0
+    small, small_mask = prompts(batch=1, length=20, pads=(0,))
+    out = model.generate(small, attention_mask=small_mask, max_new_tokens=30, do_sample=False, prefill_tokens=8,
+                         **{CACHE: cache})
+    model.set_attn_implementation("eager")
+    assert torch.equal(out, model.generate(small, attention_mask=small_mask, max_new_tokens=30, do_sample=False))
 
 
 def test_forward_logits_in_blocks_equal_one_pass():

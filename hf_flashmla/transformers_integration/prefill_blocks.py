@@ -188,20 +188,22 @@ def run_blocked(model, original, call: _Call):
     if positions is None:
         positions = torch.arange(past, past + length, device=call.inputs.device)[None, :]
     positions = positions.expand(batch, -1)
-    cache.begin_batch(batch)
     last_logits, output = [], None
-    for r0 in range(0, batch, rows_per_block):
-        r1 = min(r0 + rows_per_block, batch)
-        with cache.rows(r0, r1):
-            for c0 in range(0, length, width):
-                c1 = min(c0 + width, length)
-                inputs = {call.input_name: call.inputs[r0:r1, c0:c1], "position_ids": positions[r0:r1, c0:c1],
-                          call.cache_name: cache, "logits_to_keep": 1, "return_dict": True, **rest}
-                if call.attention_mask is not None:
-                    inputs["attention_mask"] = call.attention_mask[r0:r1, :call.attention_mask.shape[1] - length + c1]
-                output = original(model, **inputs)
-                counters.add("prefill_blocks")
-        last_logits.append(output.logits[:, -1:])
+    with cache.all_or_nothing():  # one pass to the caller: a block that raises undoes the blocks before it
+        cache.begin_batch(batch)
+        for r0 in range(0, batch, rows_per_block):
+            r1 = min(r0 + rows_per_block, batch)
+            with cache.rows(r0, r1):
+                for c0 in range(0, length, width):
+                    c1 = min(c0 + width, length)
+                    inputs = {call.input_name: call.inputs[r0:r1, c0:c1], "position_ids": positions[r0:r1, c0:c1],
+                              call.cache_name: cache, "logits_to_keep": 1, "return_dict": True, **rest}
+                    if call.attention_mask is not None:
+                        mask_width = call.attention_mask.shape[1] - length + c1
+                        inputs["attention_mask"] = call.attention_mask[r0:r1, :mask_width]
+                    output = original(model, **inputs)
+                    counters.add("prefill_blocks")
+            last_logits.append(output.logits[:, -1:])
     output["logits"] = torch.cat(last_logits, dim=0)
     if call.cache_name in output:
         output[call.cache_name] = cache
