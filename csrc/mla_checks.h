@@ -229,6 +229,10 @@ inline void check_decode_inputs(const at::Tensor& q, const at::Tensor& k_cache, 
                     " values of K), got ", head_dim_v);
   MLA_CHECK_VALUE(std::isfinite(softmax_scale) && softmax_scale > 0,
                     "softmax_scale: expected a finite positive float, got ", float_repr(softmax_scale));
+  // The kernel takes it as a float: a larger double would be inf there.
+  MLA_CHECK_VALUE(softmax_scale <= std::numeric_limits<float>::max(),
+                    "softmax_scale: expected a float32-representable value (at most 3.403e+38), got ",
+                    float_repr(softmax_scale));
 }
 
 // First-generation metadata (check_schedule_tensors's rules), and the newest generation's copy of the lengths.

@@ -51,6 +51,7 @@ except ImportError:  # transformers is optional for the kernel API; the cache st
     _TransformersCache = object
 
 SCRATCH_PAGE = 0
+MAX_PAGES = 2 ** 31 - 2  # the kernels' block ids are int32, and page 0 is the scratch page
 DEFAULT_ROPE_DIM = 64  # an FP8 cache built without a model config takes the last 64 values as the rope part
 FP8_MODEL_DTYPES = (torch.bfloat16, torch.float32)
 FUSED_FP8_RANK, FUSED_FP8_ROW = 512, 576  # the latent the fused FP8 write kernel takes (csrc/fp8_latent_write.cu)
@@ -156,6 +157,10 @@ class LatentPagedCache(_TransformersCache):
             raise ValueError(f"initial_pages: expected a positive int, got {initial_pages!r}")
         if reserve_tokens is not None and not _is_positive_int(reserve_tokens):
             raise ValueError(f"reserve_tokens: expected a positive int or None, got {reserve_tokens!r}")
+        for name, value in (("max_pages", max_pages), ("initial_pages", initial_pages)):
+            if value is not None and value > MAX_PAGES:
+                raise ValueError(f"{name}: expected at most {MAX_PAGES} pages (block ids are int32, page 0 is the "
+                                 f"scratch page), got {value}")
         self.reserve_tokens = reserve_tokens
         self.kv_cache_dtype = fp8_latent.kv_cache_dtype_or_default(kv_cache_dtype)
         self._arena = graph_arena
@@ -285,6 +290,12 @@ class LatentPagedCache(_TransformersCache):
             query_length = query_length.shape[0]
         self._settle()
         return self._logical_length + query_length, 0
+
+    def mask_width(self, query_length: int) -> int:
+        """The attention mask's width for a forward pass of query_length tokens: the tokens before it (padding
+        included) and its own; the same at every layer of the pass."""
+        before = self._step.logical_before if self._step is not None else self._logical_length
+        return before + query_length
 
     def get_max_length(self, layer_idx: int | None = None) -> int:
         return -1
@@ -694,6 +705,11 @@ class LatentPagedCache(_TransformersCache):
             counts = [query_length] * batch
 
         lengths_before = list(self._lengths)
+        if query_length == 1 and self._logical_length > 0 and self._window is None and not all(lengths_before):
+            # A prompt chunk may be all padding for a row (chunked or blocked prefill), a whole prompt may not:
+            # its first generated token would attend to nothing but itself, and eager's to its padding.
+            raise ValueError(f"attention_mask: row {lengths_before.index(0)} had no real token before this step (its "
+                             f"prompt's mask was all zeros); every sequence needs at least one")
         lengths_after = [length + count for length, count in zip(lengths_before, counts)]
         allocate_to = lengths_after
         if self.reserve_tokens is not None and self._logical_length == 0:

@@ -244,6 +244,31 @@ def test_pool_exhaustion_raises_and_cache_stays_usable():
         model.generate(out, max_new_tokens=100, do_sample=False, **{CACHE: cache})
 
 
+def test_a_prompt_whose_mask_is_all_zeros_is_refused():
+    # Its first generated token would attend to itself alone under flash_mla, to its padding under eager.
+    ids, mask = prompts()
+    mask[1] = 0
+    with pytest.raises(ValueError, match="^attention_mask: row 1 had no real token"):
+        generate(tiny_model("v3"), "flash_mla", ids, mask)
+
+
+def test_a_decode_mask_of_the_wrong_width_is_refused_and_the_cache_kept():
+    model = tiny_model("v3")
+    model.set_attn_implementation("flash_mla")
+    ids, mask = prompts()
+    cache = LatentPagedCache(model.config)
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, **{CACHE: cache})
+        token = out.logits[:, -1:].argmax(-1)
+        lengths = cache.sequence_lengths
+        for width in (ids.shape[1] - 2, ids.shape[1]):  # a decode step's mask is 21 wide here
+            with pytest.raises(ValueError, match=f"^attention_mask: expected {ids.shape[1] + 1} columns"):
+                model(token, attention_mask=torch.ones(3, width, dtype=mask.dtype), **{CACHE: cache})
+        assert cache.sequence_lengths == lengths
+        model(token, attention_mask=torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], 1), **{CACHE: cache})
+    assert cache.sequence_lengths == [n + 1 for n in lengths]
+
+
 def test_pool_grows_when_unsized():
     model = tiny_model("v3")
     model.set_attn_implementation("flash_mla")
@@ -265,6 +290,12 @@ def test_cache_constructor_rejects_bad_sizes(kwargs, name):
         LatentPagedCache(**{"num_hidden_layers": 1, "latent_dim": 8, **kwargs})
     with pytest.raises(ValueError, match=f"^{name}: expected a positive int"):
         LatentPagedCache(make_config(base=TINY), **kwargs)
+
+
+@pytest.mark.parametrize("name", ["max_pages", "initial_pages"])
+def test_cache_constructor_rejects_more_pages_than_int32_block_ids(name):
+    with pytest.raises(ValueError, match=f"^{name}: expected at most {2 ** 31 - 2} pages"):
+        LatentPagedCache(num_hidden_layers=1, latent_dim=8, **{name: 10 ** 18})
 
 
 def test_cache_constructor_rejects_config_without_latent():
