@@ -91,6 +91,52 @@ def test_usage_errors_exit_2(checkpoint, tmp_path, capsys, extra, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name, content", [
+    ("bad.pt", b"\x13\x37garbage bytes, not a torch.save file" * 4),  # UnpicklingError
+    ("empty.pt", b""),  # EOFError
+    ("text.pt", b"hello world"),  # KeyError inside torch.load
+    ("truncated.pt", "__truncated__"),  # RuntimeError of the zip reader
+    ("bad.json", b"[1, 2,"),
+    ("latin1.txt", "caf\u00e9 1 2".encode("latin-1")),
+])
+def test_unreadable_token_file_is_a_usage_error_naming_tokens(checkpoint, tmp_path, capsys, name, content):
+    path = tmp_path / name
+    if content == "__truncated__":
+        torch.save(torch.arange(64), path)
+        content = path.read_bytes()[:100]
+    path.write_bytes(content)
+    assert evaluate.main([checkpoint, "--tokens", str(path)] + SMALL) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("evaluate: error:")]
+    assert len(errors) == 1 and errors[0].count(f"--tokens: cannot read {path}: ") == 1  # one line, the flag
+    assert "Traceback" not in err
+
+
+def test_non_utf8_text_is_a_usage_error_naming_text(checkpoint, tmp_path, capsys, monkeypatch):
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(b"caf\xe9 au lait\n")
+
+    def tokenizer(text, add_special_tokens):
+        return {"input_ids": [1] * len(text)}
+
+    monkeypatch.setattr(token_data, "load_tokenizer", lambda checkpoint: tokenizer)
+    assert evaluate.main([checkpoint, "--text", str(path)] + SMALL) == 2
+    assert f"--text: cannot read {path}: expected UTF-8 text" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", ["float16", "fp16"])
+def test_fp8_cache_with_an_unserved_dtype_is_a_usage_error_before_loading(checkpoint, monkeypatch, capsys, dtype):
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before --kv-cache-dtype was checked")
+
+    monkeypatch.setattr(evaluate, "load_model", no_load)
+    argv = [checkpoint, "--kv-cache-dtype", "fp8_e4m3"] + SMALL + ["--dtype", dtype]
+    assert evaluate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--kv-cache-dtype fp8_e4m3: an FP8 cache serves bfloat16 or float32 models" in err
+    assert "got --dtype float16" in err
+
+
 def test_text_without_tokenizer_and_missing_checkpoint_exit_2(checkpoint, tmp_path, capsys):
     text = tmp_path / "corpus.txt"
     text.write_text("hello world\n")
@@ -106,12 +152,27 @@ def test_text_without_tokenizer_and_missing_checkpoint_exit_2(checkpoint, tmp_pa
     (["--candidate", "eager"], "must all differ"),
     (["--layers", "0"], "--layers: must be >= 1"),
     (["--baseline-factor", "-1"], "--baseline-factor: must be >= 0"),
+    (["some_checkpoint", "--layers", "2"], "--layers: applies only with --preset"),
+    (["--layers", "2"], "--layers: applies only with --preset"),
+    (["--json", "/nonexistent/dir/x.json"], "--json: expected a file in an existing folder"),
 ])
 def test_argument_errors_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as excinfo:
         evaluate.parse_args(argv)
     assert excinfo.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_json_path_is_checked_before_anything_is_loaded(tmp_path, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        evaluate.parse_args(["--json", str(tmp_path)])
+    assert excinfo.value.code == 2
+    assert "--json: expected a file path, got the folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as excinfo:
+        evaluate.main(["--json", str(tmp_path / "missing" / "x.json")] + SMALL)
+    assert excinfo.value.code == 2
+    assert "--json: expected a file in an existing folder" in capsys.readouterr().err
+    assert evaluate.parse_args(["--json", str(tmp_path / "x.json"), "--preset", "tiny", "--layers", "1"]).layers == 1
 
 
 def test_unknown_attention_is_a_setup_error_naming_the_flag(checkpoint, capsys):

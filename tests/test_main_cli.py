@@ -55,6 +55,45 @@ def test_help_lists_the_subcommands(capsys):
     assert "evaluate" in out and "check-generate" in out
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--checkpoint", "no_such_folder"], "--checkpoint: 'no_such_folder' is not a local checkpoint folder"),
+    (["--checkpoint", "__config_file__"], "is not a local checkpoint folder (no config.json in it)"),
+    (["--batch", "0"], "--batch: must be >= 1, got 0"),
+    (["--batch", "-1"], "--batch: must be >= 1, got -1"),
+    (["--prompt-length", "0"], "--prompt-length: must be >= 1, got 0"),
+    (["--new-tokens", "0"], "--new-tokens: must be >= 1, got 0"),
+    (["--heads", "0"], "--heads: must be >= 1, got 0"),
+    (["--layers", "0"], "--layers: must be >= 1, got 0"),
+    (["--max-rel-error", "-1"], "--max-rel-error: must be > 0, got -1.0"),
+    (["--max-rel-error", "nan"], "--max-rel-error: must be > 0, got nan"),
+    (["--device", "bogus"], "--device: 'bogus' is not a device"),
+])
+def test_check_generate_bad_arguments_are_usage_errors(argv, message, capsys, tmp_path, monkeypatch):
+    """Each stops with exit 2 and a message naming the flag, before any model is built."""
+    from hf_flashmla.cli import check_generate
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built before the arguments were checked")
+
+    monkeypatch.setattr(check_generate, "random_model", no_model)
+    monkeypatch.setattr(check_generate, "model_class", no_model)
+    (tmp_path / "config.json").write_text("{}")
+    argv = [str(tmp_path / "config.json") if a == "__config_file__" else a for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-generate", "--device", "cpu"] + argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_check_generate_cuda_device_without_cuda_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-generate", "--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "--device: 'cuda' requested but torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
 def test_check_generate_subcommand_on_the_cpu(capsys):
     assert main(["check-generate", "--device", "cpu", "--layers", "2", "--heads", "4", "--batch", "2",
                  "--prompt-length", "20", "--new-tokens", "4", "--no-fp32-reference"]) == 0

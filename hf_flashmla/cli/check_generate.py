@@ -11,13 +11,33 @@ when the compiled kernel was not called.
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
 import hf_flashmla  # registers flash_mla
 from hf_flashmla.checkpoint import ARCHITECTURES, dense_mlp, make_config, model_class, random_model
+from hf_flashmla.cli import runtime as rt
 from hf_flashmla.generation_check import compare, left_padded_prompts
 from hf_flashmla.transformers_integration import attn_implementation_for
+
+
+POSITIVE_INTS = ("heads", "layers", "batch", "prompt_length", "new_tokens")
+
+
+def check_args(parser, args) -> torch.device:
+    """Usage errors (exit 2, naming the flag) before any model is built; returns the device."""
+    for name in POSITIVE_INTS:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
+    if not args.max_rel_error > 0:  # nan too: every check would pass
+        parser.error(f"--max-rel-error: must be > 0, got {args.max_rel_error}")
+    if args.checkpoint and not os.path.isfile(os.path.join(args.checkpoint, "config.json")):
+        parser.error(f"--checkpoint: {args.checkpoint!r} is not a local checkpoint folder (no config.json in it)")
+    try:
+        return rt.resolve_device(args.device)
+    except ValueError as error:  # its message names --device
+        parser.error(str(error))
 
 
 def main(argv=None):
@@ -36,10 +56,10 @@ def main(argv=None):
     parser.add_argument("--max-rel-error", type=float, default=1e-2)
     parser.add_argument("--no-fp32-reference", action="store_true", help="skip the float32 copy (large checkpoints)")
     args = parser.parse_args(argv)
+    device = check_args(parser, args)
     if args.dtype is None:
-        args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+        args.dtype = "bfloat16" if device.type == "cuda" else "float32"
     dtype = getattr(torch, args.dtype)
-    device = torch.device(args.device)
 
     if args.checkpoint:
         from transformers import AutoConfig

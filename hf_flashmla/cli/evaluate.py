@@ -147,10 +147,30 @@ def parse_args(argv=None):
         p.error(f"--prompt-len: must be in [1, --seq-len={args.seq_len}]")
     if args.preset and args.checkpoint:
         p.error("give a checkpoint or --preset, not both")
+    if args.layers is not None and not args.preset:
+        source = f"checkpoint {args.checkpoint!r}" if args.checkpoint else "the demo checkpoint"
+        p.error(f"--layers: applies only with --preset (a checkpoint has its own layers), got --layers {args.layers} "
+                f"with {source}")
+    if args.json is not None:
+        reason = json_path_error(args.json)
+        if reason:
+            p.error(f"--json: {reason}")
     names = [args.reference, args.candidate] + args.baseline_list
     if len(set(names)) != len(names):
         p.error(f"--reference, --candidate and --baselines must all differ, got {names}")
     return args
+
+
+def json_path_error(path: str) -> str | None:
+    """Why the report cannot be written to `path` (checked before anything is loaded), or None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return f"expected a file path, got the folder {path!r}"
+    if not os.path.isdir(folder):
+        return f"expected a file in an existing folder, got {path!r} (no folder {folder!r})"
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"expected a writable file path, got {path!r} (no permission to write it)"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -174,6 +194,19 @@ def preset_model(name: str, layers: int | None, dtype, device, attn: str, seed: 
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
     model.generation_config.eos_token_id = None  # a random model must not stop early
     return model.eval().requires_grad_(False)
+
+
+def check_kv_cache_dtype(kv_cache_dtype: str, dtype: torch.dtype):
+    """The FP8 latent cache takes the model dtypes latent_cache.FP8_MODEL_DTYPES lists: refused before loading."""
+    if kv_cache_dtype == "auto":
+        return
+    from hf_flashmla.latent_cache import FP8_MODEL_DTYPES
+
+    served = " or ".join(rt.dtype_name(d) for d in FP8_MODEL_DTYPES)
+    if dtype not in FP8_MODEL_DTYPES:
+        raise UsageError(f"--kv-cache-dtype {kv_cache_dtype}: an FP8 cache serves {served} models (the FP8 kernels "
+                         f"take bfloat16 queries; float32 runs the reference path, e.g. on the CPU), got --dtype "
+                         f"{rt.dtype_name(dtype)}")
 
 
 def load_model(path, dtype, device, attn, device_map=None):
@@ -358,6 +391,7 @@ def main(argv=None) -> int:
     try:
         device = rt.resolve_device(args.device)
         dtype = rt.resolve_dtype(args.dtype, device)
+        check_kv_cache_dtype(args.kv_cache_dtype, dtype)
         args.tol = tolerances(args, dtype)
         impls = [args.reference, args.candidate] + args.baseline_list
         flags = ["--reference", "--candidate"] + ["--baselines"] * len(args.baseline_list)

@@ -12,6 +12,8 @@ import os
 
 import torch
 
+TOKEN_FILE_ERRORS = (ValueError, RuntimeError, OSError)  # of a .txt / .json (UnicodeDecodeError: a ValueError)
+
 
 class DataError(ValueError):
     pass
@@ -21,18 +23,32 @@ def read_token_file(path: str) -> list[int]:
     if not os.path.isfile(path):
         raise DataError(f"--tokens: no such file: {path}")
     ext = os.path.splitext(path)[1].lower()
+    if ext == ".pt":
+        return _flatten(_load_pt(path), path)
     try:
         if ext == ".json":
             with open(path) as f:
                 data = json.load(f)
-        elif ext == ".pt":
-            data = torch.load(path, map_location="cpu", weights_only=True)
         else:
             with open(path) as f:
                 data = [int(tok) for tok in f.read().replace(",", " ").split()]
-    except (ValueError, RuntimeError, OSError) as error:
+    except TOKEN_FILE_ERRORS as error:
         raise DataError(f"--tokens: cannot read {path}: {error}") from error
     return _flatten(data, path)
+
+
+def _load_pt(path: str):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  (torch.load of foreign bytes raises UnpicklingError, EOFError, KeyError...)
+        raise DataError(f"--tokens: cannot read {path}: expected a torch.save file of integer token ids, got "
+                        f"{_first_sentence(error)}") from error
+
+
+def _first_sentence(error: BaseException) -> str:
+    """`Type: first sentence of the message`: torch.load's run over lines, with advice for Python callers."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0].split('. ')[0]}" if lines else type(error).__name__
 
 
 def _flatten(data, path) -> list[int]:
@@ -65,8 +81,12 @@ def read_text_file(path: str, tokenizer) -> list[int]:
         raise DataError(f"--text: no such file: {path}")
     if tokenizer is None:
         raise DataError("--text: the checkpoint has no tokenizer files; tokenize yourself and pass --tokens")
-    with open(path, encoding="utf-8") as f:
-        return list(tokenizer(f.read(), add_special_tokens=False)["input_ids"])
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (UnicodeDecodeError, OSError) as error:
+        raise DataError(f"--text: cannot read {path}: expected UTF-8 text, got {error}") from error
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def random_tokens(count: int, vocab_size: int, seed: int) -> list[int]:
