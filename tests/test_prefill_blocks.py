@@ -91,11 +91,11 @@ def test_forward_logits_in_blocks_equal_one_pass():
     assert torch.allclose(logits[9], logits[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("value", [-1, 2.5, "8", True])
+@pytest.mark.parametrize("value", [-1, 1, 2.5, "8", True])
 def test_bad_prefill_tokens_raise(value):
     model = tiny_model("v3")
     ids, mask = prompts(batch=2, length=20, pads=(0, 3))
-    with pytest.raises(ValueError, match="prefill_tokens"):
+    with pytest.raises(ValueError, match="^prefill_tokens: expected 0"):
         generate(model, "flash_mla", ids, mask, prefill_tokens=value, max_new_tokens=2)
 
 

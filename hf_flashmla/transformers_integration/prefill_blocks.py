@@ -156,8 +156,10 @@ def blocked_call(model, signature, cache_name: str, args, kwargs, prefill_tokens
         return None
     batch, length = inputs.shape[:2]
     if prefill_tokens is not None:
-        if isinstance(prefill_tokens, bool) or not isinstance(prefill_tokens, int) or prefill_tokens < 0:
-            raise ValueError(f"{ARGUMENT}: expected an int >= 0 (tokens per prefill block; 0 = no blocks), got "
+        if (isinstance(prefill_tokens, bool) or not isinstance(prefill_tokens, int) or prefill_tokens < 0
+                or prefill_tokens == 1):
+            # 1 would make one-token blocks of a padded row's padding, which the cache takes for decode steps.
+            raise ValueError(f"{ARGUMENT}: expected 0 (no blocks) or an int >= 2 (tokens per prefill block), got "
                              f"{prefill_tokens!r}")
         tokens = prefill_tokens
     elif inputs.device.type == "cuda" and batch * length > MIN_BLOCK_TOKENS:
