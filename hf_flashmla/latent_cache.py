@@ -750,6 +750,8 @@ class LatentPagedCache(_TransformersCache):
         """Makes an empty cache hold `batch` empty sequences (before a prefill that runs in row blocks)."""
         if self._window is not None:
             raise RuntimeError("begin_batch: called inside rows()")
+        if not _is_positive_int(batch):
+            raise ValueError(f"batch: expected a positive int, got {batch!r}")
         self._settle()
         self._start_batch(batch)
         if batch != len(self._lengths):

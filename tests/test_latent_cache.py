@@ -215,6 +215,15 @@ def test_a_reorder_that_does_not_fit_changes_nothing():
     assert all(torch.equal(row, row_values(1, 10)) for row in stored(cache))
 
 
+@pytest.mark.parametrize("batch", [0, -1, 2.5, True, "2"])
+def test_begin_batch_names_a_bad_batch(batch):
+    cache = LatentPagedCache(num_hidden_layers=1, latent_dim=DIM)
+    with pytest.raises(ValueError, match="^batch: expected a positive int"):
+        cache.begin_batch(batch)
+    cache.begin_batch(2)
+    assert cache.sequence_lengths == [0, 0]
+
+
 def test_a_reorder_into_reserved_pages_that_does_not_fit_changes_nothing():
     # A cache that reserves its pages copies each source into its destination's own pages; the extra pages of a
     # longer source are all taken, or none: a failure after some rows had grown left pages the block table did not
