@@ -69,6 +69,39 @@ def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     return host.to(device)
 
 
+class _FreePages:
+    """The free page ids: pages given back (taken again first, last given first) and the never-used ids
+    [fresh, end), lowest first. Held as a range, so that a large max_pages costs nothing until its pages are used."""
+
+    def __init__(self, end: int):
+        self._given_back: list[int] = []
+        self._fresh = SCRATCH_PAGE + 1
+        self._end = end
+
+    def __len__(self) -> int:
+        return len(self._given_back) + self._end - self._fresh
+
+    def pop(self) -> int:
+        if self._given_back:
+            return self._given_back.pop()
+        if self._fresh >= self._end:
+            raise IndexError("pop from an empty free list")
+        self._fresh += 1
+        return self._fresh - 1
+
+    def extend(self, pages) -> None:
+        self._given_back.extend(pages)
+
+    def grow(self, end: int) -> None:
+        """The pool now has `end` pages: the new ids are taken after every other free one."""
+        self._end = end
+
+    def copy(self) -> _FreePages:
+        other = _FreePages(self._end)
+        other._given_back, other._fresh = list(self._given_back), self._fresh
+        return other
+
+
 class LatentCacheFullError(RuntimeError):
     """The step needs more pages than the user-sized pool has free; nothing was written."""
 
@@ -212,7 +245,7 @@ class LatentPagedCache(_TransformersCache):
         """Forget every sequence; the pools are kept for reuse."""
         self._lengths: list[int] = []           # real tokens stored, per sequence
         self._pages: list[list[int]] = []       # page ids, per sequence
-        self._free: list[int] = list(range(self._capacity - 1, SCRATCH_PAGE, -1))  # pop() gives low ids first
+        self._free = _FreePages(self._capacity)
         self._logical_length = 0                # tokens seen per row, padding included (the mask's width)
         self._table = torch.zeros((0, 0), dtype=torch.int32)
         self._table_version = 0
@@ -474,7 +507,7 @@ class LatentPagedCache(_TransformersCache):
         wanted = minimum if self._reserved_pages else max(self._capacity * 2, minimum)
         affordable = self._affordable_capacity(needed, minimum)
         new_capacity = wanted if affordable is None else min(wanted, affordable)
-        self._free = list(range(new_capacity - 1, self._capacity - 1, -1)) + self._free
+        self._free.grow(new_capacity)
         self._capacity = new_capacity  # pools follow lazily, each on its own device at its next write
 
     def _affordable_capacity(self, needed: int, minimum: int) -> int | None:
@@ -555,7 +588,7 @@ class LatentPagedCache(_TransformersCache):
         copies = [(row, source) for row, source in enumerate(indices) if owner[source] != row]
         released = [page for row, pages in enumerate(self._pages) if row not in owner for page in pages]
         needed = sum(pages_for(self._lengths[source]) for _, source in copies)
-        free_before = list(self._free)
+        free_before = self._free.copy()
         self._free.extend(reversed(released))
         try:
             self._ensure_free(needed)  # raises before anything changes

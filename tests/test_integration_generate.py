@@ -296,6 +296,9 @@ def test_cache_constructor_rejects_bad_sizes(kwargs, name):
 def test_cache_constructor_rejects_more_pages_than_int32_block_ids(name):
     with pytest.raises(ValueError, match=f"^{name}: expected at most {2 ** 31 - 2} pages"):
         LatentPagedCache(num_hidden_layers=1, latent_dim=8, **{name: 10 ** 18})
+    # The largest is held as a range of free ids, not a list of two billion (pools are allocated as written).
+    cache = LatentPagedCache(num_hidden_layers=1, latent_dim=8, **{name: 2 ** 31 - 2})
+    assert len(cache._free) == 2 ** 31 - 2 and cache._free.pop() == 1
 
 
 def test_cache_constructor_rejects_config_without_latent():
