@@ -122,6 +122,22 @@ def check_scalars(head_dim_v, causal, is_fp8_kvcache=False) -> None:
         raise TypeError(f"is_fp8_kvcache: expected a bool, got {type_name(is_fp8_kvcache)}")
 
 
+def _check_table_and_lengths(block_table, cache_seqlens, batch: int, device) -> None:
+    """block_table int32 [batch, max_blocks] and cache_seqlens int32 [batch] on q's device."""
+    _require_rank("block_table", block_table, 2, "[batch, max_blocks_per_seq]")
+    _require_device("block_table", block_table, device)
+    _require_dtype("block_table", block_table, (torch.int32,))
+    if block_table.shape[0] != batch:
+        raise ValueError(f"block_table: expected {batch} rows (the batch size of q), got shape "
+                         f"{tuple(block_table.shape)}")
+    _require_rank("cache_seqlens", cache_seqlens, 1, "[batch]")
+    _require_device("cache_seqlens", cache_seqlens, device)
+    _require_dtype("cache_seqlens", cache_seqlens, (torch.int32,))
+    if cache_seqlens.shape[0] != batch:
+        raise ValueError(f"cache_seqlens: expected shape ({batch},) (the batch size of q), got "
+                         f"{tuple(cache_seqlens.shape)}")
+
+
 def check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, *,
                  for_kernel: bool, is_fp8_kvcache: bool = False) -> None:
     """Shapes, dtypes, layouts and devices of flash_mla_with_kvcache's inputs (no sync)."""
@@ -180,21 +196,9 @@ def check_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_sca
     if for_kernel:
         _require_aligned("k_cache", k_cache)
 
-    _require_rank("block_table", block_table, 2, "[batch, max_blocks_per_seq]")
-    _require_device("block_table", block_table, device)
-    _require_dtype("block_table", block_table, (torch.int32,))
-    if block_table.shape[0] != batch:
-        raise ValueError(f"block_table: expected {batch} rows (the batch size of q), got shape "
-                         f"{tuple(block_table.shape)}")
+    _check_table_and_lengths(block_table, cache_seqlens, batch, device)
     if block_table.shape[1] > 0 and block_table.stride(-1) != 1:
         raise ValueError(f"block_table: expected last-dim stride 1, got strides {block_table.stride()}")
-
-    _require_rank("cache_seqlens", cache_seqlens, 1, "[batch]")
-    _require_device("cache_seqlens", cache_seqlens, device)
-    _require_dtype("cache_seqlens", cache_seqlens, (torch.int32,))
-    if cache_seqlens.shape[0] != batch:
-        raise ValueError(f"cache_seqlens: expected shape ({batch},) (the batch size of q), got "
-                         f"{tuple(cache_seqlens.shape)}")
     if not cache_seqlens.is_contiguous():
         raise ValueError(f"cache_seqlens: expected a contiguous tensor, got strides {cache_seqlens.stride()}")
 
@@ -245,18 +249,7 @@ def check_reference_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, s
     if page_size < 1 or h_kv < 1 or h_q % h_kv != 0:
         raise ValueError(f"k_cache: expected page_size >= 1 and h_kv >= 1 dividing h_q = {h_q}, got shape "
                          f"{tuple(k_cache.shape)}")
-    _require_rank("block_table", block_table, 2, "[batch, max_blocks_per_seq]")
-    _require_device("block_table", block_table, q.device)
-    _require_dtype("block_table", block_table, (torch.int32,))
-    if block_table.shape[0] != batch:
-        raise ValueError(f"block_table: expected {batch} rows (the batch size of q), got shape "
-                         f"{tuple(block_table.shape)}")
-    _require_rank("cache_seqlens", cache_seqlens, 1, "[batch]")
-    _require_device("cache_seqlens", cache_seqlens, q.device)
-    _require_dtype("cache_seqlens", cache_seqlens, (torch.int32,))
-    if cache_seqlens.shape[0] != batch:
-        raise ValueError(f"cache_seqlens: expected shape ({batch},) (the batch size of q), got "
-                         f"{tuple(cache_seqlens.shape)}")
+    _check_table_and_lengths(block_table, cache_seqlens, batch, q.device)
     check_cache_values(k_cache, block_table, cache_seqlens, page_size)
 
 
