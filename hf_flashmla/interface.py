@@ -187,8 +187,7 @@ def flash_mla_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, block_table: 
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {validation.type_name(value)}")
     device = q.device
-    if device.type == "meta":  # shapes alone: nothing to attend over (torch.compile's fake tensors name real devices)
-        raise ValueError("q: expected a tensor with data (cpu or cuda), got one on the meta device")
+    validation.require_data("q", q)
     validation.check_scalars(head_dim_v, causal, is_fp8_kvcache)
     choice = dispatch.choice_for(device, k_cache.shape[2] if k_cache.dim() == 4 else 1, is_fp8_kvcache)
     read_values = _value_checks_requested(check_values) or device.type == "cpu"

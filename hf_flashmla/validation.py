@@ -72,6 +72,12 @@ def _require_tensor(name, value):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type_name(value)}")
 
 
+def require_data(name, tensor):
+    """A tensor with data: the meta device has shapes alone (torch.compile's fake tensors name real devices)."""
+    if tensor.device.type == "meta":
+        raise ValueError(f"{name}: expected a tensor with data (cpu or cuda), got one on the meta device")
+
+
 def _require_rank(name, tensor, rank, layout):
     if tensor.dim() != rank:
         raise ValueError(f"{name}: expected a rank-{rank} tensor {layout}, got shape {tuple(tensor.shape)}")
@@ -222,8 +228,7 @@ def check_reference_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, s
     if batch < 1 or s_q < 1 or h_q < 1 or head_dim < 1:
         raise ValueError(f"q: expected every dim >= 1, got shape {tuple(q.shape)}")
     _require_dtype("q", q, FP8_Q_DTYPES if is_fp8_kvcache else REFERENCE_DTYPES)
-    if q.device.type == "meta":
-        raise ValueError("q: expected a tensor with data (cpu or cuda), got one on the meta device")
+    require_data("q", q)
     check_scalars(head_dim_v, causal, is_fp8_kvcache)
     if not 1 <= head_dim_v <= head_dim:
         raise ValueError(f"head_dim_v: expected 1 .. {head_dim} (V is the first head_dim_v values of K), got "
