@@ -261,12 +261,22 @@ def test_a_decode_mask_of_the_wrong_width_is_refused_and_the_cache_kept():
         out = model(ids, attention_mask=mask, **{CACHE: cache})
         token = out.logits[:, -1:].argmax(-1)
         lengths = cache.sequence_lengths
-        for width in (ids.shape[1] - 2, ids.shape[1]):  # a decode step's mask is 21 wide here
+        for width in (ids.shape[1] - 2, ids.shape[1], ids.shape[1] + 2):  # a decode step's mask is 21 wide here
             with pytest.raises(ValueError, match=f"^attention_mask: expected {ids.shape[1] + 1} columns"):
                 model(token, attention_mask=torch.ones(3, width, dtype=mask.dtype), **{CACHE: cache})
         assert cache.sequence_lengths == lengths
         model(token, attention_mask=torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], 1), **{CACHE: cache})
     assert cache.sequence_lengths == [n + 1 for n in lengths]
+
+
+def test_a_prompt_mask_wider_than_the_prompt_is_refused():
+    # Eager reads such a mask's first columns; which ones were meant is not knowable.
+    ids, mask = prompts()
+    wide = torch.cat([torch.ones(3, 2, dtype=mask.dtype), mask], 1)
+    with pytest.raises(ValueError, match=f"^attention_mask: expected {ids.shape[1]} columns"):
+        generate(tiny_model("v3"), "flash_mla", ids, wide)
+    with torch.no_grad(), pytest.raises(ValueError, match=f"^attention_mask: expected {ids.shape[1]} columns"):
+        tiny_model("v3")(ids, attention_mask=wide, use_cache=False)  # no cache: the prompt alone
 
 
 def test_pool_grows_when_unsized():

@@ -205,8 +205,8 @@ def flash_mla_forward(module, hidden_states, position_embeddings=None, attention
         raise ValueError(f"attention_mask: attn_implementation='flash_mla' takes a 2D padding mask [batch, length], "
                          f"got shape {tuple(attention_mask.shape)} (a prepared 4D mask is not supported)")
     batch, s = hidden_states.shape[:2]
-    if attention_mask is not None and isinstance(cache, LatentPagedCache):
-        width = cache.mask_width(s)
+    if attention_mask is not None and (cache is None or isinstance(cache, LatentPagedCache)):
+        width = s if cache is None else cache.mask_width(s)
         if attention_mask.shape[-1] != width:
             raise ValueError(f"attention_mask: expected {width} columns (the {width - s} tokens before this forward "
                              f"pass, padding included, and its {s} new ones), got shape {tuple(attention_mask.shape)}")

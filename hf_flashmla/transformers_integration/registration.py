@@ -61,11 +61,10 @@ reset_call_counts = counters.reset
 
 def flash_mla_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
                    attention_mask=None, **kwargs):
-    """AttentionMaskInterface entry: the 2D padding mask (bool [b, kv_length]) as is, or None. The
-    attention takes causality from the cache lengths and padding from this mask; no 4D mask is built."""
-    if attention_mask is None:
-        return None
-    return attention_mask[:, -kv_length:]
+    """AttentionMaskInterface entry: the 2D padding mask as given, or None. The attention takes causality from the
+    cache lengths and padding from this mask (no 4D mask is built), and checks its width against its cache: cut
+    here to kv_length columns, a wrong width would pass unseen (eager reads a wider mask's first columns)."""
+    return attention_mask
 
 
 def _unsupported_attention(module, query, key, value, attention_mask, **kwargs):
