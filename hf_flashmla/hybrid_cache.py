@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from hf_flashmla.latent_cache import LatentPagedCache
+from hf_flashmla.latent_cache import LatentPagedCache, _check_states_to_keep
 
 MLA_LAYER_TYPE = "full_attention"
 
@@ -69,9 +69,16 @@ class HybridLatentCache(LatentPagedCache):
         if not latent_layers:
             raise ValueError(f"config: HybridLatentCache needs config.layer_types with '{MLA_LAYER_TYPE}' (MLA) "
                              f"layers; {type(config).__name__} has layer_types={layer_types or None}")
+        if len(layer_types) != text_config.num_hidden_layers:
+            raise ValueError(f"config: layer_types has {len(layer_types)} entries for num_hidden_layers = "
+                             f"{text_config.num_hidden_layers}; expected one per layer")
         super().__init__(config, num_hidden_layers=len(layer_types), max_pages=max_pages, initial_pages=initial_pages,
                          latent_layers=latent_layers, kv_cache_dtype=kv_cache_dtype)
-        own_layers = DynamicCache(config=config).layers  # this release's state objects, one per layer
+        try:
+            own_layers = DynamicCache(config=config).layers  # this release's state objects, one per layer
+        except (AttributeError, ValueError, KeyError) as error:  # e.g. a sliding layer without sliding_window
+            raise ValueError(f"config: Transformers cannot make the states of layer_types={layer_types} "
+                             f"({type(error).__name__}: {error})") from None
         layers = []
         for index, kind in enumerate(layer_types):
             if kind == MLA_LAYER_TYPE:
@@ -115,18 +122,26 @@ class HybridLatentCache(LatentPagedCache):
             layer.reorder_cache(indices)  # row i takes row indices[i]'s states
 
     def crop(self, tokens_to_remove: int) -> None:
-        before = self.get_seq_length()
+        remove = self._positions_to_remove(tokens_to_remove)
+        if remove == 0:
+            return
+        # The linear layers can roll back only states they recorded: refused before the pages change.
+        if any(not getattr(layer, "record_past", True) for layer in self._state_layers()):
+            raise ValueError(f"tokens_to_remove: removing {remove} positions needs the linear-attention layers' past "
+                             f"states; call activate_past_recording() before the steps to be cropped")
         super().crop(tokens_to_remove)
-        removed = before - self.get_seq_length()
         for layer in self._state_layers():
-            layer.crop(-removed)  # linear-attention layers take only "remove n" (a negative count)
+            layer.crop(-remove)  # linear-attention layers take only "remove n" (a negative count)
 
-    def activate_past_recording(self, **kwargs):
+    def activate_past_recording(self, recurrent_states_to_keep: int | None = None):
         """Assisted decoding: the linear layers keep their past states so that crop() can roll them back."""
+        _check_states_to_keep(recurrent_states_to_keep)
+        kwargs = {} if recurrent_states_to_keep is None else {"recurrent_states_to_keep": recurrent_states_to_keep}
         for layer in self._state_layers():
             layer.activate_past_recording(**kwargs)
 
     def is_recording_past(self, layer_idx: int) -> bool:
+        self._check_layer_idx(layer_idx)
         return getattr(self.layers[layer_idx], "record_past", False)
 
     @property

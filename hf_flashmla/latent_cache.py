@@ -383,11 +383,7 @@ class LatentPagedCache(_TransformersCache):
     # of steps with or without it, and it has no recurrent states to keep: as DynamicCache's full-attention
     # layers, it reports 0 states and no recording.
     def activate_past_recording(self, recurrent_states_to_keep: int | None = None):
-        if recurrent_states_to_keep is not None and not (
-                isinstance(recurrent_states_to_keep, int) and not isinstance(recurrent_states_to_keep, bool)
-                and recurrent_states_to_keep >= 0):
-            raise ValueError(f"recurrent_states_to_keep: expected a non-negative int or None, got "
-                             f"{recurrent_states_to_keep!r}")
+        _check_states_to_keep(recurrent_states_to_keep)
 
     def is_recording_past(self, layer_idx: int) -> bool:
         self._check_layer_idx(layer_idx)
@@ -443,6 +439,18 @@ class LatentPagedCache(_TransformersCache):
     def crop(self, tokens_to_remove: int) -> None:
         """Negative n removes |n| tokens from every sequence (transformers >= 5.x); a positive n keeps the
         first n tokens of the padded width (the older convention)."""
+        remove = self._positions_to_remove(tokens_to_remove)
+        if remove == 0:
+            return
+        self._logical_length -= remove
+        self._last_step = None
+        # Cropped tokens are the most recent ones, which are real tokens (generate() never pads on the right).
+        self._lengths = [max(length - remove, 0) for length in self._lengths]
+        self._release_unused_pages()
+        self.state_version = next(_STATE_VERSIONS)
+
+    def _positions_to_remove(self, tokens_to_remove) -> int:
+        """crop()'s argument as the number of positions it removes (checked: TypeError / ValueError)."""
         if isinstance(tokens_to_remove, torch.Tensor) and tokens_to_remove.numel() == 1 and \
                 not tokens_to_remove.is_floating_point():
             tokens_to_remove = int(tokens_to_remove)  # some releases pass a 0-dim tensor
@@ -450,17 +458,10 @@ class LatentPagedCache(_TransformersCache):
             raise TypeError(f"tokens_to_remove: expected an int, got {type(tokens_to_remove).__name__}")
         self._settle()
         remove = -tokens_to_remove if tokens_to_remove <= 0 else max(self._logical_length - tokens_to_remove, 0)
-        if remove == 0:
-            return
         if remove > self._logical_length:
             raise ValueError(f"tokens_to_remove: the cache holds {self._logical_length} positions, cannot remove "
                              f"{remove}")
-        self._logical_length -= remove
-        self._last_step = None
-        # Cropped tokens are the most recent ones, which are real tokens (generate() never pads on the right).
-        self._lengths = [max(length - remove, 0) for length in self._lengths]
-        self._release_unused_pages()
-        self.state_version = next(_STATE_VERSIONS)
+        return remove
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
         """Sequence i takes the contents of sequence beam_idx[i] (beam search)."""
@@ -1037,6 +1038,14 @@ class LatentPagedCache(_TransformersCache):
         if self.is_fp8:
             return fp8_latent.dequantize(stored, self.kv_lora_rank, dtype or torch.float32)
         return stored
+
+
+def _check_states_to_keep(recurrent_states_to_keep) -> None:
+    if recurrent_states_to_keep is not None and not (
+            isinstance(recurrent_states_to_keep, int) and not isinstance(recurrent_states_to_keep, bool)
+            and recurrent_states_to_keep >= 0):
+        raise ValueError(f"recurrent_states_to_keep: expected a non-negative int or None, got "
+                         f"{recurrent_states_to_keep!r}")
 
 
 def _host_indices(indices, name: str) -> list[int]:

@@ -403,6 +403,28 @@ def test_hybrid_cache_holds_pages_for_mla_layers_and_state_for_linear_layers():
     assert cache.sequence_lengths == [5, 5]
 
 
+def test_hybrid_cache_refuses_what_it_cannot_undo_or_hold():
+    require("kimi_linear")
+    config = make_config("kimi_linear", base=TINY)
+    cache = HybridLatentCache(config, max_pages=4)
+    for layer in (1, 3):
+        cache.write(layer, torch.randn(2, 5, 576))
+    cache.crop(0)
+    cache.crop(1000)  # keeps every position: nothing to undo
+    with pytest.raises(ValueError, match="^tokens_to_remove: .*activate_past_recording"):
+        cache.crop(-1)  # the linear layers recorded no past states
+    assert cache.sequence_lengths == [5, 5] and cache.get_seq_length() == 5
+    for bad in (-1, 2.5, "x", True):
+        with pytest.raises(ValueError, match="^recurrent_states_to_keep:"):
+            cache.activate_past_recording(recurrent_states_to_keep=bad)
+    with pytest.raises(ValueError, match="^layer_idx:"):
+        cache.is_recording_past(10)
+    longer = make_config("kimi_linear", base=TINY)
+    longer.layer_types = list(longer.layer_types) + ["linear_attention", "full_attention"]
+    with pytest.raises(ValueError, match="^config: layer_types has 6 entries for num_hidden_layers = 4"):
+        HybridLatentCache(longer)
+
+
 @pytest.mark.parametrize("latent_layers", [[], [4], [-1], [1.0], [True]])
 def test_latent_layers_are_checked(latent_layers):
     with pytest.raises(ValueError, match="^latent_layers: expected layer indices in"):
