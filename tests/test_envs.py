@@ -8,8 +8,6 @@ import pytest
 from hf_flashmla import envs
 
 ROOT = Path(__file__).resolve().parent.parent
-# Read at import by transformers_integration/attention.py, which the lead is replacing; drop it here once gone.
-BEING_REMOVED = {"HF_FLASHMLA_DECODE_MAX_QUERY"}
 NOT_SETTINGS = {"HF_FLASHMLA_HOST_DEVICE"}  # a C++ macro of csrc/mla_metadata_core.h
 
 
@@ -23,8 +21,8 @@ def mentioned_names():
 
 def test_every_setting_is_registered_and_there_are_at_most_six():
     registered = {setting.name for setting in envs.SETTINGS}
-    assert len(registered) + len(BEING_REMOVED) <= 6
-    assert mentioned_names() - BEING_REMOVED <= registered
+    assert len(registered) <= 6
+    assert mentioned_names() <= registered
     for setting in envs.SETTINGS:  # the module docstring's table names each
         assert setting.name in envs.__doc__
 

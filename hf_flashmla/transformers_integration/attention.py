@@ -21,7 +21,6 @@ Hopper too, else the reference.
 """
 from __future__ import annotations
 
-import os
 import warnings
 
 import torch
@@ -38,7 +37,7 @@ from hf_flashmla.transformers_integration.mla_adapter import expand_latent, gate
 
 ATTN_IMPLEMENTATION = "flash_mla"
 KERNEL_LATENT = (512, 64)
-DECODE_MAX_QUERY = int(os.environ.get("HF_FLASHMLA_DECODE_MAX_QUERY", "16"))
+DECODE_MAX_QUERY = 16  # chunks up to this many tokens go to the paged kernel (generate()'s decode steps and drafts)
 
 
 def _other_latent_decode(module, query, pool, state, is_fp8, choice):
