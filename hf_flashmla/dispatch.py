@@ -57,6 +57,10 @@ def _triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on", "y")
 
 
+def _unavailable(device: torch.device) -> ValueError:
+    return ValueError(f"device_or_tensor: {device} is not available (torch.cuda.is_available() is False)")
+
+
 def _device_of(device_or_tensor) -> torch.device:
     if device_or_tensor is None:
         if torch.cuda.is_available():
@@ -73,7 +77,7 @@ def _device_of(device_or_tensor) -> torch.device:
         raise ValueError(f"device_or_tensor: not a device: {device_or_tensor!r} ({error})") from None
     if device.type == "cuda" and device.index is None:  # tensors always name their index: key the cache alike
         if not torch.cuda.is_available():
-            raise ValueError(f"device_or_tensor: {device} is not available (torch.cuda.is_available() is False)")
+            raise _unavailable(device)
         device = torch.device("cuda", torch.cuda.current_device())
     return device
 
@@ -162,8 +166,7 @@ def backend(device_or_tensor=None, *, num_heads_k: int = KERNEL_NUM_KV_HEADS,
         return choice_for(device, int(num_heads_k), is_fp8_kvcache)
     except AssertionError as error:  # torch's own, where a CUDA query finds no CUDA in this build
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device_or_tensor: {device} is not available (torch.cuda.is_available() is False)") \
-                from error
+            raise _unavailable(device) from error
         raise
 
 

@@ -75,8 +75,9 @@ def split_dims(row_bytes: int, latent_dim: int) -> tuple[int, int]:
 
 
 def _type_name(value) -> str:
-    kind = type(value)
-    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    from hf_flashmla.validation import type_name  # on error paths only: validation imports this module
+
+    return type_name(value)
 
 
 def _check_rank(kv_lora_rank, row_limit: int, row: str) -> None:

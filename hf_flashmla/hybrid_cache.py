@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from hf_flashmla.latent_cache import LatentPagedCache, _check_states_to_keep
+from hf_flashmla.latent_cache import LatentPagedCache, check_states_to_keep
 
 MLA_LAYER_TYPE = "full_attention"
 
@@ -135,7 +135,7 @@ class HybridLatentCache(LatentPagedCache):
 
     def activate_past_recording(self, recurrent_states_to_keep: int | None = None):
         """Assisted decoding: the linear layers keep their past states so that crop() can roll them back."""
-        _check_states_to_keep(recurrent_states_to_keep)
+        check_states_to_keep(recurrent_states_to_keep)
         kwargs = {} if recurrent_states_to_keep is None else {"recurrent_states_to_keep": recurrent_states_to_keep}
         for layer in self._state_layers():
             layer.activate_past_recording(**kwargs)

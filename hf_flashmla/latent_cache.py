@@ -383,7 +383,7 @@ class LatentPagedCache(_TransformersCache):
     # of steps with or without it, and it has no recurrent states to keep: as DynamicCache's full-attention
     # layers, it reports 0 states and no recording.
     def activate_past_recording(self, recurrent_states_to_keep: int | None = None):
-        _check_states_to_keep(recurrent_states_to_keep)
+        check_states_to_keep(recurrent_states_to_keep)
 
     def is_recording_past(self, layer_idx: int) -> bool:
         self._check_layer_idx(layer_idx)
@@ -1040,7 +1040,7 @@ class LatentPagedCache(_TransformersCache):
         return stored
 
 
-def _check_states_to_keep(recurrent_states_to_keep) -> None:
+def check_states_to_keep(recurrent_states_to_keep) -> None:
     if recurrent_states_to_keep is not None and not (
             isinstance(recurrent_states_to_keep, int) and not isinstance(recurrent_states_to_keep, bool)
             and recurrent_states_to_keep >= 0):
